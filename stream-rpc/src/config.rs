@@ -1,0 +1,645 @@
+//! Settings: read from the environment like the seed, overridable in code.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `CRYPTO_KEY` | required | Fernet key, or several separated by commas |
+//! | `STREAM_RPC_HOST` | `0.0.0.0` | address to listen on or connect to |
+//! | `STREAM_RPC_PORT` | `8888` | port to listen on or connect to |
+//! | `STREAM_RPC_LOG_LVL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`/`WARN`, `ERROR`, `CRITICAL` |
+//!
+//! Everything else (terminator, cipher, log format, limits, timeouts, the
+//! peer id) is set through [`ConfigBuilder`].
+
+use std::env::VarError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::cipher::{Cipher, Fernet};
+use crate::codec::{DEFAULT_MAX_FRAME_LEN, DEFAULT_TERMINATOR};
+
+/// The environment variable holding the Fernet key(s).
+pub const ENV_KEY: &str = "CRYPTO_KEY";
+/// The environment variable holding the host.
+pub const ENV_HOST: &str = "STREAM_RPC_HOST";
+/// The environment variable holding the port.
+pub const ENV_PORT: &str = "STREAM_RPC_PORT";
+/// The environment variable holding the log level.
+pub const ENV_LOG_LEVEL: &str = "STREAM_RPC_LOG_LVL";
+
+/// The default host: every IPv4 interface, as in the seed.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// The default port, as in the seed.
+pub const DEFAULT_PORT: u16 = 8888;
+/// The default time to live of tokens.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// A setting that could not be used. Never contains the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No key was given, in the environment or in code.
+    #[error(
+        "CRYPTO_KEY is not set: generate a key with `cargo run --example keygen` \
+         (or Python's `cryptography.fernet.Fernet.generate_key()`) and export it, \
+         e.g. `export CRYPTO_KEY=...`"
+    )]
+    MissingKey,
+    /// A setting has a value that cannot be used.
+    #[error("{setting} is not valid: {reason}")]
+    Invalid {
+        /// The environment variable or builder setting at fault.
+        setting: &'static str,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// The seed's shape:
+    /// `2024-05-01 12:00:00,123 - QueueServer - INFO - [peer] Received: {...}`.
+    #[default]
+    Seed,
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// `tracing-subscriber`'s own compact format.
+    Compact,
+}
+
+/// A log level, parsed from the seed's names or tracing's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLevel(pub tracing::Level);
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel(tracing::Level::INFO)
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        use tracing::Level;
+        let level = match text.trim().to_ascii_uppercase().as_str() {
+            "TRACE" => Level::TRACE,
+            "DEBUG" => Level::DEBUG,
+            "INFO" => Level::INFO,
+            "WARNING" | "WARN" => Level::WARN,
+            "ERROR" | "CRITICAL" | "FATAL" => Level::ERROR,
+            _ => {
+                return Err(ConfigError::invalid(
+                    ENV_LOG_LEVEL,
+                    format!(
+                        "expected one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL, got {text:?}"
+                    ),
+                ));
+            }
+        };
+        Ok(LogLevel(level))
+    }
+}
+
+/// Bounds on what one process and one connection may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Longest frame read or written, terminator excluded (default 1 MiB).
+    pub max_frame_len: usize,
+    /// Connections a server serves at once; more are closed at once (1024).
+    pub max_connections: usize,
+    /// Handlers running at once on one connection; a request beyond gets a
+    /// `busy` error packet (256).
+    pub max_concurrent_handlers: usize,
+    /// Calls awaiting a reply at once on one session; more wait for a slot (1024).
+    pub max_in_flight_calls: usize,
+    /// Frames in a row that fail to decrypt (or are too long) before the
+    /// connection is closed (3).
+    pub max_bad_frames_in_row: u32,
+    /// Frames queued for the writer before senders wait (1024).
+    pub outgoing_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_connections: 1024,
+            max_concurrent_handlers: 256,
+            max_in_flight_calls: 1024,
+            max_bad_frames_in_row: 3,
+            outgoing_queue: 1024,
+        }
+    }
+}
+
+/// Deadlines that keep slow or silent peers from holding resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// A new connection must send its first frame within this (10 s).
+    pub first_frame: Duration,
+    /// A connection with no frame received, no handler running and no call
+    /// pending for this long is closed (5 min); `None` never closes it.
+    pub idle: Option<Duration>,
+    /// One write to the socket must finish within this (10 s).
+    pub write: Duration,
+    /// How long [`SessionHandle::call`](crate::SessionHandle::call) waits for a reply (30 s).
+    pub call: Duration,
+    /// How long a client waits for the TCP connection (10 s).
+    pub connect: Duration,
+    /// On shutdown, how long running handlers get to finish (10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            first_frame: Duration::from_secs(10),
+            idle: Some(Duration::from_secs(300)),
+            write: Duration::from_secs(10),
+            call: Duration::from_secs(30),
+            connect: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// All settings of a server or client. Build one with [`Config::from_env`]
+/// or [`Config::builder`].
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) terminator: Box<[u8]>,
+    pub(crate) cipher: Arc<dyn Cipher>,
+    pub(crate) log_level: LogLevel,
+    pub(crate) log_format: LogFormat,
+    pub(crate) peer_id: Uuid,
+    pub(crate) limits: Limits,
+    pub(crate) timeouts: Timeouts,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("terminator", &String::from_utf8_lossy(&self.terminator))
+            .field("cipher", &self.cipher)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("peer_id", &self.peer_id)
+            .field("limits", &self.limits)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads the environment (see the module docs) with every other setting
+    /// at its default.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        ConfigBuilder::from_env()?.build()
+    }
+
+    /// A builder with defaults and no key; set one with
+    /// [`ConfigBuilder::key`] or [`ConfigBuilder::cipher`].
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The host to listen on or connect to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+    /// The port to listen on or connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// The frame terminator.
+    pub fn terminator(&self) -> &[u8] {
+        &self.terminator
+    }
+    /// The cipher that seals every packet.
+    pub fn cipher(&self) -> &Arc<dyn Cipher> {
+        &self.cipher
+    }
+    /// The log level.
+    pub fn log_level(&self) -> tracing::Level {
+        self.log_level.0
+    }
+    /// The log format.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+    /// This process's peer id, put in the `peer` field of every packet it creates.
+    pub fn peer_id(&self) -> Uuid {
+        self.peer_id
+    }
+    /// Resource bounds.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    /// Deadlines.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+}
+
+/// Builds a [`Config`]; every setting can be given in code.
+#[derive(Default)]
+pub struct ConfigBuilder {
+    host: Option<String>,
+    port: Option<u16>,
+    terminator: Option<Vec<u8>>,
+    key: Option<String>,
+    token_ttl: Option<Option<Duration>>,
+    cipher: Option<Arc<dyn Cipher>>,
+    log_level: Option<LogLevel>,
+    log_format: Option<LogFormat>,
+    peer_id: Option<Uuid>,
+    limits: Option<Limits>,
+    timeouts: Option<Timeouts>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigBuilder {
+    /// A builder holding what the process environment says.
+    pub fn from_env() -> Result<ConfigBuilder, ConfigError> {
+        ConfigBuilder::from_lookup(|name| std::env::var(name))
+    }
+
+    /// A builder holding what `lookup` says of the environment variables;
+    /// [`ConfigBuilder::from_env`] passes `std::env::var`. Useful in tests and
+    /// for settings kept somewhere else than the process environment.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Result<String, VarError>,
+    ) -> Result<ConfigBuilder, ConfigError> {
+        let read = |name: &'static str| match lookup(name) {
+            Ok(value) if value.trim().is_empty() => Ok(None),
+            Ok(value) => Ok(Some(value)),
+            Err(VarError::NotPresent) => Ok(None),
+            Err(VarError::NotUnicode(_)) => {
+                Err(ConfigError::invalid(name, "the value is not valid UTF-8"))
+            }
+        };
+        let mut builder = ConfigBuilder {
+            key: read(ENV_KEY)?,
+            host: read(ENV_HOST)?.map(|host| host.trim().to_owned()),
+            ..ConfigBuilder::default()
+        };
+        if let Some(port) = read(ENV_PORT)? {
+            builder.port = Some(port.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    ENV_PORT,
+                    format!("expected a port number from 0 to 65535, got {port:?}"),
+                )
+            })?);
+        }
+        if let Some(level) = read(ENV_LOG_LEVEL)? {
+            builder.log_level = Some(level.parse()?);
+        }
+        Ok(builder)
+    }
+
+    /// The host to listen on or connect to (a name, or an IPv4 or IPv6 address).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+    /// The port; 0 lets a server pick a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+    /// The frame terminator, like the seed's `STREAM_RPC_TERM`. It may not be
+    /// empty, longer than 16 bytes, or use characters of URL-safe base64.
+    pub fn terminator(mut self, terminator: impl Into<Vec<u8>>) -> Self {
+        self.terminator = Some(terminator.into());
+        self
+    }
+    /// The Fernet key, or several separated by commas, like `CRYPTO_KEY`.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// How old a Fernet token may be when it arrives (default 5 min);
+    /// `None` accepts any age. Ignored with a custom [`cipher`](Self::cipher).
+    pub fn token_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.token_ttl = Some(ttl);
+        self
+    }
+    /// A custom cipher instead of Fernet, like the seed's `STREAM_RPC_CYPHER`;
+    /// the key is then not needed.
+    pub fn cipher(mut self, cipher: Arc<dyn Cipher>) -> Self {
+        self.cipher = Some(cipher);
+        self
+    }
+    /// The log level.
+    pub fn log_level(mut self, level: tracing::Level) -> Self {
+        self.log_level = Some(LogLevel(level));
+        self
+    }
+    /// The log format, like the seed's `STREAM_RPC_LOG_FMT`.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = Some(format);
+        self
+    }
+    /// This process's peer id (default: a new random UUID).
+    pub fn peer_id(mut self, id: Uuid) -> Self {
+        self.peer_id = Some(id);
+        self
+    }
+    /// Resource bounds.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+    /// Deadlines.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
+    }
+
+    /// Checks every setting and builds the [`Config`].
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let host = self.host.unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        if host.is_empty() || host.chars().any(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                ENV_HOST,
+                format!("expected a host name or IP address, got {host:?}"),
+            ));
+        }
+        let terminator = self
+            .terminator
+            .unwrap_or_else(|| DEFAULT_TERMINATOR.to_vec());
+        check_terminator(&terminator)?;
+        let limits = self.limits.unwrap_or_default();
+        check_limits(&limits)?;
+        let timeouts = self.timeouts.unwrap_or_default();
+        check_timeouts(&timeouts)?;
+        let cipher: Arc<dyn Cipher> = match (self.cipher, self.key) {
+            (Some(cipher), _) => cipher,
+            (None, Some(key)) => {
+                let fernet = Fernet::new(&key)
+                    .map_err(|e| ConfigError::invalid(ENV_KEY, e.to_string()))?
+                    .with_ttl(self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL)));
+                Arc::new(fernet)
+            }
+            (None, None) => return Err(ConfigError::MissingKey),
+        };
+        Ok(Config {
+            host,
+            port: self.port.unwrap_or(DEFAULT_PORT),
+            terminator: terminator.into(),
+            cipher,
+            log_level: self.log_level.unwrap_or_default(),
+            log_format: self.log_format.unwrap_or_default(),
+            peer_id: self.peer_id.unwrap_or_else(Uuid::new_v4),
+            limits,
+            timeouts,
+        })
+    }
+}
+
+fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=');
+    if terminator.is_empty() || terminator.len() > 16 {
+        return Err(ConfigError::invalid(
+            "terminator",
+            "it must be 1 to 16 bytes long",
+        ));
+    }
+    if terminator.iter().any(base64) {
+        return Err(ConfigError::invalid(
+            "terminator",
+            "it may not contain letters, digits, `-`, `_` or `=`, which appear in tokens",
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
+    let checks: [(&'static str, bool); 5] = [
+        ("max_frame_len", limits.max_frame_len >= 128),
+        ("max_connections", limits.max_connections >= 1),
+        (
+            "max_concurrent_handlers",
+            limits.max_concurrent_handlers >= 1,
+        ),
+        ("max_in_flight_calls", limits.max_in_flight_calls >= 1),
+        ("outgoing_queue", limits.outgoing_queue >= 1),
+    ];
+    for (setting, ok) in checks {
+        if !ok {
+            return Err(ConfigError::invalid(
+                setting,
+                "it must be at least 1 (max_frame_len at least 128)",
+            ));
+        }
+    }
+    if limits.max_bad_frames_in_row == 0 {
+        return Err(ConfigError::invalid(
+            "max_bad_frames_in_row",
+            "it must be at least 1",
+        ));
+    }
+    // Semaphores cap their permits; stay far below that.
+    if limits.max_concurrent_handlers > 1 << 20 || limits.max_in_flight_calls > 1 << 20 {
+        return Err(ConfigError::invalid(
+            "max_concurrent_handlers",
+            "handler and call limits may be at most 1048576",
+        ));
+    }
+    Ok(())
+}
+
+fn check_timeouts(timeouts: &Timeouts) -> Result<(), ConfigError> {
+    let positive = [
+        ("first_frame", timeouts.first_frame),
+        ("write", timeouts.write),
+        ("call", timeouts.call),
+        ("connect", timeouts.connect),
+    ];
+    for (setting, value) in positive {
+        if value.is_zero() {
+            return Err(ConfigError::invalid(
+                setting,
+                "a timeout must be above zero",
+            ));
+        }
+    }
+    if timeouts.idle.is_some_and(|idle| idle.is_zero()) {
+        return Err(ConfigError::invalid(
+            "idle",
+            "a timeout must be above zero (use None to disable it)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Result<String, VarError> + use<> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.get(name).cloned().ok_or(VarError::NotPresent)
+    }
+
+    fn key() -> String {
+        Fernet::generate_key().unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, &key())]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.host(), "0.0.0.0");
+        assert_eq!(config.port(), 8888);
+        assert_eq!(config.log_level(), tracing::Level::INFO);
+        assert_eq!(config.terminator(), b"\n");
+        assert_eq!(config.log_format(), LogFormat::Seed);
+    }
+
+    #[test]
+    fn the_port_variable_sets_the_port() {
+        let config = ConfigBuilder::from_lookup(lookup(&[
+            (ENV_KEY, &key()),
+            (ENV_HOST, "127.0.0.1"),
+            (ENV_PORT, "9999"),
+            (ENV_LOG_LEVEL, "warning"),
+        ]))
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(config.host(), "127.0.0.1");
+        assert_eq!(config.port(), 9999);
+        assert_eq!(config.log_level(), tracing::Level::WARN);
+    }
+
+    #[test]
+    fn seed_and_tracing_level_names() {
+        use tracing::Level;
+        for (name, level) in [
+            ("DEBUG", Level::DEBUG),
+            ("INFO", Level::INFO),
+            ("WARNING", Level::WARN),
+            ("warn", Level::WARN),
+            ("ERROR", Level::ERROR),
+            ("CRITICAL", Level::ERROR),
+            ("trace", Level::TRACE),
+        ] {
+            assert_eq!(name.parse::<LogLevel>().unwrap().0, level, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_missing_key_says_how_to_make_one() {
+        let err = ConfigBuilder::from_lookup(lookup(&[]))
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::MissingKey);
+        assert!(err.to_string().contains("keygen"));
+        let err = ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, "  ")]))
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::MissingKey);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_never_the_key() {
+        let secret = "not-a-real-key-but-secret";
+        let err = ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, secret)]))
+            .unwrap()
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("CRYPTO_KEY is not valid"), "{text}");
+        assert!(!text.contains(secret), "{text}");
+
+        for (var, value) in [
+            (ENV_PORT, "80000"),
+            (ENV_PORT, "http"),
+            (ENV_LOG_LEVEL, "LOUD"),
+        ] {
+            let err =
+                ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, &key()), (var, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{err}");
+            assert!(err.to_string().contains(value), "{err}");
+        }
+
+        let not_unicode = |name: &str| {
+            if name == ENV_HOST {
+                Err(VarError::NotUnicode("\u{fffd}".into()))
+            } else {
+                Err(VarError::NotPresent)
+            }
+        };
+        let err = ConfigBuilder::from_lookup(not_unicode).unwrap_err();
+        assert!(err.to_string().starts_with(ENV_HOST), "{err}");
+    }
+
+    #[test]
+    fn builder_checks_terminator_limits_and_timeouts() {
+        let base = || Config::builder().key(key());
+        assert!(base().terminator("\r\n").build().is_ok());
+        assert!(base().terminator("").build().is_err());
+        assert!(base().terminator("X").build().is_err());
+        assert!(base().terminator("=").build().is_err());
+        let limits = Limits {
+            max_connections: 0,
+            ..Limits::default()
+        };
+        assert!(base().limits(limits).build().is_err());
+        let timeouts = Timeouts {
+            idle: Some(Duration::ZERO),
+            ..Timeouts::default()
+        };
+        assert!(base().timeouts(timeouts).build().is_err());
+        assert!(base().host("").build().is_err());
+        assert!(base().host("::1").build().is_ok());
+    }
+
+    #[test]
+    fn debug_output_redacts_the_key() {
+        let key = key();
+        let builder = Config::builder().key(key.clone());
+        assert!(!format!("{builder:?}").contains(&key));
+        let config = builder.build().unwrap();
+        assert!(!format!("{config:?}").contains(&key));
+    }
+}

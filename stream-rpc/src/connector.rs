@@ -1,0 +1,311 @@
+//! The connector: runs a server (listens) or a client (connects and says
+//! hello), one [`Session`] per connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream, lookup_host};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::Protocol;
+use crate::session::{EndReason, Role, Session, SessionHandle};
+
+/// Stops a server or client gracefully from anywhere: it stops accepting,
+/// lets running handlers finish within the grace period, flushes replies and
+/// closes. Cloneable.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// Runs servers and clients with one [`Config`], like the seed's connector.
+///
+/// [`run_server`](Connector::run_server) and
+/// [`run_client`](Connector::run_client) also shut down gracefully on Ctrl-C
+/// and SIGTERM; [`bind`](Connector::bind) and
+/// [`connect`](Connector::connect) leave signals to the caller.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    config: Arc<Config>,
+    shutdown: ShutdownHandle,
+}
+
+impl Connector {
+    /// A connector with this configuration.
+    pub fn new(config: Config) -> Self {
+        Connector {
+            config: Arc::new(config),
+            shutdown: ShutdownHandle::default(),
+        }
+    }
+
+    /// A connector configured from the environment.
+    pub fn from_env() -> Result<Self, Error> {
+        Ok(Connector::new(Config::from_env()?))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle that shuts down everything this connector runs.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    async fn addresses(&self) -> Result<Vec<SocketAddr>, Error> {
+        let (host, port) = (self.config.host(), self.config.port());
+        let resolve_error = |source| Error::Resolve {
+            host: host.to_owned(),
+            port,
+            source,
+        };
+        let addrs: Vec<SocketAddr> = lookup_host((host, port))
+            .await
+            .map_err(resolve_error)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(resolve_error(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no address found",
+            )));
+        }
+        Ok(addrs)
+    }
+
+    /// Listens on the configured host and port; serve with [`Server::serve`].
+    pub async fn bind(&self) -> Result<Server, Error> {
+        let addr = self.addresses().await?[0];
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Server {
+            local_addr: listener.local_addr()?,
+            listener,
+            config: self.config.clone(),
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
+    /// Listens and serves `protocol` until Ctrl-C, SIGTERM or
+    /// [`ShutdownHandle::shutdown`], then shuts down gracefully.
+    pub async fn run_server<P: Protocol>(&self, protocol: P) -> Result<(), Error> {
+        let server = self.bind().await?;
+        let signals = tokio::spawn(shutdown_on_signal(self.shutdown.clone()));
+        let result = server.serve(protocol).await;
+        signals.abort();
+        result
+    }
+
+    /// Connects to the configured host and port and starts a session driven
+    /// by `protocol`. Use the returned [`Client`]'s session to send packets
+    /// and make calls.
+    pub async fn connect<P: Protocol>(&self, protocol: P) -> Result<Client, Error> {
+        let target = format!("{}:{}", self.config.host(), self.config.port());
+        let addrs = self.addresses().await?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match timeout(self.config.timeouts().connect, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(self.start_client(stream, protocol)),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(Error::Unreachable {
+            target,
+            source: last,
+        })
+    }
+
+    fn start_client<P: Protocol>(&self, stream: TcpStream, protocol: P) -> Client {
+        let remote = stream.peer_addr().ok();
+        let _ = stream.set_nodelay(true);
+        let session = Session::new(
+            Arc::new(protocol),
+            self.config.clone(),
+            Role::Client,
+            remote,
+        );
+        let handle = session.handle();
+        let (reader, writer) = stream.into_split();
+        let shutdown = self.shutdown.token.clone();
+        let task = tokio::spawn(session.run(reader, writer, shutdown));
+        Client { handle, task }
+    }
+
+    /// The seed's client: connects, sends the hello packet (`method` with
+    /// `payload`), then lets `protocol` drive the conversation until the
+    /// connection ends, Ctrl-C, SIGTERM or [`ShutdownHandle::shutdown`].
+    ///
+    /// Fails with [`Error::Unreachable`] when no server answers.
+    pub async fn run_client<P: Protocol>(
+        &self,
+        protocol: P,
+        method: &str,
+        payload: Value,
+    ) -> Result<EndReason, Error> {
+        let client = self.connect(protocol).await?;
+        let signals = tokio::spawn(shutdown_on_signal(self.shutdown.clone()));
+        let hello = client.session().notify(method, payload).await;
+        if let Err(e) = hello {
+            client.session().close();
+            signals.abort();
+            return Err(Error::Hello(e));
+        }
+        let end = client.join().await;
+        signals.abort();
+        Ok(end)
+    }
+}
+
+/// A listening server; see [`Connector::bind`].
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Arc<Config>,
+    shutdown: ShutdownHandle,
+}
+
+impl Server {
+    /// The address it listens on (with the real port when 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops this server gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Accepts connections, one session task each, up to
+    /// [`Limits::max_connections`](crate::Limits::max_connections) at once;
+    /// a connection beyond that is closed at once and logged. Returns after
+    /// shutdown, once every session has ended.
+    pub async fn serve<P: Protocol>(self, protocol: P) -> Result<(), Error> {
+        let protocol = Arc::new(protocol);
+        let name = protocol.name().to_owned();
+        let peer = self.config.peer_id();
+        let max = self.config.limits().max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let token = self.shutdown.token.clone();
+        tracing::info!(protocol = %name, peer = %peer, "Serving on {}", self.local_addr);
+        let mut refused: u64 = 0;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(protocol = %name, peer = %peer, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused += 1;
+                tracing::warn!(
+                    protocol = %name, peer = %peer,
+                    "connection limit of {max} reached: refused {remote} ({refused} refused so far)"
+                );
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let session = Session::new(
+                protocol.clone(),
+                self.config.clone(),
+                Role::Server,
+                Some(remote),
+            );
+            let token = token.clone();
+            let (name, peer) = (name.clone(), peer);
+            tokio::spawn(async move {
+                tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
+                let (reader, writer) = stream.into_split();
+                let end = session.run(reader, writer, token).await;
+                tracing::info!(protocol = %name, peer = %peer, "connection from {remote} ended: {end}");
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        tracing::info!(protocol = %name, peer = %peer, "shutting down: waiting for open sessions");
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        tracing::info!(protocol = %name, peer = %peer, "stopped");
+        Ok(())
+    }
+}
+
+/// A connected client; see [`Connector::connect`].
+#[derive(Debug)]
+pub struct Client {
+    handle: SessionHandle,
+    task: JoinHandle<EndReason>,
+}
+
+impl Client {
+    /// The session: send packets and make calls to the server.
+    pub fn session(&self) -> &SessionHandle {
+        &self.handle
+    }
+
+    /// Waits until the session ends and says why.
+    pub async fn join(self) -> EndReason {
+        match self.task.await {
+            Ok(end) => end,
+            Err(e) => EndReason::ReadFailed(format!("session task failed: {e}")),
+        }
+    }
+}
+
+/// Starts the graceful shutdown on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_on_signal(handle: ShutdownHandle) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    handle.shutdown();
+}

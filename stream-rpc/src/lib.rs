@@ -1,0 +1,78 @@
+//! Encrypted peer-to-peer RPC over TCP.
+//!
+//! Two peers exchange [`Packet`]s (`peer`, `id`, `created_at`, `method`,
+//! `payload`), each sealed into a Fernet token under one shared key and sent
+//! as one line. Each side runs a [`Protocol`] that handles incoming packets
+//! and may answer them; both sides can send packets and make calls at any
+//! time through a [`SessionHandle`]. The [`Connector`] runs servers and
+//! clients with settings from the environment (`CRYPTO_KEY`,
+//! `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_LOG_LVL`) or from code.
+//!
+//! ```
+//! use serde_json::json;
+//! use stream_rpc::{Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply};
+//!
+//! struct Pinger;
+//!
+//! impl Protocol for Pinger {
+//!     async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+//!         match packet.method.as_str() {
+//!             "ping" => Ok(Reply::message("pong", json!({"got": packet.payload}))),
+//!             other => Err(HandlerError::unknown_method(other)),
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = Fernet::generate_key()?;
+//! let config = |port| Config::builder().key(key.clone()).host("127.0.0.1").port(port).build();
+//!
+//! // A server on a free loopback port.
+//! let server = Connector::new(config(0)?).bind().await?;
+//! let port = server.local_addr().port();
+//! let stop = server.shutdown_handle();
+//! let serving = tokio::spawn(server.serve(Pinger));
+//!
+//! // A client calls it.
+//! let client = Connector::new(config(port)?).connect(Pinger).await?;
+//! let reply = client.session().call("ping", json!(1)).await?;
+//! assert_eq!(reply.method, "pong");
+//! assert_eq!(reply.payload, json!({"got": 1}));
+//!
+//! stop.shutdown();
+//! serving.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The wire format is specified in `docs/PROTOCOL.md` of the repository.
+
+#![warn(missing_docs)]
+
+pub mod cipher;
+pub mod codec;
+pub mod config;
+mod connector;
+mod error;
+pub mod logging;
+pub mod packet;
+mod protocol;
+pub mod session;
+
+pub use cipher::{Cipher, CipherError, Fernet, KeyError};
+pub use config::{Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, Timeouts};
+pub use connector::{Client, Connector, Server, ShutdownHandle};
+pub use error::{CallError, Error, SendError};
+pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
+pub use protocol::{Context, HandlerError, Protocol, Reply};
+pub use session::{EndReason, Role, Session, SessionHandle};
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
+/// Re-exported so that applications and generated code need no direct
+/// dependency on `serde_json`.
+pub use serde_json::{Value, json};

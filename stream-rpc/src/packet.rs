@@ -1,0 +1,314 @@
+//! The message packet: what two peers exchange, one per frame.
+//!
+//! On the wire a packet is one UTF-8 JSON object, sealed into a Fernet token
+//! (see `docs/PROTOCOL.md`). The field names are the ones of the Python
+//! `stream_rpc` original (`peer`, `id`, `created_at`, `method`, `payload`),
+//! plus the optional `reply_to` that correlates a reply with its request.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The method name of an error packet. It is reserved: the engine never
+/// dispatches a packet with this method to a handler.
+pub const ERROR_METHOD: &str = "error";
+
+/// One message between two peers.
+///
+/// `payload` is any JSON value, including another packet: the queue example
+/// stores a whole task packet as the payload of `put_in_queue`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Packet {
+    /// The UUID of the peer that created the packet.
+    pub peer: Uuid,
+    /// The sender's request number: each peer numbers the packets it creates.
+    pub id: u64,
+    /// When the packet was created, in UTC (RFC 3339 with `Z` on the wire).
+    #[serde(with = "rfc3339_utc")]
+    pub created_at: DateTime<Utc>,
+    /// What the packet asks for; selects the handler on the receiving side.
+    pub method: String,
+    /// The method's data; `null` when the sender gave none.
+    #[serde(default)]
+    pub payload: Value,
+    /// Set on a reply: the packet this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// Names the packet a reply answers: its creator and its request number.
+///
+/// A receiver completes one of its own pending calls only when `peer` is its
+/// own id, so a reply can never be mistaken for the answer to another peer's
+/// packet (for example a task forwarded from a queue keeps its creator's id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplyTo {
+    /// The peer that created the answered packet.
+    pub peer: Uuid,
+    /// The answered packet's `id`.
+    pub id: u64,
+}
+
+impl Packet {
+    /// Builds a packet stamped with the current time, like the seed's
+    /// `create_message_packet(peer_id, request_number, method, payload)`.
+    ///
+    /// Inside a handler prefer [`Context::packet`](crate::Context::packet) or
+    /// [`SessionHandle::packet`](crate::SessionHandle::packet), which fill in
+    /// the session's own peer id and next request number.
+    pub fn new(peer: Uuid, id: u64, method: impl Into<String>, payload: Value) -> Self {
+        Packet {
+            peer,
+            id,
+            created_at: Utc::now(),
+            method: method.into(),
+            payload,
+            reply_to: None,
+        }
+    }
+
+    /// Whether this packet answers another one (it carries `reply_to`).
+    pub fn is_reply(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    /// Whether this is an error packet (method [`ERROR_METHOD`]).
+    pub fn is_error(&self) -> bool {
+        self.method == ERROR_METHOD
+    }
+
+    /// The error this packet carries, if it is a well-formed error packet.
+    pub fn error(&self) -> Option<ErrorPayload> {
+        if !self.is_error() {
+            return None;
+        }
+        ErrorPayload::deserialize(&self.payload).ok()
+    }
+
+    /// The [`ReplyTo`] that a reply to this packet carries.
+    pub fn reply_address(&self) -> ReplyTo {
+        ReplyTo {
+            peer: self.peer,
+            id: self.id,
+        }
+    }
+
+    /// The payload as a typed value, e.g. a task packet carried by
+    /// `put_in_queue`.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.payload)
+    }
+
+    /// Decodes a packet from the JSON plaintext of a token.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Encodes the packet as the JSON plaintext of a token.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
+/// The longest payload text a log line shows before it is cut.
+const LOG_PAYLOAD_CHARS: usize = 512;
+
+/// Shows the packet readably for logs: method, id, peer, correlation, time
+/// and payload, with a long payload cut short.
+impl fmt::Display for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{{method: {:?}, id: {}, peer: {}, created_at: {}",
+            self.method,
+            self.id,
+            self.peer,
+            self.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
+        )?;
+        if let Some(to) = &self.reply_to {
+            write!(f, ", reply_to: {}#{}", to.peer, to.id)?;
+        }
+        let payload = self.payload.to_string();
+        match payload.char_indices().nth(LOG_PAYLOAD_CHARS) {
+            Some((cut, _)) => write!(
+                f,
+                ", payload: {}… ({} bytes)}}",
+                &payload[..cut],
+                payload.len()
+            ),
+            None => write!(f, ", payload: {payload}}}"),
+        }
+    }
+}
+
+/// The payload of an error packet: a stable machine-readable code and a
+/// message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    /// What kind of failure this is.
+    pub code: ErrorCode,
+    /// A human-readable explanation, never a Rust debug dump.
+    pub message: String,
+    /// The method of the packet that failed, when it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// The stable codes of error packets (`snake_case` on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No handler takes the packet's method.
+    UnknownMethod,
+    /// The payload does not fit the handler's argument types.
+    InvalidPayload,
+    /// The plaintext decrypted but is not a valid packet.
+    InvalidPacket,
+    /// The handler ran and returned an error.
+    HandlerError,
+    /// The handler panicked; the connection goes on.
+    HandlerPanicked,
+    /// Too many handlers are already running on this connection.
+    Busy,
+    /// A code this version does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownMethod => "unknown_method",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::InvalidPacket => "invalid_packet",
+            ErrorCode::HandlerError => "handler_error",
+            ErrorCode::HandlerPanicked => "handler_panicked",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `created_at` as RFC 3339 in UTC with a `Z`; any RFC 3339 offset is
+/// accepted on input and converted to UTC.
+mod rfc3339_utc {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|e| D::Error::custom(format_args!("created_at is not RFC 3339: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Packet {
+        Packet::new(Uuid::new_v4(), 7, "ping", json!({"n": 1}))
+    }
+
+    #[test]
+    fn wire_form_has_exactly_the_seed_fields_and_a_z_timestamp() {
+        let packet = sample();
+        let value: Value = serde_json::from_slice(&packet.to_json().unwrap()).unwrap();
+        let object = value.as_object().unwrap();
+        let mut keys: Vec<_> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["created_at", "id", "method", "payload", "peer"]);
+        assert!(object["created_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(object["id"], json!(7));
+    }
+
+    #[test]
+    fn round_trips_including_a_nested_packet_and_reply_to() {
+        let inner = sample();
+        let mut outer = Packet::new(
+            Uuid::new_v4(),
+            1,
+            "put_in_queue",
+            serde_json::to_value(&inner).unwrap(),
+        );
+        outer.reply_to = Some(inner.reply_address());
+        let back = Packet::from_json(&outer.to_json().unwrap()).unwrap();
+        assert_eq!(back, outer);
+        let carried: Packet = serde_json::from_value(back.payload).unwrap();
+        assert_eq!(carried, inner);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_a_missing_payload_is_null() {
+        let text = r#"{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":3,
+            "created_at":"2024-01-02T03:04:05+01:00","method":"ping","extra":[1,2]}"#;
+        let packet = Packet::from_json(text.as_bytes()).unwrap();
+        assert_eq!(packet.payload, Value::Null);
+        assert_eq!(packet.created_at.to_rfc3339(), "2024-01-02T02:04:05+00:00");
+    }
+
+    #[test]
+    fn missing_or_mistyped_fields_are_errors() {
+        for text in [
+            r#"{"id":3,"created_at":"2024-01-02T03:04:05Z","method":"ping"}"#,
+            r#"{"peer":"not-a-uuid","id":3,"created_at":"2024-01-02T03:04:05Z","method":"ping"}"#,
+            r#"{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":-1,"created_at":"2024-01-02T03:04:05Z","method":"ping"}"#,
+            r#"{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":3,"created_at":"yesterday","method":"ping"}"#,
+            r#"{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":3,"created_at":"2024-01-02T03:04:05Z","method":5}"#,
+            r#"[1,2,3]"#,
+        ] {
+            assert!(Packet::from_json(text.as_bytes()).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn display_cuts_long_payloads() {
+        let mut packet = sample();
+        packet.payload = Value::String("é".repeat(2000));
+        let shown = packet.to_string();
+        assert!(shown.contains("ping"));
+        assert!(shown.chars().count() < 800, "{}", shown.len());
+        assert!(shown.contains("bytes)"));
+    }
+
+    #[test]
+    fn error_codes_are_stable_snake_case_and_unknown_codes_parse() {
+        let payload = ErrorPayload {
+            code: ErrorCode::UnknownMethod,
+            message: "no handler".into(),
+            method: Some("nope".into()),
+        };
+        let value = serde_json::to_value(&payload).unwrap();
+        assert_eq!(value["code"], "unknown_method");
+        let later: ErrorPayload =
+            serde_json::from_value(json!({"code": "from_the_future", "message": "x"})).unwrap();
+        assert_eq!(later.code, ErrorCode::Unknown);
+        for code in [
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidPayload,
+            ErrorCode::InvalidPacket,
+            ErrorCode::HandlerError,
+            ErrorCode::HandlerPanicked,
+            ErrorCode::Busy,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Helpers shared by the loopback integration tests: a test service, a
+//! server on a free port, and a raw peer that speaks bytes, not packets.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use stream_rpc::{
+    Client, Config, ConfigBuilder, Connector, Context, ERROR_METHOD, ErrorCode, ErrorPayload,
+    Fernet, HandlerError, Packet, Protocol, Reply, ShutdownHandle,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Every test is bounded by this.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs a test body under the time bound.
+pub async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(LIMIT, body)
+        .await
+        .expect("the test exceeded its time bound")
+}
+
+pub fn new_key() -> String {
+    Fernet::generate_key().unwrap()
+}
+
+/// A loopback config builder with the given key and port.
+pub fn config(key: &str, port: u16) -> ConfigBuilder {
+    Config::builder().key(key).host("127.0.0.1").port(port)
+}
+
+/// The state a test can observe in the service.
+#[derive(Default)]
+pub struct Probe {
+    pub notes: AtomicUsize,
+    pub noted: Notify,
+    pub started: Notify,
+    pub release: Notify,
+    pub finished: AtomicUsize,
+    /// Signalled when a flood stops because its session refused a packet.
+    pub flood_cut: Notify,
+}
+
+/// The service the tests talk to.
+#[derive(Clone, Default)]
+pub struct TestService {
+    pub probe: Arc<Probe>,
+}
+
+#[derive(Deserialize)]
+struct AddArgs {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Deserialize)]
+struct FloodArgs {
+    count: usize,
+    size: usize,
+}
+
+impl Protocol for TestService {
+    fn name(&self) -> &str {
+        "TestService"
+    }
+
+    async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        let method = packet.method.as_str();
+        match method {
+            "ping" => Ok(Reply::message("pong", packet.payload)),
+            "add" => {
+                let args = AddArgs::deserialize(&packet.payload)
+                    .map_err(|e| HandlerError::invalid_payload(method, e))?;
+                Ok(Reply::message("sum", json!(args.a + args.b)))
+            }
+            "fail" => Err(HandlerError::failed("this handler always fails")),
+            "panic" => panic!("the test handler panics on purpose"),
+            "note" => {
+                self.probe.notes.fetch_add(1, Ordering::SeqCst);
+                self.probe.noted.notify_one();
+                Ok(Reply::Nothing)
+            }
+            "wait" => {
+                let released = self.probe.release.notified();
+                self.probe.started.notify_one();
+                released.await;
+                self.probe.finished.fetch_add(1, Ordering::SeqCst);
+                Ok(Reply::message("done", packet.payload))
+            }
+            "callback" => {
+                let answer = ctx
+                    .session()
+                    .call("ping", packet.payload)
+                    .await
+                    .map_err(|e| HandlerError::failed(e.to_string()))?;
+                Ok(Reply::message("called_back", answer.payload))
+            }
+            "forward" => {
+                let stored = Packet::deserialize(&packet.payload)
+                    .map_err(|e| HandlerError::invalid_payload(method, e))?;
+                Ok(Reply::Forward(stored))
+            }
+            "flood" => {
+                let args = FloodArgs::deserialize(&packet.payload)
+                    .map_err(|e| HandlerError::invalid_payload(method, e))?;
+                let blob = "x".repeat(args.size);
+                for _ in 0..args.count {
+                    if ctx.session().notify("blob", json!(blob)).await.is_err() {
+                        self.probe.flood_cut.notify_one();
+                        break;
+                    }
+                    // Let the writer run between (slow, debug-built) packets.
+                    tokio::task::yield_now().await;
+                }
+                Ok(Reply::Nothing)
+            }
+            "repeat" => {
+                let (text, times): (String, usize) = Deserialize::deserialize(&packet.payload)
+                    .map_err(|e| HandlerError::invalid_payload(method, e))?;
+                Ok(Reply::message("repeated", json!(text.repeat(times))))
+            }
+            "pong" | "sum" | "done" => Ok(Reply::Nothing),
+            other => Err(HandlerError::unknown_method(other)),
+        }
+    }
+}
+
+/// A server running a protocol on a free loopback port.
+pub struct TestServer {
+    pub key: String,
+    pub port: u16,
+    pub shutdown: ShutdownHandle,
+    pub task: JoinHandle<Result<(), stream_rpc::Error>>,
+}
+
+impl TestServer {
+    pub async fn start<P: Protocol>(protocol: P, builder: ConfigBuilder, key: &str) -> Self {
+        let server = Connector::new(builder.build().unwrap())
+            .bind()
+            .await
+            .unwrap();
+        let port = server.local_addr().port();
+        let shutdown = server.shutdown_handle();
+        let task = tokio::spawn(server.serve(protocol));
+        TestServer {
+            key: key.to_owned(),
+            port,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A server running [`TestService`] with default settings.
+    pub async fn default_with(service: TestService) -> Self {
+        let key = new_key();
+        Self::start(service, config(&key, 0), &key).await
+    }
+
+    pub async fn client(&self) -> Client {
+        Connector::new(config(&self.key, self.port).build().unwrap())
+            .connect(TestService::default())
+            .await
+            .unwrap()
+    }
+
+    pub async fn raw(&self) -> RawPeer {
+        RawPeer::connect(self.port, &self.key).await
+    }
+
+    /// The server still answers a fresh, well-behaved client.
+    pub async fn assert_healthy(&self) {
+        let client = self.client().await;
+        let reply = client.session().call("ping", json!("still there?")).await;
+        assert_eq!(reply.unwrap().payload, json!("still there?"));
+        client.session().close();
+        client.join().await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.shutdown();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A peer that writes raw bytes and reads raw lines.
+pub struct RawPeer {
+    pub fernet: fernet::Fernet,
+    pub id: Uuid,
+    reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+    next: u64,
+}
+
+impl RawPeer {
+    pub async fn connect(port: u16, key: &str) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Self::over(stream, key)
+    }
+
+    /// A peer whose socket receive buffer is as small as the kernel allows,
+    /// so that a peer that stops reading is felt by the server at once.
+    pub async fn connect_small(port: u16, key: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        Self::over(stream, key)
+    }
+
+    fn over(stream: TcpStream, key: &str) -> Self {
+        let (reader, writer) = stream.into_split();
+        RawPeer {
+            fernet: fernet::Fernet::new(key).unwrap(),
+            id: Uuid::new_v4(),
+            reader: BufReader::new(reader),
+            writer,
+            next: 0,
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Seals any plaintext and sends it as a line.
+    pub async fn send_plain(&mut self, plain: &[u8]) {
+        let token = self.fernet.encrypt(plain);
+        self.send_raw(format!("{token}\n").as_bytes()).await;
+    }
+
+    pub fn packet(&mut self, method: &str, payload: Value) -> Packet {
+        self.next += 1;
+        Packet::new(self.id, self.next, method, payload)
+    }
+
+    /// Sends a packet and returns its id.
+    pub async fn send(&mut self, packet: &Packet) -> u64 {
+        self.send_plain(&packet.to_json().unwrap()).await;
+        packet.id
+    }
+
+    pub async fn request(&mut self, method: &str, payload: Value) -> u64 {
+        let packet = self.packet(method, payload);
+        self.send(&packet).await
+    }
+
+    /// Reads the next frame, or `None` when the connection closed.
+    pub async fn recv_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end().to_owned()),
+        }
+    }
+
+    /// Reads and opens the next packet; panics if the connection closed.
+    pub async fn recv(&mut self) -> Packet {
+        let line = self.recv_line().await.expect("connection closed");
+        let plain = self.fernet.decrypt(&line).expect("reply does not decrypt");
+        Packet::from_json(&plain).expect("reply is not a packet")
+    }
+
+    /// Reads the next packet and checks that it answers request `id`.
+    pub async fn recv_reply(&mut self, id: u64) -> Packet {
+        let reply = self.recv().await;
+        let to = reply.reply_to.expect("not a reply");
+        assert_eq!(
+            (to.peer, to.id),
+            (self.id, id),
+            "answers another packet: {reply}"
+        );
+        reply
+    }
+
+    /// Waits until the server closes the connection, discarding what comes.
+    pub async fn expect_closed(&mut self) {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match self.reader.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The error payload of an error packet, checking the method.
+pub fn error_of(packet: &Packet) -> ErrorPayload {
+    assert_eq!(packet.method, ERROR_METHOD, "not an error packet: {packet}");
+    packet.error().expect("malformed error payload")
+}
+
+pub fn assert_error(packet: &Packet, code: ErrorCode) -> ErrorPayload {
+    let error = error_of(packet);
+    assert_eq!(error.code, code, "{error:?}");
+    error
+}

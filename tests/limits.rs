@@ -1,0 +1,294 @@
+//! Resource bounds, deadlines and graceful shutdown over loopback.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use stream_rpc::{CallError, EndReason, ErrorCode, Limits, Timeouts};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+fn short_timeouts() -> Timeouts {
+    let mut timeouts = Timeouts::default();
+    timeouts.first_frame = Duration::from_millis(300);
+    timeouts.idle = Some(Duration::from_millis(400));
+    timeouts.write = Duration::from_millis(500);
+    timeouts.shutdown_grace = Duration::from_secs(5);
+    timeouts
+}
+
+async fn server_with(limits: Limits, timeouts: Timeouts) -> TestServer {
+    let key = new_key();
+    TestServer::start(
+        TestService::default(),
+        config(&key, 0).limits(limits).timeouts(timeouts),
+        &key,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_at_the_first_frame_deadline() {
+    bounded(async {
+        let server = server_with(Limits::default(), short_timeouts()).await;
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut byte = [0u8; 1];
+        let read = stream.read(&mut byte).await;
+        assert!(matches!(read, Ok(0) | Err(_)));
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        server.assert_healthy().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_peer_is_closed_but_a_busy_one_is_not() {
+    bounded(async {
+        let service = TestService::default();
+        let probe = service.probe.clone();
+        let key = new_key();
+        let server =
+            TestServer::start(service, config(&key, 0).timeouts(short_timeouts()), &key).await;
+
+        // Idle after one exchange: closed after the idle timeout.
+        let mut idle = server.raw().await;
+        let id = idle.request("ping", json!(null)).await;
+        idle.recv_reply(id).await;
+        idle.expect_closed().await;
+
+        // A handler that runs longer than the idle timeout keeps it open.
+        let mut busy = server.raw().await;
+        let started = probe.started.notified();
+        let id = busy.request("wait", json!("long job")).await;
+        started.await;
+        // Let several idle periods pass while the handler runs: the
+        // connection must survive them. Here waiting is the point of the test.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        probe.release.notify_one();
+        assert_eq!(busy.recv_reply(id).await.payload, json!("long job"));
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_closed_at_the_write_deadline() {
+    bounded(async {
+        // No idle timeout: only the write deadline can close the hog.
+        let mut timeouts = short_timeouts();
+        timeouts.idle = None;
+        let service = TestService::default();
+        let probe = service.probe.clone();
+        let key = new_key();
+        let server = TestServer::start(service, config(&key, 0).timeouts(timeouts), &key).await;
+        let mut hog = RawPeer::connect_small(server.port, &server.key).await;
+        // Far more than the socket buffers hold; the hog reads none of it
+        // until the server has given up on it.
+        let cut = probe.flood_cut.notified();
+        hog.request("flood", json!({"count": 100_000, "size": 64 * 1024}))
+            .await;
+        cut.await;
+        // Others are served.
+        server.assert_healthy().await;
+        // The hog finds what was buffered, then the end of the stream.
+        hog.expect_closed().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_promptly() {
+    bounded(async {
+        let mut limits = Limits::default();
+        limits.max_connections = 2;
+        let server = server_with(limits, Timeouts::default()).await;
+        let first = server.client().await;
+        let second = server.client().await;
+        for client in [&first, &second] {
+            client.session().call("ping", json!(1)).await.unwrap();
+        }
+        // A third is closed at once, well before any timeout.
+        let mut third = server.raw().await;
+        let refused_at = tokio::time::Instant::now();
+        third.request("ping", json!(null)).await;
+        assert!(third.recv_line().await.is_none());
+        assert!(refused_at.elapsed() < Duration::from_secs(5));
+        // The two still work; when one leaves, a new one gets its slot.
+        first.session().call("ping", json!(2)).await.unwrap();
+        second.session().close();
+        second.join().await;
+        let mut retry = 0;
+        loop {
+            let mut next = server.raw().await;
+            let id = next.request("ping", json!("in")).await;
+            match next.recv_line().await {
+                Some(line) => {
+                    let plain = next.fernet.decrypt(&line).unwrap();
+                    let reply = stream_rpc::Packet::from_json(&plain).unwrap();
+                    assert_eq!(reply.reply_to.unwrap().id, id);
+                    break;
+                }
+                // The server may not yet have seen the slot freed.
+                None if retry < 50 => {
+                    retry += 1;
+                    tokio::task::yield_now().await;
+                }
+                None => panic!("the freed slot was never reused"),
+            }
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_concurrent_handlers_get_busy_errors() {
+    bounded(async {
+        let mut limits = Limits::default();
+        limits.max_concurrent_handlers = 2;
+        let service = TestService::default();
+        let probe = service.probe.clone();
+        let key = new_key();
+        let server = TestServer::start(service, config(&key, 0).limits(limits), &key).await;
+        let mut raw = server.raw().await;
+        let first = probe.started.notified();
+        let a = raw.request("wait", json!("a")).await;
+        first.await;
+        let second = probe.started.notified();
+        let b = raw.request("wait", json!("b")).await;
+        second.await;
+        let c = raw.request("ping", json!("c")).await;
+        let busy = raw.recv_reply(c).await;
+        assert_error(&busy, ErrorCode::Busy);
+        probe.release.notify_one();
+        probe.release.notify_one();
+        let mut done = [raw.recv().await, raw.recv().await];
+        done.sort_by_key(|p| p.reply_to.unwrap().id);
+        assert_eq!(done[0].reply_to.unwrap().id, a);
+        assert_eq!(done[1].reply_to.unwrap().id, b);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_answers_calls_already_accepted() {
+    bounded(async {
+        let service = TestService::default();
+        let probe = service.probe.clone();
+        let key = new_key();
+        let server =
+            TestServer::start(service, config(&key, 0).timeouts(short_timeouts()), &key).await;
+        let client = server.client().await;
+        let session = client.session().clone();
+        let started = probe.started.notified();
+        let call = tokio::spawn(async move { session.call("wait", json!("accepted")).await });
+        started.await;
+
+        server.shutdown.shutdown();
+        // New connections are no longer accepted once the listener is gone;
+        // the accepted call still completes.
+        probe.release.notify_one();
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply.payload, json!("accepted"));
+        assert_eq!(probe.finished.load(Ordering::SeqCst), 1);
+        server.task.await.unwrap().unwrap();
+        assert!(
+            TcpStream::connect(("127.0.0.1", server.port))
+                .await
+                .is_err()
+        );
+        // The client sees the server go.
+        let end = client.join().await;
+        assert_eq!(end, EndReason::PeerClosed);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_call_without_reply_times_out_and_frees_its_slot() {
+    bounded(async {
+        let server = server_with(Limits::default(), Timeouts::default()).await;
+        let client = server.client().await;
+        // `note` never answers.
+        let err = client
+            .session()
+            .call_with_timeout("note", json!(null), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+        assert_eq!(
+            client
+                .session()
+                .call("ping", json!(3))
+                .await
+                .unwrap()
+                .payload,
+            json!(3)
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn packets_larger_than_the_frame_limit_are_errors_not_lost_frames() {
+    bounded(async {
+        let mut limits = Limits::default();
+        limits.max_frame_len = 4096;
+        let key = new_key();
+        let server = TestServer::start(
+            TestService::default(),
+            config(&key, 0).limits(limits.clone()),
+            &key,
+        )
+        .await;
+        // A small request whose reply would not fit: an error packet instead.
+        let mut raw = server.raw().await;
+        let id = raw.request("repeat", json!(["ab", 1000])).await;
+        assert_eq!(raw.recv_reply(id).await.payload, json!("ab".repeat(1000)));
+        let id = raw.request("repeat", json!(["ab", 3000])).await;
+        let error = assert_error(&raw.recv_reply(id).await, ErrorCode::HandlerError);
+        assert!(
+            error.message.contains("maximum frame length of 4096"),
+            "{error:?}"
+        );
+        // A request that would not fit fails on the caller's side.
+        let client =
+            stream_rpc::Connector::new(config(&key, server.port).limits(limits).build().unwrap())
+                .connect(TestService::default())
+                .await
+                .unwrap();
+        let err = client
+            .session()
+            .call("ping", json!("z".repeat(5_000)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CallError::Send(stream_rpc::SendError::TooLarge { max: 4096, .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            client
+                .session()
+                .call("ping", json!(1))
+                .await
+                .unwrap()
+                .payload,
+            json!(1)
+        );
+        server.stop().await;
+    })
+    .await;
+}
