@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::json;
-use stream_rpc::{ErrorCode, Limits};
+use stream_rpc::ErrorCode;
 
 /// Sends a ping and checks that the first thing back is its pong.
 async fn ping_is_next(raw: &mut RawPeer) {
@@ -23,7 +23,7 @@ async fn ping_is_next(raw: &mut RawPeer) {
 }
 
 async fn unanswered_and_counted(bad: &[u8]) {
-    let server = TestServer::default_with(TestService::default()).await;
+    let server = TestServer::new().await;
     let mut raw = server.raw().await;
     raw.send_raw(bad).await;
     ping_is_next(&mut raw).await;
@@ -77,7 +77,7 @@ async fn token_under_another_key() {
 #[tokio::test]
 async fn truncated_token() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let packet = raw.packet("ping", json!(null));
         let token = raw.fernet.encrypt(&packet.to_json().unwrap());
@@ -94,7 +94,7 @@ async fn truncated_token() {
 async fn token_with_a_timestamp_near_u64_max() {
     bounded(async {
         // Built in debug mode by `cargo test`, where an overflow would panic.
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         for stamp in [u64::MAX, u64::MAX - 30, u64::MAX - 299] {
             let packet = raw.packet("ping", json!(null));
@@ -113,7 +113,7 @@ async fn token_with_a_timestamp_near_u64_max() {
 #[tokio::test]
 async fn expired_token_and_token_from_the_far_future() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         // The default time to live is 300 s; the spec allows 60 s of skew.
         for stamp in [now() - 3_600, now() + 3_600] {
@@ -141,11 +141,7 @@ async fn expired_token_and_token_from_the_far_future() {
 #[tokio::test]
 async fn over_long_line_with_a_terminator_is_skipped() {
     bounded(async {
-        let key = new_key();
-        let mut limits = Limits::default();
-        limits.max_frame_len = 4096;
-        let server =
-            TestServer::start(TestService::default(), config(&key, 0).limits(limits), &key).await;
+        let server = TestServer::with(|c| c.limits(frame_limit(4096))).await;
         let mut raw = server.raw().await;
         let mut long = vec![b'A'; 100_000];
         long.push(b'\n');
@@ -160,11 +156,7 @@ async fn over_long_line_with_a_terminator_is_skipped() {
 #[tokio::test]
 async fn over_long_line_without_a_terminator_is_discarded_unbuffered() {
     bounded(async {
-        let key = new_key();
-        let mut limits = Limits::default();
-        limits.max_frame_len = 4096;
-        let server =
-            TestServer::start(TestService::default(), config(&key, 0).limits(limits), &key).await;
+        let server = TestServer::with(|c| c.limits(frame_limit(4096))).await;
         let mut raw = server.raw().await;
         // 8 MiB with no terminator: counted once, skipped as it streams.
         let chunk = vec![b'B'; 64 * 1024];
@@ -182,7 +174,7 @@ async fn over_long_line_without_a_terminator_is_discarded_unbuffered() {
 #[tokio::test]
 async fn empty_lines_and_crlf() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         raw.send_raw(b"\n\n\r\n\n").await;
         let packet = raw.packet("ping", json!("crlf"));
@@ -200,7 +192,7 @@ async fn empty_lines_and_crlf() {
 #[tokio::test]
 async fn plaintext_that_is_not_json() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         raw.send_plain(b"this is sealed but not JSON").await;
         let error = raw.recv().await;
@@ -220,7 +212,7 @@ async fn plaintext_that_is_not_json() {
 #[tokio::test]
 async fn json_with_missing_or_mistyped_fields() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let peer = raw.id;
         let cases = [
@@ -254,7 +246,7 @@ async fn json_with_missing_or_mistyped_fields() {
 #[tokio::test]
 async fn json_nested_deeper_than_serde_json_allows() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let depth = 10_000;
         let payload = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
@@ -275,7 +267,7 @@ async fn json_nested_deeper_than_serde_json_allows() {
 #[tokio::test]
 async fn unknown_method() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let id = raw.request("no_such_method", json!(null)).await;
         let error = raw.recv_reply(id).await;
@@ -289,7 +281,7 @@ async fn unknown_method() {
 #[tokio::test]
 async fn payload_of_the_wrong_type() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let id = raw.request("add", json!(["not", "an", "object"])).await;
         let payload = assert_error(&raw.recv_reply(id).await, ErrorCode::InvalidPayload);
@@ -303,7 +295,7 @@ async fn payload_of_the_wrong_type() {
 #[tokio::test]
 async fn handler_that_panics() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let id = raw.request("panic", json!(null)).await;
         let payload = assert_error(&raw.recv_reply(id).await, ErrorCode::HandlerPanicked);
@@ -318,7 +310,7 @@ async fn handler_that_panics() {
 #[tokio::test]
 async fn peer_that_disconnects_mid_frame() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         let packet = raw.packet("ping", json!(null));
         let token = raw.fernet.encrypt(&packet.to_json().unwrap());
@@ -333,7 +325,7 @@ async fn peer_that_disconnects_mid_frame() {
 #[tokio::test]
 async fn a_bad_peer_never_disturbs_another_connection() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let good = server.client().await;
         let mut bad = server.raw().await;
         for _ in 0..3 {
@@ -354,7 +346,7 @@ async fn a_bad_peer_never_disturbs_another_connection() {
 #[tokio::test]
 async fn a_bad_frame_run_is_reset_by_a_good_frame() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         // Two bad, one good, two bad, one good: never three in a row.
         for _ in 0..3 {
@@ -394,16 +386,10 @@ async fn bad_tokens_get_no_reply_within_a_wait() {
     // A direct check that undecryptable frames stay unanswered: after one
     // bad frame, nothing arrives until the server closes the idle connection.
     bounded(async {
-        let key = new_key();
         let mut timeouts = stream_rpc::Timeouts::default();
         timeouts.first_frame = Duration::from_millis(300);
         timeouts.idle = Some(Duration::from_millis(300));
-        let server = TestServer::start(
-            TestService::default(),
-            config(&key, 0).timeouts(timeouts),
-            &key,
-        )
-        .await;
+        let server = TestServer::with(|c| c.timeouts(timeouts)).await;
         let mut raw = server.raw().await;
         raw.send_raw(b"junk\n").await;
         assert_eq!(

@@ -35,7 +35,7 @@ impl Protocol for Worker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_style_conversation_runs_as_a_loop() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let pongs = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             rounds: 2_000,
@@ -57,7 +57,7 @@ async fn a_seed_style_conversation_runs_as_a_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_get_their_own_replies_and_errors() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let client = server.client().await;
         let session = client.session();
 
@@ -101,7 +101,7 @@ async fn calls_get_their_own_replies_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_calls_on_one_connection() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let client = server.client().await;
         let calls = (0..64i64).map(|n| {
             let session = client.session().clone();
@@ -119,7 +119,7 @@ async fn sixty_four_concurrent_calls_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_flow_both_ways_at_once() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let client = server.client().await;
         // Each `callback` makes the server call back into the client while
         // the client has calls of its own in flight.
@@ -148,9 +148,7 @@ async fn calls_flow_both_ways_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_get_no_reply_and_forwarded_packets_stay_verbatim() {
     bounded(async {
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let server = TestServer::default_with(service).await;
+        let (server, probe) = TestServer::probed(|c| c).await;
         let mut raw = server.raw().await;
 
         let noted = probe.noted.notified();
@@ -194,7 +192,7 @@ async fn notifications_get_no_reply_and_forwarded_packets_stay_verbatim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_a_reply_starts_a_new_exchange_and_is_never_an_error() {
     bounded(async {
-        let server = TestServer::default_with(TestService::default()).await;
+        let server = TestServer::new().await;
         let mut raw = server.raw().await;
         // A packet that answers something (it carries reply_to) with an
         // unknown method: the server drops it with a log line, no error.
@@ -245,9 +243,7 @@ async fn an_unreachable_server_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_in_flight_fail_promptly_when_the_connection_is_lost() {
     bounded(async {
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let server = TestServer::default_with(service).await;
+        let (server, probe) = TestServer::probed(|c| c).await;
         let client = server.client().await;
         let session = client.session().clone();
         let started = probe.started.notified();

@@ -21,13 +21,7 @@ fn short_timeouts() -> Timeouts {
 }
 
 async fn server_with(limits: Limits, timeouts: Timeouts) -> TestServer {
-    let key = new_key();
-    TestServer::start(
-        TestService::default(),
-        config(&key, 0).limits(limits).timeouts(timeouts),
-        &key,
-    )
-    .await
+    TestServer::with(|c| c.limits(limits).timeouts(timeouts)).await
 }
 
 #[tokio::test]
@@ -51,11 +45,7 @@ async fn a_silent_peer_is_closed_at_the_first_frame_deadline() {
 #[tokio::test]
 async fn an_idle_peer_is_closed_but_a_busy_one_is_not() {
     bounded(async {
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let key = new_key();
-        let server =
-            TestServer::start(service, config(&key, 0).timeouts(short_timeouts()), &key).await;
+        let (server, probe) = TestServer::probed(|c| c.timeouts(short_timeouts())).await;
 
         // Idle after one exchange: closed after the idle timeout.
         let mut idle = server.raw().await;
@@ -84,10 +74,7 @@ async fn a_peer_that_never_reads_is_closed_at_the_write_deadline() {
         // No idle timeout: only the write deadline can close the hog.
         let mut timeouts = short_timeouts();
         timeouts.idle = None;
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let key = new_key();
-        let server = TestServer::start(service, config(&key, 0).timeouts(timeouts), &key).await;
+        let (server, probe) = TestServer::probed(|c| c.timeouts(timeouts)).await;
         let mut hog = RawPeer::connect_small(server.port, &server.key).await;
         // Far more than the socket buffers hold; the hog reads none of it
         // until the server has given up on it.
@@ -154,10 +141,7 @@ async fn too_many_concurrent_handlers_get_busy_errors() {
     bounded(async {
         let mut limits = Limits::default();
         limits.max_concurrent_handlers = 2;
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let key = new_key();
-        let server = TestServer::start(service, config(&key, 0).limits(limits), &key).await;
+        let (server, probe) = TestServer::probed(|c| c.limits(limits)).await;
         let mut raw = server.raw().await;
         let first = probe.started.notified();
         let a = raw.request("wait", json!("a")).await;
@@ -182,11 +166,7 @@ async fn too_many_concurrent_handlers_get_busy_errors() {
 #[tokio::test]
 async fn graceful_shutdown_answers_calls_already_accepted() {
     bounded(async {
-        let service = TestService::default();
-        let probe = service.probe.clone();
-        let key = new_key();
-        let server =
-            TestServer::start(service, config(&key, 0).timeouts(short_timeouts()), &key).await;
+        let (server, probe) = TestServer::probed(|c| c.timeouts(short_timeouts())).await;
         let client = server.client().await;
         let session = client.session().clone();
         let started = probe.started.notified();
@@ -242,15 +222,7 @@ async fn a_call_without_reply_times_out_and_frees_its_slot() {
 #[tokio::test]
 async fn packets_larger_than_the_frame_limit_are_errors_not_lost_frames() {
     bounded(async {
-        let mut limits = Limits::default();
-        limits.max_frame_len = 4096;
-        let key = new_key();
-        let server = TestServer::start(
-            TestService::default(),
-            config(&key, 0).limits(limits.clone()),
-            &key,
-        )
-        .await;
+        let server = TestServer::with(|c| c.limits(frame_limit(4096))).await;
         // A small request whose reply would not fit: an error packet instead.
         let mut raw = server.raw().await;
         let id = raw.request("repeat", json!(["ab", 1000])).await;
@@ -262,11 +234,15 @@ async fn packets_larger_than_the_frame_limit_are_errors_not_lost_frames() {
             "{error:?}"
         );
         // A request that would not fit fails on the caller's side.
-        let client =
-            stream_rpc::Connector::new(config(&key, server.port).limits(limits).build().unwrap())
-                .connect(TestService::default())
-                .await
-                .unwrap();
+        let client = stream_rpc::Connector::new(
+            config(&server.key, server.port)
+                .limits(frame_limit(4096))
+                .build()
+                .unwrap(),
+        )
+        .connect(TestService::default())
+        .await
+        .unwrap();
         let err = client
             .session()
             .call("ping", json!("z".repeat(5_000)))

@@ -284,28 +284,118 @@ impl Client {
     }
 }
 
-/// Starts the graceful shutdown on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_on_signal(handle: ShutdownHandle) {
-    let ctrl_c = async {
+/// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future
+/// that starts the graceful shutdown when either arrives. Registering before
+/// the first poll means a signal sent right after this call is not missed.
+fn shutdown_on_signal(handle: ShutdownHandle) -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
+                match registered {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            let (interrupt, terminate) = signals;
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutdown signal received");
+        handle.shutdown();
     }
-    tracing::info!("shutdown signal received");
-    handle.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Fernet;
+
+    fn connector(port: u16) -> Connector {
+        let config = Config::builder()
+            .key(Fernet::generate_key().unwrap())
+            .host("127.0.0.1")
+            .port(port)
+            .build()
+            .unwrap();
+        Connector::new(config)
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sigterm_starts_the_graceful_shutdown() {
+        let handle = ShutdownHandle::default();
+        let waiting = shutdown_on_signal(handle.clone());
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the signal was not seen");
+        assert!(handle.is_shutting_down());
+    }
+
+    #[tokio::test]
+    async fn binding_a_busy_port_names_the_address() {
+        let first = connector(0).bind().await.unwrap();
+        let err = connector(first.local_addr().port())
+            .bind()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Bind { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&first.local_addr().to_string()),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_host_is_a_resolve_error() {
+        let config = Config::builder()
+            .key(Fernet::generate_key().unwrap())
+            .host("no-such-host.invalid")
+            .port(1)
+            .build()
+            .unwrap();
+        let err = Connector::new(config).bind().await.unwrap_err();
+        assert!(matches!(err, Error::Resolve { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_before_serving_returns_at_once() {
+        let server = connector(0).bind().await.unwrap();
+        server.shutdown_handle().shutdown();
+        struct Nobody;
+        impl Protocol for Nobody {
+            async fn process_message(
+                &self,
+                _ctx: crate::Context,
+                packet: crate::Packet,
+            ) -> Result<crate::Reply, crate::HandlerError> {
+                Err(crate::HandlerError::unknown_method(&packet.method))
+            }
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), server.serve(Nobody))
+            .await
+            .expect("serve did not return")
+            .unwrap();
+    }
 }

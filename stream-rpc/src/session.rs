@@ -805,3 +805,161 @@ async fn write_within<W: AsyncWrite + Unpin>(
         Ok(result) => result.map_err(|e| e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Fernet;
+    use serde_json::json;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, duplex};
+
+    /// Answers `ping` with `pong`; everything else is unknown.
+    struct Pong;
+
+    impl Protocol for Pong {
+        async fn process_message(
+            &self,
+            _ctx: Context,
+            packet: Packet,
+        ) -> Result<Reply, HandlerError> {
+            match packet.method.as_str() {
+                "ping" => Ok(Reply::message("pong", packet.payload)),
+                other => Err(HandlerError::unknown_method(other)),
+            }
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        let key = Fernet::generate_key().unwrap();
+        Arc::new(Config::builder().key(key).build().unwrap())
+    }
+
+    /// A session on one end of an in-memory pipe; the test holds the other end.
+    fn start(
+        config: &Arc<Config>,
+    ) -> (
+        SessionHandle,
+        DuplexStream,
+        tokio::task::JoinHandle<EndReason>,
+    ) {
+        let (ours, theirs) = duplex(64 * 1024);
+        let session = Session::new(Arc::new(Pong), config.clone(), Role::Client, None);
+        let handle = session.handle();
+        let (reader, writer) = tokio::io::split(ours);
+        let task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+        (handle, theirs, task)
+    }
+
+    async fn read_packet(
+        config: &Config,
+        reader: &mut BufReader<tokio::io::ReadHalf<DuplexStream>>,
+    ) -> Packet {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let plain = config.cipher().decrypt(line.trim_end().as_bytes()).unwrap();
+        Packet::from_json(&plain).unwrap()
+    }
+
+    async fn write_packet(
+        config: &Config,
+        writer: &mut tokio::io::WriteHalf<DuplexStream>,
+        packet: &Packet,
+    ) {
+        let mut token = config.cipher().encrypt(&packet.to_json().unwrap()).unwrap();
+        token.push(b'\n');
+        writer.write_all(&token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_completes_only_the_call_it_names() {
+        let config = config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let call = tokio::spawn(async move { caller.call("ask", json!(1)).await });
+        let request = read_packet(&config, &mut read).await;
+        assert_eq!((request.method.as_str(), request.reply_to), ("ask", None));
+
+        let other = Uuid::new_v4();
+        // Names the right id but another peer: not an answer to the call;
+        // it is dispatched, and as a reply it gets no error back.
+        let mut wrong_peer = Packet::new(other, 1, "answer", json!("wrong"));
+        wrong_peer.reply_to = Some(ReplyTo {
+            peer: other,
+            id: request.id,
+        });
+        write_packet(&config, &mut write, &wrong_peer).await;
+        // Names the call exactly: completes it.
+        let mut right = Packet::new(other, 2, "answer", json!("right"));
+        right.reply_to = Some(request.reply_address());
+        write_packet(&config, &mut write, &right).await;
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply.payload, json!("right"));
+        // The same reply again completes nothing and is not answered with an error.
+        write_packet(&config, &mut write, &right).await;
+        let ping = Packet::new(other, 3, "ping", json!("after"));
+        write_packet(&config, &mut write, &ping).await;
+        let next = read_packet(&config, &mut read).await;
+        assert_eq!(
+            (next.method.as_str(), next.payload),
+            ("pong", json!("after"))
+        );
+        assert!(!handle.shared.has_pending());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_leaves_nothing_pending() {
+        let config = config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, _write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let call = tokio::spawn(async move { caller.call("ask", json!(null)).await });
+        read_packet(&config, &mut read).await;
+        assert!(handle.shared.has_pending());
+        call.abort();
+        let _ = call.await;
+        assert!(!handle.shared.has_pending());
+    }
+
+    #[tokio::test]
+    async fn after_the_session_ends_calls_and_sends_fail_fast() {
+        let config = config();
+        let (handle, theirs, task) = start(&config);
+        drop(theirs);
+        assert_eq!(task.await.unwrap(), EndReason::PeerClosed);
+        handle.closed().await;
+        assert!(handle.is_closed());
+        let err = handle.call("ask", json!(null)).await.unwrap_err();
+        assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        assert_eq!(
+            handle.notify("x", json!(null)).await,
+            Err(SendError::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn request_numbers_count_up_per_session() {
+        let config = config();
+        let (handle, _theirs, _task) = start(&config);
+        let ids: Vec<u64> = (0..5).map(|_| handle.packet("m", json!(null)).id).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert_eq!(handle.packet("m", json!(null)).peer, config.peer_id());
+    }
+
+    #[tokio::test]
+    async fn every_round_of_a_long_conversation_is_answered_in_order() {
+        let config = config();
+        let (_handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let peer = Uuid::new_v4();
+        for round in 0..500u64 {
+            let ping = Packet::new(peer, round, "ping", json!(round));
+            write_packet(&config, &mut write, &ping).await;
+            let pong = read_packet(&config, &mut read).await;
+            assert_eq!(pong.reply_to, Some(ping.reply_address()));
+        }
+    }
+}

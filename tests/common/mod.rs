@@ -20,6 +20,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+/// Limits with a small maximum frame length.
+pub fn frame_limit(max_frame_len: usize) -> stream_rpc::Limits {
+    let mut limits = stream_rpc::Limits::default();
+    limits.max_frame_len = max_frame_len;
+    limits
+}
+
 /// Every test is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(20);
 
@@ -161,9 +168,25 @@ impl TestServer {
     }
 
     /// A server running [`TestService`] with default settings.
-    pub async fn default_with(service: TestService) -> Self {
+    pub async fn new() -> Self {
+        Self::with(|builder| builder).await
+    }
+
+    /// A server running [`TestService`] with a fresh key and the settings
+    /// that `configure` makes.
+    pub async fn with(configure: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
+        Self::probed(configure).await.0
+    }
+
+    /// [`TestServer::with`], also returning the service's probe.
+    pub async fn probed(
+        configure: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    ) -> (Self, Arc<Probe>) {
+        let service = TestService::default();
+        let probe = service.probe.clone();
         let key = new_key();
-        Self::start(service, config(&key, 0), &key).await
+        let server = Self::start(service, configure(config(&key, 0)), &key).await;
+        (server, probe)
     }
 
     pub async fn client(&self) -> Client {

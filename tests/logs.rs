@@ -1,0 +1,100 @@
+//! What the logs show: the seed's shape for the conversation, a line for
+//! every bad input, and never the key.
+//!
+//! The runtime is single-threaded so that the thread-local subscriber set
+//! by the test sees every task of the server and the clients.
+
+mod common;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::json;
+use stream_rpc::logging::SeedFormat;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn seed_format_shows_time_protocol_level_peer_and_message() {
+    let out = Captured::default();
+    let sink = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(SeedFormat)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(protocol = "QueueServer", peer = "p-1", "Received: {}", "x");
+        tracing::warn!(extra = 5, "plain");
+    });
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let (time, rest) = lines[0].split_once(" - ").unwrap();
+    assert_eq!(time.len(), "2024-05-01 12:00:00,123".len(), "{time}");
+    assert_eq!(rest, "QueueServer - INFO - [p-1] Received: x");
+    assert!(
+        lines[1].ends_with(" - WARNING - plain extra=5"),
+        "{}",
+        lines[1]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
+    let out = Captured::default();
+    let sink = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(SeedFormat)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let key = new_key();
+    bounded(async {
+        let server = TestServer::start(TestService::default(), config(&key, 0), &key).await;
+        let mut raw = server.raw().await;
+        raw.send_raw(b"garbage\n").await;
+        raw.send_plain(b"not json").await;
+        raw.recv().await;
+        let id = raw.request("nope", json!(null)).await;
+        raw.recv_reply(id).await;
+        let id = raw.request("panic", json!(null)).await;
+        raw.recv_reply(id).await;
+        let id = raw.request("ping", json!("hello")).await;
+        raw.recv_reply(id).await;
+        server.stop().await;
+    })
+    .await;
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(&key), "the key leaked into the logs");
+    let find = |needle: &str| {
+        text.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+    };
+    let decrypt = find("failed to decrypt");
+    assert!(
+        decrypt.contains(" - TestService - WARNING - ["),
+        "{decrypt}"
+    );
+    find("received an invalid packet");
+    find("`nope` failed: unknown_method");
+    find("handler of `panic` panicked: the test handler panics on purpose");
+    let received = find("Received: {method: \"ping\"");
+    assert!(received.contains(" - TestService - INFO - ["), "{received}");
+    find("Send: {method: \"pong\"");
+}
