@@ -259,3 +259,19 @@ async fn calls_in_flight_fail_promptly_when_the_connection_is_lost() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn dropping_a_client_closes_its_connection() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connector = Connector::new(config(&new_key(), port).build().unwrap());
+        let client = connector.connect(TestService::default()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        drop(client);
+        let mut byte = [0u8; 1];
+        assert_eq!(accepted.read(&mut byte).await.unwrap(), 0, "expected EOF");
+    })
+    .await;
+}

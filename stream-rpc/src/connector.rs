@@ -150,7 +150,10 @@ impl Connector {
         let (reader, writer) = stream.into_split();
         let shutdown = self.shutdown.token.clone();
         let task = tokio::spawn(session.run(reader, writer, shutdown));
-        Client { handle, task }
+        Client {
+            handle,
+            task: Some(task),
+        }
     }
 
     /// The seed's client: connects, sends the hello packet (`method` with
@@ -263,10 +266,13 @@ impl Server {
 }
 
 /// A connected client; see [`Connector::connect`].
+///
+/// Dropping it closes the connection gracefully (as
+/// [`SessionHandle::close`] does), unless [`Client::join`] took it over.
 #[derive(Debug)]
 pub struct Client {
     handle: SessionHandle,
-    task: JoinHandle<EndReason>,
+    task: Option<JoinHandle<EndReason>>,
 }
 
 impl Client {
@@ -275,11 +281,23 @@ impl Client {
         &self.handle
     }
 
-    /// Waits until the session ends and says why.
-    pub async fn join(self) -> EndReason {
-        match self.task.await {
+    /// Waits until the session ends and says why; the connection stays open
+    /// until then.
+    pub async fn join(mut self) -> EndReason {
+        let Some(task) = self.task.take() else {
+            return EndReason::Closed;
+        };
+        match task.await {
             Ok(end) => end,
             Err(e) => EndReason::ReadFailed(format!("session task failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.close();
         }
     }
 }

@@ -113,11 +113,12 @@ impl Packet {
     }
 }
 
-/// The longest payload text a log line shows before it is cut.
-const LOG_PAYLOAD_CHARS: usize = 512;
+/// The most payload bytes a log line shows before it is cut.
+const LOG_PAYLOAD_BYTES: usize = 512;
 
 /// Shows the packet readably for logs: method, id, peer, correlation, time
-/// and payload, with a long payload cut short.
+/// and payload. A long payload is cut while it is being rendered, so a log
+/// line costs the same for a 1 MiB payload as for a small one.
 impl fmt::Display for Packet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -131,16 +132,41 @@ impl fmt::Display for Packet {
         if let Some(to) = &self.reply_to {
             write!(f, ", reply_to: {}#{}", to.peer, to.id)?;
         }
-        let payload = self.payload.to_string();
-        match payload.char_indices().nth(LOG_PAYLOAD_CHARS) {
-            Some((cut, _)) => write!(
-                f,
-                ", payload: {}… ({} bytes)}}",
-                &payload[..cut],
-                payload.len()
-            ),
-            None => write!(f, ", payload: {payload}}}"),
+        let mut shown = Capped {
+            bytes: Vec::with_capacity(64),
+            cap: LOG_PAYLOAD_BYTES,
+        };
+        let cut = serde_json::to_writer(&mut shown, &self.payload).is_err();
+        let text = match std::str::from_utf8(&shown.bytes) {
+            Ok(text) => text,
+            // Cut inside a character: show up to the last whole one.
+            Err(e) => std::str::from_utf8(&shown.bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let more = if cut { "…" } else { "" };
+        write!(f, ", payload: {text}{more}}}")
+    }
+}
+
+/// A writer that keeps the first `cap` bytes and then fails, which stops the
+/// serializer early.
+struct Capped {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.cap - self.bytes.len();
+        if buf.len() > room {
+            self.bytes.extend_from_slice(&buf[..room]);
+            return Err(std::io::Error::other("log payload cut"));
         }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -279,13 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn display_cuts_long_payloads() {
+    fn display_cuts_long_payloads_on_a_character_boundary() {
         let mut packet = sample();
         packet.payload = Value::String("é".repeat(2000));
         let shown = packet.to_string();
         assert!(shown.contains("ping"));
-        assert!(shown.chars().count() < 800, "{}", shown.len());
-        assert!(shown.contains("bytes)"));
+        assert!(shown.len() < 700, "{}", shown.len());
+        assert!(shown.ends_with("é…}"), "{shown}");
+        packet.payload = json!({"short": true});
+        assert!(packet.to_string().ends_with(r#"payload: {"short":true}}"#));
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! [`SessionHandle`]: sending packets and making calls on a session.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::EndReason;
+use crate::cipher::Cipher;
+use crate::config::Config;
+use crate::error::{CallError, SendError};
+use crate::packet::{ErrorCode, ErrorPayload, Packet};
+
+/// State shared by the session's tasks and every [`SessionHandle`].
+pub(super) struct Shared {
+    pub(super) own_id: Uuid,
+    pub(super) remote_addr: Option<SocketAddr>,
+    pub(super) protocol_name: Box<str>,
+    pub(super) cipher: Arc<dyn Cipher>,
+    pub(super) max_frame_len: usize,
+    pub(super) call_timeout: Duration,
+    pub(super) next_id: AtomicU64,
+    /// Calls awaiting replies, by request number; `None` once the session ended.
+    pub(super) pending: Mutex<Option<HashMap<u64, oneshot::Sender<Packet>>>>,
+    pub(super) call_slots: Semaphore,
+    pub(super) outgoing: mpsc::Sender<Vec<u8>>,
+    /// Set when the session winds down: no more sends are accepted.
+    pub(super) closing: AtomicBool,
+    /// Asks the read loop to stop, with the first reason given.
+    pub(super) stop: CancellationToken,
+    pub(super) stop_reason: Mutex<Option<EndReason>>,
+    /// Cancelled when the session has fully ended.
+    pub(super) ended: CancellationToken,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it
+/// (every critical section here leaves the data consistent).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(super) fn new(
+        config: &Config,
+        protocol_name: &str,
+        remote_addr: Option<SocketAddr>,
+        outgoing: mpsc::Sender<Vec<u8>>,
+    ) -> Self {
+        let limits = config.limits();
+        Shared {
+            own_id: config.peer_id(),
+            remote_addr,
+            protocol_name: protocol_name.into(),
+            cipher: config.cipher().clone(),
+            max_frame_len: limits.max_frame_len,
+            call_timeout: config.timeouts().call,
+            next_id: AtomicU64::new(0),
+            pending: Mutex::new(Some(HashMap::new())),
+            call_slots: Semaphore::new(limits.max_in_flight_calls),
+            outgoing,
+            closing: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            stop_reason: Mutex::new(None),
+            ended: CancellationToken::new(),
+        }
+    }
+
+    /// Winds down: no more sends, no more calls; waiting calls fail as lost.
+    pub(super) fn refuse_new_work(&self) {
+        self.closing.store(true, Ordering::Release);
+        lock(&self.pending).take();
+        self.call_slots.close();
+    }
+
+    pub(super) fn request_stop(&self, reason: EndReason) {
+        lock(&self.stop_reason).get_or_insert(reason);
+        self.stop.cancel();
+    }
+
+    pub(super) fn take_pending(&self, id: u64) -> Option<oneshot::Sender<Packet>> {
+        lock(&self.pending).as_mut()?.remove(&id)
+    }
+
+    pub(super) fn has_pending(&self) -> bool {
+        lock(&self.pending)
+            .as_ref()
+            .is_some_and(|map| !map.is_empty())
+    }
+}
+
+/// A cloneable handle to one session: send packets and make calls to the
+/// peer, from handlers or from anywhere else.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("peer_id", &self.shared.own_id)
+            .field("remote_addr", &self.shared.remote_addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Removes a call's entry from the pending map when the call ends in any
+/// way, including when its future is dropped.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.take_pending(self.id);
+    }
+}
+
+impl SessionHandle {
+    pub(super) fn from_shared(shared: Arc<Shared>) -> Self {
+        SessionHandle { shared }
+    }
+
+    /// This side's peer id.
+    pub fn peer_id(&self) -> Uuid {
+        self.shared.own_id
+    }
+
+    /// The address of the other end, when the transport has one.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.remote_addr
+    }
+
+    /// Whether the session is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire)
+    }
+
+    /// Builds a packet from this side with the next request number.
+    pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        Packet::new(self.shared.own_id, id, method, payload)
+    }
+
+    /// Seals and queues a packet. Waits while the outgoing queue is full.
+    pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let json = packet
+            .to_json()
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        let token = self.shared.cipher.encrypt(&json)?;
+        if token.len() > self.shared.max_frame_len {
+            return Err(SendError::TooLarge {
+                len: token.len(),
+                max: self.shared.max_frame_len,
+            });
+        }
+        session_log!(info, self.shared, "Send: {packet}");
+        self.shared
+            .outgoing
+            .send(token)
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Sends a new packet with this method and payload, expecting no reply.
+    pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
+        self.send(self.packet(method, payload)).await
+    }
+
+    /// Sends a request and waits for its reply, up to the configured
+    /// [`Timeouts::call`](crate::Timeouts::call).
+    ///
+    /// An error packet in reply becomes [`CallError::Remote`].
+    pub async fn call(&self, method: &str, payload: Value) -> Result<Packet, CallError> {
+        self.call_with_timeout(method, payload, self.shared.call_timeout)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own time limit. The limit covers waiting
+    /// for a call slot, sending, and waiting for the reply.
+    pub async fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> Result<Packet, CallError> {
+        let deadline = Instant::now() + limit;
+        let timed_out = || CallError::Timeout {
+            method: method.to_owned(),
+            after: limit,
+        };
+        let lost = || CallError::ConnectionLost {
+            method: method.to_owned(),
+        };
+        let _slot = match timeout_at(deadline, self.shared.call_slots.acquire()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(lost()),
+            Ok(Ok(slot)) => slot,
+        };
+        let packet = self.packet(method, payload);
+        let (tx, rx) = oneshot::channel();
+        match lock(&self.shared.pending).as_mut() {
+            Some(pending) => pending.insert(packet.id, tx),
+            None => return Err(lost()),
+        };
+        let _guard = PendingGuard {
+            shared: &self.shared,
+            id: packet.id,
+        };
+        match timeout_at(deadline, self.send(packet)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(SendError::Closed)) => return Err(lost()),
+            Ok(Err(e)) => return Err(CallError::Send(e)),
+            Ok(Ok(())) => {}
+        }
+        let reply = match timeout_at(deadline, rx).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(lost()),
+            Ok(Ok(reply)) => reply,
+        };
+        if reply.is_error() {
+            let error = reply.error().unwrap_or_else(|| ErrorPayload {
+                code: ErrorCode::Unknown,
+                message: format!("malformed error packet: {}", reply.payload),
+                method: None,
+            });
+            return Err(CallError::Remote {
+                method: method.to_owned(),
+                code: error.code,
+                message: error.message,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Asks the session to close: it stops reading, lets running handlers
+    /// finish within the shutdown grace period, flushes and closes.
+    pub fn close(&self) {
+        self.shared.request_stop(EndReason::Closed);
+    }
+
+    /// Waits until the session has ended.
+    pub async fn closed(&self) {
+        self.shared.ended.cancelled().await;
+    }
+}

@@ -1,0 +1,365 @@
+//! The session engine: one per connection, the same for servers and workers.
+//!
+//! A session has three parts:
+//! - the **read loop** (the task that runs [`Session::run`]) reads frames,
+//!   decrypts and parses them, completes pending calls with replies and
+//!   starts a handler task for every other packet;
+//! - **handler tasks**, at most
+//!   [`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers)
+//!   at once, run [`Protocol::process_message`] and send what it returns;
+//! - the **writer task** takes sealed frames from a bounded queue and writes
+//!   them, batching whatever is queued into one write.
+//!
+//! Everything is a loop over frames: memory per connection stays flat however
+//! long a conversation runs. [`SessionHandle`] is the cheap, cloneable way to
+//! send packets and make calls on a session from anywhere.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::FrameCodec;
+use crate::config::Config;
+use crate::protocol::Protocol;
+
+/// Logs with the two fields the seed's format shows: protocol name and own peer id.
+macro_rules! session_log {
+    ($level:ident, $shared:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            protocol = &*$shared.protocol_name,
+            peer = %$shared.own_id,
+            $($rest)+
+        )
+    };
+}
+
+/// How much the read buffer grows by when it is full.
+const READ_CHUNK: usize = 16 * 1024;
+/// The writer writes once this much is batched, even if more is queued.
+const WRITE_BATCH: usize = 64 * 1024;
+
+mod handle;
+mod reader;
+mod writer;
+
+pub use handle::SessionHandle;
+use handle::Shared;
+use reader::ReadLoop;
+use writer::write_loop;
+
+/// Which end of the connection a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Role {
+    /// Accepted the connection: the peer must send its first frame within
+    /// [`Timeouts::first_frame`](crate::Timeouts::first_frame).
+    Server,
+    /// Opened the connection.
+    Client,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The peer closed the connection (after its handlers finished).
+    PeerClosed,
+    /// The server or client was shut down.
+    Shutdown,
+    /// [`SessionHandle::close`] was called.
+    Closed,
+    /// A server's peer sent no frame in time after connecting.
+    FirstFrameTimeout,
+    /// Nothing happened on the connection for the idle timeout.
+    IdleTimeout,
+    /// Too many frames in a row failed to decrypt or were too long.
+    TooManyBadFrames,
+    /// Reading failed.
+    ReadFailed(String),
+    /// Writing failed or missed the write deadline.
+    WriteFailed(String),
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::PeerClosed => f.write_str("peer closed the connection"),
+            EndReason::Shutdown => f.write_str("shut down"),
+            EndReason::Closed => f.write_str("closed by this side"),
+            EndReason::FirstFrameTimeout => f.write_str("no first frame in time"),
+            EndReason::IdleTimeout => f.write_str("idle for too long"),
+            EndReason::TooManyBadFrames => f.write_str("too many bad frames in a row"),
+            EndReason::ReadFailed(e) => write!(f, "read failed: {e}"),
+            EndReason::WriteFailed(e) => write!(f, "write failed: {e}"),
+        }
+    }
+}
+
+/// One connection's engine, ready to run over a reader and a writer.
+pub struct Session<P> {
+    protocol: Arc<P>,
+    shared: Arc<Shared>,
+    outgoing: mpsc::Receiver<Vec<u8>>,
+    config: Arc<Config>,
+    role: Role,
+}
+
+impl<P> fmt::Debug for Session<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("peer_id", &self.shared.own_id)
+            .field("remote_addr", &self.shared.remote_addr)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Session<P> {
+    /// Prepares a session; nothing happens until [`Session::run`].
+    pub fn new(
+        protocol: Arc<P>,
+        config: Arc<Config>,
+        role: Role,
+        remote_addr: Option<SocketAddr>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(config.limits().outgoing_queue);
+        let shared = Arc::new(Shared::new(&config, protocol.name(), remote_addr, tx));
+        Session {
+            protocol,
+            shared,
+            outgoing: rx,
+            config,
+            role,
+        }
+    }
+
+    /// A handle to this session, usable before and while it runs.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle::from_shared(self.shared.clone())
+    }
+
+    /// Runs the session until the peer leaves, `shutdown` is cancelled, a
+    /// deadline passes or the connection breaks, then winds down: running
+    /// handlers get the shutdown grace period (unless the connection broke),
+    /// pending calls fail with [`CallError::ConnectionLost`](crate::CallError::ConnectionLost),
+    /// queued replies are flushed and the writer is shut down.
+    pub async fn run<R, W>(self, reader: R, writer: W, shutdown: CancellationToken) -> EndReason
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Session {
+            protocol,
+            shared,
+            outgoing,
+            config,
+            role,
+        } = self;
+        let timeouts = config.timeouts();
+        let codec = FrameCodec::new(config.terminator(), config.limits().max_frame_len);
+        let writer_stop = CancellationToken::new();
+        let writer_task = tokio::spawn(write_loop(
+            writer,
+            outgoing,
+            codec.clone(),
+            timeouts.write,
+            writer_stop.clone(),
+            shared.clone(),
+        ));
+
+        let mut read_loop = ReadLoop::new(protocol, shared.clone(), codec, config.limits());
+        let first_frame = (role == Role::Server).then_some(timeouts.first_frame);
+        let reason = read_loop
+            .run(reader, &shutdown, first_frame, timeouts.idle)
+            .await;
+        session_log!(debug, shared, "session ending: {reason}");
+
+        let graceful = matches!(
+            reason,
+            EndReason::PeerClosed | EndReason::Shutdown | EndReason::Closed
+        );
+        if graceful && !read_loop.wait_for_handlers(timeouts.shutdown_grace).await {
+            session_log!(
+                warn,
+                shared,
+                "handlers still running after the {:?} grace period are cancelled",
+                timeouts.shutdown_grace
+            );
+        }
+        read_loop.cancel_handlers();
+        shared.refuse_new_work();
+        writer_stop.cancel();
+        if writer_task.await.is_err() {
+            session_log!(error, shared, "the writer task failed");
+        }
+        shared.ended.cancel();
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::Fernet;
+    use crate::error::{CallError, SendError};
+    use crate::packet::{Packet, ReplyTo};
+    use crate::protocol::{Context, HandlerError, Reply};
+    use serde_json::json;
+    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, duplex};
+    use uuid::Uuid;
+
+    /// Answers `ping` with `pong`; everything else is unknown.
+    struct Pong;
+
+    impl Protocol for Pong {
+        async fn process_message(
+            &self,
+            _ctx: Context,
+            packet: Packet,
+        ) -> Result<Reply, HandlerError> {
+            match packet.method.as_str() {
+                "ping" => Ok(Reply::message("pong", packet.payload)),
+                other => Err(HandlerError::unknown_method(other)),
+            }
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        let key = Fernet::generate_key().unwrap();
+        Arc::new(Config::builder().key(key).build().unwrap())
+    }
+
+    /// A session on one end of an in-memory pipe; the test holds the other end.
+    fn start(
+        config: &Arc<Config>,
+    ) -> (
+        SessionHandle,
+        DuplexStream,
+        tokio::task::JoinHandle<EndReason>,
+    ) {
+        let (ours, theirs) = duplex(64 * 1024);
+        let session = Session::new(Arc::new(Pong), config.clone(), Role::Client, None);
+        let handle = session.handle();
+        let (reader, writer) = tokio::io::split(ours);
+        let task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+        (handle, theirs, task)
+    }
+
+    async fn read_packet(
+        config: &Config,
+        reader: &mut BufReader<tokio::io::ReadHalf<DuplexStream>>,
+    ) -> Packet {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let plain = config.cipher().decrypt(line.trim_end().as_bytes()).unwrap();
+        Packet::from_json(&plain).unwrap()
+    }
+
+    async fn write_packet(
+        config: &Config,
+        writer: &mut tokio::io::WriteHalf<DuplexStream>,
+        packet: &Packet,
+    ) {
+        let mut token = config.cipher().encrypt(&packet.to_json().unwrap()).unwrap();
+        token.push(b'\n');
+        writer.write_all(&token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_completes_only_the_call_it_names() {
+        let config = config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let call = tokio::spawn(async move { caller.call("ask", json!(1)).await });
+        let request = read_packet(&config, &mut read).await;
+        assert_eq!((request.method.as_str(), request.reply_to), ("ask", None));
+
+        let other = Uuid::new_v4();
+        // Names the right id but another peer: not an answer to the call;
+        // it is dispatched, and as a reply it gets no error back.
+        let mut wrong_peer = Packet::new(other, 1, "answer", json!("wrong"));
+        wrong_peer.reply_to = Some(ReplyTo {
+            peer: other,
+            id: request.id,
+        });
+        write_packet(&config, &mut write, &wrong_peer).await;
+        // Names the call exactly: completes it.
+        let mut right = Packet::new(other, 2, "answer", json!("right"));
+        right.reply_to = Some(request.reply_address());
+        write_packet(&config, &mut write, &right).await;
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply.payload, json!("right"));
+        // The same reply again completes nothing and is not answered with an error.
+        write_packet(&config, &mut write, &right).await;
+        let ping = Packet::new(other, 3, "ping", json!("after"));
+        write_packet(&config, &mut write, &ping).await;
+        let next = read_packet(&config, &mut read).await;
+        assert_eq!(
+            (next.method.as_str(), next.payload),
+            ("pong", json!("after"))
+        );
+        assert!(!handle.shared.has_pending());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_leaves_nothing_pending() {
+        let config = config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, _write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let call = tokio::spawn(async move { caller.call("ask", json!(null)).await });
+        read_packet(&config, &mut read).await;
+        assert!(handle.shared.has_pending());
+        call.abort();
+        let _ = call.await;
+        assert!(!handle.shared.has_pending());
+    }
+
+    #[tokio::test]
+    async fn after_the_session_ends_calls_and_sends_fail_fast() {
+        let config = config();
+        let (handle, theirs, task) = start(&config);
+        drop(theirs);
+        assert_eq!(task.await.unwrap(), EndReason::PeerClosed);
+        handle.closed().await;
+        assert!(handle.is_closed());
+        let err = handle.call("ask", json!(null)).await.unwrap_err();
+        assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        assert_eq!(
+            handle.notify("x", json!(null)).await,
+            Err(SendError::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn request_numbers_count_up_per_session() {
+        let config = config();
+        let (handle, _theirs, _task) = start(&config);
+        let ids: Vec<u64> = (0..5).map(|_| handle.packet("m", json!(null)).id).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert_eq!(handle.packet("m", json!(null)).peer, config.peer_id());
+    }
+
+    #[tokio::test]
+    async fn every_round_of_a_long_conversation_is_answered_in_order() {
+        let config = config();
+        let (_handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let peer = Uuid::new_v4();
+        for round in 0..500u64 {
+            let ping = Packet::new(peer, round, "ping", json!(round));
+            write_packet(&config, &mut write, &ping).await;
+            let pong = read_packet(&config, &mut read).await;
+            assert_eq!(pong.reply_to, Some(ping.reply_address()));
+        }
+    }
+}

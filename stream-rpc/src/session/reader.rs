@@ -1,0 +1,337 @@
+//! The read loop: frames in, packets dispatched to pending calls or to
+//! handler tasks; and the handler tasks themselves.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::handle::{Shared, lock};
+use super::{EndReason, READ_CHUNK, SessionHandle};
+use crate::codec::{CodecError, FrameCodec};
+use crate::config::Limits;
+use crate::error::SendError;
+use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
+use crate::protocol::{Context, HandlerError, Protocol, Reply};
+
+/// The read loop's state.
+pub(super) struct ReadLoop<P> {
+    protocol: Arc<P>,
+    shared: Arc<Shared>,
+    codec: FrameCodec,
+    handlers: Arc<Semaphore>,
+    abort_handlers: CancellationToken,
+    handlers_limit: usize,
+    bad_in_row: u32,
+    max_bad_in_row: u32,
+}
+
+impl<P: Protocol> ReadLoop<P> {
+    pub(super) fn new(
+        protocol: Arc<P>,
+        shared: Arc<Shared>,
+        codec: FrameCodec,
+        limits: &Limits,
+    ) -> Self {
+        ReadLoop {
+            protocol,
+            shared,
+            codec,
+            handlers: Arc::new(Semaphore::new(limits.max_concurrent_handlers)),
+            abort_handlers: CancellationToken::new(),
+            handlers_limit: limits.max_concurrent_handlers,
+            bad_in_row: 0,
+            max_bad_in_row: limits.max_bad_frames_in_row,
+        }
+    }
+
+    /// Waits up to `grace` for every running handler to finish; says
+    /// whether they all did.
+    pub(super) async fn wait_for_handlers(&self, grace: Duration) -> bool {
+        let all = u32::try_from(self.handlers_limit).unwrap_or(u32::MAX);
+        tokio::time::timeout(grace, self.handlers.acquire_many(all))
+            .await
+            .is_ok()
+    }
+
+    /// Cancels the handlers still running.
+    pub(super) fn cancel_handlers(&self) {
+        self.abort_handlers.cancel();
+    }
+
+    pub(super) async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        shutdown: &CancellationToken,
+        first_frame: Option<Duration>,
+        idle: Option<Duration>,
+    ) -> EndReason {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let far = Duration::from_secs(86_400 * 365);
+        let deadline = sleep_until(Instant::now() + first_frame.or(idle).unwrap_or(far));
+        tokio::pin!(deadline);
+        let mut armed = first_frame.is_some() || idle.is_some();
+        let mut waiting_first = first_frame.is_some();
+        loop {
+            loop {
+                match self.codec.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        waiting_first = false;
+                        armed = idle.is_some();
+                        if let Some(idle) = idle {
+                            deadline.as_mut().reset(Instant::now() + idle);
+                        }
+                        if let Some(reason) = self.on_frame(&frame).await {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(CodecError::FrameTooLong { max }) => {
+                        session_log!(
+                            warn,
+                            self.shared,
+                            "dropped a frame longer than {max} bytes; skipping to the next terminator"
+                        );
+                        if let Some(reason) = self.bad_frame() {
+                            return reason;
+                        }
+                    }
+                    Err(other) => return EndReason::ReadFailed(other.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return EndReason::Shutdown,
+                () = self.shared.stop.cancelled() => {
+                    return lock(&self.shared.stop_reason).clone().unwrap_or(EndReason::Closed);
+                }
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) => {
+                        if let Err(e) = self.codec.decode_eof(&mut buf) {
+                            session_log!(warn, self.shared, "peer disconnected mid-frame: {e}");
+                        }
+                        return EndReason::PeerClosed;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return EndReason::ReadFailed(e.to_string()),
+                },
+                () = &mut deadline, if armed => {
+                    if waiting_first {
+                        return EndReason::FirstFrameTimeout;
+                    }
+                    let Some(idle) = idle else { return EndReason::IdleTimeout };
+                    let busy = self.handlers_running() || self.shared.has_pending();
+                    if !busy {
+                        return EndReason::IdleTimeout;
+                    }
+                    deadline.as_mut().reset(Instant::now() + idle);
+                }
+            }
+        }
+    }
+
+    /// Whether any handler is running (the semaphore never gains permits, so
+    /// fewer available than the limit means some are held).
+    fn handlers_running(&self) -> bool {
+        self.handlers.available_permits() < self.handlers_limit
+    }
+
+    /// Counts a frame that failed to decrypt or was too long; returns the end
+    /// reason when there have been too many in a row.
+    fn bad_frame(&mut self) -> Option<EndReason> {
+        self.bad_in_row += 1;
+        (self.bad_in_row >= self.max_bad_in_row).then(|| {
+            session_log!(
+                warn,
+                self.shared,
+                "closing the connection after {} bad frames in a row",
+                self.bad_in_row
+            );
+            EndReason::TooManyBadFrames
+        })
+    }
+
+    async fn on_frame(&mut self, frame: &[u8]) -> Option<EndReason> {
+        let plain = match self.shared.cipher.decrypt(frame) {
+            Ok(plain) => plain,
+            Err(e) => {
+                // The peer is told nothing about why.
+                session_log!(
+                    warn,
+                    self.shared,
+                    "dropped a frame that failed to decrypt: {e} ({} in a row)",
+                    self.bad_in_row + 1
+                );
+                return self.bad_frame();
+            }
+        };
+        self.bad_in_row = 0;
+        match Packet::from_json(&plain) {
+            Ok(packet) => self.dispatch(packet).await,
+            Err(e) => self.reject_invalid(&plain, &e).await,
+        }
+        None
+    }
+
+    /// Answers an authentic plaintext that is not a valid packet with an
+    /// `invalid_packet` error, addressed to it when its `peer` and `id` can
+    /// be read, unless it looks like a reply or an error packet.
+    async fn reject_invalid(&self, plain: &[u8], error: &serde_json::Error) {
+        session_log!(warn, self.shared, "received an invalid packet: {error}");
+        let value: Value = serde_json::from_slice(plain).unwrap_or(Value::Null);
+        let is_reply = value.get("reply_to").is_some_and(|v| !v.is_null());
+        let is_error = value.get("method").and_then(Value::as_str) == Some(ERROR_METHOD);
+        if is_reply || is_error {
+            return;
+        }
+        let peer = value
+            .get("peer")
+            .and_then(Value::as_str)
+            .and_then(|text| Uuid::parse_str(text).ok());
+        let id = value.get("id").and_then(Value::as_u64);
+        let reply_to = peer.zip(id).map(|(peer, id)| ReplyTo { peer, id });
+        let method = value.get("method").and_then(Value::as_str);
+        let payload = ErrorPayload {
+            code: ErrorCode::InvalidPacket,
+            message: format!("packet is not valid: {error}"),
+            method: method.map(str::to_owned),
+        };
+        send_error(&self.handle(), payload, reply_to).await;
+    }
+
+    fn handle(&self) -> SessionHandle {
+        SessionHandle::from_shared(self.shared.clone())
+    }
+
+    async fn dispatch(&self, packet: Packet) {
+        if let Some(to) = packet.reply_to
+            && to.peer == self.shared.own_id
+            && let Some(waiting) = self.shared.take_pending(to.id)
+        {
+            session_log!(info, self.shared, "Received: {packet}");
+            // The caller may have given up in the meantime; nothing to do then.
+            let _ = waiting.send(packet);
+            return;
+        }
+        session_log!(info, self.shared, "Received: {packet}");
+        if packet.is_error() {
+            session_log!(
+                warn,
+                self.shared,
+                "dropped an error packet that answers no pending call"
+            );
+            return;
+        }
+        let answerable = !packet.is_reply();
+        let Ok(permit) = self.handlers.clone().try_acquire_owned() else {
+            let message = format!(
+                "{} handlers already running on this connection",
+                self.handlers_limit
+            );
+            session_log!(
+                warn,
+                self.shared,
+                "busy: {message}; `{}` refused",
+                packet.method
+            );
+            if answerable {
+                let payload =
+                    HandlerError::new(ErrorCode::Busy, message).into_payload(&packet.method);
+                send_error(&self.handle(), payload, Some(packet.reply_address())).await;
+            }
+            return;
+        };
+        tokio::spawn(run_handler(
+            self.protocol.clone(),
+            self.handle(),
+            packet,
+            self.abort_handlers.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Sends an error packet; failures to send it are only logged.
+async fn send_error(handle: &SessionHandle, payload: ErrorPayload, reply_to: Option<ReplyTo>) {
+    let body = serde_json::to_value(&payload).unwrap_or(Value::Null);
+    let mut packet = handle.packet(ERROR_METHOD, body);
+    packet.reply_to = reply_to;
+    if let Err(e) = handle.send(packet).await {
+        session_log!(debug, handle.shared, "could not send an error packet: {e}");
+    }
+}
+
+/// Runs one handler to completion and sends what it returns.
+async fn run_handler<P: Protocol>(
+    protocol: Arc<P>,
+    handle: SessionHandle,
+    packet: Packet,
+    abort: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let method = packet.method.clone();
+    // A packet that is itself a reply is not answered: what its handler
+    // returns starts the next exchange instead (the seed's conversation style).
+    let reply_to = (!packet.is_reply()).then(|| packet.reply_address());
+    let ctx = Context::new(handle.clone(), packet.peer, packet.id);
+    let work = AssertUnwindSafe(protocol.process_message(ctx, packet)).catch_unwind();
+    let outcome = tokio::select! {
+        biased;
+        () = abort.cancelled() => {
+            session_log!(warn, handle.shared, "handler of `{method}` cancelled: the session closed");
+            return;
+        }
+        outcome = work => outcome,
+    };
+    let failure = match outcome {
+        Ok(Ok(Reply::Nothing)) => return,
+        Ok(Ok(Reply::Message { method, payload })) => {
+            let mut reply = handle.packet(method, payload);
+            reply.reply_to = reply_to;
+            match handle.send(reply).await {
+                Ok(()) | Err(SendError::Closed) => return,
+                Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
+            }
+        }
+        Ok(Ok(Reply::Forward(mut forwarded))) => {
+            forwarded.reply_to = reply_to;
+            match handle.send(forwarded).await {
+                Ok(()) | Err(SendError::Closed) => return,
+                Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
+            }
+        }
+        Ok(Err(error)) => error,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            session_log!(
+                error,
+                handle.shared,
+                "handler of `{method}` panicked: {detail}"
+            );
+            HandlerError::new(
+                ErrorCode::HandlerPanicked,
+                format!("the handler of `{method}` panicked"),
+            )
+        }
+    };
+    session_log!(warn, handle.shared, "`{method}` failed: {failure}");
+    if reply_to.is_some() {
+        send_error(&handle, failure.into_payload(&method), reply_to).await;
+    }
+}
