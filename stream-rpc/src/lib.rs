@@ -58,6 +58,7 @@ mod error;
 pub mod logging;
 pub mod packet;
 mod protocol;
+mod service;
 pub mod session;
 
 pub use cipher::{Cipher, CipherError, Fernet, KeyError};
@@ -66,7 +67,12 @@ pub use connector::{Client, Connector, Server, ShutdownHandle};
 pub use error::{CallError, Error, SendError};
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
+pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
 pub use session::{EndReason, Role, Session, SessionHandle};
+pub use stream_rpc_macros::service;
+
+#[doc(hidden)]
+pub use service::__private;
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The method name of an error packet. It is reserved: the engine never
-/// dispatches a packet with this method to a handler.
+/// The method name of an error packet. An error packet that completes no
+/// pending call goes to the protocol's handler of this name, if it has one;
+/// it is never answered with another error packet.
 pub const ERROR_METHOD: &str = "error";
 
 /// One message between two peers.

@@ -226,15 +226,9 @@ impl<P: Protocol> ReadLoop<P> {
             return;
         }
         session_log!(info, self.shared, "Received: {packet}");
-        if packet.is_error() {
-            session_log!(
-                warn,
-                self.shared,
-                "dropped an error packet that answers no pending call"
-            );
-            return;
-        }
-        let answerable = !packet.is_reply();
+        // Replies and error packets are never answered with an error packet,
+        // so two peers can never bounce errors back and forth.
+        let answerable = !packet.is_reply() && !packet.is_error();
         let Ok(permit) = self.handlers.clone().try_acquire_owned() else {
             let message = format!(
                 "{} handlers already running on this connection",
@@ -282,9 +276,12 @@ async fn run_handler<P: Protocol>(
     _permit: OwnedSemaphorePermit,
 ) {
     let method = packet.method.clone();
-    // A packet that is itself a reply is not answered: what its handler
-    // returns starts the next exchange instead (the seed's conversation style).
-    let reply_to = (!packet.is_reply()).then(|| packet.reply_address());
+    // A reply or an error packet is not answered: what its handler returns
+    // starts the next exchange instead (the seed's conversation style), and
+    // its failures are only logged.
+    let answerable = !packet.is_reply() && !packet.is_error();
+    let reply_to = answerable.then(|| packet.reply_address());
+    let error_text = packet.is_error().then(|| packet.payload.to_string());
     let ctx = Context::new(handle.clone(), packet.peer, packet.id);
     let work = AssertUnwindSafe(protocol.process_message(ctx, packet)).catch_unwind();
     let outcome = tokio::select! {
@@ -330,7 +327,14 @@ async fn run_handler<P: Protocol>(
             )
         }
     };
-    session_log!(warn, handle.shared, "`{method}` failed: {failure}");
+    match error_text {
+        Some(text) if failure.code == ErrorCode::UnknownMethod => session_log!(
+            warn,
+            handle.shared,
+            "dropped an error packet that answers no pending call (no `error` handler): {text}"
+        ),
+        _ => session_log!(warn, handle.shared, "`{method}` failed: {failure}"),
+    }
     if reply_to.is_some() {
         send_error(&handle, failure.into_payload(&method), reply_to).await;
     }

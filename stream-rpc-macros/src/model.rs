@@ -1,0 +1,356 @@
+//! Step 1: read the impl block into a small model of the service, noting
+//! every misuse on the way (each spanned on the smallest offending token).
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::{
+    Attribute, FnArg, GenericArgument, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr,
+    Pat, PathArguments, ReceiverKind, ReturnType, Safety, Type, Visibility,
+};
+
+use crate::attr::{self, MethodArgs};
+use crate::errors::Errors;
+
+/// The service an impl block describes.
+pub struct Service {
+    /// The type the impl is for, as written (`QueueServer<T>`).
+    pub self_ty: Type,
+    /// The type's name (`QueueServer`).
+    pub ident: Ident,
+    /// The impl's generics.
+    pub generics: Generics,
+    /// The methods that take part in dispatch, in order.
+    pub methods: Vec<Method>,
+    /// Every fn of the impl, service method or helper, for clash checks.
+    pub all_fns: Vec<Ident>,
+}
+
+/// One service method.
+pub struct Method {
+    /// The Rust name.
+    pub ident: Ident,
+    /// The name on the wire.
+    pub wire: String,
+    /// Where the wire name is written (the `rename` literal, or the name).
+    pub wire_span: Span,
+    /// The method's visibility; the typed client's method gets the same.
+    pub vis: Visibility,
+    /// Its `#[cfg]` attributes, repeated on everything generated for it.
+    pub cfgs: Vec<Attribute>,
+    /// Its doc comments, repeated on the typed client's method.
+    pub docs: Vec<Attribute>,
+    /// Whether it takes the handler context first.
+    pub context: bool,
+    /// The arguments the payload fills.
+    pub args: Vec<Arg>,
+    /// What it returns.
+    pub ret: Ret,
+}
+
+/// One payload argument.
+pub struct Arg {
+    /// The argument's name as written (maybe raw, `r#type`).
+    pub ident: Ident,
+    /// Its key in the payload object (`type`).
+    pub key: String,
+    /// Its type.
+    pub ty: Type,
+}
+
+/// What a method returns.
+pub enum Ret {
+    /// Nothing (no return type, or `()`): a notification.
+    Unit,
+    /// A value turned into a reply.
+    Value(Box<Type>),
+    /// `Result<T, E>` (or an alias `Result<T>`): `Ok` replies, `Err` is an
+    /// error packet.
+    Result {
+        /// The `Ok` type.
+        ok: Box<Type>,
+        /// The `Err` type, when written.
+        err: Option<Box<Type>>,
+    },
+}
+
+const ALLOWED_ITEMS: &str = "only methods can stand in a #[stream_rpc::service] impl";
+
+/// Reads the impl block. Strips the `#[stream_rpc]` attributes from `item`
+/// so that it can be emitted as it is.
+pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
+    if let Some((path, _)) = &item.trait_ {
+        errors.spanned(
+            path,
+            "#[stream_rpc::service] goes on an inherent impl (`impl Type`), not on a trait impl",
+        );
+        strip_method_attrs(item);
+        return None;
+    }
+    let ident = match &*item.self_ty {
+        Type::Path(path) if path.qself.is_none() => {
+            path.path.segments.last().map(|s| s.ident.clone())
+        }
+        _ => None,
+    };
+    let Some(ident) = ident else {
+        errors.spanned(
+            &item.self_ty,
+            "#[stream_rpc::service] needs an impl of a named type, like `impl QueueServer`",
+        );
+        strip_method_attrs(item);
+        return None;
+    };
+
+    let mut methods = Vec::new();
+    let mut all_fns = Vec::new();
+    for impl_item in &mut item.items {
+        match impl_item {
+            ImplItem::Fn(function) => {
+                all_fns.push(function.sig.ident.clone());
+                let args = attr::take_method_args(&mut function.attrs, errors);
+                if let Some(method) = method(function, args, errors) {
+                    methods.push(method);
+                }
+            }
+            ImplItem::Const(constant) => errors.spanned(
+                &constant.ident,
+                format!(
+                    "{ALLOWED_ITEMS}: move `const {}` to another `impl` block",
+                    constant.ident
+                ),
+            ),
+            ImplItem::Type(alias) => errors.spanned(
+                &alias.ident,
+                format!(
+                    "{ALLOWED_ITEMS}: move `type {}` to another `impl` block",
+                    alias.ident
+                ),
+            ),
+            other => errors.spanned(
+                &*other,
+                format!("{ALLOWED_ITEMS}: move this to another `impl` block"),
+            ),
+        }
+    }
+    Some(Service {
+        self_ty: (*item.self_ty).clone(),
+        ident,
+        generics: item.generics.clone(),
+        methods,
+        all_fns,
+    })
+}
+
+/// Removes our attributes from every method, for emitting the impl after an
+/// error that stopped parsing early.
+fn strip_method_attrs(item: &mut ItemImpl) {
+    let mut ignored = Errors::default();
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(function) = impl_item {
+            attr::take_method_args(&mut function.attrs, &mut ignored);
+        }
+    }
+}
+
+/// Reads one fn; `None` for helpers (`skip`) and for fns with errors.
+fn method(function: &ImplItemFn, args: MethodArgs, errors: &mut Errors) -> Option<Method> {
+    if args.skip.is_some() {
+        if let Some(rename) = &args.rename {
+            errors.spanned(
+                rename,
+                "a skipped helper has no wire name: drop `rename` or `skip`",
+            );
+        }
+        return None;
+    }
+    let sig = &function.sig;
+    let ident = &sig.ident;
+    let mut errors_here = Errors::default();
+    if sig.asyncness.is_none() {
+        errors_here.spanned(
+            ident,
+            "stream_rpc service methods must be `async fn`; mark helpers with `#[stream_rpc(skip)]`",
+        );
+    }
+    if let Safety::Unsafe(token) = &sig.safety {
+        errors_here.spanned(token, "stream_rpc service methods cannot be `unsafe`");
+    }
+    if let Some(abi) = &sig.abi {
+        errors_here.spanned(
+            abi,
+            "stream_rpc service methods cannot have an `extern` ABI",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        errors_here.spanned(
+            &sig.generics.params,
+            "stream_rpc service methods cannot be generic: each argument needs one concrete type to be read from the payload",
+        );
+    }
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(receiver)) => match &receiver.kind {
+            ReceiverKind::Reference(_, _, None) => {}
+            ReceiverKind::Reference(_, _, Some(mutability)) => errors_here.spanned(
+                mutability,
+                "stream_rpc service methods take `&self`, not `&mut self`: handlers run concurrently, so keep state behind a `Mutex` or an atomic",
+            ),
+            _ => errors_here.spanned(
+                receiver,
+                "stream_rpc service methods take `&self`, not `self`: the service serves many packets",
+            ),
+        },
+        _ => errors_here.spanned(
+            ident,
+            "stream_rpc service methods take `&self` as their first argument; mark associated functions with `#[stream_rpc(skip)]`",
+        ),
+    }
+
+    let mut context = false;
+    let mut payload_args = Vec::new();
+    let typed = sig.inputs.iter().filter_map(|input| match input {
+        FnArg::Typed(typed) => Some(typed),
+        FnArg::Receiver(_) => None,
+    });
+    for (position, input) in typed.enumerate() {
+        if is_context(&input.ty) {
+            if context {
+                errors_here.spanned(
+                    &input.ty,
+                    "a service method takes at most one context argument",
+                );
+            } else if position != 0 {
+                errors_here.spanned(
+                    &input.ty,
+                    "the context argument must come first, right after `&self`",
+                );
+            }
+            context = true;
+            continue;
+        }
+        if let Type::Reference(reference) = &*input.ty
+            && is_context(&reference.elem)
+        {
+            errors_here.spanned(&input.ty, "take the context by value: `ctx: Context`");
+            continue;
+        }
+        if let Type::ImplTrait(_) = &*input.ty {
+            errors_here.spanned(
+                &input.ty,
+                "`impl Trait` arguments are not supported: the payload is read into one concrete type",
+            );
+            continue;
+        }
+        match &*input.pat {
+            Pat::Ident(binding) if binding.by_ref.is_none() && binding.subpat.is_none() => {
+                payload_args.push(Arg {
+                    ident: binding.ident.clone(),
+                    key: binding.ident.unraw().to_string(),
+                    ty: (*input.ty).clone(),
+                });
+            }
+            Pat::Wild(wild) => errors_here.spanned(
+                wild,
+                "service method arguments need a name: it is their key in the payload",
+            ),
+            other => errors_here.spanned(
+                other,
+                "service method arguments must be plain names, like `task: Task`: the name is the key in the payload",
+            ),
+        }
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Default => Ret::Unit,
+        ReturnType::Type(_, ty) => return_type(ty, &mut errors_here),
+    };
+
+    let (wire, wire_span) = match &args.rename {
+        Some(rename) => (rename.value(), rename.span()),
+        None => (ident.unraw().to_string(), ident.span()),
+    };
+    let failed = !errors_here.is_empty();
+    errors.merge(errors_here);
+    if failed {
+        return None;
+    }
+    Some(Method {
+        ident: ident.clone(),
+        wire,
+        wire_span,
+        vis: function.vis.clone(),
+        cfgs: attrs_named(&function.attrs, "cfg"),
+        docs: attrs_named(&function.attrs, "doc"),
+        context,
+        args: payload_args,
+        ret,
+    })
+}
+
+fn return_type(ty: &Type, errors: &mut Errors) -> Ret {
+    match ty {
+        Type::Tuple(tuple) if tuple.elems.is_empty() => Ret::Unit,
+        Type::ImplTrait(_) => {
+            errors.spanned(
+                ty,
+                "service methods cannot return `impl Trait`: the reply needs a concrete type",
+            );
+            Ret::Unit
+        }
+        Type::Path(path) if path.qself.is_none() => {
+            let Some(last) = path.path.segments.last() else {
+                return Ret::Value(Box::new(ty.clone()));
+            };
+            if last.ident != "Result" {
+                return Ret::Value(Box::new(ty.clone()));
+            }
+            let PathArguments::AngleBracketed(generic) = &last.arguments else {
+                errors.spanned(
+                    ty,
+                    "write the `Ok` type of the result (`Result<T, E>`) so that the reply can be typed",
+                );
+                return Ret::Unit;
+            };
+            let mut types = generic.args.iter().filter_map(|arg| match arg {
+                GenericArgument::Type(ty) => Some(Box::new(ty.clone())),
+                _ => None,
+            });
+            match types.next() {
+                Some(ok) => Ret::Result {
+                    ok,
+                    err: types.next(),
+                },
+                None => {
+                    errors.spanned(ty, "write the `Ok` type of the result (`Result<T, E>`)");
+                    Ret::Unit
+                }
+            }
+        }
+        other => Ret::Value(Box::new(other.clone())),
+    }
+}
+
+/// Whether a type is written as the handler context (`Context`, or a path
+/// ending in `Context` such as `stream_rpc::Context`).
+fn is_context(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Context" && last.arguments.is_none()),
+        _ => false,
+    }
+}
+
+fn attrs_named(attrs: &[Attribute], name: &str) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident(name))
+        .cloned()
+        .collect()
+}
+
+/// A literal for the wire name, spanned where it is written.
+pub fn wire_literal(method: &Method) -> LitStr {
+    LitStr::new(&method.wire, method.wire_span)
+}
