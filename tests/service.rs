@@ -127,9 +127,9 @@ impl Worker {
             ctx.session().close();
             return Reply::Nothing;
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             Reply::message("get_task_from_queue", json!(null))
-        } else if n % 2 == 0 {
+        } else if n.is_multiple_of(2) {
             let task = ctx.packet("parse_article", json!({"article_id": 1000 + n}));
             Reply::message("put_in_queue", serde_json::to_value(task).unwrap())
         } else {

@@ -289,6 +289,9 @@ mod tests {
     }
 
     #[test]
+    // The double borrow is what the generated code writes: it selects the
+    // conversion by autoref, and is not needless there.
+    #[allow(clippy::needless_borrow)]
     fn errors_keep_a_handler_errors_code_and_display_anything_else() {
         let coded = HandlerError::new(ErrorCode::Busy, "later");
         assert_eq!((&&ErrorWrap(coded.clone())).into_handler_error(), coded);
