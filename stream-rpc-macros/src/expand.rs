@@ -167,6 +167,27 @@ fn generate(service: &Service, args: &ServiceArgs) -> TokenStream {
     }
 }
 
+/// What the typed client returns for a method returning `ty`: the
+/// `IntoReply::Output` projection for `Reply` and `Message<T>`, and `ty`
+/// itself otherwise (which is what the projection is for every other type).
+/// Naming the type keeps the client's signature well-formed when `ty` is
+/// not a valid reply, so the only error is the one spanned on `ty`.
+fn client_output(ty: &syn::Type, krate: &TokenStream) -> TokenStream {
+    let named = |name: &str| match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == name),
+        _ => false,
+    };
+    if named("Reply") || named("Message") {
+        quote_spanned!(ty.span()=> <#ty as #krate::IntoReply>::Output)
+    } else {
+        quote!(#ty)
+    }
+}
+
 /// Compile-time checks of the argument, return and error types, spanned on
 /// the user's types so that rustc points there.
 fn type_checks(method: &Method, krate: &TokenStream) -> TokenStream {
@@ -198,13 +219,15 @@ fn dispatch_arm(method: &Method, krate: &TokenStream) -> TokenStream {
         [] => quote!(),
         [arg] => {
             let (name, ty) = (&arg.ident, &arg.ty);
-            quote!(let #name: #ty = #krate::__private::decode_whole::<#ty>(__payload, #wire)?;)
+            let decode = quote_spanned!(ty.span()=> #krate::__private::decode_whole::<#ty>);
+            quote!(let #name: #ty = #decode(__payload, #wire)?;)
         }
         args => {
             let keys: Vec<_> = args.iter().map(|arg| &arg.key).collect();
             let fields = args.iter().map(|arg| {
                 let (name, ty, key) = (&arg.ident, &arg.ty, &arg.key);
-                quote!(let #name: #ty = #krate::__private::decode_field::<#ty>(&mut __object, #key, #wire)?;)
+                let decode = quote_spanned!(ty.span()=> #krate::__private::decode_field::<#ty>);
+                quote!(let #name: #ty = #decode(&mut __object, #key, #wire)?;)
             });
             quote! {
                 let mut __object = #krate::__private::decode_object(__payload, #wire, &[#(#keys),*])?;
@@ -219,17 +242,23 @@ fn dispatch_arm(method: &Method, krate: &TokenStream) -> TokenStream {
             let () = #call;
             ::core::result::Result::Ok(#krate::Reply::Nothing)
         },
-        Ret::Value(ty) => quote! {
-            <#ty as #krate::IntoReply>::into_reply(#call, #wire)
-        },
-        Ret::Result { ok, .. } => quote! {
+        Ret::Value(ty) => {
+            let into_reply = quote_spanned!(ty.span()=> <#ty as #krate::IntoReply>::into_reply);
+            quote!(#into_reply(#call, #wire))
+        }
+        Ret::Result { ok, err } => {
+            let into_reply = quote_spanned!(ok.span()=> <#ok as #krate::IntoReply>::into_reply);
+            let error_span = err.as_ref().map_or_else(Span::call_site, |err| err.span());
+            let convert = quote_spanned!(error_span=>
+                (&&#krate::__private::ErrorWrap(__error)).into_handler_error()
+            );
+            quote! {
             match #call {
-                ::core::result::Result::Ok(__value) => <#ok as #krate::IntoReply>::into_reply(__value, #wire),
-                ::core::result::Result::Err(__error) => ::core::result::Result::Err(
-                    (&&#krate::__private::ErrorWrap(__error)).into_handler_error()
-                ),
+                ::core::result::Result::Ok(__value) => #into_reply(__value, #wire),
+                ::core::result::Result::Err(__error) => ::core::result::Result::Err(#convert),
             }
-        },
+            }
+        }
     };
     quote! {
         #(#cfgs)*
@@ -253,13 +282,15 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
     let payload = match method.args.as_slice() {
         [] => quote!(#krate::__private::serde_json::Value::Null),
         [arg] => {
-            let name = &arg.ident;
-            quote!(#krate::__private::encode_argument(&#name)?)
+            let (name, ty) = (&arg.ident, &arg.ty);
+            let encode = quote_spanned!(ty.span()=> #krate::__private::encode_argument::<#ty>);
+            quote!(#encode(&#name)?)
         }
         args => {
             let inserts = args.iter().map(|arg| {
-                let (name, key) = (&arg.ident, &arg.key);
-                quote!(#krate::__private::insert_argument(&mut __object, #key, &#name)?;)
+                let (name, key, ty) = (&arg.ident, &arg.key, &arg.ty);
+                let insert = quote_spanned!(ty.span()=> #krate::__private::insert_argument::<#ty>);
+                quote!(#insert(&mut __object, #key, &#name)?;)
             });
             quote!({
                 let mut __object = #krate::__private::new_object();
@@ -279,10 +310,15 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
             "Sends a notification to the peer's",
         ),
         Ret::Value(ty) | Ret::Result { ok: ty, .. } => (
-            quote!(<#ty as #krate::IntoReply>::Output),
-            quote! {
-                let __reply = #krate::SessionHandle::call(&self.session, #wire, __payload).await?;
-                <#ty as #krate::IntoReply>::from_reply(__reply, #wire)
+            client_output(ty, krate),
+            {
+                let decode = quote_spanned!(ty.span()=>
+                    <#ty as #krate::IntoReply>::from_reply(__reply, #wire)
+                );
+                quote! {
+                    let __reply = #krate::SessionHandle::call(&self.session, #wire, __payload).await?;
+                    #decode
+                }
             },
             "Calls the peer's",
         ),
@@ -294,12 +330,16 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
         summary
     };
     let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
+    // The same checks as in the dispatcher, first: a wrong type then fails
+    // with identical diagnostics here, which rustc shows once.
+    let checks = type_checks(method, krate);
     quote! {
         #(#cfgs)*
         #(#docs)*
         #separator
         #[doc = #summary]
         #vis async fn #ident(&self, #(#params),*) -> ::core::result::Result<#output, #krate::CallError> {
+            #checks
             let __payload = #payload;
             #body
         }

@@ -132,6 +132,10 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
             ),
         }
     }
+    // An associated type cannot stand in an inherent impl on stable Rust:
+    // after reporting it, leave it out so that rustc does not report it again.
+    item.items
+        .retain(|impl_item| !matches!(impl_item, ImplItem::Type(_)));
     Some(Service {
         self_ty: (*item.self_ty).clone(),
         ident,

@@ -31,7 +31,8 @@ pub fn check(service: &Service, errors: &mut Errors) {
             errors.at(
                 method.wire_span,
                 format!(
-                    "two service methods are called `{wire}` on the wire (the other is `{first}`): give one another `#[stream_rpc(rename = \"...\")]`"
+                    "`{first}` and `{}` are both called `{wire}` on the wire: give one another `#[stream_rpc(rename = \"...\")]`",
+                    method.ident
                 ),
             );
         } else {

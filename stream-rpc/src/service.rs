@@ -128,15 +128,21 @@ impl<T: Serialize + DeserializeOwned> Argument for T {}
     message = "`{Self}` cannot be the error of a stream_rpc service method",
     label = "the error must implement `Display` (or be a `stream_rpc::HandlerError`)"
 )]
-pub trait ErrorType {}
+pub trait ErrorType {
+    /// The error as sent to the peer: `handler_error` with the error's text.
+    #[doc(hidden)]
+    fn to_handler_error(&self) -> HandlerError;
+}
 
-impl<E: std::fmt::Display> ErrorType for E {}
+impl<E: std::fmt::Display> ErrorType for E {
+    fn to_handler_error(&self) -> HandlerError {
+        HandlerError::failed(self.to_string())
+    }
+}
 
 /// Support for the generated code; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
     use serde_json::{Map, Value};
 
     pub use super::{Argument, ErrorType, IntoReply};
@@ -152,10 +158,7 @@ pub mod __private {
     pub fn assert_error<E: ErrorType>() {}
 
     /// The whole payload as the one argument.
-    pub fn decode_whole<T: DeserializeOwned>(
-        payload: Value,
-        method: &str,
-    ) -> Result<T, HandlerError> {
+    pub fn decode_whole<T: Argument>(payload: Value, method: &str) -> Result<T, HandlerError> {
         T::deserialize(payload).map_err(|e| HandlerError::invalid_payload(method, e))
     }
 
@@ -183,7 +186,7 @@ pub mod __private {
 
     /// One argument out of the payload object; a missing key reads as
     /// `null`, so `Option` arguments may be left out.
-    pub fn decode_field<T: DeserializeOwned>(
+    pub fn decode_field<T: Argument>(
         map: &mut Map<String, Value>,
         key: &str,
         method: &str,
@@ -206,7 +209,7 @@ pub mod __private {
     }
 
     /// Encodes one argument on the caller's side.
-    pub fn encode_argument<T: Serialize>(value: &T) -> Result<Value, CallError> {
+    pub fn encode_argument<T: Argument>(value: &T) -> Result<Value, CallError> {
         serde_json::to_value(value).map_err(|e| CallError::Send(SendError::Encode(e.to_string())))
     }
 
@@ -216,7 +219,7 @@ pub mod __private {
     }
 
     /// Encodes one of several arguments into the payload object.
-    pub fn insert_argument<T: Serialize>(
+    pub fn insert_argument<T: Argument>(
         object: &mut Map<String, Value>,
         key: &str,
         value: &T,
@@ -242,15 +245,22 @@ pub mod __private {
         }
     }
 
-    /// The fallback conversion, for any `Display` error.
-    pub trait ViaDisplay {
+    /// The fallback conversion, for any `Display` error. The bound sits on
+    /// the method, not the impl, so that a wrong error type fails the
+    /// `ErrorType` check once instead of failing method lookup.
+    pub trait ViaDisplay<E> {
         /// Converts.
-        fn into_handler_error(self) -> HandlerError;
+        fn into_handler_error(self) -> HandlerError
+        where
+            E: ErrorType;
     }
 
-    impl<E: std::fmt::Display> ViaDisplay for &ErrorWrap<E> {
-        fn into_handler_error(self) -> HandlerError {
-            HandlerError::failed(self.0.to_string())
+    impl<E> ViaDisplay<E> for &ErrorWrap<E> {
+        fn into_handler_error(self) -> HandlerError
+        where
+            E: ErrorType,
+        {
+            self.0.to_handler_error()
         }
     }
 }

@@ -1,0 +1,4 @@
+#[stream_rpc::service]
+struct Service;
+
+fn main() {}
