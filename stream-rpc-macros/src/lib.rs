@@ -16,8 +16,180 @@ mod model;
 mod validate;
 
 /// Turns the `async fn`s of an inherent `impl` block into a stream-rpc
-/// protocol dispatched by method name, with typed payloads, and generates a
-/// typed client. See `stream_rpc::service` for the full documentation.
+/// service: packets are dispatched to the method of the same name, payloads
+/// are read into the methods' typed arguments, and what a method returns is
+/// sent back. Works the same on servers and on workers.
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use std::sync::Mutex;
+///
+/// use stream_rpc::{Context, HandlerError, Message, Packet, Reply};
+///
+/// #[derive(Default)]
+/// struct QueueServer {
+///     queue: Mutex<VecDeque<Packet>>,
+/// }
+///
+/// #[stream_rpc::service]
+/// impl QueueServer {
+///     /// No argument: the payload is ignored. `Message` picks the reply's method.
+///     async fn ping(&self) -> Message<()> {
+///         Message::new("pong", ())
+///     }
+///
+///     /// One argument: the whole payload, here a task packet.
+///     async fn put_in_queue(&self, task: Packet) -> Message<()> {
+///         self.queue.lock().unwrap().push_back(task);
+///         Message::new("pong", ())
+///     }
+///
+///     /// `Reply` for anything else, such as a stored packet sent back verbatim.
+///     async fn get_task_from_queue(&self) -> Reply {
+///         match self.queue.lock().unwrap().pop_front() {
+///             Some(task) => Reply::Forward(task),
+///             None => Reply::message("pong", stream_rpc::json!(null)),
+///         }
+///     }
+///
+///     /// Several arguments: the payload is `{"a": .., "b": ..}`. A typed value
+///     /// is the reply's payload (method `add.reply`).
+///     async fn add(&self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+///
+///     /// `Result`: `Err` becomes an error packet; a `HandlerError` keeps its code.
+///     async fn divide(&self, a: i64, b: i64) -> Result<i64, HandlerError> {
+///         a.checked_div(b).ok_or_else(|| HandlerError::failed("division by zero"))
+///     }
+///
+///     /// No return type: a notification, nothing is sent back.
+///     async fn log(&self, line: String) {
+///         println!("{line}");
+///     }
+///
+///     /// The handler context first: who sent the packet, and the session to
+///     /// send packets or make calls back to that peer.
+///     async fn whoami(&self, ctx: Context) -> String {
+///         ctx.sender().to_string()
+///     }
+///
+///     /// Another name on the wire.
+///     #[stream_rpc(rename = "queue.length")]
+///     async fn queue_length(&self) -> usize {
+///         self.len()
+///     }
+///
+///     /// A helper, not a service method.
+///     #[stream_rpc(skip)]
+///     fn len(&self) -> usize {
+///         self.queue.lock().unwrap().len()
+///     }
+/// }
+///
+/// assert_eq!(
+///     QueueServer::METHODS,
+///     ["ping", "put_in_queue", "get_task_from_queue", "add", "divide", "log", "whoami", "queue.length"]
+/// );
+/// ```
+///
+/// # Arguments
+///
+/// After `&self` (methods take `&self`: handlers of one connection run
+/// concurrently, so state lives behind a `Mutex` or an atomic):
+///
+/// - an optional first argument written `Context` (or `stream_rpc::Context`)
+///   receives the handler context;
+/// - no payload argument: the payload is ignored;
+/// - one: the whole payload is read into its type;
+/// - several: the payload is a JSON object keyed by the argument names
+///   (`r#type` is `type`); a missing key reads as `null`, so `Option`
+///   arguments may be left out.
+///
+/// Argument types implement `Serialize` and `Deserialize` (the typed client
+/// sends them). A payload that does not fit is answered with an
+/// `invalid_payload` error naming the method and the serde error; an unknown
+/// method with `unknown_method`.
+///
+/// # Return types
+///
+/// | return type | sent back | the typed client returns |
+/// |---|---|---|
+/// | none, or `()` | nothing: a notification | `Result<(), CallError>` once sent |
+/// | `T: Serialize + Deserialize` | a reply with method `<method>.reply`, payload `T` | `Result<T, CallError>` |
+/// | `Message<T>` | a reply with the method you choose | `Result<T, CallError>` |
+/// | `Reply` | what it says: a message, a forwarded packet, or nothing | `Result<Packet, CallError>` |
+/// | `Result<R, E>` | `Ok` as above (`Ok(())` is a reply with `null`); `Err` is an error packet | the same, with `Err` as `CallError::Remote` |
+///
+/// `E` is a `HandlerError` (its code is kept) or any `Display` type (sent as
+/// `handler_error` with its text). A `Result` alias such as `Result<T>` works;
+/// `Reply` and `Message` must be written by those names.
+///
+/// On a worker, what a handler returns for a reply is the next message of the
+/// conversation: a `pong` handler that returns `Reply::message("ping", ..)`
+/// sends the next request.
+///
+/// # Attributes
+///
+/// - `#[stream_rpc(rename = "wire.name")]` on a method: its name on the wire.
+/// - `#[stream_rpc(skip)]` on a fn: a helper, left out of dispatch.
+/// - `#[stream_rpc::service(name = "Queue")]`: the protocol name in logs
+///   (the type's name by default).
+/// - `#[stream_rpc::service(crate = path)]`: where the runtime crate is, if it
+///   is reached through another crate. A rename in `Cargo.toml` is found
+///   without it.
+///
+/// # What is generated
+///
+/// - `impl stream_rpc::Protocol for QueueServer`: hand the value to
+///   `Connector::run_server` or `run_client`.
+/// - `QueueServer::METHODS`: the wire names, for logs and introspection.
+/// - `QueueServerClient`, the typed client: one async method per service
+///   method with the same arguments (without the context), each method as
+///   visible as the service method. Get one with
+///   `QueueServer::client(&session)` over any session: a client connection,
+///   or `ctx.session()` inside a handler to call back into the peer.
+///
+/// ```
+/// # use stream_rpc::{Config, Connector, Fernet};
+/// struct Calculator;
+///
+/// #[stream_rpc::service]
+/// impl Calculator {
+///     async fn add(&self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let key = Fernet::generate_key()?;
+/// # let config = |port| Config::builder().key(key.clone()).host("127.0.0.1").port(port).build();
+/// # let server = Connector::new(config(0)?).bind().await?;
+/// # let port = server.local_addr().port();
+/// # let stop = server.shutdown_handle();
+/// # let serving = tokio::spawn(server.serve(Calculator));
+/// let client = Connector::new(config(port)?).connect(Calculator).await?;
+/// let calculator = Calculator::client(client.session());
+/// assert_eq!(calculator.add(2, 40).await?, 42);
+/// # stop.shutdown();
+/// # drop(client);
+/// # serving.await??;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Mistakes are compile errors
+///
+/// Each misuse is reported once, on the offending token: a fn that is not
+/// `async`; a receiver other than `&self`; a generic method; `impl Trait`,
+/// pattern or `_` arguments; argument, return or error types that are not
+/// serializable (or `Display`); two methods with one wire name; an empty
+/// wire name or one with whitespace; unknown, repeated or mistyped attribute
+/// arguments; the attribute on something other than an inherent impl; an
+/// impl with no service method; a fn named like a generated item (`client`,
+/// `METHODS`); a context argument that is not first, or more than one;
+/// `const` or `type` items in the impl.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::service(args.into(), input.into()).into()

@@ -47,7 +47,9 @@ impl<T> Message<T> {
 pub const REPLY_SUFFIX: &str = ".reply";
 
 /// What a service method may return (besides `()` and `Result`, which the
-/// attribute handles itself); see the [module docs](self).
+/// attribute handles itself): a typed value, a [`Message<T>`] or a
+/// [`Reply`]. The attribute's documentation, [`service`](crate::service),
+/// has the table of return forms.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be returned by a stream_rpc service method",
     label = "return a type that implements `Serialize` and `Deserialize`, a `Message<T>` or a `Reply`"
