@@ -1,0 +1,336 @@
+//! The `server`, `worker` and `demo` examples as real processes on loopback.
+//!
+//! The server listens on port 0 and the tests read the real port from its
+//! "Serving on" log line, so tests running in parallel never collide.
+//! Every wait is on an event (a log line, the end of a process's output)
+//! with a time bound; a process still running when its test ends is killed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The bound on every wait.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// The path of an example's binary, building the examples if this test was
+/// run on its own (`cargo test` builds them with everything else).
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--examples", "--quiet"])
+            .status()
+            .expect("cargo build --examples");
+        assert!(status.success(), "building the examples failed");
+    }
+    path
+}
+
+fn new_key() -> String {
+    stream_rpc::Fernet::generate_key().unwrap()
+}
+
+/// A running example with its output, line by line, from both streams.
+struct Process {
+    name: &'static str,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(name: &'static str, env: &[(&str, &str)]) -> Process {
+        let mut child = Command::new(example(name))
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        fn pump(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        pump(child.stdout.take().unwrap(), tx.clone());
+        pump(child.stderr.take().unwrap(), tx);
+        Process {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn output(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Waits for a line that satisfies `wanted` and returns it.
+    fn wait_for(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|line| wanted(line)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no line with {what} in time; output:\n{}",
+                        self.name,
+                        self.output()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "{}: ended without a line with {what}; output:\n{}",
+                        self.name,
+                        self.output()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits until the process has closed its output and exited.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: did not exit in time; output:\n{}",
+                        self.name,
+                        self.output()
+                    )
+                }
+            }
+        }
+        self.child.wait().expect("wait for the process")
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn has(&self, needle: &str) -> bool {
+        self.seen.iter().any(|line| line.contains(needle))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server on a free port; returns it and its port.
+fn server(key: &str) -> (Process, String) {
+    let mut server = Process::start(
+        "server",
+        &[
+            ("CRYPTO_KEY", key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", "0"),
+        ],
+    );
+    let line = server.wait_for("\"Serving on\"", |line| {
+        line.contains("Serving on 127.0.0.1:")
+    });
+    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    (server, port)
+}
+
+fn worker(key: &str, port: &str, extra: &[(&str, &str)]) -> Process {
+    let mut env = vec![
+        ("CRYPTO_KEY", key),
+        ("STREAM_RPC_HOST", "127.0.0.1"),
+        ("STREAM_RPC_PORT", port),
+        ("WORKER_REQUEST_DELAY_MS", "20"),
+        ("WORKER_PARSE_DELAY_MS", "20"),
+    ];
+    env.extend_from_slice(extra);
+    Process::start("worker", &env)
+}
+
+#[test]
+fn server_and_worker_hold_the_seed_conversation() {
+    let key = new_key();
+    let (mut server, port) = server(&key);
+    let mut worker = worker(&key, &port, &[("WORKER_MAX_REQUESTS", "12")]);
+    let status = worker.wait_exit();
+    assert!(status.success(), "worker failed:\n{}", worker.output());
+
+    // The hello `ping` (request 0) got its `pong`.
+    assert!(
+        worker.has("Send: {method: \"ping\", id: 0,"),
+        "{}",
+        worker.output()
+    );
+    worker.wait_for("the pong to the hello", |line| {
+        line.contains("Received: {method: \"pong\"") && line.contains("#0, payload")
+    });
+    // Tasks were put, and the server received them.
+    assert!(
+        worker.has("Send: {method: \"put_in_queue\""),
+        "{}",
+        worker.output()
+    );
+    server.wait_for("a put task", |line| {
+        line.contains("Received: {method: \"put_in_queue\"")
+    });
+    // A task came back unchanged and was parsed.
+    assert!(worker.has("came back unchanged"), "{}", worker.output());
+    assert!(!worker.has("came back changed"), "{}", worker.output());
+    assert!(worker.has("Start parsing article: "), "{}", worker.output());
+    assert!(
+        worker.has("Finished parsing article: "),
+        "{}",
+        worker.output()
+    );
+    assert!(worker.has("Done: 12 requests made"), "{}", worker.output());
+    // The seed's log shape on both sides.
+    assert!(worker.has(" - Worker - INFO - ["), "{}", worker.output());
+    assert!(
+        server.has(" - QueueServer - INFO - ["),
+        "{}",
+        server.output()
+    );
+    assert!(server.still_running());
+}
+
+#[test]
+fn a_worker_with_the_wrong_key_gets_no_service_and_others_do() {
+    let key = new_key();
+    let (mut server, port) = server(&key);
+    let wrong = new_key();
+    let mut intruder = worker(&wrong, &port, &[("WORKER_IDLE_TIMEOUT_MS", "1500")]);
+    let mut good = worker(&key, &port, &[("WORKER_MAX_REQUESTS", "6")]);
+
+    let status = intruder.wait_exit();
+    assert!(!status.success(), "{}", intruder.output());
+    assert!(
+        intruder.has("no answer from the server"),
+        "{}",
+        intruder.output()
+    );
+    assert!(!intruder.has("Received:"), "{}", intruder.output());
+
+    assert!(good.wait_exit().success(), "{}", good.output());
+    assert!(good.has("Done: 6 requests made"), "{}", good.output());
+    server.wait_for("the failed token", |line| {
+        line.contains("failed to decrypt")
+    });
+    assert!(server.still_running());
+}
+
+#[test]
+fn the_worker_says_when_the_server_is_unreachable() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port().to_string()
+    };
+    let mut worker = worker(&new_key(), &port, &[]);
+    let status = worker.wait_exit();
+    assert!(!status.success());
+    assert!(worker.has("server is unreachable"), "{}", worker.output());
+}
+
+#[test]
+fn ctrl_c_and_sigterm_stop_worker_and_server_cleanly() {
+    let key = new_key();
+    let (mut server, port) = server(&key);
+    let mut worker = worker(&key, &port, &[]);
+    worker.wait_for("a pong", |line| {
+        line.contains("Received: {method: \"pong\"")
+    });
+    worker.signal("-INT");
+    assert!(worker.wait_exit().success(), "{}", worker.output());
+    assert!(worker.has("Worker stopped"), "{}", worker.output());
+    server.signal("-TERM");
+    assert!(server.wait_exit().success(), "{}", server.output());
+    assert!(server.has("shutting down"), "{}", server.output());
+}
+
+#[test]
+fn a_missing_key_is_a_clear_startup_error() {
+    let mut server = Process::start("server", &[]);
+    assert!(!server.wait_exit().success());
+    assert!(server.has("CRYPTO_KEY is not set"), "{}", server.output());
+    assert!(server.has("keygen"), "{}", server.output());
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let mut keygen = Process::start("keygen", &[]);
+    assert!(keygen.wait_exit().success());
+    let key = keygen.seen.first().cloned().unwrap_or_default();
+    assert_eq!(key.len(), 44, "{key}");
+    stream_rpc::Fernet::new(&key).expect("the printed key is a valid Fernet key");
+}
+
+#[test]
+fn the_demo_runs_and_summarizes() {
+    let mut demo = Process::start(
+        "demo",
+        &[
+            ("DEMO_SECONDS", "2"),
+            ("DEMO_REQUEST_DELAY_MS", "30"),
+            ("DEMO_PARSE_DELAY_MS", "30"),
+        ],
+    );
+    assert!(demo.wait_exit().success(), "{}", demo.output());
+    assert!(demo.has("generated a fresh key"), "{}", demo.output());
+    assert!(
+        demo.has("Summary after 2 s with 2 workers:"),
+        "{}",
+        demo.output()
+    );
+    for label in [
+        "requests answered:",
+        "tasks put:",
+        "tasks handed out:",
+        "tasks parsed:",
+    ] {
+        let line = demo
+            .seen
+            .iter()
+            .find(|line| line.contains(label))
+            .unwrap_or_else(|| panic!("no {label} in:\n{}", demo.output()));
+        let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count > 0, "{line}");
+    }
+}
