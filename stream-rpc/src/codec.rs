@@ -102,8 +102,8 @@ impl FrameCodec {
     fn find_terminator(&self, buf: &[u8], from: usize, end: usize) -> Option<usize> {
         let hay = buf.get(from..end)?;
         match *self.terminator {
-            [byte] => hay.iter().position(|&b| b == byte),
-            ref many => hay.windows(many.len()).position(|w| w == many),
+            [byte] => memchr::memchr(byte, hay),
+            ref many => memchr::memmem::find(hay, many),
         }
         .map(|at| at + from)
     }
@@ -194,8 +194,8 @@ impl<T: AsRef<[u8]>> Encoder<T> for FrameCodec {
             return Err(CodecError::FrameTooLong { max: self.max_len });
         }
         let splits = match *self.terminator {
-            [byte] => token.contains(&byte),
-            ref many => token.windows(many.len()).any(|w| w == many),
+            [byte] => memchr::memchr(byte, token).is_some(),
+            ref many => memchr::memmem::find(token, many).is_some(),
         };
         if splits {
             return Err(CodecError::TerminatorInFrame);

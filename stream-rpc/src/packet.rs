@@ -234,7 +234,49 @@ mod rfc3339_utc {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
     pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        let mut buf = [0u8; 30];
+        match write(at, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
+        }
+    }
+
+    /// Writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` without allocating (it runs
+    /// for every packet); `None` outside years 0 to 9999 or on a leap
+    /// second, which the caller leaves to chrono.
+    pub(super) fn write<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+        use chrono::{Datelike, Timelike};
+        let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
+        let nanos = at.nanosecond();
+        if nanos >= 1_000_000_000 {
+            return None;
+        }
+        let mut put = |at: usize, value: u32, width: usize| {
+            let mut value = value;
+            for slot in buf[at..at + width].iter_mut().rev() {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, at.month(), 2);
+        put(8, at.day(), 2);
+        put(11, at.hour(), 2);
+        put(14, at.minute(), 2);
+        put(17, at.second(), 2);
+        put(20, nanos, 9);
+        for (index, byte) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (29, b'Z'),
+        ] {
+            buf[index] = byte;
+        }
+        std::str::from_utf8(&buf[..]).ok()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -315,6 +357,28 @@ mod tests {
         assert!(shown.ends_with("é…}"), "{shown}");
         packet.payload = json!({"short": true});
         assert!(packet.to_string().ends_with(r#"payload: {"short":true}}"#));
+    }
+
+    #[test]
+    fn timestamps_are_written_like_chrono_writes_them() {
+        for text in [
+            "2026-11-24T04:34:14.507123456Z",
+            "2024-02-29T23:59:59.000000000Z",
+            "0001-01-01T00:00:00.000000001Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            let at: DateTime<Utc> = text.parse().unwrap();
+            let mut buf = [0u8; 30];
+            let ours = rfc3339_utc::write(&at, &mut buf).unwrap();
+            assert_eq!(ours, at.to_rfc3339_opts(SecondsFormat::Nanos, true));
+            assert_eq!(ours, text);
+        }
+        let now = Utc::now();
+        let mut buf = [0u8; 30];
+        assert_eq!(
+            rfc3339_utc::write(&now, &mut buf).unwrap(),
+            now.to_rfc3339_opts(SecondsFormat::Nanos, true)
+        );
     }
 
     #[test]

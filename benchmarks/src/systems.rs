@@ -1,0 +1,350 @@
+//! The systems under test: a server for each, and a client that makes one
+//! call. Every server runs on its own single-threaded runtime on its own
+//! thread; clients run on the caller's single-threaded runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use futures::{StreamExt, future};
+use stream_rpc::{Config, Connector, Fernet};
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::{Bincode, Json};
+use tarpc::{client, context};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The systems compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// stream-rpc through `#[stream_rpc::service]` and its typed client.
+    StreamRpc,
+    /// tarpc with its bincode transport.
+    TarpcBincode,
+    /// tarpc with its JSON transport.
+    TarpcJson,
+    /// A newline echo with no crypto and no JSON: the floor.
+    Raw,
+}
+
+impl System {
+    pub const ALL: [System; 4] = [
+        System::StreamRpc,
+        System::TarpcBincode,
+        System::TarpcJson,
+        System::Raw,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            System::StreamRpc => "stream-rpc",
+            System::TarpcBincode => "tarpc-bincode",
+            System::TarpcJson => "tarpc-json",
+            System::Raw => "raw-echo",
+        }
+    }
+}
+
+/// The stream-rpc service: echoes the payload.
+pub struct Bench;
+
+#[stream_rpc::service]
+impl Bench {
+    async fn ping(&self, data: String) -> String {
+        data
+    }
+}
+
+/// The tarpc service: echoes the payload.
+#[tarpc::service]
+pub trait Ping {
+    async fn ping(data: String) -> String;
+}
+
+#[derive(Clone)]
+struct PingServer;
+
+impl Ping for PingServer {
+    async fn ping(self, _: context::Context, data: String) -> String {
+        data
+    }
+}
+
+/// A server running on its own thread until dropped.
+pub struct ServerThread {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The shared key of every stream-rpc run.
+pub fn key() -> &'static str {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| Fernet::generate_key().expect("OS randomness"))
+}
+
+pub fn rpc_config(
+    port: u16,
+    tune: impl FnOnce(&mut stream_rpc::Limits, &mut stream_rpc::Timeouts),
+) -> Config {
+    let mut limits = stream_rpc::Limits::default();
+    let mut timeouts = stream_rpc::Timeouts::default();
+    limits.max_connections = 20_000;
+    tune(&mut limits, &mut timeouts);
+    Config::builder()
+        .key(key())
+        .host("127.0.0.1")
+        .port(port)
+        .limits(limits)
+        .timeouts(timeouts)
+        .build()
+        .expect("benchmark config")
+}
+
+/// Starts `system`'s server on 127.0.0.1 and a free port.
+pub fn start_server(system: System) -> ServerThread {
+    start_server_with(system, rpc_config(0, |_, _| {}))
+}
+
+/// Starts `system`'s server; stream-rpc uses `config`.
+pub fn start_server_with(system: System, config: Config) -> ServerThread {
+    let (addr_tx, addr_rx) = std_mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            runtime.block_on(async move {
+                let serving = serve(system, config, addr_tx);
+                tokio::select! {
+                    _ = stop_rx => {}
+                    () = serving => {}
+                }
+            });
+        })
+        .expect("server thread");
+    let addr = addr_rx.recv().expect("server address");
+    ServerThread {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketAddr>) {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    match system {
+        System::StreamRpc => {
+            let server = Connector::new(config).bind().await.expect("bind");
+            addr_tx.send(server.local_addr()).expect("report address");
+            let _ = server.serve(Bench).await;
+        }
+        System::TarpcBincode | System::TarpcJson => {
+            let listener = TcpListener::bind(loopback).await.expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("report address");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                // tarpc as it ships: Nagle is left as tarpc leaves it.
+                let framed = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
+                    .max_frame_length(usize::MAX)
+                    .new_framed(stream);
+                if system == System::TarpcBincode {
+                    let transport = tarpc::serde_transport::new(framed, Bincode::default());
+                    tokio::spawn(serve_tarpc(transport));
+                } else {
+                    let transport = tarpc::serde_transport::new(framed, Json::default());
+                    tokio::spawn(serve_tarpc(transport));
+                }
+            }
+        }
+        System::Raw => {
+            let listener = TcpListener::bind(loopback).await.expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("report address");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(echo(stream));
+            }
+        }
+    }
+}
+
+async fn serve_tarpc<T>(transport: T)
+where
+    T: tarpc::Transport<tarpc::Response<PingResponse>, tarpc::ClientMessage<PingRequest>>
+        + Send
+        + 'static,
+{
+    BaseChannel::with_defaults(transport)
+        .execute(PingServer.serve())
+        .for_each(|request| {
+            tokio::spawn(request);
+            future::ready(())
+        })
+        .await;
+}
+
+/// Echoes lines, writing only when no more input is buffered.
+async fn echo(stream: TcpStream) {
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if writer.write_all(&line).await.is_err() {
+            return;
+        }
+        if reader.buffer().is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A client connection of one system; cheap to clone for concurrent calls
+/// on the same connection.
+#[derive(Clone)]
+pub enum Client {
+    StreamRpc {
+        client: BenchClient,
+        /// Keeps the connection open: dropping the last one closes it.
+        _connection: Arc<stream_rpc::Client>,
+    },
+    Tarpc(PingClient),
+    Raw(Arc<tokio::sync::Mutex<RawConn>>),
+}
+
+/// One raw echo connection, used one call at a time.
+pub struct RawConn {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    line: Vec<u8>,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        RawConn {
+            reader: BufReader::with_capacity(64 * 1024, reader),
+            writer,
+            line: Vec::with_capacity(4096),
+        }
+    }
+
+    pub async fn round_trip(&mut self, frame: &[u8]) {
+        self.writer.write_all(frame).await.expect("raw write");
+        self.read_one().await;
+    }
+
+    pub async fn write(&mut self, frame: &[u8]) {
+        self.writer.write_all(frame).await.expect("raw write");
+    }
+
+    pub async fn read_one(&mut self) {
+        self.line.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.line)
+            .await
+            .expect("raw read");
+        assert!(n > 0, "raw echo closed");
+    }
+}
+
+impl Client {
+    pub async fn connect(system: System, addr: SocketAddr) -> Client {
+        match system {
+            System::StreamRpc => {
+                let client = Connector::new(rpc_config(addr.port(), |_, _| {}))
+                    .connect(Bench)
+                    .await
+                    .expect("connect");
+                Client::StreamRpc {
+                    client: Bench::client(client.session()),
+                    _connection: Arc::new(client),
+                }
+            }
+            System::TarpcBincode => {
+                let transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default)
+                    .await
+                    .expect("connect");
+                Client::Tarpc(PingClient::new(client::Config::default(), transport).spawn())
+            }
+            System::TarpcJson => {
+                let transport = tarpc::serde_transport::tcp::connect(addr, Json::default)
+                    .await
+                    .expect("connect");
+                Client::Tarpc(PingClient::new(client::Config::default(), transport).spawn())
+            }
+            System::Raw => Client::Raw(Arc::new(tokio::sync::Mutex::new(
+                RawConn::connect(addr).await,
+            ))),
+        }
+    }
+
+    /// One call with `data` as the payload (for raw, `frame` is sent).
+    pub async fn call(&self, data: &str, frame: &[u8]) {
+        match self {
+            Client::StreamRpc { client, .. } => {
+                let echoed = client.ping(data.to_owned()).await.expect("stream-rpc call");
+                debug_assert_eq!(echoed.len(), data.len());
+            }
+            Client::Tarpc(client) => {
+                let echoed = client
+                    .ping(context::current(), data.to_owned())
+                    .await
+                    .expect("tarpc call");
+                debug_assert_eq!(echoed.len(), data.len());
+            }
+            Client::Raw(conn) => conn.lock().await.round_trip(frame).await,
+        }
+    }
+}
+
+/// The length of a stream-rpc request frame carrying `data`, terminator
+/// included: the raw echo sends lines of this length.
+pub fn rpc_frame_len(data: &str) -> usize {
+    use stream_rpc::Cipher;
+    let packet = stream_rpc::Packet::new(
+        uuid::Uuid::new_v4(),
+        12_345,
+        "ping",
+        serde_json::json!(data),
+    );
+    let fernet = Fernet::new(key()).expect("key");
+    fernet
+        .encrypt(&packet.to_json().expect("json"))
+        .expect("seal")
+        .len()
+        + 1
+}
