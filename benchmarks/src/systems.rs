@@ -147,8 +147,18 @@ pub fn start_server_with(system: System, config: Config) -> ServerThread {
     }
 }
 
+/// Listens on a free loopback port and reports the address.
+async fn bind_loopback(addr_tx: &std_mpsc::Sender<SocketAddr>) -> TcpListener {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    addr_tx
+        .send(listener.local_addr().expect("address"))
+        .expect("report address");
+    listener
+}
+
 async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketAddr>) {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     match system {
         System::StreamRpc => {
             let server = Connector::new(config).bind().await.expect("bind");
@@ -156,10 +166,7 @@ async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketA
             let _ = server.serve(Bench).await;
         }
         System::TarpcBincode | System::TarpcJson => {
-            let listener = TcpListener::bind(loopback).await.expect("bind");
-            addr_tx
-                .send(listener.local_addr().expect("address"))
-                .expect("report address");
+            let listener = bind_loopback(&addr_tx).await;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -178,10 +185,7 @@ async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketA
             }
         }
         System::Raw => {
-            let listener = TcpListener::bind(loopback).await.expect("bind");
-            addr_tx
-                .send(listener.local_addr().expect("address"))
-                .expect("report address");
+            let listener = bind_loopback(&addr_tx).await;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
