@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::cipher::{Cipher, Fernet};
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, DEFAULT_TERMINATOR};
+use crate::replay::ReplayGuard;
 
 /// The environment variable holding the Fernet key(s).
 pub const ENV_KEY: &str = "CRYPTO_KEY";
@@ -132,6 +133,9 @@ pub struct Limits {
     pub max_bad_frames_in_row: u32,
     /// Frames queued for the writer before senders wait (1024).
     pub outgoing_queue: usize,
+    /// Token fingerprints the replay cache holds (262,144: about 8 MiB when full);
+    /// see [`ConfigBuilder::replay_protection`].
+    pub replay_cache_entries: usize,
 }
 
 impl Default for Limits {
@@ -143,6 +147,7 @@ impl Default for Limits {
             max_in_flight_calls: 1024,
             max_bad_frames_in_row: 3,
             outgoing_queue: 1024,
+            replay_cache_entries: 262_144,
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct Config {
     pub(crate) peer_id: Uuid,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
+    /// Shared by every session of this endpoint; `None` when turned off.
+    pub(crate) replay: Option<Arc<ReplayGuard>>,
 }
 
 impl fmt::Debug for Config {
@@ -206,6 +213,7 @@ impl fmt::Debug for Config {
             .field("peer_id", &self.peer_id)
             .field("limits", &self.limits)
             .field("timeouts", &self.timeouts)
+            .field("replay_protection", &self.replay.is_some())
             .finish()
     }
 }
@@ -275,6 +283,7 @@ pub struct ConfigBuilder {
     peer_id: Option<Uuid>,
     limits: Option<Limits>,
     timeouts: Option<Timeouts>,
+    replay_protection: Option<bool>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -385,6 +394,15 @@ impl ConfigBuilder {
         self.timeouts = Some(timeouts);
         self
     }
+    /// Whether each token is accepted at most once (on by default): a token
+    /// received before is refused as a replay, one this endpoint sent as a
+    /// reflection, on any connection. The cache belongs to the [`Config`],
+    /// so every endpoint of a process needs its own `Config` (two that share
+    /// one would refuse each other's tokens as reflections).
+    pub fn replay_protection(mut self, on: bool) -> Self {
+        self.replay_protection = Some(on);
+        self
+    }
 
     /// Checks every setting and builds the [`Config`].
     pub fn build(self) -> Result<Config, ConfigError> {
@@ -403,16 +421,23 @@ impl ConfigBuilder {
         check_limits(&limits)?;
         let timeouts = self.timeouts.unwrap_or_default();
         check_timeouts(&timeouts)?;
-        let cipher: Arc<dyn Cipher> = match (self.cipher, self.key) {
-            (Some(cipher), _) => cipher,
+        let (cipher, ttl): (Arc<dyn Cipher>, Option<Duration>) = match (self.cipher, self.key) {
+            // A custom cipher says nothing of token ages: the cache is then
+            // bounded by its size alone.
+            (Some(cipher), _) => (cipher, None),
             (None, Some(key)) => {
+                let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
                 let fernet = Fernet::new(&key)
                     .map_err(|e| ConfigError::invalid(ENV_KEY, e.to_string()))?
-                    .with_ttl(self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL)));
-                Arc::new(fernet)
+                    .with_ttl(ttl);
+                (Arc::new(fernet), ttl)
             }
             (None, None) => return Err(ConfigError::MissingKey),
         };
+        let replay = self
+            .replay_protection
+            .unwrap_or(true)
+            .then(|| Arc::new(ReplayGuard::new(ttl, limits.replay_cache_entries)));
         Ok(Config {
             host,
             port: self.port.unwrap_or(DEFAULT_PORT),
@@ -423,6 +448,7 @@ impl ConfigBuilder {
             peer_id: self.peer_id.unwrap_or_else(Uuid::new_v4),
             limits,
             timeouts,
+            replay,
         })
     }
 }
@@ -445,7 +471,8 @@ fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
 }
 
 fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
-    let checks: [(&'static str, bool); 5] = [
+    let checks: [(&'static str, bool); 6] = [
+        ("replay_cache_entries", limits.replay_cache_entries >= 1),
         ("max_frame_len", limits.max_frame_len >= 128),
         ("max_connections", limits.max_connections >= 1),
         (

@@ -58,6 +58,7 @@ mod error;
 pub mod logging;
 pub mod packet;
 mod protocol;
+mod replay;
 mod service;
 pub mod session;
 

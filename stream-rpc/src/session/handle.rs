@@ -18,6 +18,7 @@ use crate::cipher::Cipher;
 use crate::config::Config;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
+use crate::replay::ReplayGuard;
 
 /// State shared by the session's tasks and every [`SessionHandle`].
 pub(super) struct Shared {
@@ -39,6 +40,8 @@ pub(super) struct Shared {
     pub(super) stop_reason: Mutex<Option<EndReason>>,
     /// Cancelled when the session has fully ended.
     pub(super) ended: CancellationToken,
+    /// The endpoint's replay and reflection cache, when turned on.
+    pub(super) replay: Option<Arc<ReplayGuard>>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it
@@ -72,6 +75,7 @@ impl Shared {
             stop: CancellationToken::new(),
             stop_reason: Mutex::new(None),
             ended: CancellationToken::new(),
+            replay: config.replay.clone(),
         }
     }
 
@@ -168,6 +172,9 @@ impl SessionHandle {
                 len: token.len(),
                 max: self.shared.max_frame_len,
             });
+        }
+        if let Some(replay) = &self.shared.replay {
+            replay.sent(&token);
         }
         session_log!(info, self.shared, "Send: {packet}");
         self.shared

@@ -22,6 +22,7 @@ use crate::config::Limits;
 use crate::error::SendError;
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
+use crate::replay::Seen;
 
 /// The read loop's state.
 pub(super) struct ReadLoop<P> {
@@ -177,6 +178,21 @@ impl<P: Protocol> ReadLoop<P> {
                 return self.bad_frame();
             }
         };
+        if let Some(replay) = &self.shared.replay
+            && let Err(seen) = replay.received(frame)
+        {
+            let what = match seen {
+                Seen::Replay => "a replayed token (accepted before)",
+                Seen::Reflection => "a reflected token (sent by this endpoint)",
+            };
+            session_log!(
+                warn,
+                self.shared,
+                "dropped {what} ({} bad frames in a row)",
+                self.bad_in_row + 1
+            );
+            return self.bad_frame();
+        }
         self.bad_in_row = 0;
         match Packet::from_json(&plain) {
             Ok(packet) => self.dispatch(packet).await,
