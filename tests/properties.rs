@@ -1,0 +1,181 @@
+//! Properties of the parts that face the network, over many random inputs
+//! (proptest, on stable). The same properties are meant for `cargo fuzz`
+//! with coverage guidance; these run on every `cargo test`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use stream_rpc::codec::{CodecError, FrameCodec};
+use stream_rpc::{
+    Cipher, Config, Context, Fernet, HandlerError, Packet, Protocol, Reply, Role, Session,
+};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes drawn mostly from the characters that matter to framing.
+fn wire_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => Just(b'A'),
+            2 => Just(b'\n'),
+            1 => Just(b'\r'),
+            1 => any::<u8>(),
+        ],
+        0..max,
+    )
+}
+
+/// Splits `input` at the given fractions into consecutive chunks.
+fn chunks(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (input.len() + 1)).collect();
+    points.push(0);
+    points.push(input.len());
+    points.sort_unstable();
+    points.dedup();
+    points
+        .windows(2)
+        .map(|w| input[w[0]..w[1]].to_vec())
+        .collect()
+}
+
+/// Everything a codec yields for `input` fed in `pieces`, with the most the
+/// buffer ever held.
+fn decode_in_pieces(max_len: usize, pieces: &[Vec<u8>]) -> (Vec<Result<Vec<u8>, String>>, usize) {
+    let mut codec = FrameCodec::new(b"\n", max_len);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut most = 0;
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        most = most.max(buf.len());
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => out.push(Ok(frame.to_vec())),
+                Ok(None) => break,
+                Err(CodecError::FrameTooLong { .. }) => out.push(Err("too long".into())),
+                Err(other) => panic!("unexpected codec error {other}"),
+            }
+        }
+    }
+    (out, most)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Chunking never changes what the codec yields, and it never buffers
+    /// more than one read chunk beyond a maximum frame.
+    #[test]
+    fn the_codec_is_indifferent_to_chunking(
+        input in wire_bytes(400),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+        max_len in 1usize..40,
+    ) {
+        let whole = decode_in_pieces(max_len, &[input.clone()]).0;
+        let pieces = chunks(&input, &cuts);
+        let (split, _) = decode_in_pieces(max_len, &pieces);
+        prop_assert_eq!(&split, &whole);
+        // Byte by byte, the buffer stays within a frame plus `\r\n`.
+        let bytes: Vec<Vec<u8>> = input.iter().map(|&b| vec![b]).collect();
+        let (one_by_one, most) = decode_in_pieces(max_len, &bytes);
+        prop_assert_eq!(&one_by_one, &whole);
+        prop_assert!(most <= max_len + 2, "buffered {} with max {}", most, max_len);
+        for frame in whole.iter().flatten() {
+            prop_assert!(!frame.is_empty() && frame.len() <= max_len);
+            prop_assert!(!frame.contains(&b'\n'));
+        }
+    }
+
+    /// Opening arbitrary bytes as a token never panics, and parsing
+    /// arbitrary bytes as a packet never panics.
+    #[test]
+    fn arbitrary_tokens_and_plaintexts_are_refused_without_panicking(
+        token in prop::collection::vec(any::<u8>(), 0..300),
+        plain in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let fernet = fernet();
+        let _ = fernet.decrypt(&token);
+        let _ = Packet::from_json(&plain);
+    }
+
+    /// A token with any byte changed is never accepted.
+    #[test]
+    fn a_tampered_token_is_never_accepted(position in any::<usize>(), flip in 1u8..=255) {
+        let fernet = fernet();
+        let mut token = fernet.encrypt(br#"{"payload":"secret"}"#).unwrap();
+        let at = position % token.len();
+        token[at] ^= flip;
+        let opened = fernet.decrypt(&token);
+        // A changed base64 character may decode to the same bytes only when
+        // it sits in the padding bits; anything accepted must be identical.
+        if let Ok(plain) = opened {
+            prop_assert_eq!(plain, br#"{"payload":"secret"}"#.to_vec());
+        }
+    }
+}
+
+fn fernet() -> &'static Fernet {
+    use std::sync::OnceLock;
+    static FERNET: OnceLock<Fernet> = OnceLock::new();
+    FERNET.get_or_init(|| Fernet::new(&Fernet::generate_key().unwrap()).unwrap())
+}
+
+/// Answers everything it understands; the stream decides the rest.
+struct Echo;
+
+impl Protocol for Echo {
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        match packet.method.as_str() {
+            "ping" => Ok(Reply::message("pong", packet.payload)),
+            other => Err(HandlerError::unknown_method(other)),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A whole session fed an arbitrary byte stream, in arbitrary chunks,
+    /// with valid tokens mixed in, neither panics nor hangs: it ends when
+    /// the stream ends.
+    #[test]
+    fn a_session_survives_any_byte_stream(
+        noise in prop::collection::vec(wire_bytes(300), 0..6),
+        cuts in prop::collection::vec(any::<usize>(), 0..16),
+    ) {
+        let key = Fernet::generate_key().unwrap();
+        let config = Arc::new(Config::builder().key(key.clone()).build().unwrap());
+        let sealer = Fernet::new(&key).unwrap();
+        let mut stream = Vec::new();
+        for (index, junk) in noise.iter().enumerate() {
+            stream.extend_from_slice(junk);
+            stream.push(b'\n');
+            let packet = Packet::new(uuid::Uuid::new_v4(), index as u64, "ping", serde_json::json!(index));
+            stream.extend_from_slice(&sealer.encrypt(&packet.to_json().unwrap()).unwrap());
+            stream.push(b'\n');
+        }
+        let pieces = chunks(&stream, &cuts);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let end = runtime.block_on(async move {
+            let (ours, theirs) = tokio::io::duplex(1 << 20);
+            let (reader, writer) = tokio::io::split(ours);
+            let session = Session::new(Arc::new(Echo), config, Role::Server, None);
+            let running = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+            let (_their_reader, mut their_writer) = tokio::io::split(theirs);
+            // The session may close first (bad frames in a row): then the
+            // rest cannot be written, which is fine.
+            for piece in pieces {
+                if their_writer.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+            let _ = their_writer.shutdown().await;
+            tokio::time::timeout(Duration::from_secs(20), running).await
+        });
+        let end = end.expect("the session did not end after its input ended");
+        prop_assert!(end.is_ok(), "the session task panicked");
+    }
+}
