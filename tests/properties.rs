@@ -74,7 +74,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..12),
         max_len in 1usize..40,
     ) {
-        let whole = decode_in_pieces(max_len, &[input.clone()]).0;
+        let whole = decode_in_pieces(max_len, std::slice::from_ref(&input)).0;
         let pieces = chunks(&input, &cuts);
         let (split, _) = decode_in_pieces(max_len, &pieces);
         prop_assert_eq!(&split, &whole);
