@@ -45,6 +45,33 @@ async fn a_replayed_token_is_refused_on_the_same_and_on_a_new_connection() {
 }
 
 #[tokio::test]
+async fn a_replay_cannot_hide_by_respelling_the_token() {
+    bounded(async {
+        let server = TestServer::new().await;
+        let mut raw = server.raw().await;
+        // A token's length moves with its plaintext in 16-byte blocks, so
+        // within 48 more bytes of payload some token needs base64 padding.
+        let (line, id, payload) = (0..48)
+            .find_map(|extra| {
+                let payload = json!("x".repeat(extra));
+                let packet = raw.packet("ping", payload.clone());
+                let token = raw.fernet.encrypt(&packet.to_json().unwrap());
+                token
+                    .contains('=')
+                    .then(|| (format!("{token}\n"), packet.id, payload))
+            })
+            .expect("some length needs padding");
+        // Use it once, then try it again without the padding.
+        raw.send_raw(line.as_bytes()).await;
+        assert_eq!(raw.recv_reply(id).await.payload, payload);
+        raw.send_raw(line.replace('=', "").as_bytes()).await;
+        ping_is_next(&mut raw).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_token_sent_back_to_its_sender_is_refused() {
     bounded(async {
         let server = TestServer::new().await;

@@ -80,8 +80,19 @@ const BLOCK: usize = 16;
 /// The clock skew the Fernet specification tolerates for tokens from the future.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// URL-safe base64 that writes padding and reads tokens with or without it.
+/// URL-safe base64 with padding, read strictly: every token has exactly one
+/// accepted text (padding as written by Python's `cryptography` and the
+/// `fernet` crate, no stray trailing bits), so that the replay cache, which
+/// fingerprints the text, cannot be bypassed by re-spelling a token.
 const B64: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
+/// Keys are read leniently: with or without padding.
+const B64_KEY: GeneralPurpose = GeneralPurpose::new(
     &URL_SAFE,
     GeneralPurposeConfig::new()
         .with_encode_padding(true)
@@ -97,7 +108,7 @@ struct Key {
 
 impl Key {
     fn parse(text: &str) -> Result<Self, &'static str> {
-        let bytes = B64
+        let bytes = B64_KEY
             .decode(text.trim())
             .map_err(|_| "it is not URL-safe base64")?;
         if bytes.len() != 32 {
@@ -535,6 +546,23 @@ mod tests {
                 ),
                 "{token:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_token_has_one_accepted_spelling() {
+        let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        // Plaintext lengths that give each amount of base64 padding.
+        for plain in [&b"a"[..], b"ab", b"abc", b"abcd"] {
+            let token = fernet.encrypt(plain).unwrap();
+            assert_eq!(fernet.decrypt(&token).unwrap(), plain);
+            let unpadded: Vec<u8> = token.iter().copied().filter(|&b| b != b'=').collect();
+            if unpadded != token {
+                assert!(
+                    matches!(fernet.decrypt(&unpadded), Err(CipherError::Malformed(_))),
+                    "a re-spelled token was accepted"
+                );
+            }
         }
     }
 

@@ -7,6 +7,10 @@
 //! a *reflection* if this endpoint sent it. A packet forwarded by a queue is
 //! sealed anew, with a fresh IV, so it is a new token and passes.
 //!
+//! Fingerprints are of the token as received, so a cipher must accept one
+//! spelling per token; [`Fernet`](crate::Fernet) accepts only canonical
+//! base64.
+//!
 //! Entries expire once a token that old could no longer pass the time to
 //! live (TTL plus the 60 s clock-skew allowance). The cache holds at most
 //! [`Limits::replay_cache_entries`](crate::Limits::replay_cache_entries)
