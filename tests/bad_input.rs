@@ -15,13 +15,6 @@ use common::*;
 use serde_json::json;
 use stream_rpc::ErrorCode;
 
-/// Sends a ping and checks that the first thing back is its pong.
-async fn ping_is_next(raw: &mut RawPeer) {
-    let id = raw.request("ping", json!("next")).await;
-    let pong = raw.recv_reply(id).await;
-    assert_eq!(pong.method, "pong");
-}
-
 async fn unanswered_and_counted(bad: &[u8]) {
     let server = TestServer::new().await;
     let mut raw = server.raw().await;

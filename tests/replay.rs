@@ -6,12 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// Sends a ping and checks that the first thing back is its pong.
-async fn ping_is_next(raw: &mut RawPeer) {
-    let id = raw.request("ping", json!("next")).await;
-    assert_eq!(raw.recv_reply(id).await.method, "pong");
-}
-
 /// A ping token, sealed once, and its id.
 fn sealed_ping(raw: &mut RawPeer) -> (String, u64) {
     let packet = raw.packet("ping", json!("captured"));

@@ -319,6 +319,14 @@ impl RawPeer {
     }
 }
 
+/// Sends a ping and checks that the first thing back is its pong. The read
+/// loop handles frames in order, so anything sent in answer to earlier
+/// input would have come first: this proves that earlier input got no reply.
+pub async fn ping_is_next(raw: &mut RawPeer) {
+    let id = raw.request("ping", json!("next")).await;
+    assert_eq!(raw.recv_reply(id).await.method, "pong");
+}
+
 /// The error payload of an error packet, checking the method.
 pub fn error_of(packet: &Packet) -> ErrorPayload {
     assert_eq!(packet.method, ERROR_METHOD, "not an error packet: {packet}");
