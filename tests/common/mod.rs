@@ -54,6 +54,8 @@ pub struct Probe {
     pub started: Notify,
     pub release: Notify,
     pub finished: AtomicUsize,
+    /// Signalled each time a `wait` handler finishes.
+    pub done: Notify,
     /// Signalled when a flood stops because its session refused a packet.
     pub flood_cut: Notify,
 }
@@ -102,6 +104,7 @@ impl Protocol for TestService {
                 self.probe.started.notify_one();
                 released.await;
                 self.probe.finished.fetch_add(1, Ordering::SeqCst);
+                self.probe.done.notify_one();
                 Ok(Reply::message("done", packet.payload))
             }
             "callback" => {

@@ -1,0 +1,224 @@
+//! Broken networks, through a fault-injecting loopback proxy between a
+//! client and a server: frames sliced into 1-byte writes, a connection reset
+//! in the middle of a frame, a half-closed connection.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use serde_json::json;
+use stream_rpc::{CallError, Connector, EndReason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// What the proxy does to the bytes going from the client to the server.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Forward every byte in its own write, both ways.
+    OneByteWrites,
+    /// Forward this many bytes, then reset both connections.
+    ResetAfter(usize),
+}
+
+/// A proxy on a free loopback port in front of `server_port`, for one
+/// connection. Signals `cut` when it has reset the connection.
+async fn proxy(server_port: u16, fault: Fault, cut: Arc<Notify>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(("127.0.0.1", server_port))
+            .await
+            .unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let upstream = async {
+            let mut buf = [0u8; 4096];
+            let mut forwarded = 0;
+            loop {
+                let n = match client_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                match fault {
+                    Fault::OneByteWrites => {
+                        for byte in &buf[..n] {
+                            if server_write
+                                .write_all(std::slice::from_ref(byte))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Fault::ResetAfter(limit) => {
+                        let take = n.min(limit - forwarded);
+                        let _ = server_write.write_all(&buf[..take]).await;
+                        forwarded += take;
+                        if forwarded == limit {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = server_write.shutdown().await;
+        };
+        let downstream = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match server_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let chunks: Vec<&[u8]> = match fault {
+                    Fault::OneByteWrites => buf[..n].chunks(1).collect(),
+                    Fault::ResetAfter(_) => vec![&buf[..n]],
+                };
+                for chunk in chunks {
+                    if client_write.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = client_write.shutdown().await;
+        };
+        tokio::select! {
+            () = upstream => {}
+            () = downstream => {}
+        }
+        // Dropping the halves closes both connections; with the fault
+        // `ResetAfter` this happens mid-frame.
+        cut.notify_one();
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sliced_into_single_bytes_still_make_calls() {
+    bounded(async {
+        let server = TestServer::new().await;
+        let port = proxy(server.port, Fault::OneByteWrites, Arc::new(Notify::new())).await;
+        let client = Connector::new(config(&server.key, port).build().unwrap())
+            .connect(TestService::default())
+            .await
+            .unwrap();
+        for n in 0..20 {
+            let reply = client
+                .session()
+                .call("add", json!({"a": n, "b": 1}))
+                .await
+                .unwrap();
+            assert_eq!(reply.payload, json!(n + 1));
+        }
+        // Both directions at once, through the slicing proxy.
+        let echoed = client
+            .session()
+            .call("callback", json!("sliced"))
+            .await
+            .unwrap();
+        assert_eq!(echoed.payload, json!("sliced"));
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_mid_frame_fails_calls_in_flight_promptly_and_runs_none_twice() {
+    bounded(async {
+        let (server, probe) = TestServer::probed(|c| c).await;
+        let cut = Arc::new(Notify::new());
+        // The whole first request and 40 bytes of the second.
+        let first_frame = {
+            let packet = stream_rpc::Packet::new(uuid::Uuid::new_v4(), 0, "wait", json!(0));
+            let fernet = stream_rpc::Fernet::new(&server.key).unwrap();
+            stream_rpc::Cipher::encrypt(&fernet, &packet.to_json().unwrap())
+                .unwrap()
+                .len()
+                + 1
+        };
+        let port = proxy(
+            server.port,
+            Fault::ResetAfter(first_frame + 40),
+            cut.clone(),
+        )
+        .await;
+        let client = Connector::new(config(&server.key, port).build().unwrap())
+            .connect(TestService::default())
+            .await
+            .unwrap();
+        let started = probe.started.notified();
+        let session = client.session().clone();
+        let waiting = tokio::spawn(async move { session.call("wait", json!(0)).await });
+        started.await;
+        // The second request is cut in the middle of its frame.
+        let cut_off = cut.notified();
+        let session = client.session().clone();
+        let second = tokio::spawn(async move { session.call("wait", json!(1)).await });
+        cut_off.await;
+        let cut_at = std::time::Instant::now();
+        for call in [waiting, second] {
+            let err = call.await.unwrap().unwrap_err();
+            assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        }
+        // Promptly: on the broken connection, not at the 30 s call timeout.
+        assert!(cut_at.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(client.join().await, EndReason::PeerClosed);
+        // The first request ran once; the cut one never ran.
+        let done = probe.done.notified();
+        probe.release.notify_one();
+        done.await;
+        server.assert_healthy().await;
+        assert_eq!(probe.finished.load(Ordering::SeqCst), 1);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_peer_still_gets_the_answers_to_what_it_sent() {
+    bounded(async {
+        let (server, probe) = TestServer::probed(|c| c).await;
+        let mut raw = server.raw().await;
+        let started = probe.started.notified();
+        let id = raw
+            .request("wait", json!("accepted before the half-close"))
+            .await;
+        started.await;
+        // The peer will send nothing more, but keeps reading.
+        raw.writer.shutdown().await.unwrap();
+        probe.release.notify_one();
+        let reply = raw.recv_reply(id).await;
+        assert_eq!(reply.payload, json!("accepted before the half-close"));
+        raw.expect_closed().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_are_counted_once_per_request_under_slicing() {
+    bounded(async {
+        let (server, probe) = TestServer::probed(|c| c).await;
+        let port = proxy(server.port, Fault::OneByteWrites, Arc::new(Notify::new())).await;
+        let client = Connector::new(config(&server.key, port).build().unwrap())
+            .connect(TestService::default())
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let noted = probe.noted.notified();
+            client
+                .session()
+                .notify("note", json!("once"))
+                .await
+                .unwrap();
+            noted.await;
+        }
+        assert_eq!(probe.notes.load(Ordering::SeqCst), 10);
+        server.stop().await;
+    })
+    .await;
+}
