@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use serde_json::json;
-use stream_rpc::{CallError, Connector, EndReason};
+use stream_rpc::{CallError, EndReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -102,10 +102,7 @@ async fn frames_sliced_into_single_bytes_still_make_calls() {
     bounded(async {
         let server = TestServer::new().await;
         let port = proxy(server.port, Fault::OneByteWrites, Arc::new(Notify::new())).await;
-        let client = Connector::new(config(&server.key, port).build().unwrap())
-            .connect(TestService::default())
-            .await
-            .unwrap();
+        let client = server.client_at(port).await;
         for n in 0..20 {
             let reply = client
                 .session()
@@ -146,10 +143,7 @@ async fn a_reset_mid_frame_fails_calls_in_flight_promptly_and_runs_none_twice() 
             cut.clone(),
         )
         .await;
-        let client = Connector::new(config(&server.key, port).build().unwrap())
-            .connect(TestService::default())
-            .await
-            .unwrap();
+        let client = server.client_at(port).await;
         let started = probe.started.notified();
         let session = client.session().clone();
         let waiting = tokio::spawn(async move { session.call("wait", json!(0)).await });
@@ -204,10 +198,7 @@ async fn executions_are_counted_once_per_request_under_slicing() {
     bounded(async {
         let (server, probe) = TestServer::probed(|c| c).await;
         let port = proxy(server.port, Fault::OneByteWrites, Arc::new(Notify::new())).await;
-        let client = Connector::new(config(&server.key, port).build().unwrap())
-            .connect(TestService::default())
-            .await
-            .unwrap();
+        let client = server.client_at(port).await;
         for _ in 0..10 {
             let noted = probe.noted.notified();
             client

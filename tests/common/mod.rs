@@ -193,7 +193,13 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Connector::new(config(&self.key, self.port).build().unwrap())
+        self.client_at(self.port).await
+    }
+
+    /// A client with this server's key that connects to `port`, e.g. a
+    /// proxy in front of the server.
+    pub async fn client_at(&self, port: u16) -> Client {
+        Connector::new(config(&self.key, port).build().unwrap())
             .connect(TestService::default())
             .await
             .unwrap()
