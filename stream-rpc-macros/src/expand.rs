@@ -299,7 +299,8 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
             })
         }
     };
-    let (output, body, how) = match &method.ret {
+    let wire_name = &method.wire;
+    let (output, body, summary) = match &method.ret {
         Ret::Unit => (
             quote!(()),
             quote! {
@@ -307,7 +308,7 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
                     .await
                     .map_err(#krate::CallError::Send)
             },
-            "Sends a notification to the peer's",
+            format!("Sends a notification to the peer's `{wire_name}`; returns once it is sent."),
         ),
         Ret::Value(ty) | Ret::Result { ok: ty, .. } => (
             client_output(ty, krate),
@@ -320,14 +321,8 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
                     #decode
                 }
             },
-            "Calls the peer's",
+            format!("Calls the peer's `{wire_name}` and returns its typed answer."),
         ),
-    };
-    let summary = format!("{how} `{}` and returns its typed answer.", method.wire);
-    let summary = if matches!(method.ret, Ret::Unit) {
-        format!("{how} `{}`; returns once it is sent.", method.wire)
-    } else {
-        summary
     };
     let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
     // The same checks as in the dispatcher, first: a wrong type then fails
