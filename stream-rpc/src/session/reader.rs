@@ -309,18 +309,14 @@ async fn run_handler<P: Protocol>(
         outcome = work => outcome,
     };
     let failure = match outcome {
-        Ok(Ok(Reply::Nothing)) => return,
-        Ok(Ok(Reply::Message { method, payload })) => {
-            let mut reply = handle.packet(method, payload);
-            reply.reply_to = reply_to;
-            match handle.send(reply).await {
-                Ok(()) | Err(SendError::Closed) => return,
-                Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
-            }
-        }
-        Ok(Ok(Reply::Forward(mut forwarded))) => {
-            forwarded.reply_to = reply_to;
-            match handle.send(forwarded).await {
+        Ok(Ok(reply)) => {
+            let mut packet = match reply {
+                Reply::Nothing => return,
+                Reply::Message { method, payload } => handle.packet(method, payload),
+                Reply::Forward(forwarded) => forwarded,
+            };
+            packet.reply_to = reply_to;
+            match handle.send(packet).await {
                 Ok(()) | Err(SendError::Closed) => return,
                 Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
             }
