@@ -59,7 +59,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             setting,
             reason: reason.into(),
@@ -471,22 +471,19 @@ fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
 }
 
 fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
-    let checks: [(&'static str, bool); 6] = [
-        ("replay_cache_entries", limits.replay_cache_entries >= 1),
-        ("max_frame_len", limits.max_frame_len >= 128),
-        ("max_connections", limits.max_connections >= 1),
-        (
-            "max_concurrent_handlers",
-            limits.max_concurrent_handlers >= 1,
-        ),
-        ("max_in_flight_calls", limits.max_in_flight_calls >= 1),
-        ("outgoing_queue", limits.outgoing_queue >= 1),
+    let minimums: [(&'static str, usize, usize); 6] = [
+        ("replay_cache_entries", limits.replay_cache_entries, 1),
+        ("max_frame_len", limits.max_frame_len, 128),
+        ("max_connections", limits.max_connections, 1),
+        ("max_concurrent_handlers", limits.max_concurrent_handlers, 1),
+        ("max_in_flight_calls", limits.max_in_flight_calls, 1),
+        ("outgoing_queue", limits.outgoing_queue, 1),
     ];
-    for (setting, ok) in checks {
-        if !ok {
+    for (setting, value, least) in minimums {
+        if value < least {
             return Err(ConfigError::invalid(
                 setting,
-                "it must be at least 1 (max_frame_len at least 128)",
+                format!("it must be at least {least}, not {value}"),
             ));
         }
     }
