@@ -22,7 +22,7 @@ use crate::session::{EndReason, Role, Session, SessionHandle};
 /// closes. Cloneable.
 #[derive(Debug, Clone, Default)]
 pub struct ShutdownHandle {
-    token: CancellationToken,
+    pub(crate) token: CancellationToken,
 }
 
 impl ShutdownHandle {
@@ -121,6 +121,15 @@ impl Connector {
     /// by `protocol`. Use the returned [`Client`]'s session to send packets
     /// and make calls.
     pub async fn connect<P: Protocol>(&self, protocol: P) -> Result<Client, Error> {
+        self.connect_shared(Arc::new(protocol)).await
+    }
+
+    /// [`connect`](Self::connect) with a protocol shared with other
+    /// connections (a reconnecting client's).
+    pub(crate) async fn connect_shared<P: Protocol>(
+        &self,
+        protocol: Arc<P>,
+    ) -> Result<Client, Error> {
         let target = format!("{}:{}", self.config.host(), self.config.port());
         let addrs = self.addresses().await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
@@ -137,15 +146,10 @@ impl Connector {
         })
     }
 
-    fn start_client<P: Protocol>(&self, stream: TcpStream, protocol: P) -> Client {
+    fn start_client<P: Protocol>(&self, stream: TcpStream, protocol: Arc<P>) -> Client {
         let remote = stream.peer_addr().ok();
         let _ = stream.set_nodelay(true);
-        let session = Session::new(
-            Arc::new(protocol),
-            self.config.clone(),
-            Role::Client,
-            remote,
-        );
+        let session = Session::new(protocol, self.config.clone(), Role::Client, remote);
         let handle = session.handle();
         let (reader, writer) = stream.into_split();
         let shutdown = self.shutdown.token.clone();

@@ -42,6 +42,8 @@ pub(super) struct Shared {
     pub(super) ended: CancellationToken,
     /// The endpoint's replay and reflection cache, when turned on.
     pub(super) replay: Option<Arc<ReplayGuard>>,
+    /// Set once the first authentic packet arrived.
+    pub(super) received: AtomicBool,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it
@@ -76,6 +78,7 @@ impl Shared {
             stop_reason: Mutex::new(None),
             ended: CancellationToken::new(),
             replay: config.replay.clone(),
+            received: AtomicBool::new(false),
         }
     }
 
@@ -93,6 +96,15 @@ impl Shared {
 
     pub(super) fn take_pending(&self, id: u64) -> Option<oneshot::Sender<Packet>> {
         lock(&self.pending).as_mut()?.remove(&id)
+    }
+
+    /// Notes that an authentic packet arrived.
+    pub(super) fn note_received(&self) {
+        // Read first: after the first packet this is a read of a shared line,
+        // not a write on every packet.
+        if !self.received.load(Ordering::Relaxed) {
+            self.received.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn has_pending(&self) -> bool {
@@ -253,6 +265,11 @@ impl SessionHandle {
             });
         }
         Ok(reply)
+    }
+
+    /// Whether the peer sent at least one authentic packet on this session.
+    pub(crate) fn has_received(&self) -> bool {
+        self.shared.received.load(Ordering::Relaxed)
     }
 
     /// Asks the session to close: it stops reading, lets running handlers

@@ -194,6 +194,7 @@ impl<P: Protocol> ReadLoop<P> {
             return self.bad_frame();
         }
         self.bad_in_row = 0;
+        self.shared.note_received();
         match Packet::from_json(&plain) {
             Ok(packet) => self.dispatch(packet).await,
             Err(e) => self.reject_invalid(&plain, &e).await,

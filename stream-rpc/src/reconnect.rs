@@ -1,0 +1,528 @@
+//! Clients that reconnect by themselves, with capped exponential backoff
+//! and jitter; see [`Connector::connect_reconnecting`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigError;
+use crate::connector::Connector;
+use crate::error::{CallError, Error, SendError};
+use crate::packet::Packet;
+use crate::protocol::Protocol;
+use crate::session::{EndReason, SessionHandle};
+
+/// When and how a [`ReconnectingClient`] reconnects.
+///
+/// After a failed attempt, or a connection that broke before the server
+/// sent anything, the client waits before trying again. The wait grows
+/// exponentially: the ceiling for the `n`th consecutive failure is
+/// `initial_delay × 2ⁿ`, capped at `max_delay`, and the actual wait is drawn
+/// at random between half the ceiling and the ceiling ("equal jitter"), so
+/// that clients cut off together do not all come back at the same instant.
+/// A connection on which the server sent at least one packet counts as
+/// good: when it breaks, the count starts again from zero.
+///
+/// `Reconnect` is `#[non_exhaustive]`: start from [`Reconnect::default`]
+/// and set fields.
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_rpc::{Reconnect, json};
+///
+/// let mut reconnect = Reconnect::default().hello("hello", json!({"worker": 1}));
+/// reconnect.max_delay = Duration::from_secs(30);
+/// reconnect.max_attempts = Some(20);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Reconnect {
+    /// The ceiling of the first wait. Default 100 ms.
+    pub initial_delay: Duration,
+    /// The most any wait can be. Default 10 s.
+    pub max_delay: Duration,
+    /// How many attempts in a row may fail before the client gives up;
+    /// `None` (the default) tries forever.
+    pub max_attempts: Option<u32>,
+    /// A packet (method and payload) sent first on every new connection, as
+    /// the seed's client sends its hello. Default none.
+    pub hello: Option<(String, Value)>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_attempts: None,
+            hello: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// Sends this hello packet first on every new connection.
+    pub fn hello(mut self, method: impl Into<String>, payload: Value) -> Self {
+        self.hello = Some((method.into(), payload));
+        self
+    }
+
+    /// The ceiling of the wait after `failures` consecutive failures
+    /// (`failures` ≥ 1): `initial_delay × 2^(failures − 1)`, capped at
+    /// `max_delay`.
+    pub fn ceiling(&self, failures: u32) -> Duration {
+        let mut ceiling = self.initial_delay;
+        for _ in 1..failures {
+            if ceiling >= self.max_delay {
+                break;
+            }
+            ceiling = ceiling.saturating_mul(2);
+        }
+        ceiling.min(self.max_delay)
+    }
+
+    /// The wait after `failures` consecutive failures, for a jitter drawn
+    /// uniformly from `[0, 1)`: between half the [ceiling](Self::ceiling)
+    /// and the ceiling.
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let ceiling = self.ceiling(failures);
+        let half = ceiling / 2;
+        half + (ceiling - half).mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.initial_delay.is_zero() {
+            return Err(ConfigError::invalid(
+                "initial_delay",
+                "it must be more than zero",
+            ));
+        }
+        if self.max_delay < self.initial_delay {
+            return Err(ConfigError::invalid(
+                "max_delay",
+                format!(
+                    "it must be at least initial_delay ({:?}), not {:?}",
+                    self.initial_delay, self.max_delay
+                ),
+            ));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(ConfigError::invalid(
+                "max_attempts",
+                "it must be at least 1, or None to try forever",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a [`ReconnectingClient`] is.
+#[derive(Clone)]
+enum Link {
+    Connecting,
+    Up(SessionHandle),
+    Stopped,
+}
+
+/// A client that keeps a connection to its server, reconnecting by itself
+/// when the connection breaks; see [`Connector::connect_reconnecting`].
+///
+/// Calls and sends go to the current connection, waiting for one (within
+/// the call timeout) while the client reconnects. A call in flight when a
+/// connection breaks fails with [`CallError::ConnectionLost`] and is **not**
+/// retried: it may or may not have run on the server, and only the caller
+/// knows whether running it twice is safe.
+///
+/// Dropping it closes the current connection gracefully and stops
+/// reconnecting, as [`close`](Self::close) does.
+pub struct ReconnectingClient {
+    link: watch::Receiver<Link>,
+    stop: CancellationToken,
+    connections: Arc<AtomicU64>,
+    call_timeout: Duration,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl fmt::Debug for ReconnectingClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &*self.link.borrow() {
+            Link::Connecting => "connecting",
+            Link::Up(_) => "connected",
+            Link::Stopped => "stopped",
+        };
+        f.debug_struct("ReconnectingClient")
+            .field("state", &state)
+            .field("connections", &self.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReconnectingClient {
+    /// The current connection's session, if connected now.
+    pub fn session(&self) -> Option<SessionHandle> {
+        if self.stop.is_cancelled() {
+            return None;
+        }
+        match &*self.link.borrow() {
+            Link::Up(session) if !session.is_closed() => Some(session.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits for a connection and returns its session; `None` once the
+    /// client has stopped for good (closed, shut down, or out of attempts:
+    /// [`join`](Self::join) says which).
+    pub async fn connected(&self) -> Option<SessionHandle> {
+        let mut link = self.link.clone();
+        loop {
+            if self.stop.is_cancelled() {
+                return None;
+            }
+            match &*link.borrow_and_update() {
+                Link::Up(session) if !session.is_closed() => return Some(session.clone()),
+                Link::Stopped => return None,
+                Link::Up(_) | Link::Connecting => {}
+            }
+            tokio::select! {
+                changed = link.changed() => if changed.is_err() {
+                    return None;
+                },
+                () = self.stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// How many connections were made so far (the first one included).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Calls `method` on the current connection, as [`SessionHandle::call`]
+    /// does, first waiting for a connection if there is none. The call
+    /// timeout covers the wait.
+    pub async fn call(&self, method: &str, payload: Value) -> Result<Packet, CallError> {
+        self.call_with_timeout(method, payload, self.call_timeout)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own time limit, which covers waiting
+    /// for a connection too.
+    pub async fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> Result<Packet, CallError> {
+        let deadline = Instant::now() + limit;
+        let session = match timeout_at(deadline, self.connected()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return Err(CallError::ConnectionLost {
+                    method: method.to_owned(),
+                });
+            }
+            Err(_) => {
+                return Err(CallError::Timeout {
+                    method: method.to_owned(),
+                    after: limit,
+                });
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        session.call_with_timeout(method, payload, left).await
+    }
+
+    /// Sends a packet that expects no reply on the current connection,
+    /// first waiting (up to the call timeout) for a connection if there is
+    /// none; [`SendError::Closed`] if none came.
+    pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
+        match timeout_at(Instant::now() + self.call_timeout, self.connected()).await {
+            Ok(Some(session)) => session.notify(method, payload).await,
+            Ok(None) | Err(_) => Err(SendError::Closed),
+        }
+    }
+
+    /// Closes the current connection gracefully and stops reconnecting.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the client has stopped for good: `Ok` after
+    /// [`close`](Self::close) or shutdown, the last connection error
+    /// after [`Reconnect::max_attempts`] failed attempts in a row.
+    pub async fn join(mut self) -> Result<(), Error> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Io(std::io::Error::other(format!(
+                "the reconnecting task failed: {e}"
+            )))),
+        }
+    }
+}
+
+impl Drop for ReconnectingClient {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Connector {
+    /// Connects to the configured host and port like [`connect`](Self::connect),
+    /// and keeps connecting again whenever the connection breaks (but not
+    /// after [`ReconnectingClient::close`] or the connector's shutdown),
+    /// waiting between attempts as `reconnect` says.
+    ///
+    /// Returns at once; the first connection is made in the background, and
+    /// calls wait for it. `protocol` handles what the server sends on every
+    /// connection. Fails only when `reconnect` is not valid.
+    pub fn connect_reconnecting<P: Protocol>(
+        &self,
+        protocol: P,
+        reconnect: Reconnect,
+    ) -> Result<ReconnectingClient, Error> {
+        reconnect.check()?;
+        let (tx, rx) = watch::channel(Link::Connecting);
+        let stop = self.shutdown_handle().token.child_token();
+        let connections = Arc::new(AtomicU64::new(0));
+        let supervisor = Supervisor {
+            connector: self.clone(),
+            protocol: Arc::new(protocol),
+            reconnect,
+            link: tx,
+            stop: stop.clone(),
+            connections: connections.clone(),
+            jitter: Jitter::from_os(),
+        };
+        Ok(ReconnectingClient {
+            link: rx,
+            stop,
+            connections,
+            call_timeout: self.config().timeouts().call,
+            task: Some(tokio::spawn(supervisor.run())),
+        })
+    }
+}
+
+/// The task behind a [`ReconnectingClient`].
+struct Supervisor<P> {
+    connector: Connector,
+    protocol: Arc<P>,
+    reconnect: Reconnect,
+    link: watch::Sender<Link>,
+    stop: CancellationToken,
+    connections: Arc<AtomicU64>,
+    jitter: Jitter,
+}
+
+impl<P: Protocol> Supervisor<P> {
+    async fn run(mut self) -> Result<(), Error> {
+        let result = self.connect_and_reconnect().await;
+        self.link.send_replace(Link::Stopped);
+        result
+    }
+
+    async fn connect_and_reconnect(&mut self) -> Result<(), Error> {
+        let mut failures: u32 = 0;
+        loop {
+            let attempt = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return Ok(()),
+                attempt = self.connector.connect_shared(self.protocol.clone()) => attempt,
+            };
+            let failure = match attempt {
+                Ok(client) => {
+                    let count = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                    let session = client.session().clone();
+                    tracing::info!(
+                        peer = %session.peer_id(),
+                        "connected to {} (connection {count})",
+                        session.remote_addr().map_or_else(String::new, |a| a.to_string()),
+                    );
+                    let lost = match self.hello(&session).await {
+                        Ok(()) => {
+                            self.link.send_replace(Link::Up(session.clone()));
+                            let end = tokio::select! {
+                                biased;
+                                () = self.stop.cancelled() => {
+                                    session.close();
+                                    client.join().await;
+                                    return Ok(());
+                                }
+                                () = session.closed() => client.join().await,
+                            };
+                            self.link.send_replace(Link::Connecting);
+                            if matches!(end, EndReason::Closed | EndReason::Shutdown) {
+                                return Ok(());
+                            }
+                            format!("connection lost: {end}")
+                        }
+                        Err(e) => {
+                            session.close();
+                            client.join().await;
+                            format!("hello not sent: {e}")
+                        }
+                    };
+                    if session.has_received() {
+                        // The server served this connection: a fresh start.
+                        failures = 0;
+                    }
+                    Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        lost,
+                    ))
+                }
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            if self
+                .reconnect
+                .max_attempts
+                .is_some_and(|max| failures >= max)
+            {
+                tracing::error!("giving up after {failures} failed attempts in a row: {failure}");
+                return Err(failure);
+            }
+            let delay = self.reconnect.delay(failures, self.jitter.next());
+            tracing::warn!("{failure}; reconnecting in {delay:?} (failure {failures} in a row)");
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn hello(&self, session: &SessionHandle) -> Result<(), SendError> {
+        match &self.reconnect.hello {
+            Some((method, payload)) => session.notify(method, payload.clone()).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A small pseudo-random source for jitter (SplitMix64), seeded from the OS.
+/// Jitter needs spread, not secrecy.
+struct Jitter(u64);
+
+impl Jitter {
+    fn from_os() -> Self {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // Any varying seed will do.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            seed = u64::from(nanos).to_le_bytes();
+        }
+        Jitter(u64::from_le_bytes(seed))
+    }
+
+    /// The next value, uniform in `[0, 1)`.
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits, as a fraction.
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(initial_ms: u64, max_ms: u64) -> Reconnect {
+        Reconnect {
+            initial_delay: Duration::from_millis(initial_ms),
+            max_delay: Duration::from_millis(max_ms),
+            ..Reconnect::default()
+        }
+    }
+
+    #[test]
+    fn the_ceiling_doubles_per_failure_up_to_the_cap() {
+        let reconnect = policy(100, 1_000);
+        let ceilings: Vec<u64> = (1..=7)
+            .map(|n| reconnect.ceiling(n).as_millis() as u64)
+            .collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000, 1_000]);
+        // No overflow however many failures.
+        assert_eq!(reconnect.ceiling(u32::MAX), Duration::from_secs(1));
+        let huge = policy(1, u64::MAX / 2);
+        assert_eq!(huge.ceiling(11), Duration::from_millis(1_024));
+        assert_eq!(huge.ceiling(u32::MAX), huge.max_delay);
+    }
+
+    #[test]
+    fn jittered_delays_lie_between_half_the_ceiling_and_the_ceiling() {
+        let reconnect = policy(100, 10_000);
+        assert_eq!(reconnect.delay(3, 0.0), Duration::from_millis(200));
+        assert_eq!(reconnect.delay(3, 0.5), Duration::from_millis(300));
+        let mut jitter = Jitter(42);
+        let mut seen = std::collections::HashSet::new();
+        for failures in 1..=20 {
+            for _ in 0..50 {
+                let delay = reconnect.delay(failures, jitter.next());
+                let ceiling = reconnect.ceiling(failures);
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{delay:?} of {ceiling:?}"
+                );
+                seen.insert(delay);
+            }
+        }
+        // Spread, not one value per ceiling.
+        assert!(seen.len() > 500, "only {} distinct delays", seen.len());
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough_and_never_reaches_one() {
+        let mut jitter = Jitter::from_os();
+        let draws: Vec<f64> = (0..10_000).map(|_| jitter.next()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_setting_named() {
+        let zero = policy(0, 10);
+        assert!(matches!(
+            zero.check(),
+            Err(ConfigError::Invalid {
+                setting: "initial_delay",
+                ..
+            })
+        ));
+        let inverted = policy(100, 10);
+        assert!(matches!(
+            inverted.check(),
+            Err(ConfigError::Invalid {
+                setting: "max_delay",
+                ..
+            })
+        ));
+        let mut never = policy(10, 100);
+        never.max_attempts = Some(0);
+        assert!(matches!(
+            never.check(),
+            Err(ConfigError::Invalid {
+                setting: "max_attempts",
+                ..
+            })
+        ));
+        assert_eq!(Reconnect::default().check(), Ok(()));
+    }
+}
