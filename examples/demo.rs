@@ -20,26 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use stream_rpc::{
-    Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply, Timeouts, json,
-    logging,
-};
+use stream_rpc::{Config, Connector, Fernet, Timeouts, json, logging};
 use worker::{CheckingWorker, Worker, WorkerSettings, env_number};
 
 const WORKERS: usize = 2;
-
-/// Serves one shared server value, so the demo can read its counters.
-struct Shared(Arc<queue_server::QueueServer>);
-
-impl Protocol for Shared {
-    fn name(&self) -> &str {
-        "QueueServer"
-    }
-
-    async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
-        self.0.process_message(ctx, packet).await
-    }
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -96,7 +80,7 @@ async fn run() -> Result<(), String> {
     let port = server.local_addr().port();
     let stop_server = server.shutdown_handle();
     let queue = Arc::new(queue_server::QueueServer::default());
-    let serving = tokio::spawn(server.serve(Shared(queue.clone())));
+    let serving = tokio::spawn(server.serve(queue.clone()));
 
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
@@ -149,5 +133,6 @@ async fn run() -> Result<(), String> {
         stats.tasks_handed_out.load(Ordering::Relaxed)
     );
     println!("  tasks parsed:      {parsed}");
+    println!("  tasks left queued: {}", queue.queued_tasks().len());
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod queue_server;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use stream_rpc::{Config, Connector, logging};
 
@@ -30,11 +31,16 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    match Connector::new(config)
-        .run_server(queue_server::QueueServer::default())
-        .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
+    let queue = Arc::new(queue_server::QueueServer::default());
+    match Connector::new(config).run_server(queue.clone()).await {
+        Ok(()) => {
+            // The queue lives in memory: say what is left when it goes.
+            let left = queue.queued_tasks().len();
+            if left > 0 {
+                tracing::warn!("stopped with {left} tasks still queued; they are not kept");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE

@@ -319,18 +319,27 @@ fn the_demo_runs_and_summarizes() {
         "{}",
         demo.output()
     );
+    let count = |label: &str| -> u64 {
+        let line = demo
+            .seen
+            .iter()
+            .find(|line| line.contains(label))
+            .unwrap_or_else(|| panic!("no {label} in:\n{}", demo.output()));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
     for label in [
         "requests answered:",
         "tasks put:",
         "tasks handed out:",
         "tasks parsed:",
     ] {
-        let line = demo
-            .seen
-            .iter()
-            .find(|line| line.contains(label))
-            .unwrap_or_else(|| panic!("no {label} in:\n{}", demo.output()));
-        let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(count > 0, "{line}");
+        assert!(count(label) > 0, "{label} 0 in:\n{}", demo.output());
     }
+    // Every task stored was handed out or is still queued.
+    assert_eq!(
+        count("tasks put:"),
+        count("tasks handed out:") + count("tasks left queued:"),
+        "{}",
+        demo.output()
+    );
 }

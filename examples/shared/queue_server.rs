@@ -35,6 +35,12 @@ impl QueueServer {
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The tasks stored and not yet handed out, oldest first.
+    pub fn queued_tasks(&self) -> Vec<Packet> {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.iter().cloned().collect()
+    }
+
     fn pong() -> Message<()> {
         Message::new("pong", ())
     }

@@ -51,6 +51,23 @@ pub trait Protocol: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send;
 }
 
+/// A shared protocol serves as itself, so that the code that starts a
+/// server can keep a handle on the state its handlers change:
+/// `server.serve(Arc::clone(&state))`.
+impl<P: Protocol> Protocol for std::sync::Arc<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn process_message(
+        &self,
+        ctx: Context,
+        packet: Packet,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send {
+        (**self).process_message(ctx, packet)
+    }
+}
+
 /// What a handler sends back.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

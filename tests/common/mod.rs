@@ -316,6 +316,19 @@ impl RawPeer {
         reply
     }
 
+    /// Reads until the connection ends, discarding what comes; says whether
+    /// it ended cleanly (end of stream) rather than by a reset.
+    pub async fn ends_cleanly(&mut self) -> bool {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match self.reader.read(&mut sink).await {
+                Ok(0) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Waits until the server closes the connection, discarding what comes.
     pub async fn expect_closed(&mut self) {
         let mut sink = vec![0u8; 64 * 1024];

@@ -82,9 +82,14 @@ impl Shared {
         }
     }
 
+    /// Nothing more can be sent: sends fail as closed at once.
+    pub(super) fn refuse_sends(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
     /// Winds down: no more sends, no more calls; waiting calls fail as lost.
     pub(super) fn refuse_new_work(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.refuse_sends();
         lock(&self.pending).take();
         self.call_slots.close();
     }

@@ -18,7 +18,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +43,9 @@ macro_rules! session_log {
 const READ_CHUNK: usize = 16 * 1024;
 /// The writer writes once this much is batched, even if more is queued.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The longest a session that stopped reading keeps discarding what the
+/// peer still sends, after its last reply, before it closes.
+const LINGER: Duration = Duration::from_secs(1);
 
 mod handle;
 mod reader;
@@ -147,7 +152,7 @@ impl<P: Protocol> Session<P> {
     /// handlers get the shutdown grace period (unless the connection broke),
     /// pending calls fail with [`CallError::ConnectionLost`](crate::CallError::ConnectionLost),
     /// queued replies are flushed and the writer is shut down.
-    pub async fn run<R, W>(self, reader: R, writer: W, shutdown: CancellationToken) -> EndReason
+    pub async fn run<R, W>(self, mut reader: R, writer: W, shutdown: CancellationToken) -> EndReason
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -174,7 +179,7 @@ impl<P: Protocol> Session<P> {
         let mut read_loop = ReadLoop::new(protocol, shared.clone(), codec, config.limits());
         let first_frame = (role == Role::Server).then_some(timeouts.first_frame);
         let reason = read_loop
-            .run(reader, &shutdown, first_frame, timeouts.idle)
+            .run(&mut reader, &shutdown, first_frame, timeouts.idle)
             .await;
         session_log!(debug, shared, "session ending: {reason}");
 
@@ -196,9 +201,25 @@ impl<P: Protocol> Session<P> {
         if writer_task.await.is_err() {
             session_log!(error, shared, "the writer task failed");
         }
+        if matches!(reason, EndReason::Shutdown | EndReason::Closed) {
+            // This side stopped reading while the peer may still be sending.
+            // Closing a socket with unread input resets the connection, and
+            // a reset can destroy the replies just written before the peer
+            // reads them; so read and discard until the peer closes too.
+            linger(&mut reader, LINGER.min(timeouts.shutdown_grace)).await;
+        }
         shared.ended.cancel();
         reason
     }
+}
+
+/// Reads and discards until end of stream, an error, or `limit`.
+async fn linger<R: AsyncRead + Unpin>(reader: &mut R, limit: Duration) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(limit, async {
+        while let Ok(1..) = reader.read(&mut sink).await {}
+    })
+    .await;
 }
 
 #[cfg(test)]

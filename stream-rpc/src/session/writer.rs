@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use std::{fmt, io};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -30,7 +31,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             session_log!(error, shared, "dropped an outgoing frame: {e}");
         }
     };
-    let result: Result<(), String> = async {
+    let result: Result<(), WriteFailure> = async {
         loop {
             let token = tokio::select! {
                 biased;
@@ -60,14 +61,45 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         write_within(&mut writer, &buf, deadline).await?;
         timeout(deadline, writer.shutdown())
             .await
-            .map_err(|_| "shutdown timed out".to_owned())?
-            .map_err(|e| e.to_string())
+            .map_err(|_| WriteFailure::Deadline(deadline))?
+            .map_err(WriteFailure::Io)
     }
     .await;
     queue.close();
-    if let Err(e) = result {
-        session_log!(warn, shared, "write failed: {e}");
-        shared.request_stop(EndReason::WriteFailed(e));
+    match result {
+        Ok(()) => {}
+        Err(WriteFailure::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            // The peer is gone. What it sent before it went (replies among
+            // it) may still wait in the socket: the read loop takes it and
+            // then ends at the reset or end of stream, so that no answer that
+            // arrived is dropped. Nothing more can be sent.
+            session_log!(debug, shared, "write failed: {e}; reading what is left");
+            shared.refuse_sends();
+        }
+        Err(e) => {
+            session_log!(warn, shared, "write failed: {e}");
+            shared.request_stop(EndReason::WriteFailed(e.to_string()));
+        }
+    }
+}
+
+/// Why writing stopped.
+enum WriteFailure {
+    Deadline(Duration),
+    Io(io::Error),
+}
+
+impl fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteFailure::Deadline(deadline) => write!(f, "missed the {deadline:?} write deadline"),
+            WriteFailure::Io(e) => e.fmt(f),
+        }
     }
 }
 
@@ -76,7 +108,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
     writer: &mut W,
     bytes: &[u8],
     deadline: Duration,
-) -> Result<(), String> {
+) -> Result<(), WriteFailure> {
     let write = async {
         if !bytes.is_empty() {
             writer.write_all(bytes).await?;
@@ -84,7 +116,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
         writer.flush().await
     };
     match timeout(deadline, write).await {
-        Err(_) => Err(format!("missed the {deadline:?} write deadline")),
-        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(WriteFailure::Deadline(deadline)),
+        Ok(result) => result.map_err(WriteFailure::Io),
     }
 }
