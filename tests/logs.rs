@@ -98,3 +98,42 @@ async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
     assert!(received.contains(" - TestService - INFO - ["), "{received}");
     find("Send: {method: \"pong\"");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn refused_connections_are_counted_in_the_log() {
+    let out = Captured::default();
+    let sink = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(SeedFormat)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    bounded(async {
+        let mut limits = stream_rpc::Limits::default();
+        limits.max_connections = 1;
+        let server = TestServer::with(|c| c.limits(limits)).await;
+        let kept = server.client().await;
+        kept.session().call("ping", json!(0)).await.unwrap();
+        for _ in 0..3 {
+            let mut refused = server.raw().await;
+            // Closed at once: no answer, end of stream.
+            assert!(refused.recv_line().await.is_none());
+        }
+        // The one within the limit is still served.
+        kept.session().call("ping", json!(1)).await.unwrap();
+        server.stop().await;
+    })
+    .await;
+
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    for count in 1..=3 {
+        let needle = "connection limit of 1 reached: refused 127.0.0.1:";
+        let counted = format!("({count} refused so far)");
+        assert!(
+            text.lines()
+                .any(|line| line.contains(needle) && line.contains(&counted)),
+            "no refusal line counting {count} in:\n{text}"
+        );
+    }
+}
