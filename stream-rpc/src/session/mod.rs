@@ -151,7 +151,10 @@ impl<P: Protocol> Session<P> {
     /// deadline passes or the connection breaks, then winds down: running
     /// handlers get the shutdown grace period (unless the connection broke),
     /// pending calls fail with [`CallError::ConnectionLost`](crate::CallError::ConnectionLost),
-    /// queued replies are flushed and the writer is shut down.
+    /// queued replies are flushed and the writer is shut down. When this side
+    /// stopped first (shutdown or close), it then reads and discards what the
+    /// peer still sends, for at most 1 s, so that closing does not reset the
+    /// connection under replies still in flight.
     pub async fn run<R, W>(self, mut reader: R, writer: W, shutdown: CancellationToken) -> EndReason
     where
         R: AsyncRead + Unpin + Send + 'static,
