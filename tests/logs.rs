@@ -12,9 +12,27 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::json;
 use stream_rpc::logging::SeedFormat;
+use tracing_subscriber::filter::LevelFilter;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// A subscriber in the seed's format, up to `level`, writing here.
+    fn subscriber(&self, level: LevelFilter) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .event_format(SeedFormat)
+            .with_max_level(level)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+}
 
 impl io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -29,16 +47,12 @@ impl io::Write for Captured {
 #[test]
 fn seed_format_shows_time_protocol_level_peer_and_message() {
     let out = Captured::default();
-    let sink = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .event_format(SeedFormat)
-        .with_writer(move || sink.clone())
-        .finish();
+    let subscriber = out.subscriber(LevelFilter::INFO);
     tracing::subscriber::with_default(subscriber, || {
         tracing::info!(protocol = "QueueServer", peer = "p-1", "Received: {}", "x");
         tracing::warn!(extra = 5, "plain");
     });
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     let (time, rest) = lines[0].split_once(" - ").unwrap();
@@ -54,12 +68,7 @@ fn seed_format_shows_time_protocol_level_peer_and_message() {
 #[tokio::test(flavor = "current_thread")]
 async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
     let out = Captured::default();
-    let sink = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .event_format(SeedFormat)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
-        .with_writer(move || sink.clone())
-        .finish();
+    let subscriber = out.subscriber(LevelFilter::DEBUG);
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let key = new_key();
@@ -79,7 +88,7 @@ async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
     })
     .await;
 
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     assert!(!text.contains(&key), "the key leaked into the logs");
     let find = |needle: &str| {
         text.lines()
@@ -102,11 +111,7 @@ async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
 #[tokio::test(flavor = "current_thread")]
 async fn refused_connections_are_counted_in_the_log() {
     let out = Captured::default();
-    let sink = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .event_format(SeedFormat)
-        .with_writer(move || sink.clone())
-        .finish();
+    let subscriber = out.subscriber(LevelFilter::INFO);
     let _guard = tracing::subscriber::set_default(subscriber);
 
     bounded(async {
@@ -126,7 +131,7 @@ async fn refused_connections_are_counted_in_the_log() {
     })
     .await;
 
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     for count in 1..=3 {
         let needle = "connection limit of 1 reached: refused 127.0.0.1:";
         let counted = format!("({count} refused so far)");
