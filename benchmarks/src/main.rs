@@ -85,12 +85,16 @@ fn options() -> Result<Options, String> {
             "--time-cap" => options.time_cap = Duration::from_secs(number("--time-cap")?.max(1)),
             "--skip-memory" => options.memory = false,
             "--system" => {
-                let name = args.next().unwrap_or_default();
-                let system = System::ALL
-                    .into_iter()
-                    .find(|system| system.name() == name)
-                    .ok_or_else(|| format!("unknown system {name:?}"))?;
-                options.systems = vec![system];
+                let names = args.next().unwrap_or_default();
+                options.systems = names
+                    .split(',')
+                    .map(|name| {
+                        System::ALL
+                            .into_iter()
+                            .find(|system| system.name() == name)
+                            .ok_or_else(|| format!("unknown system {name:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--payload" => {
                 let name = args.next().unwrap_or_default();

@@ -229,7 +229,12 @@ impl Fernet {
         let mut mac = key.signing.clone();
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
-        B64.encode(&raw).into_bytes()
+        // Straight into bytes: `encode` would build a `String` and check
+        // that its own output is UTF-8.
+        let mut token = vec![0; base64::encoded_len(raw.len(), true).unwrap_or(0)];
+        let written = B64.encode_slice(&raw, &mut token).unwrap_or(0);
+        token.truncate(written);
+        token
     }
 
     /// Opens a token as if the clock read `now` (seconds since the epoch).

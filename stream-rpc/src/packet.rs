@@ -110,7 +110,11 @@ impl Packet {
 
     /// Encodes the packet as the JSON plaintext of a token.
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+        // Room for the fixed fields (peer, id, time, reply_to: about 200
+        // bytes) so that a small packet is written without reallocating.
+        let mut json = Vec::with_capacity(256 + self.method.len());
+        serde_json::to_writer(&mut json, self)?;
+        Ok(json)
     }
 }
 
@@ -279,8 +283,45 @@ mod rfc3339_utc {
         std::str::from_utf8(&buf[..]).ok()
     }
 
+    /// Reads the form [`write`] writes, the one every packet of this crate
+    /// carries, without chrono's general parser; `None` for anything else.
+    pub(super) fn read(text: &str) -> Option<DateTime<Utc>> {
+        use chrono::NaiveDate;
+        let bytes: &[u8; 30] = text.as_bytes().try_into().ok()?;
+        let punctuation = [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (29, b'Z'),
+        ];
+        if punctuation.iter().any(|&(at, byte)| bytes[at] != byte) {
+            return None;
+        }
+        let number = |at: usize, width: usize| -> Option<u32> {
+            bytes[at..at + width].iter().try_fold(0u32, |value, &byte| {
+                byte.is_ascii_digit()
+                    .then(|| value * 10 + u32::from(byte - b'0'))
+            })
+        };
+        let year = i32::try_from(number(0, 4)?).ok()?;
+        let date = NaiveDate::from_ymd_opt(year, number(5, 2)?, number(8, 2)?)?;
+        let second = number(17, 2)?;
+        // A leap second (60) is left to chrono's parser.
+        if second > 59 {
+            return None;
+        }
+        let time = date.and_hms_nano_opt(number(11, 2)?, number(14, 2)?, second, number(20, 9)?)?;
+        Some(time.and_utc())
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if let Some(at) = read(&text) {
+            return Ok(at);
+        }
         DateTime::parse_from_rfc3339(&text)
             .map(|at| at.with_timezone(&Utc))
             .map_err(|e| D::Error::custom(format_args!("created_at is not RFC 3339: {e}")))
@@ -372,6 +413,29 @@ mod tests {
             let ours = rfc3339_utc::write(&at, &mut buf).unwrap();
             assert_eq!(ours, at.to_rfc3339_opts(SecondsFormat::Nanos, true));
             assert_eq!(ours, text);
+        }
+        for text in [
+            "2026-11-24T04:34:14.507123456Z",
+            "2024-02-29T23:59:59.000000000Z",
+            "0001-01-01T00:00:00.000000001Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            let at: DateTime<Utc> = text.parse().unwrap();
+            assert_eq!(rfc3339_utc::read(text), Some(at), "{text}");
+        }
+        // Anything else is left to chrono, which accepts or refuses it.
+        for text in [
+            "2026-11-24T04:34:14.507Z",
+            "2026-11-24T04:34:14.507123456+00:00",
+            "2023-02-29T00:00:00.000000000Z",
+            "2026-13-01T00:00:00.000000000Z",
+            "2026-11-24T24:00:00.000000000Z",
+            "2026-11-24T04:34:60.000000000Z",
+            "2026-11-24 04:34:14.507123456Z",
+            "2026-11-24T04:34:14.50712345xZ",
+            "+026-11-24T04:34:14.507123456Z",
+        ] {
+            assert_eq!(rfc3339_utc::read(text), None, "{text}");
         }
         let now = Utc::now();
         let mut buf = [0u8; 30];

@@ -5,10 +5,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -141,11 +144,26 @@ impl fmt::Debug for SessionHandle {
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
+    /// Whether the entry may still be there.
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.take_pending(self.id);
+        if self.armed {
+            self.shared.take_pending(self.id);
+        }
+    }
+}
+
+/// [`timeout_at`], except that a future ready at its first poll (a free
+/// call slot, room in the outgoing queue) costs no timer.
+async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => timeout_at(deadline, future).await,
     }
 }
 
@@ -177,6 +195,21 @@ impl SessionHandle {
 
     /// Seals and queues a packet. Waits while the outgoing queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
+        let token = self.seal(&packet)?;
+        match self.shared.outgoing.try_send(token) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(TrySendError::Full(token)) => self
+                .shared
+                .outgoing
+                .send(token)
+                .await
+                .map_err(|_| SendError::Closed),
+        }
+    }
+
+    /// Encodes and seals a packet into the token to queue, and logs it.
+    fn seal(&self, packet: &Packet) -> Result<Vec<u8>, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -194,11 +227,7 @@ impl SessionHandle {
             replay.sent(&token);
         }
         session_log!(info, self.shared, "Send: {packet}");
-        self.shared
-            .outgoing
-            .send(token)
-            .await
-            .map_err(|_| SendError::Closed)
+        Ok(token)
     }
 
     /// Sends a new packet with this method and payload, expecting no reply.
@@ -231,7 +260,7 @@ impl SessionHandle {
         let lost = || CallError::ConnectionLost {
             method: method.to_owned(),
         };
-        let _slot = match timeout_at(deadline, self.shared.call_slots.acquire()).await {
+        let _slot = match within(deadline, self.shared.call_slots.acquire()).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(_)) => return Err(lost()),
             Ok(Ok(slot)) => slot,
@@ -242,11 +271,12 @@ impl SessionHandle {
             Some(pending) => pending.insert(packet.id, tx),
             None => return Err(lost()),
         };
-        let _guard = PendingGuard {
+        let mut guard = PendingGuard {
             shared: &self.shared,
             id: packet.id,
+            armed: true,
         };
-        match timeout_at(deadline, self.send(packet)).await {
+        match within(deadline, self.send(packet)).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(SendError::Closed)) => return Err(lost()),
             Ok(Err(e)) => return Err(CallError::Send(e)),
@@ -257,6 +287,8 @@ impl SessionHandle {
             Ok(Err(_)) => return Err(lost()),
             Ok(Ok(reply)) => reply,
         };
+        // The read loop took the entry out to answer it.
+        guard.armed = false;
         if reply.is_error() {
             let error = reply.error().unwrap_or_else(|| ErrorPayload {
                 code: ErrorCode::Unknown,
