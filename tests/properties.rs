@@ -101,6 +101,30 @@ proptest! {
         let _ = Packet::from_json(&plain);
     }
 
+    /// The packet encoder writes exactly what serde writes, and reads back.
+    #[test]
+    fn packets_encode_as_serde_encodes_them(
+        peer in any::<u128>(),
+        id in any::<u64>(),
+        seconds in -62_135_596_800i64..253_402_300_800,
+        nanos in 0u32..1_000_000_000,
+        method in ".{0,12}",
+        text in ".{0,24}",
+        number in any::<i64>(),
+        reply in prop::option::of((any::<u128>(), any::<u64>())),
+    ) {
+        let payload = serde_json::json!({"text": text, "n": number, "list": [number, null, true]});
+        let mut packet = Packet::new(uuid::Uuid::from_u128(peer), id, method, payload);
+        packet.created_at = chrono::DateTime::from_timestamp(seconds, nanos).unwrap();
+        packet.reply_to = reply.map(|(peer, id)| stream_rpc::ReplyTo {
+            peer: uuid::Uuid::from_u128(peer),
+            id,
+        });
+        let ours = packet.to_json().unwrap();
+        prop_assert_eq!(&ours, &serde_json::to_vec(&packet).unwrap());
+        prop_assert_eq!(Packet::from_json(&ours).unwrap(), packet);
+    }
+
     /// A token with any byte changed is never accepted.
     #[test]
     fn a_tampered_token_is_never_accepted(position in any::<usize>(), flip in 1u8..=255) {

@@ -8,7 +8,8 @@
 //!
 //! Options: `--reps N` (3), `--calls N` (calls per run of `seq`; `pipe64`
 //! and `conn16` make 4 times as many), `--time-cap SECS` (4 per run),
-//! `--skip-memory`, `--smoke`, and `--system NAME`, `--scenario NAME` and
+//! `--skip-memory`, `--smoke`, `--no-replay` (stream-rpc without replay
+//! protection, to measure its cost), and `--system NAME`, `--scenario NAME` and
 //! `--payload ping|1KiB` to run one only (for profiling). See docs/BENCHMARKS.md.
 
 mod systems;
@@ -84,6 +85,7 @@ fn options() -> Result<Options, String> {
             "--calls" => options.calls = number("--calls")?.max(1) as usize,
             "--time-cap" => options.time_cap = Duration::from_secs(number("--time-cap")?.max(1)),
             "--skip-memory" => options.memory = false,
+            "--no-replay" => systems::NO_REPLAY.store(true, std::sync::atomic::Ordering::Relaxed),
             "--system" => {
                 let names = args.next().unwrap_or_default();
                 options.systems = names

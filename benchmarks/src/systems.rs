@@ -89,6 +89,10 @@ impl Drop for ServerThread {
     }
 }
 
+/// Set by `--no-replay`: stream-rpc runs without replay protection, to
+/// measure what it costs.
+pub static NO_REPLAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The shared key of every stream-rpc run.
 pub fn key() -> &'static str {
     use std::sync::OnceLock;
@@ -110,6 +114,7 @@ pub fn rpc_config(
         .port(port)
         .limits(limits)
         .timeouts(timeouts)
+        .replay_protection(!NO_REPLAY.load(std::sync::atomic::Ordering::Relaxed))
         .build()
         .expect("benchmark config")
 }

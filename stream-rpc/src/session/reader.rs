@@ -90,6 +90,13 @@ impl<P: Protocol> ReadLoop<P> {
         let mut armed = first_frame.is_some() || idle.is_some();
         let mut waiting_first = first_frame.is_some();
         let mut any_frame = false;
+        // When the last frame came; the idle deadline is moved to match only
+        // when it fires, rather than the timer being reset for every read.
+        let mut last_frame = Instant::now();
+        // Registered once for the whole loop, not once per read.
+        let shutdown = shutdown.clone().cancelled_owned();
+        let stop = self.shared.stop.clone().cancelled_owned();
+        tokio::pin!(shutdown, stop);
         loop {
             let mut this_turn = 0;
             loop {
@@ -123,12 +130,14 @@ impl<P: Protocol> ReadLoop<P> {
                 }
             }
             if any_frame {
-                // The idle clock restarts once per read, not per frame.
                 any_frame = false;
-                waiting_first = false;
-                armed = idle.is_some();
-                if let Some(idle) = idle {
-                    deadline.as_mut().reset(Instant::now() + idle);
+                last_frame = Instant::now();
+                if waiting_first {
+                    waiting_first = false;
+                    armed = idle.is_some();
+                    if let Some(idle) = idle {
+                        deadline.as_mut().reset(last_frame + idle);
+                    }
                 }
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -136,8 +145,8 @@ impl<P: Protocol> ReadLoop<P> {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return EndReason::Shutdown,
-                () = self.shared.stop.cancelled() => {
+                () = &mut shutdown => return EndReason::Shutdown,
+                () = &mut stop => {
                     return lock(&self.shared.stop_reason).clone().unwrap_or(EndReason::Closed);
                 }
                 read = reader.read_buf(&mut buf) => match read {
@@ -155,6 +164,10 @@ impl<P: Protocol> ReadLoop<P> {
                         return EndReason::FirstFrameTimeout;
                     }
                     let Some(idle) = idle else { return EndReason::IdleTimeout };
+                    if last_frame + idle > Instant::now() {
+                        deadline.as_mut().reset(last_frame + idle);
+                        continue;
+                    }
                     let busy = self.handlers_running() || self.shared.has_pending();
                     if !busy {
                         return EndReason::IdleTimeout;
