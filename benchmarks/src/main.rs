@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use systems::{Client, RawConn, System};
+use systems::{RawConn, System};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -201,8 +201,9 @@ async fn concurrent(
     per_connection: usize,
 ) -> Run {
     let mut clients = Vec::new();
+    let factory = systems::Clients::new(system, addr);
     for _ in 0..connections {
-        let client = Client::connect(system, addr).await;
+        let client = factory.connect().await;
         for _ in 0..(calls / 20).clamp(20, 500) {
             client.call(data, frame).await;
         }

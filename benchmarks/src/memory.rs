@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stream_rpc::{Cipher, Fernet, Packet};
 
-use crate::systems::{self, Client, System};
+use crate::systems::{self, System};
 
 /// The process's resident set size in KiB, from /proc/self/status.
 fn rss_kib() -> u64 {
@@ -118,7 +118,9 @@ fn flat_over_calls(calls: usize) {
         .build()
         .expect("runtime");
     let samples = runtime.block_on(async {
-        let client = Client::connect(System::StreamRpc, server.addr).await;
+        let client = systems::Clients::new(System::StreamRpc, server.addr)
+            .connect()
+            .await;
         let mut samples = Vec::new();
         let tenth = (calls / 10).max(1);
         for _ in 0..10 {

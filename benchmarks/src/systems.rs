@@ -290,11 +290,37 @@ impl RawConn {
     }
 }
 
+/// Opens the connections of one run: for stream-rpc, all through one
+/// [`Connector`], one client endpoint with one configuration, as an
+/// application would hold it.
+pub struct Clients {
+    system: System,
+    addr: SocketAddr,
+    connector: Option<Connector>,
+}
+
+impl Clients {
+    pub fn new(system: System, addr: SocketAddr) -> Clients {
+        let connector = (system == System::StreamRpc)
+            .then(|| Connector::new(rpc_config(addr.port(), |_, _| {})));
+        Clients {
+            system,
+            addr,
+            connector,
+        }
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.system, self.addr, self.connector.as_ref()).await
+    }
+}
+
 impl Client {
-    pub async fn connect(system: System, addr: SocketAddr) -> Client {
+    async fn connect(system: System, addr: SocketAddr, connector: Option<&Connector>) -> Client {
         match system {
             System::StreamRpc => {
-                let client = Connector::new(rpc_config(addr.port(), |_, _| {}))
+                let client = connector
+                    .expect("a connector for stream-rpc")
                     .connect(Bench)
                     .await
                     .expect("connect");

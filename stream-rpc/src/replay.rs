@@ -236,10 +236,7 @@ impl ReplayGuard {
         let early = self
             .window
             .is_none_or(|window| now.duration_since(state.current.opened) < window);
-        if early
-            && state.previous.len > 0
-            && !self.warned_full.swap(true, Ordering::Relaxed)
-        {
+        if early && state.previous.len > 0 && !self.warned_full.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the replay cache is full ({} tokens): the oldest are forgotten before their time to live ends",
                 self.generation_cap * 2
@@ -425,7 +422,11 @@ mod tests {
         assert_eq!(generation.slots.len(), 8);
         // The same high bits (the same first slot), different low bits;
         // and one that differs only in the two bits used for the marks.
-        let same_start = [0x0000_0003_0000_0010_u64, 0x0000_0003_0000_0020, 0x0000_0003_0000_0030];
+        let same_start = [
+            0x0000_0003_0000_0010_u64,
+            0x0000_0003_0000_0020,
+            0x0000_0003_0000_0030,
+        ];
         for (n, &fingerprint) in same_start.iter().enumerate() {
             assert_eq!(generation.find(fingerprint, Some(Origin::Received)), None);
             assert_eq!(generation.len, n + 1);
@@ -434,7 +435,10 @@ mod tests {
             assert_eq!(generation.find(fingerprint, None), Some(Origin::Received));
         }
         assert_eq!(generation.find(0x0000_0003_0000_0040, None), None);
-        assert_eq!(generation.find(0x0000_0003_0000_0011, None), Some(Origin::Received));
+        assert_eq!(
+            generation.find(0x0000_0003_0000_0011, None),
+            Some(Origin::Received)
+        );
         // The last slot wraps around to the first.
         let last = 0x0000_0007_0000_0100_u64;
         assert_eq!(generation.find(last, Some(Origin::Sent)), None);
@@ -443,29 +447,5 @@ mod tests {
         assert_eq!(generation.slots[0] & !MARKS, last + 0x100);
         generation.clear(Instant::now());
         assert_eq!((generation.len, generation.find(last, None)), (0, None));
-    }
-}
-#[cfg(test)]
-mod timing {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn time_it() {
-        let guard = ReplayGuard::new(Some(Duration::from_secs(300)), 262_144);
-        let mut token = vec![b'x'; 292];
-        let n = 2_000_000u32;
-        let t = Instant::now();
-        for i in 0..n {
-            token[100..104].copy_from_slice(&i.to_le_bytes());
-            if i % 2 == 0 { guard.sent(&token) } else { let _ = guard.received(&token); }
-        }
-        eprintln!("record: {:?} per op", t.elapsed() / n);
-        let t = Instant::now();
-        let mut x = 0u64;
-        for i in 0..n {
-            token[100..104].copy_from_slice(&i.to_le_bytes());
-            x ^= guard.fingerprint(&token);
-        }
-        eprintln!("fingerprint: {:?} per op {x}", t.elapsed() / n);
     }
 }
