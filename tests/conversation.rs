@@ -275,3 +275,58 @@ async fn dropping_a_client_closes_its_connection() {
     })
     .await;
 }
+
+/// `wait` waits until `release` comes, on the same connection.
+#[derive(Default)]
+struct Gate {
+    open: tokio::sync::Notify,
+}
+
+impl Protocol for Gate {
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        match packet.method.as_str() {
+            "wait" => {
+                self.open.notified().await;
+                Ok(Reply::message("waited", json!(null)))
+            }
+            "release" => {
+                self.open.notify_one();
+                Ok(Reply::message("released", json!(null)))
+            }
+            other => Err(HandlerError::unknown_method(other)),
+        }
+    }
+}
+
+/// Handlers start on the read loop; one that waits must move off it, or
+/// the packet that it waits for would never be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_waits_does_not_hold_up_the_connection() {
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(Gate::default(), config(&key, 0), &key).await;
+        let client = server.client().await;
+        let session = client.session().clone();
+        let waiting = tokio::spawn(async move { session.call("wait", json!(null)).await });
+        // Several quick calls go through while `wait` is still waiting.
+        for _ in 0..3 {
+            let reply = client.session().call("ping", json!(null)).await;
+            assert!(
+                matches!(
+                    reply,
+                    Err(CallError::Remote {
+                        code: ErrorCode::UnknownMethod,
+                        ..
+                    })
+                ),
+                "{reply:?}"
+            );
+        }
+        assert!(!waiting.is_finished());
+        let released = client.session().call("release", json!(null)).await.unwrap();
+        assert_eq!(released.method, "released");
+        assert_eq!(waiting.await.unwrap().unwrap().method, "waited");
+        server.stop().await;
+    })
+    .await;
+}

@@ -361,7 +361,7 @@ fn main() {
                 let rate = median(runs.iter().map(Run::rate).collect());
                 let p50 = median(runs.iter().map(|r| micros(r.percentile(0.50))).collect());
                 let p99 = median(runs.iter().map(|r| micros(r.percentile(0.99))).collect());
-                let ratio = if system == System::StreamRpc {
+                let ratio = if system == System::StreamRpc || ours.is_nan() {
                     "".to_owned()
                 } else {
                     format!("{:.2}×", ours / rate)
@@ -388,6 +388,10 @@ fn main() {
         let ours = rate_of(scenario, "ping", System::StreamRpc);
         for (other, target) in [(System::TarpcBincode, vs_tarpc), (System::Raw, vs_raw)] {
             let ratio = ours / rate_of(scenario, "ping", other);
+            if ratio.is_nan() {
+                // A system or scenario left out with --system or --scenario.
+                continue;
+            }
             let verdict = if ratio >= target { "met" } else { "MISSED" };
             if ratio < target {
                 missed += 1;

@@ -133,8 +133,8 @@ pub struct Limits {
     pub max_bad_frames_in_row: u32,
     /// Frames queued for the writer before senders wait (1024).
     pub outgoing_queue: usize,
-    /// Token fingerprints the replay cache holds (262,144: about 8 MiB when full);
-    /// see [`ConfigBuilder::replay_protection`].
+    /// Token fingerprints the replay cache holds (262,144: 4 MiB of tables;
+    /// at most 16,777,216); see [`ConfigBuilder::replay_protection`].
     pub replay_cache_entries: usize,
 }
 
@@ -470,6 +470,9 @@ fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The largest replay cache a configuration may ask for (256 MiB of tables).
+const MAX_REPLAY_CACHE_ENTRIES: usize = 1 << 24;
+
 fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
     let minimums: [(&'static str, usize, usize); 6] = [
         ("replay_cache_entries", limits.replay_cache_entries, 1),
@@ -498,6 +501,17 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "max_concurrent_handlers",
             "handler and call limits may be at most 1048576",
+        ));
+    }
+    // The cache's tables are reserved when the configuration is built
+    // (16 bytes of address space per entry, touched as they fill).
+    if limits.replay_cache_entries > MAX_REPLAY_CACHE_ENTRIES {
+        return Err(ConfigError::invalid(
+            "replay_cache_entries",
+            format!(
+                "it may be at most {MAX_REPLAY_CACHE_ENTRIES}, not {}",
+                limits.replay_cache_entries
+            ),
         ));
     }
     Ok(())
@@ -649,6 +663,18 @@ mod tests {
             ..Limits::default()
         };
         assert!(base().limits(limits).build().is_err());
+        for (entries, ok) in [
+            (0, false),
+            (1, true),
+            (1 << 24, true),
+            ((1 << 24) + 1, false),
+        ] {
+            let limits = Limits {
+                replay_cache_entries: entries,
+                ..Limits::default()
+            };
+            assert_eq!(base().limits(limits).build().is_ok(), ok, "{entries}");
+        }
         let timeouts = Timeouts {
             idle: Some(Duration::ZERO),
             ..Timeouts::default()

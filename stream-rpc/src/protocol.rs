@@ -20,6 +20,16 @@ use crate::session::SessionHandle;
 /// [`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers).
 /// What it returns decides what is sent back; see [`Reply`].
 ///
+/// A handler starts on the connection's read loop and runs there until it
+/// first waits; most handlers finish without waiting and cost no task of
+/// their own. One that waits (a call to the peer, a timer, a lock) moves to
+/// its own task and the connection reads on. So the part of a handler
+/// before its first `.await` that waits holds up the connection's next
+/// packets: put long computations in
+/// [`tokio::task::spawn_blocking`](https://docs.rs/tokio/latest/tokio/task/fn.spawn_blocking.html),
+/// or begin with `tokio::task::yield_now().await` to move off the read
+/// loop at once.
+///
 /// ```
 /// use stream_rpc::{Context, HandlerError, Packet, Protocol, Reply};
 ///

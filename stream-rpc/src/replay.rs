@@ -176,14 +176,14 @@ impl ReplayGuard {
 
     /// Remembers a token this endpoint sent.
     pub(crate) fn sent(&self, token: &[u8]) {
-        // A token is sent once (every seal draws a fresh IV): an entry with
-        // this fingerprint already there is left as it is.
-        let _ = self.record(self.fingerprint(token), Origin::Sent);
+        // A token is sent once (every seal draws a fresh IV), so the
+        // previous generation is not searched for it: one table look-up.
+        let _ = self.record(self.fingerprint(token), Origin::Sent, false);
     }
 
     /// Checks an incoming token that decrypted; remembers it if it is new.
     pub(crate) fn received(&self, token: &[u8]) -> Result<(), Seen> {
-        match self.record(self.fingerprint(token), Origin::Received) {
+        match self.record(self.fingerprint(token), Origin::Received, true) {
             None => Ok(()),
             Some(Origin::Received) => Err(Seen::Replay),
             Some(Origin::Sent) => Err(Seen::Reflection),
@@ -194,12 +194,13 @@ impl ReplayGuard {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a fingerprint unless it is known, in which case it returns the
+    /// Adds a fingerprint unless it is known (in the current generation, or
+    /// with `search_previous` in either), in which case it returns the
     /// origin recorded for it and changes nothing.
-    fn record(&self, fingerprint: u64, origin: Origin) -> Option<Origin> {
+    fn record(&self, fingerprint: u64, origin: Origin, search_previous: bool) -> Option<Origin> {
         let mut state = self.lock();
         let state = &mut *state;
-        if let Some(known) = state.previous.find(fingerprint, None) {
+        if search_previous && let Some(known) = state.previous.find(fingerprint, None) {
             return Some(known);
         }
         if let Some(now) = self.new_generation_due(state) {

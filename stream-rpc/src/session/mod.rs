@@ -3,10 +3,14 @@
 //! A session has three parts:
 //! - the **read loop** (the task that runs [`Session::run`]) reads frames,
 //!   decrypts and parses them, completes pending calls with replies and
-//!   starts a handler task for every other packet;
-//! - **handler tasks**, at most
+//!   starts a handler for every other packet. It handles at most 16 frames
+//!   before it lets the session's other tasks run, so that replies go out
+//!   while a long burst is still being read;
+//! - **handlers**, at most
 //!   [`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers)
-//!   at once, run [`Protocol::process_message`] and send what it returns;
+//!   at once, run [`Protocol::process_message`] and send what it returns.
+//!   A handler is first polled on the read loop itself; only one that has
+//!   to wait becomes a task of its own, watched for cancellation;
 //! - the **writer task** takes sealed frames from a bounded queue and writes
 //!   them, batching whatever is queued into one write.
 //!
@@ -222,11 +226,20 @@ impl<P: Protocol> Session<P> {
 /// [`timeout_at`], except that a future ready at its first poll (a free
 /// call slot, room in the outgoing queue) costs no timer.
 pub(super) async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    within_by(|| deadline, future).await
+}
+
+/// [`within`] with the deadline worked out only if the future has to wait
+/// (a write that the socket takes at once costs no clock read either).
+pub(super) async fn within_by<F: Future>(
+    deadline: impl FnOnce() -> Instant,
+    future: F,
+) -> Result<F::Output, Elapsed> {
     let mut future = std::pin::pin!(future);
     let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(output) => Ok(output),
-        Poll::Pending => timeout_at(deadline, future).await,
+        Poll::Pending => timeout_at(deadline(), future).await,
     }
 }
 

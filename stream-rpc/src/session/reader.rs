@@ -1,5 +1,5 @@
 //! The read loop: frames in, packets dispatched to pending calls or to
-//! handler tasks; and the handler tasks themselves.
+//! handlers (run in place until they wait, then as tasks of their own).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::Shared;
-use super::{EndReason, READ_CHUNK, WRITE_BATCH, within};
+use super::{EndReason, READ_CHUNK, WRITE_BATCH, within_by};
 use crate::codec::FrameCodec;
 
 /// Writes queued frames, batching whatever is queued into one write, until
@@ -115,7 +115,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
         }
         writer.flush().await
     };
-    match within(Instant::now() + deadline, write).await {
+    match within_by(|| Instant::now() + deadline, write).await {
         Err(_) => Err(WriteFailure::Deadline(deadline)),
         Ok(result) => result.map_err(WriteFailure::Io),
     }
