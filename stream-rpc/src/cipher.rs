@@ -14,8 +14,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes::Aes128;
-use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use base64::Engine as _;
 use base64::alphabet::URL_SAFE;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -217,15 +216,10 @@ impl Fernet {
         raw.extend_from_slice(&now.to_be_bytes());
         raw.extend_from_slice(iv);
         raw.extend_from_slice(plaintext);
-        raw.resize(HEADER_LEN + padded, 0);
-        let encryptor = cbc::Encryptor::<Aes128>::inner_iv_init(key.encryption.clone(), iv.into());
-        // The buffer holds a whole number of blocks past the plaintext, so
-        // padding always fits; the error arm is unreachable but handled.
-        let sealed = encryptor
-            .encrypt_padded_mut::<Pkcs7>(&mut raw[HEADER_LEN..], plaintext.len())
-            .map(<[u8]>::len)
-            .unwrap_or(0);
-        raw.truncate(HEADER_LEN + sealed);
+        // PKCS #7: 1 to 16 bytes, each holding the padding's length.
+        let pad = padded - plaintext.len();
+        raw.resize(HEADER_LEN + padded, pad as u8);
+        cbc_encrypt(&key.encryption, iv, &mut raw[HEADER_LEN..]);
         let mut mac = key.signing.clone();
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
@@ -282,16 +276,21 @@ impl Fernet {
             }
         }
 
-        let mut iv = [0u8; 16];
-        iv.copy_from_slice(&raw[9..HEADER_LEN]);
         let body_end = raw.len() - MAC_LEN;
-        let decryptor = cbc::Decryptor::<Aes128>::inner_iv_init(key.encryption.clone(), &iv.into());
-        let plain_len = decryptor
-            .decrypt_padded_mut::<Pkcs7>(&mut raw[HEADER_LEN..body_end])
-            .map_err(|_| CipherError::Malformed("bad padding"))?
-            .len();
-        raw.copy_within(HEADER_LEN..HEADER_LEN + plain_len, 0);
-        raw.truncate(plain_len);
+        // The IV and the ciphertext; the plaintext lands where the IV was.
+        cbc_decrypt_to_front(&key.encryption, &mut raw[9..body_end]);
+        let body = body_end - HEADER_LEN;
+        raw.copy_within(9..9 + body, 0);
+        raw.truncate(body);
+        let pad = usize::from(raw[body - 1]);
+        let padding_ok = (1..=BLOCK).contains(&pad)
+            && raw[body - pad..]
+                .iter()
+                .all(|&byte| usize::from(byte) == pad);
+        if !padding_ok {
+            return Err(CipherError::Malformed("bad padding"));
+        }
+        raw.truncate(body - pad);
         Ok(raw)
     }
 }
@@ -307,6 +306,49 @@ impl Cipher for Fernet {
     }
 }
 
+/// CBC encryption in place of `data` (whole blocks) under `iv`, with the
+/// key schedule borrowed rather than copied for each message.
+fn cbc_encrypt(key: &Aes128, iv: &[u8; 16], data: &mut [u8]) {
+    let mut previous = aes::Block::from(*iv);
+    for chunk in data.chunks_exact_mut(BLOCK) {
+        let block = aes::Block::from_mut_slice(chunk);
+        for (byte, prior) in block.iter_mut().zip(previous.iter()) {
+            *byte ^= prior;
+        }
+        key.encrypt_block(block);
+        previous = *block;
+    }
+}
+
+/// CBC decryption of the ciphertext that follows a 16-byte IV in `data`,
+/// in place: afterwards the plaintext fills `data` from the start, one
+/// block ahead of where its ciphertext was. Eight blocks at a time are
+/// decrypted together (AES-NI works on several at once), then each is
+/// XORed with the ciphertext block before it, which is still in place.
+fn cbc_decrypt_to_front(key: &Aes128, data: &mut [u8]) {
+    const BATCH: usize = 8;
+    let blocks = data.len() / BLOCK - 1;
+    let mut batch = [aes::Block::default(); BATCH];
+    let mut first = 0;
+    while first < blocks {
+        let count = (blocks - first).min(BATCH);
+        for (index, block) in batch[..count].iter_mut().enumerate() {
+            let start = (first + index + 1) * BLOCK;
+            block.copy_from_slice(&data[start..start + BLOCK]);
+        }
+        key.decrypt_blocks(&mut batch[..count]);
+        // Plaintext block i is D(c_i) XOR c_(i-1); `data` still holds
+        // c_(i-1) (the IV for the first block) where block i goes.
+        for (index, block) in batch[..count].iter().enumerate() {
+            let start = (first + index) * BLOCK;
+            for (byte, decrypted) in data[start..start + BLOCK].iter_mut().zip(block.iter()) {
+                *byte ^= decrypted;
+            }
+        }
+        first += count;
+    }
+}
+
 /// Seconds since the Unix epoch; a clock set before 1970 reads as 0 rather
 /// than failing.
 fn unix_now() -> u64 {
@@ -316,10 +358,10 @@ fn unix_now() -> u64 {
 }
 
 /// How many bytes of operating system randomness one system call fetches.
-const POOL_LEN: usize = 4096;
+const POOL_LEN: usize = 16 * 1024;
 
 /// A per-thread buffer of operating system randomness, so that one system
-/// call provides 256 initialisation vectors. Used bytes are wiped.
+/// call provides 1,024 initialisation vectors. Used bytes are wiped.
 struct RandomPool {
     bytes: Box<[u8; POOL_LEN]>,
     used: usize,
@@ -433,7 +475,13 @@ mod tests {
         let key = Fernet::generate_key().unwrap();
         let ours = Fernet::new(&key).unwrap();
         let theirs = fernet::Fernet::new(&key).unwrap();
-        for plain in [&b""[..], b"x", &[7u8; 16], &[0u8; 1000]] {
+        // Every length up to past two batches of eight blocks, then a long one.
+        let texts: Vec<Vec<u8>> = (0..=300usize)
+            .map(|len| (0..len).map(|i| (i * 31 + len) as u8).collect())
+            .chain([vec![0u8; 5000]])
+            .collect();
+        for plain in &texts {
+            let plain = plain.as_slice();
             let token = ours.encrypt(plain).unwrap();
             assert_eq!(
                 theirs
@@ -443,6 +491,56 @@ mod tests {
             );
             let token = theirs.encrypt(plain);
             assert_eq!(ours.decrypt(token.as_bytes()).unwrap(), plain);
+        }
+    }
+
+    /// A token with a good signature over a body padded as given.
+    fn token_with_body(fernet: &Fernet, body: &[u8]) -> Vec<u8> {
+        let key = &fernet.keys[0];
+        let iv = [9u8; 16];
+        let mut raw = vec![VERSION];
+        raw.extend_from_slice(&unix_now().to_be_bytes());
+        raw.extend_from_slice(&iv);
+        raw.extend_from_slice(body);
+        cbc_encrypt(&key.encryption, &iv, &mut raw[HEADER_LEN..]);
+        let mut mac = key.signing.clone();
+        mac.update(&raw);
+        raw.extend_from_slice(&mac.finalize().into_bytes());
+        B64.encode(&raw).into_bytes()
+    }
+
+    #[test]
+    fn padding_is_checked_byte_by_byte() {
+        let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        let mut good = [b'a'; 32];
+        good[16..].fill(16);
+        assert_eq!(
+            fernet.decrypt(&token_with_body(&fernet, &good)).unwrap(),
+            [b'a'; 16]
+        );
+        let mut short = [b'a'; 16];
+        short[13..].fill(3);
+        assert_eq!(
+            fernet.decrypt(&token_with_body(&fernet, &short)).unwrap(),
+            [b'a'; 13]
+        );
+        // Each spoils the good body of 16 letters and 16 padding bytes.
+        let spoilers: [(usize, u8); 5] = [
+            (31, 0),   // a padding length of zero
+            (31, 17),  // longer than a block
+            (31, 255), // far longer
+            (16, 15),  // the first padding byte wrong
+            (30, 3),   // one in the middle wrong
+        ];
+        for (at, byte) in spoilers {
+            let mut body = good;
+            body[at] = byte;
+            let result = fernet.decrypt(&token_with_body(&fernet, &body));
+            assert_eq!(
+                result,
+                Err(CipherError::Malformed("bad padding")),
+                "{at}: {byte}"
+            );
         }
     }
 
