@@ -170,24 +170,49 @@ impl ReplayGuard {
         }
     }
 
-    fn fingerprint(&self, token: &[u8]) -> u64 {
+    /// The token's fingerprint under this endpoint's key.
+    pub(crate) fn fingerprint(&self, token: &[u8]) -> u64 {
         fingerprint(self.key, token)
     }
 
+    /// Remembers tokens this endpoint is about to send.
+    pub(crate) fn sent_all<'t>(&self, tokens: impl Iterator<Item = &'t [u8]> + Clone) {
+        let fingerprints = tokens.map(|token| self.fingerprint(token));
+        let mut state = self.lock();
+        warm(&state, fingerprints.clone());
+        for fingerprint in fingerprints {
+            // A token is sent once (every seal draws a fresh IV), so the
+            // previous generation is not searched for it: one look-up.
+            let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false);
+        }
+    }
+
     /// Remembers a token this endpoint sent.
+    #[cfg(test)]
     pub(crate) fn sent(&self, token: &[u8]) {
-        // A token is sent once (every seal draws a fresh IV), so the
-        // previous generation is not searched for it: one table look-up.
-        let _ = self.record(self.fingerprint(token), Origin::Sent, false);
+        self.sent_all(std::iter::once(token));
     }
 
     /// Checks an incoming token that decrypted; remembers it if it is new.
+    #[cfg(test)]
     pub(crate) fn received(&self, token: &[u8]) -> Result<(), Seen> {
-        match self.record(self.fingerprint(token), Origin::Received, true) {
+        self.received_fingerprint(self.fingerprint(token))
+    }
+
+    /// [`received`](Self::received) for a token whose fingerprint is known.
+    pub(crate) fn received_fingerprint(&self, fingerprint: u64) -> Result<(), Seen> {
+        match self.record(fingerprint, Origin::Received, true) {
             None => Ok(()),
             Some(Origin::Received) => Err(Seen::Replay),
             Some(Origin::Sent) => Err(Seen::Reflection),
         }
+    }
+
+    /// Reads the first slot of each fingerprint in both generations, so
+    /// that the look-ups that follow find them in the cache: reads that do
+    /// not depend on each other are fetched from memory together.
+    pub(crate) fn warm(&self, fingerprints: &[u64]) {
+        warm(&self.lock(), fingerprints.iter().copied());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -198,8 +223,16 @@ impl ReplayGuard {
     /// with `search_previous` in either), in which case it returns the
     /// origin recorded for it and changes nothing.
     fn record(&self, fingerprint: u64, origin: Origin, search_previous: bool) -> Option<Origin> {
-        let mut state = self.lock();
-        let state = &mut *state;
+        self.record_locked(&mut self.lock(), fingerprint, origin, search_previous)
+    }
+
+    fn record_locked(
+        &self,
+        state: &mut State,
+        fingerprint: u64,
+        origin: Origin,
+        search_previous: bool,
+    ) -> Option<Origin> {
         if search_previous && let Some(known) = state.previous.find(fingerprint, None) {
             return Some(known);
         }
@@ -252,6 +285,16 @@ impl ReplayGuard {
         let state = self.lock();
         state.current.len + state.previous.len
     }
+}
+
+fn warm(state: &State, fingerprints: impl Iterator<Item = u64>) {
+    let mut seen = 0u64;
+    for fingerprint in fingerprints {
+        for generation in [&state.current, &state.previous] {
+            seen ^= generation.slots[generation.start(fingerprint)];
+        }
+    }
+    std::hint::black_box(seen);
 }
 
 /// A keyed 64-bit fingerprint of a token: 16 bytes at a time folded in by

@@ -210,9 +210,6 @@ impl SessionHandle {
                 max: self.shared.max_frame_len,
             });
         }
-        if let Some(replay) = &self.shared.replay {
-            replay.sent(&token);
-        }
         session_log!(info, self.shared, "Send: {packet}");
         Ok(token)
     }

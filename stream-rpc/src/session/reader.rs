@@ -97,26 +97,50 @@ impl<P: Protocol> ReadLoop<P> {
         let shutdown = shutdown.clone().cancelled_owned();
         let stop = self.shared.stop.clone().cancelled_owned();
         tokio::pin!(shutdown, stop);
+        // The frames of one turn, and their tokens' fingerprints.
+        let mut batch: Vec<BytesMut> = Vec::with_capacity(FRAMES_PER_TURN);
+        let mut fingerprints: Vec<u64> = Vec::with_capacity(FRAMES_PER_TURN);
         loop {
-            let mut this_turn = 0;
             loop {
-                if this_turn == FRAMES_PER_TURN {
-                    // Let the replies of the frames handled so far go out
-                    // before reading on: the peer can then work on them
-                    // while this side handles the rest of a long burst.
-                    this_turn = 0;
-                    tokio::task::yield_now().await;
-                }
-                match self.codec.decode(&mut buf) {
-                    Ok(Some(frame)) => {
-                        this_turn += 1;
-                        any_frame = true;
-                        if let Some(reason) = self.on_frame(&frame).await {
-                            return reason;
+                // Take up to a turn's worth of frames, stopping at a codec
+                // error so that it is handled after the frames before it.
+                let mut failure = None;
+                while batch.len() < FRAMES_PER_TURN {
+                    match self.codec.decode(&mut buf) {
+                        Ok(Some(frame)) => batch.push(frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(CodecError::FrameTooLong { max }) => {
+                }
+                let full_turn = batch.len() == FRAMES_PER_TURN;
+                if !batch.is_empty() {
+                    any_frame = true;
+                    if let Some(replay) = &self.shared.replay {
+                        // Looking the whole turn up at once lets the
+                        // memory reads of the cache overlap.
+                        fingerprints.clear();
+                        fingerprints.extend(batch.iter().map(|frame| replay.fingerprint(frame)));
+                        replay.warm(&fingerprints);
+                    }
+                }
+                for (index, frame) in batch.drain(..).enumerate() {
+                    let fingerprint = fingerprints.get(index).copied();
+                    if let Some(reason) = self.on_frame(&frame, fingerprint).await {
+                        return reason;
+                    }
+                }
+                match failure {
+                    None if full_turn => {
+                        // Let the replies of the frames handled so far go
+                        // out before reading on: the peer can then work on
+                        // them while this side handles the rest of a burst.
+                        tokio::task::yield_now().await;
+                    }
+                    None => break,
+                    Some(CodecError::FrameTooLong { max }) => {
                         session_log!(
                             warn,
                             self.shared,
@@ -126,7 +150,7 @@ impl<P: Protocol> ReadLoop<P> {
                             return reason;
                         }
                     }
-                    Err(other) => return EndReason::ReadFailed(other.to_string()),
+                    Some(other) => return EndReason::ReadFailed(other.to_string()),
                 }
             }
             if any_frame {
@@ -199,7 +223,9 @@ impl<P: Protocol> ReadLoop<P> {
         })
     }
 
-    async fn on_frame(&mut self, frame: &[u8]) -> Option<EndReason> {
+    /// Handles one frame; `fingerprint` is its token's replay fingerprint,
+    /// worked out beforehand when replay protection is on.
+    async fn on_frame(&mut self, frame: &[u8], fingerprint: Option<u64>) -> Option<EndReason> {
         let plain = match self.shared.cipher.decrypt(frame) {
             Ok(plain) => plain,
             Err(e) => {
@@ -214,7 +240,8 @@ impl<P: Protocol> ReadLoop<P> {
             }
         };
         if let Some(replay) = &self.shared.replay
-            && let Err(seen) = replay.received(frame)
+            && let Err(seen) = replay
+                .received_fingerprint(fingerprint.unwrap_or_else(|| replay.fingerprint(frame)))
         {
             let what = match seen {
                 Seen::Replay => "a replayed token (accepted before)",

@@ -26,9 +26,17 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let frame = |codec: &mut FrameCodec, token: Vec<u8>, buf: &mut BytesMut| {
-        if let Err(e) = codec.encode(token, buf) {
-            session_log!(error, shared, "dropped an outgoing frame: {e}");
+    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    // Records the batch as sent (before any of it reaches the wire, so a
+    // reflection is always recognised) and frames it into `buf`.
+    let frame_all = |codec: &mut FrameCodec, tokens: &mut Vec<Vec<u8>>, buf: &mut BytesMut| {
+        if let Some(replay) = &shared.replay {
+            replay.sent_all(tokens.iter().map(Vec::as_slice));
+        }
+        for token in tokens.drain(..) {
+            if let Err(e) = codec.encode(token, buf) {
+                session_log!(error, shared, "dropped an outgoing frame: {e}");
+            }
         }
     };
     let result: Result<(), WriteFailure> = async {
@@ -41,23 +49,29 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     None => break,
                 },
             };
-            frame(&mut codec, token, &mut buf);
-            while buf.len() < WRITE_BATCH {
+            let mut batched = token.len();
+            tokens.push(token);
+            while batched < WRITE_BATCH {
                 match queue.try_recv() {
-                    Ok(token) => frame(&mut codec, token, &mut buf),
+                    Ok(token) => {
+                        batched += token.len();
+                        tokens.push(token);
+                    }
                     Err(_) => break,
                 }
             }
+            frame_all(&mut codec, &mut tokens, &mut buf);
             write_within(&mut writer, &buf, deadline).await?;
             buf.clear();
         }
         // Replies queued before the stop still go out.
         for _ in 0..queue.len() {
             match queue.try_recv() {
-                Ok(token) => frame(&mut codec, token, &mut buf),
+                Ok(token) => tokens.push(token),
                 Err(_) => break,
             }
         }
+        frame_all(&mut codec, &mut tokens, &mut buf);
         write_within(&mut writer, &buf, deadline).await?;
         timeout(deadline, writer.shutdown())
             .await
