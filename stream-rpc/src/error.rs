@@ -119,3 +119,20 @@ pub enum CallError {
         reason: String,
     },
 }
+
+impl CallError {
+    /// `method` got no reply within `after`.
+    pub(crate) fn timed_out(method: &str, after: Duration) -> Self {
+        CallError::Timeout {
+            method: method.to_owned(),
+            after,
+        }
+    }
+
+    /// The connection of the call to `method` closed first.
+    pub(crate) fn lost(method: &str) -> Self {
+        CallError::ConnectionLost {
+            method: method.to_owned(),
+        }
+    }
+}

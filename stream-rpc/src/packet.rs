@@ -415,6 +415,17 @@ mod rfc3339_utc {
         }
     }
 
+    /// Where `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` has its separators.
+    const PUNCTUATION: [(usize, u8); 7] = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (29, b'Z'),
+    ];
+
     /// Writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` without allocating (it runs
     /// for every packet); `None` outside years 0 to 9999 or on a leap
     /// second, which the caller leaves to chrono.
@@ -439,15 +450,7 @@ mod rfc3339_utc {
         put(14, at.minute(), 2);
         put(17, at.second(), 2);
         put(20, nanos, 9);
-        for (index, byte) in [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-            (29, b'Z'),
-        ] {
+        for (index, byte) in PUNCTUATION {
             buf[index] = byte;
         }
         std::str::from_utf8(&buf[..]).ok()
@@ -458,16 +461,7 @@ mod rfc3339_utc {
     pub(super) fn read(text: &str) -> Option<DateTime<Utc>> {
         use chrono::NaiveDate;
         let bytes: &[u8; 30] = text.as_bytes().try_into().ok()?;
-        let punctuation = [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-            (29, b'Z'),
-        ];
-        if punctuation.iter().any(|&(at, byte)| bytes[at] != byte) {
+        if PUNCTUATION.iter().any(|&(at, byte)| bytes[at] != byte) {
             return None;
         }
         let number = |at: usize, width: usize| -> Option<u32> {

@@ -223,17 +223,8 @@ impl ReconnectingClient {
         let deadline = Instant::now() + limit;
         let session = match timeout_at(deadline, self.connected()).await {
             Ok(Some(session)) => session,
-            Ok(None) => {
-                return Err(CallError::ConnectionLost {
-                    method: method.to_owned(),
-                });
-            }
-            Err(_) => {
-                return Err(CallError::Timeout {
-                    method: method.to_owned(),
-                    after: limit,
-                });
-            }
+            Ok(None) => return Err(CallError::lost(method)),
+            Err(_) => return Err(CallError::timed_out(method, limit)),
         };
         let left = deadline.saturating_duration_since(Instant::now());
         session.call_with_timeout(method, payload, left).await

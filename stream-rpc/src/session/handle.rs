@@ -237,13 +237,8 @@ impl SessionHandle {
         limit: Duration,
     ) -> Result<Packet, CallError> {
         let deadline = Instant::now() + limit;
-        let timed_out = || CallError::Timeout {
-            method: method.to_owned(),
-            after: limit,
-        };
-        let lost = || CallError::ConnectionLost {
-            method: method.to_owned(),
-        };
+        let timed_out = || CallError::timed_out(method, limit);
+        let lost = || CallError::lost(method);
         let _slot = match within(deadline, self.shared.call_slots.acquire()).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(_)) => return Err(lost()),
