@@ -142,3 +142,34 @@ async fn refused_connections_are_counted_in_the_log() {
         );
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_handler_cut_off_by_the_end_of_its_session_is_logged_as_cancelled() {
+    let out = Captured::default();
+    let subscriber = out.subscriber(LevelFilter::WARN);
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    bounded(async {
+        let mut timeouts = stream_rpc::Timeouts::default();
+        timeouts.shutdown_grace = std::time::Duration::from_millis(100);
+        let (server, probe) = TestServer::probed(|c| c.timeouts(timeouts)).await;
+        let client = server.client().await;
+        let started = probe.started.notified();
+        let session = client.session().clone();
+        let waiting = tokio::spawn(async move { session.call("wait", json!(null)).await });
+        started.await;
+        // The handler waits for a release that never comes; the grace period
+        // runs out and the handler is dropped unfinished.
+        server.stop().await;
+        assert!(waiting.await.unwrap().is_err());
+        assert_eq!(probe.finished.load(std::sync::atomic::Ordering::SeqCst), 0);
+    })
+    .await;
+
+    let text = out.text();
+    let line = text
+        .lines()
+        .find(|line| line.contains("handler of `wait` cancelled: the session closed"))
+        .unwrap_or_else(|| panic!("no cancellation line in:\n{text}"));
+    assert!(line.contains(" - TestService - WARNING - ["), "{line}");
+}

@@ -83,7 +83,10 @@ impl<T: Serialize + DeserializeOwned> IntoReply for T {
 
     fn into_reply(self, method: &str) -> Result<Reply, HandlerError> {
         let payload = encode_reply(&self, method)?;
-        Ok(Reply::message(format!("{method}{REPLY_SUFFIX}"), payload))
+        let mut reply_method = String::with_capacity(method.len() + REPLY_SUFFIX.len());
+        reply_method.push_str(method);
+        reply_method.push_str(REPLY_SUFFIX);
+        Ok(Reply::message(reply_method, payload))
     }
 
     fn from_reply(reply: Packet, method: &str) -> Result<T, CallError> {

@@ -14,6 +14,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::signal::Signal;
 use super::{EndReason, within};
 use crate::cipher::Cipher;
 use crate::config::Config;
@@ -37,7 +38,7 @@ pub(super) struct Shared {
     /// Set when the session winds down: no more sends are accepted.
     pub(super) closing: AtomicBool,
     /// Asks the read loop to stop, with the first reason given.
-    pub(super) stop: CancellationToken,
+    pub(super) stop: Signal,
     pub(super) stop_reason: Mutex<Option<EndReason>>,
     /// Cancelled when the session has fully ended.
     pub(super) ended: CancellationToken,
@@ -75,7 +76,7 @@ impl Shared {
             call_slots: Semaphore::new(limits.max_in_flight_calls),
             outgoing,
             closing: AtomicBool::new(false),
-            stop: CancellationToken::new(),
+            stop: Signal::default(),
             stop_reason: Mutex::new(None),
             ended: CancellationToken::new(),
             replay: config.replay.clone(),
@@ -97,7 +98,7 @@ impl Shared {
 
     pub(super) fn request_stop(&self, reason: EndReason) {
         lock(&self.stop_reason).get_or_insert(reason);
-        self.stop.cancel();
+        self.stop.raise();
     }
 
     pub(super) fn take_pending(&self, id: u64) -> Option<oneshot::Sender<Packet>> {

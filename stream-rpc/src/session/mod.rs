@@ -56,11 +56,13 @@ const LINGER: Duration = Duration::from_secs(1);
 
 mod handle;
 mod reader;
+mod signal;
 mod writer;
 
 pub use handle::SessionHandle;
 use handle::Shared;
 use reader::ReadLoop;
+use signal::Signal;
 use writer::write_loop;
 
 /// Which end of the connection a session is.
@@ -176,7 +178,7 @@ impl<P: Protocol> Session<P> {
         } = self;
         let timeouts = config.timeouts();
         let codec = FrameCodec::new(config.terminator(), config.limits().max_frame_len);
-        let writer_stop = CancellationToken::new();
+        let writer_stop = Arc::new(Signal::default());
         let writer_task = tokio::spawn(write_loop(
             writer,
             outgoing,
@@ -186,11 +188,20 @@ impl<P: Protocol> Session<P> {
             shared.clone(),
         ));
 
+        // The shutdown token is watched here, once, rather than by the read
+        // loop on every wake: it raises the session's own stop flag.
+        let watch_shutdown = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                shutdown.cancelled().await;
+                shared.request_stop(EndReason::Shutdown);
+            }
+        });
+
         let mut read_loop = ReadLoop::new(protocol, shared.clone(), codec, config.limits());
         let first_frame = (role == Role::Server).then_some(timeouts.first_frame);
-        let reason = read_loop
-            .run(&mut reader, &shutdown, first_frame, timeouts.idle)
-            .await;
+        let reason = read_loop.run(&mut reader, first_frame, timeouts.idle).await;
+        watch_shutdown.abort();
         session_log!(debug, shared, "session ending: {reason}");
 
         let graceful = matches!(
@@ -207,7 +218,7 @@ impl<P: Protocol> Session<P> {
         }
         read_loop.cancel_handlers();
         shared.refuse_new_work();
-        writer_stop.cancel();
+        writer_stop.raise();
         if writer_task.await.is_err() {
             session_log!(error, shared, "the writer task failed");
         }

@@ -79,7 +79,6 @@ impl<P: Protocol> ReadLoop<P> {
     pub(super) async fn run<R: AsyncRead + Unpin>(
         &mut self,
         mut reader: R,
-        shutdown: &CancellationToken,
         first_frame: Option<Duration>,
         idle: Option<Duration>,
     ) -> EndReason {
@@ -93,10 +92,8 @@ impl<P: Protocol> ReadLoop<P> {
         // When the last frame came; the idle deadline is moved to match only
         // when it fires, rather than the timer being reset for every read.
         let mut last_frame = Instant::now();
-        // Registered once for the whole loop, not once per read.
-        let shutdown = shutdown.clone().cancelled_owned();
-        let stop = self.shared.stop.clone().cancelled_owned();
-        tokio::pin!(shutdown, stop);
+        // Raised by `close`, a failed write or the server's shutdown.
+        let shared = self.shared.clone();
         // The frames of one turn, and their tokens' fingerprints.
         let mut batch: Vec<BytesMut> = Vec::with_capacity(FRAMES_PER_TURN);
         let mut fingerprints: Vec<u64> = Vec::with_capacity(FRAMES_PER_TURN);
@@ -169,8 +166,7 @@ impl<P: Protocol> ReadLoop<P> {
             }
             tokio::select! {
                 biased;
-                () = &mut shutdown => return EndReason::Shutdown,
-                () = &mut stop => {
+                () = shared.stop.raised() => {
                     return lock(&self.shared.stop_reason).clone().unwrap_or(EndReason::Closed);
                 }
                 read = reader.read_buf(&mut buf) => match read {
@@ -326,7 +322,6 @@ impl<P: Protocol> ReadLoop<P> {
             }
             return;
         };
-        let method = packet.method.clone();
         let mut work = Box::pin(run_handler(self.protocol.clone(), self.handle(), packet));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
@@ -335,14 +330,12 @@ impl<P: Protocol> ReadLoop<P> {
             return;
         }
         let abort = self.abort_handlers.clone();
-        let shared = self.shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // Dropping `work` unfinished logs the cancellation.
             tokio::select! {
                 biased;
-                () = abort.cancelled() => {
-                    session_log!(warn, shared, "handler of `{method}` cancelled: the session closed");
-                }
+                () = abort.cancelled() => {}
                 () = work => {}
             }
         });
@@ -361,7 +354,43 @@ async fn send_error(handle: &SessionHandle, payload: ErrorPayload, reply_to: Opt
 
 /// Runs one handler to completion and sends what it returns.
 async fn run_handler<P: Protocol>(protocol: Arc<P>, handle: SessionHandle, packet: Packet) {
-    let method = packet.method.clone();
+    let mut unfinished = Unfinished {
+        handle: &handle,
+        method: packet.method.clone(),
+        armed: true,
+    };
+    answer(protocol, &handle, packet, &unfinished.method).await;
+    unfinished.armed = false;
+}
+
+/// Logs that a handler was cancelled (the session closed before it
+/// finished) when its future is dropped before the end.
+struct Unfinished<'a> {
+    handle: &'a SessionHandle,
+    method: String,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            session_log!(
+                warn,
+                self.handle.shared,
+                "handler of `{}` cancelled: the session closed",
+                self.method
+            );
+        }
+    }
+}
+
+/// Runs the handler of `packet` and sends its reply or error.
+async fn answer<P: Protocol>(
+    protocol: Arc<P>,
+    handle: &SessionHandle,
+    packet: Packet,
+    method: &str,
+) {
     // A reply or an error packet is not answered: what its handler returns
     // starts the next exchange instead (the seed's conversation style), and
     // its failures are only logged.
@@ -412,6 +441,6 @@ async fn run_handler<P: Protocol>(protocol: Arc<P>, handle: SessionHandle, packe
         _ => session_log!(warn, handle.shared, "`{method}` failed: {failure}"),
     }
     if reply_to.is_some() {
-        send_error(&handle, failure.into_payload(&method), reply_to).await;
+        send_error(handle, failure.into_payload(method), reply_to).await;
     }
 }

@@ -9,9 +9,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::Encoder;
-use tokio_util::sync::CancellationToken;
 
 use super::handle::Shared;
+use super::signal::Signal;
 use super::{EndReason, READ_CHUNK, WRITE_BATCH, within_by};
 use crate::codec::FrameCodec;
 
@@ -22,7 +22,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut queue: mpsc::Receiver<Vec<u8>>,
     mut codec: FrameCodec,
     deadline: Duration,
-    stop: CancellationToken,
+    stop: Arc<Signal>,
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -43,7 +43,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         loop {
             let token = tokio::select! {
                 biased;
-                () = stop.cancelled() => break,
+                () = stop.raised() => break,
                 token = queue.recv() => match token {
                     Some(token) => token,
                     None => break,
