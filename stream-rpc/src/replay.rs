@@ -175,14 +175,14 @@ impl ReplayGuard {
         fingerprint(self.key, token)
     }
 
-    /// Remembers tokens this endpoint is about to send.
-    pub(crate) fn sent_all<'t>(&self, tokens: impl Iterator<Item = &'t [u8]> + Clone) {
-        let fingerprints = tokens.map(|token| self.fingerprint(token));
+    /// Remembers tokens this endpoint is about to send, by their
+    /// [`fingerprint`](Self::fingerprint)s.
+    pub(crate) fn sent_all(&self, fingerprints: &[u64]) {
         let mut state = self.lock();
-        warm(&state, fingerprints.clone());
-        for fingerprint in fingerprints {
-            // A token is sent once (every seal draws a fresh IV), so the
-            // previous generation is not searched for it: one look-up.
+        // A token is sent once (every seal draws a fresh IV), so the previous
+        // generation is not searched for it: one look-up, in the current one.
+        warm_generation(&state.current, fingerprints.iter().copied());
+        for &fingerprint in fingerprints {
             let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false);
         }
     }
@@ -190,7 +190,7 @@ impl ReplayGuard {
     /// Remembers a token this endpoint sent.
     #[cfg(test)]
     pub(crate) fn sent(&self, token: &[u8]) {
-        self.sent_all(std::iter::once(token));
+        self.sent_all(&[self.fingerprint(token)]);
     }
 
     /// Checks an incoming token that decrypted; remembers it if it is new.
@@ -293,6 +293,15 @@ fn warm(state: &State, fingerprints: impl Iterator<Item = u64>) {
         for generation in [&state.current, &state.previous] {
             seen ^= generation.slots[generation.start(fingerprint)];
         }
+    }
+    std::hint::black_box(seen);
+}
+
+/// [`warm`] in one generation only.
+fn warm_generation(generation: &Generation, fingerprints: impl Iterator<Item = u64>) {
+    let mut seen = 0u64;
+    for fingerprint in fingerprints {
+        seen ^= generation.slots[generation.start(fingerprint)];
     }
     std::hint::black_box(seen);
 }

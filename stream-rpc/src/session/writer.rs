@@ -27,11 +27,14 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut tokens: Vec<Vec<u8>> = Vec::new();
+    let mut fingerprints: Vec<u64> = Vec::new();
     // Records the batch as sent (before any of it reaches the wire, so a
     // reflection is always recognised) and frames it into `buf`.
-    let frame_all = |codec: &mut FrameCodec, tokens: &mut Vec<Vec<u8>>, buf: &mut BytesMut| {
+    let mut frame_all = |codec: &mut FrameCodec, tokens: &mut Vec<Vec<u8>>, buf: &mut BytesMut| {
         if let Some(replay) = &shared.replay {
-            replay.sent_all(tokens.iter().map(Vec::as_slice));
+            fingerprints.clear();
+            fingerprints.extend(tokens.iter().map(|token| replay.fingerprint(token)));
+            replay.sent_all(&fingerprints);
         }
         for token in tokens.drain(..) {
             if let Err(e) = codec.encode(token, buf) {
