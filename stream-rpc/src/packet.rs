@@ -133,7 +133,7 @@ impl Packet {
         match rfc3339_utc::write(&self.created_at, &mut stamp) {
             Some(text) => {
                 json.push(b'"');
-                json.extend_from_slice(text.as_bytes());
+                json.extend_from_slice(text);
                 json.push(b'"');
             }
             None => rfc3339_utc::serialize(
@@ -175,7 +175,7 @@ mod canonical {
         input.literal(b"\",\"id\":")?;
         let id = input.number()?;
         input.literal(b",\"created_at\":\"")?;
-        let created_at = rfc3339_utc::read(std::str::from_utf8(input.take(30)?).ok()?)?;
+        let created_at = rfc3339_utc::read(input.take(30)?)?;
         input.literal(b"\",\"method\":\"")?;
         let method = input.plain_string()?;
         input.literal(b",\"payload\":")?;
@@ -409,7 +409,7 @@ mod rfc3339_utc {
 
     pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 30];
-        match write(at, &mut buf) {
+        match write(at, &mut buf).and_then(|text| std::str::from_utf8(text).ok()) {
             Some(text) => s.serialize_str(text),
             None => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
         }
@@ -426,11 +426,14 @@ mod rfc3339_utc {
         (29, b'Z'),
     ];
 
-    /// Writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` without allocating (it runs
-    /// for every packet); `None` outside years 0 to 9999 or on a leap
-    /// second, which the caller leaves to chrono.
-    pub(super) fn write<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+    /// Writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (ASCII) without allocating
+    /// (it runs for every packet); `None` outside years 0 to 9999 or on a
+    /// leap second, which the caller leaves to chrono.
+    pub(super) fn write<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b [u8; 30]> {
         use chrono::{Datelike, Timelike};
+        // The UTC fields directly: `DateTime`'s own accessors apply the
+        // (zero) offset again for each field.
+        let at = at.naive_utc();
         let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
         let nanos = at.nanosecond();
         if nanos >= 1_000_000_000 {
@@ -453,14 +456,14 @@ mod rfc3339_utc {
         for (index, byte) in PUNCTUATION {
             buf[index] = byte;
         }
-        std::str::from_utf8(&buf[..]).ok()
+        Some(buf)
     }
 
     /// Reads the form [`write`] writes, the one every packet of this crate
     /// carries, without chrono's general parser; `None` for anything else.
-    pub(super) fn read(text: &str) -> Option<DateTime<Utc>> {
+    pub(super) fn read(text: &[u8]) -> Option<DateTime<Utc>> {
         use chrono::NaiveDate;
-        let bytes: &[u8; 30] = text.as_bytes().try_into().ok()?;
+        let bytes: &[u8; 30] = text.try_into().ok()?;
         if PUNCTUATION.iter().any(|&(at, byte)| bytes[at] != byte) {
             return None;
         }
@@ -483,7 +486,7 @@ mod rfc3339_utc {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if let Some(at) = read(&text) {
+        if let Some(at) = read(text.as_bytes()) {
             return Ok(at);
         }
         DateTime::parse_from_rfc3339(&text)
@@ -672,7 +675,7 @@ mod tests {
         ] {
             let at: DateTime<Utc> = text.parse().unwrap();
             let mut buf = [0u8; 30];
-            let ours = rfc3339_utc::write(&at, &mut buf).unwrap();
+            let ours = std::str::from_utf8(rfc3339_utc::write(&at, &mut buf).unwrap()).unwrap();
             assert_eq!(ours, at.to_rfc3339_opts(SecondsFormat::Nanos, true));
             assert_eq!(ours, text);
         }
@@ -683,7 +686,7 @@ mod tests {
             "9999-12-31T23:59:59.999999999Z",
         ] {
             let at: DateTime<Utc> = text.parse().unwrap();
-            assert_eq!(rfc3339_utc::read(text), Some(at), "{text}");
+            assert_eq!(rfc3339_utc::read(text.as_bytes()), Some(at), "{text}");
         }
         // Anything else is left to chrono, which accepts or refuses it.
         for text in [
@@ -697,13 +700,13 @@ mod tests {
             "2026-11-24T04:34:14.50712345xZ",
             "+026-11-24T04:34:14.507123456Z",
         ] {
-            assert_eq!(rfc3339_utc::read(text), None, "{text}");
+            assert_eq!(rfc3339_utc::read(text.as_bytes()), None, "{text}");
         }
         let now = Utc::now();
         let mut buf = [0u8; 30];
         assert_eq!(
             rfc3339_utc::write(&now, &mut buf).unwrap(),
-            now.to_rfc3339_opts(SecondsFormat::Nanos, true)
+            now.to_rfc3339_opts(SecondsFormat::Nanos, true).as_bytes()
         );
     }
 

@@ -119,7 +119,12 @@ impl<P: Protocol> ReadLoop<P> {
                         // Looking the whole turn up at once lets the
                         // memory reads of the cache overlap.
                         fingerprints.clear();
-                        fingerprints.extend(batch.iter().map(|frame| replay.fingerprint(frame)));
+                        let cipher = &self.shared.cipher;
+                        fingerprints.extend(
+                            batch
+                                .iter()
+                                .map(|frame| replay.fingerprint(cipher.token_identity(frame))),
+                        );
                         replay.warm(&fingerprints);
                     }
                 }
@@ -236,8 +241,10 @@ impl<P: Protocol> ReadLoop<P> {
             }
         };
         if let Some(replay) = &self.shared.replay
-            && let Err(seen) = replay
-                .received_fingerprint(fingerprint.unwrap_or_else(|| replay.fingerprint(frame)))
+            && let Err(seen) =
+                replay.received_fingerprint(fingerprint.unwrap_or_else(|| {
+                    replay.fingerprint(self.shared.cipher.token_identity(frame))
+                }))
         {
             let what = match seen {
                 Seen::Replay => "a replayed token (accepted before)",
@@ -304,7 +311,7 @@ impl<P: Protocol> ReadLoop<P> {
         // Replies and error packets are never answered with an error packet,
         // so two peers can never bounce errors back and forth.
         let answerable = !packet.is_reply() && !packet.is_error();
-        let Ok(permit) = self.handlers.clone().try_acquire_owned() else {
+        if self.handlers.available_permits() == 0 {
             let message = format!(
                 "{} handlers already running on this connection",
                 self.handlers_limit
@@ -321,7 +328,7 @@ impl<P: Protocol> ReadLoop<P> {
                 send_error(&self.handle(), payload, Some(packet.reply_address())).await;
             }
             return;
-        };
+        }
         let mut work = Box::pin(run_handler(self.protocol.clone(), self.handle(), packet));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
@@ -329,6 +336,10 @@ impl<P: Protocol> ReadLoop<P> {
         if first.is_ready() {
             return;
         }
+        // It waits: from here on it holds one of the handler slots. Only the
+        // read loop takes slots (tasks give theirs back), and one was free
+        // above, so this succeeds.
+        let permit = self.handlers.clone().try_acquire_owned().ok();
         let abort = self.abort_handlers.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -33,7 +33,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut frame_all = |codec: &mut FrameCodec, tokens: &mut Vec<Vec<u8>>, buf: &mut BytesMut| {
         if let Some(replay) = &shared.replay {
             fingerprints.clear();
-            fingerprints.extend(tokens.iter().map(|token| replay.fingerprint(token)));
+            fingerprints.extend(
+                tokens
+                    .iter()
+                    .map(|token| replay.fingerprint(shared.cipher.token_identity(token))),
+            );
             replay.sent_all(&fingerprints);
         }
         for token in tokens.drain(..) {
