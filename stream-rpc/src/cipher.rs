@@ -32,6 +32,14 @@ pub trait Cipher: Send + Sync + fmt::Debug + 'static {
     /// Opens a token, checking its integrity (and, for Fernet, its age).
     fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError>;
 
+    /// Seals `plaintext` and appends the token to `out`, which the session
+    /// reuses from message to message. By default through
+    /// [`encrypt`](Self::encrypt); a cipher can write in place instead.
+    fn encrypt_append(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CipherError> {
+        out.extend_from_slice(&self.encrypt(plaintext)?);
+        Ok(())
+    }
+
     /// The part of a token that the replay cache fingerprints (see
     /// [`ConfigBuilder::replay_protection`](crate::ConfigBuilder::replay_protection)):
     /// two tokens that decrypt and have the same identity count as the same
@@ -215,10 +223,41 @@ impl Fernet {
 
     /// Encrypts at a given time with a given IV: the deterministic core,
     /// exposed to the tests for the specification's `generate` vectors.
+    #[cfg(test)]
     fn seal(&self, plaintext: &[u8], now: u64, iv: &[u8; 16]) -> Vec<u8> {
+        let mut token = Vec::new();
+        self.seal_into(plaintext, now, iv, &mut token);
+        token
+    }
+
+    /// [`seal`](Self::seal), appending the token to `out`; the binary token
+    /// is built in a per-thread buffer.
+    fn seal_into(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], out: &mut Vec<u8>) {
+        let mut raw = RAW
+            .try_with(|cell| {
+                cell.try_borrow_mut()
+                    .map(|mut kept| std::mem::take(&mut *kept))
+            })
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        raw.clear();
+        self.seal_raw(plaintext, now, iv, &mut raw);
+        B64.encode_append(&raw, out);
+        if raw.capacity() <= KEEP_RAW {
+            let _ = RAW.try_with(|cell| {
+                if let Ok(mut kept) = cell.try_borrow_mut() {
+                    *kept = raw;
+                }
+            });
+        }
+    }
+
+    /// The binary token: version, time, IV, ciphertext and HMAC.
+    fn seal_raw(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], raw: &mut Vec<u8>) {
         let key = &self.keys[0];
         let padded = (plaintext.len() / BLOCK + 1) * BLOCK;
-        let mut raw = Vec::with_capacity(HEADER_LEN + padded + MAC_LEN);
+        raw.reserve(HEADER_LEN + padded + MAC_LEN);
         raw.push(VERSION);
         raw.extend_from_slice(&now.to_be_bytes());
         raw.extend_from_slice(iv);
@@ -228,11 +267,8 @@ impl Fernet {
         raw.resize(HEADER_LEN + padded, pad as u8);
         cbc_encrypt(&key.encryption, iv, &mut raw[HEADER_LEN..]);
         let mut mac = key.signing.clone();
-        mac.update(&raw);
+        mac.update(raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
-        let mut token = Vec::with_capacity(B64.encoded_length(raw.len()));
-        B64.encode_append(&raw, &mut token);
-        token
     }
 
     /// Opens a token as if the clock read `now` (seconds since the epoch).
@@ -301,8 +337,15 @@ impl Fernet {
 
 impl Cipher for Fernet {
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
+        let mut token = Vec::new();
+        self.encrypt_append(plaintext, &mut token)?;
+        Ok(token)
+    }
+
+    fn encrypt_append(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CipherError> {
         let iv = random_iv()?;
-        Ok(self.seal(plaintext, unix_now(), &iv))
+        self.seal_into(plaintext, unix_now(), &iv, out);
+        Ok(())
     }
 
     fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
@@ -387,6 +430,15 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+/// The largest binary-token buffer a thread keeps between tokens.
+const KEEP_RAW: usize = 64 * 1024;
+
+thread_local! {
+    /// Each thread's buffer for the binary token being sealed (it holds
+    /// ciphertext only once sealing returns).
+    static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How many bytes of operating system randomness one system call fetches.

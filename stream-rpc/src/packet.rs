@@ -124,10 +124,16 @@ impl Packet {
         // Room for the fixed fields (peer, id, time, reply_to: about 200
         // bytes) so that a small packet is written without reallocating.
         let mut json = Vec::with_capacity(256 + self.method.len());
+        self.write_json(&mut json)?;
+        Ok(json)
+    }
+
+    /// [`to_json`](Self::to_json), appended to `json`.
+    pub(crate) fn write_json(&self, json: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         json.extend_from_slice(b"{\"peer\":");
-        push_uuid(&mut json, &self.peer);
+        push_uuid(json, &self.peer);
         json.extend_from_slice(b",\"id\":");
-        push_u64(&mut json, self.id);
+        push_u64(json, self.id);
         json.extend_from_slice(b",\"created_at\":");
         let mut stamp = [0u8; 30];
         match rfc3339_utc::write(&self.created_at, &mut stamp) {
@@ -138,22 +144,22 @@ impl Packet {
             }
             None => rfc3339_utc::serialize(
                 &self.created_at,
-                &mut serde_json::Serializer::new(&mut json),
+                &mut serde_json::Serializer::new(&mut *json),
             )?,
         }
         json.extend_from_slice(b",\"method\":");
-        serde_json::to_writer(&mut json, &self.method)?;
+        serde_json::to_writer(&mut *json, &self.method)?;
         json.extend_from_slice(b",\"payload\":");
-        serde_json::to_writer(&mut json, &self.payload)?;
+        serde_json::to_writer(&mut *json, &self.payload)?;
         if let Some(to) = &self.reply_to {
             json.extend_from_slice(b",\"reply_to\":{\"peer\":");
-            push_uuid(&mut json, &to.peer);
+            push_uuid(json, &to.peer);
             json.extend_from_slice(b",\"id\":");
-            push_u64(&mut json, to.id);
+            push_u64(json, to.id);
             json.push(b'}');
         }
         json.push(b'}');
-        Ok(json)
+        Ok(())
     }
 }
 

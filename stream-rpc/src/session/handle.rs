@@ -1,5 +1,6 @@
 //! [`SessionHandle`]: sending packets and making calls on a session.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,15 +9,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::outbox::{Outbox, Refused};
 use super::signal::Signal;
 use super::{EndReason, within};
-use crate::cipher::Cipher;
+use crate::cipher::{Cipher, CipherError};
+use crate::codec::FrameCodec;
 use crate::config::Config;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
@@ -34,7 +36,8 @@ pub(super) struct Shared {
     /// Calls awaiting replies, by request number; `None` once the session ended.
     pub(super) pending: Mutex<Option<HashMap<u64, oneshot::Sender<Packet>>>>,
     pub(super) call_slots: Semaphore,
-    pub(super) outgoing: mpsc::Sender<Vec<u8>>,
+    /// Sealed frames waiting for the writer.
+    pub(super) outbox: Outbox,
     /// Set when the session winds down: no more sends are accepted.
     pub(super) closing: AtomicBool,
     /// Asks the read loop to stop, with the first reason given.
@@ -46,6 +49,55 @@ pub(super) struct Shared {
     pub(super) replay: Option<Arc<ReplayGuard>>,
     /// Set once the first authentic packet arrived.
     pub(super) received: AtomicBool,
+}
+
+/// A sealed token (and its replay fingerprint) that waits for room in the
+/// outbox.
+type Deferred = (Vec<u8>, Option<u64>);
+
+/// The error for a frame the outbox refused (other than for being full).
+fn refused_error(refused: Refused) -> SendError {
+    match refused {
+        Refused::Full | Refused::Closed => SendError::Closed,
+        Refused::Unframeable(e) => SendError::Cipher(CipherError::Other(format!(
+            "the token cannot be framed: {e}"
+        ))),
+    }
+}
+
+/// The largest sealing buffer a thread keeps between messages.
+const KEEP_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Each thread's buffers for the JSON and the token of the packet it is
+    /// sealing (never held across an await).
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `seal` with this thread's two sealing buffers, emptied. They are
+/// taken out for the call, so a nested call (a cipher that sends from inside
+/// `encrypt`) or one while the thread ends just gets new ones.
+fn with_scratch<R>(seal: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
+    let mut buffers = SCRATCH
+        .try_with(|cell| {
+            cell.try_borrow_mut()
+                .map(|mut kept| std::mem::take(&mut *kept))
+        })
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let (json, token) = &mut buffers;
+    json.clear();
+    token.clear();
+    let result = seal(json, token);
+    if json.capacity() <= KEEP_SCRATCH && token.capacity() <= KEEP_SCRATCH {
+        let _ = SCRATCH.try_with(|cell| {
+            if let Ok(mut kept) = cell.try_borrow_mut() {
+                *kept = buffers;
+            }
+        });
+    }
+    result
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it
@@ -61,9 +113,9 @@ impl Shared {
         config: &Config,
         protocol_name: &str,
         remote_addr: Option<SocketAddr>,
-        outgoing: mpsc::Sender<Vec<u8>>,
     ) -> Self {
         let limits = config.limits();
+        let codec = FrameCodec::new(config.terminator(), limits.max_frame_len);
         Shared {
             own_id: config.peer_id(),
             remote_addr,
@@ -74,7 +126,7 @@ impl Shared {
             next_id: AtomicU64::new(0),
             pending: Mutex::new(Some(HashMap::new())),
             call_slots: Semaphore::new(limits.max_in_flight_calls),
-            outgoing,
+            outbox: Outbox::new(codec, limits.outgoing_queue),
             closing: AtomicBool::new(false),
             stop: Signal::default(),
             stop_reason: Mutex::new(None),
@@ -183,36 +235,51 @@ impl SessionHandle {
 
     /// Seals and queues a packet. Waits while the outgoing queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
-        let token = self.seal(&packet)?;
-        match self.shared.outgoing.try_send(token) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(SendError::Closed),
-            Err(TrySendError::Full(token)) => self
-                .shared
-                .outgoing
-                .send(token)
-                .await
-                .map_err(|_| SendError::Closed),
+        let Some((token, fingerprint)) = self.seal_and_queue(&packet)? else {
+            return Ok(());
+        };
+        // The queue was full: wait for room, with the token kept aside.
+        loop {
+            self.shared.outbox.room().await;
+            match self.shared.outbox.push(&token, fingerprint) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Full) => {}
+                Err(refused) => return Err(refused_error(refused)),
+            }
         }
     }
 
-    /// Encodes and seals a packet into the token to queue, and logs it.
-    fn seal(&self, packet: &Packet) -> Result<Vec<u8>, SendError> {
+    /// Encodes and seals a packet, logs it, and queues it for the writer;
+    /// when the queue is full, returns the token (and its replay
+    /// fingerprint) to queue later. The JSON and the token are written in
+    /// per-thread buffers, so a message costs no allocation of its own.
+    fn seal_and_queue(&self, packet: &Packet) -> Result<Option<Deferred>, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        let json = packet
-            .to_json()
-            .map_err(|e| SendError::Encode(e.to_string()))?;
-        let token = self.shared.cipher.encrypt(&json)?;
-        if token.len() > self.shared.max_frame_len {
-            return Err(SendError::TooLarge {
-                len: token.len(),
-                max: self.shared.max_frame_len,
-            });
-        }
-        session_log!(info, self.shared, "Send: {packet}");
-        Ok(token)
+        with_scratch(|json, token| {
+            packet
+                .write_json(json)
+                .map_err(|e| SendError::Encode(e.to_string()))?;
+            self.shared.cipher.encrypt_append(json, token)?;
+            if token.len() > self.shared.max_frame_len {
+                return Err(SendError::TooLarge {
+                    len: token.len(),
+                    max: self.shared.max_frame_len,
+                });
+            }
+            session_log!(info, self.shared, "Send: {packet}");
+            let fingerprint = self
+                .shared
+                .replay
+                .as_ref()
+                .map(|replay| replay.fingerprint(self.shared.cipher.token_identity(token)));
+            match self.shared.outbox.push(token, fingerprint) {
+                Ok(()) => Ok(None),
+                Err(Refused::Full) => Ok(Some((token.clone(), fingerprint))),
+                Err(refused) => Err(refused_error(refused)),
+            }
+        })
     }
 
     /// Sends a new packet with this method and payload, expecting no reply.

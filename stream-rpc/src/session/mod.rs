@@ -11,8 +11,9 @@
 //!   at once, run [`Protocol::process_message`] and send what it returns.
 //!   A handler is first polled on the read loop itself; only one that has
 //!   to wait becomes a task of its own, watched for cancellation;
-//! - the **writer task** takes sealed frames from a bounded queue and writes
-//!   them, batching whatever is queued into one write.
+//! - the **writer task** writes the sealed frames queued in the session's
+//!   outbox (bounded), everything queued in one write. Senders frame their
+//!   tokens straight into the outbox; the writer swaps it out whole.
 //!
 //! Everything is a loop over frames: memory per connection stays flat however
 //! long a conversation runs. [`SessionHandle`] is the cheap, cloneable way to
@@ -26,7 +27,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::error::Elapsed;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -48,13 +48,12 @@ macro_rules! session_log {
 
 /// How much the read buffer grows by when it is full.
 const READ_CHUNK: usize = 16 * 1024;
-/// The writer writes once this much is batched, even if more is queued.
-const WRITE_BATCH: usize = 64 * 1024;
 /// The longest a session that stopped reading keeps discarding what the
 /// peer still sends, after its last reply, before it closes.
 const LINGER: Duration = Duration::from_secs(1);
 
 mod handle;
+mod outbox;
 mod reader;
 mod signal;
 mod writer;
@@ -117,7 +116,6 @@ impl fmt::Display for EndReason {
 pub struct Session<P> {
     protocol: Arc<P>,
     shared: Arc<Shared>,
-    outgoing: mpsc::Receiver<Vec<u8>>,
     config: Arc<Config>,
     role: Role,
 }
@@ -140,12 +138,10 @@ impl<P: Protocol> Session<P> {
         role: Role,
         remote_addr: Option<SocketAddr>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(config.limits().outgoing_queue);
-        let shared = Arc::new(Shared::new(&config, protocol.name(), remote_addr, tx));
+        let shared = Arc::new(Shared::new(&config, protocol.name(), remote_addr));
         Session {
             protocol,
             shared,
-            outgoing: rx,
             config,
             role,
         }
@@ -172,7 +168,6 @@ impl<P: Protocol> Session<P> {
         let Session {
             protocol,
             shared,
-            outgoing,
             config,
             role,
         } = self;
@@ -181,8 +176,6 @@ impl<P: Protocol> Session<P> {
         let writer_stop = Arc::new(Signal::default());
         let writer_task = tokio::spawn(write_loop(
             writer,
-            outgoing,
-            codec.clone(),
             timeouts.write,
             writer_stop.clone(),
             shared.clone(),
@@ -398,6 +391,30 @@ mod tests {
         assert_eq!(
             handle.notify("x", json!(null)).await,
             Err(SendError::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_that_would_split_in_two_is_refused_to_its_sender() {
+        /// Tokens with the frame terminator inside, against the contract.
+        #[derive(Debug)]
+        struct Splits;
+
+        impl crate::Cipher for Splits {
+            fn encrypt(&self, _: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
+                Ok(b"half\nhalf".to_vec())
+            }
+            fn decrypt(&self, _: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
+                Err(crate::CipherError::Other("never".into()))
+            }
+        }
+
+        let config = Arc::new(Config::builder().cipher(Arc::new(Splits)).build().unwrap());
+        let (handle, _theirs, _task) = start(&config);
+        let err = handle.notify("x", json!(null)).await.unwrap_err();
+        assert!(
+            matches!(&err, SendError::Cipher(crate::CipherError::Other(text)) if text.contains("terminator")),
+            "{err}"
         );
     }
 

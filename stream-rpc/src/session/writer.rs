@@ -1,84 +1,61 @@
-//! The writer task: sealed frames from the queue to the socket.
+//! The writer task: sealed frames from the outbox to the socket.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use std::{fmt, io};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_util::codec::Encoder;
 
 use super::handle::Shared;
+use super::outbox::Taken;
 use super::signal::Signal;
-use super::{EndReason, READ_CHUNK, WRITE_BATCH, within_by};
-use crate::codec::FrameCodec;
+use super::{EndReason, within_by};
 
-/// Writes queued frames, batching whatever is queued into one write, until
-/// stopped; then writes what is still queued and shuts the stream down.
+/// Writes the frames queued in the session's outbox, a batch (everything
+/// queued) per write, until stopped; then writes what is still queued, closes
+/// the outbox and shuts the stream down.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    mut codec: FrameCodec,
     deadline: Duration,
     stop: Arc<Signal>,
     shared: Arc<Shared>,
 ) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    // Swapped with the outbox's buffer for every batch.
+    let mut buf = BytesMut::new();
     let mut fingerprints: Vec<u64> = Vec::new();
-    // Records the batch as sent (before any of it reaches the wire, so a
-    // reflection is always recognised) and frames it into `buf`.
-    let mut frame_all = |codec: &mut FrameCodec, tokens: &mut Vec<Vec<u8>>, buf: &mut BytesMut| {
-        if let Some(replay) = &shared.replay {
-            fingerprints.clear();
-            fingerprints.extend(
-                tokens
-                    .iter()
-                    .map(|token| replay.fingerprint(shared.cipher.token_identity(token))),
-            );
-            replay.sent_all(&fingerprints);
-        }
-        for token in tokens.drain(..) {
-            if let Err(e) = codec.encode(token, buf) {
-                session_log!(error, shared, "dropped an outgoing frame: {e}");
-            }
+    // Records a batch as sent before any of it reaches the wire, so that a
+    // reflection is always recognised.
+    let record = |fingerprints: &[u64]| {
+        if let Some(replay) = &shared.replay
+            && !fingerprints.is_empty()
+        {
+            replay.sent_all(fingerprints);
         }
     };
     let result: Result<(), WriteFailure> = async {
         loop {
-            let token = tokio::select! {
-                biased;
-                () = stop.raised() => break,
-                token = queue.recv() => match token {
-                    Some(token) => token,
-                    None => break,
-                },
-            };
-            let mut batched = token.len();
-            tokens.push(token);
-            while batched < WRITE_BATCH {
-                match queue.try_recv() {
-                    Ok(token) => {
-                        batched += token.len();
-                        tokens.push(token);
-                    }
-                    Err(_) => break,
+            let taken = std::future::poll_fn(|cx| {
+                if let Poll::Ready(taken) = shared.outbox.poll_take(cx, &mut buf, &mut fingerprints)
+                {
+                    return Poll::Ready(Some(taken));
                 }
+                stop.poll_raised(cx).map(|()| None)
+            })
+            .await;
+            match taken {
+                Some(Taken::Frames) => {}
+                Some(Taken::Closed) | None => break,
             }
-            frame_all(&mut codec, &mut tokens, &mut buf);
+            record(&fingerprints);
             write_within(&mut writer, &buf, deadline).await?;
-            buf.clear();
+            recycle(&mut buf);
         }
-        // Replies queued before the stop still go out.
-        for _ in 0..queue.len() {
-            match queue.try_recv() {
-                Ok(token) => tokens.push(token),
-                Err(_) => break,
-            }
-        }
-        frame_all(&mut codec, &mut tokens, &mut buf);
+        // Replies queued before the stop still go out; nothing after.
+        shared.outbox.close_and_take(&mut buf, &mut fingerprints);
+        record(&fingerprints);
         write_within(&mut writer, &buf, deadline).await?;
         timeout(deadline, writer.shutdown())
             .await
@@ -86,7 +63,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             .map_err(WriteFailure::Io)
     }
     .await;
-    queue.close();
+    // Senders waiting for room learn that nothing more goes out.
+    shared.outbox.close();
     match result {
         Ok(()) => {}
         Err(WriteFailure::Io(e))
@@ -108,6 +86,20 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
 }
+
+/// Empties a written batch's buffer for the next swap, letting go of it if
+/// a burst made it large.
+fn recycle(buf: &mut BytesMut) {
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
+    }
+}
+
+/// The largest write buffer kept between batches; a larger one, left by a
+/// burst or a big frame, is freed once written.
+const KEEP_BUFFER: usize = 256 * 1024;
 
 /// Why writing stopped.
 enum WriteFailure {
