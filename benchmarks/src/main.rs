@@ -1,5 +1,7 @@
 //! Load and memory benchmarks: stream-rpc against tarpc (bincode and JSON
-//! transports) and a raw newline echo, on loopback, in one process.
+//! transports), a raw newline echo, and a newline echo that seals and opens
+//! every line with this crate's Fernet and nothing more (the floor with
+//! encryption), on loopback, in one process.
 //!
 //! ```text
 //! cargo run --release -p stream-rpc-benchmarks            # the full run (several minutes)
@@ -9,11 +11,13 @@
 //! Options: `--reps N` (3), `--calls N` (calls per run of `seq`; `pipe64`
 //! and `conn16` make 4 times as many), `--time-cap SECS` (4 per run),
 //! `--skip-memory`, `--smoke`, `--no-replay` (stream-rpc without replay
-//! protection, to measure its cost), and `--system NAME`, `--scenario NAME` and
-//! `--payload ping|1KiB` to run one only (for profiling). See docs/BENCHMARKS.md.
+//! protection, to measure its cost), and `--system NAMES` (comma-separated),
+//! `--scenario NAME` and `--payload ping|1KiB` to run part of the table (for
+//! profiling). See docs/BENCHMARKS.md.
 
 mod systems;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -172,7 +176,27 @@ fn run(system: System, scenario: Scenario, data: &str, calls: usize, cap: Durati
     runtime.block_on(async {
         match (system, scenario) {
             (System::Raw, Scenario::Pipe64) => {
-                raw_pipelined(server.addr, &frame, calls, cap, 64).await
+                line_pipelined(
+                    server.addr,
+                    calls,
+                    cap,
+                    64,
+                    |_| {},
+                    || frame.as_slice().into(),
+                )
+                .await
+            }
+            (System::FernetEcho, Scenario::Pipe64) => {
+                let sealer = systems::Sealer::new();
+                line_pipelined(
+                    server.addr,
+                    calls,
+                    cap,
+                    64,
+                    |reply| sealer.check_reply(reply, data),
+                    || sealer.request(data).into(),
+                )
+                .await
             }
             (_, Scenario::Seq) => {
                 concurrent(system, server.addr, data, &frame, calls, cap, 1, 1).await
@@ -241,17 +265,20 @@ async fn concurrent(
     }
 }
 
-/// The raw echo's pipelined floor: one connection, `window` lines in flight.
-async fn raw_pipelined(
+/// The line echoes' pipelined client: one connection, `window` lines in
+/// flight; `next` makes each request line, `check` looks at each reply.
+async fn line_pipelined<'f>(
     addr: SocketAddr,
-    frame: &[u8],
     calls: usize,
     cap: Duration,
     window: usize,
+    check: impl Fn(&[u8]),
+    next: impl Fn() -> Cow<'f, [u8]>,
 ) -> Run {
     let mut conn = RawConn::connect(addr).await;
     for _ in 0..(calls / 20).clamp(20, 500) {
-        conn.round_trip(frame).await;
+        conn.round_trip(&next()).await;
+        check(conn.line());
     }
     let mut sent_at = VecDeque::with_capacity(window);
     let mut latencies = Vec::with_capacity(calls);
@@ -259,15 +286,16 @@ async fn raw_pipelined(
     let deadline = started + cap;
     let mut sent = 0;
     while sent < calls.min(window) {
-        conn.write(frame).await;
+        conn.write(&next()).await;
         sent_at.push_back(Instant::now());
         sent += 1;
     }
     while let Some(at) = sent_at.pop_front() {
         conn.read_one().await;
+        check(conn.line());
         latencies.push(at.elapsed());
         if sent < calls && Instant::now() < deadline {
-            conn.write(frame).await;
+            conn.write(&next()).await;
             sent_at.push_back(Instant::now());
             sent += 1;
         }
@@ -407,6 +435,21 @@ fn main() {
         }
     }
     println!("  {missed} target(s) missed");
+    println!("For reference, the floor with encryption (no framework):");
+    for scenario in Scenario::ALL {
+        let floor = rate_of(scenario, "ping", System::FernetEcho);
+        for other in [System::TarpcBincode, System::Raw] {
+            let ratio = floor / rate_of(scenario, "ping", other);
+            if !ratio.is_nan() {
+                println!(
+                    "  {:>6}: fernet-echo vs {:>13}: {:.2}×",
+                    scenario.name(),
+                    other.name(),
+                    ratio
+                );
+            }
+        }
+    }
 
     if options.memory {
         println!();

@@ -26,14 +26,19 @@ pub enum System {
     TarpcJson,
     /// A newline echo with no crypto and no JSON: the floor.
     Raw,
+    /// A newline echo that opens each request and seals a reply with this
+    /// crate's `Fernet` and `Packet` and nothing else (no session, no replay
+    /// cache, no service): the floor with encryption.
+    FernetEcho,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
         System::StreamRpc,
         System::TarpcBincode,
         System::TarpcJson,
         System::Raw,
+        System::FernetEcho,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +47,7 @@ impl System {
             System::TarpcBincode => "tarpc-bincode",
             System::TarpcJson => "tarpc-json",
             System::Raw => "raw-echo",
+            System::FernetEcho => "fernet-echo",
         }
     }
 }
@@ -199,6 +205,17 @@ async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketA
                 tokio::spawn(echo(stream));
             }
         }
+        System::FernetEcho => {
+            let listener = bind_loopback(&addr_tx).await;
+            let sealer = Arc::new(Sealer::new());
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(fernet_echo(stream, sealer.clone()));
+            }
+        }
     }
 }
 
@@ -238,6 +255,97 @@ async fn echo(stream: TcpStream) {
     }
 }
 
+/// The fernet-echo system's messages: this crate's `Fernet` and `Packet`,
+/// and nothing of the framework around them.
+pub struct Sealer {
+    fernet: Fernet,
+    peer: uuid::Uuid,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Sealer {
+    pub fn new() -> Sealer {
+        Sealer {
+            fernet: Fernet::new(key()).expect("key"),
+            peer: uuid::Uuid::new_v4(),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A sealed frame, terminator included.
+    fn seal(&self, packet: &stream_rpc::Packet) -> Vec<u8> {
+        use stream_rpc::Cipher;
+        let mut frame = self
+            .fernet
+            .encrypt(&packet.to_json().expect("json"))
+            .expect("seal");
+        frame.push(b'\n');
+        frame
+    }
+
+    /// Opens a frame (terminator included) into its packet.
+    fn open(&self, frame: &[u8]) -> stream_rpc::Packet {
+        use stream_rpc::Cipher;
+        let token = frame.strip_suffix(b"\n").unwrap_or(frame);
+        let plain = self.fernet.decrypt(token).expect("open");
+        stream_rpc::Packet::from_json(&plain).expect("packet")
+    }
+
+    /// A `ping` request frame carrying `data`.
+    pub fn request(&self, data: &str) -> Vec<u8> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let payload = serde_json::to_value(data).expect("payload");
+        self.seal(&stream_rpc::Packet::new(self.peer, id, "ping", payload))
+    }
+
+    /// Opens a reply frame and reads its payload back.
+    pub fn check_reply(&self, frame: &[u8], data: &str) {
+        let reply = self.open(frame);
+        let echoed: String = serde_json::from_value(reply.payload).expect("reply payload");
+        debug_assert_eq!(echoed.len(), data.len());
+    }
+
+    /// The reply frame to a request frame: its payload, typed, echoed back.
+    fn answer(&self, frame: &[u8]) -> Vec<u8> {
+        let request = self.open(frame);
+        let data: String = serde_json::from_value(request.payload).expect("request payload");
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let payload = serde_json::to_value(data).expect("payload");
+        let mut reply = stream_rpc::Packet::new(self.peer, id, "ping.reply", payload);
+        reply.reply_to = Some(stream_rpc::ReplyTo {
+            peer: request.peer,
+            id: request.id,
+        });
+        self.seal(&reply)
+    }
+}
+
+/// Answers each sealed line, writing only when no more input is buffered
+/// (as [`echo`] does).
+async fn fernet_echo(stream: TcpStream, sealer: Arc<Sealer>) {
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if writer.write_all(&sealer.answer(&line)).await.is_err() {
+            return;
+        }
+        if reader.buffer().is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A client connection of one system; cheap to clone for concurrent calls
 /// on the same connection.
 #[derive(Clone)]
@@ -249,6 +357,7 @@ pub enum Client {
     },
     Tarpc(PingClient),
     Raw(Arc<tokio::sync::Mutex<RawConn>>),
+    FernetEcho(Arc<tokio::sync::Mutex<RawConn>>, Arc<Sealer>),
 }
 
 /// One raw echo connection, used one call at a time.
@@ -277,6 +386,11 @@ impl RawConn {
 
     pub async fn write(&mut self, frame: &[u8]) {
         self.writer.write_all(frame).await.expect("raw write");
+    }
+
+    /// The last line read, terminator included.
+    pub fn line(&self) -> &[u8] {
+        &self.line
     }
 
     pub async fn read_one(&mut self) {
@@ -344,6 +458,10 @@ impl Client {
             System::Raw => Client::Raw(Arc::new(tokio::sync::Mutex::new(
                 RawConn::connect(addr).await,
             ))),
+            System::FernetEcho => Client::FernetEcho(
+                Arc::new(tokio::sync::Mutex::new(RawConn::connect(addr).await)),
+                Arc::new(Sealer::new()),
+            ),
         }
     }
 
@@ -362,6 +480,11 @@ impl Client {
                 debug_assert_eq!(echoed.len(), data.len());
             }
             Client::Raw(conn) => conn.lock().await.round_trip(frame).await,
+            Client::FernetEcho(conn, sealer) => {
+                let mut conn = conn.lock().await;
+                conn.round_trip(&sealer.request(data)).await;
+                sealer.check_reply(conn.line(), data);
+            }
         }
     }
 }
