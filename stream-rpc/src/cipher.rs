@@ -23,8 +23,9 @@ use sha2::Sha256;
 ///
 /// The default is [`Fernet`]; a custom cipher can be set with
 /// [`ConfigBuilder::cipher`](crate::ConfigBuilder::cipher), like the seed's
-/// `STREAM_RPC_CYPHER`. A token must never contain the frame terminator, and
-/// `Debug` must never show key material.
+/// `STREAM_RPC_CYPHER`. A token must never contain the frame terminator (a
+/// send whose token does fails with [`SendError::Cipher`](crate::SendError::Cipher)),
+/// and `Debug` must never show key material.
 pub trait Cipher: Send + Sync + fmt::Debug + 'static {
     /// Seals `plaintext` into a token.
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError>;
