@@ -2,6 +2,7 @@
 //! call. Every server runs on its own single-threaded runtime on its own
 //! thread; clients run on the caller's single-threaded runtime.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -236,6 +237,15 @@ where
 
 /// Echoes lines, writing only when no more input is buffered.
 async fn echo(stream: TcpStream) {
+    fn same(line: &[u8]) -> Cow<'_, [u8]> {
+        Cow::Borrowed(line)
+    }
+    answer_lines(stream, same).await;
+}
+
+/// Writes `answer`'s reply to each line, terminator included, and flushes
+/// only when no more input is buffered.
+async fn answer_lines(stream: TcpStream, answer: impl for<'l> Fn(&'l [u8]) -> Cow<'l, [u8]>) {
     let (reader, writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
@@ -246,7 +256,7 @@ async fn echo(stream: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        if writer.write_all(&line).await.is_err() {
+        if writer.write_all(&answer(&line)).await.is_err() {
             return;
         }
         if reader.buffer().is_empty() && writer.flush().await.is_err() {
@@ -324,26 +334,9 @@ impl Sealer {
     }
 }
 
-/// Answers each sealed line, writing only when no more input is buffered
-/// (as [`echo`] does).
+/// Answers each sealed line with a sealed reply.
 async fn fernet_echo(stream: TcpStream, sealer: Arc<Sealer>) {
-    let (reader, writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    let mut line = Vec::with_capacity(4096);
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if writer.write_all(&sealer.answer(&line)).await.is_err() {
-            return;
-        }
-        if reader.buffer().is_empty() && writer.flush().await.is_err() {
-            return;
-        }
-    }
+    answer_lines(stream, |line| Cow::Owned(sealer.answer(line))).await;
 }
 
 /// A client connection of one system; cheap to clone for concurrent calls

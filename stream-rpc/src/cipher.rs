@@ -234,24 +234,15 @@ impl Fernet {
     /// [`seal`](Self::seal), appending the token to `out`; the binary token
     /// is built in a per-thread buffer.
     fn seal_into(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], out: &mut Vec<u8>) {
-        let mut raw = RAW
-            .try_with(|cell| {
-                cell.try_borrow_mut()
-                    .map(|mut kept| std::mem::take(&mut *kept))
-            })
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        raw.clear();
-        self.seal_raw(plaintext, now, iv, &mut raw);
-        B64.encode_append(&raw, out);
-        if raw.capacity() <= KEEP_RAW {
-            let _ = RAW.try_with(|cell| {
-                if let Ok(mut kept) = cell.try_borrow_mut() {
-                    *kept = raw;
-                }
-            });
-        }
+        crate::scratch::with_taken(
+            &RAW,
+            |raw| {
+                raw.clear();
+                self.seal_raw(plaintext, now, iv, raw);
+                B64.encode_append(&*raw, out);
+            },
+            |raw| raw.capacity() <= KEEP_RAW,
+        );
     }
 
     /// The binary token: version, time, IV, ciphertext and HMAC.

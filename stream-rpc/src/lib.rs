@@ -60,6 +60,7 @@ pub mod packet;
 mod protocol;
 mod reconnect;
 mod replay;
+mod scratch;
 mod service;
 pub mod session;
 

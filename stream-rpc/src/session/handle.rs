@@ -74,30 +74,17 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Runs `seal` with this thread's two sealing buffers, emptied. They are
-/// taken out for the call, so a nested call (a cipher that sends from inside
-/// `encrypt`) or one while the thread ends just gets new ones.
+/// Runs `seal` with this thread's two sealing buffers, emptied.
 fn with_scratch<R>(seal: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
-    let mut buffers = SCRATCH
-        .try_with(|cell| {
-            cell.try_borrow_mut()
-                .map(|mut kept| std::mem::take(&mut *kept))
-        })
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let (json, token) = &mut buffers;
-    json.clear();
-    token.clear();
-    let result = seal(json, token);
-    if json.capacity() <= KEEP_SCRATCH && token.capacity() <= KEEP_SCRATCH {
-        let _ = SCRATCH.try_with(|cell| {
-            if let Ok(mut kept) = cell.try_borrow_mut() {
-                *kept = buffers;
-            }
-        });
-    }
-    result
+    crate::scratch::with_taken(
+        &SCRATCH,
+        |(json, token)| {
+            json.clear();
+            token.clear();
+            seal(json, token)
+        },
+        |(json, token)| json.capacity() <= KEEP_SCRATCH && token.capacity() <= KEEP_SCRATCH,
+    )
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it
