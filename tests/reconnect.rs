@@ -37,9 +37,13 @@ impl Gate {
         let state = gate.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                // Decided before the arrival is told: a test that counts
+                // arrivals and then stops refusing knows the fate of each
+                // one it counted.
+                let refused = state.refusing.load(Ordering::SeqCst);
                 state.arrivals.lock().unwrap().push(Instant::now());
                 state.arrived.notify_waiters();
-                if state.refusing.load(Ordering::SeqCst) {
+                if refused {
                     drop(client);
                     continue;
                 }
