@@ -181,10 +181,15 @@ impl<P: Protocol> Session<P> {
             shared.clone(),
         ));
 
-        // The shutdown token is watched here, once, rather than by the read
-        // loop on every wake: it raises the session's own stop flag.
+        // The session's own child of the shutdown token: the read loop looks
+        // at it before every read without contending with the server's other
+        // connections, and cancelling the server's token cancels it at once.
+        // It is waited on here, by a small task that raises the session's
+        // stop flag, rather than by the read loop on every wake.
+        let shutdown = shutdown.child_token();
         let watch_shutdown = tokio::spawn({
             let shared = shared.clone();
+            let shutdown = shutdown.clone();
             async move {
                 shutdown.cancelled().await;
                 shared.request_stop(EndReason::Shutdown);
@@ -193,7 +198,9 @@ impl<P: Protocol> Session<P> {
 
         let mut read_loop = ReadLoop::new(protocol, shared.clone(), codec, config.limits());
         let first_frame = (role == Role::Server).then_some(timeouts.first_frame);
-        let reason = read_loop.run(&mut reader, first_frame, timeouts.idle).await;
+        let reason = read_loop
+            .run(&mut reader, &shutdown, first_frame, timeouts.idle)
+            .await;
         watch_shutdown.abort();
         session_log!(debug, shared, "session ending: {reason}");
 

@@ -79,6 +79,7 @@ impl<P: Protocol> ReadLoop<P> {
     pub(super) async fn run<R: AsyncRead + Unpin>(
         &mut self,
         mut reader: R,
+        shutdown: &CancellationToken,
         first_frame: Option<Duration>,
         idle: Option<Duration>,
     ) -> EndReason {
@@ -171,6 +172,18 @@ impl<P: Protocol> ReadLoop<P> {
             }
             tokio::select! {
                 biased;
+                // Looked at on every poll, before any read: nothing that
+                // arrives after the shutdown is read. This session's own
+                // token (a child of the server's), so the look takes an
+                // uncontended lock; the task that watches it raises the stop
+                // flag, which is what wakes this loop.
+                () = std::future::poll_fn(|_| {
+                    if shutdown.is_cancelled() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                }) => return EndReason::Shutdown,
                 () = shared.stop.raised() => {
                     return lock(&self.shared.stop_reason).clone().unwrap_or(EndReason::Closed);
                 }
