@@ -182,7 +182,7 @@ impl ReplayGuard {
         let mut state = self.lock();
         // A token is sent once (every seal draws a fresh IV), so the previous
         // generation is not searched for it: one look-up, in the current one.
-        warm_generation(&state.current, fingerprints.iter().copied());
+        warm_generation(&state.current, fingerprints);
         for &fingerprint in fingerprints {
             let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false);
         }
@@ -213,7 +213,10 @@ impl ReplayGuard {
     /// that the look-ups that follow find them in the cache: reads that do
     /// not depend on each other are fetched from memory together.
     pub(crate) fn warm(&self, fingerprints: &[u64]) {
-        warm(&self.lock(), fingerprints.iter().copied());
+        let state = self.lock();
+        for generation in [&state.current, &state.previous] {
+            warm_generation(generation, fingerprints);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -288,20 +291,11 @@ impl ReplayGuard {
     }
 }
 
-fn warm(state: &State, fingerprints: impl Iterator<Item = u64>) {
+/// Reads the first slot of each fingerprint in `generation` (see
+/// [`ReplayGuard::warm`]).
+fn warm_generation(generation: &Generation, fingerprints: &[u64]) {
     let mut seen = 0u64;
-    for fingerprint in fingerprints {
-        for generation in [&state.current, &state.previous] {
-            seen ^= generation.slots[generation.start(fingerprint)];
-        }
-    }
-    std::hint::black_box(seen);
-}
-
-/// [`warm`] in one generation only.
-fn warm_generation(generation: &Generation, fingerprints: impl Iterator<Item = u64>) {
-    let mut seen = 0u64;
-    for fingerprint in fingerprints {
+    for &fingerprint in fingerprints {
         seen ^= generation.slots[generation.start(fingerprint)];
     }
     std::hint::black_box(seen);
