@@ -23,6 +23,14 @@ impl Captured {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// A new capture, set as this thread's subscriber up to `level` until
+    /// the guard is dropped.
+    fn install(level: LevelFilter) -> (Captured, tracing::subscriber::DefaultGuard) {
+        let out = Captured::default();
+        let guard = tracing::subscriber::set_default(out.subscriber(level));
+        (out, guard)
+    }
+
     /// A subscriber in the seed's format, up to `level`, writing here.
     fn subscriber(&self, level: LevelFilter) -> impl tracing::Subscriber + Send + Sync + use<> {
         let sink = self.clone();
@@ -67,9 +75,7 @@ fn seed_format_shows_time_protocol_level_peer_and_message() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
-    let out = Captured::default();
-    let subscriber = out.subscriber(LevelFilter::DEBUG);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(LevelFilter::DEBUG);
 
     let key = new_key();
     bounded(async {
@@ -110,9 +116,7 @@ async fn bad_input_is_logged_in_the_seed_shape_and_the_key_never_is() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn refused_connections_are_counted_in_the_log() {
-    let out = Captured::default();
-    let subscriber = out.subscriber(LevelFilter::INFO);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(LevelFilter::INFO);
 
     bounded(async {
         let mut limits = stream_rpc::Limits::default();
@@ -145,9 +149,7 @@ async fn refused_connections_are_counted_in_the_log() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_handler_cut_off_by_the_end_of_its_session_is_logged_as_cancelled() {
-    let out = Captured::default();
-    let subscriber = out.subscriber(LevelFilter::WARN);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(LevelFilter::WARN);
 
     bounded(async {
         let mut timeouts = stream_rpc::Timeouts::default();
