@@ -41,6 +41,40 @@ pub trait Cipher: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// [`encrypt_append`](Self::encrypt_append) for a message stamped with
+    /// `now`: the session reads the clock once for a new packet's
+    /// `created_at` and passes the same time here, so a cipher that stamps
+    /// its tokens (Fernet does, in seconds) need not read it again. By
+    /// default the time is not used.
+    fn encrypt_append_at(
+        &self,
+        plaintext: &[u8],
+        now: SystemTime,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
+        let _ = now;
+        self.encrypt_append(plaintext, out)
+    }
+
+    /// [`decrypt`](Self::decrypt) as of `now`, appending the plaintext to
+    /// `out`, which the session reuses from frame to frame. The session
+    /// reads the clock once for the frames it opens together (replies that
+    /// complete its calls, microseconds apart; it reads it again after a
+    /// handler has run), so a cipher that checks a token's age (Fernet does,
+    /// in seconds) need not read it for each token. On an error `out` is
+    /// left as it was. By default through [`decrypt`](Self::decrypt), and
+    /// the time is not used.
+    fn decrypt_append_at(
+        &self,
+        token: &[u8],
+        now: SystemTime,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
+        let _ = now;
+        out.extend_from_slice(&self.decrypt(token)?);
+        Ok(())
+    }
+
     /// The part of a token that the replay cache fingerprints (see
     /// [`ConfigBuilder::replay_protection`](crate::ConfigBuilder::replay_protection)):
     /// two tokens that decrypt and have the same identity count as the same
@@ -265,9 +299,18 @@ impl Fernet {
 
     /// Opens a token as if the clock read `now` (seconds since the epoch).
     fn open(&self, token: &[u8], now: u64) -> Result<Vec<u8>, CipherError> {
-        let mut raw = B64
-            .decode_to_vec(token)
+        let mut plain = Vec::new();
+        self.open_append(token, now, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// [`open`](Self::open), appending the plaintext to `out`; on an error
+    /// `out` holds more than before (the caller truncates it).
+    fn open_append(&self, token: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), CipherError> {
+        let start = out.len();
+        B64.decode_append(token, out)
             .map_err(|_| CipherError::Malformed("not URL-safe base64"))?;
+        let raw = &mut out[start..];
         if raw.len() < HEADER_LEN + BLOCK + MAC_LEN {
             return Err(CipherError::Malformed("too short"));
         }
@@ -313,17 +356,16 @@ impl Fernet {
         cbc_decrypt_to_front(&key.encryption, &mut raw[9..body_end]);
         let body = body_end - HEADER_LEN;
         raw.copy_within(9..9 + body, 0);
-        raw.truncate(body);
         let pad = usize::from(raw[body - 1]);
         let padding_ok = (1..=BLOCK).contains(&pad)
-            && raw[body - pad..]
+            && raw[body - pad..body]
                 .iter()
                 .all(|&byte| usize::from(byte) == pad);
         if !padding_ok {
             return Err(CipherError::Malformed("bad padding"));
         }
-        raw.truncate(body - pad);
-        Ok(raw)
+        out.truncate(start + body - pad);
+        Ok(())
     }
 }
 
@@ -335,13 +377,36 @@ impl Cipher for Fernet {
     }
 
     fn encrypt_append(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CipherError> {
+        self.encrypt_append_at(plaintext, SystemTime::now(), out)
+    }
+
+    fn encrypt_append_at(
+        &self,
+        plaintext: &[u8],
+        now: SystemTime,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
         let iv = random_iv()?;
-        self.seal_into(plaintext, unix_now(), &iv, out);
+        self.seal_into(plaintext, unix_secs(now), &iv, out);
         Ok(())
     }
 
     fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
-        self.open(token, unix_now())
+        self.open(token, unix_secs(SystemTime::now()))
+    }
+
+    fn decrypt_append_at(
+        &self,
+        token: &[u8],
+        now: SystemTime,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
+        let start = out.len();
+        let opened = self.open_append(token, unix_secs(now), out);
+        if opened.is_err() {
+            out.truncate(start);
+        }
+        opened
     }
 
     /// The last 48 characters: the last twelve groups of four, which spell
@@ -416,11 +481,10 @@ fn cbc_decrypt_to_front(key: &Aes128, data: &mut [u8]) {
     }
 }
 
-/// Seconds since the Unix epoch; a clock set before 1970 reads as 0 rather
-/// than failing.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// Seconds since the Unix epoch at `time`; a clock set before 1970 reads
+/// as 0 rather than failing.
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
 }
 
@@ -575,7 +639,7 @@ mod tests {
         let key = &fernet.keys[0];
         let iv = [9u8; 16];
         let mut raw = vec![VERSION];
-        raw.extend_from_slice(&unix_now().to_be_bytes());
+        raw.extend_from_slice(&unix_secs(SystemTime::now()).to_be_bytes());
         raw.extend_from_slice(&iv);
         raw.extend_from_slice(body);
         cbc_encrypt(&key.encryption, &iv, &mut raw[HEADER_LEN..]);
@@ -706,6 +770,96 @@ mod tests {
             fernet.open(&token, 939),
             Err(CipherError::FromTheFuture { ahead_secs: 61 })
         );
+    }
+
+    #[test]
+    fn tokens_are_stamped_and_checked_at_the_time_given() {
+        let key = Fernet::generate_key().unwrap();
+        let fernet = Fernet::new(&key)
+            .unwrap()
+            .with_ttl(Some(Duration::from_secs(100)));
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        // The time's fraction of a second is dropped, not rounded.
+        let mut token = b"kept:".to_vec();
+        fernet
+            .encrypt_append_at(b"x", at(5_000) + Duration::from_millis(999), &mut token)
+            .unwrap();
+        assert_eq!(&token[..5], b"kept:");
+        let token = &token[5..];
+        let raw = B64.decode_to_vec(token).unwrap();
+        assert_eq!(raw[1..9], 5_000u64.to_be_bytes());
+
+        let mut plain = b"before:".to_vec();
+        fernet
+            .decrypt_append_at(token, at(5_100), &mut plain)
+            .unwrap();
+        assert_eq!(plain, b"before:x");
+        // A refused token leaves the buffer as it was.
+        for (now, error) in [
+            (
+                5_101,
+                CipherError::Expired {
+                    age_secs: 101,
+                    ttl_secs: 100,
+                },
+            ),
+            (4_939, CipherError::FromTheFuture { ahead_secs: 61 }),
+        ] {
+            assert_eq!(
+                fernet.decrypt_append_at(token, at(now), &mut plain),
+                Err(error)
+            );
+            assert_eq!(plain, b"before:x");
+        }
+        let mut tampered = token.to_vec();
+        tampered[30] ^= 1;
+        assert!(
+            fernet
+                .decrypt_append_at(&tampered, at(5_000), &mut plain)
+                .is_err()
+        );
+        assert_eq!(plain, b"before:x");
+        // `decrypt` reads the clock: this token is long expired.
+        assert!(matches!(
+            fernet.decrypt(token),
+            Err(CipherError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cipher_without_the_timed_methods_gets_them_by_default() {
+        /// Tokens are the plaintext reversed, whatever the time.
+        #[derive(Debug)]
+        struct Reversed;
+
+        impl Cipher for Reversed {
+            fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
+                Ok(plaintext.iter().rev().copied().collect())
+            }
+            fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
+                if token.is_empty() {
+                    return Err(CipherError::Other("empty".into()));
+                }
+                Ok(token.iter().rev().copied().collect())
+            }
+        }
+
+        let mut out = b"<".to_vec();
+        Reversed
+            .encrypt_append_at(b"abc", UNIX_EPOCH, &mut out)
+            .unwrap();
+        assert_eq!(out, b"<cba");
+        let mut plain = b">".to_vec();
+        Reversed
+            .decrypt_append_at(b"cba", UNIX_EPOCH, &mut plain)
+            .unwrap();
+        assert_eq!(plain, b">abc");
+        assert!(
+            Reversed
+                .decrypt_append_at(b"", UNIX_EPOCH, &mut plain)
+                .is_err()
+        );
+        assert_eq!(plain, b">abc");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! plus the optional `reply_to` that correlates a reply with its request.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -61,10 +62,22 @@ impl Packet {
     /// [`SessionHandle::packet`](crate::SessionHandle::packet), which fill in
     /// the session's own peer id and next request number.
     pub fn new(peer: Uuid, id: u64, method: impl Into<String>, payload: Value) -> Self {
+        Packet::new_at(peer, id, method, payload, SystemTime::now())
+    }
+
+    /// [`Packet::new`] with the time already read, which the session also
+    /// stamps the packet's token with.
+    pub(crate) fn new_at(
+        peer: Uuid,
+        id: u64,
+        method: impl Into<String>,
+        payload: Value,
+        now: SystemTime,
+    ) -> Self {
         Packet {
             peer,
             id,
-            created_at: Utc::now(),
+            created_at: DateTime::<Utc>::from(now),
             method: method.into(),
             payload,
             reply_to: None,

@@ -3,13 +3,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,7 +35,7 @@ pub(super) struct Shared {
     pub(super) call_timeout: Duration,
     pub(super) next_id: AtomicU64,
     /// Calls awaiting replies, by request number; `None` once the session ended.
-    pub(super) pending: Mutex<Option<HashMap<u64, oneshot::Sender<Packet>>>>,
+    pub(super) pending: Mutex<Option<PendingCalls>>,
     pub(super) call_slots: Semaphore,
     /// Sealed frames waiting for the writer.
     pub(super) outbox: Outbox,
@@ -54,6 +55,35 @@ pub(super) struct Shared {
 /// A sealed token (and its replay fingerprint) that waits for room in the
 /// outbox.
 type Deferred = (Vec<u8>, Option<u64>);
+
+/// The calls awaiting replies, by the request number this side gave them.
+pub(super) type PendingCalls = HashMap<u64, oneshot::Sender<Packet>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a request number with one multiplication (Fibonacci hashing)
+/// instead of SipHash. The keys are this side's own request numbers, so
+/// the peer cannot choose them to collide; it can only look them up.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed, through `write_u64`; this keeps the
+        // hasher correct for anything else.
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // 2^64 divided by the golden ratio: consecutive numbers land far
+        // apart in the high bits, which the table uses.
+        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The error for a frame the outbox refused (other than for being full).
 fn refused_error(refused: Refused) -> SendError {
@@ -111,7 +141,7 @@ impl Shared {
             max_frame_len: limits.max_frame_len,
             call_timeout: config.timeouts().call,
             next_id: AtomicU64::new(0),
-            pending: Mutex::new(Some(HashMap::new())),
+            pending: Mutex::new(Some(PendingCalls::default())),
             call_slots: Semaphore::new(limits.max_in_flight_calls),
             outbox: Outbox::new(codec, limits.outgoing_queue),
             closing: AtomicBool::new(false),
@@ -216,16 +246,41 @@ impl SessionHandle {
 
     /// Builds a packet from this side with the next request number.
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
+        self.packet_at(method, payload, SystemTime::now())
+    }
+
+    /// [`packet`](Self::packet) stamped with a time already read, to seal
+    /// it with the same time.
+    pub(super) fn packet_at(
+        &self,
+        method: impl Into<String>,
+        payload: Value,
+        now: SystemTime,
+    ) -> Packet {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        Packet::new(self.shared.own_id, id, method, payload)
+        Packet::new_at(self.shared.own_id, id, method, payload, now)
     }
 
     /// Seals and queues a packet. Waits while the outgoing queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
-        let Some((token, fingerprint)) = self.seal_and_queue(&packet)? else {
-            return Ok(());
-        };
-        // The queue was full: wait for room, with the token kept aside.
+        self.send_at(&packet, None).await
+    }
+
+    /// [`send`](Self::send), sealing the token with `now` when the packet
+    /// was made just before with [`packet_at`](Self::packet_at).
+    pub(super) async fn send_at(
+        &self,
+        packet: &Packet,
+        now: Option<SystemTime>,
+    ) -> Result<(), SendError> {
+        match self.seal_and_queue(packet, now)? {
+            None => Ok(()),
+            Some(deferred) => self.queue_when_room(deferred).await,
+        }
+    }
+
+    /// Queues a token that found the outbox full, once there is room.
+    async fn queue_when_room(&self, (token, fingerprint): Deferred) -> Result<(), SendError> {
         loop {
             self.shared.outbox.room().await;
             match self.shared.outbox.push(&token, fingerprint) {
@@ -240,7 +295,11 @@ impl SessionHandle {
     /// when the queue is full, returns the token (and its replay
     /// fingerprint) to queue later. The JSON and the token are written in
     /// per-thread buffers, so a message costs no allocation of its own.
-    fn seal_and_queue(&self, packet: &Packet) -> Result<Option<Deferred>, SendError> {
+    fn seal_and_queue(
+        &self,
+        packet: &Packet,
+        now: Option<SystemTime>,
+    ) -> Result<Option<Deferred>, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -248,7 +307,10 @@ impl SessionHandle {
             packet
                 .write_json(json)
                 .map_err(|e| SendError::Encode(e.to_string()))?;
-            self.shared.cipher.encrypt_append(json, token)?;
+            match now {
+                Some(now) => self.shared.cipher.encrypt_append_at(json, now, token)?,
+                None => self.shared.cipher.encrypt_append(json, token)?,
+            }
             if token.len() > self.shared.max_frame_len {
                 return Err(SendError::TooLarge {
                     len: token.len(),
@@ -271,7 +333,9 @@ impl SessionHandle {
 
     /// Sends a new packet with this method and payload, expecting no reply.
     pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
-        self.send(self.packet(method, payload)).await
+        let now = SystemTime::now();
+        self.send_at(&self.packet_at(method, payload, now), Some(now))
+            .await
     }
 
     /// Sends a request and waits for its reply, up to the configured
@@ -294,12 +358,21 @@ impl SessionHandle {
         let deadline = Instant::now() + limit;
         let timed_out = || CallError::timed_out(method, limit);
         let lost = || CallError::lost(method);
-        let _slot = match within(deadline, self.shared.call_slots.acquire()).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(_)) => return Err(lost()),
-            Ok(Ok(slot)) => slot,
+        // A free slot and room in the outbox are the common case: they are
+        // taken without setting up a timer.
+        let _slot = match self.shared.call_slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(TryAcquireError::Closed) => return Err(lost()),
+            Err(TryAcquireError::NoPermits) => {
+                match within(deadline, self.shared.call_slots.acquire()).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(_)) => return Err(lost()),
+                    Ok(Ok(slot)) => slot,
+                }
+            }
         };
-        let packet = self.packet(method, payload);
+        let now = SystemTime::now();
+        let packet = self.packet_at(method, payload, now);
         let (tx, rx) = oneshot::channel();
         match lock(&self.shared.pending).as_mut() {
             Some(pending) => pending.insert(packet.id, tx),
@@ -310,11 +383,18 @@ impl SessionHandle {
             id: packet.id,
             armed: true,
         };
-        match within(deadline, self.send(packet)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(SendError::Closed)) => return Err(lost()),
-            Ok(Err(e)) => return Err(CallError::Send(e)),
-            Ok(Ok(())) => {}
+        let queued = match self.seal_and_queue(&packet, Some(now)) {
+            Ok(None) => Ok(()),
+            Ok(Some(deferred)) => match within(deadline, self.queue_when_room(deferred)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(queued) => queued,
+            },
+            Err(e) => Err(e),
+        };
+        match queued {
+            Err(SendError::Closed) => return Err(lost()),
+            Err(e) => return Err(CallError::Send(e)),
+            Ok(()) => {}
         }
         let reply = match timeout_at(deadline, rx).await {
             Err(_) => return Err(timed_out()),

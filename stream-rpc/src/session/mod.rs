@@ -425,6 +425,246 @@ mod tests {
         );
     }
 
+    /// Fernet that notes the times the session seals and opens tokens at.
+    #[derive(Debug)]
+    struct Timed {
+        fernet: Fernet,
+        sealed: std::sync::Mutex<Vec<std::time::SystemTime>>,
+        opened: std::sync::Mutex<Vec<std::time::SystemTime>>,
+    }
+
+    impl crate::Cipher for Timed {
+        fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
+            self.fernet.encrypt(plaintext)
+        }
+        fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
+            self.fernet.decrypt(token)
+        }
+        fn encrypt_append_at(
+            &self,
+            plaintext: &[u8],
+            now: std::time::SystemTime,
+            out: &mut Vec<u8>,
+        ) -> Result<(), crate::CipherError> {
+            self.sealed.lock().unwrap().push(now);
+            self.fernet.encrypt_append_at(plaintext, now, out)
+        }
+        fn decrypt_append_at(
+            &self,
+            token: &[u8],
+            now: std::time::SystemTime,
+            out: &mut Vec<u8>,
+        ) -> Result<(), crate::CipherError> {
+            self.opened.lock().unwrap().push(now);
+            self.fernet.decrypt_append_at(token, now, out)
+        }
+    }
+
+    fn timed_config() -> (Arc<Config>, Arc<Timed>) {
+        let timed = Arc::new(Timed {
+            fernet: Fernet::new(&Fernet::generate_key().unwrap()).unwrap(),
+            sealed: Default::default(),
+            opened: Default::default(),
+        });
+        let config = Config::builder().cipher(timed.clone()).build().unwrap();
+        (Arc::new(config), timed)
+    }
+
+    #[tokio::test]
+    async fn a_new_packet_is_sealed_at_the_time_it_is_stamped_with() {
+        let (config, timed) = timed_config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        tokio::spawn(async move { caller.call("ask", json!(1)).await });
+        let request = read_packet(&config, &mut read).await;
+        let ping = Packet::new(Uuid::new_v4(), 0, "ping", json!(2));
+        write_packet(&config, &mut write, &ping).await;
+        let pong = read_packet(&config, &mut read).await;
+        handle.notify("note", json!(3)).await.unwrap();
+        let note = read_packet(&config, &mut read).await;
+        let sealed = timed.sealed.lock().unwrap().clone();
+        let stamps: Vec<_> = [request, pong, note]
+            .iter()
+            .map(|packet| packet.created_at.timestamp_micros())
+            .collect();
+        let times: Vec<_> = sealed
+            .iter()
+            .map(|&time| chrono::DateTime::<chrono::Utc>::from(time).timestamp_micros())
+            .collect();
+        assert_eq!(times, stamps);
+    }
+
+    #[tokio::test]
+    async fn the_clock_is_read_once_for_replies_opened_together_and_again_after_a_handler() {
+        let (config, timed) = timed_config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let calls: Vec<_> = (0..2)
+            .map(|n| {
+                let caller = handle.clone();
+                tokio::spawn(async move { caller.call("ask", json!(n)).await })
+            })
+            .collect();
+        let peer = Uuid::new_v4();
+        // Two replies, then two requests for the handler, written at once so
+        // that the session reads all four in one turn.
+        let mut frames = Vec::new();
+        for id in 0..4 {
+            let mut packet = Packet::new(peer, id, "ping", json!(id));
+            if id < 2 {
+                let request = read_packet(&config, &mut read).await;
+                packet.reply_to = Some(request.reply_address());
+            }
+            frames.extend(config.cipher().encrypt(&packet.to_json().unwrap()).unwrap());
+            frames.push(b'\n');
+        }
+        write.write_all(&frames).await.unwrap();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        for _ in 0..2 {
+            read_packet(&config, &mut read).await;
+        }
+        let opened = timed.opened.lock().unwrap().clone();
+        assert_eq!(opened.len(), 4);
+        // The two replies only completed calls; the first request ran a
+        // handler, so the second is opened at a later reading.
+        assert_eq!(opened[0], opened[1]);
+        assert_eq!(opened[1], opened[2]);
+        assert!(opened[3] > opened[2], "{opened:?}");
+    }
+
+    fn config_with(limits: crate::Limits) -> Arc<Config> {
+        let key = Fernet::generate_key().unwrap();
+        let config = Config::builder().key(key).limits(limits).build().unwrap();
+        Arc::new(config)
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_a_call_slot_within_its_time_limit() {
+        let config = config_with(crate::Limits {
+            max_in_flight_calls: 1,
+            ..crate::Limits::default()
+        });
+        let (handle, theirs, _task) = start(&config);
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let first = tokio::spawn(async move { caller.call("first", json!(1)).await });
+        let request = read_packet(&config, &mut read).await;
+        assert_eq!(request.method, "first");
+        // The one slot is taken: this call times out without being sent.
+        let limit = Duration::from_millis(100);
+        let second = handle.call_with_timeout("second", json!(2), limit);
+        let err = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the call ends by its own limit")
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Timeout { method, after } if method == "second" && *after == limit),
+            "{err}"
+        );
+        // This one waits for the slot, and is sent once the first is answered.
+        let caller = handle.clone();
+        let third = tokio::spawn(async move { caller.call("third", json!(3)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut reply = Packet::new(Uuid::new_v4(), 0, "first.reply", json!("one"));
+        reply.reply_to = Some(request.reply_address());
+        write_packet(&config, &mut write, &reply).await;
+        assert_eq!(first.await.unwrap().unwrap().payload, json!("one"));
+        let request = read_packet(&config, &mut read).await;
+        assert_eq!(request.method, "third");
+        let mut reply = Packet::new(Uuid::new_v4(), 1, "third.reply", json!("three"));
+        reply.reply_to = Some(request.reply_address());
+        write_packet(&config, &mut write, &reply).await;
+        assert_eq!(third.await.unwrap().unwrap().payload, json!("three"));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_finds_the_outgoing_queue_full_waits_for_room_within_its_time_limit() {
+        let config = config_with(crate::Limits {
+            outgoing_queue: 1,
+            ..crate::Limits::default()
+        });
+        // A pipe that holds less than two frames, and a peer that does not
+        // read yet: the writer blocks, then the queue fills.
+        let (ours, theirs) = duplex(512);
+        let session = Session::new(Arc::new(Pong), config.clone(), Role::Client, None);
+        let handle = session.handle();
+        let (reader, writer) = tokio::io::split(ours);
+        let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+        let filler = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                for n in 0..8 {
+                    handle.notify("fill", json!(n)).await.unwrap();
+                }
+            }
+        });
+        // One thread runs every task here: yielding lets the filler and the
+        // writer go as far as they can.
+        for _ in 0..1000 {
+            if handle.shared.outbox.is_full() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(handle.shared.outbox.is_full() && !filler.is_finished());
+        // Full, and nobody reads: this call times out and is never sent.
+        let limit = Duration::from_millis(100);
+        let late = handle.call_with_timeout("late", json!(null), limit);
+        let err = tokio::time::timeout(Duration::from_secs(10), late)
+            .await
+            .expect("the call ends by its own limit")
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Timeout { method, after } if method == "late" && *after == limit),
+            "{err}"
+        );
+        // This one waits for room, and is sent once the peer reads.
+        let caller = handle.clone();
+        let ask = tokio::spawn(async move { caller.call("ask", json!(null)).await });
+        let (read, mut write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let mut methods = Vec::new();
+        let request = loop {
+            let packet = read_packet(&config, &mut read).await;
+            methods.push(packet.method.clone());
+            if packet.method == "ask" {
+                break packet;
+            }
+        };
+        assert!(!methods.contains(&"late".to_owned()), "{methods:?}");
+        let mut reply = Packet::new(Uuid::new_v4(), 0, "ask.reply", json!("answered"));
+        reply.reply_to = Some(request.reply_address());
+        write_packet(&config, &mut write, &reply).await;
+        assert_eq!(ask.await.unwrap().unwrap().payload, json!("answered"));
+        // The rest of the fill goes out too, and never the late call.
+        while methods.iter().filter(|method| *method == "fill").count() < 8 {
+            let packet = read_packet(&config, &mut read).await;
+            assert_ne!(packet.method, "late");
+            methods.push(packet.method);
+        }
+        filler.await.unwrap();
+    }
+
+    #[test]
+    fn consecutive_request_numbers_hash_apart_in_the_bits_the_table_uses() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<handle::IdHasher>::default();
+        // The pending-call table picks a slot with the low bits and tells
+        // entries apart with the top seven.
+        let tops: std::collections::HashSet<u64> =
+            (0..128u64).map(|id| build.hash_one(id) >> 57).collect();
+        let slots: std::collections::HashSet<u64> =
+            (0..128u64).map(|id| build.hash_one(id) & 127).collect();
+        assert!(tops.len() > 100, "{}", tops.len());
+        assert_eq!(slots.len(), 128);
+    }
+
     #[tokio::test]
     async fn request_numbers_count_up_per_session() {
         let config = config();

@@ -97,6 +97,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether a push now would be refused as full.
+    #[cfg(test)]
+    pub(super) fn is_full(&self) -> bool {
+        lock(&self.queued).frames >= self.limit
+    }
+
     /// Waits for room: call [`push`](Self::push) again after. Returns at
     /// once when the outbox has room or is closed by then.
     pub(super) async fn room(&self) {

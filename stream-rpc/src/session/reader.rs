@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::FutureExt as _;
@@ -41,7 +41,12 @@ pub(super) struct ReadLoop<P> {
     handlers_limit: usize,
     bad_in_row: u32,
     max_bad_in_row: u32,
+    /// The plaintext of the frame being handled, reused from frame to frame.
+    plain: Vec<u8>,
 }
+
+/// The largest plaintext buffer the read loop keeps between frames.
+const KEEP_PLAIN: usize = 64 * 1024;
 
 impl<P: Protocol> ReadLoop<P> {
     pub(super) fn new(
@@ -59,6 +64,7 @@ impl<P: Protocol> ReadLoop<P> {
             handlers_limit: limits.max_concurrent_handlers,
             bad_in_row: 0,
             max_bad_in_row: limits.max_bad_frames_in_row,
+            plain: Vec::new(),
         }
     }
 
@@ -129,9 +135,12 @@ impl<P: Protocol> ReadLoop<P> {
                         replay.warm(&fingerprints);
                     }
                 }
+                // The clock is read for the turn's first token and again
+                // only after a frame ran a handler or sent something.
+                let mut now = None;
                 for (index, frame) in batch.drain(..).enumerate() {
                     let fingerprint = fingerprints.get(index).copied();
-                    if let Some(reason) = self.on_frame(&frame, fingerprint).await {
+                    if let Some(reason) = self.on_frame(&frame, fingerprint, &mut now).await {
                         return reason;
                     }
                 }
@@ -238,10 +247,27 @@ impl<P: Protocol> ReadLoop<P> {
     }
 
     /// Handles one frame; `fingerprint` is its token's replay fingerprint,
-    /// worked out beforehand when replay protection is on.
-    async fn on_frame(&mut self, frame: &[u8], fingerprint: Option<u64>) -> Option<EndReason> {
-        let plain = match self.shared.cipher.decrypt(frame) {
-            Ok(plain) => plain,
+    /// worked out beforehand when replay protection is on. `now` is the time
+    /// the token is opened at: read here if `None`, and kept for the next
+    /// frame only if this one did no more than complete a pending call (or
+    /// was dropped), which takes microseconds.
+    async fn on_frame(
+        &mut self,
+        frame: &[u8],
+        fingerprint: Option<u64>,
+        now: &mut Option<SystemTime>,
+    ) -> Option<EndReason> {
+        let at = *now.get_or_insert_with(SystemTime::now);
+        if self.plain.capacity() > KEEP_PLAIN {
+            self.plain = Vec::new();
+        }
+        self.plain.clear();
+        match self
+            .shared
+            .cipher
+            .decrypt_append_at(frame, at, &mut self.plain)
+        {
+            Ok(()) => {}
             Err(e) => {
                 // The peer is told nothing about why.
                 session_log!(
@@ -273,9 +299,15 @@ impl<P: Protocol> ReadLoop<P> {
         }
         self.bad_in_row = 0;
         self.shared.note_received();
-        match Packet::from_json(&plain) {
+        let only_completed_a_call = match Packet::from_json(&self.plain) {
             Ok(packet) => self.dispatch(packet).await,
-            Err(e) => self.reject_invalid(&plain, &e).await,
+            Err(e) => {
+                self.reject_invalid(&self.plain, &e).await;
+                false
+            }
+        };
+        if !only_completed_a_call {
+            *now = None;
         }
         None
     }
@@ -310,7 +342,9 @@ impl<P: Protocol> ReadLoop<P> {
         SessionHandle::from_shared(self.shared.clone())
     }
 
-    async fn dispatch(&self, packet: Packet) {
+    /// Hands a packet to the call it answers or to the protocol; says
+    /// whether it answered a call (and so ran no handler).
+    async fn dispatch(&self, packet: Packet) -> bool {
         if let Some(to) = packet.reply_to
             && to.peer == self.shared.own_id
             && let Some(waiting) = self.shared.take_pending(to.id)
@@ -318,7 +352,7 @@ impl<P: Protocol> ReadLoop<P> {
             session_log!(info, self.shared, "Received: {packet}");
             // The caller may have given up in the meantime; nothing to do then.
             let _ = waiting.send(packet);
-            return;
+            return true;
         }
         session_log!(info, self.shared, "Received: {packet}");
         // Replies and error packets are never answered with an error packet,
@@ -340,14 +374,14 @@ impl<P: Protocol> ReadLoop<P> {
                     HandlerError::new(ErrorCode::Busy, message).into_payload(&packet.method);
                 send_error(&self.handle(), payload, Some(packet.reply_address())).await;
             }
-            return;
+            return false;
         }
         let mut work = Box::pin(run_handler(self.protocol.clone(), self.handle(), packet));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
         let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
         if first.is_ready() {
-            return;
+            return false;
         }
         // It waits: from here on it holds one of the handler slots. Only the
         // read loop takes slots (tasks give theirs back), and one was free
@@ -363,15 +397,17 @@ impl<P: Protocol> ReadLoop<P> {
                 () = work => {}
             }
         });
+        false
     }
 }
 
 /// Sends an error packet; failures to send it are only logged.
 async fn send_error(handle: &SessionHandle, payload: ErrorPayload, reply_to: Option<ReplyTo>) {
     let body = serde_json::to_value(&payload).unwrap_or(Value::Null);
-    let mut packet = handle.packet(ERROR_METHOD, body);
+    let now = SystemTime::now();
+    let mut packet = handle.packet_at(ERROR_METHOD, body, now);
     packet.reply_to = reply_to;
-    if let Err(e) = handle.send(packet).await {
+    if let Err(e) = handle.send_at(&packet, Some(now)).await {
         session_log!(debug, handle.shared, "could not send an error packet: {e}");
     }
 }
@@ -427,13 +463,18 @@ async fn answer<P: Protocol>(
         .await;
     let failure = match outcome {
         Ok(Ok(reply)) => {
-            let mut packet = match reply {
+            // A new message is sealed with the time it is stamped with; a
+            // forwarded one is sealed now.
+            let (mut packet, now) = match reply {
                 Reply::Nothing => return,
-                Reply::Message { method, payload } => handle.packet(method, payload),
-                Reply::Forward(forwarded) => forwarded,
+                Reply::Message { method, payload } => {
+                    let now = SystemTime::now();
+                    (handle.packet_at(method, payload, now), Some(now))
+                }
+                Reply::Forward(forwarded) => (forwarded, None),
             };
             packet.reply_to = reply_to;
-            match handle.send(packet).await {
+            match handle.send_at(&packet, now).await {
                 Ok(()) | Err(SendError::Closed) => return,
                 Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
             }
