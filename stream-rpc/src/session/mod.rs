@@ -537,6 +537,33 @@ mod tests {
         assert!(opened[3] > opened[2], "{opened:?}");
     }
 
+    /// Calls `method` with a 100 ms limit, and checks that the call fails
+    /// as that call's timeout, by its own limit.
+    async fn call_times_out(handle: &SessionHandle, method: &str) {
+        let limit = Duration::from_millis(100);
+        let call = handle.call_with_timeout(method, json!(null), limit);
+        let err = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends by its own limit")
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Timeout { method: called, after } if called == method && *after == limit),
+            "{err}"
+        );
+    }
+
+    /// Answers `request` with `payload`, as the peer.
+    async fn answer(
+        config: &Config,
+        writer: &mut tokio::io::WriteHalf<DuplexStream>,
+        request: &Packet,
+        payload: serde_json::Value,
+    ) {
+        let mut reply = Packet::new(Uuid::new_v4(), 0, "answer", payload);
+        reply.reply_to = Some(request.reply_address());
+        write_packet(config, writer, &reply).await;
+    }
+
     fn config_with(limits: crate::Limits) -> Arc<Config> {
         let key = Fernet::generate_key().unwrap();
         let config = Config::builder().key(key).limits(limits).build().unwrap();
@@ -557,29 +584,19 @@ mod tests {
         let request = read_packet(&config, &mut read).await;
         assert_eq!(request.method, "first");
         // The one slot is taken: this call times out without being sent.
-        let limit = Duration::from_millis(100);
-        let second = handle.call_with_timeout("second", json!(2), limit);
-        let err = tokio::time::timeout(Duration::from_secs(10), second)
-            .await
-            .expect("the call ends by its own limit")
-            .unwrap_err();
-        assert!(
-            matches!(&err, CallError::Timeout { method, after } if method == "second" && *after == limit),
-            "{err}"
-        );
-        // This one waits for the slot, and is sent once the first is answered.
+        call_times_out(&handle, "second").await;
+        // This one waits for the slot (one thread runs every task here: a
+        // yield lets it run until it waits), and is sent once the first is
+        // answered.
         let caller = handle.clone();
         let third = tokio::spawn(async move { caller.call("third", json!(3)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut reply = Packet::new(Uuid::new_v4(), 0, "first.reply", json!("one"));
-        reply.reply_to = Some(request.reply_address());
-        write_packet(&config, &mut write, &reply).await;
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished());
+        answer(&config, &mut write, &request, json!("one")).await;
         assert_eq!(first.await.unwrap().unwrap().payload, json!("one"));
         let request = read_packet(&config, &mut read).await;
         assert_eq!(request.method, "third");
-        let mut reply = Packet::new(Uuid::new_v4(), 1, "third.reply", json!("three"));
-        reply.reply_to = Some(request.reply_address());
-        write_packet(&config, &mut write, &reply).await;
+        answer(&config, &mut write, &request, json!("three")).await;
         assert_eq!(third.await.unwrap().unwrap().payload, json!("three"));
     }
 
@@ -614,16 +631,7 @@ mod tests {
         }
         assert!(handle.shared.outbox.is_full() && !filler.is_finished());
         // Full, and nobody reads: this call times out and is never sent.
-        let limit = Duration::from_millis(100);
-        let late = handle.call_with_timeout("late", json!(null), limit);
-        let err = tokio::time::timeout(Duration::from_secs(10), late)
-            .await
-            .expect("the call ends by its own limit")
-            .unwrap_err();
-        assert!(
-            matches!(&err, CallError::Timeout { method, after } if method == "late" && *after == limit),
-            "{err}"
-        );
+        call_times_out(&handle, "late").await;
         // This one waits for room, and is sent once the peer reads.
         let caller = handle.clone();
         let ask = tokio::spawn(async move { caller.call("ask", json!(null)).await });
@@ -638,9 +646,7 @@ mod tests {
             }
         };
         assert!(!methods.contains(&"late".to_owned()), "{methods:?}");
-        let mut reply = Packet::new(Uuid::new_v4(), 0, "ask.reply", json!("answered"));
-        reply.reply_to = Some(request.reply_address());
-        write_packet(&config, &mut write, &reply).await;
+        answer(&config, &mut write, &request, json!("answered")).await;
         assert_eq!(ask.await.unwrap().unwrap().payload, json!("answered"));
         // The rest of the fill goes out too, and never the late call.
         while methods.iter().filter(|method| *method == "fill").count() < 8 {
