@@ -41,11 +41,12 @@ pub trait Cipher: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// [`encrypt_append`](Self::encrypt_append) for a message stamped with
-    /// `now`: the session reads the clock once for a new packet's
-    /// `created_at` and passes the same time here, so a cipher that stamps
-    /// its tokens (Fernet does, in seconds) need not read it again. By
-    /// default the time is not used.
+    /// [`encrypt_append`](Self::encrypt_append) as of `now`, which the
+    /// session always seals through: for a packet it creates, `now` is the
+    /// reading of the clock it also stamped the packet's `created_at` with,
+    /// so a cipher that stamps its tokens (Fernet does, in seconds) need not
+    /// read the clock again; for a packet sent as it is, the time of
+    /// sending. By default the time is not used.
     fn encrypt_append_at(
         &self,
         plaintext: &[u8],

@@ -22,7 +22,7 @@ use crate::cipher::{Cipher, CipherError};
 use crate::codec::FrameCodec;
 use crate::config::Config;
 use crate::error::{CallError, SendError};
-use crate::packet::{ErrorCode, ErrorPayload, Packet};
+use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayGuard;
 
 /// State shared by the session's tasks and every [`SessionHandle`].
@@ -251,28 +251,32 @@ impl SessionHandle {
 
     /// [`packet`](Self::packet) stamped with a time already read, to seal
     /// it with the same time.
-    pub(super) fn packet_at(
-        &self,
-        method: impl Into<String>,
-        payload: Value,
-        now: SystemTime,
-    ) -> Packet {
+    fn packet_at(&self, method: impl Into<String>, payload: Value, now: SystemTime) -> Packet {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         Packet::new_at(self.shared.own_id, id, method, payload, now)
     }
 
     /// Seals and queues a packet. Waits while the outgoing queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
-        self.send_at(&packet, None).await
+        self.send_at(&packet, SystemTime::now()).await
     }
 
-    /// [`send`](Self::send), sealing the token with `now` when the packet
-    /// was made just before with [`packet_at`](Self::packet_at).
-    pub(super) async fn send_at(
+    /// Sends a new packet from this side with this method, payload and
+    /// `reply_to`, stamped and sealed with one reading of the clock.
+    pub(super) async fn send_new(
         &self,
-        packet: &Packet,
-        now: Option<SystemTime>,
+        method: impl Into<String>,
+        payload: Value,
+        reply_to: Option<ReplyTo>,
     ) -> Result<(), SendError> {
+        let now = SystemTime::now();
+        let mut packet = self.packet_at(method, payload, now);
+        packet.reply_to = reply_to;
+        self.send_at(&packet, now).await
+    }
+
+    /// [`send`](Self::send), sealing the token as of `now`.
+    async fn send_at(&self, packet: &Packet, now: SystemTime) -> Result<(), SendError> {
         match self.seal_and_queue(packet, now)? {
             None => Ok(()),
             Some(deferred) => self.queue_when_room(deferred).await,
@@ -298,7 +302,7 @@ impl SessionHandle {
     fn seal_and_queue(
         &self,
         packet: &Packet,
-        now: Option<SystemTime>,
+        now: SystemTime,
     ) -> Result<Option<Deferred>, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
@@ -307,10 +311,7 @@ impl SessionHandle {
             packet
                 .write_json(json)
                 .map_err(|e| SendError::Encode(e.to_string()))?;
-            match now {
-                Some(now) => self.shared.cipher.encrypt_append_at(json, now, token)?,
-                None => self.shared.cipher.encrypt_append(json, token)?,
-            }
+            self.shared.cipher.encrypt_append_at(json, now, token)?;
             if token.len() > self.shared.max_frame_len {
                 return Err(SendError::TooLarge {
                     len: token.len(),
@@ -333,9 +334,7 @@ impl SessionHandle {
 
     /// Sends a new packet with this method and payload, expecting no reply.
     pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
-        let now = SystemTime::now();
-        self.send_at(&self.packet_at(method, payload, now), Some(now))
-            .await
+        self.send_new(method, payload, None).await
     }
 
     /// Sends a request and waits for its reply, up to the configured
@@ -383,7 +382,7 @@ impl SessionHandle {
             id: packet.id,
             armed: true,
         };
-        let queued = match self.seal_and_queue(&packet, Some(now)) {
+        let queued = match self.seal_and_queue(&packet, now) {
             Ok(None) => Ok(()),
             Ok(Some(deferred)) => match within(deadline, self.queue_when_room(deferred)).await {
                 Err(_) => return Err(timed_out()),

@@ -404,10 +404,7 @@ impl<P: Protocol> ReadLoop<P> {
 /// Sends an error packet; failures to send it are only logged.
 async fn send_error(handle: &SessionHandle, payload: ErrorPayload, reply_to: Option<ReplyTo>) {
     let body = serde_json::to_value(&payload).unwrap_or(Value::Null);
-    let now = SystemTime::now();
-    let mut packet = handle.packet_at(ERROR_METHOD, body, now);
-    packet.reply_to = reply_to;
-    if let Err(e) = handle.send_at(&packet, Some(now)).await {
+    if let Err(e) = handle.send_new(ERROR_METHOD, body, reply_to).await {
         session_log!(debug, handle.shared, "could not send an error packet: {e}");
     }
 }
@@ -463,18 +460,17 @@ async fn answer<P: Protocol>(
         .await;
     let failure = match outcome {
         Ok(Ok(reply)) => {
-            // A new message is sealed with the time it is stamped with; a
-            // forwarded one is sealed now.
-            let (mut packet, now) = match reply {
+            let sent = match reply {
                 Reply::Nothing => return,
                 Reply::Message { method, payload } => {
-                    let now = SystemTime::now();
-                    (handle.packet_at(method, payload, now), Some(now))
+                    handle.send_new(method, payload, reply_to).await
                 }
-                Reply::Forward(forwarded) => (forwarded, None),
+                Reply::Forward(mut forwarded) => {
+                    forwarded.reply_to = reply_to;
+                    handle.send(forwarded).await
+                }
             };
-            packet.reply_to = reply_to;
-            match handle.send_at(&packet, now).await {
+            match sent {
                 Ok(()) | Err(SendError::Closed) => return,
                 Err(e) => HandlerError::failed(format!("the reply could not be sent: {e}")),
             }
