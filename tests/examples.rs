@@ -1,4 +1,5 @@
-//! The `server`, `worker` and `demo` examples as real processes on loopback.
+//! The `server`, `worker`, `demo`, `kv_server` and `kv_client` examples as
+//! real processes on loopback.
 //!
 //! The server listens on port 0 and the tests read the real port from its
 //! "Serving on" log line, so tests running in parallel never collide.
@@ -159,8 +160,13 @@ impl Drop for Process {
 
 /// A server on a free port; returns it and its port.
 fn server(key: &str) -> (Process, String) {
+    serve("server", key)
+}
+
+/// The example server `name` on a free port; returns it and its port.
+fn serve(name: &'static str, key: &str) -> (Process, String) {
     let mut server = Process::start(
-        "server",
+        name,
         &[
             ("CRYPTO_KEY", key),
             ("STREAM_RPC_HOST", "127.0.0.1"),
@@ -184,6 +190,32 @@ fn worker(key: &str, port: &str, extra: &[(&str, &str)]) -> Process {
     ];
     env.extend_from_slice(extra);
     Process::start("worker", &env)
+}
+
+#[test]
+fn the_kv_client_calls_the_kv_server_through_the_trait_crate() {
+    let key = new_key();
+    let (mut server, port) = serve("kv_server", &key);
+    let mut client = Process::start(
+        "kv_client",
+        &[
+            ("CRYPTO_KEY", &key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", &port),
+        ],
+    );
+    let status = client.wait_exit();
+    let output = client.output();
+    assert!(status.success(), "kv_client failed:\n{output}");
+    for line in [
+        "get greeting: Some(\"hello\")",
+        "stored values: 1",
+        "take greeting: Ok(\"hello\")",
+        "take greeting again: nothing under \"greeting\"",
+    ] {
+        assert!(output.contains(line), "no {line:?} in:\n{output}");
+    }
+    assert!(server.still_running());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use stream_rpc::codec::{CodecError, FrameCodec};
 use stream_rpc::{
-    Cipher, Config, Context, Fernet, HandlerError, Packet, Protocol, Reply, Role, Session,
+    Cipher, Config, Context, Endpoint, Fernet, HandlerError, Packet, Protocol, Reply, Role, Session,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
@@ -216,7 +216,7 @@ proptest! {
         let end = runtime.block_on(async move {
             let (ours, theirs) = tokio::io::duplex(1 << 20);
             let (reader, writer) = tokio::io::split(ours);
-            let session = Session::new(Arc::new(Echo), config, Role::Server, None);
+            let session = Session::new(Arc::new(Echo), &Endpoint::new((*config).clone()), Role::Server, None);
             let running = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
             let (_their_reader, mut their_writer) = tokio::io::split(theirs);
             // The session may close first (bad frames in a row): then the

@@ -13,8 +13,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use stream_rpc::{
-    Cipher, Config, Context, Fernet, HandlerError, Limits, Packet, Protocol, Reply, ReplyTo, Role,
-    Session, Timeouts,
+    Cipher, Config, Context, Endpoint, Fernet, HandlerError, Limits, Packet, Protocol, Reply,
+    ReplyTo, Role, Session, Timeouts,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -121,7 +121,7 @@ fuzz_target!(|input: Input| {
     runtime.block_on(async move {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let (reader, writer) = tokio::io::split(ours);
-        let session = Session::new(Arc::new(Target), Arc::new(config), Role::Server, None);
+        let session = Session::new(Arc::new(Target), &Endpoint::new(config), Role::Server, None);
         let running = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
         let (mut their_reader, mut their_writer) = tokio::io::split(theirs);
         // Drain what the session sends, so that it never waits on us.

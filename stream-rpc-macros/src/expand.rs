@@ -7,22 +7,22 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{ItemImpl, parse_quote};
+use syn::{Ident, Item, ItemTrait, parse_quote};
 
 use crate::attr::{self, ServiceArgs};
 use crate::errors::Errors;
-use crate::model::{self, Method, Ret, Service};
+use crate::model::{self, Kind, Method, Ret, Service};
 use crate::validate;
 
 /// The whole attribute: parse, check, generate; on any error, the user's
-/// impl block (without our attributes) and the errors, nothing else.
+/// item (without our attributes) and the errors, nothing else.
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut item: ItemImpl = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
+    let item: Item = match syn::parse2(input.clone()) {
+        Ok(item @ (Item::Impl(_) | Item::Trait(_))) => item,
+        _ => {
             let error = syn::Error::new(
                 Span::call_site(),
-                "#[stream_rpc::service] goes on an `impl` block, like `impl QueueServer { ... }`",
+                "#[stream_rpc::service] goes on an `impl` block, like `impl QueueServer { ... }`, or on a trait definition, like `trait Kv { ... }`",
             );
             let error = error.into_compile_error();
             return quote!(#error #input);
@@ -30,20 +30,50 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let mut errors = Errors::default();
     let args = attr::service_args(args, &mut errors);
-    let service = model::parse(&mut item, &mut errors);
-    if let Some(service) = &service {
-        validate::check(service, &mut errors);
-    }
-    match service {
-        Some(service) if errors.is_empty() => {
-            let generated = generate(&service, &args);
-            quote!(#item #generated)
+    let caller = caller_param(&input);
+    match item {
+        Item::Impl(mut item) => {
+            let service = model::parse(&mut item, &mut errors);
+            if let Some(service) = &service {
+                validate::check(service, &mut errors);
+            }
+            match service {
+                Some(service) if errors.is_empty() => {
+                    let generated = generate_impl(&service, &args, &caller);
+                    quote!(#item #generated)
+                }
+                _ => {
+                    let errors = errors.into_compile_errors();
+                    quote!(#item #errors)
+                }
+            }
         }
-        _ => {
-            let errors = errors.into_compile_errors();
-            quote!(#item #errors)
+        Item::Trait(mut item) => {
+            let service = model::parse_trait(&mut item, &mut errors);
+            validate::check(&service, &mut errors);
+            if errors.is_empty() {
+                generate_trait(&service, &args, item, &caller)
+            } else {
+                let errors = errors.into_compile_errors();
+                quote!(#item #errors)
+            }
         }
+        _ => unreachable!("only impl blocks and traits get here"),
     }
+}
+
+/// The name of the typed client's caller parameter: `C`, or `__C` when the
+/// user's code names something `C` that the parameter would shadow.
+fn caller_param(input: &TokenStream) -> Ident {
+    fn mentions(tokens: &TokenStream, name: &str) -> bool {
+        tokens.clone().into_iter().any(|tree| match tree {
+            proc_macro2::TokenTree::Ident(ident) => ident == name,
+            proc_macro2::TokenTree::Group(group) => mentions(&group.stream(), name),
+            _ => false,
+        })
+    }
+    let name = if mentions(input, "C") { "__C" } else { "C" };
+    Ident::new(name, Span::call_site())
 }
 
 /// The path of the runtime crate in the user's crate: `crate = path` if
@@ -64,15 +94,16 @@ fn runtime_path(args: &ServiceArgs) -> TokenStream {
     }
 }
 
-fn generate(service: &Service, args: &ServiceArgs) -> TokenStream {
+/// The impl-block form: `Protocol` for the type itself, `METHODS` and
+/// `client` on it, and the typed client.
+fn generate_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> TokenStream {
+    let Kind::Impl { self_ty, generics } = &service.kind else {
+        unreachable!("called for impl blocks only")
+    };
     let krate = runtime_path(args);
-    let self_ty = &service.self_ty;
-    let name = args
-        .name
-        .as_ref()
-        .map_or_else(|| service.ident.unraw().to_string(), syn::LitStr::value);
-    let (impl_generics, ty_generics, where_clause) = service.generics.split_for_impl();
-    let mut protocol_generics = service.generics.clone();
+    let name = protocol_name(service, args);
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let mut protocol_generics = generics.clone();
     if !protocol_generics.params.is_empty() {
         protocol_generics
             .make_where_clause()
@@ -80,22 +111,39 @@ fn generate(service: &Service, args: &ServiceArgs) -> TokenStream {
             .push(parse_quote!(Self: ::core::marker::Send + ::core::marker::Sync + 'static));
     }
     let protocol_where = &protocol_generics.where_clause;
-
-    let checks = service.methods.iter().map(|m| type_checks(m, &krate));
-    let arms = service.methods.iter().map(|m| dispatch_arm(m, &krate));
-    let wires = service.methods.iter().map(|m| {
-        let cfgs = &m.cfgs;
-        let wire = model::wire_literal(m);
-        quote!(#(#cfgs)* #wire)
-    });
-
-    let client = format_ident!("{}Client", service.ident.unraw());
-    let client_doc = format!(
-        "A typed client of [`{}`]: one method per service method, over a session to a peer that serves it.",
-        service.ident.unraw()
+    let body = dispatch(service, &krate, |ident, args| quote!(self.#ident(#args)));
+    let wires = wire_names(service);
+    let client = client_ident(service);
+    let mut client_generics = generics.clone();
+    client_generics
+        .params
+        .push(parse_quote!(#caller = #krate::SessionHandle));
+    let session_client = {
+        let args = generics.params.iter().map(|param| match param {
+            syn::GenericParam::Type(ty) => {
+                let ident = &ty.ident;
+                quote!(#ident)
+            }
+            syn::GenericParam::Lifetime(lifetime) => {
+                let lifetime = &lifetime.lifetime;
+                quote!(#lifetime)
+            }
+            syn::GenericParam::Const(constant) => {
+                let ident = &constant.ident;
+                quote!(#ident)
+            }
+        });
+        quote!(#client<#(#args,)* #krate::SessionHandle>)
+    };
+    let vis: syn::Visibility = parse_quote!(pub);
+    let client_items = client_items(
+        service,
+        &krate,
+        &vis,
+        &client_generics,
+        caller,
+        Some(self_ty),
     );
-    let struct_generics = &service.generics;
-    let client_methods = service.methods.iter().map(|m| client_method(m, &krate));
 
     quote! {
         impl #impl_generics #krate::Protocol for #self_ty #protocol_where {
@@ -108,14 +156,7 @@ fn generate(service: &Service, args: &ServiceArgs) -> TokenStream {
                 __ctx: #krate::Context,
                 __packet: #krate::Packet,
             ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
-                #[allow(unused_imports)]
-                use #krate::__private::{ViaDisplay as _, ViaHandlerError as _};
-                #(#checks)*
-                let #krate::Packet { method: __method, payload: __payload, .. } = __packet;
-                match __method.as_str() {
-                    #(#arms)*
-                    _ => ::core::result::Result::Err(#krate::HandlerError::unknown_method(&__method)),
-                }
+                #body
             }
         }
 
@@ -125,44 +166,257 @@ fn generate(service: &Service, args: &ServiceArgs) -> TokenStream {
 
             /// A typed client of this service over `session`: the connection
             /// to a peer that serves it (a server, or a worker called back
-            /// from a handler through `ctx.session()`).
-            pub fn client(session: &#krate::SessionHandle) -> #client #ty_generics {
+            /// from a handler through `ctx.session()`). For any other
+            /// [`Caller`](trait@::stream_rpc::Caller), such as a
+            /// reconnecting client, use the client's `new`.
+            pub fn client(session: &#krate::SessionHandle) -> #session_client {
                 #client::new(::core::clone::Clone::clone(session))
             }
         }
 
-        #[doc = #client_doc]
-        pub struct #client #struct_generics #where_clause {
-            session: #krate::SessionHandle,
-            service: ::core::marker::PhantomData<fn() -> #self_ty>,
+        #client_items
+    }
+}
+
+/// The trait form: the trait with `Send` futures, a server that serves any
+/// implementation, and the typed client.
+fn generate_trait(
+    service: &Service,
+    args: &ServiceArgs,
+    mut item: ItemTrait,
+    caller: &Ident,
+) -> TokenStream {
+    let Kind::Trait { vis } = &service.kind else {
+        unreachable!("called for traits only")
+    };
+    let krate = runtime_path(args);
+    let name = protocol_name(service, args);
+    let trait_ident = &service.ident;
+    if item.colon_token.is_none() {
+        item.colon_token = Some(Default::default());
+    }
+    item.supertraits.push(parse_quote!(::core::marker::Send));
+    item.supertraits.push(parse_quote!(::core::marker::Sync));
+    item.supertraits.push(parse_quote!('static));
+    for trait_item in &mut item.items {
+        if let syn::TraitItem::Fn(function) = trait_item {
+            function.sig.asyncness = None;
+            let output = match &function.sig.output {
+                syn::ReturnType::Default => quote!(()),
+                syn::ReturnType::Type(_, ty) => quote!(#ty),
+            };
+            function.sig.output = parse_quote!(
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
+            );
+        }
+    }
+
+    let server = format_ident!("{}Server", trait_ident.unraw());
+    let server_doc = format!(
+        "Serves any implementation of [`{trait_ident}`]: a `Protocol` that dispatches each packet to the trait method of the same wire name. Hand it to `Connector::run_server`, or to `connect` on a worker."
+    );
+    let body = dispatch(
+        service,
+        &krate,
+        |ident, args| quote!(#trait_ident::#ident(&self.service, #args)),
+    );
+    let wires: Vec<_> = wire_names(service).collect();
+    let client = client_ident(service);
+    let client_generics: syn::Generics = parse_quote!(<#caller = #krate::SessionHandle>);
+    let client_items = client_items(service, &krate, vis, &client_generics, caller, None);
+
+    quote! {
+        #item
+
+        #[doc = #server_doc]
+        #vis struct #server<S> {
+            service: S,
         }
 
-        impl #impl_generics ::core::clone::Clone for #client #ty_generics #where_clause {
-            fn clone(&self) -> Self {
-                #client::new(::core::clone::Clone::clone(&self.session))
+        impl<S> #server<S> {
+            /// The wire names of the service's methods.
+            pub const METHODS: &'static [&'static str] = &[#(#wires),*];
+
+            /// Serves `service`.
+            pub fn new(service: S) -> Self {
+                #server { service }
+            }
+
+            /// The implementation served.
+            pub fn get_ref(&self) -> &S {
+                &self.service
+            }
+
+            /// Gives the implementation back.
+            pub fn into_inner(self) -> S {
+                self.service
             }
         }
 
-        impl #impl_generics ::core::fmt::Debug for #client #ty_generics #where_clause {
+        impl<S: ::core::fmt::Debug> ::core::fmt::Debug for #server<S> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#server))
+                    .field("service", &self.service)
+                    .finish()
+            }
+        }
+
+        impl<S: #trait_ident> #krate::Protocol for #server<S> {
+            fn name(&self) -> &str {
+                #name
+            }
+
+            async fn process_message(
+                &self,
+                __ctx: #krate::Context,
+                __packet: #krate::Packet,
+            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
+                #body
+            }
+        }
+
+        #client_items
+
+        impl #client {
+            /// The wire names of the service's methods.
+            pub const METHODS: &'static [&'static str] = &[#(#wires),*];
+        }
+    }
+}
+
+/// The protocol name shown in logs: `name = "..."`, or the type's or trait's name.
+fn protocol_name(service: &Service, args: &ServiceArgs) -> String {
+    args.name
+        .as_ref()
+        .map_or_else(|| service.ident.unraw().to_string(), syn::LitStr::value)
+}
+
+fn client_ident(service: &Service) -> Ident {
+    format_ident!("{}Client", service.ident.unraw())
+}
+
+/// The wire names, each under its method's `#[cfg]`s.
+fn wire_names(service: &Service) -> impl Iterator<Item = TokenStream> + '_ {
+    service.methods.iter().map(|m| {
+        let cfgs = &m.cfgs;
+        let wire = model::wire_literal(m);
+        quote!(#(#cfgs)* #wire)
+    })
+}
+
+/// The body of `process_message`: type checks, then one match arm per
+/// method. `call` builds the call of a method from its name and arguments.
+fn dispatch(
+    service: &Service,
+    krate: &TokenStream,
+    call: impl Fn(&Ident, TokenStream) -> TokenStream,
+) -> TokenStream {
+    let checks = service.methods.iter().map(|m| type_checks(m, krate));
+    let arms = service
+        .methods
+        .iter()
+        .map(|m| dispatch_arm(m, krate, &call));
+    quote! {
+        #[allow(unused_imports)]
+        use #krate::__private::{ViaDisplay as _, ViaHandlerError as _, ViaSerde as _};
+        #(#checks)*
+        let #krate::Packet { method: __method, payload: __payload, .. } = __packet;
+        match __method.as_str() {
+            #(#arms)*
+            _ => ::core::result::Result::Err(#krate::HandlerError::unknown_method(&__method)),
+        }
+    }
+}
+
+/// The typed client: its struct over a [`Caller`] `caller` (with `generics`
+/// before it; `service` is the impl form's type, held as a marker), its
+/// constructor and settings, and one method per service method.
+fn client_items(
+    service: &Service,
+    krate: &TokenStream,
+    vis: &syn::Visibility,
+    generics: &syn::Generics,
+    caller: &Ident,
+    service_ty: Option<&syn::Type>,
+) -> TokenStream {
+    let client = client_ident(service);
+    let client_doc = format!(
+        "A typed client of [`{}`]: one method per service method, over any [`Caller`](trait@::stream_rpc::Caller) to a peer that serves it (a `SessionHandle`, a `Client`, a `ReconnectingClient`, or a reference to one).",
+        service.ident.unraw()
+    );
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let marker_field =
+        service_ty.map(|ty| quote!(service: ::core::marker::PhantomData<fn() -> #ty>,));
+    let marker_init = service_ty.map(|_| quote!(service: ::core::marker::PhantomData,));
+    let mut calling = generics.clone();
+    calling
+        .make_where_clause()
+        .predicates
+        .push(parse_quote!(#caller: #krate::Caller));
+    let calling_where = &calling.where_clause;
+    let mut cloning = generics.clone();
+    cloning
+        .make_where_clause()
+        .predicates
+        .push(parse_quote!(#caller: ::core::clone::Clone));
+    let cloning_where = &cloning.where_clause;
+    let mut debugging = generics.clone();
+    debugging
+        .make_where_clause()
+        .predicates
+        .push(parse_quote!(#caller: ::core::fmt::Debug));
+    let debugging_where = &debugging.where_clause;
+    let methods = service.methods.iter().map(|m| client_method(m, krate));
+    quote! {
+        #[doc = #client_doc]
+        #vis struct #client #generics #where_clause {
+            caller: #caller,
+            timeout: ::core::option::Option<::core::time::Duration>,
+            #marker_field
+        }
+
+        impl #impl_generics ::core::clone::Clone for #client #ty_generics #cloning_where {
+            fn clone(&self) -> Self {
+                #client {
+                    caller: ::core::clone::Clone::clone(&self.caller),
+                    timeout: self.timeout,
+                    #marker_init
+                }
+            }
+        }
+
+        impl #impl_generics ::core::fmt::Debug for #client #ty_generics #debugging_where {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(::core::stringify!(#client))
-                    .field("session", &self.session)
+                    .field("caller", &self.caller)
+                    .field("timeout", &self.timeout)
                     .finish()
             }
         }
 
         impl #impl_generics #client #ty_generics #where_clause {
-            /// A client over `session`.
-            pub fn new(session: #krate::SessionHandle) -> Self {
-                #client { session, service: ::core::marker::PhantomData }
+            /// A client that calls through `caller`.
+            pub fn new(caller: #caller) -> Self {
+                #client { caller, timeout: ::core::option::Option::None, #marker_init }
             }
 
-            /// The session the client calls over.
-            pub fn session(&self) -> &#krate::SessionHandle {
-                &self.session
+            /// What the client calls through.
+            pub fn caller(&self) -> &#caller {
+                &self.caller
             }
 
-            #(#client_methods)*
+            /// The same client with a time limit of its own for every call
+            /// (instead of the caller's configured call timeout). Cloning a
+            /// client is cheap when its caller is: `client.clone().with_timeout(d)`
+            /// gives one call its own limit.
+            pub fn with_timeout(mut self, limit: ::core::time::Duration) -> Self {
+                self.timeout = ::core::option::Option::Some(limit);
+                self
+            }
+        }
+
+        impl #impl_generics #client #ty_generics #calling_where {
+            #(#methods)*
         }
     }
 }
@@ -202,15 +456,20 @@ fn type_checks(method: &Method, krate: &TokenStream) -> TokenStream {
         Ret::Value(ty) | Ret::Result { ok: ty, err: None } => {
             checks.push(quote_spanned!(ty.span()=> #krate::__private::assert_reply::<#ty>();));
         }
-        Ret::Result { ok, err: Some(err) } => {
+        // The error type is checked where it is converted: which
+        // conversion applies depends on what it implements.
+        Ret::Result { ok, err: Some(_) } => {
             checks.push(quote_spanned!(ok.span()=> #krate::__private::assert_reply::<#ok>();));
-            checks.push(quote_spanned!(err.span()=> #krate::__private::assert_error::<#err>();));
         }
     }
     quote!(#(#cfgs)* { #(#checks)* })
 }
 
-fn dispatch_arm(method: &Method, krate: &TokenStream) -> TokenStream {
+fn dispatch_arm(
+    method: &Method,
+    krate: &TokenStream,
+    call: impl Fn(&Ident, TokenStream) -> TokenStream,
+) -> TokenStream {
     let cfgs = &method.cfgs;
     let ident = &method.ident;
     let wire = model::wire_literal(method);
@@ -236,7 +495,8 @@ fn dispatch_arm(method: &Method, krate: &TokenStream) -> TokenStream {
         }
     };
     let context = method.context.then(|| quote!(__ctx,));
-    let call = quote!(self.#ident(#context #(#idents),*).await);
+    let call = call(ident, quote!(#context #(#idents),*));
+    let call = quote!(#call.await);
     let answer = match &method.ret {
         Ret::Unit => quote! {
             let () = #call;
@@ -250,7 +510,7 @@ fn dispatch_arm(method: &Method, krate: &TokenStream) -> TokenStream {
             let into_reply = quote_spanned!(ok.span()=> <#ok as #krate::IntoReply>::into_reply);
             let error_span = err.as_ref().map_or_else(Span::call_site, |err| err.span());
             let convert = quote_spanned!(error_span=>
-                (&&#krate::__private::ErrorWrap(__error)).into_handler_error()
+                (&&&#krate::__private::ErrorWrap(__error)).into_handler_error(#wire)
             );
             quote! {
             match #call {
@@ -300,29 +560,65 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
         }
     };
     let wire_name = &method.wire;
+    let call = quote! {
+        match self.timeout {
+            ::core::option::Option::Some(__limit) => {
+                #krate::Caller::call_with_timeout(&self.caller, #wire, __payload, __limit).await
+            }
+            ::core::option::Option::None => #krate::Caller::call(&self.caller, #wire, __payload).await,
+        }
+    };
     let (output, body, summary) = match &method.ret {
         Ret::Unit => (
             quote!(()),
             quote! {
-                #krate::SessionHandle::notify(&self.session, #wire, __payload)
+                #krate::Caller::notify(&self.caller, #wire, __payload)
                     .await
                     .map_err(#krate::CallError::Send)
             },
             format!("Sends a notification to the peer's `{wire_name}`; returns once it is sent."),
         ),
-        Ret::Value(ty) | Ret::Result { ok: ty, .. } => (
+        Ret::Value(ty) | Ret::Result { ok: ty, err: None } => (
             client_output(ty, krate),
             {
                 let decode = quote_spanned!(ty.span()=>
                     <#ty as #krate::IntoReply>::from_reply(__reply, #wire)
                 );
                 quote! {
-                    let __reply = #krate::SessionHandle::call(&self.session, #wire, __payload).await?;
+                    let __reply = #call?;
                     #decode
                 }
             },
             format!("Calls the peer's `{wire_name}` and returns its typed answer."),
         ),
+        Ret::Result { ok, err: Some(err) } => {
+            let ok_output = client_output(ok, krate);
+            let decode = quote_spanned!(ok.span()=>
+                <#ok as #krate::IntoReply>::from_reply(__reply, #wire)
+            );
+            (
+                quote!(::core::result::Result<#ok_output, #err>),
+                quote! {
+                    match #call {
+                        ::core::result::Result::Ok(__reply) => {
+                            ::core::result::Result::Ok(::core::result::Result::Ok(#decode?))
+                        }
+                        ::core::result::Result::Err(__error) => {
+                            #[allow(unused_imports)]
+                            use #krate::__private::{
+                                DecodeHandlerError as _, DecodeNothing as _, DecodeSerde as _,
+                            };
+                            (&&&#krate::__private::ErrorDecode::<#err>::new())
+                                .decode_error(__error)
+                                .map(::core::result::Result::Err)
+                        }
+                    }
+                },
+                format!(
+                    "Calls the peer's `{wire_name}`: `Ok(Ok(value))` for its typed answer, `Ok(Err(error))` for the method's own error (when the error type can be read back: `HandlerError` or `Deserialize`), `Err` when the call failed."
+                ),
+            )
+        }
     };
     let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
     // The same checks as in the dispatcher, first: a wrong type then fails

@@ -1,24 +1,39 @@
-//! Step 1: read the impl block into a small model of the service, noting
-//! every misuse on the way (each spanned on the smallest offending token).
+//! Step 1: read the impl block or trait definition into a small model of
+//! the service, noting every misuse on the way (each spanned on the
+//! smallest offending token).
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::{
-    Attribute, FnArg, GenericArgument, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr,
-    Pat, PathArguments, ReceiverKind, ReturnType, Safety, Type, Visibility,
+    Attribute, FnArg, GenericArgument, Generics, Ident, ImplItem, ItemImpl, ItemTrait, LitStr, Pat,
+    PathArguments, ReceiverKind, ReturnType, Safety, Signature, TraitItem, Type, Visibility,
 };
 
 use crate::attr::{self, MethodArgs};
 use crate::errors::Errors;
 
-/// The service an impl block describes.
+/// Where the service is written.
+pub enum Kind {
+    /// `impl QueueServer { ... }`: the type serves itself.
+    Impl {
+        /// The type the impl is for, as written (`QueueServer<T>`).
+        self_ty: Box<Type>,
+        /// The impl's generics.
+        generics: Box<Generics>,
+    },
+    /// `trait Kv { ... }`: a generated server serves any implementation.
+    Trait {
+        /// The trait's visibility, given to everything generated for it.
+        vis: Visibility,
+    },
+}
+
+/// The service an impl block or a trait describes.
 pub struct Service {
-    /// The type the impl is for, as written (`QueueServer<T>`).
-    pub self_ty: Type,
-    /// The type's name (`QueueServer`).
+    /// Impl block or trait.
+    pub kind: Kind,
+    /// The type's or trait's name (`QueueServer`).
     pub ident: Ident,
-    /// The impl's generics.
-    pub generics: Generics,
     /// The methods that take part in dispatch, in order.
     pub methods: Vec<Method>,
     /// Every fn of the impl, service method or helper, for clash checks.
@@ -108,7 +123,17 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
             ImplItem::Fn(function) => {
                 all_fns.push(function.sig.ident.clone());
                 let args = attr::take_method_args(&mut function.attrs, errors);
-                if let Some(method) = method(function, args, errors) {
+                if args.skip.is_some() {
+                    if let Some(rename) = &args.rename {
+                        errors.spanned(
+                            rename,
+                            "a skipped helper has no wire name: drop `rename` or `skip`",
+                        );
+                    }
+                    continue;
+                }
+                let vis = function.vis.clone();
+                if let Some(method) = method(&function.sig, &function.attrs, vis, args, errors) {
                     methods.push(method);
                 }
             }
@@ -137,12 +162,84 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
     item.items
         .retain(|impl_item| !matches!(impl_item, ImplItem::Type(_)));
     Some(Service {
-        self_ty: (*item.self_ty).clone(),
+        kind: Kind::Impl {
+            self_ty: item.self_ty.clone(),
+            generics: Box::new(item.generics.clone()),
+        },
         ident,
-        generics: item.generics.clone(),
         methods,
         all_fns,
     })
+}
+
+const TRAIT_ITEMS: &str =
+    "only `async fn`s without a body can stand in a #[stream_rpc::service] trait";
+
+/// Reads a trait definition. Strips the `#[stream_rpc]` attributes from
+/// `item`; the caller rewrites its methods into `Send` futures.
+pub fn parse_trait(item: &mut ItemTrait, errors: &mut Errors) -> Service {
+    if let Some(token) = &item.unsafety {
+        errors.spanned(token, "a service trait cannot be `unsafe`");
+    }
+    if let Some(token) = &item.modifiers.auto_token {
+        errors.spanned(token, "a service trait cannot be an `auto` trait");
+    }
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics.params,
+            "a service trait cannot be generic: each argument and reply needs one concrete type on the wire",
+        );
+    } else if let Some(clause) = &item.generics.where_clause {
+        errors.spanned(clause, "a service trait cannot have a `where` clause");
+    }
+    let mut methods = Vec::new();
+    let mut all_fns = Vec::new();
+    for trait_item in &mut item.items {
+        match trait_item {
+            TraitItem::Fn(function) => {
+                all_fns.push(function.sig.ident.clone());
+                let args = attr::take_method_args(&mut function.attrs, errors);
+                if let Some(skip) = args.skip {
+                    errors.at(
+                        skip,
+                        "`skip` is for helpers in an impl block; a service trait has only service methods",
+                    );
+                    continue;
+                }
+                if let Some(body) = &function.default {
+                    errors.spanned(
+                        body,
+                        "service trait methods have no default body: each implementation writes its own (end the declaration with `;`)",
+                    );
+                    continue;
+                }
+                let vis = item.vis.clone();
+                if let Some(method) = method(&function.sig, &function.attrs, vis, args, errors) {
+                    methods.push(method);
+                }
+            }
+            TraitItem::Const(constant) => errors.spanned(
+                &constant.ident,
+                format!("{TRAIT_ITEMS}: move `const {}` elsewhere", constant.ident),
+            ),
+            TraitItem::Type(alias) => errors.spanned(
+                &alias.ident,
+                format!(
+                    "{TRAIT_ITEMS}: associated types are not supported, since the wire needs concrete types (`type {}`)",
+                    alias.ident
+                ),
+            ),
+            other => errors.spanned(&*other, format!("{TRAIT_ITEMS}: move this elsewhere")),
+        }
+    }
+    Service {
+        kind: Kind::Trait {
+            vis: item.vis.clone(),
+        },
+        ident: item.ident.clone(),
+        methods,
+        all_fns,
+    }
 }
 
 /// Removes our attributes from every method, for emitting the impl after an
@@ -156,18 +253,14 @@ fn strip_method_attrs(item: &mut ItemImpl) {
     }
 }
 
-/// Reads one fn; `None` for helpers (`skip`) and for fns with errors.
-fn method(function: &ImplItemFn, args: MethodArgs, errors: &mut Errors) -> Option<Method> {
-    if args.skip.is_some() {
-        if let Some(rename) = &args.rename {
-            errors.spanned(
-                rename,
-                "a skipped helper has no wire name: drop `rename` or `skip`",
-            );
-        }
-        return None;
-    }
-    let sig = &function.sig;
+/// Reads one service method; `None` for one with errors.
+fn method(
+    sig: &Signature,
+    attrs: &[Attribute],
+    vis: Visibility,
+    args: MethodArgs,
+    errors: &mut Errors,
+) -> Option<Method> {
     let ident = &sig.ident;
     let mut errors_here = Errors::default();
     if sig.asyncness.is_none() {
@@ -281,9 +374,9 @@ fn method(function: &ImplItemFn, args: MethodArgs, errors: &mut Errors) -> Optio
         ident: ident.clone(),
         wire,
         wire_span,
-        vis: function.vis.clone(),
-        cfgs: attrs_named(&function.attrs, "cfg"),
-        docs: attrs_named(&function.attrs, "doc"),
+        vis,
+        cfgs: attrs_named(attrs, "cfg"),
+        docs: attrs_named(attrs, "doc"),
         context,
         args: payload_args,
         ret,

@@ -4,18 +4,38 @@
 use std::collections::HashMap;
 
 use crate::errors::Errors;
-use crate::model::Service;
+use crate::model::{Kind, Service};
 
-/// Names the attribute generates on the service type.
+/// Names the attribute generates on the service type (impl-block form).
 pub const GENERATED: [&str; 2] = ["client", "METHODS"];
+
+/// Names the attribute generates on the typed client, besides the methods.
+pub const CLIENT_ITEMS: [&str; 3] = ["new", "caller", "with_timeout"];
 
 /// Checks the service as a whole.
 pub fn check(service: &Service, errors: &mut Errors) {
     if service.methods.is_empty() && errors.is_empty() {
-        errors.spanned(
-            &service.self_ty,
-            "this impl has no service methods: add an `async fn name(&self, ...)`, or remove #[stream_rpc::service]",
-        );
+        match &service.kind {
+            Kind::Impl { self_ty, .. } => errors.spanned(
+                self_ty,
+                "this impl has no service methods: add an `async fn name(&self, ...)`, or remove #[stream_rpc::service]",
+            ),
+            Kind::Trait { .. } => errors.spanned(
+                &service.ident,
+                "this trait has no service methods: add an `async fn name(&self, ...);`, or remove #[stream_rpc::service]",
+            ),
+        }
+    }
+    for method in &service.methods {
+        if let Some(name) = CLIENT_ITEMS.iter().find(|name| method.ident == *name) {
+            errors.spanned(
+                &method.ident,
+                format!(
+                    "`{name}` clashes with the `{}Client::{name}` that #[stream_rpc::service] generates: rename the fn (keep its wire name with `#[stream_rpc(rename = \"{name}\")]`)",
+                    service.ident
+                ),
+            );
+        }
     }
     let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
     for method in &service.methods {
@@ -39,7 +59,8 @@ pub fn check(service: &Service, errors: &mut Errors) {
             seen.insert(wire, &method.ident);
         }
     }
-    for ident in &service.all_fns {
+    let impl_form = matches!(service.kind, Kind::Impl { .. });
+    for ident in service.all_fns.iter().filter(|_| impl_form) {
         if let Some(name) = GENERATED.iter().find(|name| ident == *name) {
             errors.spanned(
                 ident,

@@ -7,19 +7,18 @@
 //! | `STREAM_RPC_PORT` | `8888` | port to listen on or connect to |
 //! | `STREAM_RPC_LOG_LVL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`/`WARN`, `ERROR`, `CRITICAL` |
 //!
-//! Everything else (terminator, cipher, log format, limits, timeouts, the
-//! peer id) is set through [`ConfigBuilder`].
+//! Everything else (terminator, cipher, log format, limits, timeouts,
+//! replay protection) is set through [`ConfigBuilder`]. A `Config` is plain
+//! data, cheap to clone and safe to share: the peer id and the replay cache
+//! belong to the [`Endpoint`](crate::Endpoint) that runs on it.
 
 use std::env::VarError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use uuid::Uuid;
-
 use crate::cipher::{Cipher, Fernet};
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, DEFAULT_TERMINATOR};
-use crate::replay::ReplayGuard;
 
 /// The environment variable holding the Fernet key(s).
 pub const ENV_KEY: &str = "CRYPTO_KEY";
@@ -186,6 +185,10 @@ impl Default for Timeouts {
 
 /// All settings of a server or client. Build one with [`Config::from_env`]
 /// or [`Config::builder`].
+///
+/// Plain settings: cloning one is cheap and two [`Connector`](crate::Connector)s
+/// made from clones of one `Config` are two independent endpoints, each with
+/// its own peer id and replay cache.
 #[derive(Clone)]
 pub struct Config {
     pub(crate) host: String,
@@ -194,11 +197,13 @@ pub struct Config {
     pub(crate) cipher: Arc<dyn Cipher>,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
-    pub(crate) peer_id: Uuid,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
-    /// Shared by every session of this endpoint; `None` when turned off.
-    pub(crate) replay: Option<Arc<ReplayGuard>>,
+    /// Whether each endpoint keeps a replay and reflection cache.
+    pub(crate) replay_protection: bool,
+    /// How long the replay cache must remember a token: the Fernet TTL, or
+    /// `None` (bounded by size alone) for a custom cipher or no TTL.
+    pub(crate) replay_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -210,10 +215,9 @@ impl fmt::Debug for Config {
             .field("cipher", &self.cipher)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
-            .field("peer_id", &self.peer_id)
             .field("limits", &self.limits)
             .field("timeouts", &self.timeouts)
-            .field("replay_protection", &self.replay.is_some())
+            .field("replay_protection", &self.replay_protection)
             .finish()
     }
 }
@@ -255,9 +259,10 @@ impl Config {
     pub fn log_format(&self) -> LogFormat {
         self.log_format
     }
-    /// This process's peer id, put in the `peer` field of every packet it creates.
-    pub fn peer_id(&self) -> Uuid {
-        self.peer_id
+    /// Whether endpoints on this configuration refuse replayed and
+    /// reflected tokens.
+    pub fn replay_protection(&self) -> bool {
+        self.replay_protection
     }
     /// Resource bounds.
     pub fn limits(&self) -> &Limits {
@@ -280,7 +285,6 @@ pub struct ConfigBuilder {
     cipher: Option<Arc<dyn Cipher>>,
     log_level: Option<LogLevel>,
     log_format: Option<LogFormat>,
-    peer_id: Option<Uuid>,
     limits: Option<Limits>,
     timeouts: Option<Timeouts>,
     replay_protection: Option<bool>,
@@ -379,11 +383,6 @@ impl ConfigBuilder {
         self.log_format = Some(format);
         self
     }
-    /// This process's peer id (default: a new random UUID).
-    pub fn peer_id(mut self, id: Uuid) -> Self {
-        self.peer_id = Some(id);
-        self
-    }
     /// Resource bounds.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
@@ -396,9 +395,9 @@ impl ConfigBuilder {
     }
     /// Whether each token is accepted at most once (on by default): a token
     /// received before is refused as a replay, one this endpoint sent as a
-    /// reflection, on any connection. The cache belongs to the [`Config`],
-    /// so every endpoint of a process needs its own `Config` (two that share
-    /// one would refuse each other's tokens as reflections).
+    /// reflection, on any connection of the same
+    /// [`Endpoint`](crate::Endpoint). Each endpoint has its own cache, so
+    /// endpoints made from one `Config` accept each other's tokens.
     pub fn replay_protection(mut self, on: bool) -> Self {
         self.replay_protection = Some(on);
         self
@@ -434,10 +433,6 @@ impl ConfigBuilder {
             }
             (None, None) => return Err(ConfigError::MissingKey),
         };
-        let replay = self
-            .replay_protection
-            .unwrap_or(true)
-            .then(|| Arc::new(ReplayGuard::new(ttl, limits.replay_cache_entries)));
         Ok(Config {
             host,
             port: self.port.unwrap_or(DEFAULT_PORT),
@@ -445,10 +440,10 @@ impl ConfigBuilder {
             cipher,
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
-            peer_id: self.peer_id.unwrap_or_else(Uuid::new_v4),
             limits,
             timeouts,
-            replay,
+            replay_protection: self.replay_protection.unwrap_or(true),
+            replay_ttl: ttl,
         })
     }
 }

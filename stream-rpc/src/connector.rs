@@ -11,8 +11,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::session::{EndReason, Role, Session, SessionHandle};
@@ -39,21 +41,33 @@ impl ShutdownHandle {
 
 /// Runs servers and clients with one [`Config`], like the seed's connector.
 ///
+/// A connector is one [`Endpoint`]: every server it runs and every
+/// connection it opens share its peer id, its packet numbering and its
+/// replay cache. Clones of a connector are the same endpoint; make another
+/// connector (from the same `Config` if you like) for another endpoint.
+///
 /// [`run_server`](Connector::run_server) and
 /// [`run_client`](Connector::run_client) also shut down gracefully on Ctrl-C
 /// and SIGTERM; [`bind`](Connector::bind) and
 /// [`connect`](Connector::connect) leave signals to the caller.
 #[derive(Debug, Clone)]
 pub struct Connector {
-    config: Arc<Config>,
+    endpoint: Endpoint,
     shutdown: ShutdownHandle,
 }
 
 impl Connector {
-    /// A connector with this configuration.
+    /// A connector with this configuration: a new endpoint, with a new
+    /// random peer id.
     pub fn new(config: Config) -> Self {
+        Connector::with_endpoint(Endpoint::new(config))
+    }
+
+    /// A connector for an endpoint made beforehand (one with a peer id of
+    /// its own choosing: [`Endpoint::with_peer_id`]).
+    pub fn with_endpoint(endpoint: Endpoint) -> Self {
         Connector {
-            config: Arc::new(config),
+            endpoint,
             shutdown: ShutdownHandle::default(),
         }
     }
@@ -65,7 +79,17 @@ impl Connector {
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.config
+        self.endpoint.config()
+    }
+
+    /// The endpoint: peer id, packet numbering, replay cache.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// This endpoint's peer id, the `peer` of every packet it creates.
+    pub fn peer_id(&self) -> Uuid {
+        self.endpoint.peer_id()
     }
 
     /// A handle that shuts down everything this connector runs.
@@ -74,7 +98,7 @@ impl Connector {
     }
 
     async fn addresses(&self) -> Result<Vec<SocketAddr>, Error> {
-        let (host, port) = (self.config.host(), self.config.port());
+        let (host, port) = (self.config().host(), self.config().port());
         let resolve_error = |source| Error::Resolve {
             host: host.to_owned(),
             port,
@@ -102,7 +126,7 @@ impl Connector {
         Ok(Server {
             local_addr: listener.local_addr()?,
             listener,
-            config: self.config.clone(),
+            endpoint: self.endpoint.clone(),
             shutdown: self.shutdown.clone(),
         })
     }
@@ -124,17 +148,25 @@ impl Connector {
         self.connect_shared(Arc::new(protocol)).await
     }
 
+    /// Connects to the configured host and port, for a program that only
+    /// makes calls: it serves nothing, and a request the server sends on
+    /// this connection is answered with `unknown_method` (the `()`
+    /// protocol).
+    pub async fn connect_client(&self) -> Result<Client, Error> {
+        self.connect(()).await
+    }
+
     /// [`connect`](Self::connect) with a protocol shared with other
     /// connections (a reconnecting client's).
     pub(crate) async fn connect_shared<P: Protocol>(
         &self,
         protocol: Arc<P>,
     ) -> Result<Client, Error> {
-        let target = format!("{}:{}", self.config.host(), self.config.port());
+        let target = format!("{}:{}", self.config().host(), self.config().port());
         let addrs = self.addresses().await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
-            match timeout(self.config.timeouts().connect, TcpStream::connect(addr)).await {
+            match timeout(self.config().timeouts().connect, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => return Ok(self.start_client(stream, protocol)),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
@@ -149,7 +181,7 @@ impl Connector {
     fn start_client<P: Protocol>(&self, stream: TcpStream, protocol: Arc<P>) -> Client {
         let remote = stream.peer_addr().ok();
         let _ = stream.set_nodelay(true);
-        let session = Session::new(protocol, self.config.clone(), Role::Client, remote);
+        let session = Session::new(protocol, &self.endpoint, Role::Client, remote);
         let handle = session.handle();
         let (reader, writer) = stream.into_split();
         let shutdown = self.shutdown.token.clone();
@@ -190,7 +222,7 @@ impl Connector {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
-    config: Arc<Config>,
+    endpoint: Endpoint,
     shutdown: ShutdownHandle,
 }
 
@@ -212,8 +244,8 @@ impl Server {
     pub async fn serve<P: Protocol>(self, protocol: P) -> Result<(), Error> {
         let protocol = Arc::new(protocol);
         let name = protocol.name().to_owned();
-        let peer = self.config.peer_id();
-        let max = self.config.limits().max_connections;
+        let peer = self.endpoint.peer_id();
+        let max = self.endpoint.config().limits().max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let token = self.shutdown.token.clone();
         tracing::info!(protocol = %name, peer = %peer, "Serving on {}", self.local_addr);
@@ -244,12 +276,8 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let session = Session::new(
-                protocol.clone(),
-                self.config.clone(),
-                Role::Server,
-                Some(remote),
-            );
+            let session =
+                Session::new(protocol.clone(), &self.endpoint, Role::Server, Some(remote));
             let token = token.clone();
             let (name, peer) = (name.clone(), peer);
             tokio::spawn(async move {

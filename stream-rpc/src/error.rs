@@ -109,6 +109,9 @@ pub enum CallError {
         code: ErrorCode,
         /// The error packet's message.
         message: String,
+        /// The error packet's `data`: a typed service error as JSON, when
+        /// the method returned one (the typed client decodes it).
+        data: Option<serde_json::Value>,
     },
     /// The reply's payload does not have the expected type.
     #[error("reply to `{method}` has an unexpected payload: {reason}")]

@@ -50,10 +50,12 @@
 
 #![warn(missing_docs)]
 
+mod caller;
 pub mod cipher;
 pub mod codec;
 pub mod config;
 mod connector;
+mod endpoint;
 mod error;
 pub mod logging;
 pub mod packet;
@@ -64,9 +66,11 @@ mod scratch;
 mod service;
 pub mod session;
 
+pub use caller::Caller;
 pub use cipher::{Cipher, CipherError, Fernet, KeyError};
 pub use config::{Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, Timeouts};
 pub use connector::{Client, Connector, Server, ShutdownHandle};
+pub use endpoint::Endpoint;
 pub use error::{CallError, Error, SendError};
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};

@@ -375,6 +375,10 @@ pub struct ErrorPayload {
     /// The method of the packet that failed, when it is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// A typed service error, as the JSON of the method's error value
+    /// (`docs/PROTOCOL.md`, typed services); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 /// The stable codes of error packets (`snake_case` on the wire).
@@ -735,6 +739,7 @@ mod tests {
             code: ErrorCode::UnknownMethod,
             message: "no handler".into(),
             method: Some("nope".into()),
+            data: None,
         };
         let value = serde_json::to_value(&payload).unwrap();
         assert_eq!(value["code"], "unknown_method");

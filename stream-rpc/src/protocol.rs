@@ -78,6 +78,21 @@ impl<P: Protocol> Protocol for std::sync::Arc<P> {
     }
 }
 
+/// The protocol of a program that only makes calls
+/// ([`Connector::connect_client`](crate::Connector::connect_client)): it
+/// serves nothing, so every request the peer sends gets `unknown_method`
+/// (replies and error packets that complete no call are dropped, as
+/// always).
+impl Protocol for () {
+    fn name(&self) -> &str {
+        "Client"
+    }
+
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        Err(HandlerError::unknown_method(&packet.method))
+    }
+}
+
 /// What a handler sends back.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -110,13 +125,20 @@ impl Reply {
 
 /// A handler's failure, sent to the peer as an error packet when the peer
 /// is waiting for an answer.
+///
+/// The `code`, `message` and `data` are sent; the
+/// [`detail`](Self::detail) stays in this side's log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct HandlerError {
     /// The error packet's code.
     pub code: ErrorCode,
-    /// The error packet's message.
+    /// The error packet's message, shown to the peer.
     pub message: String,
+    /// The error packet's `data`: a typed service error as JSON.
+    pub data: Option<Value>,
+    /// Logged on this side, never sent.
+    detail: Option<String>,
 }
 
 impl HandlerError {
@@ -125,7 +147,28 @@ impl HandlerError {
         HandlerError {
             code,
             message: message.into(),
+            data: None,
+            detail: None,
         }
+    }
+
+    /// The same error carrying `data` in its error packet (the JSON of a
+    /// typed service error).
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The same error with a text for this side's log only: the peer never
+    /// sees it.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The text for this side's log only, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 
     /// No handler takes `method`.
@@ -155,6 +198,7 @@ impl HandlerError {
             code: self.code,
             message: self.message,
             method: Some(method.to_owned()),
+            data: self.data,
         }
     }
 }

@@ -199,6 +199,12 @@ impl ReconnectingClient {
         }
     }
 
+    /// How long [`call`](Self::call) waits (for a connection and a reply):
+    /// the configured [`Timeouts::call`](crate::Timeouts::call).
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
     /// How many connections were made so far (the first one included).
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)

@@ -11,8 +11,18 @@
 //! | [`Reply`] | whatever it says, including a stored packet forwarded verbatim | `Result<Packet, CallError>` |
 //! | `Result<R, E>` | `Ok` as above; `Err` as an error packet | `Result<_, CallError>`, with `Err` as [`CallError::Remote`] |
 //!
-//! In `Result<R, E>`, `E` is either a [`HandlerError`] (its code is kept) or
-//! any type that implements `Display` (sent as `handler_error` with its text).
+//! In `Result<R, E>`, the error `E` travels by what it is:
+//!
+//! | `E` | error packet | the typed client's `Err` |
+//! |---|---|---|
+//! | [`HandlerError`] | its code, message and data | `Ok(Err(HandlerError))` for every error packet |
+//! | `Serialize` (+ `Deserialize` for the client) | `handler_error` with `data`: the error as JSON | `Ok(Err(E))`, decoded from `data` |
+//! | only `Display` | `handler_error` with the message "`method` failed"; its text is logged on the server, never sent | [`CallError::Remote`] |
+//!
+//! So the typed client of a method returning `Result<T, E>` returns
+//! `Result<Result<T, E>, CallError>`: the outer error for the call itself
+//! (sending, time-out, connection, a failure that is not the method's own
+//! error), the inner one the method's own error.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -128,20 +138,26 @@ pub trait Argument: Serialize + DeserializeOwned {}
 
 impl<T: Serialize + DeserializeOwned> Argument for T {}
 
-/// The error types of `Result`-returning service methods.
+/// The error types of `Result`-returning service methods that are neither a
+/// [`HandlerError`] nor serializable: their text is logged on the serving
+/// side and never sent, since it may tell internals (paths, queries,
+/// addresses) to the peer. To show a text to the peer, return a
+/// [`HandlerError`] with it; to send the error itself, make it `Serialize`
+/// and `Deserialize`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the error of a stream_rpc service method",
-    label = "the error must implement `Display` (or be a `stream_rpc::HandlerError`)"
+    label = "the error must implement `Serialize` and `Deserialize` (sent as itself), `Display` (logged, not sent), or be a `stream_rpc::HandlerError`"
 )]
 pub trait ErrorType {
-    /// The error as sent to the peer: `handler_error` with the error's text.
+    /// The error as sent to the peer: `handler_error`, "`method` failed",
+    /// with the error's text kept for this side's log.
     #[doc(hidden)]
-    fn to_handler_error(&self) -> HandlerError;
+    fn to_handler_error(&self, method: &str) -> HandlerError;
 }
 
 impl<E: std::fmt::Display> ErrorType for E {
-    fn to_handler_error(&self) -> HandlerError {
-        HandlerError::failed(self.to_string())
+    fn to_handler_error(&self, method: &str) -> HandlerError {
+        HandlerError::failed(format!("`{method}` failed")).with_detail(self.to_string())
     }
 }
 
@@ -149,6 +165,10 @@ impl<E: std::fmt::Display> ErrorType for E {
 #[doc(hidden)]
 pub mod __private {
     use serde_json::{Map, Value};
+
+    use std::marker::PhantomData;
+
+    use serde::de::DeserializeOwned;
 
     pub use super::{Argument, ErrorType, IntoReply};
     use crate::error::{CallError, SendError};
@@ -159,8 +179,6 @@ pub mod __private {
     pub fn assert_argument<T: Argument>() {}
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_reply<T: IntoReply>() {}
-    /// Checks at compile time, spanned on the user's type.
-    pub fn assert_error<E: ErrorType>() {}
 
     /// The whole payload as the one argument.
     pub fn decode_whole<T: Argument>(payload: Value, method: &str) -> Result<T, HandlerError> {
@@ -233,20 +251,39 @@ pub mod __private {
         Ok(())
     }
 
-    /// Picks the conversion of a handler's error: a [`HandlerError`] keeps
-    /// its code, anything else that is `Display` becomes `handler_error`.
-    /// Called as `(&&ErrorWrap(e)).into_handler_error()`.
+    /// Picks the conversion of a handler's error, most specific first: a
+    /// [`HandlerError`] is kept as it is, a `Serialize` error travels as
+    /// `data`, anything else that is `Display` becomes a generic
+    /// `handler_error`. Called as `(&&&ErrorWrap(e)).into_handler_error(method)`.
     pub struct ErrorWrap<E>(pub E);
 
-    /// The preferred conversion, for [`HandlerError`] itself.
+    /// The first choice, for [`HandlerError`] itself.
     pub trait ViaHandlerError {
         /// Converts.
-        fn into_handler_error(self) -> HandlerError;
+        fn into_handler_error(self, method: &str) -> HandlerError;
     }
 
-    impl ViaHandlerError for &&ErrorWrap<HandlerError> {
-        fn into_handler_error(self) -> HandlerError {
+    impl ViaHandlerError for &&&ErrorWrap<HandlerError> {
+        fn into_handler_error(self, _method: &str) -> HandlerError {
             self.0.clone()
+        }
+    }
+
+    /// The second choice, for a serializable error: sent as itself.
+    pub trait ViaSerde {
+        /// Converts.
+        fn into_handler_error(self, method: &str) -> HandlerError;
+    }
+
+    impl<E: serde::Serialize> ViaSerde for &&ErrorWrap<E> {
+        fn into_handler_error(self, method: &str) -> HandlerError {
+            match serde_json::to_value(&self.0) {
+                Ok(data) => {
+                    HandlerError::failed(format!("`{method}` returned {data}")).with_data(data)
+                }
+                Err(e) => HandlerError::failed(format!("`{method}` failed"))
+                    .with_detail(format!("its error cannot be encoded as JSON: {e}")),
+            }
         }
     }
 
@@ -255,17 +292,89 @@ pub mod __private {
     /// `ErrorType` check once instead of failing method lookup.
     pub trait ViaDisplay<E> {
         /// Converts.
-        fn into_handler_error(self) -> HandlerError
+        fn into_handler_error(self, method: &str) -> HandlerError
         where
             E: ErrorType;
     }
 
     impl<E> ViaDisplay<E> for &ErrorWrap<E> {
-        fn into_handler_error(self) -> HandlerError
+        fn into_handler_error(self, method: &str) -> HandlerError
         where
             E: ErrorType,
         {
-            self.0.to_handler_error()
+            self.0.to_handler_error(method)
+        }
+    }
+
+    /// Picks how the typed client reads a failed call of a method whose
+    /// error type is `E`, most specific first: every error packet as a
+    /// [`HandlerError`]; a typed error from the packet's `data` when `E` is
+    /// `Deserialize`; otherwise the call error as it is. Called as
+    /// `(&&&ErrorDecode::<E>::new()).decode_error(error)`.
+    pub struct ErrorDecode<E>(PhantomData<fn() -> E>);
+
+    impl<E> ErrorDecode<E> {
+        /// The selector for `E`.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            ErrorDecode(PhantomData)
+        }
+    }
+
+    /// The first choice: every error packet is a [`HandlerError`].
+    pub trait DecodeHandlerError {
+        /// The method's own error, or the call's error.
+        fn decode_error(self, error: CallError) -> Result<HandlerError, CallError>;
+    }
+
+    impl DecodeHandlerError for &&&ErrorDecode<HandlerError> {
+        fn decode_error(self, error: CallError) -> Result<HandlerError, CallError> {
+            match error {
+                CallError::Remote {
+                    code,
+                    message,
+                    data,
+                    ..
+                } => {
+                    let mut decoded = HandlerError::new(code, message);
+                    decoded.data = data;
+                    Ok(decoded)
+                }
+                other => Err(other),
+            }
+        }
+    }
+
+    /// The second choice: a typed error, decoded from the error packet's `data`.
+    pub trait DecodeSerde<E> {
+        /// The method's own error, or the call's error.
+        fn decode_error(self, error: CallError) -> Result<E, CallError>;
+    }
+
+    impl<E: DeserializeOwned> DecodeSerde<E> for &&ErrorDecode<E> {
+        fn decode_error(self, error: CallError) -> Result<E, CallError> {
+            if let CallError::Remote {
+                code: crate::packet::ErrorCode::HandlerError,
+                data: Some(data),
+                ..
+            } = &error
+                && let Ok(decoded) = E::deserialize(data)
+            {
+                return Ok(decoded);
+            }
+            Err(error)
+        }
+    }
+
+    /// The fallback: the error cannot be read back; the call's error as it is.
+    pub trait DecodeNothing<E> {
+        /// The call's error.
+        fn decode_error(self, error: CallError) -> Result<E, CallError>;
+    }
+
+    impl<E> DecodeNothing<E> for &ErrorDecode<E> {
+        fn decode_error(self, error: CallError) -> Result<E, CallError> {
+            Err(error)
         }
     }
 }
@@ -307,11 +416,76 @@ mod tests {
     // The double borrow is what the generated code writes: it selects the
     // conversion by autoref, and is not needless there.
     #[allow(clippy::needless_borrow)]
-    fn errors_keep_a_handler_errors_code_and_display_anything_else() {
+    fn errors_travel_by_what_they_are() {
         let coded = HandlerError::new(ErrorCode::Busy, "later");
-        assert_eq!((&&ErrorWrap(coded.clone())).into_handler_error(), coded);
-        let plain = (&&ErrorWrap("disk full")).into_handler_error();
-        assert_eq!(plain, HandlerError::failed("disk full"));
+        assert_eq!((&&&ErrorWrap(coded.clone())).into_handler_error("m"), coded);
+
+        #[derive(serde::Serialize)]
+        enum Typed {
+            Missing(String),
+        }
+        let typed = (&&&ErrorWrap(Typed::Missing("k".into()))).into_handler_error("take");
+        assert_eq!(typed.code, ErrorCode::HandlerError);
+        assert_eq!(typed.data, Some(json!({"Missing": "k"})));
+
+        /// Display only: its text may tell internals.
+        struct Secret;
+        impl std::fmt::Display for Secret {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("password=hunter2 at /etc/app")
+            }
+        }
+        let plain = (&&&ErrorWrap(Secret)).into_handler_error("login");
+        assert_eq!(plain.code, ErrorCode::HandlerError);
+        assert_eq!(plain.message, "`login` failed");
+        assert_eq!(plain.data, None);
+        assert_eq!(plain.detail(), Some("password=hunter2 at /etc/app"));
+        let sent = plain.into_payload("login");
+        assert!(!serde_json::to_string(&sent).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    #[allow(clippy::needless_borrow)]
+    fn the_typed_client_reads_errors_back_by_what_they_are() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        enum Typed {
+            Missing(String),
+        }
+        let remote = |code, data| CallError::Remote {
+            method: "take".into(),
+            code,
+            message: "m".into(),
+            data,
+        };
+        let typed = remote(ErrorCode::HandlerError, Some(json!({"Missing": "k"})));
+        assert_eq!(
+            (&&&ErrorDecode::<Typed>::new()).decode_error(typed.clone()),
+            Ok(Typed::Missing("k".into()))
+        );
+        // Not the method's own error: the call's error, as it is.
+        for other in [
+            remote(ErrorCode::HandlerError, None),
+            remote(ErrorCode::HandlerError, Some(json!("not a Typed"))),
+            remote(ErrorCode::Busy, Some(json!({"Missing": "k"}))),
+            CallError::lost("take"),
+        ] {
+            assert_eq!(
+                (&&&ErrorDecode::<Typed>::new()).decode_error(other.clone()),
+                Err(other)
+            );
+        }
+        // A `HandlerError` method reads every error packet as its own.
+        let busy = (&&&ErrorDecode::<HandlerError>::new())
+            .decode_error(remote(ErrorCode::Busy, None))
+            .unwrap();
+        assert_eq!(busy, HandlerError::new(ErrorCode::Busy, "m"));
+        // A `Display`-only error cannot be read back.
+        struct Opaque;
+        assert!(
+            (&&&ErrorDecode::<Opaque>::new())
+                .decode_error(typed)
+                .is_err()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,7 @@ use super::signal::Signal;
 use super::{EndReason, within};
 use crate::cipher::{Cipher, CipherError};
 use crate::codec::FrameCodec;
-use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayGuard;
@@ -33,7 +33,8 @@ pub(super) struct Shared {
     pub(super) cipher: Arc<dyn Cipher>,
     pub(super) max_frame_len: usize,
     pub(super) call_timeout: Duration,
-    pub(super) next_id: AtomicU64,
+    /// The endpoint this session belongs to: it numbers the packets.
+    pub(super) endpoint: Endpoint,
     /// Calls awaiting replies, by request number; `None` once the session ended.
     pub(super) pending: Mutex<Option<PendingCalls>>,
     pub(super) call_slots: Semaphore,
@@ -127,20 +128,21 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(super) fn new(
-        config: &Config,
+        endpoint: &Endpoint,
         protocol_name: &str,
         remote_addr: Option<SocketAddr>,
     ) -> Self {
+        let config = endpoint.config();
         let limits = config.limits();
         let codec = FrameCodec::new(config.terminator(), limits.max_frame_len);
         Shared {
-            own_id: config.peer_id(),
+            own_id: endpoint.peer_id(),
             remote_addr,
             protocol_name: protocol_name.into(),
             cipher: config.cipher().clone(),
             max_frame_len: limits.max_frame_len,
             call_timeout: config.timeouts().call,
-            next_id: AtomicU64::new(0),
+            endpoint: endpoint.clone(),
             pending: Mutex::new(Some(PendingCalls::default())),
             call_slots: Semaphore::new(limits.max_in_flight_calls),
             outbox: Outbox::new(codec, limits.outgoing_queue),
@@ -148,7 +150,7 @@ impl Shared {
             stop: Signal::default(),
             stop_reason: Mutex::new(None),
             ended: CancellationToken::new(),
-            replay: config.replay.clone(),
+            replay: endpoint.replay().cloned(),
             received: AtomicBool::new(false),
         }
     }
@@ -239,12 +241,19 @@ impl SessionHandle {
         self.shared.remote_addr
     }
 
+    /// How long [`call`](Self::call) waits for a reply: the configured
+    /// [`Timeouts::call`](crate::Timeouts::call).
+    pub fn call_timeout(&self) -> Duration {
+        self.shared.call_timeout
+    }
+
     /// Whether the session is closing or closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)
     }
 
-    /// Builds a packet from this side with the next request number.
+    /// Builds a packet from this side with the endpoint's next request
+    /// number (one sequence over all the endpoint's connections).
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
         self.packet_at(method, payload, SystemTime::now())
     }
@@ -252,8 +261,7 @@ impl SessionHandle {
     /// [`packet`](Self::packet) stamped with a time already read, to seal
     /// it with the same time.
     fn packet_at(&self, method: impl Into<String>, payload: Value, now: SystemTime) -> Packet {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        Packet::new_at(self.shared.own_id, id, method, payload, now)
+        self.shared.endpoint.packet_at(method, payload, now)
     }
 
     /// Seals and queues a packet. Waits while the outgoing queue is full.
@@ -407,11 +415,13 @@ impl SessionHandle {
                 code: ErrorCode::Unknown,
                 message: format!("malformed error packet: {}", reply.payload),
                 method: None,
+                data: None,
             });
             return Err(CallError::Remote {
                 method: method.to_owned(),
                 code: error.code,
                 message: error.message,
+                data: error.data,
             });
         }
         Ok(reply)

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::FrameCodec;
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::protocol::Protocol;
 
 /// Logs with the two fields the seed's format shows: protocol name and own peer id.
@@ -131,18 +132,19 @@ impl<P> fmt::Debug for Session<P> {
 }
 
 impl<P: Protocol> Session<P> {
-    /// Prepares a session; nothing happens until [`Session::run`].
+    /// Prepares a session of `endpoint` (its peer id, packet numbering,
+    /// replay cache and settings); nothing happens until [`Session::run`].
     pub fn new(
         protocol: Arc<P>,
-        config: Arc<Config>,
+        endpoint: &Endpoint,
         role: Role,
         remote_addr: Option<SocketAddr>,
     ) -> Self {
-        let shared = Arc::new(Shared::new(&config, protocol.name(), remote_addr));
+        let shared = Arc::new(Shared::new(endpoint, protocol.name(), remote_addr));
         Session {
             protocol,
             shared,
-            config,
+            config: endpoint.config_arc().clone(),
             role,
         }
     }
@@ -305,7 +307,12 @@ mod tests {
         tokio::task::JoinHandle<EndReason>,
     ) {
         let (ours, theirs) = duplex(64 * 1024);
-        let session = Session::new(Arc::new(Pong), config.clone(), Role::Client, None);
+        let session = Session::new(
+            Arc::new(Pong),
+            &Endpoint::new((**config).clone()),
+            Role::Client,
+            None,
+        );
         let handle = session.handle();
         let (reader, writer) = tokio::io::split(ours);
         let task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
@@ -609,7 +616,12 @@ mod tests {
         // A pipe that holds less than two frames, and a peer that does not
         // read yet: the writer blocks, then the queue fills.
         let (ours, theirs) = duplex(512);
-        let session = Session::new(Arc::new(Pong), config.clone(), Role::Client, None);
+        let session = Session::new(
+            Arc::new(Pong),
+            &Endpoint::new((*config).clone()),
+            Role::Client,
+            None,
+        );
         let handle = session.handle();
         let (reader, writer) = tokio::io::split(ours);
         let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
@@ -672,12 +684,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn request_numbers_count_up_per_session() {
-        let config = config();
-        let (handle, _theirs, _task) = start(&config);
-        let ids: Vec<u64> = (0..5).map(|_| handle.packet("m", json!(null)).id).collect();
-        assert_eq!(ids, [0, 1, 2, 3, 4]);
-        assert_eq!(handle.packet("m", json!(null)).peer, config.peer_id());
+    async fn request_numbers_count_up_across_the_sessions_of_an_endpoint() {
+        let endpoint = Endpoint::new((*config()).clone());
+        let handles: Vec<SessionHandle> = (0..2)
+            .map(|_| Session::new(Arc::new(Pong), &endpoint, Role::Client, None).handle())
+            .collect();
+        let ids: Vec<u64> = (0..6)
+            .map(|n| handles[n % 2].packet("m", json!(null)).id)
+            .collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5]);
+        for handle in &handles {
+            assert_eq!(handle.packet("m", json!(null)).peer, endpoint.peer_id());
+        }
     }
 
     #[tokio::test]

@@ -334,6 +334,7 @@ impl<P: Protocol> ReadLoop<P> {
             code: ErrorCode::InvalidPacket,
             message: format!("packet is not valid: {error}"),
             method: method.map(str::to_owned),
+            data: None,
         };
         send_error(&self.handle(), payload, reply_to).await;
     }
@@ -499,7 +500,14 @@ async fn answer<P: Protocol>(
             handle.shared,
             "dropped an error packet that answers no pending call (no `error` handler): {text}"
         ),
-        _ => session_log!(warn, handle.shared, "`{method}` failed: {failure}"),
+        _ => match failure.detail() {
+            Some(detail) => session_log!(
+                warn,
+                handle.shared,
+                "`{method}` failed: {failure} ({detail})"
+            ),
+            None => session_log!(warn, handle.shared, "`{method}` failed: {failure}"),
+        },
     }
     if reply_to.is_some() {
         send_error(handle, failure.into_payload(method), reply_to).await;

@@ -79,8 +79,8 @@ async fn use_clients(session: &stream_rpc::SessionHandle) -> Result<(), stream_r
     let _: () = server.ping().await?;
     let _: Packet = server.get_task_from_queue().await?;
     let _: i64 = server.add(1, 2).await?;
-    let _: u32 = server.checked(3).await?;
-    let _: () = server.fallible("7".into()).await?;
+    let _: Result<u32, stream_rpc::HandlerError> = server.checked(3).await?;
+    let _: Result<(), std::num::ParseIntError> = server.fallible("7".into()).await?;
     let _: () = server.log_line("hello".into()).await?;
     let worker: WorkerClient = Worker::client(session);
     let _: Packet = worker.parse_article(Article { article_id: 1 }).await?;

@@ -1,0 +1,205 @@
+//! Services defined by a trait, over loopback: the trait lives in its own
+//! crate (`examples/kv-api`), the server implements it here, and clients
+//! that serve nothing call it through any `Caller`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{TestServer, bounded, config, new_key};
+use stream_rpc::{CallError, Config, Connector, Context, Reconnect, SessionHandle};
+use stream_rpc_example_kv::{Kv, KvClient, KvError, KvServer};
+use tokio::sync::Notify;
+
+/// The implementation, in the server's crate.
+#[derive(Default)]
+struct MemoryKv {
+    values: Mutex<HashMap<String, String>>,
+}
+
+impl Kv for MemoryKv {
+    async fn set(&self, key: String, value: String) {
+        self.values.lock().unwrap().insert(key, value);
+    }
+
+    async fn get(&self, key: String) -> Option<String> {
+        self.values.lock().unwrap().get(&key).cloned()
+    }
+
+    async fn take(&self, key: String) -> Result<String, KvError> {
+        self.values
+            .lock()
+            .unwrap()
+            .remove(&key)
+            .ok_or(KvError::Missing(key))
+    }
+
+    async fn count(&self) -> usize {
+        self.values.lock().unwrap().len()
+    }
+}
+
+async fn kv_server() -> (TestServer, String) {
+    let key = new_key();
+    let server = TestServer::start(KvServer::new(MemoryKv::default()), config(&key, 0), &key).await;
+    (server, key)
+}
+
+#[tokio::test]
+async fn a_client_that_serves_nothing_calls_a_trait_service() {
+    bounded(async {
+        let (server, key) = kv_server().await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let kv = KvClient::new(connector.connect_client().await.unwrap());
+        kv.set("a".into(), "1".into()).await.unwrap();
+        // The notification is sent before the call on one connection, so it
+        // has been handled when the call is.
+        assert_eq!(kv.get("a".into()).await.unwrap(), Some("1".into()));
+        assert_eq!(kv.get("b".into()).await.unwrap(), None);
+        assert_eq!(kv.count().await.unwrap(), 1);
+        assert_eq!(kv.take("a".into()).await.unwrap(), Ok("1".into()));
+        // The method's own error comes back as itself.
+        assert_eq!(
+            kv.take("a".into()).await.unwrap(),
+            Err(KvError::Missing("a".into()))
+        );
+        assert_eq!(KvClient::METHODS, ["set", "get", "take", "kv.count"]);
+        assert_eq!(KvServer::<MemoryKv>::METHODS, KvClient::METHODS);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_typed_client_rides_a_reconnecting_client() {
+    bounded(async {
+        let (server, key) = kv_server().await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let reconnecting = connector
+            .connect_reconnecting((), Reconnect::default())
+            .unwrap();
+        // By reference: the typed client borrows the reconnecting client.
+        let kv = KvClient::new(&reconnecting);
+        kv.set("k".into(), "v".into()).await.unwrap();
+        assert_eq!(kv.get("k".into()).await.unwrap(), Some("v".into()));
+        // Through the connection it has now, and through an `Arc`.
+        let session = reconnecting.session().expect("connected");
+        let by_session: KvClient<SessionHandle> = KvClient::new(session);
+        assert_eq!(by_session.count().await.unwrap(), 1);
+        let shared = KvClient::new(std::sync::Arc::new(reconnecting));
+        assert_eq!(shared.get("k".into()).await.unwrap(), Some("v".into()));
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A service whose `hold` waits until released, and which reports the
+/// request numbers it is sent.
+#[stream_rpc::service]
+trait Probe {
+    async fn hold(&self) -> u32;
+    async fn id_of(&self, ctx: Context) -> u64;
+    async fn call_back(&self, ctx: Context) -> String;
+}
+
+#[derive(Default)]
+struct Probing {
+    release: Notify,
+}
+
+impl Probe for Probing {
+    async fn hold(&self) -> u32 {
+        self.release.notified().await;
+        7
+    }
+
+    async fn id_of(&self, ctx: Context) -> u64 {
+        ctx.request_id()
+    }
+
+    async fn call_back(&self, ctx: Context) -> String {
+        match ctx
+            .session()
+            .call("anything", stream_rpc::json!(null))
+            .await
+        {
+            Err(CallError::Remote { code, .. }) => code.to_string(),
+            other => format!("unexpected: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_typed_call_can_have_its_own_time_limit() {
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(ProbeServer::new(Probing::default()), config(&key, 0), &key).await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let client = connector.connect_client().await.unwrap();
+        let limit = Duration::from_millis(100);
+        let probe = ProbeClient::new(client.session().clone()).with_timeout(limit);
+        let err = probe.hold().await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Timeout { method, after } if method == "hold" && *after == limit),
+            "{err}"
+        );
+        // Without it, the configured call timeout (30 s) applies: the call
+        // waits until released.
+        let patient = ProbeClient::new(client.session().clone());
+        assert_eq!(patient.caller().call_timeout(), Duration::from_secs(30));
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_to_a_program_that_serves_nothing_gets_unknown_method() {
+    bounded(async {
+        let key = new_key();
+        let server =
+            TestServer::start(ProbeServer::new(Probing::default()), config(&key, 0), &key).await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let probe = ProbeClient::new(connector.connect_client().await.unwrap());
+        assert_eq!(probe.call_back().await.unwrap(), "unknown_method");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_connectors_from_one_config_are_two_endpoints_that_talk() {
+    bounded(async {
+        let key = new_key();
+        // One config, server and client alike: a port picked free first.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let shared: Config = config(&key, port).build().unwrap();
+        let serving = Connector::new(shared.clone());
+        let server = serving.bind().await.unwrap();
+        let stop = server.shutdown_handle();
+        let task = tokio::spawn(server.serve(ProbeServer::new(Probing::default())));
+
+        let calling = Connector::new(shared);
+        assert_ne!(calling.peer_id(), serving.peer_id());
+        let probe = ProbeClient::new(calling.connect_client().await.unwrap());
+        assert_eq!(probe.id_of().await.unwrap(), 0);
+
+        // One endpoint numbers its packets across its connections.
+        let second = ProbeClient::new(calling.connect_client().await.unwrap());
+        let ids = [
+            second.id_of().await.unwrap(),
+            probe.id_of().await.unwrap(),
+            second.id_of().await.unwrap(),
+        ];
+        assert_eq!(ids, [1, 2, 3]);
+        stop.shutdown();
+        drop((probe, second));
+        task.await.unwrap().unwrap();
+    })
+    .await;
+}
