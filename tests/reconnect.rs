@@ -271,3 +271,50 @@ async fn bad_policies_are_refused_before_connecting() {
         .unwrap_err();
     assert!(err.to_string().contains("max_delay"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_several_servers_fails_over_when_its_server_goes_away() {
+    bounded(async {
+        let key = new_key();
+        let first = TestServer::start(TestService::default(), config(&key, 0), &key).await;
+        let second = TestServer::start(TestService::default(), config(&key, 0), &key).await;
+        let reconnect =
+            policy(10, 100).with_servers([("127.0.0.1", first.port), ("127.0.0.1", second.port)]);
+        // The connector's own port is not used when servers are listed.
+        let client = Connector::new(config(&key, 1).build().unwrap())
+            .connect_reconnecting(TestService::default(), reconnect)
+            .unwrap();
+        let reply = client.call("ping", json!(1)).await.unwrap();
+        assert_eq!(reply.payload, json!(1));
+        let session = client.session().expect("connected");
+        assert_eq!(session.remote_addr().unwrap().port(), first.port);
+
+        first.stop().await;
+        session.closed().await;
+        let reply = client.call("ping", json!(2)).await.unwrap();
+        assert_eq!(reply.payload, json!(2));
+        let now = client.session().expect("connected again");
+        assert_eq!(now.remote_addr().unwrap().port(), second.port);
+        assert_eq!(client.connections(), 2);
+        client.close();
+        client.join().await.unwrap();
+        second.stop().await;
+    })
+    .await;
+}
+
+#[test]
+fn a_server_list_with_a_blank_host_is_refused() {
+    let reconnect = Reconnect::default().with_servers([("", 8888)]);
+    let key = new_key();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = runtime.block_on(async {
+        Connector::new(config(&key, 1).build().unwrap())
+            .connect_reconnecting(TestService::default(), reconnect)
+            .unwrap_err()
+    });
+    assert!(err.to_string().starts_with("servers"), "{err}");
+}

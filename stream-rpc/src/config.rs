@@ -29,6 +29,10 @@ pub const ENV_PORT: &str = "STREAM_RPC_PORT";
 /// The environment variable holding the log level.
 pub const ENV_LOG_LEVEL: &str = "STREAM_RPC_LOG_LVL";
 
+/// The environment variable holding a list of servers for clients that
+/// fail over between them: `host:port,host:port` (see [`parse_servers`]).
+pub const ENV_SERVERS: &str = "STREAM_RPC_SERVERS";
+
 /// The default host: every IPv4 interface, as in the seed.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// The default port, as in the seed.
@@ -114,7 +118,37 @@ impl std::str::FromStr for LogLevel {
     }
 }
 
+/// Writes `with_*` builder methods for the named fields of a settings
+/// struct, so that users outside the crate can build one in one expression
+/// (the structs are `#[non_exhaustive]`).
+macro_rules! with_setters_impl {
+    ($ty:ident { $($(#[$doc:meta])* $setter:ident => $field:ident: $value:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $setter(mut self, $field: $value) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use with_setters_impl as with_setters;
+
 /// Bounds on what one process and one connection may hold.
+///
+/// Build one from the defaults in one expression:
+///
+/// ```
+/// use stream_rpc::Limits;
+///
+/// let limits = Limits::default()
+///     .with_max_frame_len(64 * 1024)
+///     .with_max_connections(100);
+/// assert_eq!(limits.max_connections, 100);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -151,7 +185,34 @@ impl Default for Limits {
     }
 }
 
+with_setters_impl!(Limits {
+    /// Sets [`max_frame_len`](Self::max_frame_len).
+    with_max_frame_len => max_frame_len: usize,
+    /// Sets [`max_connections`](Self::max_connections).
+    with_max_connections => max_connections: usize,
+    /// Sets [`max_concurrent_handlers`](Self::max_concurrent_handlers).
+    with_max_concurrent_handlers => max_concurrent_handlers: usize,
+    /// Sets [`max_in_flight_calls`](Self::max_in_flight_calls).
+    with_max_in_flight_calls => max_in_flight_calls: usize,
+    /// Sets [`max_bad_frames_in_row`](Self::max_bad_frames_in_row).
+    with_max_bad_frames_in_row => max_bad_frames_in_row: u32,
+    /// Sets [`outgoing_queue`](Self::outgoing_queue).
+    with_outgoing_queue => outgoing_queue: usize,
+    /// Sets [`replay_cache_entries`](Self::replay_cache_entries).
+    with_replay_cache_entries => replay_cache_entries: usize,
+});
+
 /// Deadlines that keep slow or silent peers from holding resources.
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_rpc::Timeouts;
+///
+/// let timeouts = Timeouts::default()
+///     .with_call(Duration::from_secs(5))
+///     .with_idle(None);
+/// assert_eq!(timeouts.idle, None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
@@ -182,6 +243,21 @@ impl Default for Timeouts {
         }
     }
 }
+
+with_setters_impl!(Timeouts {
+    /// Sets [`first_frame`](Self::first_frame).
+    with_first_frame => first_frame: Duration,
+    /// Sets [`idle`](Self::idle); `None` never closes an idle connection.
+    with_idle => idle: Option<Duration>,
+    /// Sets [`write`](Self::write).
+    with_write => write: Duration,
+    /// Sets [`call`](Self::call).
+    with_call => call: Duration,
+    /// Sets [`connect`](Self::connect).
+    with_connect => connect: Duration,
+    /// Sets [`shutdown_grace`](Self::shutdown_grace).
+    with_shutdown_grace => shutdown_grace: Duration,
+});
 
 /// All settings of a server or client. Build one with [`Config::from_env`]
 /// or [`Config::builder`].
@@ -448,6 +524,42 @@ impl ConfigBuilder {
     }
 }
 
+/// Reads a list of servers, `host:port` separated by commas (an IPv6
+/// address in brackets: `[::1]:8888`), as [`ENV_SERVERS`] holds it, for
+/// [`Reconnect::with_servers`](crate::Reconnect::with_servers). Blanks
+/// around entries are ignored; an empty list, an empty entry, a missing or
+/// bad port is an error naming [`ENV_SERVERS`].
+///
+/// ```
+/// let servers = stream_rpc::config::parse_servers("a.example:8888, [::1]:9000").unwrap();
+/// assert_eq!(servers, [("a.example".to_owned(), 8888), ("::1".to_owned(), 9000)]);
+/// ```
+pub fn parse_servers(text: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+    let invalid = |reason: String| ConfigError::invalid(ENV_SERVERS, reason);
+    let mut servers = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(invalid(format!("expected host:port, got {entry:?}")));
+        };
+        let host = host
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.chars().any(char::is_whitespace) || host.contains(['[', ']']) {
+            return Err(invalid(format!(
+                "expected a host name or IP address in {entry:?}"
+            )));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| invalid(format!("expected a port from 1 to 65535 in {entry:?}")))?;
+        servers.push((host.to_owned(), port));
+    }
+    Ok(servers)
+}
+
 fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
     let base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=');
     if terminator.is_empty() || terminator.len() > 16 {
@@ -677,6 +789,63 @@ mod tests {
         assert!(base().timeouts(timeouts).build().is_err());
         assert!(base().host("").build().is_err());
         assert!(base().host("::1").build().is_ok());
+    }
+
+    #[test]
+    fn server_lists_are_read_or_refused_with_the_variable_named() {
+        assert_eq!(
+            parse_servers("a:1,b:2 , [::1]:3").unwrap(),
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 2),
+                ("::1".to_owned(), 3)
+            ]
+        );
+        for bad in [
+            "", "a", "a:", ":1", "a:0", "a:70000", "a:1,,b:2", "a b:1", "[::1:2",
+        ] {
+            let err = parse_servers(bad).unwrap_err();
+            assert!(err.to_string().starts_with(ENV_SERVERS), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn settings_build_in_one_expression() {
+        let limits = Limits::default()
+            .with_max_frame_len(4096)
+            .with_max_connections(7)
+            .with_max_concurrent_handlers(3)
+            .with_max_in_flight_calls(5)
+            .with_max_bad_frames_in_row(2)
+            .with_outgoing_queue(9)
+            .with_replay_cache_entries(64);
+        let expected = Limits {
+            max_frame_len: 4096,
+            max_connections: 7,
+            max_concurrent_handlers: 3,
+            max_in_flight_calls: 5,
+            max_bad_frames_in_row: 2,
+            outgoing_queue: 9,
+            replay_cache_entries: 64,
+        };
+        assert_eq!(limits, expected);
+        let second = Duration::from_secs(1);
+        let timeouts = Timeouts::default()
+            .with_first_frame(second)
+            .with_idle(None)
+            .with_write(2 * second)
+            .with_call(3 * second)
+            .with_connect(4 * second)
+            .with_shutdown_grace(5 * second);
+        let expected = Timeouts {
+            first_frame: second,
+            idle: None,
+            write: 2 * second,
+            call: 3 * second,
+            connect: 4 * second,
+            shutdown_grace: 5 * second,
+        };
+        assert_eq!(timeouts, expected);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::protocol::Protocol;
+use crate::reconnect::{Reconnect, ReconnectingClient};
 use crate::session::{EndReason, Role, Session, SessionHandle};
 
 /// Stops a server or client gracefully from anywhere: it stops accepting,
@@ -98,23 +99,7 @@ impl Connector {
     }
 
     async fn addresses(&self) -> Result<Vec<SocketAddr>, Error> {
-        let (host, port) = (self.config().host(), self.config().port());
-        let resolve_error = |source| Error::Resolve {
-            host: host.to_owned(),
-            port,
-            source,
-        };
-        let addrs: Vec<SocketAddr> = lookup_host((host, port))
-            .await
-            .map_err(resolve_error)?
-            .collect();
-        if addrs.is_empty() {
-            return Err(resolve_error(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no address found",
-            )));
-        }
-        Ok(addrs)
+        addresses_of(self.config().host(), self.config().port()).await
     }
 
     /// Listens on the configured host and port; serve with [`Server::serve`].
@@ -145,7 +130,8 @@ impl Connector {
     /// by `protocol`. Use the returned [`Client`]'s session to send packets
     /// and make calls.
     pub async fn connect<P: Protocol>(&self, protocol: P) -> Result<Client, Error> {
-        self.connect_shared(Arc::new(protocol)).await
+        let (host, port) = (self.config().host(), self.config().port());
+        self.connect_shared(host, port, Arc::new(protocol)).await
     }
 
     /// Connects to the configured host and port, for a program that only
@@ -157,13 +143,15 @@ impl Connector {
     }
 
     /// [`connect`](Self::connect) with a protocol shared with other
-    /// connections (a reconnecting client's).
+    /// connections (a reconnecting client's), to `host:port`.
     pub(crate) async fn connect_shared<P: Protocol>(
         &self,
+        host: &str,
+        port: u16,
         protocol: Arc<P>,
     ) -> Result<Client, Error> {
-        let target = format!("{}:{}", self.config().host(), self.config().port());
-        let addrs = self.addresses().await?;
+        let target = format!("{host}:{port}");
+        let addrs = addresses_of(host, port).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
             match timeout(self.config().timeouts().connect, TcpStream::connect(addr)).await {
@@ -190,6 +178,24 @@ impl Connector {
             handle,
             task: Some(task),
         }
+    }
+
+    /// Connects to the configured host and port like [`connect`](Self::connect)
+    /// (or to [`Reconnect::servers`](crate::Reconnect::servers), in turn),
+    /// and keeps connecting again whenever the connection breaks (but not
+    /// after [`ReconnectingClient::close`] or the connector's shutdown),
+    /// waiting between attempts as `reconnect` says.
+    ///
+    /// Returns at once; the first connection is made in the background, and
+    /// calls wait for it. `protocol` handles what the server sends on every
+    /// connection (`()` for a client that serves nothing). Fails only when
+    /// `reconnect` is not valid.
+    pub fn connect_reconnecting<P: Protocol>(
+        &self,
+        protocol: P,
+        reconnect: Reconnect,
+    ) -> Result<ReconnectingClient, Error> {
+        ReconnectingClient::start(self, protocol, reconnect)
     }
 
     /// The seed's client: connects, sends the hello packet (`method` with
@@ -332,6 +338,26 @@ impl Drop for Client {
             self.handle.close();
         }
     }
+}
+
+/// The addresses `host:port` resolves to; at least one.
+async fn addresses_of(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
+    let resolve_error = |source| Error::Resolve {
+        host: host.to_owned(),
+        port,
+        source,
+    };
+    let addrs: Vec<SocketAddr> = lookup_host((host, port))
+        .await
+        .map_err(resolve_error)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve_error(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no address found",
+        )));
+    }
+    Ok(addrs)
 }
 
 /// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future

@@ -30,16 +30,25 @@ use crate::session::{EndReason, SessionHandle};
 /// A connection on which the server sent at least one packet counts as
 /// good: when it breaks, the count starts again from zero.
 ///
+/// With several [`servers`](Self::servers), every failed attempt and every
+/// connection that breaks moves the client on to the next server in the
+/// list (round robin), with the same waits: a client whose server goes away
+/// fails over to another at once, and one that finds none comes back to the
+/// first after a round, waiting longer each time.
+///
 /// `Reconnect` is `#[non_exhaustive]`: start from [`Reconnect::default`]
-/// and set fields.
+/// and use the builder methods (or set fields).
 ///
 /// ```
 /// use std::time::Duration;
 /// use stream_rpc::{Reconnect, json};
 ///
-/// let mut reconnect = Reconnect::default().hello("hello", json!({"worker": 1}));
-/// reconnect.max_delay = Duration::from_secs(30);
-/// reconnect.max_attempts = Some(20);
+/// let reconnect = Reconnect::default()
+///     .hello("hello", json!({"worker": 1}))
+///     .with_max_delay(Duration::from_secs(30))
+///     .with_max_attempts(Some(20))
+///     .with_servers([("10.0.0.1", 8888), ("10.0.0.2", 8888)]);
+/// assert_eq!(reconnect.servers.len(), 2);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -54,6 +63,9 @@ pub struct Reconnect {
     /// A packet (method and payload) sent first on every new connection, as
     /// the seed's client sends its hello. Default none.
     pub hello: Option<(String, Value)>,
+    /// The servers to connect to, as host and port, tried in turn; empty
+    /// (the default) means the connector's configured host and port.
+    pub servers: Vec<(String, u16)>,
 }
 
 impl Default for Reconnect {
@@ -63,11 +75,33 @@ impl Default for Reconnect {
             max_delay: Duration::from_secs(10),
             max_attempts: None,
             hello: None,
+            servers: Vec::new(),
         }
     }
 }
 
+crate::config::with_setters!(Reconnect {
+    /// Sets [`initial_delay`](Self::initial_delay).
+    with_initial_delay => initial_delay: Duration,
+    /// Sets [`max_delay`](Self::max_delay).
+    with_max_delay => max_delay: Duration,
+    /// Sets [`max_attempts`](Self::max_attempts); `None` tries forever.
+    with_max_attempts => max_attempts: Option<u32>,
+});
+
 impl Reconnect {
+    /// The servers to connect to, tried in turn (see the type's docs).
+    pub fn with_servers<H: Into<String>>(
+        mut self,
+        servers: impl IntoIterator<Item = (H, u16)>,
+    ) -> Self {
+        self.servers = servers
+            .into_iter()
+            .map(|(host, port)| (host.into(), port))
+            .collect();
+        self
+    }
+
     /// Sends this hello packet first on every new connection.
     pub fn hello(mut self, method: impl Into<String>, payload: Value) -> Self {
         self.hello = Some((method.into(), payload));
@@ -119,6 +153,16 @@ impl Reconnect {
                 "it must be at least 1, or None to try forever",
             ));
         }
+        if let Some((host, _)) = self
+            .servers
+            .iter()
+            .find(|(host, _)| host.is_empty() || host.chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::invalid(
+                "servers",
+                format!("expected host names or IP addresses, got {host:?}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -132,13 +176,21 @@ enum Link {
 }
 
 /// A client that keeps a connection to its server, reconnecting by itself
-/// when the connection breaks; see [`Connector::connect_reconnecting`].
+/// when the connection breaks, and failing over between servers when it
+/// has several; see [`Connector::connect_reconnecting`].
 ///
 /// Calls and sends go to the current connection, waiting for one (within
-/// the call timeout) while the client reconnects. A call in flight when a
-/// connection breaks fails with [`CallError::ConnectionLost`] and is **not**
-/// retried: it may or may not have run on the server, and only the caller
-/// knows whether running it twice is safe.
+/// the call timeout) while the client reconnects. What is retried:
+///
+/// - a call or notification that found no connection has not been sent:
+///   it waits for the next connection, to whichever server, within its
+///   time limit, and is sent there;
+/// - a call **in flight** when its connection breaks fails with
+///   [`CallError::ConnectionLost`] and is **not** retried: it may or may not
+///   have run on the server, and only the caller knows whether running it
+///   twice is safe;
+/// - a notification handed to a connection that then breaks is not sent
+///   again either (it may have been delivered).
 ///
 /// Dropping it closes the current connection gracefully and stops
 /// reconnecting, as [`close`](Self::close) does.
@@ -273,28 +325,28 @@ impl Drop for ReconnectingClient {
     }
 }
 
-impl Connector {
-    /// Connects to the configured host and port like [`connect`](Self::connect),
-    /// and keeps connecting again whenever the connection breaks (but not
-    /// after [`ReconnectingClient::close`] or the connector's shutdown),
-    /// waiting between attempts as `reconnect` says.
-    ///
-    /// Returns at once; the first connection is made in the background, and
-    /// calls wait for it. `protocol` handles what the server sends on every
-    /// connection. Fails only when `reconnect` is not valid.
-    pub fn connect_reconnecting<P: Protocol>(
-        &self,
+impl ReconnectingClient {
+    /// Starts the supervising task; see [`Connector::connect_reconnecting`].
+    pub(crate) fn start<P: Protocol>(
+        connector: &Connector,
         protocol: P,
         reconnect: Reconnect,
     ) -> Result<ReconnectingClient, Error> {
         reconnect.check()?;
         let (tx, rx) = watch::channel(Link::Connecting);
-        let stop = self.shutdown_handle().token.child_token();
+        let stop = connector.shutdown_handle().token.child_token();
         let connections = Arc::new(AtomicU64::new(0));
+        let config = connector.config();
+        let servers = if reconnect.servers.is_empty() {
+            vec![(config.host().to_owned(), config.port())]
+        } else {
+            reconnect.servers.clone()
+        };
         let supervisor = Supervisor {
-            connector: self.clone(),
+            connector: connector.clone(),
             protocol: Arc::new(protocol),
             reconnect,
+            servers,
             link: tx,
             stop: stop.clone(),
             connections: connections.clone(),
@@ -304,7 +356,7 @@ impl Connector {
             link: rx,
             stop,
             connections,
-            call_timeout: self.config().timeouts().call,
+            call_timeout: config.timeouts().call,
             task: Some(tokio::spawn(supervisor.run())),
         })
     }
@@ -315,6 +367,8 @@ struct Supervisor<P> {
     connector: Connector,
     protocol: Arc<P>,
     reconnect: Reconnect,
+    /// Where to connect, tried in turn; never empty.
+    servers: Vec<(String, u16)>,
     link: watch::Sender<Link>,
     stop: CancellationToken,
     connections: Arc<AtomicU64>,
@@ -330,11 +384,15 @@ impl<P: Protocol> Supervisor<P> {
 
     async fn connect_and_reconnect(&mut self) -> Result<(), Error> {
         let mut failures: u32 = 0;
+        let mut next = 0;
         loop {
+            let (host, port) = self.servers[next % self.servers.len()].clone();
+            // Whatever happens to this attempt, the next goes to the next server.
+            next = (next + 1) % self.servers.len();
             let attempt = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return Ok(()),
-                attempt = self.connector.connect_shared(self.protocol.clone()) => attempt,
+                attempt = self.connector.connect_shared(&host, port, self.protocol.clone()) => attempt,
             };
             let failure = match attempt {
                 Ok(client) => {
