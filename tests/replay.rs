@@ -121,3 +121,49 @@ async fn a_forwarded_task_is_a_new_token_and_passes() {
     })
     .await;
 }
+
+/// Seconds since the Unix epoch, `ago` seconds back.
+fn unix_secs_ago(ago: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - ago
+}
+
+#[tokio::test]
+async fn a_token_the_full_store_forgot_is_refused_as_if_expired() {
+    bounded(async {
+        // Generations of 32 tokens: a hundred notes forget the first one
+        // long before its time to live ends. Only notifications, so that the
+        // server seals nothing (its own tokens, stamped now, would move the
+        // horizon to now: a store this small for this traffic refuses all).
+        let limits = stream_rpc::Limits::default().with_replay_cache_entries(64);
+        let (server, probe) = TestServer::probed(|c| c.limits(limits)).await;
+        let mut raw = server.raw().await;
+        let note_at = |raw: &mut RawPeer, n: u64, ago: u64| {
+            let note = raw.packet("note", json!(n));
+            let token = raw
+                .fernet
+                .encrypt_at_time(&note.to_json().unwrap(), unix_secs_ago(ago));
+            format!("{token}\n")
+        };
+        let captured = note_at(&mut raw, 0, 10);
+        raw.send_raw(captured.as_bytes()).await;
+        // Each generation's notes a second newer than the last one's, as
+        // traffic the store can hold for a second or more: forgetting a
+        // generation refuses what is older than its newest, not them.
+        for n in 1..=100 {
+            let line = note_at(&mut raw, n, 9 - n / 32);
+            raw.send_raw(line.as_bytes()).await;
+        }
+        // The captured token is no longer remembered, and is refused all
+        // the same; a newer token is still taken. Frames are handled in
+        // order, so when the ping is answered the replay has been judged.
+        raw.send_raw(captured.as_bytes()).await;
+        ping_is_next(&mut raw).await;
+        assert_eq!(probe.notes.load(std::sync::atomic::Ordering::SeqCst), 101);
+        server.stop().await;
+    })
+    .await;
+}

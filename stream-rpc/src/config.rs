@@ -17,7 +17,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cipher::{Cipher, Fernet};
+use zeroize::Zeroizing;
+
+use crate::cipher::{Cipher, Fernet, Sealer};
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, DEFAULT_TERMINATOR};
 
 /// The environment variable holding the Fernet key(s).
@@ -166,8 +168,14 @@ pub struct Limits {
     pub max_bad_frames_in_row: u32,
     /// Frames queued for the writer before senders wait (1024).
     pub outgoing_queue: usize,
-    /// Token fingerprints the replay cache holds (262,144: 4 MiB of tables;
-    /// at most 16,777,216); see [`ConfigBuilder::replay_protection`].
+    /// Token fingerprints (sent and received) the default replay store
+    /// holds at most (4,194,304). Its tables start small and grow with the
+    /// traffic, 16 bytes per entry, so this is a memory budget (64 MiB by
+    /// default; at most 16,777,216 entries): below it the store remembers
+    /// every token for its whole time to live plus the clock skew (360 s),
+    /// which the default covers up to about 11,600 tokens a second; above
+    /// it the store fails closed, refusing tokens older than what it still
+    /// remembers (see [`MemoryReplayStore`](crate::MemoryReplayStore)).
     pub replay_cache_entries: usize,
 }
 
@@ -180,7 +188,7 @@ impl Default for Limits {
             max_in_flight_calls: 1024,
             max_bad_frames_in_row: 3,
             outgoing_queue: 1024,
-            replay_cache_entries: 262_144,
+            replay_cache_entries: 1 << 22,
         }
     }
 }
@@ -271,6 +279,8 @@ pub struct Config {
     pub(crate) port: u16,
     pub(crate) terminator: Box<[u8]>,
     pub(crate) cipher: Arc<dyn Cipher>,
+    /// The same cipher, as the session uses it.
+    pub(crate) sealer: Sealer,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
     pub(crate) limits: Limits,
@@ -299,6 +309,15 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// The same configuration sealing through a recording Fernet, for the
+    /// session's tests.
+    #[cfg(test)]
+    pub(crate) fn with_recording(mut self, recording: Arc<crate::cipher::Recording>) -> Config {
+        self.cipher = recording.fernet.clone();
+        self.sealer = Sealer::Recording(recording);
+        self
+    }
+
     /// Reads the environment (see the module docs) with every other setting
     /// at its default.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -356,7 +375,8 @@ pub struct ConfigBuilder {
     host: Option<String>,
     port: Option<u16>,
     terminator: Option<Vec<u8>>,
-    key: Option<String>,
+    /// Wiped when the builder is dropped.
+    key: Option<Zeroizing<String>>,
     token_ttl: Option<Option<Duration>>,
     cipher: Option<Arc<dyn Cipher>>,
     log_level: Option<LogLevel>,
@@ -398,7 +418,7 @@ impl ConfigBuilder {
             }
         };
         let mut builder = ConfigBuilder {
-            key: read(ENV_KEY)?,
+            key: read(ENV_KEY)?.map(Zeroizing::new),
             host: read(ENV_HOST)?.map(|host| host.trim().to_owned()),
             ..ConfigBuilder::default()
         };
@@ -434,7 +454,7 @@ impl ConfigBuilder {
     }
     /// The Fernet key, or several separated by commas, like `CRYPTO_KEY`.
     pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+        self.key = Some(Zeroizing::new(key.into()));
         self
     }
     /// How old a Fernet token may be when it arrives (default 5 min);
@@ -496,24 +516,27 @@ impl ConfigBuilder {
         check_limits(&limits)?;
         let timeouts = self.timeouts.unwrap_or_default();
         check_timeouts(&timeouts)?;
-        let (cipher, ttl): (Arc<dyn Cipher>, Option<Duration>) = match (self.cipher, self.key) {
-            // A custom cipher says nothing of token ages: the cache is then
-            // bounded by its size alone.
-            (Some(cipher), _) => (cipher, None),
-            (None, Some(key)) => {
-                let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
-                let fernet = Fernet::new(&key)
-                    .map_err(|e| ConfigError::invalid(ENV_KEY, e.to_string()))?
-                    .with_ttl(ttl);
-                (Arc::new(fernet), ttl)
-            }
-            (None, None) => return Err(ConfigError::MissingKey),
-        };
+        let (cipher, sealer, ttl): (Arc<dyn Cipher>, Sealer, Option<Duration>) =
+            match (self.cipher, self.key.as_deref()) {
+                // A custom cipher says nothing of token ages: the cache is then
+                // bounded by its size alone.
+                (Some(cipher), _) => (cipher.clone(), Sealer::Custom(cipher), None),
+                (None, Some(key)) => {
+                    let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
+                    let fernet = Fernet::new(key)
+                        .map_err(|e| ConfigError::invalid(ENV_KEY, e.to_string()))?
+                        .with_ttl(ttl);
+                    let fernet = Arc::new(fernet);
+                    (fernet.clone(), Sealer::Fernet(fernet), ttl)
+                }
+                (None, None) => return Err(ConfigError::MissingKey),
+            };
         Ok(Config {
             host,
             port: self.port.unwrap_or(DEFAULT_PORT),
             terminator: terminator.into(),
             cipher,
+            sealer,
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
             limits,
@@ -610,8 +633,7 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
             "handler and call limits may be at most 1048576",
         ));
     }
-    // The cache's tables are reserved when the configuration is built
-    // (16 bytes of address space per entry, touched as they fill).
+    // A budget of 16 bytes per entry, reached only under that much traffic.
     if limits.replay_cache_entries > MAX_REPLAY_CACHE_ENTRIES {
         return Err(ConfigError::invalid(
             "replay_cache_entries",

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::packet::Packet;
-use crate::replay::ReplayGuard;
+use crate::replay::{MemoryReplayStore, ReplayStore};
 
 /// One endpoint: a peer id, the request numbers of the packets it creates
 /// (one sequence over all its connections, so that `(peer, id)` names one
@@ -43,7 +43,7 @@ struct Inner {
     config: Arc<Config>,
     peer_id: Uuid,
     next_id: AtomicU64,
-    replay: Option<Arc<ReplayGuard>>,
+    replay: Option<Arc<dyn ReplayStore>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -70,19 +70,16 @@ impl Endpoint {
     /// identity across restarts). Its packets are numbered from 0 again, so
     /// two endpoints that live at the same time should never share an id.
     pub fn with_peer_id(config: Config, peer_id: Uuid) -> Self {
-        let replay = config.replay_protection.then(|| {
-            Arc::new(ReplayGuard::new(
-                config.replay_ttl,
-                config.limits().replay_cache_entries,
-            ))
-        });
-        Endpoint {
-            inner: Arc::new(Inner {
-                config: Arc::new(config),
-                peer_id,
-                next_id: AtomicU64::new(0),
-                replay,
-            }),
+        Endpoint::builder(config).peer_id(peer_id).build()
+    }
+
+    /// A builder, for an endpoint with a peer id of its own choosing or a
+    /// replay store shared with other endpoints.
+    pub fn builder(config: Config) -> EndpointBuilder {
+        EndpointBuilder {
+            config,
+            peer_id: None,
+            replay_store: None,
         }
     }
 
@@ -128,8 +125,66 @@ impl Endpoint {
         &self.inner.config
     }
 
-    pub(crate) fn replay(&self) -> Option<&Arc<ReplayGuard>> {
+    pub(crate) fn replay(&self) -> Option<&Arc<dyn ReplayStore>> {
         self.inner.replay.as_ref()
+    }
+}
+
+/// Builds an [`Endpoint`]; see [`Endpoint::builder`].
+pub struct EndpointBuilder {
+    config: Config,
+    peer_id: Option<Uuid>,
+    replay_store: Option<Arc<dyn ReplayStore>>,
+}
+
+impl fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointBuilder")
+            .field("peer_id", &self.peer_id)
+            .field("replay_store", &self.replay_store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointBuilder {
+    /// The peer id (default: a new random UUID).
+    pub fn peer_id(mut self, peer_id: Uuid) -> Self {
+        self.peer_id = Some(peer_id);
+        self
+    }
+
+    /// Where the endpoint remembers tokens (default: a new
+    /// [`MemoryReplayStore`] sized by
+    /// [`Limits::replay_cache_entries`](crate::Limits::replay_cache_entries)).
+    /// Ignored when the configuration turns replay protection off.
+    pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
+        self.replay_store = Some(store);
+        self
+    }
+
+    /// The endpoint.
+    pub fn build(self) -> Endpoint {
+        let EndpointBuilder {
+            config,
+            peer_id,
+            replay_store,
+        } = self;
+        let replay = config.replay_protection.then(|| {
+            replay_store.unwrap_or_else(|| {
+                Arc::new(MemoryReplayStore::new(
+                    config.replay_ttl,
+                    config.limits().replay_cache_entries,
+                ))
+            })
+        });
+        Endpoint {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                peer_id: peer_id.unwrap_or_else(Uuid::new_v4),
+                next_id: AtomicU64::new(0),
+                replay,
+            }),
+        }
     }
 }
 
@@ -167,6 +222,12 @@ mod tests {
         assert_ne!(a.peer_id(), b.peer_id());
         let (ra, rb) = (a.replay().unwrap(), b.replay().unwrap());
         assert!(!Arc::ptr_eq(ra, rb));
+        // A store can be shared on purpose.
+        let shared: Arc<dyn ReplayStore> = Arc::new(MemoryReplayStore::new(None, 64));
+        let c = Endpoint::builder(a.config().clone())
+            .replay_store(shared.clone())
+            .build();
+        assert!(Arc::ptr_eq(c.replay().unwrap(), &shared));
         let fixed = Uuid::new_v4();
         assert_eq!(
             Endpoint::with_peer_id(a.config().clone(), fixed).peer_id(),

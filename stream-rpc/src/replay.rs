@@ -1,43 +1,175 @@
 //! Replay and reflection protection: a token is accepted at most once.
 //!
-//! Every endpoint (every [`Config`](crate::Config) built) keeps a bounded
-//! cache of the fingerprints of the tokens it sent and of the tokens it
-//! accepted. An incoming token already in the cache is refused: as a
-//! *replay* if it was received before (on this connection or any other), as
-//! a *reflection* if this endpoint sent it. A packet forwarded by a queue is
-//! sealed anew, with a fresh IV, so it is a new token and passes.
+//! Every endpoint keeps a [`ReplayStore`] of the fingerprints of the tokens
+//! it sent and of the tokens it accepted. An incoming token already there is
+//! refused: as a *replay* if it was received before (on this connection or
+//! any other), as a *reflection* if this endpoint sent it. A packet forwarded
+//! by a queue is sealed anew, with a fresh IV, so it is a new token and
+//! passes.
 //!
-//! Fingerprints are of the token as received (of the part that
-//! [`Cipher::token_identity`](crate::Cipher::token_identity) names: for
-//! [`Fernet`](crate::Fernet), the text of its HMAC), so a cipher must accept
-//! one spelling per token; `Fernet` accepts only canonical base64.
+//! Fingerprints are of the part of a token that names it (for
+//! [`Fernet`](crate::Fernet), the text of its HMAC; for a custom cipher, the
+//! whole token), so a cipher must accept one spelling per token; `Fernet`
+//! accepts only canonical base64.
 //!
-//! The cache is two generations of fingerprints: new entries go into the
-//! current one, and lookups check both. The current generation becomes the
-//! previous one, and the previous one is forgotten whole, when the current
-//! one has been open for the window (TTL plus the 60 s clock-skew
-//! allowance), so every entry is kept at least that long; or when it holds
-//! half of
-//! [`Limits::replay_cache_entries`](crate::Limits::replay_cache_entries), so
-//! the cache never holds more than that. A generation forgotten for space
-//! before its time shortens the protected window under heavy traffic
-//! (logged once per endpoint). No per-entry bookkeeping: a check and
-//! insertion is a look-up in each generation's flat table.
+//! The default store, [`MemoryReplayStore`], keeps two generations of
+//! fingerprints in the process: new entries go into the current one, and
+//! lookups check both. The current generation becomes the previous one, and
+//! the previous one is forgotten whole, when the current one has been open
+//! for the window (TTL plus the 60 s clock-skew allowance), so every entry is
+//! kept at least that long; or when it holds half of its capacity
+//! ([`Limits::replay_cache_entries`](crate::Limits::replay_cache_entries)),
+//! so the store never holds more than that.
+//!
+//! A generation forgotten for space before its time would let its tokens
+//! in again. So the store **fails closed**: it notes the newest token time
+//! among what it forgot (its *horizon*), and refuses any token stamped at or
+//! before it as [`Verdict::Forgotten`], as if expired. Under a load that
+//! fills the cache faster than the window, the window in which tokens are
+//! accepted shrinks (to about the time the cache takes to fill), but it never
+//! opens; legitimate tokens are seconds old. The first time this happens the
+//! store logs a warning with the numbers. Tokens of a custom cipher carry no
+//! time the store can read: for them the store is bounded by its size alone.
 
+use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cipher::MAX_CLOCK_SKEW;
 
-/// Why a token was refused.
+/// Where an endpoint remembers the tokens it sent and accepted, so that it
+/// accepts each token at most once: the in-process [`MemoryReplayStore`] by
+/// default, or a store shared by several servers (plugged in with
+/// [`Endpoint::builder`](crate::Endpoint::builder)), so that a token accepted
+/// by one is refused by all.
+///
+/// The session hands a store a read turn's worth of tokens at a time (up to
+/// 16 frames), so a store across the network answers a whole turn in one
+/// round trip. A call returns [`ReplayWork`]: done at once, or a future the
+/// session awaits before it handles the turn's packets.
+pub trait ReplayStore: Send + Sync + fmt::Debug + 'static {
+    /// The fingerprint of a token's identity (the part of the token that
+    /// names it) under this store's key. Stores that are shared must use
+    /// the same key everywhere; an in-process store picks a random one.
+    fn fingerprint(&self, identity: &[u8]) -> u64;
+
+    /// A hint, given before the session opens a turn's tokens, that these
+    /// fingerprints are about to be [`received`](Self::received): an
+    /// in-process store can start fetching their slots from memory. Does
+    /// nothing by default.
+    fn prefetch(&self, fingerprints: &[u64]) {
+        let _ = fingerprints;
+    }
+
+    /// Remembers tokens this endpoint is about to send, sealed no later
+    /// than `sealed_by` (seconds since the Unix epoch), so that one that
+    /// comes back is refused as a reflection.
+    fn sent<'a>(&'a self, fingerprints: &'a [u64], sealed_by: u64) -> ReplayWork<'a>;
+
+    /// Checks tokens that opened, in the order they arrived: clears
+    /// `verdicts` and pushes one [`Verdict`] per token, remembering each
+    /// [`Verdict::New`] one (so that a token that comes twice in one batch
+    /// is new once and then a replay). A verdict missing when the work is
+    /// done counts as [`Verdict::Unavailable`].
+    fn received<'a>(
+        &'a self,
+        tokens: &'a [ReceivedToken],
+        verdicts: &'a mut Vec<Verdict>,
+    ) -> ReplayWork<'a>;
+}
+
+/// A token that opened, as a [`ReplayStore`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// Accepted before, on this or another connection.
+pub struct ReceivedToken {
+    /// Its [`ReplayStore::fingerprint`].
+    pub fingerprint: u64,
+    /// When it was made, in seconds since the Unix epoch, when the cipher
+    /// says (Fernet's authenticated timestamp).
+    pub time: Option<u64>,
+}
+
+/// What a [`ReplayStore`] says of a received token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Not seen before: accepted, and now remembered.
+    New,
+    /// Accepted before, on this or another connection: refused.
     Replay,
-    /// Sent by this endpoint and came back.
+    /// Sent by this endpoint (or, with a shared store, by another endpoint
+    /// sharing it) and came back: refused.
     Reflection,
+    /// Older than what the store still remembers: refused as if expired
+    /// (the store fails closed rather than accept a token it may have
+    /// forgotten).
+    Forgotten,
+    /// The store could not answer (a shared store that is unreachable):
+    /// refused.
+    Unavailable,
+}
+
+impl Verdict {
+    /// How the session's log names a refused token.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Verdict::New => "a new token",
+            Verdict::Replay => "a replayed token (accepted before)",
+            Verdict::Reflection => "a reflected token (sent by this endpoint)",
+            Verdict::Forgotten => {
+                "a token older than the replay store remembers (refused as if expired)"
+            }
+            Verdict::Unavailable => "a token the replay store could not check",
+        }
+    }
+}
+
+/// The work of a [`ReplayStore`] call: done at once, or a future to await.
+/// Awaiting a done one costs nothing.
+#[must_use = "the store's work is done only once this is awaited"]
+pub struct ReplayWork<'a>(Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>);
+
+impl<'a> ReplayWork<'a> {
+    /// Work that is already done (an in-process store).
+    pub fn done() -> Self {
+        ReplayWork(None)
+    }
+
+    /// Work that finishes when `future` does (a store across the network).
+    pub fn pending(future: impl Future<Output = ()> + Send + 'a) -> Self {
+        ReplayWork(Some(Box::pin(future)))
+    }
+}
+
+impl fmt::Debug for ReplayWork<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ReplayWork(pending)"
+        } else {
+            "ReplayWork(done)"
+        })
+    }
+}
+
+impl Future for ReplayWork<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            None => Poll::Ready(()),
+            Some(future) => {
+                let done = future.as_mut().poll(cx);
+                if done.is_ready() {
+                    self.0 = None;
+                }
+                done
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +193,13 @@ struct Generation {
     slots: Box<[u64]>,
     len: usize,
     opened: Instant,
+    /// The newest token time among its entries (seconds since the epoch).
+    newest: u64,
 }
+
+/// How many entries a generation starts with room for (16 KiB of slots);
+/// it doubles as it fills, up to half the store's capacity.
+const INITIAL_GENERATION: usize = 1024;
 
 const OCCUPIED: u64 = 1;
 const RECEIVED: u64 = 2;
@@ -76,6 +214,27 @@ impl Generation {
             slots: vec![0; slots].into_boxed_slice(),
             len: 0,
             opened,
+            newest: 0,
+        }
+    }
+
+    /// How many entries it takes before it is full (half its slots).
+    fn capacity(&self) -> usize {
+        self.slots.len() / 2
+    }
+
+    /// Doubles the table, keeping every entry.
+    fn grow(&mut self) {
+        let bigger = vec![0; self.slots.len() * 2].into_boxed_slice();
+        let old = std::mem::replace(&mut self.slots, bigger);
+        let mask = self.slots.len() - 1;
+        for slot in old.iter().copied().filter(|&slot| slot != 0) {
+            // The marks sit in the low bits; the start needs the high ones.
+            let mut index = (slot >> 32) as usize & mask;
+            while self.slots[index] != 0 {
+                index = (index + 1) & mask;
+            }
+            self.slots[index] = slot;
         }
     }
 
@@ -117,10 +276,12 @@ impl Generation {
         None
     }
 
+    #[cfg(test)]
     fn clear(&mut self, opened: Instant) {
         self.slots.fill(0);
         self.len = 0;
         self.opened = opened;
+        self.newest = 0;
     }
 }
 
@@ -130,25 +291,34 @@ struct State {
     previous: Generation,
     /// Insertions since the clock was last read.
     since_clock: u32,
+    /// Tokens stamped at or before this second may have been forgotten:
+    /// they are refused.
+    horizon: Option<u64>,
 }
 
-/// The cache of one endpoint.
+/// The default [`ReplayStore`]: the tokens of one endpoint, in its process,
+/// in bounded memory (see the module docs of how it forgets, and how it
+/// fails closed when it must forget early).
 #[derive(Debug)]
-pub(crate) struct ReplayGuard {
+pub struct MemoryReplayStore {
     state: Mutex<State>,
     /// How long an entry must be kept; `None` keeps entries until the cap.
     window: Option<Duration>,
     /// The most entries one generation holds: half the cache.
     generation_cap: usize,
+    /// How many entries a new generation starts with room for.
+    initial_cap: usize,
     /// A random key per endpoint, so fingerprints cannot be predicted.
     key: [u64; 2],
     warned_full: AtomicBool,
 }
 
-impl ReplayGuard {
-    /// A guard for tokens living at most `ttl`, holding at most `capacity`
-    /// entries (at least 2).
-    pub(crate) fn new(ttl: Option<Duration>, capacity: usize) -> Self {
+impl MemoryReplayStore {
+    /// A store for tokens living at most `ttl` (`None`: bounded by size
+    /// alone), holding at most `capacity` fingerprints (at least 2; its
+    /// tables take 16 bytes of address space per entry, touched as they
+    /// fill).
+    pub fn new(ttl: Option<Duration>, capacity: usize) -> Self {
         // `RandomState` is seeded from the operating system once per
         // process and varied per instance: two random words without a
         // fallible system call of our own.
@@ -158,64 +328,19 @@ impl ReplayGuard {
         ];
         let now = Instant::now();
         let generation_cap = (capacity / 2).max(1);
-        ReplayGuard {
+        let initial_cap = generation_cap.min(INITIAL_GENERATION);
+        MemoryReplayStore {
             state: Mutex::new(State {
-                current: Generation::new(generation_cap, now),
-                previous: Generation::new(generation_cap, now),
+                current: Generation::new(initial_cap, now),
+                previous: Generation::new(initial_cap, now),
                 since_clock: 0,
+                horizon: None,
             }),
             window: ttl.map(|ttl| ttl + MAX_CLOCK_SKEW),
             generation_cap,
+            initial_cap,
             key,
             warned_full: AtomicBool::new(false),
-        }
-    }
-
-    /// The token's fingerprint under this endpoint's key.
-    pub(crate) fn fingerprint(&self, token: &[u8]) -> u64 {
-        fingerprint(self.key, token)
-    }
-
-    /// Remembers tokens this endpoint is about to send, by their
-    /// [`fingerprint`](Self::fingerprint)s.
-    pub(crate) fn sent_all(&self, fingerprints: &[u64]) {
-        let mut state = self.lock();
-        // A token is sent once (every seal draws a fresh IV), so the previous
-        // generation is not searched for it: one look-up, in the current one.
-        warm_generation(&state.current, fingerprints);
-        for &fingerprint in fingerprints {
-            let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false);
-        }
-    }
-
-    /// Remembers a token this endpoint sent.
-    #[cfg(test)]
-    pub(crate) fn sent(&self, token: &[u8]) {
-        self.sent_all(&[self.fingerprint(token)]);
-    }
-
-    /// Checks an incoming token that decrypted; remembers it if it is new.
-    #[cfg(test)]
-    pub(crate) fn received(&self, token: &[u8]) -> Result<(), Seen> {
-        self.received_fingerprint(self.fingerprint(token))
-    }
-
-    /// [`received`](Self::received) for a token whose fingerprint is known.
-    pub(crate) fn received_fingerprint(&self, fingerprint: u64) -> Result<(), Seen> {
-        match self.record(fingerprint, Origin::Received, true) {
-            None => Ok(()),
-            Some(Origin::Received) => Err(Seen::Replay),
-            Some(Origin::Sent) => Err(Seen::Reflection),
-        }
-    }
-
-    /// Reads the first slot of each fingerprint in both generations, so
-    /// that the look-ups that follow find them in the cache: reads that do
-    /// not depend on each other are fetched from memory together.
-    pub(crate) fn warm(&self, fingerprints: &[u64]) {
-        let state = self.lock();
-        for generation in [&state.current, &state.previous] {
-            warm_generation(generation, fingerprints);
         }
     }
 
@@ -223,19 +348,31 @@ impl ReplayGuard {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a fingerprint unless it is known (in the current generation, or
-    /// with `search_previous` in either), in which case it returns the
-    /// origin recorded for it and changes nothing.
-    fn record(&self, fingerprint: u64, origin: Origin, search_previous: bool) -> Option<Origin> {
-        self.record_locked(&mut self.lock(), fingerprint, origin, search_previous)
+    /// The verdict on one received token, remembering it when it is new.
+    fn check_locked(&self, state: &mut State, token: ReceivedToken) -> Verdict {
+        if let (Some(time), Some(horizon)) = (token.time, state.horizon)
+            && time <= horizon
+        {
+            return Verdict::Forgotten;
+        }
+        let time = token.time.unwrap_or(0);
+        match self.record_locked(state, token.fingerprint, Origin::Received, true, time) {
+            None => Verdict::New,
+            Some(Origin::Received) => Verdict::Replay,
+            Some(Origin::Sent) => Verdict::Reflection,
+        }
     }
 
+    /// Adds a fingerprint (of a token made at `time`) unless it is known (in
+    /// the current generation, or with `search_previous` in either), in
+    /// which case it returns the origin recorded for it and changes nothing.
     fn record_locked(
         &self,
         state: &mut State,
         fingerprint: u64,
         origin: Origin,
         search_previous: bool,
+        time: u64,
     ) -> Option<Origin> {
         if search_previous && let Some(known) = state.previous.find(fingerprint, None) {
             return Some(known);
@@ -246,13 +383,24 @@ impl ReplayGuard {
             }
             self.open_generation(state, now);
         }
-        state.current.find(fingerprint, Some(origin))
+        let known = state.current.find(fingerprint, Some(origin));
+        if known.is_none() {
+            state.current.newest = state.current.newest.max(time);
+        }
+        known
     }
 
     /// The time now, when the current generation is full or has been open
     /// for the window (looked at every [`CLOCK_EVERY`] insertions).
     fn new_generation_due(&self, state: &mut State) -> Option<Instant> {
-        let full = state.current.len >= self.generation_cap;
+        // A table that fills before the cap doubles instead: memory follows
+        // the traffic, and the whole window is remembered until the cap.
+        if state.current.len >= state.current.capacity()
+            && state.current.capacity() < self.generation_cap
+        {
+            state.current.grow();
+        }
+        let full = state.current.len >= self.generation_cap.min(state.current.capacity());
         state.since_clock += 1;
         let look = full || (self.window.is_some() && state.since_clock >= CLOCK_EVERY);
         if !look {
@@ -267,6 +415,8 @@ impl ReplayGuard {
     }
 
     /// Forgets the previous generation and makes the current one previous.
+    /// Tokens stamped no later than the newest it held are refused from
+    /// then on: the store no longer knows whether it saw them.
     fn open_generation(&self, state: &mut State, now: Instant) {
         // Every entry of the previous generation is older than the opening
         // of the current one: if that was a window ago, none is forgotten
@@ -274,14 +424,32 @@ impl ReplayGuard {
         let early = self
             .window
             .is_none_or(|window| now.duration_since(state.current.opened) < window);
-        if early && state.previous.len > 0 && !self.warned_full.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "the replay cache is full ({} tokens): the oldest are forgotten before their time to live ends",
-                self.generation_cap * 2
-            );
+        if state.previous.len > 0 && state.previous.newest > 0 {
+            state.horizon = Some(state.horizon.unwrap_or(0).max(state.previous.newest));
         }
-        std::mem::swap(&mut state.current, &mut state.previous);
-        state.current.clear(now);
+        if early && state.previous.len > 0 && !self.warned_full.swap(true, Ordering::Relaxed) {
+            let open_for = now.duration_since(state.previous.opened);
+            match state.horizon {
+                Some(horizon) => tracing::warn!(
+                    "the replay store is full ({} tokens in {open_for:.1?}, less than its window): \
+                     tokens stamped at or before {horizon} (Unix seconds) are refused from now on, \
+                     as if expired; raise Limits::replay_cache_entries for this rate",
+                    self.generation_cap * 2
+                ),
+                None => tracing::warn!(
+                    "the replay store is full ({} tokens in {open_for:.1?}): the oldest are forgotten \
+                     before their time to live ends (this cipher's tokens carry no time to refuse them by)",
+                    self.generation_cap * 2
+                ),
+            }
+        }
+        // The new current generation starts with room for what the last
+        // one held: a fresh table (pages untouched until used), so an
+        // endpoint whose traffic fell gives the memory back.
+        let room =
+            (state.current.len.saturating_mul(2)).clamp(self.initial_cap, self.generation_cap);
+        let fresh = Generation::new(room, now);
+        state.previous = std::mem::replace(&mut state.current, fresh);
     }
 
     #[cfg(test)]
@@ -289,10 +457,70 @@ impl ReplayGuard {
         let state = self.lock();
         state.current.len + state.previous.len
     }
+
+    /// Checks one token by its text, as the session does a batch.
+    #[cfg(test)]
+    fn received_at(&self, token: &[u8], time: Option<u64>) -> Verdict {
+        let token = ReceivedToken {
+            fingerprint: self.fingerprint(token),
+            time,
+        };
+        let mut state = self.lock();
+        self.check_locked(&mut state, token)
+    }
+
+    /// [`received_at`](Self::received_at) without a time.
+    #[cfg(test)]
+    fn received(&self, token: &[u8]) -> Verdict {
+        self.received_at(token, None)
+    }
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn fingerprint(&self, identity: &[u8]) -> u64 {
+        fingerprint(self.key, identity)
+    }
+
+    /// Reads the first slot of each fingerprint in both generations, so
+    /// that the look-ups that follow find them in the cache: reads that do
+    /// not depend on each other are fetched from memory together, while
+    /// the session opens the tokens.
+    fn prefetch(&self, fingerprints: &[u64]) {
+        let state = self.lock();
+        for generation in [&state.current, &state.previous] {
+            warm_generation(generation, fingerprints);
+        }
+    }
+
+    fn sent<'a>(&'a self, fingerprints: &'a [u64], sealed_by: u64) -> ReplayWork<'a> {
+        let mut state = self.lock();
+        // A token is sent once (every seal draws a fresh IV), so the previous
+        // generation is not searched for it: one look-up, in the current one.
+        warm_generation(&state.current, fingerprints);
+        for &fingerprint in fingerprints {
+            let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false, sealed_by);
+        }
+        ReplayWork::done()
+    }
+
+    fn received<'a>(
+        &'a self,
+        tokens: &'a [ReceivedToken],
+        verdicts: &'a mut Vec<Verdict>,
+    ) -> ReplayWork<'a> {
+        verdicts.clear();
+        let mut state = self.lock();
+        verdicts.extend(
+            tokens
+                .iter()
+                .map(|&token| self.check_locked(&mut state, token)),
+        );
+        ReplayWork::done()
+    }
 }
 
 /// Reads the first slot of each fingerprint in `generation` (see
-/// [`ReplayGuard::warm`]).
+/// [`MemoryReplayStore::prefetch`](ReplayStore::prefetch)).
 fn warm_generation(generation: &Generation, fingerprints: &[u64]) {
     let mut seen = 0u64;
     for &fingerprint in fingerprints {
@@ -341,45 +569,51 @@ fn word(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt as _;
 
     #[test]
     fn a_token_is_accepted_once() {
-        let guard = ReplayGuard::new(Some(Duration::from_secs(300)), 100);
-        assert_eq!(guard.received(b"token-a"), Ok(()));
-        assert_eq!(guard.received(b"token-a"), Err(Seen::Replay));
-        assert_eq!(guard.received(b"token-b"), Ok(()));
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 100);
+        assert_eq!(guard.received(b"token-a"), Verdict::New);
+        assert_eq!(guard.received(b"token-a"), Verdict::Replay);
+        assert_eq!(guard.received(b"token-b"), Verdict::New);
     }
 
     #[test]
     fn a_token_this_endpoint_sent_is_a_reflection() {
-        let guard = ReplayGuard::new(Some(Duration::from_secs(300)), 100);
-        guard.sent(b"mine");
-        assert_eq!(guard.received(b"mine"), Err(Seen::Reflection));
-        assert_eq!(guard.received(b"yours"), Ok(()));
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 100);
+        let mine = [guard.fingerprint(b"mine")];
+        assert_eq!(guard.sent(&mine, 0).now_or_never(), Some(()));
+        assert_eq!(guard.received(b"mine"), Verdict::Reflection);
+        assert_eq!(guard.received(b"yours"), Verdict::New);
     }
 
     #[test]
     fn the_cache_is_bounded_and_forgets_the_oldest_generation_first() {
         // Generations of 2: at most 4 entries, at least the last 2.
-        let guard = ReplayGuard::new(None, 4);
+        let guard = MemoryReplayStore::new(None, 4);
         for token in [b"1", b"2", b"3", b"4"] {
-            assert_eq!(guard.received(token), Ok(()));
+            assert_eq!(guard.received(token), Verdict::New);
         }
         assert_eq!(guard.len(), 4);
-        assert_eq!(guard.received(b"1"), Err(Seen::Replay));
-        assert_eq!(guard.received(b"5"), Ok(()));
+        assert_eq!(guard.received(b"1"), Verdict::Replay);
+        assert_eq!(guard.received(b"5"), Verdict::New);
         assert!(guard.len() <= 4);
         for token in [b"3", b"4", b"5"] {
             assert_eq!(
                 guard.received(token),
-                Err(Seen::Replay),
+                Verdict::Replay,
                 "recent ones are kept"
             );
         }
-        assert_eq!(guard.received(b"1"), Ok(()), "the oldest were forgotten");
+        assert_eq!(
+            guard.received(b"1"),
+            Verdict::New,
+            "the oldest were forgotten"
+        );
         let mut held = 0;
         for n in 0..1000u32 {
-            assert_eq!(guard.received(&n.to_be_bytes()), Ok(()));
+            assert_eq!(guard.received(&n.to_be_bytes()), Verdict::New);
             held = held.max(guard.len());
         }
         assert_eq!(held, 4, "never more than the capacity");
@@ -388,9 +622,9 @@ mod tests {
     #[test]
     fn entries_are_kept_for_the_window_and_then_expire() {
         // A zero TTL leaves the 60 s skew as the window; nothing expires in a test's time.
-        let guard = ReplayGuard::new(Some(Duration::ZERO), 100);
-        assert_eq!(guard.received(b"x"), Ok(()));
-        assert_eq!(guard.received(b"x"), Err(Seen::Replay));
+        let guard = MemoryReplayStore::new(Some(Duration::ZERO), 100);
+        assert_eq!(guard.received(b"x"), Verdict::New);
+        assert_eq!(guard.received(b"x"), Verdict::Replay);
         // Makes the current generation look opened `ago`, and the next
         // insertion look at the clock.
         let age = |ago: Duration| {
@@ -402,28 +636,100 @@ mod tests {
         };
         // Open for almost the window: nothing moves.
         age(MAX_CLOCK_SKEW - Duration::from_secs(5));
-        assert_eq!(guard.received(b"y"), Ok(()));
-        assert_eq!(guard.received(b"x"), Err(Seen::Replay));
+        assert_eq!(guard.received(b"y"), Verdict::New);
+        assert_eq!(guard.received(b"x"), Verdict::Replay);
         // Open for longer than the window: the next insertion opens a new
         // generation; `x` and `y` are kept for one more window.
         age(MAX_CLOCK_SKEW + Duration::from_secs(1));
-        assert_eq!(guard.received(b"z"), Ok(()));
+        assert_eq!(guard.received(b"z"), Verdict::New);
         assert_eq!(
             guard.received(b"x"),
-            Err(Seen::Replay),
+            Verdict::Replay,
             "kept a window longer"
         );
         assert_eq!(guard.len(), 3);
         // Another window later both old generations are gone.
         age(MAX_CLOCK_SKEW + Duration::from_secs(1));
-        assert_eq!(guard.received(b"w"), Ok(()));
+        assert_eq!(guard.received(b"w"), Verdict::New);
         age(MAX_CLOCK_SKEW + Duration::from_secs(1));
-        assert_eq!(guard.received(b"x"), Ok(()), "expired");
+        assert_eq!(guard.received(b"x"), Verdict::New, "expired");
         assert_eq!(
             guard.received(b"w"),
-            Err(Seen::Replay),
+            Verdict::Replay,
             "one window old is kept"
         );
+    }
+
+    #[test]
+    fn forgetting_early_fails_closed_by_token_time() {
+        // Generations of 2: the cache fills after four tokens.
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 4);
+        assert_eq!(guard.received_at(b"a", Some(100)), Verdict::New);
+        assert_eq!(guard.received_at(b"b", Some(101)), Verdict::New);
+        assert_eq!(guard.received_at(b"c", Some(102)), Verdict::New);
+        assert_eq!(guard.received_at(b"d", Some(103)), Verdict::New);
+        // The fifth forgets `a` and `b`, long before their time to live:
+        // anything stamped at or before 101 is refused from now on, `a`
+        // played again among it, and new tokens of that age too.
+        assert_eq!(guard.received_at(b"e", Some(104)), Verdict::New);
+        assert_eq!(guard.received_at(b"a", Some(100)), Verdict::Forgotten);
+        assert_eq!(guard.received_at(b"b", Some(101)), Verdict::Forgotten);
+        assert_eq!(guard.received_at(b"x", Some(101)), Verdict::Forgotten);
+        // What is still remembered is refused as a replay; newer tokens pass.
+        assert_eq!(guard.received_at(b"d", Some(103)), Verdict::Replay);
+        assert_eq!(guard.received_at(b"y", Some(102)), Verdict::New);
+        // A token without a time cannot be refused by it.
+        assert_eq!(guard.received_at(b"z", None), Verdict::New);
+    }
+
+    #[test]
+    fn tables_grow_with_the_traffic_and_forget_nothing_below_the_cap() {
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 1 << 16);
+        assert_eq!(guard.lock().current.capacity(), INITIAL_GENERATION);
+        for n in 0..20_000u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(1_000)),
+                Verdict::New
+            );
+        }
+        // Below the cap nothing was forgotten: every token is a replay.
+        for n in 0..20_000u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(1_000)),
+                Verdict::Replay
+            );
+        }
+        let state = guard.lock();
+        assert_eq!(state.horizon, None);
+        assert_eq!(state.current.len, 20_000);
+        assert_eq!(state.current.capacity(), 32_768);
+    }
+
+    #[test]
+    fn a_forgotten_sent_token_reflected_back_is_refused_too() {
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 4);
+        let mine = [guard.fingerprint(b"mine")];
+        assert_eq!(guard.sent(&mine, 50).now_or_never(), Some(()));
+        for (n, token) in [b"p", b"q", b"r", b"s"].iter().enumerate() {
+            assert_eq!(guard.received_at(*token, Some(60 + n as u64)), Verdict::New);
+        }
+        // `mine` was forgotten with its generation; its time gives it away.
+        assert_eq!(guard.received_at(b"mine", Some(50)), Verdict::Forgotten);
+    }
+
+    #[test]
+    fn a_batch_gets_one_verdict_per_token_in_order() {
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 100);
+        let token = |text: &[u8]| ReceivedToken {
+            fingerprint: guard.fingerprint(text),
+            time: Some(10),
+        };
+        let batch = [token(b"one"), token(b"two"), token(b"one")];
+        let mut verdicts = vec![Verdict::Unavailable; 7];
+        let work = ReplayStore::received(&guard, &batch, &mut verdicts);
+        assert!(format!("{work:?}").contains("done"));
+        assert_eq!(work.now_or_never(), Some(()));
+        assert_eq!(verdicts, [Verdict::New, Verdict::New, Verdict::Replay]);
     }
 
     #[test]
@@ -456,13 +762,13 @@ mod tests {
 
     #[test]
     fn a_refused_token_does_not_push_out_an_entry() {
-        let guard = ReplayGuard::new(None, 2);
-        assert_eq!(guard.received(b"a"), Ok(()));
-        assert_eq!(guard.received(b"b"), Ok(()));
+        let guard = MemoryReplayStore::new(None, 2);
+        assert_eq!(guard.received(b"a"), Verdict::New);
+        assert_eq!(guard.received(b"b"), Verdict::New);
         for _ in 0..3 {
-            assert_eq!(guard.received(b"b"), Err(Seen::Replay));
+            assert_eq!(guard.received(b"b"), Verdict::Replay);
         }
-        assert_eq!(guard.received(b"a"), Err(Seen::Replay), "still remembered");
+        assert_eq!(guard.received(b"a"), Verdict::Replay, "still remembered");
     }
 
     #[test]

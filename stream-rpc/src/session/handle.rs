@@ -18,19 +18,19 @@ use uuid::Uuid;
 use super::outbox::{Outbox, Refused};
 use super::signal::Signal;
 use super::{EndReason, within};
-use crate::cipher::{Cipher, CipherError};
+use crate::cipher::{CipherError, Sealer};
 use crate::codec::FrameCodec;
 use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
-use crate::replay::ReplayGuard;
+use crate::replay::ReplayStore;
 
 /// State shared by the session's tasks and every [`SessionHandle`].
 pub(super) struct Shared {
     pub(super) own_id: Uuid,
     pub(super) remote_addr: Option<SocketAddr>,
     pub(super) protocol_name: Box<str>,
-    pub(super) cipher: Arc<dyn Cipher>,
+    pub(super) cipher: Sealer,
     pub(super) max_frame_len: usize,
     pub(super) call_timeout: Duration,
     /// The endpoint this session belongs to: it numbers the packets.
@@ -48,7 +48,7 @@ pub(super) struct Shared {
     /// Cancelled when the session has fully ended.
     pub(super) ended: CancellationToken,
     /// The endpoint's replay and reflection cache, when turned on.
-    pub(super) replay: Option<Arc<ReplayGuard>>,
+    pub(super) replay: Option<Arc<dyn ReplayStore>>,
     /// Set once the first authentic packet arrived.
     pub(super) received: AtomicBool,
 }
@@ -139,7 +139,7 @@ impl Shared {
             own_id: endpoint.peer_id(),
             remote_addr,
             protocol_name: protocol_name.into(),
-            cipher: config.cipher().clone(),
+            cipher: config.sealer.clone(),
             max_frame_len: limits.max_frame_len,
             call_timeout: config.timeouts().call,
             endpoint: endpoint.clone(),
@@ -319,7 +319,7 @@ impl SessionHandle {
             packet
                 .write_json(json)
                 .map_err(|e| SendError::Encode(e.to_string()))?;
-            self.shared.cipher.encrypt_append_at(json, now, token)?;
+            self.shared.cipher.seal_at(json, now, token)?;
             if token.len() > self.shared.max_frame_len {
                 return Err(SendError::TooLarge {
                     len: token.len(),
@@ -331,7 +331,7 @@ impl SessionHandle {
                 .shared
                 .replay
                 .as_ref()
-                .map(|replay| replay.fingerprint(self.shared.cipher.token_identity(token)));
+                .map(|replay| replay.fingerprint(self.shared.cipher.identity(token)));
             match self.shared.outbox.push(token, fingerprint) {
                 Ok(()) => Ok(None),
                 Err(Refused::Full) => Ok(Some((token.clone(), fingerprint))),

@@ -432,49 +432,18 @@ mod tests {
         );
     }
 
-    /// Fernet that notes the times the session seals and opens tokens at.
-    #[derive(Debug)]
-    struct Timed {
-        fernet: Fernet,
-        sealed: std::sync::Mutex<Vec<std::time::SystemTime>>,
-        opened: std::sync::Mutex<Vec<std::time::SystemTime>>,
-    }
-
-    impl crate::Cipher for Timed {
-        fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
-            self.fernet.encrypt(plaintext)
-        }
-        fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, crate::CipherError> {
-            self.fernet.decrypt(token)
-        }
-        fn encrypt_append_at(
-            &self,
-            plaintext: &[u8],
-            now: std::time::SystemTime,
-            out: &mut Vec<u8>,
-        ) -> Result<(), crate::CipherError> {
-            self.sealed.lock().unwrap().push(now);
-            self.fernet.encrypt_append_at(plaintext, now, out)
-        }
-        fn decrypt_append_at(
-            &self,
-            token: &[u8],
-            now: std::time::SystemTime,
-            out: &mut Vec<u8>,
-        ) -> Result<(), crate::CipherError> {
-            self.opened.lock().unwrap().push(now);
-            self.fernet.decrypt_append_at(token, now, out)
-        }
-    }
-
-    fn timed_config() -> (Arc<Config>, Arc<Timed>) {
-        let timed = Arc::new(Timed {
-            fernet: Fernet::new(&Fernet::generate_key().unwrap()).unwrap(),
+    fn timed_config() -> (Arc<Config>, Arc<crate::cipher::Recording>) {
+        let recording = Arc::new(crate::cipher::Recording {
+            fernet: Arc::new(Fernet::new(&Fernet::generate_key().unwrap()).unwrap()),
             sealed: Default::default(),
             opened: Default::default(),
         });
-        let config = Config::builder().cipher(timed.clone()).build().unwrap();
-        (Arc::new(config), timed)
+        let config = Config::builder()
+            .key(Fernet::generate_key().unwrap())
+            .build()
+            .unwrap()
+            .with_recording(recording.clone());
+        (Arc::new(config), recording)
     }
 
     #[tokio::test]
@@ -504,7 +473,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_clock_is_read_once_for_replies_opened_together_and_again_after_a_handler() {
+    async fn the_frames_of_a_turn_are_opened_at_one_reading_of_the_clock() {
         let (config, timed) = timed_config();
         let (handle, theirs, _task) = start(&config);
         let (read, mut write) = tokio::io::split(theirs);
@@ -535,13 +504,19 @@ mod tests {
         for _ in 0..2 {
             read_packet(&config, &mut read).await;
         }
+        // Another frame, in a turn of its own once the first turn's
+        // answers are out: the clock is read again for it.
+        let ping = Packet::new(peer, 4, "ping", json!(4));
+        write_packet(&config, &mut write, &ping).await;
+        read_packet(&config, &mut read).await;
         let opened = timed.opened.lock().unwrap().clone();
-        assert_eq!(opened.len(), 4);
-        // The two replies only completed calls; the first request ran a
-        // handler, so the second is opened at a later reading.
-        assert_eq!(opened[0], opened[1]);
-        assert_eq!(opened[1], opened[2]);
-        assert!(opened[3] > opened[2], "{opened:?}");
+        assert_eq!(opened.len(), 5);
+        // All four frames of the first turn (replies and requests alike)
+        // are opened, age-checked and replay-checked before any handler
+        // runs, as of one reading; a handler that runs long cannot make
+        // that reading stale.
+        assert!(opened[..4].iter().all(|at| *at == opened[0]), "{opened:?}");
+        assert!(opened[4] > opened[3], "{opened:?}");
     }
 
     /// Calls `method` with a 100 ms limit, and checks that the call fails

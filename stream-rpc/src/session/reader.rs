@@ -18,12 +18,13 @@ use uuid::Uuid;
 
 use super::handle::{Shared, lock};
 use super::{EndReason, READ_CHUNK, SessionHandle};
+use crate::cipher::CipherError;
 use crate::codec::{CodecError, FrameCodec};
 use crate::config::Limits;
 use crate::error::SendError;
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
-use crate::replay::Seen;
+use crate::replay::{ReceivedToken, Verdict};
 
 /// How many frames the read loop handles before it lets the session's other
 /// tasks (the writer, handlers) run. Measured on the `pipe64` benchmark:
@@ -41,8 +42,14 @@ pub(super) struct ReadLoop<P> {
     handlers_limit: usize,
     bad_in_row: u32,
     max_bad_in_row: u32,
-    /// The plaintext of the frame being handled, reused from frame to frame.
-    plain: Vec<u8>,
+    /// The plaintexts of a turn's frames, reused from turn to turn.
+    plains: Vec<Vec<u8>>,
+    /// Whether each of a turn's frames opened.
+    opened: Vec<Result<(), CipherError>>,
+    /// The turn's tokens that opened, for the replay store.
+    tokens: Vec<ReceivedToken>,
+    /// The replay store's verdict on each of `tokens`.
+    verdicts: Vec<Verdict>,
 }
 
 /// The largest plaintext buffer the read loop keeps between frames.
@@ -64,7 +71,10 @@ impl<P: Protocol> ReadLoop<P> {
             handlers_limit: limits.max_concurrent_handlers,
             bad_in_row: 0,
             max_bad_in_row: limits.max_bad_frames_in_row,
-            plain: Vec::new(),
+            plains: Vec::new(),
+            opened: Vec::with_capacity(FRAMES_PER_TURN),
+            tokens: Vec::with_capacity(FRAMES_PER_TURN),
+            verdicts: Vec::with_capacity(FRAMES_PER_TURN),
         }
     }
 
@@ -124,23 +134,20 @@ impl<P: Protocol> ReadLoop<P> {
                     any_frame = true;
                     if let Some(replay) = &self.shared.replay {
                         // Looking the whole turn up at once lets the
-                        // memory reads of the cache overlap.
+                        // memory reads of an in-process store overlap
+                        // with opening the tokens.
                         fingerprints.clear();
                         let cipher = &self.shared.cipher;
                         fingerprints.extend(
                             batch
                                 .iter()
-                                .map(|frame| replay.fingerprint(cipher.token_identity(frame))),
+                                .map(|frame| replay.fingerprint(cipher.identity(frame))),
                         );
-                        replay.warm(&fingerprints);
+                        replay.prefetch(&fingerprints);
                     }
-                }
-                // The clock is read for the turn's first token and again
-                // only after a frame ran a handler or sent something.
-                let mut now = None;
-                for (index, frame) in batch.drain(..).enumerate() {
-                    let fingerprint = fingerprints.get(index).copied();
-                    if let Some(reason) = self.on_frame(&frame, fingerprint, &mut now).await {
+                    let handled = self.on_turn(&batch, &fingerprints).await;
+                    batch.clear();
+                    if let Some(reason) = handled {
                         return reason;
                     }
                 }
@@ -246,29 +253,42 @@ impl<P: Protocol> ReadLoop<P> {
         })
     }
 
-    /// Handles one frame; `fingerprint` is its token's replay fingerprint,
-    /// worked out beforehand when replay protection is on. `now` is the time
-    /// the token is opened at: read here if `None`, and kept for the next
-    /// frame only if this one did no more than complete a pending call (or
-    /// was dropped), which takes microseconds.
-    async fn on_frame(
-        &mut self,
-        frame: &[u8],
-        fingerprint: Option<u64>,
-        now: &mut Option<SystemTime>,
-    ) -> Option<EndReason> {
-        let at = *now.get_or_insert_with(SystemTime::now);
-        if self.plain.capacity() > KEEP_PLAIN {
-            self.plain = Vec::new();
+    /// Handles a turn's frames: opens them all as of one reading of the
+    /// clock (they arrived together), asks the replay store about the ones
+    /// that opened in one call, then handles them in order. `fingerprints`
+    /// are their tokens' fingerprints when replay protection is on.
+    async fn on_turn(&mut self, batch: &[BytesMut], fingerprints: &[u64]) -> Option<EndReason> {
+        let now = SystemTime::now();
+        if self.plains.len() < batch.len() {
+            self.plains.resize_with(batch.len(), Vec::new);
         }
-        self.plain.clear();
-        match self
-            .shared
-            .cipher
-            .decrypt_append_at(frame, at, &mut self.plain)
-        {
-            Ok(()) => {}
-            Err(e) => {
+        self.opened.clear();
+        for (frame, plain) in batch.iter().zip(&mut self.plains) {
+            if plain.capacity() > KEEP_PLAIN {
+                *plain = Vec::new();
+            }
+            plain.clear();
+            self.opened
+                .push(self.shared.cipher.open_at(frame, now, plain));
+        }
+        if let Some(replay) = &self.shared.replay {
+            self.tokens.clear();
+            for ((frame, opened), &fingerprint) in batch.iter().zip(&self.opened).zip(fingerprints)
+            {
+                if opened.is_ok() {
+                    self.tokens.push(ReceivedToken {
+                        fingerprint,
+                        time: self.shared.cipher.token_time(frame),
+                    });
+                }
+            }
+            if !self.tokens.is_empty() {
+                replay.received(&self.tokens, &mut self.verdicts).await;
+            }
+        }
+        let mut verdicts = 0;
+        for index in 0..batch.len() {
+            if let Err(e) = &self.opened[index] {
                 // The peer is told nothing about why.
                 session_log!(
                     warn,
@@ -276,38 +296,39 @@ impl<P: Protocol> ReadLoop<P> {
                     "dropped a frame that failed to decrypt: {e} ({} in a row)",
                     self.bad_in_row + 1
                 );
-                return self.bad_frame();
+                if let Some(reason) = self.bad_frame() {
+                    return Some(reason);
+                }
+                continue;
             }
-        };
-        if let Some(replay) = &self.shared.replay
-            && let Err(seen) =
-                replay.received_fingerprint(fingerprint.unwrap_or_else(|| {
-                    replay.fingerprint(self.shared.cipher.token_identity(frame))
-                }))
-        {
-            let what = match seen {
-                Seen::Replay => "a replayed token (accepted before)",
-                Seen::Reflection => "a reflected token (sent by this endpoint)",
-            };
-            session_log!(
-                warn,
-                self.shared,
-                "dropped {what} ({} bad frames in a row)",
-                self.bad_in_row + 1
-            );
-            return self.bad_frame();
-        }
-        self.bad_in_row = 0;
-        self.shared.note_received();
-        let only_completed_a_call = match Packet::from_json(&self.plain) {
-            Ok(packet) => self.dispatch(packet).await,
-            Err(e) => {
-                self.reject_invalid(&self.plain, &e).await;
-                false
+            if self.shared.replay.is_some() {
+                // A store that answered short refused the rest.
+                let verdict = self
+                    .verdicts
+                    .get(verdicts)
+                    .copied()
+                    .unwrap_or(Verdict::Unavailable);
+                verdicts += 1;
+                if verdict != Verdict::New {
+                    session_log!(
+                        warn,
+                        self.shared,
+                        "dropped {} ({} bad frames in a row)",
+                        verdict.describe(),
+                        self.bad_in_row + 1
+                    );
+                    if let Some(reason) = self.bad_frame() {
+                        return Some(reason);
+                    }
+                    continue;
+                }
             }
-        };
-        if !only_completed_a_call {
-            *now = None;
+            self.bad_in_row = 0;
+            self.shared.note_received();
+            match Packet::from_json(&self.plains[index]) {
+                Ok(packet) => self.dispatch(packet).await,
+                Err(e) => self.reject_invalid(&self.plains[index], &e).await,
+            }
         }
         None
     }
@@ -343,9 +364,8 @@ impl<P: Protocol> ReadLoop<P> {
         SessionHandle::from_shared(self.shared.clone())
     }
 
-    /// Hands a packet to the call it answers or to the protocol; says
-    /// whether it answered a call (and so ran no handler).
-    async fn dispatch(&self, packet: Packet) -> bool {
+    /// Hands a packet to the call it answers or to the protocol.
+    async fn dispatch(&self, packet: Packet) {
         if let Some(to) = packet.reply_to
             && to.peer == self.shared.own_id
             && let Some(waiting) = self.shared.take_pending(to.id)
@@ -353,7 +373,7 @@ impl<P: Protocol> ReadLoop<P> {
             session_log!(info, self.shared, "Received: {packet}");
             // The caller may have given up in the meantime; nothing to do then.
             let _ = waiting.send(packet);
-            return true;
+            return;
         }
         session_log!(info, self.shared, "Received: {packet}");
         // Replies and error packets are never answered with an error packet,
@@ -375,14 +395,14 @@ impl<P: Protocol> ReadLoop<P> {
                     HandlerError::new(ErrorCode::Busy, message).into_payload(&packet.method);
                 send_error(&self.handle(), payload, Some(packet.reply_address())).await;
             }
-            return false;
+            return;
         }
         let mut work = Box::pin(run_handler(self.protocol.clone(), self.handle(), packet));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
         let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
         if first.is_ready() {
-            return false;
+            return;
         }
         // It waits: from here on it holds one of the handler slots. Only the
         // read loop takes slots (tasks give theirs back), and one was free
@@ -398,7 +418,6 @@ impl<P: Protocol> ReadLoop<P> {
                 () = work => {}
             }
         });
-        false
     }
 }
 

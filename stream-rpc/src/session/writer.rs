@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{fmt, io};
 
 use bytes::BytesMut;
@@ -28,11 +28,15 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut fingerprints: Vec<u64> = Vec::new();
     // Records a batch as sent before any of it reaches the wire, so that a
     // reflection is always recognised.
-    let record = |fingerprints: &[u64]| {
+    let record = async |fingerprints: &[u64]| {
         if let Some(replay) = &shared.replay
             && !fingerprints.is_empty()
         {
-            replay.sent_all(fingerprints);
+            // Every token of the batch was sealed before now.
+            let sealed_by = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            replay.sent(fingerprints, sealed_by).await;
         }
     };
     let result: Result<(), WriteFailure> = async {
@@ -49,13 +53,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Some(Taken::Frames) => {}
                 Some(Taken::Closed) | None => break,
             }
-            record(&fingerprints);
+            record(&fingerprints).await;
             write_within(&mut writer, &buf, deadline).await?;
             recycle(&mut buf);
         }
         // Replies queued before the stop still go out; nothing after.
         shared.outbox.close_and_take(&mut buf, &mut fingerprints);
-        record(&fingerprints);
+        record(&fingerprints).await;
         write_within(&mut writer, &buf, deadline).await?;
         timeout(deadline, writer.shutdown())
             .await

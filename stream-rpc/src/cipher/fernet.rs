@@ -1,13 +1,13 @@
-//! Sealing packets: the [`Cipher`] trait and its default, [`Fernet`].
+//! [`Fernet`]: the default cipher, composed from the RustCrypto primitives.
 //!
-//! Fernet is composed here from the RustCrypto primitives (AES-128-CBC,
-//! HMAC-SHA256, URL-safe base64) rather than taken from the `fernet` crate,
-//! for three reasons: the key schedules are set up once per key instead of
-//! once per message; initialisation vectors come from a buffer of operating
-//! system randomness instead of one system call each; and no input from the
-//! network can reach an arithmetic overflow (`fernet` 0.2.2 computes
-//! `timestamp + ttl` on unauthenticated input). The tests prove it against the
-//! specification's vectors and against the `fernet` crate in both directions.
+//! Fernet is composed here (AES-128-CBC, HMAC-SHA256, URL-safe base64)
+//! rather than taken from the `fernet` crate, for three reasons: the key
+//! schedules are set up once per key instead of once per message;
+//! initialisation vectors come from a buffer of operating system randomness
+//! instead of one system call each; and no input from the network can reach
+//! an arithmetic overflow (`fernet` 0.2.2 computes `timestamp + ttl` on
+//! unauthenticated input). The tests prove it against the specification's
+//! vectors and against the `fernet` crate in both directions.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -18,110 +18,9 @@ use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use base64_simd::{Base64, URL_SAFE, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use zeroize::{Zeroize as _, Zeroizing};
 
-/// Encrypts and authenticates packet plaintexts into tokens, and back.
-///
-/// The default is [`Fernet`]; a custom cipher can be set with
-/// [`ConfigBuilder::cipher`](crate::ConfigBuilder::cipher), like the seed's
-/// `STREAM_RPC_CYPHER`. A token must never contain the frame terminator (a
-/// send whose token does fails with [`SendError::Cipher`](crate::SendError::Cipher)),
-/// and `Debug` must never show key material.
-pub trait Cipher: Send + Sync + fmt::Debug + 'static {
-    /// Seals `plaintext` into a token.
-    fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError>;
-
-    /// Opens a token, checking its integrity (and, for Fernet, its age).
-    fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError>;
-
-    /// Seals `plaintext` and appends the token to `out`, which the session
-    /// reuses from message to message. By default through
-    /// [`encrypt`](Self::encrypt); a cipher can write in place instead.
-    fn encrypt_append(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CipherError> {
-        out.extend_from_slice(&self.encrypt(plaintext)?);
-        Ok(())
-    }
-
-    /// [`encrypt_append`](Self::encrypt_append) as of `now`, which the
-    /// session always seals through: for a packet it creates, `now` is the
-    /// reading of the clock it also stamped the packet's `created_at` with,
-    /// so a cipher that stamps its tokens (Fernet does, in seconds) need not
-    /// read the clock again; for a packet sent as it is, the time of
-    /// sending. By default the time is not used.
-    fn encrypt_append_at(
-        &self,
-        plaintext: &[u8],
-        now: SystemTime,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CipherError> {
-        let _ = now;
-        self.encrypt_append(plaintext, out)
-    }
-
-    /// [`decrypt`](Self::decrypt) as of `now`, appending the plaintext to
-    /// `out`, which the session reuses from frame to frame. The session
-    /// reads the clock once for the frames it opens together (replies that
-    /// complete its calls, microseconds apart; it reads it again after a
-    /// handler has run), so a cipher that checks a token's age (Fernet does,
-    /// in seconds) need not read it for each token. On an error `out` is
-    /// left as it was. By default through [`decrypt`](Self::decrypt), and
-    /// the time is not used.
-    fn decrypt_append_at(
-        &self,
-        token: &[u8],
-        now: SystemTime,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CipherError> {
-        let _ = now;
-        out.extend_from_slice(&self.decrypt(token)?);
-        Ok(())
-    }
-
-    /// The part of a token that the replay cache fingerprints (see
-    /// [`ConfigBuilder::replay_protection`](crate::ConfigBuilder::replay_protection)):
-    /// two tokens that decrypt and have the same identity count as the same
-    /// token. The whole token by default. A cipher whose tokens end in a MAC
-    /// of everything before it may return a tail that holds the whole MAC;
-    /// it must then, like every cipher used with replay protection, accept
-    /// one spelling per token.
-    fn token_identity<'t>(&self, token: &'t [u8]) -> &'t [u8] {
-        token
-    }
-}
-
-/// Why a token could not be made or opened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CipherError {
-    /// The token is not well formed: not base64, too short, wrong version,
-    /// ciphertext not a whole number of blocks, or bad padding.
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    /// The token's signature matches none of the keys: another key, or
-    /// tampering.
-    #[error("token signature does not match any key")]
-    BadSignature,
-    /// The token is older than the configured time to live.
-    #[error("token expired: created {age_secs} s ago, time to live is {ttl_secs} s")]
-    Expired {
-        /// How old the token is.
-        age_secs: u64,
-        /// The configured time to live.
-        ttl_secs: u64,
-    },
-    /// The token claims to be created further in the future than the 60 s of
-    /// clock skew that the Fernet specification allows.
-    #[error("token is from the future: {ahead_secs} s ahead of this clock")]
-    FromTheFuture {
-        /// How far ahead of the local clock the token's timestamp is.
-        ahead_secs: u64,
-    },
-    /// The operating system's random number generator failed.
-    #[error("no randomness for the initialisation vector: {0}")]
-    Randomness(String),
-    /// A custom cipher's own failure.
-    #[error("{0}")]
-    Other(String),
-}
+use super::{Cipher, CipherError};
 
 /// The version byte of every Fernet token.
 const VERSION: u8 = 0x80;
@@ -141,21 +40,42 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 const B64: Base64 = URL_SAFE;
 
 /// Keys are read leniently: with or without padding (but, as tokens, with no
-/// stray trailing bits).
-fn decode_key(text: &str) -> Option<Vec<u8>> {
+/// stray trailing bits). The bytes are wiped when dropped.
+fn decode_key(text: &str) -> Option<Zeroizing<Vec<u8>>> {
     let engine = if text.ends_with('=') {
         URL_SAFE
     } else {
         URL_SAFE_NO_PAD
     };
-    engine.decode_to_vec(text).ok()
+    engine.decode_to_vec(text).ok().map(Zeroizing::new)
 }
 
-/// One Fernet key with its key schedules computed once.
-#[derive(Clone)]
+/// One Fernet key with its key schedules computed once. Neither is ever
+/// cloned (a message clones the HMAC's state, which it finalises at once),
+/// and both are wiped on drop: the AES round keys by `aes` itself, the
+/// HMAC's precomputed state (as good as the signing key) here.
 struct Key {
     signing: Hmac<Sha256>,
     encryption: Aes128,
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // The HMAC state of an all-zero key (HMAC takes keys of any length,
+        // so this cannot fail).
+        if let Ok(blank) = <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 16]) {
+            // SAFETY: `self.signing` is a valid, aligned `Hmac` that this
+            // `&mut` borrows exclusively; writing another valid `Hmac` over
+            // it is sound, and the value overwritten has no drop glue (it is
+            // plain arrays and counters). The write is volatile so that the
+            // compiler cannot remove it as a store to memory about to be
+            // freed.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::write_volatile(&mut self.signing, blank);
+            }
+        }
+    }
 }
 
 impl Key {
@@ -179,7 +99,9 @@ impl Key {
 ///
 /// Encrypts with the first key and accepts tokens under any of them, so keys
 /// can be rotated without downtime: deploy `NEW,OLD` everywhere, then `NEW`.
-#[derive(Clone)]
+///
+/// Not `Clone`: the key material exists once, and is wiped when the
+/// `Fernet` is dropped; share one in an `Arc`.
 pub struct Fernet {
     keys: Vec<Key>,
     ttl: Option<Duration>,
@@ -253,7 +175,7 @@ impl Fernet {
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(|e| CipherError::Randomness(e.to_string()))?;
         let key = B64.encode_to_string(bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
+        bytes.zeroize();
         Ok(key)
     }
 
@@ -328,9 +250,10 @@ impl Fernet {
             .keys
             .iter()
             .find(|key| {
+                // `verify_slice` compares in constant time.
                 let mut mac = key.signing.clone();
                 mac.update(signed);
-                tags_equal(&mac.finalize().into_bytes(), tag)
+                mac.verify_slice(tag).is_ok()
             })
             .ok_or(CipherError::BadSignature)?;
 
@@ -373,15 +296,19 @@ impl Fernet {
 impl Cipher for Fernet {
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
         let mut token = Vec::new();
-        self.encrypt_append(plaintext, &mut token)?;
+        self.seal_at(plaintext, SystemTime::now(), &mut token)?;
         Ok(token)
     }
 
-    fn encrypt_append(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CipherError> {
-        self.encrypt_append_at(plaintext, SystemTime::now(), out)
+    fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
+        self.open(token, unix_secs(SystemTime::now()))
     }
+}
 
-    fn encrypt_append_at(
+/// The session's fast paths (see [`Sealer`](super::Sealer)).
+impl Fernet {
+    /// Seals `plaintext` stamped with `now`, appending the token to `out`.
+    pub(crate) fn seal_at(
         &self,
         plaintext: &[u8],
         now: SystemTime,
@@ -392,11 +319,9 @@ impl Cipher for Fernet {
         Ok(())
     }
 
-    fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
-        self.open(token, unix_secs(SystemTime::now()))
-    }
-
-    fn decrypt_append_at(
+    /// Opens `token` as of `now`, appending the plaintext to `out`; on an
+    /// error `out` is left as it was.
+    pub(crate) fn open_at(
         &self,
         token: &[u8],
         now: SystemTime,
@@ -414,30 +339,27 @@ impl Cipher for Fernet {
     /// the last 34 to 36 bytes (after two, one or no `=`), so the whole
     /// 32-byte HMAC. Two authentic tokens with the same HMAC are the same
     /// token, and each has one spelling.
-    fn token_identity<'t>(&self, token: &'t [u8]) -> &'t [u8] {
+    pub(crate) fn identity(token: &[u8]) -> &[u8] {
         &token[token.len().saturating_sub(IDENTITY_LEN)..]
     }
+
+    /// The timestamp of a token (which the caller has opened, so it is
+    /// authentic): the 8 bytes after the version, which the first 12
+    /// characters of the text spell.
+    pub(crate) fn token_time(token: &[u8]) -> Option<u64> {
+        let head = token.get(..12)?;
+        let mut raw = [0u8; 9];
+        URL_SAFE_NO_PAD
+            .decode(head, base64_simd::Out::from_slice(&mut raw))
+            .ok()?;
+        let mut stamp = [0u8; 8];
+        stamp.copy_from_slice(&raw[1..]);
+        Some(u64::from_be_bytes(stamp))
+    }
 }
 
-/// How much of a Fernet token's text identifies it (see `token_identity`).
+/// How much of a Fernet token's text identifies it (see `Fernet::identity`).
 const IDENTITY_LEN: usize = 48;
-
-/// Compares two MACs in constant time. `subtle` compares eight bytes at a
-/// time here: its byte-slice comparison keeps each byte from the optimiser
-/// separately, four times the work for the same guarantee.
-fn tags_equal(computed: &[u8], given: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    let (computed, computed_rest) = computed.as_chunks::<8>();
-    let (given, given_rest) = given.as_chunks::<8>();
-    if computed.len() != given.len() || computed_rest.len() != given_rest.len() {
-        return false;
-    }
-    let mut equal = computed_rest.ct_eq(given_rest);
-    for (a, b) in computed.iter().zip(given) {
-        equal &= u64::from_ne_bytes(*a).ct_eq(&u64::from_ne_bytes(*b));
-    }
-    equal.into()
-}
 
 /// CBC encryption in place of `data` (whole blocks) under `iv`, with the
 /// key schedule borrowed rather than copied for each message.
@@ -503,25 +425,39 @@ const POOL_LEN: usize = 16 * 1024;
 
 /// A per-thread buffer of operating system randomness, so that one system
 /// call provides 1,024 initialisation vectors. Used bytes are wiped.
+///
+/// A process made by `fork()` starts with a copy of its parent's buffer:
+/// were it to take IVs from it, parent and child would seal with the same
+/// IVs. So the buffer notes the count of forks (raised in every child by a
+/// `pthread_atfork` handler) it was filled under, and is filled again when
+/// that count has moved: a check of one atomic per IV, where asking the
+/// process id would cost a system call each.
 struct RandomPool {
     bytes: Box<[u8; POOL_LEN]>,
     used: usize,
+    forks: u64,
 }
 
 thread_local! {
-    static POOL: RefCell<RandomPool> = RefCell::new(RandomPool {
-        bytes: Box::new([0; POOL_LEN]),
-        used: POOL_LEN,
+    static POOL: RefCell<RandomPool> = RefCell::new({
+        fork::watch();
+        RandomPool {
+            bytes: Box::new([0; POOL_LEN]),
+            used: POOL_LEN,
+            forks: fork::count(),
+        }
     });
 }
 
 fn random_iv() -> Result<[u8; 16], CipherError> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if pool.used + 16 > POOL_LEN {
+        let forks = fork::count();
+        if pool.used + 16 > POOL_LEN || pool.forks != forks {
             getrandom::getrandom(&mut pool.bytes[..])
                 .map_err(|e| CipherError::Randomness(e.to_string()))?;
             pool.used = 0;
+            pool.forks = forks;
         }
         let start = pool.used;
         let mut iv = [0u8; 16];
@@ -530,6 +466,44 @@ fn random_iv() -> Result<[u8; 16], CipherError> {
         pool.used += 16;
         Ok(iv)
     })
+}
+
+/// Counts the forks of this process's ancestry line: raised in each child.
+mod fork {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+
+    /// How many times this process (as a child, and its parents before it)
+    /// was forked since the handler was registered.
+    pub(super) fn count() -> u64 {
+        FORKS.load(Ordering::Relaxed)
+    }
+
+    /// Registers the handler, once per process (a child inherits it).
+    pub(super) fn watch() {
+        #[cfg(unix)]
+        {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                extern "C" fn in_child() {
+                    FORKS.fetch_add(1, Ordering::Relaxed);
+                }
+                // SAFETY: registers a handler that only increments an
+                // atomic, which is async-signal-safe, as the handlers run
+                // in the child of a fork must be. Registration fails only
+                // for want of memory; then forks go unnoticed, which
+                // `random_iv` cannot do better about than without it.
+                #[allow(unsafe_code)]
+                let registered = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+                if registered != 0 {
+                    tracing::warn!(
+                        "could not watch for fork(): a forked child must not seal with Fernet"
+                    );
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -556,7 +530,7 @@ mod tests {
 
     #[test]
     fn spec_generate_vectors() {
-        let all = vectors(include_str!("../tests/data/fernet-spec/generate.json"));
+        let all = vectors(include_str!("../../tests/data/fernet-spec/generate.json"));
         assert!(!all.is_empty());
         for v in all {
             let iv: Vec<u8> = serde_json::from_value(v["iv"].clone()).unwrap();
@@ -571,7 +545,7 @@ mod tests {
 
     #[test]
     fn spec_verify_vectors() {
-        let all = vectors(include_str!("../tests/data/fernet-spec/verify.json"));
+        let all = vectors(include_str!("../../tests/data/fernet-spec/verify.json"));
         assert!(!all.is_empty());
         for v in all {
             let plain = fernet(&v)
@@ -583,7 +557,7 @@ mod tests {
 
     #[test]
     fn spec_invalid_vectors() {
-        let all = vectors(include_str!("../tests/data/fernet-spec/invalid.json"));
+        let all = vectors(include_str!("../../tests/data/fernet-spec/invalid.json"));
         assert_eq!(all.len(), 8);
         for v in all {
             let result = fernet(&v).open(v["token"].as_str().unwrap().as_bytes(), at(&v));
@@ -593,7 +567,7 @@ mod tests {
 
     #[test]
     fn spec_invalid_vectors_fail_for_the_stated_reason() {
-        let all = vectors(include_str!("../tests/data/fernet-spec/invalid.json"));
+        let all = vectors(include_str!("../../tests/data/fernet-spec/invalid.json"));
         for v in all {
             let err = fernet(&v)
                 .open(v["token"].as_str().unwrap().as_bytes(), at(&v))
@@ -783,7 +757,7 @@ mod tests {
         // The time's fraction of a second is dropped, not rounded.
         let mut token = b"kept:".to_vec();
         fernet
-            .encrypt_append_at(b"x", at(5_000) + Duration::from_millis(999), &mut token)
+            .seal_at(b"x", at(5_000) + Duration::from_millis(999), &mut token)
             .unwrap();
         assert_eq!(&token[..5], b"kept:");
         let token = &token[5..];
@@ -791,9 +765,7 @@ mod tests {
         assert_eq!(raw[1..9], 5_000u64.to_be_bytes());
 
         let mut plain = b"before:".to_vec();
-        fernet
-            .decrypt_append_at(token, at(5_100), &mut plain)
-            .unwrap();
+        fernet.open_at(token, at(5_100), &mut plain).unwrap();
         assert_eq!(plain, b"before:x");
         // A refused token leaves the buffer as it was.
         for (now, error) in [
@@ -806,61 +778,18 @@ mod tests {
             ),
             (4_939, CipherError::FromTheFuture { ahead_secs: 61 }),
         ] {
-            assert_eq!(
-                fernet.decrypt_append_at(token, at(now), &mut plain),
-                Err(error)
-            );
+            assert_eq!(fernet.open_at(token, at(now), &mut plain), Err(error));
             assert_eq!(plain, b"before:x");
         }
         let mut tampered = token.to_vec();
         tampered[30] ^= 1;
-        assert!(
-            fernet
-                .decrypt_append_at(&tampered, at(5_000), &mut plain)
-                .is_err()
-        );
+        assert!(fernet.open_at(&tampered, at(5_000), &mut plain).is_err());
         assert_eq!(plain, b"before:x");
         // `decrypt` reads the clock: this token is long expired.
         assert!(matches!(
             fernet.decrypt(token),
             Err(CipherError::Expired { .. })
         ));
-    }
-
-    #[test]
-    fn a_cipher_without_the_timed_methods_gets_them_by_default() {
-        /// Tokens are the plaintext reversed, whatever the time.
-        #[derive(Debug)]
-        struct Reversed;
-
-        impl Cipher for Reversed {
-            fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
-                Ok(plaintext.iter().rev().copied().collect())
-            }
-            fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
-                if token.is_empty() {
-                    return Err(CipherError::Other("empty".into()));
-                }
-                Ok(token.iter().rev().copied().collect())
-            }
-        }
-
-        let mut out = b"<".to_vec();
-        Reversed
-            .encrypt_append_at(b"abc", UNIX_EPOCH, &mut out)
-            .unwrap();
-        assert_eq!(out, b"<cba");
-        let mut plain = b">".to_vec();
-        Reversed
-            .decrypt_append_at(b"cba", UNIX_EPOCH, &mut plain)
-            .unwrap();
-        assert_eq!(plain, b">abc");
-        assert!(
-            Reversed
-                .decrypt_append_at(b"", UNIX_EPOCH, &mut plain)
-                .is_err()
-        );
-        assert_eq!(plain, b">abc");
     }
 
     #[test]
@@ -925,7 +854,7 @@ mod tests {
         for plain in [&b"a"[..], &[b'b'; 20], &[b'c'; 40]] {
             let token = fernet.encrypt(plain).unwrap();
             let raw = B64.decode_to_vec(&token).unwrap();
-            let identity = fernet.token_identity(&token);
+            let identity = Fernet::identity(&token);
             assert_eq!(identity.len(), IDENTITY_LEN);
             // Whole groups of four: the tail decodes on its own, to the
             // token's last bytes, the HMAC among them.
@@ -933,24 +862,109 @@ mod tests {
             assert!(tail.len() >= MAC_LEN + 2, "{}", tail.len());
             assert!(raw.ends_with(&tail));
         }
-        assert_eq!(fernet.token_identity(b"short"), b"short");
+        assert_eq!(Fernet::identity(b"short"), b"short");
     }
 
     #[test]
-    fn tags_differing_anywhere_are_unequal() {
-        let tag: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37)).collect();
-        assert!(tags_equal(&tag, &tag.clone()));
-        for index in 0..tag.len() {
+    fn a_token_whose_mac_differs_in_any_bit_is_refused() {
+        let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        let token = fernet.encrypt(b"payload").unwrap();
+        let raw = B64.decode_to_vec(&token).unwrap();
+        let now = unix_secs(SystemTime::now());
+        for index in raw.len() - MAC_LEN..raw.len() {
             for bit in 0..8 {
-                let mut other = tag.clone();
-                other[index] ^= 1 << bit;
-                assert!(!tags_equal(&tag, &other), "byte {index}, bit {bit}");
+                let mut tampered = raw.clone();
+                tampered[index] ^= 1 << bit;
+                let text = B64.encode_to_string(&tampered);
+                assert_eq!(
+                    fernet.open(text.as_bytes(), now),
+                    Err(CipherError::BadSignature),
+                    "byte {index}, bit {bit}"
+                );
             }
         }
-        assert!(!tags_equal(&tag, &tag[..31]));
-        assert!(!tags_equal(&tag, &tag[..24]));
-        assert!(!tags_equal(&tag[..31], &tag[1..]));
-        assert!(tags_equal(&tag[..31], &tag[..31]));
+        assert_eq!(fernet.open(&token, now).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn a_tokens_time_is_read_from_its_text() {
+        let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        for secs in [0, 1, 1_700_000_000, u64::from(u32::MAX) + 7] {
+            let at = UNIX_EPOCH + Duration::from_secs(secs);
+            let mut token = Vec::new();
+            fernet.seal_at(b"x", at, &mut token).unwrap();
+            assert_eq!(Fernet::token_time(&token), Some(secs));
+        }
+        assert_eq!(Fernet::token_time(b"short"), None);
+        assert_eq!(Fernet::token_time(b"!!!!!!!!!!!!!!!!"), None);
+    }
+
+    /// A forked child takes IVs of its own, never the ones left in the
+    /// parent's buffer.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_never_reuses_the_parents_ivs() {
+        // Fill this thread's buffer and take one IV, so that the buffer
+        // holds unused IVs when the process forks.
+        random_iv().unwrap();
+        let mut pipe = [0i32; 2];
+        // SAFETY: `pipe` has room for the two descriptors.
+        #[allow(unsafe_code)]
+        let piped = unsafe { libc::pipe(pipe.as_mut_ptr()) };
+        assert_eq!(piped, 0);
+        // SAFETY: the child only takes IVs (no allocation: the buffer
+        // exists, refilling it is a system call into it), writes them to the
+        // pipe and leaves with `_exit`, so it never touches a lock another
+        // thread of the test harness may have held at the fork.
+        #[allow(unsafe_code)]
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let mut ivs = [0u8; 64];
+            for chunk in ivs.chunks_exact_mut(16) {
+                match random_iv() {
+                    Ok(iv) => chunk.copy_from_slice(&iv),
+                    // SAFETY: leaving the child at once.
+                    #[allow(unsafe_code)]
+                    Err(_) => unsafe { libc::_exit(2) },
+                }
+            }
+            // SAFETY: writes the 64 bytes of `ivs` to the pipe, then leaves.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::write(pipe[1], ivs.as_ptr().cast(), ivs.len());
+                libc::_exit(0);
+            }
+        }
+        let parent: Vec<[u8; 16]> = (0..4).map(|_| random_iv().unwrap()).collect();
+        let mut from_child = [0u8; 64];
+        let mut got = 0;
+        while got < from_child.len() {
+            // SAFETY: reads into the unfilled rest of `from_child`.
+            #[allow(unsafe_code)]
+            let read = unsafe {
+                libc::read(
+                    pipe[0],
+                    from_child[got..].as_mut_ptr().cast(),
+                    from_child.len() - got,
+                )
+            };
+            assert!(read > 0, "the child wrote no IVs");
+            got += read as usize;
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above; closes our descriptors.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::waitpid(child, &mut status, 0);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+        }
+        let child_ivs: Vec<&[u8]> = from_child.chunks_exact(16).collect();
+        for iv in &parent {
+            assert!(!child_ivs.contains(&&iv[..]), "the child reused {iv:?}");
+        }
+        assert_eq!(fork::count(), 0, "the parent's count never moves");
     }
 
     #[test]
