@@ -219,6 +219,24 @@ fn the_kv_client_calls_the_kv_server_through_the_trait_crate() {
 }
 
 #[test]
+fn a_server_on_port_0_says_where_it_listens_at_any_log_level() {
+    let key = new_key();
+    let mut server = Process::start(
+        "server",
+        &[
+            ("CRYPTO_KEY", &key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", "0"),
+            ("STREAM_RPC_LOG_LVL", "ERROR"),
+        ],
+    );
+    let line = server.wait_for("\"Serving on\"", |line| {
+        line.contains("Serving on 127.0.0.1:")
+    });
+    assert!(line.contains(" - QueueServer - INFO - ["), "{line}");
+}
+
+#[test]
 fn server_and_worker_hold_the_seed_conversation() {
     let key = new_key();
     let (mut server, port) = server(&key);
@@ -233,7 +251,7 @@ fn server_and_worker_hold_the_seed_conversation() {
         worker.output()
     );
     worker.wait_for("the pong to the hello", |line| {
-        line.contains("Received: {method: \"pong\"") && line.contains("#0, payload")
+        line.contains("Received: {method: \"pong\"") && line.contains("#0}")
     });
     // Tasks were put, and the server received them.
     assert!(

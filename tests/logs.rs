@@ -175,3 +175,61 @@ async fn a_handler_cut_off_by_the_end_of_its_session_is_logged_as_cancelled() {
         .unwrap_or_else(|| panic!("no cancellation line in:\n{text}"));
     assert!(line.contains(" - TestService - WARNING - ["), "{line}");
 }
+
+/// Makes one call with `packets` set on both ends, and returns the log.
+async fn one_call_logged(packets: stream_rpc::PacketLog) -> String {
+    let (out, _guard) = Captured::install(LevelFilter::INFO);
+    bounded(async {
+        let server = TestServer::with(|c| c.log_packets(packets)).await;
+        let client = stream_rpc::Connector::new(
+            config(&server.key, server.port)
+                .log_packets(packets)
+                .build()
+                .unwrap(),
+        )
+        .connect_client()
+        .await
+        .unwrap();
+        let reply = client
+            .session()
+            .call("ping", json!({"secret": "s3cr3t"}))
+            .await;
+        assert_eq!(reply.unwrap().payload, json!({"secret": "s3cr3t"}));
+        drop(client);
+        server.stop().await;
+    })
+    .await;
+    out.text()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn packet_lines_leave_payloads_out_by_default_and_can_show_them_or_go() {
+    let headers = one_call_logged(stream_rpc::PacketLog::default()).await;
+    let sent = headers
+        .lines()
+        .find(|line| line.contains("Send: {method: \"ping\", id: 0, peer: "))
+        .unwrap_or_else(|| panic!("no Send line in:\n{headers}"));
+    assert!(
+        sent.ends_with('}') && sent.contains("created_at: "),
+        "{sent}"
+    );
+    assert!(headers.contains("Received: {method: \"pong\""), "{headers}");
+    assert!(
+        !headers.contains("s3cr3t"),
+        "a payload in the log:\n{headers}"
+    );
+
+    let full = one_call_logged(stream_rpc::PacketLog::Full).await;
+    assert!(
+        full.contains("payload: {\"secret\":\"s3cr3t\"}}"),
+        "no payload in:\n{full}"
+    );
+
+    let off = one_call_logged(stream_rpc::PacketLog::Off).await;
+    assert!(
+        !off.contains("Send: ") && !off.contains("Received: "),
+        "{off}"
+    );
+    // The other lines are still there.
+    assert!(off.contains("Serving on 127.0.0.1:"), "{off}");
+}

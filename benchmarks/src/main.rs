@@ -11,7 +11,9 @@
 //! Options: `--reps N` (3), `--calls N` (calls per run of `seq`; `pipe64`
 //! and `conn16` make 4 times as many), `--time-cap SECS` (4 per run),
 //! `--skip-memory`, `--smoke`, `--no-replay` (stream-rpc without replay
-//! protection, to measure its cost), and `--system NAMES` (comma-separated),
+//! protection, to measure its cost), `--log LEVEL` (log through the seed's
+//! format to stderr at that level, e.g. `--log INFO 2>/dev/null`),
+//! `--log-packets off|headers|full` (how much the packet lines show), and `--system NAMES` (comma-separated),
 //! `--scenario NAME` and `--payload ping|1KiB` to run part of the table (for
 //! profiling). See docs/BENCHMARKS.md.
 
@@ -117,6 +119,29 @@ fn options() -> Result<Options, String> {
                     .find(|scenario| scenario.name() == name)
                     .ok_or_else(|| format!("unknown scenario {name:?}"))?;
                 options.scenarios = vec![scenario];
+            }
+            "--log" => {
+                // A real subscriber in the seed's format, writing to stderr
+                // (send it to a file or /dev/null): what logging costs.
+                let level: stream_rpc::LogLevel = args
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|e| format!("--log: {e}"))?;
+                let config = stream_rpc::Config::builder()
+                    .key(stream_rpc::Fernet::generate_key().map_err(|e| e.to_string())?)
+                    .log_level(level.0)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                stream_rpc::logging::init(&config).map_err(|e| e.to_string())?;
+            }
+            "--log-packets" => {
+                let mode: stream_rpc::PacketLog = args
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|e| format!("--log-packets: {e}"))?;
+                *systems::LOG_PACKETS.lock().map_err(|e| e.to_string())? = mode;
             }
             "--smoke" => {
                 options.smoke = true;

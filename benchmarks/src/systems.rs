@@ -100,6 +100,10 @@ impl Drop for ServerThread {
 /// measure what it costs.
 pub static NO_REPLAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// How much the packet log lines show (`--log-packets`).
+pub static LOG_PACKETS: std::sync::Mutex<stream_rpc::PacketLog> =
+    std::sync::Mutex::new(stream_rpc::PacketLog::Headers);
+
 /// The shared key of every stream-rpc run.
 pub fn key() -> &'static str {
     use std::sync::OnceLock;
@@ -122,6 +126,7 @@ pub fn rpc_config(
         .limits(limits)
         .timeouts(timeouts)
         .replay_protection(!NO_REPLAY.load(std::sync::atomic::Ordering::Relaxed))
+        .log_packets(*LOG_PACKETS.lock().unwrap_or_else(|e| e.into_inner()))
         .build()
         .expect("benchmark config")
 }

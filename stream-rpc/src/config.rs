@@ -6,6 +6,7 @@
 //! | `STREAM_RPC_HOST` | `0.0.0.0` | address to listen on or connect to |
 //! | `STREAM_RPC_PORT` | `8888` | port to listen on or connect to |
 //! | `STREAM_RPC_LOG_LVL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`/`WARN`, `ERROR`, `CRITICAL` |
+//! | `STREAM_RPC_LOG_PACKETS` | `headers` | `off`, `headers` or `full`: how much of each packet the `Send:`/`Received:` lines show |
 //!
 //! Everything else (terminator, cipher, log format, limits, timeouts,
 //! replay protection) is set through [`ConfigBuilder`]. A `Config` is plain
@@ -30,6 +31,10 @@ pub const ENV_HOST: &str = "STREAM_RPC_HOST";
 pub const ENV_PORT: &str = "STREAM_RPC_PORT";
 /// The environment variable holding the log level.
 pub const ENV_LOG_LEVEL: &str = "STREAM_RPC_LOG_LVL";
+
+/// The environment variable saying how much of each packet the `Send:` and
+/// `Received:` log lines show: `off`, `headers` (the default) or `full`.
+pub const ENV_LOG_PACKETS: &str = "STREAM_RPC_LOG_PACKETS";
 
 /// The environment variable holding a list of servers for clients that
 /// fail over between them: `host:port,host:port` (see [`parse_servers`]).
@@ -84,6 +89,38 @@ pub enum LogFormat {
     Json,
     /// `tracing-subscriber`'s own compact format.
     Compact,
+}
+
+/// How much of each packet the `Send:` and `Received:` log lines show. They
+/// are logged at `INFO` with the target `stream_rpc::packets`, so a
+/// subscriber's own filter can also turn them off or on by themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PacketLog {
+    /// No packet lines.
+    Off,
+    /// The seed's lines without the payload: method, id, peer, time and
+    /// correlation. The default: payloads stay out of logs.
+    #[default]
+    Headers,
+    /// The seed's lines in full, payload included (cut at 512 bytes).
+    Full,
+}
+
+impl std::str::FromStr for PacketLog {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" => Ok(PacketLog::Off),
+            "headers" => Ok(PacketLog::Headers),
+            "full" => Ok(PacketLog::Full),
+            _ => Err(ConfigError::invalid(
+                ENV_LOG_PACKETS,
+                format!("expected off, headers or full, got {text:?}"),
+            )),
+        }
+    }
 }
 
 /// A log level, parsed from the seed's names or tracing's.
@@ -283,6 +320,7 @@ pub struct Config {
     pub(crate) sealer: Sealer,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
+    pub(crate) log_packets: PacketLog,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
     /// Whether each endpoint keeps a replay and reflection cache.
@@ -301,6 +339,7 @@ impl fmt::Debug for Config {
             .field("cipher", &self.cipher)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
+            .field("log_packets", &self.log_packets)
             .field("limits", &self.limits)
             .field("timeouts", &self.timeouts)
             .field("replay_protection", &self.replay_protection)
@@ -354,6 +393,10 @@ impl Config {
     pub fn log_format(&self) -> LogFormat {
         self.log_format
     }
+    /// How much of each packet the `Send:` and `Received:` lines show.
+    pub fn log_packets(&self) -> PacketLog {
+        self.log_packets
+    }
     /// Whether endpoints on this configuration refuse replayed and
     /// reflected tokens.
     pub fn replay_protection(&self) -> bool {
@@ -381,6 +424,7 @@ pub struct ConfigBuilder {
     cipher: Option<Arc<dyn Cipher>>,
     log_level: Option<LogLevel>,
     log_format: Option<LogFormat>,
+    log_packets: Option<PacketLog>,
     limits: Option<Limits>,
     timeouts: Option<Timeouts>,
     replay_protection: Option<bool>,
@@ -433,6 +477,9 @@ impl ConfigBuilder {
         if let Some(level) = read(ENV_LOG_LEVEL)? {
             builder.log_level = Some(level.parse()?);
         }
+        if let Some(packets) = read(ENV_LOG_PACKETS)? {
+            builder.log_packets = Some(packets.parse()?);
+        }
         Ok(builder)
     }
 
@@ -477,6 +524,12 @@ impl ConfigBuilder {
     /// The log format, like the seed's `STREAM_RPC_LOG_FMT`.
     pub fn log_format(mut self, format: LogFormat) -> Self {
         self.log_format = Some(format);
+        self
+    }
+    /// How much of each packet the `Send:` and `Received:` lines show, like
+    /// `STREAM_RPC_LOG_PACKETS` (headers by default).
+    pub fn log_packets(mut self, packets: PacketLog) -> Self {
+        self.log_packets = Some(packets);
         self
     }
     /// Resource bounds.
@@ -539,6 +592,7 @@ impl ConfigBuilder {
             sealer,
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
+            log_packets: self.log_packets.unwrap_or_default(),
             limits,
             timeouts,
             replay_protection: self.replay_protection.unwrap_or(true),
@@ -698,6 +752,23 @@ mod tests {
         assert_eq!(config.log_level(), tracing::Level::INFO);
         assert_eq!(config.terminator(), b"\n");
         assert_eq!(config.log_format(), LogFormat::Seed);
+        assert_eq!(config.log_packets(), PacketLog::Headers);
+    }
+
+    #[test]
+    fn the_packet_lines_are_set_by_their_own_variable() {
+        for (text, expected) in [
+            ("off", PacketLog::Off),
+            ("Headers", PacketLog::Headers),
+            (" FULL ", PacketLog::Full),
+        ] {
+            let config =
+                ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, &key()), (ENV_LOG_PACKETS, text)]))
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            assert_eq!(config.log_packets(), expected, "{text}");
+        }
     }
 
     #[test]
@@ -762,6 +833,7 @@ mod tests {
             (ENV_PORT, "80000"),
             (ENV_PORT, "http"),
             (ENV_LOG_LEVEL, "LOUD"),
+            (ENV_LOG_PACKETS, "some"),
         ] {
             let err =
                 ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, &key()), (var, value)])).unwrap_err();

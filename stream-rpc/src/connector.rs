@@ -254,7 +254,13 @@ impl Server {
         let max = self.endpoint.config().limits().max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let token = self.shutdown.token.clone();
-        tracing::info!(protocol = %name, peer = %peer, "Serving on {}", self.local_addr);
+        tracing::info!(
+            target: crate::logging::LISTENING_TARGET,
+            protocol = %name,
+            peer = %peer,
+            "Serving on {}",
+            self.local_addr
+        );
         let mut refused: u64 = 0;
         loop {
             let accepted = tokio::select! {

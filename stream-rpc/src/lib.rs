@@ -71,7 +71,9 @@ pub mod session;
 
 pub use caller::Caller;
 pub use cipher::{Cipher, CipherError, Fernet, KeyError};
-pub use config::{Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, Timeouts};
+pub use config::{
+    Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, PacketLog, Timeouts,
+};
 pub use connector::{Client, Connector, Server, ShutdownHandle};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, SendError};

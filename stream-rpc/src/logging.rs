@@ -1,7 +1,10 @@
 //! Log output through `tracing`, by default in the seed's shape.
 //!
-//! The engine logs every packet it sends and receives at `INFO` with two
-//! fields, `protocol` (the protocol's name) and `peer` (this side's peer id).
+//! The engine logs every packet it sends and receives at `INFO`, on the
+//! target `stream_rpc::packets`, with two fields, `protocol` (the
+//! protocol's name) and `peer` (this side's peer id); how much of each
+//! packet a line shows is [`PacketLog`](crate::PacketLog) (headers, without
+//! the payload, by default).
 //! [`init`] installs a subscriber that prints them as the seed did:
 //!
 //! ```text
@@ -12,6 +15,7 @@
 //! [`init`]; the fields are there for any formatter.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -26,18 +30,36 @@ use crate::config::{Config, LogFormat};
 #[error("could not install the log subscriber: {0}")]
 pub struct LoggingError(String);
 
+/// The target of the line that says where a server listens
+/// (`Serving on ADDR`), which [`init`] shows at any level, so that a server
+/// on port 0 can always be found.
+pub const LISTENING_TARGET: &str = "stream_rpc::listening";
+
+/// The target of the `Send:` and `Received:` lines (see
+/// [`PacketLog`](crate::PacketLog)).
+pub const PACKETS_TARGET: &str = "stream_rpc::packets";
+
 /// Installs a global `tracing` subscriber with the configured level and
-/// format, writing to standard error.
+/// format, writing to standard error. The line that says where a server
+/// listens is shown at any level.
 pub fn init(config: &Config) -> Result<(), LoggingError> {
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(config.log_level())
-        .with_writer(std::io::stderr);
-    let result = match config.log_format() {
-        LogFormat::Seed => builder.event_format(SeedFormat).try_init(),
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Compact => builder.compact().try_init(),
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(config.log_level())
+        .with_target(LISTENING_TARGET, tracing::Level::INFO);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match config.log_format() {
+        LogFormat::Seed => layer.event_format(SeedFormat).boxed(),
+        LogFormat::Json => layer.json().boxed(),
+        LogFormat::Compact => layer.compact().boxed(),
     };
-    result.map_err(|e| LoggingError(e.to_string()))
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init()
+        .map_err(|e| LoggingError(e.to_string()))
 }
 
 /// The seed's line format: `time - protocol - LEVEL - [peer] message`.
@@ -58,21 +80,25 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut fields = SeedFields::default();
-        event.record(&mut fields);
-        let meta = event.metadata();
-        let time = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S,%3f");
-        let name = fields.protocol.as_deref().unwrap_or(meta.target());
-        write!(writer, "{time} - {name} - {} - ", seed_level(meta.level()))?;
-        if let Some(peer) = &fields.peer {
-            write!(writer, "[{peer}] ")?;
-        }
-        write!(writer, "{}", fields.message)?;
-        for (key, value) in &fields.rest {
-            write!(writer, " {key}={value}")?;
-        }
-        writeln!(writer)
+        // Each thread's field buffers, kept from event to event: a line
+        // costs no allocation once they have grown.
+        crate::scratch::with_taken(
+            &FIELDS,
+            |fields| {
+                fields.clear();
+                event.record(fields);
+                fields.write_line(&mut writer, event.metadata())
+            },
+            |fields| fields.capacity() <= KEEP_FIELDS,
+        )
     }
+}
+
+/// The largest field buffers a thread keeps between log lines.
+const KEEP_FIELDS: usize = 16 * 1024;
+
+thread_local! {
+    static FIELDS: std::cell::RefCell<SeedFields> = std::cell::RefCell::new(SeedFields::default());
 }
 
 /// Python's level names, as the seed printed them.
@@ -86,31 +112,81 @@ fn seed_level(level: &tracing::Level) -> &'static str {
     }
 }
 
+/// One event's fields, written into buffers that are reused.
 #[derive(Default)]
 struct SeedFields {
     protocol: Option<String>,
     peer: Option<String>,
     message: String,
-    rest: Vec<(&'static str, String)>,
+    /// ` key=value` for each other field.
+    rest: String,
+}
+
+impl SeedFields {
+    fn clear(&mut self) {
+        for slot in [&mut self.protocol, &mut self.peer].into_iter().flatten() {
+            slot.clear();
+        }
+        self.message.clear();
+        self.rest.clear();
+    }
+
+    fn capacity(&self) -> usize {
+        let slot = |slot: &Option<String>| slot.as_ref().map_or(0, String::capacity);
+        slot(&self.protocol) + slot(&self.peer) + self.message.capacity() + self.rest.capacity()
+    }
+
+    /// The slot of a field, emptied; `None` for the other fields.
+    fn slot(&mut self, name: &str) -> Option<&mut String> {
+        match name {
+            "protocol" => Some(self.protocol.get_or_insert_with(String::new)),
+            "peer" => Some(self.peer.get_or_insert_with(String::new)),
+            "message" => Some(&mut self.message),
+            _ => None,
+        }
+    }
+
+    /// `time - protocol - LEVEL - [peer] message key=value...`
+    fn write_line(&self, writer: &mut Writer<'_>, meta: &tracing::Metadata<'_>) -> fmt::Result {
+        let now = chrono::Utc::now();
+        let mut stamp = [0u8; 23];
+        match crate::packet::time::write_seed(&now, &mut stamp) {
+            Some(text) => writer.write_str(text)?,
+            None => write!(writer, "{}", now.format("%Y-%m-%d %H:%M:%S,%3f"))?,
+        }
+        let name = match &self.protocol {
+            Some(protocol) if !protocol.is_empty() => protocol.as_str(),
+            _ => meta.target(),
+        };
+        write!(writer, " - {name} - {} - ", seed_level(meta.level()))?;
+        if let Some(peer) = self.peer.as_deref().filter(|peer| !peer.is_empty()) {
+            write!(writer, "[{peer}] ")?;
+        }
+        writer.write_str(&self.message)?;
+        writer.write_str(&self.rest)?;
+        writeln!(writer)
+    }
 }
 
 impl Visit for SeedFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.record(field, value.to_owned());
+        match self.slot(field.name()) {
+            Some(slot) => slot.push_str(value),
+            None => {
+                let _ = write!(self.rest, " {}={value}", field.name());
+            }
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record(field, format!("{value:?}"));
-    }
-}
-
-impl SeedFields {
-    fn record(&mut self, field: &Field, value: String) {
-        match field.name() {
-            "protocol" => self.protocol = Some(value),
-            "peer" => self.peer = Some(value),
-            "message" => self.message = value,
-            name => self.rest.push((name, value)),
+        use std::fmt::Write as _;
+        match self.slot(field.name()) {
+            Some(slot) => {
+                let _ = write!(slot, "{value:?}");
+            }
+            None => {
+                let _ = write!(self.rest, " {}={value:?}", field.name());
+            }
         }
     }
 }

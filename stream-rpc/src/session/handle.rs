@@ -20,6 +20,7 @@ use super::signal::Signal;
 use super::{EndReason, within};
 use crate::cipher::{CipherError, Sealer};
 use crate::codec::FrameCodec;
+use crate::config::PacketLog;
 use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
@@ -51,6 +52,8 @@ pub(super) struct Shared {
     pub(super) replay: Option<Arc<dyn ReplayStore>>,
     /// Set once the first authentic packet arrived.
     pub(super) received: AtomicBool,
+    /// How much of each packet the log lines show.
+    pub(super) packet_log: PacketLog,
 }
 
 /// A sealed token (and its replay fingerprint) that waits for room in the
@@ -152,6 +155,7 @@ impl Shared {
             ended: CancellationToken::new(),
             replay: endpoint.replay().cloned(),
             received: AtomicBool::new(false),
+            packet_log: config.log_packets(),
         }
     }
 
@@ -326,7 +330,7 @@ impl SessionHandle {
                     max: self.shared.max_frame_len,
                 });
             }
-            session_log!(info, self.shared, "Send: {packet}");
+            packet_log!(self.shared, "Send", packet);
             let fingerprint = self
                 .shared
                 .replay

@@ -47,6 +47,24 @@ macro_rules! session_log {
     };
 }
 
+/// Logs a packet sent or received (`what`: `Send` or `Received`), as the
+/// seed did, showing as much of it as the configuration says.
+macro_rules! packet_log {
+    ($shared:expr, $what:literal, $packet:expr) => {
+        match $shared.packet_log {
+            $crate::config::PacketLog::Off => {}
+            mode => tracing::info!(
+                target: $crate::logging::PACKETS_TARGET,
+                protocol = &*$shared.protocol_name,
+                peer = %$shared.own_id,
+                "{}: {}",
+                $what,
+                $packet.shown(mode == $crate::config::PacketLog::Full)
+            ),
+        }
+    };
+}
+
 /// How much the read buffer grows by when it is full.
 const READ_CHUNK: usize = 16 * 1024;
 /// The longest a session that stopped reading keeps discarding what the

@@ -370,12 +370,12 @@ impl<P: Protocol> ReadLoop<P> {
             && to.peer == self.shared.own_id
             && let Some(waiting) = self.shared.take_pending(to.id)
         {
-            session_log!(info, self.shared, "Received: {packet}");
+            packet_log!(self.shared, "Received", packet);
             // The caller may have given up in the meantime; nothing to do then.
             let _ = waiting.send(packet);
             return;
         }
-        session_log!(info, self.shared, "Received: {packet}");
+        packet_log!(self.shared, "Received", packet);
         // Replies and error packets are never answered with an error packet,
         // so two peers can never bounce errors back and forth.
         let answerable = !packet.is_reply() && !packet.is_error();

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -29,7 +29,7 @@ pub struct Packet {
     /// The sender's request number: each peer numbers the packets it creates.
     pub id: u64,
     /// When the packet was created, in UTC (RFC 3339 with `Z` on the wire).
-    #[serde(with = "rfc3339_utc")]
+    #[serde(with = "time")]
     pub created_at: DateTime<Utc>,
     /// What the packet asks for; selects the handler on the receiving side.
     pub method: String,
@@ -122,7 +122,7 @@ impl Packet {
     /// spaces, no escapes in the fixed fields) is read directly; anything
     /// else goes through serde, which gives the same packet or the error.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        match canonical::read(bytes) {
+        match json::read(bytes) {
             Some(packet) => Ok(packet),
             None => serde_json::from_slice(bytes),
         }
@@ -143,224 +143,7 @@ impl Packet {
 
     /// [`to_json`](Self::to_json), appended to `json`.
     pub(crate) fn write_json(&self, json: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        json.extend_from_slice(b"{\"peer\":");
-        push_uuid(json, &self.peer);
-        json.extend_from_slice(b",\"id\":");
-        push_u64(json, self.id);
-        json.extend_from_slice(b",\"created_at\":");
-        let mut stamp = [0u8; 30];
-        match rfc3339_utc::write(&self.created_at, &mut stamp) {
-            Some(text) => {
-                json.push(b'"');
-                json.extend_from_slice(text);
-                json.push(b'"');
-            }
-            None => rfc3339_utc::serialize(
-                &self.created_at,
-                &mut serde_json::Serializer::new(&mut *json),
-            )?,
-        }
-        json.extend_from_slice(b",\"method\":");
-        serde_json::to_writer(&mut *json, &self.method)?;
-        json.extend_from_slice(b",\"payload\":");
-        serde_json::to_writer(&mut *json, &self.payload)?;
-        if let Some(to) = &self.reply_to {
-            json.extend_from_slice(b",\"reply_to\":{\"peer\":");
-            push_uuid(json, &to.peer);
-            json.extend_from_slice(b",\"id\":");
-            push_u64(json, to.id);
-            json.push(b'}');
-        }
-        json.push(b'}');
-        Ok(())
-    }
-}
-
-/// Reading the layout that [`Packet::to_json`] writes, without serde's
-/// general machinery. Every step either matches exactly or gives up, and
-/// the caller then lets serde decide, so this accepts a subset of what
-/// serde accepts and decodes it to the same packet (checked by a property
-/// test on random and mangled packets).
-mod canonical {
-    use serde_json::Value;
-    use uuid::Uuid;
-
-    use super::{Packet, ReplyTo, rfc3339_utc};
-
-    pub(super) fn read(bytes: &[u8]) -> Option<Packet> {
-        let mut input = Input(bytes);
-        input.literal(b"{\"peer\":\"")?;
-        let peer = input.uuid()?;
-        input.literal(b"\",\"id\":")?;
-        let id = input.number()?;
-        input.literal(b",\"created_at\":\"")?;
-        let created_at = rfc3339_utc::read(input.take(30)?)?;
-        input.literal(b"\",\"method\":\"")?;
-        let method = input.plain_string()?;
-        input.literal(b",\"payload\":")?;
-        let payload = input.value()?;
-        let reply_to = if input.literal(b",\"reply_to\":{\"peer\":\"").is_some() {
-            let peer = input.uuid()?;
-            input.literal(b"\",\"id\":")?;
-            let id = input.number()?;
-            input.literal(b"}")?;
-            Some(ReplyTo { peer, id })
-        } else {
-            None
-        };
-        input.literal(b"}")?;
-        input.0.is_empty().then_some(Packet {
-            peer,
-            id,
-            created_at,
-            method,
-            payload,
-            reply_to,
-        })
-    }
-
-    /// What is left to read.
-    struct Input<'a>(&'a [u8]);
-
-    impl<'a> Input<'a> {
-        fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-            let (taken, rest) = self.0.split_at_checked(len)?;
-            self.0 = rest;
-            Some(taken)
-        }
-
-        fn literal(&mut self, expected: &[u8]) -> Option<()> {
-            let rest = self.0.strip_prefix(expected)?;
-            self.0 = rest;
-            Some(())
-        }
-
-        /// A hyphenated UUID (the closing quote is left).
-        fn uuid(&mut self) -> Option<Uuid> {
-            Uuid::try_parse_ascii(self.take(36)?).ok()
-        }
-
-        /// A JSON number that is a whole `u64`: digits, no leading zero.
-        fn number(&mut self) -> Option<u64> {
-            let digits = self
-                .0
-                .iter()
-                .take_while(|byte| byte.is_ascii_digit())
-                .count();
-            let text = self.take(digits)?;
-            if text.is_empty() || (text.len() > 1 && text[0] == b'0') {
-                return None;
-            }
-            text.iter().try_fold(0u64, |value, &digit| {
-                value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-            })
-        }
-
-        /// The rest of a string after its opening quote, when it has no
-        /// escapes and no control characters; consumes the closing quote.
-        fn plain_string(&mut self) -> Option<String> {
-            let end = memchr::memchr(b'"', self.0)?;
-            let text = &self.0[..end];
-            if text.iter().any(|&byte| byte == b'\\' || byte < 0x20) {
-                return None;
-            }
-            let text = std::str::from_utf8(text).ok()?.to_owned();
-            self.0 = &self.0[end + 1..];
-            Some(text)
-        }
-
-        /// One JSON value, by serde_json.
-        fn value(&mut self) -> Option<Value> {
-            // A value with spaces before it is not this layout.
-            if self.0.first().is_some_and(u8::is_ascii_whitespace) {
-                return None;
-            }
-            let mut values = serde_json::Deserializer::from_slice(self.0).into_iter::<Value>();
-            let value = values.next()?.ok()?;
-            self.0 = self.0.get(values.byte_offset()..)?;
-            Some(value)
-        }
-    }
-}
-
-/// A UUID as a JSON string, hyphenated and lower case, as `uuid`'s serde
-/// support writes it.
-fn push_uuid(json: &mut Vec<u8>, uuid: &Uuid) {
-    let mut text = Uuid::encode_buffer();
-    json.push(b'"');
-    json.extend_from_slice(uuid.hyphenated().encode_lower(&mut text).as_bytes());
-    json.push(b'"');
-}
-
-/// A number in decimal, as JSON writes it.
-fn push_u64(json: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    json.extend_from_slice(&digits[start..]);
-}
-
-/// The most payload bytes a log line shows before it is cut.
-const LOG_PAYLOAD_BYTES: usize = 512;
-
-/// Shows the packet readably for logs: method, id, peer, correlation, time
-/// and payload. A long payload is cut while it is being rendered, so a log
-/// line costs the same for a 1 MiB payload as for a small one.
-impl fmt::Display for Packet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{{method: {:?}, id: {}, peer: {}, created_at: {}",
-            self.method,
-            self.id,
-            self.peer,
-            self.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
-        )?;
-        if let Some(to) = &self.reply_to {
-            write!(f, ", reply_to: {}#{}", to.peer, to.id)?;
-        }
-        let mut shown = Capped {
-            bytes: Vec::with_capacity(64),
-            cap: LOG_PAYLOAD_BYTES,
-        };
-        let cut = serde_json::to_writer(&mut shown, &self.payload).is_err();
-        let text = match std::str::from_utf8(&shown.bytes) {
-            Ok(text) => text,
-            // Cut inside a character: show up to the last whole one.
-            Err(e) => std::str::from_utf8(&shown.bytes[..e.valid_up_to()]).unwrap_or_default(),
-        };
-        let more = if cut { "…" } else { "" };
-        write!(f, ", payload: {text}{more}}}")
-    }
-}
-
-/// A writer that keeps the first `cap` bytes and then fails, which stops the
-/// serializer early.
-struct Capped {
-    bytes: Vec<u8>,
-    cap: usize,
-}
-
-impl std::io::Write for Capped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = self.cap - self.bytes.len();
-        if buf.len() > room {
-            self.bytes.extend_from_slice(&buf[..room]);
-            return Err(std::io::Error::other("log payload cut"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        json::write(self, json)
     }
 }
 
@@ -424,103 +207,16 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// `created_at` as RFC 3339 in UTC with a `Z`; any RFC 3339 offset is
-/// accepted on input and converted to UTC.
-mod rfc3339_utc {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+mod json;
+mod log;
+pub(crate) mod time;
 
-    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 30];
-        match write(at, &mut buf).and_then(|text| std::str::from_utf8(text).ok()) {
-            Some(text) => s.serialize_str(text),
-            None => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
-        }
-    }
-
-    /// Where `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` has its separators.
-    const PUNCTUATION: [(usize, u8); 7] = [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-        (29, b'Z'),
-    ];
-
-    /// Writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (ASCII) without allocating
-    /// (it runs for every packet); `None` outside years 0 to 9999 or on a
-    /// leap second, which the caller leaves to chrono.
-    pub(super) fn write<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b [u8; 30]> {
-        use chrono::{Datelike, Timelike};
-        // The UTC fields directly: `DateTime`'s own accessors apply the
-        // (zero) offset again for each field.
-        let at = at.naive_utc();
-        let year = u32::try_from(at.year()).ok().filter(|year| *year <= 9999)?;
-        let nanos = at.nanosecond();
-        if nanos >= 1_000_000_000 {
-            return None;
-        }
-        let mut put = |at: usize, value: u32, width: usize| {
-            let mut value = value;
-            for slot in buf[at..at + width].iter_mut().rev() {
-                *slot = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        put(0, year, 4);
-        put(5, at.month(), 2);
-        put(8, at.day(), 2);
-        put(11, at.hour(), 2);
-        put(14, at.minute(), 2);
-        put(17, at.second(), 2);
-        put(20, nanos, 9);
-        for (index, byte) in PUNCTUATION {
-            buf[index] = byte;
-        }
-        Some(buf)
-    }
-
-    /// Reads the form [`write`] writes, the one every packet of this crate
-    /// carries, without chrono's general parser; `None` for anything else.
-    pub(super) fn read(text: &[u8]) -> Option<DateTime<Utc>> {
-        use chrono::NaiveDate;
-        let bytes: &[u8; 30] = text.try_into().ok()?;
-        if PUNCTUATION.iter().any(|&(at, byte)| bytes[at] != byte) {
-            return None;
-        }
-        let number = |at: usize, width: usize| -> Option<u32> {
-            bytes[at..at + width].iter().try_fold(0u32, |value, &byte| {
-                byte.is_ascii_digit()
-                    .then(|| value * 10 + u32::from(byte - b'0'))
-            })
-        };
-        let year = i32::try_from(number(0, 4)?).ok()?;
-        let date = NaiveDate::from_ymd_opt(year, number(5, 2)?, number(8, 2)?)?;
-        let second = number(17, 2)?;
-        // A leap second (60) is left to chrono's parser.
-        if second > 59 {
-            return None;
-        }
-        let time = date.and_hms_nano_opt(number(11, 2)?, number(14, 2)?, second, number(20, 9)?)?;
-        Some(time.and_utc())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if let Some(at) = read(text.as_bytes()) {
-            return Ok(at);
-        }
-        DateTime::parse_from_rfc3339(&text)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|e| D::Error::custom(format_args!("created_at is not RFC 3339: {e}")))
-    }
-}
+pub use log::Shown;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::SecondsFormat;
     use serde_json::json;
 
     fn sample() -> Packet {
@@ -595,7 +291,7 @@ mod tests {
                 .bytes()
                 .all(|b| b >= 0x20 && b != b'"' && b != b'\\');
             let direct = plain && packet.created_at.year() <= 9999;
-            assert_eq!(canonical::read(&ours).is_some(), direct, "{packet:?}");
+            assert_eq!(json::read(&ours).is_some(), direct, "{packet:?}");
         }
     }
 
@@ -610,7 +306,7 @@ mod tests {
         packet.created_at = "2026-11-24T04:34:14.507123456Z".parse().unwrap();
         packet.reply_to = Some(packet.reply_address());
         let written = String::from_utf8(packet.to_json().unwrap()).unwrap();
-        assert!(canonical::read(written.as_bytes()).is_some());
+        assert!(json::read(written.as_bytes()).is_some());
         let edits: &[(&str, &str)] = &[
             ("\"id\":42", "\"id\":042"),
             ("\"id\":42", "\"id\":18446744073709551616"),
@@ -698,7 +394,7 @@ mod tests {
         ] {
             let at: DateTime<Utc> = text.parse().unwrap();
             let mut buf = [0u8; 30];
-            let ours = std::str::from_utf8(rfc3339_utc::write(&at, &mut buf).unwrap()).unwrap();
+            let ours = std::str::from_utf8(time::write(&at, &mut buf).unwrap()).unwrap();
             assert_eq!(ours, at.to_rfc3339_opts(SecondsFormat::Nanos, true));
             assert_eq!(ours, text);
         }
@@ -709,7 +405,7 @@ mod tests {
             "9999-12-31T23:59:59.999999999Z",
         ] {
             let at: DateTime<Utc> = text.parse().unwrap();
-            assert_eq!(rfc3339_utc::read(text.as_bytes()), Some(at), "{text}");
+            assert_eq!(time::read(text.as_bytes()), Some(at), "{text}");
         }
         // Anything else is left to chrono, which accepts or refuses it.
         for text in [
@@ -723,12 +419,12 @@ mod tests {
             "2026-11-24T04:34:14.50712345xZ",
             "+026-11-24T04:34:14.507123456Z",
         ] {
-            assert_eq!(rfc3339_utc::read(text.as_bytes()), None, "{text}");
+            assert_eq!(time::read(text.as_bytes()), None, "{text}");
         }
         let now = Utc::now();
         let mut buf = [0u8; 30];
         assert_eq!(
-            rfc3339_utc::write(&now, &mut buf).unwrap(),
+            time::write(&now, &mut buf).unwrap(),
             now.to_rfc3339_opts(SecondsFormat::Nanos, true).as_bytes()
         );
     }
