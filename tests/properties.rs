@@ -112,6 +112,7 @@ proptest! {
         text in ".{0,24}",
         number in any::<i64>(),
         reply in prop::option::of((any::<u128>(), any::<u64>())),
+        timeout_ms in prop::option::of(any::<u64>()),
     ) {
         let payload = serde_json::json!({"text": text, "n": number, "list": [number, null, true]});
         let mut packet = Packet::new(uuid::Uuid::from_u128(peer), id, method, payload);
@@ -120,6 +121,7 @@ proptest! {
             peer: uuid::Uuid::from_u128(peer),
             id,
         });
+        packet.timeout_ms = timeout_ms;
         let ours = packet.to_json().unwrap();
         prop_assert_eq!(&ours, &serde_json::to_vec(&packet).unwrap());
         prop_assert_eq!(Packet::from_json(&ours).unwrap(), packet);
@@ -132,6 +134,7 @@ proptest! {
         id in any::<u64>(),
         method in ".{0,8}",
         reply in any::<bool>(),
+        timeout_ms in prop::option::of(any::<u64>()),
         edits in prop::collection::vec((any::<usize>(), 0u8..3, prop::sample::select(
             b"0123456789\"\\{}[],: .-eEZTtfn\x00\xff".to_vec()
         )), 0..4),
@@ -140,6 +143,7 @@ proptest! {
         if reply {
             packet.reply_to = Some(packet.reply_address());
         }
+        packet.timeout_ms = timeout_ms;
         let mut bytes = packet.to_json().unwrap();
         for (at, kind, byte) in edits {
             let at = at % (bytes.len() + 1);

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TestServer, bounded, config, new_key};
@@ -105,13 +105,29 @@ trait Probe {
 }
 
 #[derive(Default)]
-struct Probing {
+struct ProbeState {
     release: Notify,
+    /// Signalled when a `hold` handler is dropped before it finished.
+    dropped: Notify,
+}
+
+#[derive(Default)]
+struct Probing(Arc<ProbeState>);
+
+/// Signals `dropped` when a handler's future is dropped unfinished.
+struct DropSignal(Arc<ProbeState>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.dropped.notify_one();
+    }
 }
 
 impl Probe for Probing {
     async fn hold(&self) -> u32 {
-        self.release.notified().await;
+        let signal = DropSignal(self.0.clone());
+        self.0.release.notified().await;
+        std::mem::forget(signal);
         7
     }
 
@@ -132,10 +148,13 @@ impl Probe for Probing {
 }
 
 #[tokio::test]
-async fn a_typed_call_can_have_its_own_time_limit() {
+async fn a_typed_call_can_have_its_own_time_limit_and_the_server_drops_the_work_after_it() {
     bounded(async {
         let key = new_key();
-        let server = TestServer::start(ProbeServer::new(Probing::default()), config(&key, 0), &key).await;
+        let state = Arc::new(ProbeState::default());
+        let server =
+            TestServer::start(ProbeServer::new(Probing(state.clone())), config(&key, 0), &key)
+                .await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
         let client = connector.connect_client().await.unwrap();
         let limit = Duration::from_millis(100);
@@ -145,6 +164,10 @@ async fn a_typed_call_can_have_its_own_time_limit() {
             matches!(&err, CallError::Timeout { method, after } if method == "hold" && *after == limit),
             "{err}"
         );
+        // The request said how long its caller waits: the server dropped
+        // the handler once that had passed, rather than keep it running
+        // (`notify_one` keeps its permit if it came first).
+        state.dropped.notified().await;
         // Without it, the configured call timeout (30 s) applies: the call
         // waits until released.
         let patient = ProbeClient::new(client.session().clone());

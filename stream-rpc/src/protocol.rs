@@ -210,15 +210,30 @@ pub struct Context {
     session: SessionHandle,
     sender: Uuid,
     request_id: u64,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Context {
-    pub(crate) fn new(session: SessionHandle, sender: Uuid, request_id: u64) -> Self {
+    pub(crate) fn new(
+        session: SessionHandle,
+        sender: Uuid,
+        request_id: u64,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
         Context {
             session,
             sender,
             request_id,
+            deadline,
         }
+    }
+
+    /// When the caller gives up on this request, when it said (its
+    /// `timeout_ms`, counted from when the request arrived). A handler still
+    /// running then is dropped and nothing is sent back; a long handler can
+    /// look at this to stop early by itself.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     /// The session of this connection: send packets or make calls to the

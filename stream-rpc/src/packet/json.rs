@@ -38,6 +38,10 @@ pub(super) fn write(packet: &Packet, json: &mut Vec<u8>) -> Result<(), serde_jso
         push_u64(json, to.id);
         json.push(b'}');
     }
+    if let Some(timeout) = packet.timeout_ms {
+        json.extend_from_slice(b",\"timeout_ms\":");
+        push_u64(json, timeout);
+    }
     json.push(b'}');
     Ok(())
 }
@@ -80,6 +84,11 @@ mod canonical {
         } else {
             None
         };
+        let timeout_ms = if input.literal(b",\"timeout_ms\":").is_some() {
+            Some(input.number()?)
+        } else {
+            None
+        };
         input.literal(b"}")?;
         input.0.is_empty().then_some(Packet {
             peer,
@@ -88,6 +97,7 @@ mod canonical {
             method,
             payload,
             reply_to,
+            timeout_ms,
         })
     }
 

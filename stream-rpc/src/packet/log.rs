@@ -58,6 +58,9 @@ impl fmt::Display for Shown<'_> {
         if let Some(to) = &packet.reply_to {
             write!(f, ", reply_to: {}#{}", to.peer, to.id)?;
         }
+        if let Some(timeout) = packet.timeout_ms {
+            write!(f, ", timeout_ms: {timeout}")?;
+        }
         if self.payload {
             f.write_str(", payload: ")?;
             let mut capped = Capped {

@@ -39,6 +39,13 @@ pub struct Packet {
     /// Set on a reply: the packet this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyTo>,
+    /// Set on a call: how many milliseconds the caller waits for the
+    /// answer, counted from when it sent the request. The receiver may drop
+    /// the work once that long has passed since the request arrived: its
+    /// caller has given up (PROTOCOL.md §5). Relative, not a time of day,
+    /// so that the peers' clocks need not agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Names the packet a reply answers: its creator and its request number.
@@ -81,6 +88,7 @@ impl Packet {
             method: method.into(),
             payload,
             reply_to: None,
+            timeout_ms: None,
         }
     }
 

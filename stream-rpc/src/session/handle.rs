@@ -383,7 +383,12 @@ impl SessionHandle {
             }
         };
         let now = SystemTime::now();
-        let packet = self.packet_at(method, payload, now);
+        let mut packet = self.packet_at(method, payload, now);
+        // What is left of the limit, rounded up: the peer may drop the work
+        // once that long has passed, as this call will have given up.
+        let left = deadline.saturating_duration_since(Instant::now());
+        packet.timeout_ms =
+            Some(u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX));
         let (tx, rx) = oneshot::channel();
         match lock(&self.shared.pending).as_mut() {
             Some(pending) => pending.insert(packet.id, tx),

@@ -396,6 +396,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_says_how_long_its_caller_waits_and_a_notification_does_not() {
+        let config = config();
+        let (handle, theirs, _task) = start(&config);
+        let (read, _write) = tokio::io::split(theirs);
+        let mut read = BufReader::new(read);
+        let caller = handle.clone();
+        let limit = Duration::from_secs(7);
+        tokio::spawn(async move { caller.call_with_timeout("ask", json!(1), limit).await });
+        let request = read_packet(&config, &mut read).await;
+        let said = request.timeout_ms.expect("a call says its time limit");
+        assert!((6_000..=7_000).contains(&said), "{said}");
+        handle.notify("note", json!(2)).await.unwrap();
+        let note = read_packet(&config, &mut read).await;
+        assert_eq!(note.timeout_ms, None);
+    }
+
+    #[tokio::test]
     async fn a_dropped_call_leaves_nothing_pending() {
         let config = config();
         let (handle, theirs, _task) = start(&config);

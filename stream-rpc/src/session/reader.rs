@@ -397,7 +397,18 @@ impl<P: Protocol> ReadLoop<P> {
             }
             return;
         }
-        let mut work = Box::pin(run_handler(self.protocol.clone(), self.handle(), packet));
+        // A call says how long its caller waits: past that, the work is
+        // dropped (counted from now, so the peers' clocks need not agree).
+        let deadline = packet
+            .timeout_ms
+            .filter(|_| answerable)
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+        let mut work = Box::pin(run_handler(
+            self.protocol.clone(),
+            self.handle(),
+            packet,
+            deadline,
+        ));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
         let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
@@ -411,11 +422,18 @@ impl<P: Protocol> ReadLoop<P> {
         let abort = self.abort_handlers.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // Dropping `work` unfinished logs the cancellation.
+            let gave_up = async {
+                match deadline {
+                    Some(deadline) => sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Dropping `work` unfinished logs why.
             tokio::select! {
                 biased;
                 () = abort.cancelled() => {}
                 () = work => {}
+                () = gave_up => {}
             }
         });
     }
@@ -430,27 +448,47 @@ async fn send_error(handle: &SessionHandle, payload: ErrorPayload, reply_to: Opt
 }
 
 /// Runs one handler to completion and sends what it returns.
-async fn run_handler<P: Protocol>(protocol: Arc<P>, handle: SessionHandle, packet: Packet) {
+async fn run_handler<P: Protocol>(
+    protocol: Arc<P>,
+    handle: SessionHandle,
+    packet: Packet,
+    deadline: Option<Instant>,
+) {
     let mut unfinished = Unfinished {
         handle: &handle,
         method: packet.method.clone(),
+        deadline,
         armed: true,
     };
-    answer(protocol, &handle, packet, &unfinished.method).await;
+    answer(protocol, &handle, packet, &unfinished.method, deadline).await;
     unfinished.armed = false;
 }
 
-/// Logs that a handler was cancelled (the session closed before it
-/// finished) when its future is dropped before the end.
+/// Logs that a handler was dropped before it finished (its caller gave up,
+/// or the session closed) when its future is dropped before the end.
 struct Unfinished<'a> {
     handle: &'a SessionHandle,
     method: String,
+    deadline: Option<Instant>,
     armed: bool,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.armed {
+            return;
+        }
+        if self
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            session_log!(
+                info,
+                self.handle.shared,
+                "handler of `{}` dropped: its caller has given up (the call's time limit passed)",
+                self.method
+            );
+        } else {
             session_log!(
                 warn,
                 self.handle.shared,
@@ -467,6 +505,7 @@ async fn answer<P: Protocol>(
     handle: &SessionHandle,
     packet: Packet,
     method: &str,
+    deadline: Option<Instant>,
 ) {
     // A reply or an error packet is not answered: what its handler returns
     // starts the next exchange instead (the seed's conversation style), and
@@ -474,7 +513,7 @@ async fn answer<P: Protocol>(
     let answerable = !packet.is_reply() && !packet.is_error();
     let reply_to = answerable.then(|| packet.reply_address());
     let error_text = packet.is_error().then(|| packet.payload.to_string());
-    let ctx = Context::new(handle.clone(), packet.peer, packet.id);
+    let ctx = Context::new(handle.clone(), packet.peer, packet.id, deadline);
     let outcome = AssertUnwindSafe(protocol.process_message(ctx, packet))
         .catch_unwind()
         .await;
