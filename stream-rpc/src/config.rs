@@ -608,7 +608,7 @@ impl ConfigBuilder {
 /// bad port is an error naming [`ENV_SERVERS`].
 ///
 /// ```
-/// let servers = stream_rpc::config::parse_servers("a.example:8888, [::1]:9000").unwrap();
+/// let servers = stream_rpc::env::parse_servers("a.example:8888, [::1]:9000").unwrap();
 /// assert_eq!(servers, [("a.example".to_owned(), 8888), ("::1".to_owned(), 9000)]);
 /// ```
 pub fn parse_servers(text: &str) -> Result<Vec<(String, u16)>, ConfigError> {

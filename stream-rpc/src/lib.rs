@@ -53,36 +53,51 @@
 // each allowed where it stands with its reasoning.
 #![deny(unsafe_code)]
 
+// Every public item has one path: the crate root, or one of the three
+// public modules (`codec`, `env`, `logging`) for the items a program needs
+// less often.
 mod caller;
-pub mod cipher;
+mod cipher;
 pub mod codec;
-pub mod config;
+mod config;
 mod connector;
 mod endpoint;
+mod engine;
 mod error;
 pub mod logging;
-pub mod packet;
+mod packet;
 mod protocol;
 mod reconnect;
-pub mod replay;
+mod replay;
 mod scratch;
 mod service;
-pub mod session;
+mod session;
+mod sync;
+
+/// The environment variables the settings are read from, their defaults,
+/// and the reader of server lists.
+pub mod env {
+    pub use crate::config::{
+        DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TOKEN_TTL, ENV_HOST, ENV_KEY, ENV_LOG_LEVEL,
+        ENV_LOG_PACKETS, ENV_PORT, ENV_SERVERS, parse_servers,
+    };
+}
 
 pub use caller::Caller;
-pub use cipher::{Cipher, CipherError, Fernet, KeyError};
+pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW};
 pub use config::{
     Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, PacketLog, Timeouts,
 };
 pub use connector::{Client, Connector, Server, ShutdownHandle};
 pub use endpoint::{Endpoint, EndpointBuilder};
+pub use engine::Session;
 pub use error::{CallError, Error, SendError};
-pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
+pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, Shown};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
-pub use replay::{MemoryReplayStore, ReplayStore};
+pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
-pub use session::{EndReason, Role, Session, SessionHandle};
+pub use session::{EndReason, Role, SessionHandle};
 pub use stream_rpc_macros::service;
 
 #[doc(hidden)]

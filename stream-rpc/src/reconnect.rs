@@ -1,5 +1,5 @@
 //! Clients that reconnect by themselves, with capped exponential backoff
-//! and jitter; see [`Connector::connect_reconnecting`].
+//! and jitter; see [`Connector::connect_reconnecting`](crate::Connector::connect_reconnecting).
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,11 +13,9 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
-use crate::connector::Connector;
 use crate::error::{CallError, Error, SendError};
 use crate::packet::Packet;
-use crate::protocol::Protocol;
-use crate::session::{EndReason, SessionHandle};
+use crate::session::SessionHandle;
 
 /// When and how a [`ReconnectingClient`] reconnects.
 ///
@@ -131,7 +129,7 @@ impl Reconnect {
         half + (ceiling - half).mul_f64(jitter.clamp(0.0, 1.0))
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if self.initial_delay.is_zero() {
             return Err(ConfigError::invalid(
                 "initial_delay",
@@ -169,7 +167,7 @@ impl Reconnect {
 
 /// Where a [`ReconnectingClient`] is.
 #[derive(Clone)]
-enum Link {
+pub(crate) enum Link {
     Connecting,
     Up(SessionHandle),
     Stopped,
@@ -177,7 +175,7 @@ enum Link {
 
 /// A client that keeps a connection to its server, reconnecting by itself
 /// when the connection breaks, and failing over between servers when it
-/// has several; see [`Connector::connect_reconnecting`].
+/// has several; see [`Connector::connect_reconnecting`](crate::Connector::connect_reconnecting).
 ///
 /// Calls and sends go to the current connection, waiting for one (within
 /// the call timeout) while the client reconnects. What is retried:
@@ -326,151 +324,30 @@ impl Drop for ReconnectingClient {
 }
 
 impl ReconnectingClient {
-    /// Starts the supervising task; see [`Connector::connect_reconnecting`].
-    pub(crate) fn start<P: Protocol>(
-        connector: &Connector,
-        protocol: P,
-        reconnect: Reconnect,
-    ) -> Result<ReconnectingClient, Error> {
-        reconnect.check()?;
-        let (tx, rx) = watch::channel(Link::Connecting);
-        let stop = connector.shutdown_handle().token.child_token();
-        let connections = Arc::new(AtomicU64::new(0));
-        let config = connector.config();
-        let servers = if reconnect.servers.is_empty() {
-            vec![(config.host().to_owned(), config.port())]
-        } else {
-            reconnect.servers.clone()
-        };
-        let supervisor = Supervisor {
-            connector: connector.clone(),
-            protocol: Arc::new(protocol),
-            reconnect,
-            servers,
-            link: tx,
-            stop: stop.clone(),
-            connections: connections.clone(),
-            jitter: Jitter::from_os(),
-        };
-        Ok(ReconnectingClient {
-            link: rx,
+    /// A client fed by a supervising task (`crate::connector`'s).
+    pub(crate) fn new(
+        link: watch::Receiver<Link>,
+        stop: CancellationToken,
+        connections: Arc<AtomicU64>,
+        call_timeout: Duration,
+        task: JoinHandle<Result<(), Error>>,
+    ) -> Self {
+        ReconnectingClient {
+            link,
             stop,
             connections,
-            call_timeout: config.timeouts().call,
-            task: Some(tokio::spawn(supervisor.run())),
-        })
-    }
-}
-
-/// The task behind a [`ReconnectingClient`].
-struct Supervisor<P> {
-    connector: Connector,
-    protocol: Arc<P>,
-    reconnect: Reconnect,
-    /// Where to connect, tried in turn; never empty.
-    servers: Vec<(String, u16)>,
-    link: watch::Sender<Link>,
-    stop: CancellationToken,
-    connections: Arc<AtomicU64>,
-    jitter: Jitter,
-}
-
-impl<P: Protocol> Supervisor<P> {
-    async fn run(mut self) -> Result<(), Error> {
-        let result = self.connect_and_reconnect().await;
-        self.link.send_replace(Link::Stopped);
-        result
-    }
-
-    async fn connect_and_reconnect(&mut self) -> Result<(), Error> {
-        let mut failures: u32 = 0;
-        let mut next = 0;
-        loop {
-            let (host, port) = self.servers[next % self.servers.len()].clone();
-            // Whatever happens to this attempt, the next goes to the next server.
-            next = (next + 1) % self.servers.len();
-            let attempt = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return Ok(()),
-                attempt = self.connector.connect_shared(&host, port, self.protocol.clone()) => attempt,
-            };
-            let failure = match attempt {
-                Ok(client) => {
-                    let count = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                    let session = client.session().clone();
-                    tracing::info!(
-                        peer = %session.peer_id(),
-                        "connected to {} (connection {count})",
-                        session.remote_addr().map_or_else(String::new, |a| a.to_string()),
-                    );
-                    let lost = match self.hello(&session).await {
-                        Ok(()) => {
-                            self.link.send_replace(Link::Up(session.clone()));
-                            let end = tokio::select! {
-                                biased;
-                                () = self.stop.cancelled() => {
-                                    session.close();
-                                    client.join().await;
-                                    return Ok(());
-                                }
-                                () = session.closed() => client.join().await,
-                            };
-                            self.link.send_replace(Link::Connecting);
-                            if matches!(end, EndReason::Closed | EndReason::Shutdown) {
-                                return Ok(());
-                            }
-                            format!("connection lost: {end}")
-                        }
-                        Err(e) => {
-                            session.close();
-                            client.join().await;
-                            format!("hello not sent: {e}")
-                        }
-                    };
-                    if session.has_received() {
-                        // The server served this connection: a fresh start.
-                        failures = 0;
-                    }
-                    Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        lost,
-                    ))
-                }
-                Err(e) => e,
-            };
-            failures = failures.saturating_add(1);
-            if self
-                .reconnect
-                .max_attempts
-                .is_some_and(|max| failures >= max)
-            {
-                tracing::error!("giving up after {failures} failed attempts in a row: {failure}");
-                return Err(failure);
-            }
-            let delay = self.reconnect.delay(failures, self.jitter.next());
-            tracing::warn!("{failure}; reconnecting in {delay:?} (failure {failures} in a row)");
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    async fn hello(&self, session: &SessionHandle) -> Result<(), SendError> {
-        match &self.reconnect.hello {
-            Some((method, payload)) => session.notify(method, payload.clone()).await,
-            None => Ok(()),
+            call_timeout,
+            task: Some(task),
         }
     }
 }
 
 /// A small pseudo-random source for jitter (SplitMix64), seeded from the OS.
 /// Jitter needs spread, not secrecy.
-struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    fn from_os() -> Self {
+    pub(crate) fn from_os() -> Self {
         let mut seed = [0u8; 8];
         if getrandom::getrandom(&mut seed).is_err() {
             // Any varying seed will do.
@@ -483,7 +360,7 @@ impl Jitter {
     }
 
     /// The next value, uniform in `[0, 1)`.
-    fn next(&mut self) -> f64 {
+    pub(crate) fn next(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -6,7 +6,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -25,35 +25,36 @@ use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayStore;
+use crate::sync::lock;
 
 /// State shared by the session's tasks and every [`SessionHandle`].
-pub(super) struct Shared {
-    pub(super) own_id: Uuid,
-    pub(super) remote_addr: Option<SocketAddr>,
-    pub(super) protocol_name: Box<str>,
-    pub(super) cipher: Sealer,
-    pub(super) max_frame_len: usize,
-    pub(super) call_timeout: Duration,
+pub(crate) struct Shared {
+    pub(crate) own_id: Uuid,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) protocol_name: Box<str>,
+    pub(crate) cipher: Sealer,
+    pub(crate) max_frame_len: usize,
+    pub(crate) call_timeout: Duration,
     /// The endpoint this session belongs to: it numbers the packets.
-    pub(super) endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// Calls awaiting replies, by request number; `None` once the session ended.
-    pub(super) pending: Mutex<Option<PendingCalls>>,
-    pub(super) call_slots: Semaphore,
+    pub(crate) pending: Mutex<Option<PendingCalls>>,
+    pub(crate) call_slots: Semaphore,
     /// Sealed frames waiting for the writer.
-    pub(super) outbox: Outbox,
+    pub(crate) outbox: Outbox,
     /// Set when the session winds down: no more sends are accepted.
-    pub(super) closing: AtomicBool,
+    pub(crate) closing: AtomicBool,
     /// Asks the read loop to stop, with the first reason given.
-    pub(super) stop: Signal,
-    pub(super) stop_reason: Mutex<Option<EndReason>>,
+    pub(crate) stop: Signal,
+    pub(crate) stop_reason: Mutex<Option<EndReason>>,
     /// Cancelled when the session has fully ended.
-    pub(super) ended: CancellationToken,
+    pub(crate) ended: CancellationToken,
     /// The endpoint's replay and reflection cache, when turned on.
-    pub(super) replay: Option<Arc<dyn ReplayStore>>,
+    pub(crate) replay: Option<Arc<dyn ReplayStore>>,
     /// Set once the first authentic packet arrived.
-    pub(super) received: AtomicBool,
+    pub(crate) received: AtomicBool,
     /// How much of each packet the log lines show.
-    pub(super) packet_log: PacketLog,
+    pub(crate) packet_log: PacketLog,
 }
 
 /// A sealed token (and its replay fingerprint) that waits for room in the
@@ -61,13 +62,13 @@ pub(super) struct Shared {
 type Deferred = (Vec<u8>, Option<u64>);
 
 /// The calls awaiting replies, by the request number this side gave them.
-pub(super) type PendingCalls = HashMap<u64, oneshot::Sender<Packet>, BuildHasherDefault<IdHasher>>;
+pub(crate) type PendingCalls = HashMap<u64, oneshot::Sender<Packet>, BuildHasherDefault<IdHasher>>;
 
 /// Hashes a request number with one multiplication (Fibonacci hashing)
 /// instead of SipHash. The keys are this side's own request numbers, so
 /// the peer cannot choose them to collide; it can only look them up.
 #[derive(Default)]
-pub(super) struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -121,16 +122,8 @@ fn with_scratch<R>(seal: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
     )
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it
-/// (every critical section here leaves the data consistent).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Shared {
-    pub(super) fn new(
+    pub(crate) fn new(
         endpoint: &Endpoint,
         protocol_name: &str,
         remote_addr: Option<SocketAddr>,
@@ -160,28 +153,28 @@ impl Shared {
     }
 
     /// Nothing more can be sent: sends fail as closed at once.
-    pub(super) fn refuse_sends(&self) {
+    pub(crate) fn refuse_sends(&self) {
         self.closing.store(true, Ordering::Release);
     }
 
     /// Winds down: no more sends, no more calls; waiting calls fail as lost.
-    pub(super) fn refuse_new_work(&self) {
+    pub(crate) fn refuse_new_work(&self) {
         self.refuse_sends();
         lock(&self.pending).take();
         self.call_slots.close();
     }
 
-    pub(super) fn request_stop(&self, reason: EndReason) {
+    pub(crate) fn request_stop(&self, reason: EndReason) {
         lock(&self.stop_reason).get_or_insert(reason);
         self.stop.raise();
     }
 
-    pub(super) fn take_pending(&self, id: u64) -> Option<oneshot::Sender<Packet>> {
+    pub(crate) fn take_pending(&self, id: u64) -> Option<oneshot::Sender<Packet>> {
         lock(&self.pending).as_mut()?.remove(&id)
     }
 
     /// Notes that an authentic packet arrived.
-    pub(super) fn note_received(&self) {
+    pub(crate) fn note_received(&self) {
         // Read first: after the first packet this is a read of a shared line,
         // not a write on every packet.
         if !self.received.load(Ordering::Relaxed) {
@@ -189,7 +182,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         lock(&self.pending)
             .as_ref()
             .is_some_and(|map| !map.is_empty())
@@ -200,7 +193,7 @@ impl Shared {
 /// peer, from handlers or from anywhere else.
 #[derive(Clone)]
 pub struct SessionHandle {
-    pub(super) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for SessionHandle {
@@ -231,7 +224,7 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl SessionHandle {
-    pub(super) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         SessionHandle { shared }
     }
 
@@ -275,7 +268,7 @@ impl SessionHandle {
 
     /// Sends a new packet from this side with this method, payload and
     /// `reply_to`, stamped and sealed with one reading of the clock.
-    pub(super) async fn send_new(
+    pub(crate) async fn send_new(
         &self,
         method: impl Into<String>,
         payload: Value,

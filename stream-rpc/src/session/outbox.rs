@@ -14,12 +14,12 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::codec::Encoder;
 
-use super::handle::lock;
 use crate::codec::{CodecError, FrameCodec};
+use crate::sync::lock;
 
 /// Why a frame was not queued.
 #[derive(Debug)]
-pub(super) enum Refused {
+pub(crate) enum Refused {
     /// The outbox holds its limit of frames: wait for [`Outbox::room`].
     Full,
     /// The session no longer sends.
@@ -29,7 +29,7 @@ pub(super) enum Refused {
 }
 
 /// Frames queued for the writer, at most `limit` of them.
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     queued: Mutex<Queued>,
     limit: usize,
     /// The writer, woken when the first frame of a batch arrives or the
@@ -52,7 +52,7 @@ struct Queued {
 }
 
 /// What the writer took: the frames are in the buffer it passed.
-pub(super) enum Taken {
+pub(crate) enum Taken {
     /// Some frames (their fingerprints are in the vector passed).
     Frames,
     /// Nothing is queued and nothing more will be.
@@ -60,7 +60,7 @@ pub(super) enum Taken {
 }
 
 impl Outbox {
-    pub(super) fn new(codec: FrameCodec, limit: usize) -> Self {
+    pub(crate) fn new(codec: FrameCodec, limit: usize) -> Self {
         Outbox {
             queued: Mutex::new(Queued {
                 codec,
@@ -76,7 +76,7 @@ impl Outbox {
     }
 
     /// Frames `token` into the outbox, with its replay fingerprint.
-    pub(super) fn push(&self, token: &[u8], fingerprint: Option<u64>) -> Result<(), Refused> {
+    pub(crate) fn push(&self, token: &[u8], fingerprint: Option<u64>) -> Result<(), Refused> {
         let first = {
             let mut queued = lock(&self.queued);
             if queued.closed {
@@ -99,13 +99,13 @@ impl Outbox {
 
     /// Whether a push now would be refused as full.
     #[cfg(test)]
-    pub(super) fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         lock(&self.queued).frames >= self.limit
     }
 
     /// Waits for room: call [`push`](Self::push) again after. Returns at
     /// once when the outbox has room or is closed by then.
-    pub(super) async fn room(&self) {
+    pub(crate) async fn room(&self) {
         let notified = self.room.notified();
         tokio::pin!(notified);
         // Registered before looking, so that a batch taken in between still
@@ -123,7 +123,7 @@ impl Outbox {
     /// The writer's side: swaps the queued frames into `bytes` (which must
     /// be empty) and their fingerprints into `fingerprints` (cleared
     /// first), or registers the writer to be woken when there are some.
-    pub(super) fn poll_take(
+    pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
         bytes: &mut BytesMut,
@@ -149,7 +149,7 @@ impl Outbox {
 
     /// Takes whatever is queued, and closes the outbox: frames queued after
     /// this are refused.
-    pub(super) fn close_and_take(&self, bytes: &mut BytesMut, fingerprints: &mut Vec<u64>) {
+    pub(crate) fn close_and_take(&self, bytes: &mut BytesMut, fingerprints: &mut Vec<u64>) {
         let mut queued = lock(&self.queued);
         queued.closed = true;
         self.take_locked(&mut queued, bytes, fingerprints);
@@ -159,7 +159,7 @@ impl Outbox {
     }
 
     /// Closes the outbox and drops what it holds (the connection is gone).
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut queued = lock(&self.queued);
         queued.closed = true;
         queued.bytes = BytesMut::new();

@@ -15,26 +15,26 @@ use futures_util::task::AtomicWaker;
 
 /// A flag raised once, watched by one task at a time.
 #[derive(Debug, Default)]
-pub(super) struct Signal {
+pub(crate) struct Signal {
     raised: AtomicBool,
     waiter: AtomicWaker,
 }
 
 impl Signal {
     /// Raises the flag and wakes the task watching it, if any.
-    pub(super) fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.raised.store(true, Ordering::Release);
         self.waiter.wake();
     }
 
     /// Whether the flag has been raised.
-    pub(super) fn is_raised(&self) -> bool {
+    pub(crate) fn is_raised(&self) -> bool {
         self.raised.load(Ordering::Acquire)
     }
 
     /// Ready once the flag is raised; registers the task to be woken then.
     /// Only the last task to poll is woken.
-    pub(super) fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.is_raised() {
             return Poll::Ready(());
         }
@@ -49,7 +49,7 @@ impl Signal {
     }
 
     /// Waits until the flag is raised.
-    pub(super) async fn raised(&self) {
+    pub(crate) async fn raised(&self) {
         poll_fn(|cx| self.poll_raised(cx)).await;
     }
 }

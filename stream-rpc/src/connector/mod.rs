@@ -18,7 +18,10 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
-use crate::session::{EndReason, Role, Session, SessionHandle};
+
+mod supervisor;
+use crate::engine::Session;
+use crate::session::{EndReason, Role, SessionHandle};
 
 /// Stops a server or client gracefully from anywhere: it stops accepting,
 /// lets running handlers finish within the grace period, flushes replies and
@@ -195,7 +198,7 @@ impl Connector {
         protocol: P,
         reconnect: Reconnect,
     ) -> Result<ReconnectingClient, Error> {
-        ReconnectingClient::start(self, protocol, reconnect)
+        supervisor::start(self, protocol, reconnect)
     }
 
     /// The seed's client: connects, sends the hello packet (`method` with

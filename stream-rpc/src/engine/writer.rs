@@ -9,10 +9,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
-use super::handle::Shared;
-use super::outbox::Taken;
-use super::signal::Signal;
-use super::{EndReason, within_by};
+use crate::session::outbox::Taken;
+use crate::session::signal::Signal;
+use crate::session::{EndReason, Shared, session_log, within_by};
 
 /// Writes the frames queued in the session's outbox, a batch (everything
 /// queued) per write, until stopped; then writes what is still queued, closes

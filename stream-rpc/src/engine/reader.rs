@@ -16,8 +16,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::handle::{Shared, lock};
-use super::{EndReason, READ_CHUNK, SessionHandle};
+use super::READ_CHUNK;
 use crate::cipher::CipherError;
 use crate::codec::{CodecError, FrameCodec};
 use crate::config::Limits;
@@ -25,6 +24,8 @@ use crate::error::SendError;
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
 use crate::replay::{ReceivedToken, Verdict};
+use crate::session::{EndReason, SessionHandle, Shared, packet_log, session_log};
+use crate::sync::lock;
 
 /// How many frames the read loop handles before it lets the session's other
 /// tasks (the writer, handlers) run. Measured on the `pipe64` benchmark:
