@@ -166,12 +166,11 @@ proptest! {
         let mut token = fernet.encrypt(br#"{"payload":"secret"}"#).unwrap();
         let at = position % token.len();
         token[at] ^= flip;
+        // Every change is refused: a changed byte either breaks the strict
+        // base64 (one spelling per token, padding bits included) or changes
+        // the decoded bytes, which the HMAC then refuses.
         let opened = fernet.decrypt(&token);
-        // A changed base64 character may decode to the same bytes only when
-        // it sits in the padding bits; anything accepted must be identical.
-        if let Ok(plain) = opened {
-            prop_assert_eq!(plain, br#"{"payload":"secret"}"#.to_vec());
-        }
+        prop_assert!(opened.is_err(), "a tampered token opened: {:?}", opened);
     }
 }
 

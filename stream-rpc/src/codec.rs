@@ -327,6 +327,19 @@ mod tests {
         ));
         let mut buf = BytesMut::new();
         assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        // A stream that ends with the `\r` of a `\r\n` whose `\n` never
+        // came holds no frame: not an error.
+        for ending in [&b"\r"[..], b"\r\r"] {
+            let mut buf = BytesMut::from(ending);
+            assert!(codec.decode_eof(&mut buf).unwrap().is_none(), "{ending:?}");
+            assert!(buf.is_empty());
+        }
+        // Data before the `\r` is a cut frame.
+        let mut buf = BytesMut::from(&b"abc\r"[..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(CodecError::Unterminated { len: 4 })
+        ));
     }
 
     #[test]
