@@ -42,7 +42,12 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
                     let generated = generate_impl(&service, &args, &caller);
                     quote!(#item #generated)
                 }
-                _ => {
+                Some(service) => {
+                    let stubs = fallback_impl(&service, &args, &caller);
+                    let errors = errors.into_compile_errors();
+                    quote!(#item #stubs #errors)
+                }
+                None => {
                     let errors = errors.into_compile_errors();
                     quote!(#item #errors)
                 }
@@ -54,8 +59,9 @@ pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
             if errors.is_empty() {
                 generate_trait(&service, &args, item, &caller)
             } else {
+                let stubs = fallback_trait(&service, &args, &item, &caller);
                 let errors = errors.into_compile_errors();
-                quote!(#item #errors)
+                quote!(#item #stubs #errors)
             }
         }
         _ => unreachable!("only impl blocks and traits get here"),
@@ -118,24 +124,13 @@ fn generate_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
     client_generics
         .params
         .push(parse_quote!(#caller = #krate::SessionHandle));
-    let session_client = {
-        let args = generics.params.iter().map(|param| match param {
-            syn::GenericParam::Type(ty) => {
-                let ident = &ty.ident;
-                quote!(#ident)
-            }
-            syn::GenericParam::Lifetime(lifetime) => {
-                let lifetime = &lifetime.lifetime;
-                quote!(#lifetime)
-            }
-            syn::GenericParam::Const(constant) => {
-                let ident = &constant.ident;
-                quote!(#ident)
-            }
-        });
-        quote!(#client<#(#args,)* #krate::SessionHandle>)
-    };
+    let session_client = session_client(&client, generics, &krate);
     let vis: syn::Visibility = parse_quote!(pub);
+    let methods: Vec<_> = service
+        .methods
+        .iter()
+        .map(|m| client_method(m, &krate))
+        .collect();
     let client_items = client_items(
         service,
         &krate,
@@ -143,6 +138,7 @@ fn generate_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
         &client_generics,
         caller,
         Some(self_ty),
+        &methods,
     );
 
     quote! {
@@ -223,7 +219,20 @@ fn generate_trait(
     let wires: Vec<_> = wire_names(service).collect();
     let client = client_ident(service);
     let client_generics: syn::Generics = parse_quote!(<#caller = #krate::SessionHandle>);
-    let client_items = client_items(service, &krate, vis, &client_generics, caller, None);
+    let methods: Vec<_> = service
+        .methods
+        .iter()
+        .map(|m| client_method(m, &krate))
+        .collect();
+    let client_items = client_items(
+        service,
+        &krate,
+        vis,
+        &client_generics,
+        caller,
+        None,
+        &methods,
+    );
 
     quote! {
         #item
@@ -284,6 +293,216 @@ fn generate_trait(
     }
 }
 
+/// What is emitted next to the errors of an impl block: the items the
+/// attribute would generate, with bodies that never run, so that code
+/// using the service (its `Protocol` impl, `METHODS`, `client`, the typed
+/// client and its methods) adds no error of its own to the ones reported.
+fn fallback_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> TokenStream {
+    let Kind::Impl { self_ty, generics } = &service.kind else {
+        unreachable!("called for impl blocks only")
+    };
+    let krate = runtime_path(args);
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let mut protocol_generics = (**generics).clone();
+    if !protocol_generics.params.is_empty() {
+        protocol_generics
+            .make_where_clause()
+            .predicates
+            .push(parse_quote!(Self: ::core::marker::Send + ::core::marker::Sync + 'static));
+    }
+    let protocol_where = &protocol_generics.where_clause;
+    let client = client_ident(service);
+    let mut client_generics = (**generics).clone();
+    client_generics
+        .params
+        .push(parse_quote!(#caller = #krate::SessionHandle));
+    let vis: syn::Visibility = parse_quote!(pub);
+    let stubs = fallback_methods(service, &krate);
+    let client_items = client_items(
+        service,
+        &krate,
+        &vis,
+        &client_generics,
+        caller,
+        Some(self_ty),
+        &stubs,
+    );
+    let session_client = session_client(&client, generics, &krate);
+    let unreachable = fallback_body();
+    // What the user's impl already defines (an error of its own) is not
+    // defined again.
+    let taken = |name: &str| service.all_fns.iter().any(|ident| ident == name);
+    let methods = (!taken("METHODS")).then(|| {
+        quote! {
+            /// The wire names (not generated: the service has errors).
+            pub const METHODS: &'static [&'static str] = &[];
+        }
+    });
+    let client_fn = (!taken("client")).then(|| {
+        quote! {
+            /// A typed client (not generated: the service has errors).
+            pub fn client(_: &#krate::SessionHandle) -> #session_client {
+                #unreachable
+            }
+        }
+    });
+    quote! {
+        impl #impl_generics #krate::Protocol for #self_ty #protocol_where {
+            async fn process_message(
+                &self,
+                _: #krate::Context,
+                _: #krate::Packet,
+            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
+                #unreachable
+            }
+        }
+
+        impl #impl_generics #self_ty #where_clause {
+            #methods
+            #client_fn
+        }
+
+        #client_items
+    }
+}
+
+/// [`fallback_impl`] for a trait: the server and the typed client.
+fn fallback_trait(
+    service: &Service,
+    args: &ServiceArgs,
+    item: &ItemTrait,
+    caller: &Ident,
+) -> TokenStream {
+    let Kind::Trait { vis } = &service.kind else {
+        unreachable!("called for traits only")
+    };
+    let krate = runtime_path(args);
+    let trait_ident = &service.ident;
+    let server = format_ident!("{}Server", trait_ident.unraw());
+    let client = client_ident(service);
+    let client_generics: syn::Generics = parse_quote!(<#caller = #krate::SessionHandle>);
+    let stubs = fallback_methods(service, &krate);
+    let client_items = client_items(service, &krate, vis, &client_generics, caller, None, &stubs);
+    let unreachable = fallback_body();
+    // A generic trait cannot be named without its arguments: no impl then.
+    let protocol = item.generics.params.is_empty().then(|| {
+        quote! {
+            impl<S> #krate::Protocol for #server<S>
+            where
+                S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                async fn process_message(
+                    &self,
+                    _: #krate::Context,
+                    _: #krate::Packet,
+                ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
+                    #unreachable
+                }
+            }
+        }
+    });
+    quote! {
+        /// The server (not generated: the service has errors).
+        #vis struct #server<S> {
+            service: S,
+        }
+
+        impl<S> #server<S> {
+            /// The wire names (not generated: the service has errors).
+            pub const METHODS: &'static [&'static str] = &[];
+
+            /// Serves `service`.
+            pub fn new(service: S) -> Self {
+                #server { service }
+            }
+
+            /// The implementation served.
+            pub fn get_ref(&self) -> &S {
+                &self.service
+            }
+
+            /// Gives the implementation back.
+            pub fn into_inner(self) -> S {
+                self.service
+            }
+        }
+
+        #protocol
+
+        #client_items
+
+        impl #client {
+            /// The wire names (not generated: the service has errors).
+            pub const METHODS: &'static [&'static str] = &[];
+        }
+    }
+}
+
+/// The fallback client's methods: the real one for each method that was
+/// read without error, a stub for each of the others.
+fn fallback_methods(service: &Service, krate: &TokenStream) -> Vec<TokenStream> {
+    service
+        .stubs
+        .iter()
+        // One named like the client's own items is reported as a clash.
+        .filter(|stub| !validate::CLIENT_ITEMS.iter().any(|name| stub.ident == name))
+        .map(
+            |stub| match service.methods.iter().find(|m| m.ident == stub.ident) {
+                Some(method) => client_method(method, krate),
+                None => stub_method(stub, krate),
+            },
+        )
+        .collect()
+}
+
+/// A client method for the fallback: the arguments as written, any return
+/// type the caller expects, a body that never runs.
+fn stub_method(stub: &model::Stub, krate: &TokenStream) -> TokenStream {
+    let ident = &stub.ident;
+    let cfgs = &stub.cfgs;
+    let mut generics = stub.generics.clone();
+    generics.params.push(parse_quote!(__R));
+    let (_, _, where_clause) = generics.split_for_impl();
+    let params = &generics.params;
+    let types = &stub.params;
+    let unreachable = fallback_body();
+    quote! {
+        #(#cfgs)*
+        #[allow(unused_variables, clippy::unused_async)]
+        /// Not generated: the service has errors.
+        pub async fn #ident<#params>(&self, #(_: #types),*) -> ::core::result::Result<__R, #krate::CallError> #where_clause {
+            #unreachable
+        }
+    }
+}
+
+/// The body of every fallback item: never run, since the crate does not
+/// compile while the service has errors.
+fn fallback_body() -> TokenStream {
+    quote!(::core::unreachable!(
+        "#[stream_rpc::service] reported errors; this item is a placeholder"
+    ))
+}
+
+/// The typed client over a `SessionHandle`, with the type's generics.
+fn session_client(client: &Ident, generics: &syn::Generics, krate: &TokenStream) -> TokenStream {
+    let args = generics.params.iter().map(|param| match param {
+        syn::GenericParam::Type(ty) => {
+            let ident = &ty.ident;
+            quote!(#ident)
+        }
+        syn::GenericParam::Lifetime(lifetime) => {
+            let lifetime = &lifetime.lifetime;
+            quote!(#lifetime)
+        }
+        syn::GenericParam::Const(constant) => {
+            let ident = &constant.ident;
+            quote!(#ident)
+        }
+    });
+    quote!(#client<#(#args,)* #krate::SessionHandle>)
+}
+
 /// The protocol name shown in logs: `name = "..."`, or the type's or trait's name.
 fn protocol_name(service: &Service, args: &ServiceArgs) -> String {
     args.name
@@ -338,6 +557,7 @@ fn client_items(
     generics: &syn::Generics,
     caller: &Ident,
     service_ty: Option<&syn::Type>,
+    methods: &[TokenStream],
 ) -> TokenStream {
     let client = client_ident(service);
     let client_doc = format!(
@@ -366,7 +586,6 @@ fn client_items(
         .predicates
         .push(parse_quote!(#caller: ::core::fmt::Debug));
     let debugging_where = &debugging.where_clause;
-    let methods = service.methods.iter().map(|m| client_method(m, krate));
     quote! {
         #[doc = #client_doc]
         #vis struct #client #generics #where_clause {

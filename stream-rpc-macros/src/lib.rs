@@ -15,10 +15,77 @@ mod expand;
 mod model;
 mod validate;
 
-/// Turns the `async fn`s of an inherent `impl` block into a stream-rpc
-/// service: packets are dispatched to the method of the same name, payloads
-/// are read into the methods' typed arguments, and what a method returns is
-/// sent back. Works the same on servers and on workers.
+/// Turns the `async fn`s of an inherent `impl` block, or of a trait
+/// definition, into a stream-rpc service: packets are dispatched to the
+/// method of the same name, payloads are read into the methods' typed
+/// arguments, and what a method returns is sent back. Works the same on
+/// servers and on workers.
+///
+/// # On a trait: the definition in a crate of its own
+///
+/// A trait holds only the service's definition, so a client program can
+/// depend on it without linking any implementation:
+///
+/// ```
+/// use stream_rpc::{Config, Connector, Fernet};
+///
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// pub enum KvError {
+///     Missing(String),
+/// }
+///
+/// #[stream_rpc::service]
+/// pub trait Kv {
+///     async fn set(&self, key: String, value: String);
+///     async fn take(&self, key: String) -> Result<String, KvError>;
+/// }
+///
+/// // The server's crate implements it with plain `async fn`s...
+/// #[derive(Default)]
+/// struct MemoryKv(std::sync::Mutex<std::collections::HashMap<String, String>>);
+///
+/// impl Kv for MemoryKv {
+///     async fn set(&self, key: String, value: String) {
+///         self.0.lock().unwrap().insert(key, value);
+///     }
+///     async fn take(&self, key: String) -> Result<String, KvError> {
+///         self.0.lock().unwrap().remove(&key).ok_or(KvError::Missing(key))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let key = Fernet::generate_key()?;
+/// # let config = |port| Config::builder().key(key.clone()).host("127.0.0.1").port(port).build();
+/// // ...and serves it through the generated `KvServer`.
+/// let server = Connector::new(config(0)?).bind().await?;
+/// # let port = server.local_addr().port();
+/// # let stop = server.shutdown_handle();
+/// let serving = tokio::spawn(server.serve(KvServer::new(MemoryKv::default())));
+///
+/// // A client that serves nothing calls it through the generated `KvClient`,
+/// // over any `Caller` (here a `Client`; a `ReconnectingClient` as well).
+/// let kv = KvClient::new(Connector::new(config(port)?).connect_client().await?);
+/// kv.set("a".into(), "1".into()).await?;
+/// assert_eq!(kv.take("a".into()).await?, Ok("1".to_owned()));
+/// // The method's own error comes back as itself.
+/// assert_eq!(kv.take("a".into()).await?, Err(KvError::Missing("a".into())));
+/// assert_eq!(KvClient::METHODS, ["set", "take"]);
+/// # stop.shutdown();
+/// # drop(kv);
+/// # serving.await??;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// On a trait the attribute generates the trait itself (each method's
+/// future `Send`, the trait `Send + Sync + 'static`), `KvServer<T: Kv>` (a
+/// `Protocol`: `KvServer::new(implementation)`), `KvClient<C: Caller>` and
+/// the wire names (`KvClient::METHODS`, `KvServer::<T>::METHODS`). Every
+/// argument and return form below works the same; trait methods may not
+/// have default bodies, generics, `&mut self`, associated types or consts.
+///
+/// # On an impl block
 ///
 /// ```
 /// use std::collections::VecDeque;
@@ -121,9 +188,15 @@ mod validate;
 /// | `Reply` | what it says: a message, a forwarded packet, or nothing | `Result<Packet, CallError>` |
 /// | `Result<R, E>` | `Ok` as above (`Ok(())` is a reply with `null`); `Err` is an error packet | the same, with `Err` as `CallError::Remote` |
 ///
-/// `E` is a `HandlerError` (its code is kept) or any `Display` type (sent as
-/// `handler_error` with its text). A `Result` alias such as `Result<T>` works;
-/// `Reply` and `Message` must be written by those names.
+/// `E` travels by what it is: a serializable error as the error packet's
+/// `data`, read back by the typed client as itself; a `HandlerError` with
+/// its code and message; any other `Display` type as `handler_error` with
+/// the message "`method` failed", its text logged on the serving side and
+/// never sent. The typed client of a `Result<T, E>` method returns
+/// `Result<Result<T, E>, CallError>`: the outer error is the call's, the
+/// inner one the method's own. A `Result` alias such as `Result<T>` works
+/// (its client returns `Result<T, CallError>`); `Reply` and `Message` must
+/// be written by those names.
 ///
 /// On a worker, what a handler returns for a reply is the next message of the
 /// conversation: a `pong` handler that returns `Reply::message("ping", ..)`
@@ -144,11 +217,13 @@ mod validate;
 /// - `impl stream_rpc::Protocol for QueueServer`: hand the value to
 ///   `Connector::run_server` or `run_client`.
 /// - `QueueServer::METHODS`: the wire names, for logs and introspection.
-/// - `QueueServerClient`, the typed client: one async method per service
-///   method with the same arguments (without the context), each method as
-///   visible as the service method. Get one with
-///   `QueueServer::client(&session)` over any session: a client connection,
-///   or `ctx.session()` inside a handler to call back into the peer.
+/// - `QueueServerClient<C = SessionHandle>`, the typed client: one async
+///   method per service method with the same arguments (without the
+///   context), each method as visible as the service method, over any
+///   `Caller` (`QueueServerClient::new(caller)`), with `with_timeout(limit)`
+///   for a time limit of its own. `QueueServer::client(&session)` makes one
+///   over a session: a client connection, or `ctx.session()` inside a
+///   handler to call back into the peer.
 ///
 /// ```
 /// # use stream_rpc::{Config, Connector, Fernet};
@@ -181,7 +256,9 @@ mod validate;
 ///
 /// # Mistakes are compile errors
 ///
-/// Each misuse is reported once, on the offending token: a fn that is not
+/// Each misuse is reported once, on the offending token, and the generated
+/// items are still emitted (with bodies that never run), so code that uses
+/// the service adds no errors of its own: a fn that is not
 /// `async`; a receiver other than `&self`; a generic method; `impl Trait`,
 /// pattern or `_` arguments; argument, return or error types that are not
 /// serializable (or `Display`); two methods with one wire name; an empty

@@ -38,6 +38,42 @@ pub struct Service {
     pub methods: Vec<Method>,
     /// Every fn of the impl, service method or helper, for clash checks.
     pub all_fns: Vec<Ident>,
+    /// Every fn meant as a service method (not `skip`), broken or not: what
+    /// the fallback's typed client offers when there are errors.
+    pub stubs: Vec<Stub>,
+}
+
+/// A service method's signature as written, for the fallback client
+/// emitted next to errors (so that code calling it adds no error of its
+/// own).
+pub struct Stub {
+    /// The Rust name.
+    pub ident: Ident,
+    /// Its generics, as written.
+    pub generics: Generics,
+    /// The types of its arguments after the receiver, without the context.
+    pub params: Vec<Type>,
+    /// Its `#[cfg]` attributes.
+    pub cfgs: Vec<Attribute>,
+}
+
+impl Stub {
+    fn of(sig: &Signature, attrs: &[Attribute]) -> Self {
+        let params = sig
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                FnArg::Typed(typed) if !is_context(&typed.ty) => Some((*typed.ty).clone()),
+                _ => None,
+            })
+            .collect();
+        Stub {
+            ident: sig.ident.clone(),
+            generics: sig.generics.clone(),
+            params,
+            cfgs: attrs_named(attrs, "cfg"),
+        }
+    }
 }
 
 /// One service method.
@@ -118,11 +154,15 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
 
     let mut methods = Vec::new();
     let mut all_fns = Vec::new();
+    let mut stubs = Vec::new();
     for impl_item in &mut item.items {
         match impl_item {
             ImplItem::Fn(function) => {
                 all_fns.push(function.sig.ident.clone());
                 let args = attr::take_method_args(&mut function.attrs, errors);
+                if args.skip.is_none() {
+                    stubs.push(Stub::of(&function.sig, &function.attrs));
+                }
                 if args.skip.is_some() {
                     if let Some(rename) = &args.rename {
                         errors.spanned(
@@ -169,6 +209,7 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
         ident,
         methods,
         all_fns,
+        stubs,
     })
 }
 
@@ -194,11 +235,13 @@ pub fn parse_trait(item: &mut ItemTrait, errors: &mut Errors) -> Service {
     }
     let mut methods = Vec::new();
     let mut all_fns = Vec::new();
+    let mut stubs = Vec::new();
     for trait_item in &mut item.items {
         match trait_item {
             TraitItem::Fn(function) => {
                 all_fns.push(function.sig.ident.clone());
                 let args = attr::take_method_args(&mut function.attrs, errors);
+                stubs.push(Stub::of(&function.sig, &function.attrs));
                 if let Some(skip) = args.skip {
                     errors.at(
                         skip,
@@ -239,6 +282,7 @@ pub fn parse_trait(item: &mut ItemTrait, errors: &mut Errors) -> Service {
         ident: item.ident.clone(),
         methods,
         all_fns,
+        stubs,
     }
 }
 

@@ -138,6 +138,31 @@ pub trait Argument: Serialize + DeserializeOwned {}
 
 impl<T: Serialize + DeserializeOwned> Argument for T {}
 
+/// An argument type that can be sent: the generated code's check, which
+/// names the missing derive (one error per derive, without listing every
+/// type that has it).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a stream_rpc service method: it is not `Serialize`",
+    label = "add `#[derive(serde::Serialize)]` to `{Self}`: the typed client sends it"
+)]
+pub trait SendableArgument: Serialize {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize> SendableArgument for T {}
+
+/// An argument type that can be read from a payload (see
+/// [`SendableArgument`]).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a stream_rpc service method: it is not `Deserialize`",
+    label = "add `#[derive(serde::Deserialize)]` to `{Self}` (owned, no borrowed data): the service reads it from the payload"
+)]
+pub trait ReadableArgument: DeserializeOwned {}
+
+#[diagnostic::do_not_recommend]
+impl<T: DeserializeOwned> ReadableArgument for T {}
+
 /// The error types of `Result`-returning service methods that are neither a
 /// [`HandlerError`] nor serializable: their text is logged on the serving
 /// side and never sent, since it may tell internals (paths, queries,
@@ -170,18 +195,21 @@ pub mod __private {
 
     use serde::de::DeserializeOwned;
 
-    pub use super::{Argument, ErrorType, IntoReply};
+    pub use super::{Argument, ErrorType, IntoReply, ReadableArgument, SendableArgument};
     use crate::error::{CallError, SendError};
     use crate::protocol::HandlerError;
     pub use serde_json;
 
     /// Checks at compile time, spanned on the user's type.
-    pub fn assert_argument<T: Argument>() {}
+    pub fn assert_argument<T: SendableArgument + ReadableArgument>() {}
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_reply<T: IntoReply>() {}
 
     /// The whole payload as the one argument.
-    pub fn decode_whole<T: Argument>(payload: Value, method: &str) -> Result<T, HandlerError> {
+    pub fn decode_whole<T: SendableArgument + ReadableArgument>(
+        payload: Value,
+        method: &str,
+    ) -> Result<T, HandlerError> {
         T::deserialize(payload).map_err(|e| HandlerError::invalid_payload(method, e))
     }
 
@@ -209,7 +237,7 @@ pub mod __private {
 
     /// One argument out of the payload object; a missing key reads as
     /// `null`, so `Option` arguments may be left out.
-    pub fn decode_field<T: Argument>(
+    pub fn decode_field<T: SendableArgument + ReadableArgument>(
         map: &mut Map<String, Value>,
         key: &str,
         method: &str,
@@ -232,7 +260,9 @@ pub mod __private {
     }
 
     /// Encodes one argument on the caller's side.
-    pub fn encode_argument<T: Argument>(value: &T) -> Result<Value, CallError> {
+    pub fn encode_argument<T: SendableArgument + ReadableArgument>(
+        value: &T,
+    ) -> Result<Value, CallError> {
         serde_json::to_value(value).map_err(|e| CallError::Send(SendError::Encode(e.to_string())))
     }
 
@@ -242,7 +272,7 @@ pub mod __private {
     }
 
     /// Encodes one of several arguments into the payload object.
-    pub fn insert_argument<T: Argument>(
+    pub fn insert_argument<T: SendableArgument + ReadableArgument>(
         object: &mut Map<String, Value>,
         key: &str,
         value: &T,
