@@ -1,8 +1,10 @@
 //! [`Fernet`]: the default cipher, composed from the RustCrypto primitives.
 //!
-//! Fernet is composed here (AES-128-CBC, HMAC-SHA256, URL-safe base64)
-//! rather than taken from the `fernet` crate, for three reasons: the key
-//! schedules are set up once per key instead of once per message;
+//! Fernet is composed here from RustCrypto's `aes`, `cbc` (CBC mode and
+//! PKCS #7 padding) and `hmac` (its constant-time verification), with
+//! vectorised URL-safe base64, rather than taken from the `fernet` crate, for
+//! three reasons: the key schedules are set up once per key instead of once
+//! per message (a message copies them);
 //! initialisation vectors come from a buffer of operating system randomness
 //! instead of one system call each; and no input from the network can reach
 //! an arithmetic overflow (`fernet` 0.2.2 computes `timestamp + ttl` on
@@ -14,8 +16,12 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes::Aes128;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
+use aes::cipher::KeyInit;
 use base64_simd::{Base64, URL_SAFE, URL_SAFE_NO_PAD};
+#[cfg(test)]
+use cbc::cipher::block_padding::NoPadding;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockDecryptMut as _, BlockEncryptMut as _, InnerIvInit as _};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize as _, Zeroizing};
@@ -184,26 +190,40 @@ impl Fernet {
     #[cfg(test)]
     fn seal(&self, plaintext: &[u8], now: u64, iv: &[u8; 16]) -> Vec<u8> {
         let mut token = Vec::new();
-        self.seal_into(plaintext, now, iv, &mut token);
+        self.seal_into(plaintext, now, iv, &mut token)
+            .expect("a test plaintext seals");
         token
     }
 
     /// [`seal`](Self::seal), appending the token to `out`; the binary token
     /// is built in a per-thread buffer.
-    fn seal_into(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], out: &mut Vec<u8>) {
+    fn seal_into(
+        &self,
+        plaintext: &[u8],
+        now: u64,
+        iv: &[u8; 16],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
         crate::scratch::with_taken(
             &RAW,
             |raw| {
                 raw.clear();
-                self.seal_raw(plaintext, now, iv, raw);
+                self.seal_raw(plaintext, now, iv, raw)?;
                 B64.encode_append(&*raw, out);
+                Ok(())
             },
             |raw| raw.capacity() <= KEEP_RAW,
-        );
+        )
     }
 
     /// The binary token: version, time, IV, ciphertext and HMAC.
-    fn seal_raw(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], raw: &mut Vec<u8>) {
+    fn seal_raw(
+        &self,
+        plaintext: &[u8],
+        now: u64,
+        iv: &[u8; 16],
+        raw: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
         let key = &self.keys[0];
         let padded = (plaintext.len() / BLOCK + 1) * BLOCK;
         raw.reserve(HEADER_LEN + padded + MAC_LEN);
@@ -211,13 +231,18 @@ impl Fernet {
         raw.extend_from_slice(&now.to_be_bytes());
         raw.extend_from_slice(iv);
         raw.extend_from_slice(plaintext);
-        // PKCS #7: 1 to 16 bytes, each holding the padding's length.
-        let pad = padded - plaintext.len();
-        raw.resize(HEADER_LEN + padded, pad as u8);
-        cbc_encrypt(&key.encryption, iv, &mut raw[HEADER_LEN..]);
+        // Room for PKCS #7 padding (1 to 16 bytes), which the encryptor writes.
+        raw.resize(HEADER_LEN + padded, 0);
+        let encryptor = cbc::Encryptor::<Aes128>::inner_iv_init(key.encryption.clone(), iv.into());
+        // The room for the padding was made just above, so this cannot
+        // fail; were it to, nothing half-sealed may leave.
+        encryptor
+            .encrypt_padded_mut::<Pkcs7>(&mut raw[HEADER_LEN..], plaintext.len())
+            .map_err(|_| CipherError::Other("no room to pad the plaintext".into()))?;
         let mut mac = key.signing.clone();
         mac.update(raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
+        Ok(())
     }
 
     /// Opens a token as if the clock read `now` (seconds since the epoch).
@@ -276,19 +301,16 @@ impl Fernet {
         }
 
         let body_end = raw.len() - MAC_LEN;
-        // The IV and the ciphertext; the plaintext lands where the IV was.
-        cbc_decrypt_to_front(&key.encryption, &mut raw[9..body_end]);
-        let body = body_end - HEADER_LEN;
-        raw.copy_within(9..9 + body, 0);
-        let pad = usize::from(raw[body - 1]);
-        let padding_ok = (1..=BLOCK).contains(&pad)
-            && raw[body - pad..body]
-                .iter()
-                .all(|&byte| usize::from(byte) == pad);
-        if !padding_ok {
-            return Err(CipherError::Malformed("bad padding"));
-        }
-        out.truncate(start + body - pad);
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&raw[9..HEADER_LEN]);
+        let decryptor =
+            cbc::Decryptor::<Aes128>::inner_iv_init(key.encryption.clone(), (&iv).into());
+        let len = decryptor
+            .decrypt_padded_mut::<Pkcs7>(&mut raw[HEADER_LEN..body_end])
+            .map_err(|_| CipherError::Malformed("bad padding"))?
+            .len();
+        raw.copy_within(HEADER_LEN..HEADER_LEN + len, 0);
+        out.truncate(start + len);
         Ok(())
     }
 }
@@ -315,8 +337,7 @@ impl Fernet {
         out: &mut Vec<u8>,
     ) -> Result<(), CipherError> {
         let iv = random_iv()?;
-        self.seal_into(plaintext, unix_secs(now), &iv, out);
-        Ok(())
+        self.seal_into(plaintext, unix_secs(now), &iv, out)
     }
 
     /// Opens `token` as of `now`, appending the plaintext to `out`; on an
@@ -360,49 +381,6 @@ impl Fernet {
 
 /// How much of a Fernet token's text identifies it (see `Fernet::identity`).
 const IDENTITY_LEN: usize = 48;
-
-/// CBC encryption in place of `data` (whole blocks) under `iv`, with the
-/// key schedule borrowed rather than copied for each message.
-fn cbc_encrypt(key: &Aes128, iv: &[u8; 16], data: &mut [u8]) {
-    let mut previous = aes::Block::from(*iv);
-    for chunk in data.chunks_exact_mut(BLOCK) {
-        let block = aes::Block::from_mut_slice(chunk);
-        for (byte, prior) in block.iter_mut().zip(previous.iter()) {
-            *byte ^= prior;
-        }
-        key.encrypt_block(block);
-        previous = *block;
-    }
-}
-
-/// CBC decryption of the ciphertext that follows a 16-byte IV in `data`,
-/// in place: afterwards the plaintext fills `data` from the start, one
-/// block ahead of where its ciphertext was. Eight blocks at a time are
-/// decrypted together (AES-NI works on several at once), then each is
-/// XORed with the ciphertext block before it, which is still in place.
-fn cbc_decrypt_to_front(key: &Aes128, data: &mut [u8]) {
-    const BATCH: usize = 8;
-    let blocks = data.len() / BLOCK - 1;
-    let mut batch = [aes::Block::default(); BATCH];
-    let mut first = 0;
-    while first < blocks {
-        let count = (blocks - first).min(BATCH);
-        for (index, block) in batch[..count].iter_mut().enumerate() {
-            let start = (first + index + 1) * BLOCK;
-            block.copy_from_slice(&data[start..start + BLOCK]);
-        }
-        key.decrypt_blocks(&mut batch[..count]);
-        // Plaintext block i is D(c_i) XOR c_(i-1); `data` still holds
-        // c_(i-1) (the IV for the first block) where block i goes.
-        for (index, block) in batch[..count].iter().enumerate() {
-            let start = (first + index) * BLOCK;
-            for (byte, decrypted) in data[start..start + BLOCK].iter_mut().zip(block.iter()) {
-                *byte ^= decrypted;
-            }
-        }
-        first += count;
-    }
-}
 
 /// Seconds since the Unix epoch at `time`; a clock set before 1970 reads
 /// as 0 rather than failing.
@@ -617,7 +595,9 @@ mod tests {
         raw.extend_from_slice(&unix_secs(SystemTime::now()).to_be_bytes());
         raw.extend_from_slice(&iv);
         raw.extend_from_slice(body);
-        cbc_encrypt(&key.encryption, &iv, &mut raw[HEADER_LEN..]);
+        let body_len = raw.len() - HEADER_LEN;
+        let _ = cbc::Encryptor::<Aes128>::inner_iv_init(key.encryption.clone(), (&iv).into())
+            .encrypt_padded_mut::<NoPadding>(&mut raw[HEADER_LEN..], body_len);
         let mut mac = key.signing.clone();
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes());
