@@ -1,0 +1,350 @@
+//! A task queue for stream-rpc servers, shared by many servers when it lives
+//! on Redis.
+//!
+//! The seed's queue server keeps `put_in_queue` tasks in one process's
+//! memory: a second server cannot share them, and a crash loses them all.
+//! [`TaskQueue`] is that queue with the guarantees a fleet of servers and
+//! workers needs, in two implementations with the same semantics:
+//! [`MemoryQueue`] (embedded, the default) and [`RedisQueue`] (Redis Streams
+//! with a consumer group, shared by every server that points at it).
+//!
+//! - **At least once.** [`lease`](TaskQueue::lease) hands out the oldest
+//!   available task to one worker for a while; a task not
+//!   [`ack`](TaskQueue::ack)ed in time is handed out again. A worker may
+//!   [`extend`](TaskQueue::extend) its lease, or [`nack`](TaskQueue::nack) it
+//!   to give the task back at once.
+//! - **Duplicates refused.** A task is named by its `method` and its payload
+//!   as canonical JSON ([`dedup_key`]): two `parse_article` tasks for
+//!   article 3249 are one task. The name is held while the task is queued,
+//!   leased or dead, and for a retention window (1 h by default) after it
+//!   is done; [`put`](TaskQueue::put) of a held name is refused as
+//!   [`Put::Duplicate`]. Concurrent puts of one task queue it once.
+//! - **Results kept.** `ack` stores the worker's result (any JSON) under the
+//!   task's name for the retention window: [`result`](TaskQueue::result).
+//! - **Stale acks refused.** An ack from a worker whose lease expired and
+//!   was handed to another is [`Acked::Stale`] and changes nothing.
+//! - **Dead letters.** A task handed out `max_attempts` times (5 by
+//!   default) without an ack is moved to the dead letters instead of being
+//!   handed out again; [`dead`](TaskQueue::dead) lists them,
+//!   [`requeue`](TaskQueue::requeue) puts one back.
+//! - **Nothing grows.** Acked tasks leave nothing behind but their result
+//!   and name, which expire after the retention window.
+//!
+//! Tasks are stream-rpc [`Packet`]s (the seed's task is a packet carried as
+//! the payload of `put_in_queue`) and are named in acks by their own `peer`
+//! and `id` ([`TaskRef`]); a worker is named by a string of the caller's
+//! choosing (the example server uses the worker's peer id).
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::Value;
+use stream_rpc::Packet;
+use uuid::Uuid;
+
+mod memory;
+mod redis_queue;
+
+pub use memory::MemoryQueue;
+pub use redis_queue::{RedisQueue, RedisSettings};
+
+/// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
+/// with the same semantics (see the crate docs).
+///
+/// Every method is one round trip at most; none is retried by the queue
+/// after an error whose outcome is unknown (a connection that broke
+/// mid-command): the error goes to the caller, who decides (a `put` may be
+/// repeated safely, since a duplicate is refused).
+pub trait TaskQueue: Send + Sync + 'static {
+    /// Queues `task`, or refuses it as a duplicate of a task queued, leased,
+    /// dead or done within the retention window.
+    fn put(&self, task: &Packet) -> impl Future<Output = Result<Put, QueueError>> + Send;
+
+    /// Hands the oldest available task to `worker` for `lease`, with its
+    /// attempt number (1 the first time); `None` when none is available.
+    fn lease(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<Leased>, QueueError>> + Send;
+
+    /// Renews `worker`'s lease of `task` for `lease` from now; `false` when
+    /// `worker` does not hold it.
+    fn extend(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Marks `task` done and keeps `result` under its name for the
+    /// retention window; [`Acked::Stale`] (and nothing changes) when
+    /// `worker` is not the last worker it was handed to, or it is unknown.
+    fn ack(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        result: &Value,
+    ) -> impl Future<Output = Result<Acked, QueueError>> + Send;
+
+    /// Gives `task` back at once, to be handed out again; [`Acked::Stale`]
+    /// when `worker` does not hold it.
+    fn nack(
+        &self,
+        task: TaskRef,
+        worker: &str,
+    ) -> impl Future<Output = Result<Acked, QueueError>> + Send;
+
+    /// The result stored by the ack of the task named by `method` and
+    /// `payload`, while it is kept.
+    fn result(
+        &self,
+        method: &str,
+        payload: &Value,
+    ) -> impl Future<Output = Result<Option<Value>, QueueError>> + Send;
+
+    /// The dead letters, oldest first.
+    fn dead(&self) -> impl Future<Output = Result<Vec<DeadTask>, QueueError>> + Send;
+
+    /// Puts a dead task back in the queue, with its attempts counted from
+    /// zero; `false` when no dead task has that name.
+    fn requeue(&self, task: TaskRef) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Forgets every dead task (and releases their names); returns how many.
+    fn purge_dead(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Counts of the queue's tasks and events.
+    fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
+}
+
+/// What [`TaskQueue::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Queued.
+    Queued,
+    /// Refused: the same task is queued, leased, dead, or was done within
+    /// the retention window.
+    Duplicate,
+}
+
+/// What [`TaskQueue::ack`] and [`TaskQueue::nack`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// Done (ack), or given back (nack).
+    Done,
+    /// Refused: the worker does not hold the task (its lease expired and
+    /// the task went to another worker, or it was never handed to it, or
+    /// the task is unknown or already done). Nothing changed.
+    Stale,
+}
+
+/// A task handed out by [`TaskQueue::lease`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    /// The task, as it was put.
+    pub task: Packet,
+    /// How many times it has been handed out, this time included.
+    pub attempt: u32,
+}
+
+/// A dead letter: a task handed out `max_attempts` times without an ack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadTask {
+    /// The task, as it was put.
+    pub task: Packet,
+    /// How many times it was handed out.
+    pub attempts: u32,
+}
+
+/// Names a task by its packet's own `peer` and `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    /// The task packet's `peer`.
+    pub peer: Uuid,
+    /// The task packet's `id`.
+    pub id: u64,
+}
+
+impl TaskRef {
+    /// The name of `task`.
+    pub fn of(task: &Packet) -> Self {
+        TaskRef {
+            peer: task.peer,
+            id: task.id,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.peer, self.id)
+    }
+}
+
+/// Counts of a queue's tasks and events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks waiting to be handed out (expired leases included).
+    pub queued: u64,
+    /// Tasks handed out and not yet acked.
+    pub leased: u64,
+    /// Tasks acked, since the queue was created.
+    pub done: u64,
+    /// Dead letters now.
+    pub dead: u64,
+    /// Puts refused as duplicates, since the queue was created.
+    pub duplicates: u64,
+    /// Times a task was handed out again (after an expired lease or a
+    /// nack), since the queue was created.
+    pub redeliveries: u64,
+}
+
+/// Settings shared by both implementations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueSettings {
+    /// How many times a task is handed out before it is a dead letter (5).
+    pub max_attempts: u32,
+    /// How long a done task's name and result are kept (1 h).
+    pub retention: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_attempts: 5,
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Sets [`max_attempts`](Self::max_attempts) (at least 1).
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// Sets [`retention`](Self::retention).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+}
+
+/// A queue operation failed; never a panic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The queue's backing service cannot be reached (down, restarting,
+    /// refusing connections). Whether the operation took effect is unknown
+    /// when it failed mid-command; the queue did not retry it.
+    #[error("the queue is unavailable: {0}")]
+    Unavailable(String),
+    /// The backing service did not answer in time; whether the operation
+    /// took effect is unknown.
+    #[error("the queue did not answer in time: {0}")]
+    Timeout(String),
+    /// The backing service answered something this version cannot read (or
+    /// refused the command).
+    #[error("the queue's answer was not understood: {0}")]
+    Protocol(String),
+    /// A task could not be encoded or decoded.
+    #[error("a task could not be encoded or decoded: {0}")]
+    Task(String),
+    /// A setting is not valid.
+    #[error("{setting} is not valid: {reason}")]
+    Invalid {
+        /// The setting at fault.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The name a task is deduplicated by: its method and its payload as
+/// canonical JSON (object keys sorted, no spaces), hashed with SHA-256 (hex)
+/// so that it makes a short key.
+pub fn dedup_key(method: &str, payload: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::with_capacity(method.len() + 64);
+    text.push_str(method);
+    text.push('\n');
+    write_canonical(payload, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// JSON with object keys sorted at every level, whatever order the map
+/// keeps them in.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (index, key) in keys.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_task_is_named_by_its_method_and_canonical_payload() {
+        let a = dedup_key("parse_article", &json!({"article_id": 3249, "lang": "en"}));
+        let b = dedup_key("parse_article", &json!({"lang": "en", "article_id": 3249}));
+        assert_eq!(a, b, "key order does not matter");
+        assert_eq!(a.len(), 64);
+        assert_ne!(
+            a,
+            dedup_key("parse_article", &json!({"article_id": 3250, "lang": "en"}))
+        );
+        assert_ne!(
+            a,
+            dedup_key("fetch_article", &json!({"article_id": 3249, "lang": "en"}))
+        );
+        // Nested objects are sorted too; arrays keep their order.
+        assert_eq!(
+            dedup_key("m", &json!({"x": {"b": 1, "a": [2, 1]}})),
+            dedup_key("m", &json!({"x": {"a": [2, 1], "b": 1}}))
+        );
+        assert_ne!(
+            dedup_key("m", &json!([1, 2])),
+            dedup_key("m", &json!([2, 1]))
+        );
+        // The method cannot run into the payload.
+        assert_ne!(dedup_key("a", &json!("b")), dedup_key("a\"b", &json!(null)));
+    }
+}

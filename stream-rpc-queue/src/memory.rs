@@ -1,0 +1,303 @@
+//! [`MemoryQueue`]: the queue in this process's memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use stream_rpc::Packet;
+use tokio::time::Instant;
+
+use crate::{
+    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+};
+
+/// The queue in this process's memory: the default, with no server to run.
+/// The same semantics as [`RedisQueue`](crate::RedisQueue), but shared by
+/// the connections of one process only, and gone when it stops.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    settings: QueueSettings,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The next task's place in the queue.
+    next: u64,
+    /// Tasks queued or leased, by place.
+    tasks: BTreeMap<u64, Task>,
+    /// Places of the tasks that are not leased, oldest first.
+    available: BTreeSet<u64>,
+    /// Leases by when they end, then place.
+    leases: BTreeSet<(Instant, u64)>,
+    /// Places by task name.
+    by_ref: HashMap<TaskRef, u64>,
+    /// Dedup keys held: `None` while the task is queued, leased or dead;
+    /// until when after it is done.
+    keys: HashMap<String, Option<Instant>>,
+    /// Results of done tasks, by dedup key, until when they are kept.
+    results: HashMap<String, (Value, Instant)>,
+    /// Dead letters, by place.
+    dead: BTreeMap<u64, (Task, u32)>,
+    done: u64,
+    duplicates: u64,
+    redeliveries: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    packet: Packet,
+    key: String,
+    attempts: u32,
+    /// The worker it was last handed to, and until when (while leased).
+    holder: Option<String>,
+    until: Option<Instant>,
+}
+
+impl MemoryQueue {
+    /// An empty queue with default settings.
+    pub fn new() -> Self {
+        MemoryQueue::with_settings(QueueSettings::default())
+    }
+
+    /// An empty queue with these settings.
+    pub fn with_settings(settings: QueueSettings) -> Self {
+        MemoryQueue {
+            settings,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Forgets the names and results whose retention ended.
+    fn expire(&mut self, now: Instant) {
+        self.keys
+            .retain(|_, until| until.is_none_or(|until| until > now));
+        self.results.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Makes the tasks whose lease ended available again.
+    fn reclaim(&mut self, now: Instant) {
+        while let Some(&(until, place)) = self.leases.first() {
+            if until > now {
+                break;
+            }
+            self.leases.pop_first();
+            if let Some(task) = self.tasks.get_mut(&place) {
+                task.until = None;
+                self.available.insert(place);
+            }
+        }
+    }
+
+    /// The place of `task` if `worker` is the last worker it went to.
+    fn held_by(&self, task: TaskRef, worker: &str) -> Option<u64> {
+        let place = *self.by_ref.get(&task)?;
+        let held = self.tasks.get(&place)?.holder.as_deref() == Some(worker);
+        held.then_some(place)
+    }
+
+    /// Ends the lease of the task at `place`, if it has one.
+    fn end_lease(&mut self, place: u64) {
+        if let Some(task) = self.tasks.get_mut(&place)
+            && let Some(until) = task.until.take()
+        {
+            self.leases.remove(&(until, place));
+        }
+    }
+}
+
+impl TaskQueue for MemoryQueue {
+    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
+        let key = dedup_key(&task.method, &task.payload);
+        let mut state = self.lock();
+        state.expire(Instant::now());
+        if state.keys.contains_key(&key) {
+            state.duplicates += 1;
+            return Ok(Put::Duplicate);
+        }
+        let place = state.next;
+        state.next += 1;
+        state.keys.insert(key.clone(), None);
+        state.by_ref.insert(TaskRef::of(task), place);
+        state.tasks.insert(
+            place,
+            Task {
+                packet: task.clone(),
+                key,
+                attempts: 0,
+                holder: None,
+                until: None,
+            },
+        );
+        state.available.insert(place);
+        Ok(Put::Queued)
+    }
+
+    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.reclaim(now);
+        while let Some(place) = state.available.pop_first() {
+            let Some(task) = state.tasks.get(&place) else {
+                continue;
+            };
+            if task.attempts >= self.settings.max_attempts {
+                // Handed out as often as allowed: a dead letter, not again.
+                let task_ref = TaskRef::of(&task.packet);
+                state.by_ref.remove(&task_ref);
+                if let Some(task) = state.tasks.remove(&place) {
+                    let attempts = task.attempts;
+                    state.dead.insert(place, (task, attempts));
+                }
+                continue;
+            }
+            let Some(task) = state.tasks.get_mut(&place) else {
+                continue;
+            };
+            task.attempts += 1;
+            task.holder = Some(worker.to_owned());
+            let until = now + lease;
+            task.until = Some(until);
+            let leased = Leased {
+                task: task.packet.clone(),
+                attempt: task.attempts,
+            };
+            if leased.attempt > 1 {
+                state.redeliveries += 1;
+            }
+            state.leases.insert((until, place));
+            return Ok(Some(leased));
+        }
+        Ok(None)
+    }
+
+    async fn extend(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.reclaim(now);
+        let Some(place) = state.held_by(task, worker) else {
+            return Ok(false);
+        };
+        // A lease that ended but whose task went to nobody else yet is
+        // taken up again.
+        state.end_lease(place);
+        state.available.remove(&place);
+        let until = now + lease;
+        if let Some(task) = state.tasks.get_mut(&place) {
+            task.until = Some(until);
+        }
+        state.leases.insert((until, place));
+        Ok(true)
+    }
+
+    async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let Some(place) = state.held_by(task, worker) else {
+            return Ok(Acked::Stale);
+        };
+        state.end_lease(place);
+        state.available.remove(&place);
+        state.by_ref.remove(&task);
+        let Some(done) = state.tasks.remove(&place) else {
+            return Ok(Acked::Stale);
+        };
+        let until = now + self.settings.retention;
+        state.keys.insert(done.key.clone(), Some(until));
+        state.results.insert(done.key, (result.clone(), until));
+        state.done += 1;
+        Ok(Acked::Done)
+    }
+
+    async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
+        let mut state = self.lock();
+        state.reclaim(Instant::now());
+        let Some(place) = state.held_by(task, worker) else {
+            return Ok(Acked::Stale);
+        };
+        state.end_lease(place);
+        if let Some(task) = state.tasks.get_mut(&place) {
+            // Nobody holds it now: an ack from the last holder is stale.
+            task.holder = None;
+        }
+        state.available.insert(place);
+        Ok(Acked::Done)
+    }
+
+    async fn result(&self, method: &str, payload: &Value) -> Result<Option<Value>, QueueError> {
+        let key = dedup_key(method, payload);
+        let mut state = self.lock();
+        state.expire(Instant::now());
+        Ok(state.results.get(&key).map(|(value, _)| value.clone()))
+    }
+
+    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
+        let state = self.lock();
+        Ok(state
+            .dead
+            .values()
+            .map(|(task, attempts)| DeadTask {
+                task: task.packet.clone(),
+                attempts: *attempts,
+            })
+            .collect())
+    }
+
+    async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
+        let mut state = self.lock();
+        let place = state
+            .dead
+            .iter()
+            .find(|(_, (dead, _))| TaskRef::of(&dead.packet) == task)
+            .map(|(place, _)| *place);
+        let Some((mut back, _)) = place.and_then(|place| state.dead.remove(&place)) else {
+            return Ok(false);
+        };
+        back.attempts = 0;
+        back.holder = None;
+        back.until = None;
+        // At the back of the queue, as a task put now.
+        let place = state.next;
+        state.next += 1;
+        state.by_ref.insert(task, place);
+        state.tasks.insert(place, back);
+        state.available.insert(place);
+        Ok(true)
+    }
+
+    async fn purge_dead(&self) -> Result<u64, QueueError> {
+        let mut state = self.lock();
+        let dead = std::mem::take(&mut state.dead);
+        for (task, _) in dead.values() {
+            state.keys.remove(&task.key);
+        }
+        Ok(dead.len() as u64)
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        // A lease that ended counts as leased until the task is handed out
+        // again, as on Redis.
+        let state = self.lock();
+        let leased = state.leases.len() as u64;
+        Ok(Stats {
+            queued: state.tasks.len() as u64 - leased,
+            leased,
+            done: state.done,
+            dead: state.dead.len() as u64,
+            duplicates: state.duplicates,
+            redeliveries: state.redeliveries,
+        })
+    }
+}

@@ -1,0 +1,618 @@
+//! [`RedisQueue`]: the queue on Redis, shared by every server that points
+//! at the same Redis and prefix.
+//!
+//! Tasks are entries of a Redis Stream read through a consumer group: a
+//! lease is an entry pending for the worker (its consumer), with its end in
+//! a sorted set (by Redis's own clock, so the servers' clocks need not
+//! agree); a lease that ended is claimed by the next lease (`XCLAIM`); the
+//! attempt number is the entry's delivery count. Every operation is one Lua script, so it happens whole or not at
+//! all, and concurrent servers never hand one task to two workers at once
+//! nor queue one task twice.
+//!
+//! Keys, all under one `{prefix}` hash tag (so one Redis Cluster slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{prefix}:tasks` | stream, group `workers` | the tasks queued and leased: `task` (the packet's JSON), `ref`, `key` |
+//! | `{prefix}:refs` | hash | `peer:id` → the task's stream entry |
+//! | `{prefix}:leases` | sorted set | leased entries by when their lease ends (ms, Redis's clock) |
+//! | `{prefix}:key:<dedup key>` | string | held while the task is queued, leased or dead; expires a retention window after it is done |
+//! | `{prefix}:result:<dedup key>` | string | the result of a done task, for the retention window |
+//! | `{prefix}:dead` | stream | the dead letters: `task`, `ref`, `key`, `attempts` |
+//! | `{prefix}:deadrefs` | hash | `peer:id` → the dead letter's entry |
+//! | `{prefix}:stats` | hash | counters: `done`, `duplicates`, `redeliveries` |
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use serde_json::Value;
+use stream_rpc::Packet;
+
+use crate::{
+    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+};
+
+/// The consumer group the servers read tasks through.
+const GROUP: &str = "workers";
+/// The consumer a nacked task is handed to: nobody, so that the last
+/// worker's ack is stale (its lease ends at once, and the next lease takes
+/// it).
+const NOBODY: &str = "-";
+
+/// Where the queue is and how it behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisSettings {
+    /// `redis://host:port/db` or `rediss://` (TLS is not built in: use a
+    /// local TLS proxy or a trusted network).
+    pub url: String,
+    /// The prefix of every key, inside a hash tag (`{prefix}:tasks`):
+    /// queues with different prefixes share nothing.
+    pub prefix: String,
+    /// Attempts and retention.
+    pub queue: QueueSettings,
+    /// How long a command may take before it fails as
+    /// [`QueueError::Timeout`] (5 s).
+    pub response_timeout: Duration,
+    /// How long connecting may take (5 s).
+    pub connect_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Settings for the Redis at `url`, with the prefix `stream-rpc` and
+    /// the default queue settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisSettings {
+            url: url.into(),
+            prefix: "stream-rpc".to_owned(),
+            queue: QueueSettings::default(),
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets [`prefix`](Self::prefix).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`queue`](Self::queue).
+    #[must_use]
+    pub fn with_queue(mut self, queue: QueueSettings) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets [`response_timeout`](Self::response_timeout).
+    #[must_use]
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+}
+
+/// The queue on Redis (see the module docs for its keys). Cloning it is
+/// cheap and shares the connection, which reconnects by itself after Redis
+/// went away; the command that found it gone fails (as
+/// [`QueueError::Unavailable`]) and is not retried.
+#[derive(Clone)]
+pub struct RedisQueue {
+    connection: ConnectionManager,
+    keys: Keys,
+    settings: QueueSettings,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("prefix", &self.keys.base)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names of the queue's keys.
+#[derive(Debug, Clone)]
+struct Keys {
+    /// `{prefix}:`
+    base: String,
+    tasks: String,
+    refs: String,
+    leases: String,
+    dead: String,
+    dead_refs: String,
+    stats: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let base = format!("{{{prefix}}}:");
+        Keys {
+            tasks: format!("{base}tasks"),
+            refs: format!("{base}refs"),
+            leases: format!("{base}leases"),
+            dead: format!("{base}dead"),
+            dead_refs: format!("{base}deadrefs"),
+            stats: format!("{base}stats"),
+            base,
+        }
+    }
+
+    fn key(&self, dedup: &str) -> String {
+        format!("{}key:{dedup}", self.base)
+    }
+
+    fn result(&self, dedup: &str) -> String {
+        format!("{}result:{dedup}", self.base)
+    }
+}
+
+/// Reads a field of a stream entry's flat field list; Redis's clock in ms.
+const FIELD: &str = r#"
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+"#;
+
+/// The entry of a task named `ref` if `worker` holds it (it is pending
+/// for that consumer).
+const HELD: &str = r#"
+local function held(tasks, refs, group, ref, worker)
+  local id = redis.call('HGET', refs, ref)
+  if not id then return nil end
+  local pending = redis.call('XPENDING', tasks, group, id, id, 1)
+  if #pending == 0 or pending[1][2] ~= worker then return nil end
+  return id
+end
+"#;
+
+const PUT: &str = r#"
+-- KEYS: tasks, refs, dedup key, stats. ARGV: group, task, ref, key.
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+  return 0
+end
+local id = redis.call('XADD', KEYS[1], '*', 'task', ARGV[2], 'ref', ARGV[3], 'key', ARGV[4])
+redis.call('SET', KEYS[3], id)
+redis.call('HSET', KEYS[2], ARGV[3], id)
+return 1
+"#;
+
+const LEASE: &str = r#"
+-- KEYS: tasks, refs, dead, deadrefs, stats, leases.
+-- ARGV: group, worker, lease ms, max attempts.
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+local max = tonumber(ARGV[4])
+local now = now_ms()
+local ends = now + tonumber(ARGV[3])
+-- A lease that ended first: those tasks are older than any new one.
+for _ = 1, 100 do
+  local id = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1)[1]
+  if not id then break end
+  local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)[1]
+  if not entry then
+    -- No longer pending (acked meanwhile): not a lease any more.
+    redis.call('ZREM', KEYS[6], id)
+  else
+    local fields = entry[2]
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    local attempts = tonumber(pending[1][4])
+    if attempts > max then
+      -- Handed out as often as allowed: a dead letter, not again.
+      local ref = field(fields, 'ref')
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('XDEL', KEYS[1], id)
+      redis.call('ZREM', KEYS[6], id)
+      redis.call('HDEL', KEYS[2], ref)
+      local dead = redis.call('XADD', KEYS[3], '*', 'task', field(fields, 'task'),
+        'ref', ref, 'key', field(fields, 'key'), 'attempts', attempts - 1)
+      redis.call('HSET', KEYS[4], ref, dead)
+    else
+      redis.call('ZADD', KEYS[6], ends, id)
+      redis.call('HINCRBY', KEYS[5], 'redeliveries', 1)
+      return {field(fields, 'task'), attempts}
+    end
+  end
+end
+local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+if fresh and fresh[1] and fresh[1][2][1] then
+  local entry = fresh[1][2][1]
+  redis.call('ZADD', KEYS[6], ends, entry[1])
+  return {field(entry[2], 'task'), 1}
+end
+return false
+"#;
+
+const EXTEND: &str = r#"
+-- KEYS: tasks, refs, leases. ARGV: group, worker, ref, lease ms.
+local id = held(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[2])
+if not id then return 0 end
+redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[4]), id)
+return 1
+"#;
+
+const ACK: &str = r#"
+-- KEYS: tasks, refs, stats, leases. ARGV: group, worker, ref, result, retention ms, key base.
+local id = held(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[2])
+if not id then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+local key = field(entry[2], 'key')
+redis.call('XACK', KEYS[1], ARGV[1], id)
+redis.call('XDEL', KEYS[1], id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('HDEL', KEYS[2], ARGV[3])
+redis.call('SET', ARGV[6] .. 'result:' .. key, ARGV[4], 'PX', ARGV[5])
+redis.call('SET', ARGV[6] .. 'key:' .. key, id, 'PX', ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'done', 1)
+return 1
+"#;
+
+const NACK: &str = r#"
+-- KEYS: tasks, refs, leases. ARGV: group, worker, ref, nobody.
+local id = held(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[2])
+if not id then return 0 end
+-- Held by nobody, its lease ended: the next lease takes it.
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, id, 'JUSTID')
+redis.call('ZADD', KEYS[3], 0, id)
+return 1
+"#;
+
+const REQUEUE: &str = r#"
+-- KEYS: tasks, refs, dead, deadrefs. ARGV: ref, key base.
+local dead = redis.call('HGET', KEYS[4], ARGV[1])
+if not dead then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[1])
+local entry = redis.call('XRANGE', KEYS[3], dead, dead)[1]
+if not entry then return 0 end
+local fields = entry[2]
+local key = field(fields, 'key')
+local id = redis.call('XADD', KEYS[1], '*', 'task', field(fields, 'task'), 'ref', ARGV[1], 'key', key)
+redis.call('HSET', KEYS[2], ARGV[1], id)
+redis.call('XDEL', KEYS[3], dead)
+redis.call('SET', ARGV[2] .. 'key:' .. key, id)
+return 1
+"#;
+
+const PURGE_DEAD: &str = r#"
+-- KEYS: dead, deadrefs. ARGV: key base.
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+for _, entry in ipairs(entries) do
+  redis.call('DEL', ARGV[1] .. 'key:' .. field(entry[2], 'key'))
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return #entries
+"#;
+
+const STATS: &str = r#"
+-- KEYS: tasks, dead, stats. ARGV: group, nobody.
+local length = redis.call('XLEN', KEYS[1])
+local leased = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if ok then
+  for _, consumer in ipairs(consumers) do
+    local name, pending
+    for i = 1, #consumer, 2 do
+      if consumer[i] == 'name' then name = consumer[i + 1] end
+      if consumer[i] == 'pending' then pending = consumer[i + 1] end
+    end
+    if name ~= ARGV[2] then leased = leased + pending end
+  end
+end
+local counts = redis.call('HMGET', KEYS[3], 'done', 'duplicates', 'redeliveries')
+return {length - leased, leased, tonumber(counts[1]) or 0, redis.call('XLEN', KEYS[2]),
+  tonumber(counts[2]) or 0, tonumber(counts[3]) or 0}
+"#;
+
+/// The scripts, compiled once (their SHA-1 computed); Redis keeps them by
+/// that name and they are sent whole again after a restart.
+struct Scripts {
+    put: Script,
+    lease: Script,
+    extend: Script,
+    ack: Script,
+    nack: Script,
+    requeue: Script,
+    purge_dead: Script,
+    stats: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| {
+        let with = |parts: &[&str]| Script::new(&parts.concat());
+        Scripts {
+            put: with(&[PUT]),
+            lease: with(&[FIELD, LEASE]),
+            extend: with(&[FIELD, HELD, EXTEND]),
+            ack: with(&[FIELD, HELD, ACK]),
+            nack: with(&[HELD, NACK]),
+            requeue: with(&[FIELD, REQUEUE]),
+            purge_dead: with(&[FIELD, PURGE_DEAD]),
+            stats: with(&[STATS]),
+        }
+    })
+}
+
+impl RedisQueue {
+    /// Connects to the Redis of `settings`. Fails when the URL is not
+    /// valid or Redis cannot be reached now; once connected, the queue
+    /// reconnects by itself.
+    pub async fn connect(settings: RedisSettings) -> Result<Self, QueueError> {
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|e| QueueError::Invalid {
+                setting: "url",
+                reason: e.to_string(),
+            })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(error)?;
+        Ok(RedisQueue {
+            connection,
+            keys: Keys::new(&settings.prefix),
+            settings: settings.queue,
+        })
+    }
+
+    /// A connection for one command (the manager is shared; cloning it is
+    /// cheap).
+    fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+}
+
+/// The typed error of a Redis error: unreachable, too slow, or not
+/// understood. Logged where it happens.
+fn error(e: RedisError) -> QueueError {
+    let text = e.to_string();
+    let typed = if e.is_timeout() {
+        QueueError::Timeout(text)
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        QueueError::Unavailable(text)
+    } else {
+        QueueError::Protocol(text)
+    };
+    tracing::warn!("redis queue: {typed}");
+    typed
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn decode_task(text: &str) -> Result<Packet, QueueError> {
+    Packet::from_json(text.as_bytes()).map_err(|e| QueueError::Task(e.to_string()))
+}
+
+fn flag(value: i64) -> Acked {
+    if value == 1 {
+        Acked::Done
+    } else {
+        Acked::Stale
+    }
+}
+
+impl TaskQueue for RedisQueue {
+    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
+        let json = task
+            .to_json()
+            .map_err(|e| QueueError::Task(e.to_string()))?;
+        let json = String::from_utf8(json).map_err(|e| QueueError::Task(e.to_string()))?;
+        let dedup = dedup_key(&task.method, &task.payload);
+        let queued: i64 = scripts()
+            .put
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(self.keys.key(&dedup))
+            .key(&self.keys.stats)
+            .arg(GROUP)
+            .arg(json)
+            .arg(TaskRef::of(task).to_string())
+            .arg(&dedup)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(if queued == 1 {
+            Put::Queued
+        } else {
+            Put::Duplicate
+        })
+    }
+
+    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
+        let leased: Option<(String, u32)> = scripts()
+            .lease
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(&self.keys.dead)
+            .key(&self.keys.dead_refs)
+            .key(&self.keys.stats)
+            .key(&self.keys.leases)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(millis(lease))
+            .arg(self.settings.max_attempts)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        leased
+            .map(|(task, attempt)| {
+                Ok(Leased {
+                    task: decode_task(&task)?,
+                    attempt,
+                })
+            })
+            .transpose()
+    }
+
+    async fn extend(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
+        let extended: i64 = scripts()
+            .extend
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(&self.keys.leases)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(task.to_string())
+            .arg(millis(lease))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(extended == 1)
+    }
+
+    async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
+        let acked: i64 = scripts()
+            .ack
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(&self.keys.stats)
+            .key(&self.keys.leases)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(task.to_string())
+            .arg(result.to_string())
+            .arg(millis(self.settings.retention))
+            .arg(&self.keys.base)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(flag(acked))
+    }
+
+    async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
+        let given_back: i64 = scripts()
+            .nack
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(&self.keys.leases)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(task.to_string())
+            .arg(NOBODY)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(flag(given_back))
+    }
+
+    async fn result(&self, method: &str, payload: &Value) -> Result<Option<Value>, QueueError> {
+        let key = self.keys.result(&dedup_key(method, payload));
+        let text: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        text.map(|text| serde_json::from_str(&text).map_err(|e| QueueError::Task(e.to_string())))
+            .transpose()
+    }
+
+    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&self.keys.dead)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                let get = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(field, _)| field == name)
+                        .map(|(_, value)| value.as_str())
+                };
+                let task = get("task")
+                    .ok_or_else(|| QueueError::Protocol("a dead letter without its task".into()))?;
+                let attempts = get("attempts").and_then(|n| n.parse().ok()).unwrap_or(0);
+                Ok(DeadTask {
+                    task: decode_task(task)?,
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
+        let requeued: i64 = scripts()
+            .requeue
+            .key(&self.keys.tasks)
+            .key(&self.keys.refs)
+            .key(&self.keys.dead)
+            .key(&self.keys.dead_refs)
+            .arg(task.to_string())
+            .arg(&self.keys.base)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(requeued == 1)
+    }
+
+    async fn purge_dead(&self) -> Result<u64, QueueError> {
+        let purged: u64 = scripts()
+            .purge_dead
+            .key(&self.keys.dead)
+            .key(&self.keys.dead_refs)
+            .arg(&self.keys.base)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        Ok(purged)
+    }
+
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        let counts: Vec<i64> = scripts()
+            .stats
+            .key(&self.keys.tasks)
+            .key(&self.keys.dead)
+            .key(&self.keys.stats)
+            .arg(GROUP)
+            .arg(NOBODY)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)?;
+        let count = |index: usize| {
+            counts
+                .get(index)
+                .copied()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        if counts.len() != 6 {
+            return Err(QueueError::Protocol(format!(
+                "stats: expected 6 counts, got {counts:?}"
+            )));
+        }
+        Ok(Stats {
+            queued: count(0),
+            leased: count(1),
+            done: count(2),
+            dead: count(3),
+            duplicates: count(4),
+            redeliveries: count(5),
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! One conformance suite, run on both queues: `MemoryQueue`, and
+//! `RedisQueue` on a real `redis-server` of each test's own. Each check is
+//! a generic function; the macro at the bottom makes a test of it for each
+//! implementation.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stream_rpc::Packet;
+use stream_rpc_queue::{
+    Acked, MemoryQueue, Put, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
+};
+use support::RedisServer;
+use uuid::Uuid;
+
+/// Makes queues of one implementation.
+trait Fixture {
+    type Queue: TaskQueue;
+    async fn queue(&self, settings: QueueSettings) -> Self::Queue;
+}
+
+struct Memory;
+
+impl Fixture for Memory {
+    type Queue = MemoryQueue;
+    async fn queue(&self, settings: QueueSettings) -> MemoryQueue {
+        MemoryQueue::with_settings(settings)
+    }
+}
+
+struct Redis(RedisServer);
+
+impl Fixture for Redis {
+    type Queue = RedisQueue;
+    async fn queue(&self, settings: QueueSettings) -> RedisQueue {
+        // Queues of one test share nothing: a prefix each.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        RedisQueue::connect(
+            RedisSettings::new(self.0.url())
+                .with_prefix(prefix)
+                .with_queue(settings),
+        )
+        .await
+        .expect("the test's redis-server")
+    }
+}
+
+/// A `parse_article` task, as a worker creates it.
+fn task(article_id: u64) -> Packet {
+    Packet::new(
+        Uuid::new_v4(),
+        article_id,
+        "parse_article",
+        json!({"article_id": article_id}),
+    )
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+/// A lease short enough to run out within a test.
+const SHORT: Duration = Duration::from_millis(300);
+
+async fn wait_past(lease: Duration) {
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+}
+
+async fn a_task_is_put_leased_and_acked_with_its_result_kept(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let put = task(3249);
+    assert_eq!(queue.put(&put).await.unwrap(), Put::Queued);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased), (1, 0));
+    let leased = queue.lease("w1", LEASE).await.unwrap().expect("a task");
+    assert_eq!(leased.task, put, "the task comes back as it was put");
+    assert_eq!(leased.attempt, 1);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased), (0, 1));
+    assert!(queue.lease("w2", LEASE).await.unwrap().is_none());
+    let article = json!({"title": "On queues", "words": 1200});
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w1", &article).await.unwrap(),
+        Acked::Done
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 3249}))
+            .await
+            .unwrap(),
+        Some(article)
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 1}))
+            .await
+            .unwrap(),
+        None
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 1));
+    // Done is done: a second ack changes nothing.
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w1", &json!(0)).await.unwrap(),
+        Acked::Stale
+    );
+}
+
+async fn the_oldest_task_is_handed_out_first(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    for id in [1, 2, 3] {
+        queue.put(&task(id)).await.unwrap();
+    }
+    for id in [1, 2, 3] {
+        let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+        assert_eq!(leased.task.id, id);
+    }
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+}
+
+async fn a_duplicate_is_refused_while_queued_leased_and_done(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let first = task(7);
+    assert_eq!(queue.put(&first).await.unwrap(), Put::Queued);
+    // Another peer's task for the same article: the same task.
+    let mut again = task(7);
+    again.payload = json!({"article_id": 7});
+    assert_eq!(queue.put(&again).await.unwrap(), Put::Duplicate);
+    queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
+    queue
+        .ack(TaskRef::of(&first), "w", &json!("parsed"))
+        .await
+        .unwrap();
+    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
+    // Another article is another task.
+    assert_eq!(queue.put(&task(8)).await.unwrap(), Put::Queued);
+    assert_eq!(queue.stats().await.unwrap().duplicates, 3);
+}
+
+async fn a_done_tasks_name_and_result_expire_after_the_retention(fixture: impl Fixture) {
+    let retention = Duration::from_millis(300);
+    let queue = fixture
+        .queue(QueueSettings::default().with_retention(retention))
+        .await;
+    let put = task(11);
+    queue.put(&put).await.unwrap();
+    queue.lease("w", LEASE).await.unwrap().unwrap();
+    queue.ack(TaskRef::of(&put), "w", &json!(1)).await.unwrap();
+    assert_eq!(queue.put(&task(11)).await.unwrap(), Put::Duplicate);
+    wait_past(retention).await;
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 11}))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(queue.put(&task(11)).await.unwrap(), Put::Queued);
+}
+
+async fn concurrent_puts_of_one_task_queue_it_once(fixture: impl Fixture) {
+    let queue = Arc::new(fixture.queue(QueueSettings::default()).await);
+    let puts: Vec<_> = (0..16)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.put(&task(42)).await.unwrap() })
+        })
+        .collect();
+    let mut queued = 0;
+    for put in puts {
+        if put.await.unwrap() == Put::Queued {
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, 1);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.duplicates), (1, 15));
+}
+
+async fn a_lease_that_runs_out_is_handed_out_again(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let put = task(5);
+    queue.put(&put).await.unwrap();
+    let first = queue.lease("crashed", SHORT).await.unwrap().unwrap();
+    assert_eq!(first.attempt, 1);
+    assert!(queue.lease("other", SHORT).await.unwrap().is_none());
+    wait_past(SHORT).await;
+    let second = queue.lease("other", LEASE).await.unwrap().unwrap();
+    assert_eq!((second.task.id, second.attempt), (5, 2));
+    assert_eq!(queue.stats().await.unwrap().redeliveries, 1);
+    // The first worker's ack comes too late: stale, and changes nothing.
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&put), "crashed", &json!("late"))
+            .await
+            .unwrap(),
+        Acked::Stale
+    );
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&put), "other", &json!("on time"))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 5}))
+            .await
+            .unwrap(),
+        Some(json!("on time"))
+    );
+}
+
+async fn a_lease_runs_out_but_an_ack_before_the_next_lease_is_taken(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let put = task(6);
+    queue.put(&put).await.unwrap();
+    queue.lease("slow", SHORT).await.unwrap().unwrap();
+    wait_past(SHORT).await;
+    // Nobody took it in the meantime: the slow worker's ack still counts.
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&put), "slow", &json!(1))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    assert!(queue.lease("other", LEASE).await.unwrap().is_none());
+}
+
+async fn an_extended_lease_is_not_handed_out(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let put = task(9);
+    queue.put(&put).await.unwrap();
+    queue.lease("w", SHORT).await.unwrap().unwrap();
+    tokio::time::sleep(SHORT * 2 / 3).await;
+    assert!(queue.extend(TaskRef::of(&put), "w", SHORT).await.unwrap());
+    assert!(
+        !queue
+            .extend(TaskRef::of(&put), "not-w", SHORT)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(SHORT * 2 / 3).await;
+    // Past the first lease, within the extension.
+    assert!(queue.lease("other", SHORT).await.unwrap().is_none());
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w", &json!(1)).await.unwrap(),
+        Acked::Done
+    );
+}
+
+async fn a_nack_gives_the_task_back_at_once(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let put = task(12);
+    queue.put(&put).await.unwrap();
+    queue.lease("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        queue.nack(TaskRef::of(&put), "w2").await.unwrap(),
+        Acked::Stale
+    );
+    assert_eq!(
+        queue.nack(TaskRef::of(&put), "w1").await.unwrap(),
+        Acked::Done
+    );
+    let again = queue
+        .lease("w2", LEASE)
+        .await
+        .unwrap()
+        .expect("given back at once");
+    assert_eq!((again.task.id, again.attempt), (12, 2));
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w1", &json!(1)).await.unwrap(),
+        Acked::Stale
+    );
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w2", &json!(1)).await.unwrap(),
+        Acked::Done
+    );
+}
+
+async fn a_poison_task_becomes_a_dead_letter_and_can_be_requeued(fixture: impl Fixture) {
+    let queue = fixture
+        .queue(QueueSettings::default().with_max_attempts(3))
+        .await;
+    let poison = task(13);
+    queue.put(&poison).await.unwrap();
+    for attempt in 1..=3 {
+        let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+        assert_eq!(leased.attempt, attempt);
+        queue.nack(TaskRef::of(&poison), "w").await.unwrap();
+    }
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    let dead = queue.dead().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].task.clone(), dead[0].attempts),
+        (poison.clone(), 3)
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased, stats.dead), (0, 0, 1));
+    // While dead, its name is held.
+    assert_eq!(queue.put(&task(13)).await.unwrap(), Put::Duplicate);
+    assert!(queue.requeue(TaskRef::of(&poison)).await.unwrap());
+    assert!(!queue.requeue(TaskRef::of(&poison)).await.unwrap());
+    let back = queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!((back.task.id, back.attempt), (13, 1));
+    queue.nack(TaskRef::of(&poison), "w").await.unwrap();
+    // Purged, its name is free again.
+    for _ in 0..2 {
+        queue.lease("w", LEASE).await.unwrap().unwrap();
+        queue.nack(TaskRef::of(&poison), "w").await.unwrap();
+    }
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    assert_eq!(queue.purge_dead().await.unwrap(), 1);
+    assert!(queue.dead().await.unwrap().is_empty());
+    assert_eq!(queue.put(&task(13)).await.unwrap(), Put::Queued);
+}
+
+async fn an_unknown_task_is_stale(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let nobody = TaskRef {
+        peer: Uuid::new_v4(),
+        id: 1,
+    };
+    assert_eq!(
+        queue.ack(nobody, "w", &Value::Null).await.unwrap(),
+        Acked::Stale
+    );
+    assert_eq!(queue.nack(nobody, "w").await.unwrap(), Acked::Stale);
+    assert!(!queue.extend(nobody, "w", LEASE).await.unwrap());
+    assert!(!queue.requeue(nobody).await.unwrap());
+}
+
+async fn many_tasks_put_and_acked_leave_nothing_queued(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    for id in 0..500 {
+        assert_eq!(queue.put(&task(id)).await.unwrap(), Put::Queued);
+    }
+    let mut done = 0;
+    while let Some(leased) = queue.lease("w", LEASE).await.unwrap() {
+        let acked = queue
+            .ack(TaskRef::of(&leased.task), "w", &json!(leased.task.id))
+            .await
+            .unwrap();
+        assert_eq!(acked, Acked::Done);
+        done += 1;
+    }
+    assert_eq!(done, 500);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 500));
+}
+
+/// One test per check and implementation: `memory::name` and `redis::name`.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::bounded(super::$check(super::Memory)).await;
+                }
+            )*
+        }
+
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let server = super::RedisServer::start();
+                    super::bounded(super::$check(super::Redis(server))).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Every test is bounded by this.
+async fn bounded<F: std::future::Future>(test: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), test)
+        .await
+        .expect("the test exceeded its time bound")
+}
+
+conformance!(
+    a_task_is_put_leased_and_acked_with_its_result_kept,
+    the_oldest_task_is_handed_out_first,
+    a_duplicate_is_refused_while_queued_leased_and_done,
+    a_done_tasks_name_and_result_expire_after_the_retention,
+    concurrent_puts_of_one_task_queue_it_once,
+    a_lease_that_runs_out_is_handed_out_again,
+    a_lease_runs_out_but_an_ack_before_the_next_lease_is_taken,
+    an_extended_lease_is_not_handed_out,
+    a_nack_gives_the_task_back_at_once,
+    a_poison_task_becomes_a_dead_letter_and_can_be_requeued,
+    an_unknown_task_is_stale,
+    many_tasks_put_and_acked_leave_nothing_queued,
+);

@@ -1,0 +1,281 @@
+//! What only Redis can do to the queue: die and come back, be shared by
+//! several servers, hold many tasks. A real `redis-server` per test.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use stream_rpc::Packet;
+use stream_rpc_queue::{
+    Acked, Put, QueueError, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
+};
+use support::RedisServer;
+use uuid::Uuid;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn task(article_id: u64) -> Packet {
+    Packet::new(
+        Uuid::new_v4(),
+        article_id,
+        "parse_article",
+        json!({"article_id": article_id}),
+    )
+}
+
+async fn queue(server: &RedisServer, settings: QueueSettings) -> RedisQueue {
+    RedisQueue::connect(
+        RedisSettings::new(server.url())
+            .with_queue(settings)
+            .with_response_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect("the test's redis-server")
+}
+
+async fn bounded<F: std::future::Future>(test: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test exceeded its time bound")
+}
+
+/// Runs a Redis command on a connection of its own.
+async fn command<T: redis::FromRedisValue>(server: &RedisServer, name: &str, args: &[&str]) -> T {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut command = redis::cmd(name);
+    for arg in args {
+        command.arg(*arg);
+    }
+    command.query_async(&mut connection).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_redis_is_killed_and_restarted() {
+    let mut server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let tasks: Vec<Packet> = (0..200).map(task).collect();
+        for put in &tasks {
+            assert_eq!(queue.put(put).await.unwrap(), Put::Queued);
+        }
+        for _ in 0..100 {
+            let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+            let acked = queue
+                .ack(TaskRef::of(&leased.task), "w", &json!(leased.task.id))
+                .await
+                .unwrap();
+            assert_eq!(acked, Acked::Done);
+        }
+
+        server.kill();
+        // While Redis is down, every operation fails, typed.
+        let err = queue.put(&task(1_000)).await.unwrap_err();
+        assert!(
+            matches!(err, QueueError::Unavailable(_) | QueueError::Timeout(_)),
+            "{err}"
+        );
+        server.restart();
+
+        // The queue reconnects by itself.
+        let stats = loop {
+            match queue.stats().await {
+                Ok(stats) => break stats,
+                Err(QueueError::Unavailable(_) | QueueError::Timeout(_)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        // Every acknowledged put and ack is still there.
+        assert_eq!((stats.done, stats.queued + stats.leased), (100, 100));
+        for done in &tasks[..100] {
+            assert_eq!(
+                queue.result("parse_article", &done.payload).await.unwrap(),
+                Some(json!(done.id))
+            );
+            assert_eq!(queue.put(done).await.unwrap(), Put::Duplicate);
+        }
+        let mut rest = Vec::new();
+        while let Some(leased) = queue.lease("w", LEASE).await.unwrap() {
+            rest.push(leased.task.id);
+        }
+        rest.sort_unstable();
+        assert_eq!(rest, (100..200).collect::<Vec<u64>>());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_one_redis_share_the_queue_and_take_over_leases() {
+    let server = RedisServer::start();
+    bounded(async {
+        let a = queue(&server, QueueSettings::default()).await;
+        let b = queue(&server, QueueSettings::default()).await;
+        let put = task(1);
+        assert_eq!(a.put(&put).await.unwrap(), Put::Queued);
+        // The same task put through the other server is a duplicate.
+        assert_eq!(b.put(&task(1)).await.unwrap(), Put::Duplicate);
+        // Server A hands it to a worker, then dies holding the lease.
+        let short = Duration::from_millis(300);
+        assert_eq!(a.lease("w1", short).await.unwrap().unwrap().attempt, 1);
+        drop(a);
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        // Server B hands it out again, and the new worker's ack succeeds.
+        let again = b.lease("w2", LEASE).await.unwrap().unwrap();
+        assert_eq!((again.task.clone(), again.attempt), (put.clone(), 2));
+        assert_eq!(
+            b.ack(TaskRef::of(&put), "w2", &json!("parsed"))
+                .await
+                .unwrap(),
+            Acked::Done
+        );
+        assert_eq!(
+            b.ack(TaskRef::of(&put), "w1", &json!("late"))
+                .await
+                .unwrap(),
+            Acked::Stale
+        );
+    })
+    .await;
+}
+
+/// Puts, leases and acks the tasks `from..to`, eight at a time.
+async fn put_lease_ack(queue: &RedisQueue, from: u64, to: u64) {
+    let lanes: Vec<_> = (0..8u64)
+        .map(|lane| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for n in (from + lane..to).step_by(8) {
+                    queue.put(&task(n)).await.unwrap();
+                    let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+                    let acked = queue
+                        .ack(TaskRef::of(&leased.task), "w", &json!(n))
+                        .await
+                        .unwrap();
+                    assert_eq!(acked, Acked::Done);
+                }
+            })
+        })
+        .collect();
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+}
+
+/// Waits until the names and results of done tasks have expired: the
+/// tasks stream, its refs and leases, the stats, and the one task left
+/// leased and its name.
+async fn wait_for_expiry(server: &RedisServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: u64 = command(server, "DBSIZE", &[]).await;
+        if keys <= 5 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{keys} keys still there after the retention window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis's memory once two readings 200 ms apart agree within 4 KB
+/// (bounded).
+async fn settled_memory(server: &RedisServer) -> u64 {
+    let mut last = used_memory(server).await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = used_memory(server).await;
+        if now.abs_diff(last) < 4 * 1024 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Checks that only the one task left leased is still in the queue.
+async fn leftovers(server: &RedisServer, queue: &RedisQueue) {
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased), (0, 1));
+    let tag = "{stream-rpc}";
+    let length: u64 = command(server, "XLEN", &[&format!("{tag}:tasks")]).await;
+    let refs: u64 = command(server, "HLEN", &[&format!("{tag}:refs")]).await;
+    let leases: u64 = command(server, "ZCARD", &[&format!("{tag}:leases")]).await;
+    assert_eq!(
+        (length, refs, leases),
+        (1, 1, 1),
+        "only the one task left leased"
+    );
+}
+
+async fn used_memory(server: &RedisServer) -> u64 {
+    let info: String = command(server, "INFO", &["memory"]).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("used_memory in INFO")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
+    let server = RedisServer::start();
+    bounded(async {
+        let retention = Duration::from_secs(1);
+        let queue = queue(&server, QueueSettings::default().with_retention(retention)).await;
+        // One task stays leased throughout, so the stream is never empty.
+        queue.put(&task(u64::MAX)).await.unwrap();
+        queue.lease("w", LEASE).await.unwrap().unwrap();
+        // A first round brings Redis's tables to their working size (and
+        // every script and command the check uses is run once)...
+        put_lease_ack(&queue, 0, 5_000).await;
+        leftovers(&server, &queue).await;
+        wait_for_expiry(&server).await;
+        let before = settled_memory(&server).await;
+        // ...and a second round of as many must leave memory where it was.
+        put_lease_ack(&queue, 5_000, 10_000).await;
+        assert_eq!(queue.stats().await.unwrap().done, 10_000);
+        leftovers(&server, &queue).await;
+        wait_for_expiry(&server).await;
+        // Redis shrinks its tables a moment after the keys expired (its
+        // cron runs ten times a second): wait, bounded, for memory to come
+        // back. 5,000 tasks kept would be over 1 MB (names, results,
+        // stream entries); measured over six rounds, memory stays within
+        // 8 KB of one level.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let after = used_memory(&server).await;
+            if after < before + 64 * 1024 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis memory grew from {before} to {after} bytes over 5,000 tasks"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_typed_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = RedisSettings::new(format!("redis://127.0.0.1:{port}/"));
+    let err = RedisQueue::connect(settings).await.unwrap_err();
+    assert!(matches!(err, QueueError::Unavailable(_)), "{err}");
+    let err = RedisQueue::connect(RedisSettings::new("http://nowhere"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, QueueError::Invalid { setting: "url", .. }),
+        "{err}"
+    );
+}
