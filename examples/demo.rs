@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stream_rpc::{Config, Connector, Fernet, Timeouts, json, logging};
+use stream_rpc_queue::TaskQueue;
 use worker::{CheckingWorker, Worker, WorkerSettings, env_number};
 
 const WORKERS: usize = 2;
@@ -133,6 +134,11 @@ async fn run() -> Result<(), String> {
         stats.tasks_handed_out.load(Ordering::Relaxed)
     );
     println!("  tasks parsed:      {parsed}");
-    println!("  tasks left queued: {}", queue.queued_tasks().len());
+    println!(
+        "  tasks saved:       {}",
+        stats.tasks_saved.load(Ordering::Relaxed)
+    );
+    let left = queue.queue().stats().await.map_err(|e| e.to_string())?;
+    println!("  tasks left queued: {}", left.queued + left.leased);
     Ok(())
 }

@@ -8,7 +8,10 @@
 //!
 //! Settings: `CRYPTO_KEY`, `STREAM_RPC_HOST` (0.0.0.0), `STREAM_RPC_PORT`
 //! (8888; 0 picks a free port, shown in the log), `STREAM_RPC_LOG_LVL`
-//! (INFO). Stops gracefully on Ctrl-C or SIGTERM.
+//! (INFO); the queue: `STREAM_RPC_QUEUE` (`memory`, or `redis://host:port`
+//! to share one queue between servers), `STREAM_RPC_QUEUE_LEASE_SECS` (30),
+//! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5). Stops gracefully on Ctrl-C or
+//! SIGTERM.
 
 #[path = "shared/queue_server.rs"]
 mod queue_server;
@@ -17,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use stream_rpc::{Config, Connector, logging};
+use stream_rpc_queue::{QueueConfig, TaskQueue};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -31,13 +35,32 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let queue = Arc::new(queue_server::QueueServer::default());
-    match Connector::new(config).run_server(queue.clone()).await {
+    let queue_config = match QueueConfig::from_env() {
+        Ok(queue_config) => queue_config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let queue = match queue_config.open().await {
+        Ok(queue) => queue,
+        Err(e) => {
+            tracing::error!("the task queue: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = Arc::new(queue_server::QueueServer::new(queue, queue_config.lease));
+    match Connector::new(config).run_server(server.clone()).await {
         Ok(()) => {
-            // The queue lives in memory: say what is left when it goes.
-            let left = queue.queued_tasks().len();
-            if left > 0 {
-                tracing::warn!("stopped with {left} tasks still queued; they are not kept");
+            // A queue in memory goes with the process: say what is lost.
+            if !server.queue().is_shared()
+                && let Ok(stats) = server.queue().stats().await
+                && stats.queued + stats.leased > 0
+            {
+                tracing::warn!(
+                    "stopped with {} tasks still queued or being worked on; they are not kept (set STREAM_RPC_QUEUE to a Redis URL to keep them)",
+                    stats.queued + stats.leased
+                );
             }
             ExitCode::SUCCESS
         }

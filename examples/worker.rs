@@ -1,6 +1,7 @@
 //! The seed's worker: says hello with `ping`, then on every answer sends its
 //! next request (a task every second request, a request for a task every
-//! fifth), and parses the tasks it gets.
+//! fifth), parses the tasks it gets and saves each parsed article with the
+//! server (`save_parsed_article`), which acknowledges the task.
 //!
 //! ```text
 //! export CRYPTO_KEY=...   # the server's key
@@ -8,19 +9,24 @@
 //! ```
 //!
 //! Settings: the server's `CRYPTO_KEY`, `STREAM_RPC_HOST`, `STREAM_RPC_PORT`
-//! and `STREAM_RPC_LOG_LVL`, plus `WORKER_REQUEST_DELAY_MS` (2000),
-//! `WORKER_PARSE_DELAY_MS` (5000), `WORKER_MAX_REQUESTS` (unlimited) and
-//! `WORKER_IDLE_TIMEOUT_MS` (30000: how long to wait for an answer).
-//! Stops gracefully on Ctrl-C or SIGTERM; exits non-zero when the server is
-//! unreachable, goes away, or never answers.
+//! and `STREAM_RPC_LOG_LVL`; `STREAM_RPC_SERVERS=host:port,host:port` to
+//! fail over between several servers (in turn, with backoff, resuming the
+//! conversation with a new hello); plus `WORKER_REQUEST_DELAY_MS` (2000),
+//! `WORKER_PARSE_DELAY_MS` (5000), `WORKER_MAX_REQUESTS` (unlimited),
+//! `WORKER_IDLE_TIMEOUT_MS` (30000: how long to wait for an answer) and
+//! `WORKER_CONNECT_ATTEMPTS` (3: failed connections in a row before it gives
+//! up). Stops gracefully on Ctrl-C or SIGTERM; exits non-zero when no
+//! server is reachable or none ever answers.
 
 #[path = "shared/worker.rs"]
 mod worker;
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use stream_rpc::{ConfigBuilder, Connector, EndReason, Error, Timeouts, json, logging};
+use stream_rpc::env::{ENV_SERVERS, parse_servers};
+use stream_rpc::{ConfigBuilder, Connector, Error, Reconnect, Timeouts, json, logging};
 use worker::{CheckingWorker, Worker, WorkerSettings, env_number};
 
 #[tokio::main]
@@ -37,8 +43,12 @@ async fn main() -> ExitCode {
 async fn run() -> Result<ExitCode, String> {
     let settings = WorkerSettings::from_env("WORKER", WorkerSettings::default())?;
     let idle = env_number("WORKER_IDLE_TIMEOUT_MS")?.unwrap_or(30_000);
-    let mut timeouts = Timeouts::default();
-    timeouts.idle = Some(Duration::from_millis(idle.max(1)));
+    let attempts = env_number("WORKER_CONNECT_ATTEMPTS")?.unwrap_or(3).max(1);
+    let servers = match std::env::var(ENV_SERVERS) {
+        Ok(list) if !list.trim().is_empty() => parse_servers(&list).map_err(|e| e.to_string())?,
+        _ => Vec::new(),
+    };
+    let timeouts = Timeouts::default().with_idle(Some(Duration::from_millis(idle.max(1))));
     let config = ConfigBuilder::from_env()
         .and_then(|builder| builder.timeouts(timeouts).build())
         .map_err(|e| e.to_string())?;
@@ -47,35 +57,61 @@ async fn run() -> Result<ExitCode, String> {
     let worker = Worker::new(settings);
     worker.count_hello();
     let stats = worker.stats.clone();
-    let end = Connector::new(config)
-        .run_client(CheckingWorker(worker), "ping", json!(null))
-        .await;
-    let done = || {
-        tracing::info!(
-            "Worker stopped: {} requests, {} tasks put, {} tasks parsed",
-            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            stats.tasks_put.load(std::sync::atomic::Ordering::Relaxed),
-            stats
-                .tasks_parsed
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-    };
+    // Every new connection says hello, so the conversation goes on with
+    // whichever server it reaches.
+    let reconnect = Reconnect::default()
+        .hello("ping", json!(null))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_attempts(Some(u32::try_from(attempts).unwrap_or(u32::MAX)))
+        .with_servers(servers);
+    let connector = Connector::new(config);
+    let stop = connector.shutdown_handle();
+    tokio::spawn(async move {
+        stop_on_signal().await;
+        stop.shutdown();
+    });
+    let client = connector
+        .connect_reconnecting(CheckingWorker(worker), reconnect)
+        .map_err(|e| e.to_string())?;
+    let end = client.join().await;
+    tracing::info!(
+        "Worker stopped: {} requests, {} tasks put, {} tasks parsed, {} saved",
+        stats.requests.load(Ordering::Relaxed),
+        stats.tasks_put.load(Ordering::Relaxed),
+        stats.tasks_parsed.load(Ordering::Relaxed),
+        stats.tasks_saved.load(Ordering::Relaxed),
+    );
     match end {
-        Ok(EndReason::Closed | EndReason::Shutdown) => {
-            done();
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(EndReason::IdleTimeout) => {
-            done();
-            Err(format!(
-                "no answer from the server for {idle} ms: is CRYPTO_KEY the same on both sides?"
-            ))
-        }
-        Ok(other) => {
-            done();
-            Err(format!("the connection ended: {other}"))
-        }
+        // Done (its request limit) or stopped by a signal.
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ Error::Unreachable { .. }) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Err(_) if stats.answers.load(Ordering::Relaxed) == 0 => Err(format!(
+            "no answer from the server for {idle} ms: is CRYPTO_KEY the same on both sides?"
+        )),
+        Err(e) => Err(format!(
+            "gave up after {attempts} failed connections in a row: {e}"
+        )),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_on_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

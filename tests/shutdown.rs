@@ -15,6 +15,7 @@ use serde_json::json;
 use stream_rpc::{
     CallError, Client, Context, HandlerError, Packet, Protocol, Reply, SessionHandle,
 };
+use stream_rpc_queue::TaskQueue;
 use tokio::sync::Notify;
 
 /// Counts the calls it executes; signals when `goal` have run.
@@ -126,6 +127,7 @@ async fn queue_worker(session: SessionHandle, worker: u64) -> (Vec<u64>, Vec<u64
         match put {
             Ok(reply) => {
                 assert_eq!(reply.method, "pong");
+                assert_eq!(reply.payload, json!({"queued": true}));
                 acknowledged.push(task_no);
             }
             Err(CallError::ConnectionLost { .. } | CallError::Send(_)) => break,
@@ -172,11 +174,16 @@ async fn the_queue_loses_no_acknowledged_task_when_shut_down_under_load() {
             acknowledged.extend(acked);
             received.extend(got);
         }
-        let left: Vec<u64> = queue
-            .queued_tasks()
-            .iter()
-            .map(|task| task.payload.as_u64().unwrap())
-            .collect();
+        // What is still queued, taken out by one last worker.
+        let mut left = Vec::new();
+        while let Some(leased) = queue
+            .queue()
+            .lease("drain", std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            left.push(leased.task.payload.as_u64().unwrap());
+        }
         let received_set: HashSet<u64> = received.iter().copied().collect();
         let left_set: HashSet<u64> = left.iter().copied().collect();
         // No task was handed out twice, or handed out and still queued.

@@ -1,49 +1,115 @@
-//! The seed's queue server, shared by the `server` and `demo` examples.
+//! The seed's queue server, shared by the `server` and `demo` examples, on
+//! a task queue in memory or on Redis (`stream-rpc-queue`), so that several
+//! servers can share one queue.
+//!
+//! Methods (PROTOCOL.md, typed services, has their payloads):
+//! - `ping` answers `pong`;
+//! - `put_in_queue` (a task packet) answers `pong` with `{"queued": true}`,
+//!   or `{"queued": false}` for a duplicate;
+//! - `get_task_from_queue` answers a leased task packet, forwarded as it
+//!   was put, or `pong` when none is available;
+//! - `save_parsed_article` (`{"task": {"peer": P, "id": N}, "article": ...}`)
+//!   acknowledges the task and keeps the article: `pong` with
+//!   `{"saved": true}`, or `{"saved": false}` for a stale lease or an
+//!   unknown task;
+//! - `get_parsed_article` (`{"article_id": N}`) answers the article saved
+//!   for that `parse_article` task, or `null`.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use stream_rpc::{Message, Packet, Reply, json};
+use serde::{Deserialize, Serialize};
+use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Value, json};
+use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
+use uuid::Uuid;
 
 /// What the server did, for the demo's summary.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Requests answered, of every kind.
     pub answered: AtomicU64,
-    /// Tasks stored by `put_in_queue`.
+    /// Tasks queued by `put_in_queue`.
     pub tasks_put: AtomicU64,
-    /// Tasks sent back by `get_task_from_queue`.
+    /// Tasks refused by `put_in_queue` as duplicates.
+    pub duplicates: AtomicU64,
+    /// Tasks sent out by `get_task_from_queue`.
     pub tasks_handed_out: AtomicU64,
+    /// Tasks acknowledged by `save_parsed_article`.
+    pub tasks_saved: AtomicU64,
 }
 
-/// Answers `ping`, stores tasks and hands them out, first in first out.
+/// A task named by its packet's own `peer` and `id`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TaskName {
+    /// The task packet's `peer`.
+    pub peer: Uuid,
+    /// The task packet's `id`.
+    pub id: u64,
+}
+
+/// `{"article_id": N}`: which article.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ArticleRef {
+    /// The article.
+    pub article_id: u64,
+}
+
+/// Answers `ping`, queues tasks and hands them out, oldest first, each to
+/// one worker at a time for the lease time; a task whose worker did not
+/// save it in time goes to another.
 ///
 /// The Python example pops the newest task; a queue that hands out the
 /// oldest first is fairer to tasks and what "queue" promises, so this one
 /// is FIFO. One queue serves all connections (the connector shares the
-/// service between them), behind a mutex.
-#[derive(Debug, Default)]
+/// service between them) and, on Redis, every server that uses it.
+#[derive(Debug)]
 pub struct QueueServer {
-    queue: Mutex<VecDeque<Packet>>,
+    queue: AnyQueue,
+    lease: Duration,
     /// What it did so far.
     pub stats: ServerStats,
 }
 
+impl Default for QueueServer {
+    /// A server with its queue in memory and 30 s leases.
+    fn default() -> Self {
+        QueueServer::new(
+            AnyQueue::Memory(MemoryQueue::new()),
+            Duration::from_secs(30),
+        )
+    }
+}
+
 impl QueueServer {
+    /// A server on `queue`, leasing tasks for `lease`.
+    pub fn new(queue: AnyQueue, lease: Duration) -> Self {
+        QueueServer {
+            queue,
+            lease,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// The queue it serves.
+    pub fn queue(&self) -> &AnyQueue {
+        &self.queue
+    }
+
     fn answered(&self) {
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The tasks stored and not yet handed out, oldest first.
-    pub fn queued_tasks(&self) -> Vec<Packet> {
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.iter().cloned().collect()
+    fn pong(payload: Value) -> Message<Value> {
+        Message::new("pong", payload)
     }
+}
 
-    fn pong() -> Message<()> {
-        Message::new("pong", ())
-    }
+/// The error a peer gets when the queue failed: what happened is logged
+/// here, the peer learns only that it may try again.
+fn unavailable(error: QueueError) -> HandlerError {
+    HandlerError::failed("the task queue is unavailable; try again").with_detail(error.to_string())
 }
 
 #[stream_rpc::service]
@@ -51,35 +117,85 @@ impl QueueServer {
     /// Answers `pong`.
     async fn ping(&self) -> Message<()> {
         self.answered();
-        Self::pong()
+        Message::new("pong", ())
     }
 
-    /// Stores the task packet it carries and answers `pong`.
-    async fn put_in_queue(&self, task: Packet) -> Message<()> {
-        // A poisoned lock only means another handler panicked mid-push;
-        // the queue itself is still whole.
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.push_back(task);
-        self.stats.tasks_put.fetch_add(1, Ordering::Relaxed);
+    /// Queues the task packet it carries: `pong` with `{"queued": true}`,
+    /// or `{"queued": false}` when the same task (method and payload) is
+    /// queued, being worked on, or was done within the hour.
+    async fn put_in_queue(&self, task: Packet) -> Result<Message<Value>, HandlerError> {
+        let put = self.queue.put(&task).await.map_err(unavailable)?;
         self.answered();
-        Self::pong()
+        let queued = put == Put::Queued;
+        let counter = if queued {
+            &self.stats.tasks_put
+        } else {
+            &self.stats.duplicates
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(Self::pong(json!({ "queued": queued })))
     }
 
-    /// Sends the oldest stored task back unchanged (its own peer, id,
-    /// created_at, method and payload), or `pong` when there is none.
-    async fn get_task_from_queue(&self) -> Reply {
-        let task = self
+    /// Leases the oldest available task to the asking worker (the packet's
+    /// peer) and sends it as it was put (its own peer, id, created_at,
+    /// method and payload), or `pong` when there is none.
+    async fn get_task_from_queue(&self, ctx: Context) -> Result<Reply, HandlerError> {
+        let worker = ctx.sender().to_string();
+        let leased = self
             .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+            .lease(&worker, self.lease)
+            .await
+            .map_err(unavailable)?;
         self.answered();
-        match task {
-            Some(task) => {
+        Ok(match leased {
+            Some(leased) => {
                 self.stats.tasks_handed_out.fetch_add(1, Ordering::Relaxed);
-                Reply::Forward(task)
+                Reply::Forward(leased.task)
             }
             None => Reply::message("pong", json!(null)),
+        })
+    }
+
+    /// Acknowledges a task the asking worker parsed and keeps its article:
+    /// `pong` with `{"saved": true}`, or `{"saved": false}` when the
+    /// worker's lease ran out and the task went to another, or the task is
+    /// unknown or already saved.
+    async fn save_parsed_article(
+        &self,
+        ctx: Context,
+        task: TaskName,
+        article: Value,
+    ) -> Result<Message<Value>, HandlerError> {
+        let worker = ctx.sender().to_string();
+        let name = TaskRef {
+            peer: task.peer,
+            id: task.id,
+        };
+        let acked = self
+            .queue
+            .ack(name, &worker, &article)
+            .await
+            .map_err(unavailable)?;
+        self.answered();
+        let saved = acked == Acked::Done;
+        if saved {
+            self.stats.tasks_saved.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(Self::pong(json!({ "saved": saved })))
+    }
+
+    /// The article saved for the `parse_article` task of `article_id`, or
+    /// `null`.
+    async fn get_parsed_article(&self, article: ArticleRef) -> Result<Option<Value>, HandlerError> {
+        let saved = self
+            .queue
+            .result(
+                "parse_article",
+                &json!({ "article_id": article.article_id }),
+            )
+            .await
+            .map_err(unavailable)?;
+        self.answered();
+        Ok(saved)
     }
 }

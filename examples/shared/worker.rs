@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stream_rpc::{Context, ErrorPayload, Packet, Reply, json};
+use stream_rpc::{Context, ErrorPayload, Packet, Reply, Value, json};
 
 /// The task's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +77,10 @@ pub struct WorkerStats {
     pub tasks_put: AtomicU64,
     /// Tasks parsed.
     pub tasks_parsed: AtomicU64,
+    /// Parsed tasks the server confirmed saved (`{"saved": true}`).
+    pub tasks_saved: AtomicU64,
+    /// Packets received from a server: none means no server ever answered.
+    pub answers: AtomicU64,
 }
 
 /// The most tasks a worker remembers to check when they come back.
@@ -160,23 +164,43 @@ impl Worker {
 
 #[stream_rpc::service]
 impl Worker {
-    /// Any answer from the server: on to the next request.
-    async fn pong(&self, ctx: Context) -> Reply {
+    /// Any answer from the server (`{"saved": true}` confirms a parsed
+    /// task was kept): on to the next request.
+    async fn pong(&self, ctx: Context, answer: Value) -> Reply {
+        self.stats.answers.fetch_add(1, Ordering::Relaxed);
+        if answer.get("saved") == Some(&Value::Bool(true)) {
+            self.stats.tasks_saved.fetch_add(1, Ordering::Relaxed);
+        }
         self.next_request(&ctx).await
     }
 
-    /// A task: parse it (simulated), then on to the next request.
+    /// A task: parse it (simulated), then save the parsed article with the
+    /// server, naming the task by its own peer and id: that acknowledges
+    /// it, so it is not handed to another worker.
     async fn parse_article(&self, ctx: Context, article: Article) -> Reply {
+        self.stats.answers.fetch_add(1, Ordering::Relaxed);
         let peer = ctx.peer_id();
         tracing::info!(protocol = "Worker", peer = %peer, "Start parsing article: {}", article.article_id);
         tokio::time::sleep(self.settings.parse_delay).await;
         self.stats.tasks_parsed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(protocol = "Worker", peer = %peer, "Finished parsing article: {}", article.article_id);
-        self.next_request(&ctx).await
+        let parsed = json!({
+            "article_id": article.article_id,
+            "title": format!("Article {}", article.article_id),
+            "parsed_by": peer,
+        });
+        Reply::message(
+            "save_parsed_article",
+            json!({
+                "task": {"peer": ctx.sender(), "id": ctx.request_id()},
+                "article": parsed,
+            }),
+        )
     }
 
     /// An error packet from the server: log it and go on.
     async fn error(&self, ctx: Context, error: ErrorPayload) -> Reply {
+        self.stats.answers.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(protocol = "Worker", peer = %ctx.peer_id(), "The server refused a request: {}", error.message);
         self.next_request(&ctx).await
     }

@@ -44,9 +44,11 @@ use serde_json::Value;
 use stream_rpc::Packet;
 use uuid::Uuid;
 
+mod any;
 mod memory;
 mod redis_queue;
 
+pub use any::{AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_QUEUE, QueueConfig};
 pub use memory::MemoryQueue;
 pub use redis_queue::{RedisQueue, RedisSettings};
 

@@ -44,8 +44,8 @@ const NOBODY: &str = "-";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisSettings {
-    /// `redis://host:port/db` or `rediss://` (TLS is not built in: use a
-    /// local TLS proxy or a trusted network).
+    /// `redis://host:port/db` (TLS is not built in: use a trusted network
+    /// or a local TLS proxy).
     pub url: String,
     /// The prefix of every key, inside a hash tag (`{prefix}:tasks`):
     /// queues with different prefixes share nothing.
