@@ -30,6 +30,10 @@
 //! - **Nothing grows.** Acked tasks leave nothing behind but their result
 //!   and name, which expire after the retention window.
 //!
+//! [`RedisReplayStore`] shares replay and reflection protection between
+//! the servers on one Redis, so that a token accepted by one is refused by
+//! all.
+//!
 //! Tasks are stream-rpc [`Packet`]s (the seed's task is a packet carried as
 //! the payload of `put_in_queue`) and are named in acks by their own `peer`
 //! and `id` ([`TaskRef`]); a worker is named by a string of the caller's
@@ -47,10 +51,12 @@ use uuid::Uuid;
 mod any;
 mod memory;
 mod redis_queue;
+mod replay;
 
 pub use any::{AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_QUEUE, QueueConfig};
 pub use memory::MemoryQueue;
 pub use redis_queue::{RedisQueue, RedisSettings};
+pub use replay::{RedisReplayStore, WhenUnreachable};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).
