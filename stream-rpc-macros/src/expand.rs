@@ -125,6 +125,12 @@ fn generate_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
         .params
         .push(parse_quote!(#caller = #krate::SessionHandle));
     let session_client = session_client(&client, generics, &krate);
+    let protocol = protocol_impl(
+        &krate,
+        quote!(impl #impl_generics #krate::Protocol for #self_ty #protocol_where),
+        Some(&name),
+        &body,
+    );
     let vis: syn::Visibility = parse_quote!(pub);
     let methods: Vec<_> = service
         .methods
@@ -142,19 +148,7 @@ fn generate_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
     );
 
     quote! {
-        impl #impl_generics #krate::Protocol for #self_ty #protocol_where {
-            fn name(&self) -> &str {
-                #name
-            }
-
-            async fn process_message(
-                &self,
-                __ctx: #krate::Context,
-                __packet: #krate::Packet,
-            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
-                #body
-            }
-        }
+        #protocol
 
         impl #impl_generics #self_ty #where_clause {
             /// The wire names of this service's methods.
@@ -233,56 +227,20 @@ fn generate_trait(
         None,
         &methods,
     );
+    let server_items = server_items(vis, &server, &server_doc, &wires);
+    let protocol = protocol_impl(
+        &krate,
+        quote!(impl<S: #trait_ident> #krate::Protocol for #server<S>),
+        Some(&name),
+        &body,
+    );
 
     quote! {
         #item
 
-        #[doc = #server_doc]
-        #vis struct #server<S> {
-            service: S,
-        }
+        #server_items
 
-        impl<S> #server<S> {
-            /// The wire names of the service's methods.
-            pub const METHODS: &'static [&'static str] = &[#(#wires),*];
-
-            /// Serves `service`.
-            pub fn new(service: S) -> Self {
-                #server { service }
-            }
-
-            /// The implementation served.
-            pub fn get_ref(&self) -> &S {
-                &self.service
-            }
-
-            /// Gives the implementation back.
-            pub fn into_inner(self) -> S {
-                self.service
-            }
-        }
-
-        impl<S: ::core::fmt::Debug> ::core::fmt::Debug for #server<S> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(::core::stringify!(#server))
-                    .field("service", &self.service)
-                    .finish()
-            }
-        }
-
-        impl<S: #trait_ident> #krate::Protocol for #server<S> {
-            fn name(&self) -> &str {
-                #name
-            }
-
-            async fn process_message(
-                &self,
-                __ctx: #krate::Context,
-                __packet: #krate::Packet,
-            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
-                #body
-            }
-        }
+        #protocol
 
         #client_items
 
@@ -329,6 +287,12 @@ fn fallback_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
     );
     let session_client = session_client(&client, generics, &krate);
     let unreachable = fallback_body();
+    let protocol = protocol_impl(
+        &krate,
+        quote!(impl #impl_generics #krate::Protocol for #self_ty #protocol_where),
+        None,
+        &unreachable,
+    );
     // What the user's impl already defines (an error of its own) is not
     // defined again.
     let taken = |name: &str| service.all_fns.iter().any(|ident| ident == name);
@@ -347,15 +311,7 @@ fn fallback_impl(service: &Service, args: &ServiceArgs, caller: &Ident) -> Token
         }
     });
     quote! {
-        impl #impl_generics #krate::Protocol for #self_ty #protocol_where {
-            async fn process_message(
-                &self,
-                _: #krate::Context,
-                _: #krate::Packet,
-            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
-                #unreachable
-            }
-        }
+        #protocol
 
         impl #impl_generics #self_ty #where_clause {
             #methods
@@ -383,49 +339,28 @@ fn fallback_trait(
     let client_generics: syn::Generics = parse_quote!(<#caller = #krate::SessionHandle>);
     let stubs = fallback_methods(service, &krate);
     let client_items = client_items(service, &krate, vis, &client_generics, caller, None, &stubs);
+    let server_items = server_items(
+        vis,
+        &server,
+        "The server (not generated: the service has errors).",
+        &[],
+    );
     let unreachable = fallback_body();
     // A generic trait cannot be named without its arguments: no impl then.
     let protocol = item.generics.params.is_empty().then(|| {
-        quote! {
-            impl<S> #krate::Protocol for #server<S>
-            where
-                S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
-            {
-                async fn process_message(
-                    &self,
-                    _: #krate::Context,
-                    _: #krate::Packet,
-                ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
-                    #unreachable
-                }
-            }
-        }
+        protocol_impl(
+            &krate,
+            quote! {
+                impl<S> #krate::Protocol for #server<S>
+                where
+                    S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static
+            },
+            None,
+            &unreachable,
+        )
     });
     quote! {
-        /// The server (not generated: the service has errors).
-        #vis struct #server<S> {
-            service: S,
-        }
-
-        impl<S> #server<S> {
-            /// The wire names (not generated: the service has errors).
-            pub const METHODS: &'static [&'static str] = &[];
-
-            /// Serves `service`.
-            pub fn new(service: S) -> Self {
-                #server { service }
-            }
-
-            /// The implementation served.
-            pub fn get_ref(&self) -> &S {
-                &self.service
-            }
-
-            /// Gives the implementation back.
-            pub fn into_inner(self) -> S {
-                self.service
-            }
-        }
+        #server_items
 
         #protocol
 
@@ -501,6 +436,82 @@ fn session_client(client: &Ident, generics: &syn::Generics, krate: &TokenStream)
         }
     });
     quote!(#client<#(#args,)* #krate::SessionHandle>)
+}
+
+/// An `impl Protocol` with `header` (`impl<..> Protocol for T where ..`):
+/// `name` shown in logs (the type's name when `None`), and `body` as
+/// `process_message`'s, over `__ctx` and `__packet`.
+fn protocol_impl(
+    krate: &TokenStream,
+    header: TokenStream,
+    name: Option<&str>,
+    body: &TokenStream,
+) -> TokenStream {
+    let name = name.map(|name| {
+        quote! {
+            fn name(&self) -> &str {
+                #name
+            }
+        }
+    });
+    quote! {
+        #header {
+            #name
+
+            #[allow(unused_variables)]
+            async fn process_message(
+                &self,
+                __ctx: #krate::Context,
+                __packet: #krate::Packet,
+            ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
+                #body
+            }
+        }
+    }
+}
+
+/// The trait form's server: the struct holding the implementation, its
+/// constructor and accessors, `METHODS` and `Debug`.
+fn server_items(
+    vis: &syn::Visibility,
+    server: &Ident,
+    doc: &str,
+    wires: &[TokenStream],
+) -> TokenStream {
+    quote! {
+        #[doc = #doc]
+        #vis struct #server<S> {
+            service: S,
+        }
+
+        impl<S> #server<S> {
+            /// The wire names of the service's methods.
+            pub const METHODS: &'static [&'static str] = &[#(#wires),*];
+
+            /// Serves `service`.
+            pub fn new(service: S) -> Self {
+                #server { service }
+            }
+
+            /// The implementation served.
+            pub fn get_ref(&self) -> &S {
+                &self.service
+            }
+
+            /// Gives the implementation back.
+            pub fn into_inner(self) -> S {
+                self.service
+            }
+        }
+
+        impl<S: ::core::fmt::Debug> ::core::fmt::Debug for #server<S> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#server))
+                    .field("service", &self.service)
+                    .finish()
+            }
+        }
+    }
 }
 
 /// The protocol name shown in logs: `name = "..."`, or the type's or trait's name.

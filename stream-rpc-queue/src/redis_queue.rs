@@ -373,6 +373,17 @@ impl RedisQueue {
     fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
+
+    /// Runs a script, its error typed.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, QueueError> {
+        invocation
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(error)
+    }
 }
 
 /// The typed error of a Redis error: unreachable, too slow, or not
@@ -415,19 +426,20 @@ impl TaskQueue for RedisQueue {
             .map_err(|e| QueueError::Task(e.to_string()))?;
         let json = String::from_utf8(json).map_err(|e| QueueError::Task(e.to_string()))?;
         let dedup = dedup_key(&task.method, &task.payload);
-        let queued: i64 = scripts()
-            .put
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(self.keys.key(&dedup))
-            .key(&self.keys.stats)
-            .arg(GROUP)
-            .arg(json)
-            .arg(TaskRef::of(task).to_string())
-            .arg(&dedup)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let queued: i64 = self
+            .run(
+                scripts()
+                    .put
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(self.keys.key(&dedup))
+                    .key(&self.keys.stats)
+                    .arg(GROUP)
+                    .arg(json)
+                    .arg(TaskRef::of(task).to_string())
+                    .arg(&dedup),
+            )
+            .await?;
         Ok(if queued == 1 {
             Put::Queued
         } else {
@@ -436,21 +448,22 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
-        let leased: Option<(String, u32)> = scripts()
-            .lease
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(&self.keys.dead)
-            .key(&self.keys.dead_refs)
-            .key(&self.keys.stats)
-            .key(&self.keys.leases)
-            .arg(GROUP)
-            .arg(worker)
-            .arg(millis(lease))
-            .arg(self.settings.max_attempts)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let leased: Option<(String, u32)> = self
+            .run(
+                scripts()
+                    .lease
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(&self.keys.dead)
+                    .key(&self.keys.dead_refs)
+                    .key(&self.keys.stats)
+                    .key(&self.keys.leases)
+                    .arg(GROUP)
+                    .arg(worker)
+                    .arg(millis(lease))
+                    .arg(self.settings.max_attempts),
+            )
+            .await?;
         leased
             .map(|(task, attempt)| {
                 Ok(Leased {
@@ -467,53 +480,56 @@ impl TaskQueue for RedisQueue {
         worker: &str,
         lease: Duration,
     ) -> Result<bool, QueueError> {
-        let extended: i64 = scripts()
-            .extend
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(&self.keys.leases)
-            .arg(GROUP)
-            .arg(worker)
-            .arg(task.to_string())
-            .arg(millis(lease))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let extended: i64 = self
+            .run(
+                scripts()
+                    .extend
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(&self.keys.leases)
+                    .arg(GROUP)
+                    .arg(worker)
+                    .arg(task.to_string())
+                    .arg(millis(lease)),
+            )
+            .await?;
         Ok(extended == 1)
     }
 
     async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
-        let acked: i64 = scripts()
-            .ack
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(&self.keys.stats)
-            .key(&self.keys.leases)
-            .arg(GROUP)
-            .arg(worker)
-            .arg(task.to_string())
-            .arg(result.to_string())
-            .arg(millis(self.settings.retention))
-            .arg(&self.keys.base)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let acked: i64 = self
+            .run(
+                scripts()
+                    .ack
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(&self.keys.stats)
+                    .key(&self.keys.leases)
+                    .arg(GROUP)
+                    .arg(worker)
+                    .arg(task.to_string())
+                    .arg(result.to_string())
+                    .arg(millis(self.settings.retention))
+                    .arg(&self.keys.base),
+            )
+            .await?;
         Ok(flag(acked))
     }
 
     async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
-        let given_back: i64 = scripts()
-            .nack
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(&self.keys.leases)
-            .arg(GROUP)
-            .arg(worker)
-            .arg(task.to_string())
-            .arg(NOBODY)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let given_back: i64 = self
+            .run(
+                scripts()
+                    .nack
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(&self.keys.leases)
+                    .arg(GROUP)
+                    .arg(worker)
+                    .arg(task.to_string())
+                    .arg(NOBODY),
+            )
+            .await?;
         Ok(flag(given_back))
     }
 
@@ -557,43 +573,46 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
-        let requeued: i64 = scripts()
-            .requeue
-            .key(&self.keys.tasks)
-            .key(&self.keys.refs)
-            .key(&self.keys.dead)
-            .key(&self.keys.dead_refs)
-            .arg(task.to_string())
-            .arg(&self.keys.base)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let requeued: i64 = self
+            .run(
+                scripts()
+                    .requeue
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.refs)
+                    .key(&self.keys.dead)
+                    .key(&self.keys.dead_refs)
+                    .arg(task.to_string())
+                    .arg(&self.keys.base),
+            )
+            .await?;
         Ok(requeued == 1)
     }
 
     async fn purge_dead(&self) -> Result<u64, QueueError> {
-        let purged: u64 = scripts()
-            .purge_dead
-            .key(&self.keys.dead)
-            .key(&self.keys.dead_refs)
-            .arg(&self.keys.base)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let purged: u64 = self
+            .run(
+                scripts()
+                    .purge_dead
+                    .key(&self.keys.dead)
+                    .key(&self.keys.dead_refs)
+                    .arg(&self.keys.base),
+            )
+            .await?;
         Ok(purged)
     }
 
     async fn stats(&self) -> Result<Stats, QueueError> {
-        let counts: Vec<i64> = scripts()
-            .stats
-            .key(&self.keys.tasks)
-            .key(&self.keys.dead)
-            .key(&self.keys.stats)
-            .arg(GROUP)
-            .arg(NOBODY)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(error)?;
+        let counts: Vec<i64> = self
+            .run(
+                scripts()
+                    .stats
+                    .key(&self.keys.tasks)
+                    .key(&self.keys.dead)
+                    .key(&self.keys.stats)
+                    .arg(GROUP)
+                    .arg(NOBODY),
+            )
+            .await?;
         let count = |index: usize| {
             counts
                 .get(index)

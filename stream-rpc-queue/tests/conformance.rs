@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stream_rpc::Packet;
 use stream_rpc_queue::{
     Acked, MemoryQueue, Put, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
 };
-use support::RedisServer;
+use support::{RedisServer, task};
 use uuid::Uuid;
 
 /// Makes queues of one implementation.
@@ -48,16 +47,6 @@ impl Fixture for Redis {
         .await
         .expect("the test's redis-server")
     }
-}
-
-/// A `parse_article` task, as a worker creates it.
-fn task(article_id: u64) -> Packet {
-    Packet::new(
-        Uuid::new_v4(),
-        article_id,
-        "parse_article",
-        json!({"article_id": article_id}),
-    )
 }
 
 const LEASE: Duration = Duration::from_secs(30);

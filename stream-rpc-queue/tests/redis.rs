@@ -10,19 +10,9 @@ use stream_rpc::Packet;
 use stream_rpc_queue::{
     Acked, Put, QueueError, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
 };
-use support::RedisServer;
-use uuid::Uuid;
+use support::{RedisServer, task};
 
 const LEASE: Duration = Duration::from_secs(30);
-
-fn task(article_id: u64) -> Packet {
-    Packet::new(
-        Uuid::new_v4(),
-        article_id,
-        "parse_article",
-        json!({"article_id": article_id}),
-    )
-}
 
 async fn queue(server: &RedisServer, settings: QueueSettings) -> RedisQueue {
     RedisQueue::connect(

@@ -69,86 +69,19 @@ pub trait Caller: Send + Sync {
     }
 }
 
-impl Caller for SessionHandle {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        SessionHandle::call_with_timeout(self, method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        SessionHandle::notify(self, method, payload)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        SessionHandle::call_timeout(self)
-    }
-}
-
-impl Caller for Client {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.session().call_with_timeout(method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.session().notify(method, payload)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        self.session().call_timeout()
-    }
-}
-
-impl Caller for ReconnectingClient {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        ReconnectingClient::call_with_timeout(self, method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        ReconnectingClient::notify(self, method, payload)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        ReconnectingClient::call_timeout(self)
-    }
-}
-
-/// Forwards a caller's three methods through a pointer type.
-macro_rules! forward_caller {
-    ($($pointer:ty),*) => {$(
-        impl<C: Caller> Caller for $pointer {
+/// Implements [`Caller`] for `$ty` by calling the methods of the same names
+/// on `$target` (the type's own inherent methods, or another caller's).
+macro_rules! caller_through {
+    ($(impl$([$($generics:tt)*])? for $ty:ty => |$this:ident| $target:expr;)*) => {$(
+        impl$(<$($generics)*>)? Caller for $ty {
             fn call_with_timeout(
                 &self,
                 method: &str,
                 payload: Value,
                 limit: Duration,
             ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-                (**self).call_with_timeout(method, payload, limit)
+                let $this = self;
+                $target.call_with_timeout(method, payload, limit)
             }
 
             fn notify(
@@ -156,14 +89,24 @@ macro_rules! forward_caller {
                 method: &str,
                 payload: Value,
             ) -> impl Future<Output = Result<(), SendError>> + Send {
-                (**self).notify(method, payload)
+                let $this = self;
+                $target.notify(method, payload)
             }
 
             fn call_timeout(&self) -> Duration {
-                (**self).call_timeout()
+                let $this = self;
+                $target.call_timeout()
             }
         }
     )*};
 }
 
-forward_caller!(&C, Arc<C>);
+// The inherent methods of these types take precedence over the trait's
+// in method calls, so `this.call_with_timeout` is theirs, not a recursion.
+caller_through! {
+    impl for SessionHandle => |this| this;
+    impl for Client => |this| this.session();
+    impl for ReconnectingClient => |this| this;
+    impl[C: Caller] for &C => |this| (**this);
+    impl[C: Caller] for Arc<C> => |this| (**this);
+}

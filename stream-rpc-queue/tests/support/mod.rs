@@ -126,3 +126,13 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `parse_article` task, as a worker creates it.
+pub fn task(article_id: u64) -> stream_rpc::Packet {
+    stream_rpc::Packet::new(
+        uuid::Uuid::new_v4(),
+        article_id,
+        "parse_article",
+        serde_json::json!({"article_id": article_id}),
+    )
+}
