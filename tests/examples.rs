@@ -1,5 +1,5 @@
-//! The `server`, `worker`, `demo`, `kv_server` and `kv_client` examples as
-//! real processes on loopback.
+//! The `server`, `worker`, `demo`, `kv_server`, `kv_client` and `cluster`
+//! examples as real processes on loopback.
 //!
 //! The server listens on port 0 and the tests read the real port from its
 //! "Serving on" log line, so tests running in parallel never collide.
@@ -234,6 +234,29 @@ fn a_server_on_port_0_says_where_it_listens_at_any_log_level() {
         line.contains("Serving on 127.0.0.1:")
     });
     assert!(line.contains(" - QueueServer - INFO - ["), "{line}");
+}
+
+#[test]
+fn the_cluster_loses_no_acknowledged_task_through_kills_and_a_redis_restart() {
+    // redis-server is found on the PATH.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut cluster = Process::start("cluster", &[("CLUSTER_SECONDS", "6"), ("PATH", &path)]);
+    let status = cluster.wait_exit();
+    let output = cluster.output();
+    assert!(status.success(), "cluster failed:\n{output}");
+    for line in [
+        "SIGKILL: server 0 and worker 0",
+        "SIGKILL: Redis; restarting it on its append-only file",
+        "lost:                     0",
+    ] {
+        assert!(output.contains(line), "no {line:?} in:\n{output}");
+    }
+    let put: u64 = output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tasks put (acknowledged):"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the summary's tasks put");
+    assert!(put > 0, "{output}");
 }
 
 #[test]

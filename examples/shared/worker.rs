@@ -96,6 +96,9 @@ pub struct Worker {
     pub stats: std::sync::Arc<WorkerStats>,
     /// Tasks it put, to check that they come back unchanged.
     sent: Mutex<HashMap<u64, Packet>>,
+    /// The article of the last task put, until the server's answer says
+    /// whether it was queued.
+    last_put: Mutex<Option<u32>>,
 }
 
 impl Worker {
@@ -105,6 +108,7 @@ impl Worker {
             settings,
             stats: Default::default(),
             sent: Mutex::new(HashMap::new()),
+            last_put: Mutex::new(None),
         }
     }
 
@@ -134,6 +138,7 @@ impl Worker {
                 sent.clear();
             }
             sent.insert(task.id, task.clone());
+            *self.last_put.lock().unwrap_or_else(|e| e.into_inner()) = Some(article.article_id);
             self.stats.tasks_put.fetch_add(1, Ordering::Relaxed);
             Reply::message("put_in_queue", json!(task))
         } else {
@@ -170,6 +175,22 @@ impl Worker {
         self.stats.answers.fetch_add(1, Ordering::Relaxed);
         if answer.get("saved") == Some(&Value::Bool(true)) {
             self.stats.tasks_saved.fetch_add(1, Ordering::Relaxed);
+        }
+        // The answer to a put says whether the task was queued: logged, so
+        // that what the servers acknowledged can be checked afterwards.
+        if let Some(queued) = answer.get("queued")
+            && let Some(article) = self
+                .last_put
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        {
+            let peer = ctx.peer_id();
+            if queued == &Value::Bool(true) {
+                tracing::info!(protocol = "Worker", peer = %peer, "Queued article: {article}");
+            } else {
+                tracing::info!(protocol = "Worker", peer = %peer, "Duplicate article: {article}");
+            }
         }
         self.next_request(&ctx).await
     }
