@@ -1,0 +1,197 @@
+//! The task queue under load: put + lease + ack round trips per second
+//! through the example queue server, with the queue in memory and on Redis,
+//! through one server and through three sharing the Redis.
+//!
+//! ```text
+//! cargo run --release -p stream-rpc-benchmarks --bin queue            # the full run
+//! cargo run -p stream-rpc-benchmarks --bin queue -- --smoke           # a quick check
+//! ```
+//!
+//! Each of 12 workers (a connection each, spread over the servers) loops:
+//! `put_in_queue` a new task, `get_task_from_queue`, `save_parsed_article`
+//! the task it got: one round trip of the queue is those three calls. Redis
+//! is a `redis-server` from the PATH on a free loopback port (append-only
+//! file, fsync at every write, as the docs recommend). Medians of 3.
+
+#[path = "../../examples/shared/queue_server.rs"]
+mod queue_server;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use queue_server::QueueServer;
+use stream_rpc::{Config, Connector, Fernet, ShutdownHandle, json};
+use stream_rpc_queue::QueueConfig;
+
+const WORKERS: usize = 12;
+
+/// The next article id, unique over the whole benchmark.
+static NEXT_ARTICLE: AtomicU64 = AtomicU64::new(0);
+
+fn main() {
+    let smoke = std::env::args().any(|arg| arg == "--smoke");
+    let (reps, duration) = if smoke {
+        (1, Duration::from_millis(500))
+    } else {
+        (3, Duration::from_secs(4))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let redis = match Redis::start() {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "queue benchmark: {WORKERS} workers, {reps} run(s) of {duration:?} each; one round trip = put + lease + save"
+    );
+    println!("| queue | servers | round trips/s (median) | runs |");
+    println!("|---|---|---|---|");
+    for (queue, url) in [("memory", "memory".to_owned()), ("redis", redis.url())] {
+        for servers in [1, 3] {
+            if queue == "memory" && servers > 1 {
+                // Servers with their own memory share no queue.
+                continue;
+            }
+            let mut runs: Vec<f64> = (0..reps)
+                .map(|_| runtime.block_on(run(&url, servers, duration)))
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            let median = runs[runs.len() / 2];
+            let all: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+            println!("| {queue} | {servers} | {median:.0} | {} |", all.join(", "));
+        }
+    }
+}
+
+/// One run: `servers` servers on the queue `url`, the workers for
+/// `duration`; the round trips per second.
+async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
+    let key = Fernet::generate_key().expect("a key");
+    let config = |port| {
+        Config::builder()
+            .key(key.clone())
+            .host("127.0.0.1")
+            .port(port)
+            .log_packets(stream_rpc::PacketLog::Off)
+            .build()
+            .expect("a config")
+    };
+    let mut ports = Vec::new();
+    let mut stops: Vec<ShutdownHandle> = Vec::new();
+    for _ in 0..servers {
+        let queue_config = QueueConfig {
+            queue: url.to_owned(),
+            ..QueueConfig::default()
+        };
+        let queue = queue_config.open().await.expect("the queue");
+        let server = Connector::new(config(0)).bind().await.expect("a port");
+        ports.push(server.local_addr().port());
+        stops.push(server.shutdown_handle());
+        tokio::spawn(server.serve(QueueServer::new(queue, queue_config.lease)));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|n| {
+            let port = ports[n % ports.len()];
+            let connector = Connector::new(config(port));
+            let done = done.clone();
+            tokio::spawn(async move {
+                let client = connector.connect_client().await.expect("a server");
+                let session = client.session();
+                while started.elapsed() < duration {
+                    // Unique articles, over all runs: no duplicate is refused.
+                    let id = NEXT_ARTICLE.fetch_add(1, Ordering::Relaxed);
+                    let task = session.packet("parse_article", json!({ "article_id": id }));
+                    session
+                        .call("put_in_queue", serde_json::to_value(&task).expect("json"))
+                        .await
+                        .expect("put");
+                    let leased = session
+                        .call("get_task_from_queue", json!(null))
+                        .await
+                        .expect("lease");
+                    if leased.method == "pong" {
+                        continue;
+                    }
+                    let saved = session
+                        .call(
+                            "save_parsed_article",
+                            json!({"task": {"peer": leased.peer, "id": leased.id}, "article": {"n": id}}),
+                        )
+                        .await
+                        .expect("save");
+                    if saved.payload["saved"] == json!(true) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a worker");
+    }
+    let elapsed = started.elapsed();
+    for stop in stops {
+        stop.shutdown();
+    }
+    done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+}
+
+/// A `redis-server` from the PATH on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start() -> Result<Self, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("stream-rpc-queue-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Redis { child, port, dir })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
