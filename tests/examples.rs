@@ -12,6 +12,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+#[path = "../stream-rpc-queue/tests/support/mod.rs"]
+mod redis_support;
+
 /// The bound on every wait.
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -257,6 +260,113 @@ fn the_cluster_loses_no_acknowledged_task_through_kills_and_a_redis_restart() {
         .and_then(|n| n.trim().parse().ok())
         .expect("the summary's tasks put");
     assert!(put > 0, "{output}");
+}
+
+/// A `server` on the Redis at `url`, leasing for `lease_secs`; and its port.
+fn redis_server(key: &str, url: &str, lease_secs: &str) -> (Process, String) {
+    let mut server = Process::start(
+        "server",
+        &[
+            ("CRYPTO_KEY", key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", "0"),
+            ("STREAM_RPC_QUEUE", url),
+            ("STREAM_RPC_QUEUE_LEASE_SECS", lease_secs),
+        ],
+    );
+    let line = server.wait_for("\"Serving on\"", |line| {
+        line.contains("Serving on 127.0.0.1:")
+    });
+    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    (server, port)
+}
+
+#[test]
+fn a_server_killed_holding_a_lease_loses_no_task() {
+    let redis = redis_support::RedisServer::start();
+    let key = new_key();
+    let (mut first, first_port) = redis_server(&key, &redis.url(), "1");
+    let (_second, second_port) = redis_server(&key, &redis.url(), "1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let connect = |port: &str| {
+            let config = stream_rpc::Config::builder()
+                .key(key.clone())
+                .host("127.0.0.1")
+                .port(port.parse().unwrap())
+                .build()
+                .unwrap();
+            let connector = stream_rpc::Connector::new(config);
+            async move { connector.connect_client().await }
+        };
+        let call = |session: stream_rpc::SessionHandle, method: &'static str, payload| async move {
+            tokio::time::timeout(BOUND, session.call(method, payload))
+                .await
+                .expect("an answer in time")
+                .unwrap()
+        };
+        // A worker puts a task and takes it through the first server...
+        let doomed = connect(&first_port).await.unwrap();
+        let task = doomed
+            .session()
+            .packet("parse_article", stream_rpc::json!({"article_id": 4242}));
+        let put = call(
+            doomed.session().clone(),
+            "put_in_queue",
+            stream_rpc::json!(task),
+        )
+        .await;
+        assert_eq!(put.payload, stream_rpc::json!({"queued": true}));
+        let leased = call(
+            doomed.session().clone(),
+            "get_task_from_queue",
+            stream_rpc::json!(null),
+        )
+        .await;
+        assert_eq!((leased.peer, leased.id), (task.peer, task.id));
+        // ...and the server dies with SIGKILL, holding the lease.
+        first.signal("-KILL");
+        first.wait_exit();
+        // Another worker, through the other server: nothing while the lease
+        // lasts, then the task, and its save is kept.
+        let other = connect(&second_port).await.unwrap();
+        let early = call(
+            other.session().clone(),
+            "get_task_from_queue",
+            stream_rpc::json!(null),
+        )
+        .await;
+        assert_eq!(early.method, "pong");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let again = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let reply = call(
+                other.session().clone(),
+                "get_task_from_queue",
+                stream_rpc::json!(null),
+            )
+            .await;
+            if reply.method == "parse_article" {
+                break reply;
+            }
+            assert!(Instant::now() < deadline, "the task never came back");
+        };
+        assert_eq!((again.peer, again.id), (task.peer, task.id));
+        let saved = call(
+            other.session().clone(),
+            "save_parsed_article",
+            stream_rpc::json!({"task": {"peer": task.peer, "id": task.id}, "article": "parsed"}),
+        )
+        .await;
+        assert_eq!(saved.payload, stream_rpc::json!({"saved": true}));
+        let article = call(
+            other.session().clone(),
+            "get_parsed_article",
+            stream_rpc::json!({"article_id": 4242}),
+        )
+        .await;
+        assert_eq!(article.payload, stream_rpc::json!("parsed"));
+    });
 }
 
 #[test]

@@ -47,6 +47,11 @@
 //! ```
 //!
 //! The wire format is specified in `docs/PROTOCOL.md` of the repository.
+//!
+//! For work spread over many servers and workers, the `stream-rpc-queue`
+//! crate of the same workspace has the task queue (in memory, or on Redis
+//! shared by every server) and a replay store shared through Redis; see
+//! `docs/SCALING.md`.
 
 #![warn(missing_docs)]
 // The only `unsafe` is in `cipher/fernet.rs` (fork detection, key wiping),
