@@ -364,22 +364,23 @@ impl SessionHandle {
         let lost = || CallError::lost(method);
         // A free slot and room in the outbox are the common case: they are
         // taken without setting up a timer.
-        let _slot = match self.shared.call_slots.try_acquire() {
-            Ok(slot) => slot,
+        // `left` is what is left of the limit once a slot is held: the whole
+        // limit when a slot was free, so the common case reads the clock once.
+        let (_slot, left) = match self.shared.call_slots.try_acquire() {
+            Ok(slot) => (slot, limit),
             Err(TryAcquireError::Closed) => return Err(lost()),
             Err(TryAcquireError::NoPermits) => {
                 match within(deadline, self.shared.call_slots.acquire()).await {
                     Err(_) => return Err(timed_out()),
                     Ok(Err(_)) => return Err(lost()),
-                    Ok(Ok(slot)) => slot,
+                    Ok(Ok(slot)) => (slot, deadline.saturating_duration_since(Instant::now())),
                 }
             }
         };
         let now = SystemTime::now();
         let mut packet = self.packet_at(method, payload, now);
-        // What is left of the limit, rounded up: the peer may drop the work
-        // once that long has passed, as this call will have given up.
-        let left = deadline.saturating_duration_since(Instant::now());
+        // The peer may drop the work once `left` (rounded up) has passed, as
+        // this call will have given up by then.
         packet.timeout_ms =
             Some(u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX));
         let (tx, rx) = oneshot::channel();
