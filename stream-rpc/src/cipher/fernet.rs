@@ -252,9 +252,10 @@ impl Fernet {
         Ok(plain)
     }
 
-    /// [`open`](Self::open), appending the plaintext to `out`; on an error
-    /// `out` holds more than before (the caller truncates it).
-    fn open_append(&self, token: &[u8], now: u64, out: &mut Vec<u8>) -> Result<(), CipherError> {
+    /// [`open`](Self::open), appending the plaintext to `out`, returning the
+    /// token's (authenticated) timestamp; on an error `out` holds more than
+    /// before (the caller truncates it).
+    fn open_append(&self, token: &[u8], now: u64, out: &mut Vec<u8>) -> Result<u64, CipherError> {
         let start = out.len();
         B64.decode_append(token, out)
             .map_err(|_| CipherError::Malformed("not URL-safe base64"))?;
@@ -311,7 +312,7 @@ impl Fernet {
             .len();
         raw.copy_within(HEADER_LEN..HEADER_LEN + len, 0);
         out.truncate(start + len);
-        Ok(())
+        Ok(created)
     }
 }
 
@@ -340,14 +341,15 @@ impl Fernet {
         self.seal_into(plaintext, unix_secs(now), &iv, out)
     }
 
-    /// Opens `token` as of `now`, appending the plaintext to `out`; on an
-    /// error `out` is left as it was.
+    /// Opens `token` as of `now`, appending the plaintext to `out` and
+    /// returning when the token was made (its authenticated timestamp, in
+    /// seconds since the Unix epoch); on an error `out` is left as it was.
     pub(crate) fn open_at(
         &self,
         token: &[u8],
         now: SystemTime,
         out: &mut Vec<u8>,
-    ) -> Result<(), CipherError> {
+    ) -> Result<u64, CipherError> {
         let start = out.len();
         let opened = self.open_append(token, unix_secs(now), out);
         if opened.is_err() {
@@ -362,20 +364,6 @@ impl Fernet {
     /// token, and each has one spelling.
     pub(crate) fn identity(token: &[u8]) -> &[u8] {
         &token[token.len().saturating_sub(IDENTITY_LEN)..]
-    }
-
-    /// The timestamp of a token (which the caller has opened, so it is
-    /// authentic): the 8 bytes after the version, which the first 12
-    /// characters of the text spell.
-    pub(crate) fn token_time(token: &[u8]) -> Option<u64> {
-        let head = token.get(..12)?;
-        let mut raw = [0u8; 9];
-        URL_SAFE_NO_PAD
-            .decode(head, base64_simd::Out::from_slice(&mut raw))
-            .ok()?;
-        let mut stamp = [0u8; 8];
-        stamp.copy_from_slice(&raw[1..]);
-        Some(u64::from_be_bytes(stamp))
     }
 }
 
@@ -867,16 +855,22 @@ mod tests {
     }
 
     #[test]
-    fn a_tokens_time_is_read_from_its_text() {
+    fn opening_a_token_tells_its_time() {
         let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        let mut plain = Vec::new();
         for secs in [0, 1, 1_700_000_000, u64::from(u32::MAX) + 7] {
             let at = UNIX_EPOCH + Duration::from_secs(secs);
             let mut token = Vec::new();
             fernet.seal_at(b"x", at, &mut token).unwrap();
-            assert_eq!(Fernet::token_time(&token), Some(secs));
+            assert_eq!(fernet.open_at(&token, at, &mut plain), Ok(secs));
         }
-        assert_eq!(Fernet::token_time(b"short"), None);
-        assert_eq!(Fernet::token_time(b"!!!!!!!!!!!!!!!!"), None);
+        let now = SystemTime::now();
+        assert!(fernet.open_at(b"short", now, &mut plain).is_err());
+        assert!(
+            fernet
+                .open_at(b"!!!!!!!!!!!!!!!!", now, &mut plain)
+                .is_err()
+        );
     }
 
     /// A forked child takes IVs of its own, never the ones left in the

@@ -118,23 +118,25 @@ impl Sealer {
 
     /// Opens `token` as of `now` (one clock reading for the frames opened
     /// together), appending the plaintext to `out`; on an error `out` is
-    /// left as it was.
+    /// left as it was. Returns when the token was made, in seconds since
+    /// the Unix epoch, as far as the cipher says: Fernet's authenticated
+    /// timestamp, `None` for a custom cipher.
     pub(crate) fn open_at(
         &self,
         token: &[u8],
         now: SystemTime,
         out: &mut Vec<u8>,
-    ) -> Result<(), CipherError> {
+    ) -> Result<Option<u64>, CipherError> {
         match self {
-            Sealer::Fernet(fernet) => fernet.open_at(token, now, out),
+            Sealer::Fernet(fernet) => fernet.open_at(token, now, out).map(Some),
             Sealer::Custom(cipher) => {
                 out.extend_from_slice(&cipher.decrypt(token)?);
-                Ok(())
+                Ok(None)
             }
             #[cfg(test)]
             Sealer::Recording(recording) => {
                 recording.opened.lock().unwrap().push(now);
-                recording.fernet.open_at(token, now, out)
+                recording.fernet.open_at(token, now, out).map(Some)
             }
         }
     }
@@ -148,18 +150,6 @@ impl Sealer {
             Sealer::Custom(_) => token,
             #[cfg(test)]
             Sealer::Recording(_) => Fernet::identity(token),
-        }
-    }
-
-    /// When a token that opened was made, in seconds since the Unix epoch,
-    /// as far as the cipher says (Fernet's authenticated timestamp; `None`
-    /// for a custom cipher).
-    pub(crate) fn token_time(&self, token: &[u8]) -> Option<u64> {
-        match self {
-            Sealer::Fernet(_) => Fernet::token_time(token),
-            Sealer::Custom(_) => None,
-            #[cfg(test)]
-            Sealer::Recording(_) => Fernet::token_time(token),
         }
     }
 }
@@ -201,16 +191,16 @@ mod tests {
         sealer.seal_at(b"abc", UNIX_EPOCH, &mut out).unwrap();
         assert_eq!(out, b"<cba");
         let mut plain = b">".to_vec();
-        sealer.open_at(b"cba", UNIX_EPOCH, &mut plain).unwrap();
+        // Opened with no time of its own.
+        assert_eq!(sealer.open_at(b"cba", UNIX_EPOCH, &mut plain), Ok(None));
         assert_eq!(plain, b">abc");
         assert!(sealer.open_at(b"", UNIX_EPOCH, &mut plain).is_err());
         assert_eq!(
             plain, b">abc",
             "a refused token leaves the buffer as it was"
         );
-        // Remembered whole, with no time of its own.
+        // Remembered whole.
         assert_eq!(sealer.identity(b"a-whole-token"), b"a-whole-token");
-        assert_eq!(sealer.token_time(b"a-whole-token"), None);
     }
 
     #[test]
@@ -221,10 +211,9 @@ mod tests {
         let secs = at.duration_since(UNIX_EPOCH).unwrap().as_secs();
         let mut token = Vec::new();
         sealer.seal_at(b"x", at, &mut token).unwrap();
-        assert_eq!(sealer.token_time(&token), Some(secs));
         assert_eq!(sealer.identity(&token), &token[token.len() - 48..]);
         let mut plain = Vec::new();
-        sealer.open_at(&token, at, &mut plain).unwrap();
+        assert_eq!(sealer.open_at(&token, at, &mut plain), Ok(Some(secs)));
         assert_eq!(plain, b"x");
         assert_eq!(fernet.decrypt(&token).unwrap(), b"x");
     }

@@ -45,8 +45,9 @@ pub(super) struct ReadLoop<P> {
     max_bad_in_row: u32,
     /// The plaintexts of a turn's frames, reused from turn to turn.
     plains: Vec<Vec<u8>>,
-    /// Whether each of a turn's frames opened.
-    opened: Vec<Result<(), CipherError>>,
+    /// Whether each of a turn's frames opened, and if so the time its
+    /// token says it was made (see `Sealer::open_at`).
+    opened: Vec<Result<Option<u64>, CipherError>>,
     /// The turn's tokens that opened, for the replay store.
     tokens: Vec<ReceivedToken>,
     /// The replay store's verdict on each of `tokens`.
@@ -274,13 +275,9 @@ impl<P: Protocol> ReadLoop<P> {
         }
         if let Some(replay) = &self.shared.replay {
             self.tokens.clear();
-            for ((frame, opened), &fingerprint) in batch.iter().zip(&self.opened).zip(fingerprints)
-            {
-                if opened.is_ok() {
-                    self.tokens.push(ReceivedToken {
-                        fingerprint,
-                        time: self.shared.cipher.token_time(frame),
-                    });
+            for (opened, &fingerprint) in self.opened.iter().zip(fingerprints) {
+                if let Ok(time) = *opened {
+                    self.tokens.push(ReceivedToken { fingerprint, time });
                 }
             }
             if !self.tokens.is_empty() {
