@@ -1,6 +1,6 @@
 //! [`MemoryQueue`]: the queue in this process's memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ struct State {
     keys: HashMap<String, Option<Instant>>,
     /// Results of done tasks, by dedup key, until when they are kept.
     results: HashMap<String, (Value, Instant)>,
+    /// The keys of done tasks and until when they are kept, in the order
+    /// they were done: as retention is one setting, the soonest to end
+    /// first.
+    retained: VecDeque<(Instant, String)>,
     /// Dead letters, by place.
     dead: BTreeMap<u64, (Task, u32)>,
     done: u64,
@@ -75,11 +79,26 @@ impl MemoryQueue {
 }
 
 impl State {
-    /// Forgets the names and results whose retention ended.
+    /// Forgets the names and results whose retention ended: only the
+    /// entries that ended are visited.
     fn expire(&mut self, now: Instant) {
-        self.keys
-            .retain(|_, until| until.is_none_or(|until| until > now));
-        self.results.retain(|_, (_, until)| *until > now);
+        while let Some((until, _)) = self.retained.front()
+            && *until <= now
+        {
+            let Some((until, key)) = self.retained.pop_front() else {
+                break;
+            };
+            if self.keys.get(&key) == Some(&Some(until)) {
+                self.keys.remove(&key);
+            }
+            if self
+                .results
+                .get(&key)
+                .is_some_and(|(_, kept)| *kept == until)
+            {
+                self.results.remove(&key);
+            }
+        }
     }
 
     /// Makes the tasks whose lease ended available again.
@@ -216,7 +235,10 @@ impl TaskQueue for MemoryQueue {
         };
         let until = now + self.settings.retention;
         state.keys.insert(done.key.clone(), Some(until));
-        state.results.insert(done.key, (result.clone(), until));
+        state
+            .results
+            .insert(done.key.clone(), (result.clone(), until));
+        state.retained.push_back((until, done.key));
         state.done += 1;
         Ok(Acked::Done)
     }
