@@ -15,14 +15,15 @@
 
 #[path = "../../examples/shared/queue_server.rs"]
 mod queue_server;
+#[path = "../../stream-rpc-queue/tests/support/mod.rs"]
+mod redis_support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use queue_server::QueueServer;
+use redis_support::RedisServer;
 use stream_rpc::{Config, Connector, Fernet, ShutdownHandle, json};
 use stream_rpc_queue::QueueConfig;
 
@@ -42,7 +43,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let redis = match Redis::start() {
+    let redis = match RedisServer::try_start() {
         Ok(redis) => redis,
         Err(e) => {
             eprintln!("error: {e}");
@@ -144,54 +145,4 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
         stop.shutdown();
     }
     done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
-}
-
-/// A `redis-server` from the PATH on a free loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Redis {
-    fn start() -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("stream-rpc-queue-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server)")
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Redis { child, port, dir })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

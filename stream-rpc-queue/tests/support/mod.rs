@@ -1,7 +1,8 @@
 //! A real `redis-server` per test, on a free loopback port, with a
 //! temporary directory of its own; stopped (and the directory removed) when
 //! dropped. Append-only file on, fsync at every write, as a deployment that
-//! must lose nothing acknowledged runs it.
+//! must lose nothing acknowledged runs it. The queue benchmark starts its
+//! Redis with this too.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -22,10 +23,15 @@ impl RedisServer {
     /// Starts one on a free port; panics with what to do when there is no
     /// `redis-server` on the PATH.
     pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`start`](Self::start), saying what went wrong instead of panicking.
+    pub fn try_start() -> Result<Self, String> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
+            .map_err(|e| format!("no free loopback port: {e}"))?
             .port();
         let dir = std::env::temp_dir().join(format!(
             "stream-rpc-redis-{}-{}-{}",
@@ -33,17 +39,18 @@ impl RedisServer {
             port,
             COUNT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut server = RedisServer {
             child: None,
             port,
             dir,
         };
-        server.spawn();
-        server
+        server.spawn()?;
+        Ok(server)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -61,32 +68,32 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): the Redis tests need it on the PATH. \
-                     Install it (Debian: `apt-get install -y redis-server`); the README's \
-                     test command installs it when it can"
+            .map_err(|e| {
+                format!(
+                    "cannot start redis-server ({e}): the Redis tests and the queue \
+                     benchmark need it on the PATH. Install it (Debian: \
+                     `apt-get install -y redis-server`); the README's test command \
+                     installs it when it can"
                 )
-            });
+            })?;
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Waits until it answers PING (bounded).
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.ping() {
-                return;
+        while !self.ping() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server on port {} did not answer within 10 s; its log: {:?}",
+                    self.port,
+                    std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within 10 s; its log: {:?}",
-                self.port,
-                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-            );
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 
     fn ping(&self) -> bool {
@@ -116,7 +123,7 @@ impl RedisServer {
     /// append-only file back.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
