@@ -85,11 +85,7 @@ async fn work() -> Result<(), String> {
         .with_max_delay(Duration::from_secs(1))
         .with_servers(servers);
     let connector = Connector::new(config);
-    let stop = connector.shutdown_handle();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        stop.shutdown();
-    });
+    tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
     let worker = Worker::new(settings);
     worker.count_hello();
     let client = connector

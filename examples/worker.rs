@@ -65,11 +65,7 @@ async fn run() -> Result<ExitCode, String> {
         .with_max_attempts(Some(u32::try_from(attempts).unwrap_or(u32::MAX)))
         .with_servers(servers);
     let connector = Connector::new(config);
-    let stop = connector.shutdown_handle();
-    tokio::spawn(async move {
-        stop_on_signal().await;
-        stop.shutdown();
-    });
+    tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
     let client = connector
         .connect_reconnecting(CheckingWorker(worker), reconnect)
         .map_err(|e| e.to_string())?;
@@ -91,27 +87,5 @@ async fn run() -> Result<ExitCode, String> {
         Err(e) => Err(format!(
             "gave up after {attempts} failed connections in a row: {e}"
         )),
-    }
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-async fn stop_on_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut interrupt), Ok(mut terminate)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

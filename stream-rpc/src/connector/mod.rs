@@ -41,6 +41,60 @@ impl ShutdownHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.token.is_cancelled()
     }
+
+    /// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a
+    /// future that starts the graceful shutdown when either arrives: spawn
+    /// it. Registering before the first poll means a signal sent right after
+    /// this call is not missed. [`Connector::run_server`] and
+    /// [`Connector::run_client`] do this themselves; a
+    /// [`ReconnectingClient`] or a server from [`Connector::bind`] can use
+    /// it:
+    ///
+    /// ```no_run
+    /// # async fn example(connector: stream_rpc::Connector) {
+    /// tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// On Unix, when called outside a Tokio runtime (as `tokio::spawn`
+    /// does).
+    pub fn shutdown_on_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let handle = self.clone();
+        #[cfg(unix)]
+        let signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            )
+        };
+        async move {
+            #[cfg(unix)]
+            {
+                let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
+                    match registered {
+                        Ok(mut signal) => {
+                            signal.recv().await;
+                        }
+                        Err(_) => std::future::pending::<()>().await,
+                    }
+                };
+                let (interrupt, terminate) = signals;
+                tokio::select! {
+                    () = wait(interrupt) => {}
+                    () = wait(terminate) => {}
+                }
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("shutdown signal received");
+            handle.shutdown();
+        }
+    }
 }
 
 /// Runs servers and clients with one [`Config`], like the seed's connector.
@@ -53,7 +107,8 @@ impl ShutdownHandle {
 /// [`run_server`](Connector::run_server) and
 /// [`run_client`](Connector::run_client) also shut down gracefully on Ctrl-C
 /// and SIGTERM; [`bind`](Connector::bind) and
-/// [`connect`](Connector::connect) leave signals to the caller.
+/// [`connect`](Connector::connect) leave signals to the caller
+/// ([`ShutdownHandle::shutdown_on_signal`]).
 #[derive(Debug, Clone)]
 pub struct Connector {
     endpoint: Endpoint,
@@ -123,7 +178,7 @@ impl Connector {
     /// [`ShutdownHandle::shutdown`], then shuts down gracefully.
     pub async fn run_server<P: Protocol>(&self, protocol: P) -> Result<(), Error> {
         let server = self.bind().await?;
-        let signals = tokio::spawn(shutdown_on_signal(self.shutdown.clone()));
+        let signals = tokio::spawn(self.shutdown.shutdown_on_signal());
         let result = server.serve(protocol).await;
         signals.abort();
         result
@@ -213,7 +268,7 @@ impl Connector {
         payload: Value,
     ) -> Result<EndReason, Error> {
         let client = self.connect(protocol).await?;
-        let signals = tokio::spawn(shutdown_on_signal(self.shutdown.clone()));
+        let signals = tokio::spawn(self.shutdown.shutdown_on_signal());
         let hello = client.session().notify(method, payload).await;
         if let Err(e) = hello {
             client.session().close();
@@ -369,44 +424,6 @@ async fn addresses_of(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
     Ok(addrs)
 }
 
-/// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future
-/// that starts the graceful shutdown when either arrives. Registering before
-/// the first poll means a signal sent right after this call is not missed.
-fn shutdown_on_signal(handle: ShutdownHandle) -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        {
-            let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
-                match registered {
-                    Ok(mut signal) => {
-                        signal.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            let (interrupt, terminate) = signals;
-            tokio::select! {
-                () = wait(interrupt) => {}
-                () = wait(terminate) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tracing::info!("shutdown signal received");
-        handle.shutdown();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn sigterm_starts_the_graceful_shutdown() {
         let handle = ShutdownHandle::default();
-        let waiting = shutdown_on_signal(handle.clone());
+        let waiting = handle.shutdown_on_signal();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])
             .status()
