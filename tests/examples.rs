@@ -282,6 +282,56 @@ fn redis_server(key: &str, url: &str, lease_secs: &str) -> (Process, String) {
 }
 
 #[test]
+fn the_server_reaches_redis_over_tls() {
+    let redis = redis_support::RedisServer::start_tls(false);
+    let key = new_key();
+    let ca = redis_support::tls_file("ca.pem");
+    let ca = ca.to_str().unwrap();
+    // Without the CA, Redis's certificate is not trusted: a clear error at
+    // startup, not a server that fails every call.
+    let mut untrusting = Process::start(
+        "server",
+        &[
+            ("CRYPTO_KEY", &key),
+            ("STREAM_RPC_PORT", "0"),
+            ("STREAM_RPC_QUEUE", &redis.tls_url()),
+        ],
+    );
+    assert!(!untrusting.wait_exit().success());
+    assert!(
+        untrusting.has("invalid peer certificate"),
+        "{}",
+        untrusting.output()
+    );
+    // With it, the seed's worker works through the server on that Redis.
+    let mut server = Process::start(
+        "server",
+        &[
+            ("CRYPTO_KEY", &key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", "0"),
+            ("STREAM_RPC_QUEUE", &redis.tls_url()),
+            ("STREAM_RPC_QUEUE_TLS_CA", ca),
+        ],
+    );
+    let line = server.wait_for("\"Serving on\"", |line| {
+        line.contains("Serving on 127.0.0.1:")
+    });
+    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    let mut worker = worker(&key, &port, &[("WORKER_MAX_REQUESTS", "12")]);
+    assert!(worker.wait_exit().success(), "{}", worker.output());
+    // A task went into the queue on Redis and came back out of it.
+    assert!(worker.has("came back unchanged"), "{}", worker.output());
+    assert!(
+        worker.has("Finished parsing article: "),
+        "{}",
+        worker.output()
+    );
+    server.signal("-TERM");
+    assert!(server.wait_exit().success(), "{}", server.output());
+}
+
+#[test]
 fn a_server_killed_holding_a_lease_loses_no_task() {
     let redis = redis_support::RedisServer::start();
     let key = new_key();

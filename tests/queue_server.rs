@@ -26,6 +26,7 @@ async fn server_on(redis: &RedisServer, key: &str, lease: Duration) -> TestServe
         queue: redis.url(),
         lease,
         settings: QueueSettings::default(),
+        ..QueueConfig::default()
     }
     .open()
     .await

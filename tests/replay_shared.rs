@@ -14,7 +14,7 @@ use common::*;
 use redis_support::RedisServer;
 use serde_json::json;
 use stream_rpc::{Connector, Endpoint, ShutdownHandle};
-use stream_rpc_queue::RedisReplayStore;
+use stream_rpc_queue::{RedisReplayStore, RedisSettings, RedisTls};
 use tokio::task::JoinHandle;
 
 struct Shared {
@@ -25,14 +25,14 @@ struct Shared {
 
 /// A server whose replay store is on the test's Redis.
 async fn server(redis: &RedisServer, key: &str) -> Shared {
-    let store = RedisReplayStore::connect(
-        &redis.url(),
-        "stream-rpc",
-        Duration::from_secs(300),
-        1 << 16,
-    )
-    .await
-    .expect("the test's redis-server");
+    server_on(RedisSettings::new(redis.url()), key).await
+}
+
+/// A server whose replay store is on the Redis of `redis`.
+async fn server_on(redis: RedisSettings, key: &str) -> Shared {
+    let store = RedisReplayStore::connect(&redis, Duration::from_secs(300), 1 << 16)
+        .await
+        .expect("the test's redis-server");
     let endpoint = Endpoint::builder(config(key, 0).build().unwrap())
         .replay_store(Arc::new(store))
         .build();
@@ -61,11 +61,13 @@ fn sealed_ping(raw: &mut RawPeer, text: &str) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_accepted_by_one_server_is_refused_by_the_other() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_tls(false);
     bounded(async {
         let key = new_key();
         let a = server(&redis, &key).await;
-        let b = server(&redis, &key).await;
+        // The other server reaches the same Redis over TLS.
+        let tls = RedisTls::new().with_ca_file(redis_support::tls_file("ca.pem"));
+        let b = server_on(RedisSettings::new(redis.tls_url()).with_tls(tls), &key).await;
         let mut to_a = RawPeer::connect(a.port, &key).await;
         let (line, id) = sealed_ping(&mut to_a, "captured");
         to_a.send_raw(line.as_bytes()).await;

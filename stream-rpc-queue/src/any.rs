@@ -5,14 +5,15 @@ use std::time::Duration;
 use serde_json::Value;
 use stream_rpc::Packet;
 
+use crate::connect::check_url;
 use crate::{
     Acked, DeadTask, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
-    RedisSettings, Stats, TaskQueue, TaskRef,
+    RedisSettings, RedisTls, Stats, TaskQueue, TaskRef,
 };
 
-/// The environment variable naming the queue: `memory` (the default), or a
-/// `redis://` URL (`rediss://`, Redis over TLS, is not built in and is
-/// refused with a message that says so).
+/// The environment variable naming the queue: `memory` (the default), a
+/// `redis://` URL, or a `rediss://` URL for Redis over TLS (see
+/// [`RedisTls`] for its settings).
 pub const ENV_QUEUE: &str = "STREAM_RPC_QUEUE";
 /// The environment variable holding the lease time in seconds (30).
 pub const ENV_LEASE_SECS: &str = "STREAM_RPC_QUEUE_LEASE_SECS";
@@ -23,8 +24,10 @@ pub const ENV_MAX_ATTEMPTS: &str = "STREAM_RPC_QUEUE_MAX_ATTEMPTS";
 /// environment ([`QueueConfig::from_env`]) or a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
-    /// `memory`, or a `redis://` URL.
+    /// `memory`, or a `redis://` or `rediss://` URL.
     pub queue: String,
+    /// TLS for a `rediss://` URL ([`RedisTls::from_lookup`]'s variables).
+    pub tls: RedisTls,
     /// How long a task is leased to a worker (30 s).
     pub lease: Duration,
     /// Attempts and retention.
@@ -35,6 +38,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             queue: "memory".to_owned(),
+            tls: RedisTls::default(),
             lease: Duration::from_secs(30),
             settings: QueueSettings::default(),
         }
@@ -42,8 +46,9 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// Reads [`ENV_QUEUE`], [`ENV_LEASE_SECS`] and [`ENV_MAX_ATTEMPTS`];
-    /// a bad value is an error naming the variable.
+    /// Reads [`ENV_QUEUE`], [`ENV_LEASE_SECS`], [`ENV_MAX_ATTEMPTS`] and the
+    /// TLS variables ([`ENV_TLS_CA`](crate::ENV_TLS_CA), [`ENV_TLS_CERT`](crate::ENV_TLS_CERT), [`ENV_TLS_KEY`](crate::ENV_TLS_KEY)); a
+    /// bad value is an error naming the variable.
     pub fn from_env() -> Result<Self, QueueError> {
         QueueConfig::from_lookup(|name| std::env::var(name).ok())
     }
@@ -55,7 +60,8 @@ impl QueueConfig {
         if let Some(queue) = read(ENV_QUEUE) {
             config.queue = queue.trim().to_owned();
         }
-        check_queue(&config.queue)?;
+        config.tls = RedisTls::from_lookup(&lookup)?;
+        check_queue(&config.queue, &config.tls)?;
         if let Some(text) = read(ENV_LEASE_SECS) {
             let secs: u64 = text
                 .trim()
@@ -85,33 +91,37 @@ impl QueueConfig {
 
     /// Opens the queue it names (connecting to Redis, for a URL).
     pub async fn open(&self) -> Result<AnyQueue, QueueError> {
-        check_queue(&self.queue)?;
+        check_queue(&self.queue, &self.tls)?;
         if self.queue == "memory" {
             return Ok(AnyQueue::Memory(MemoryQueue::with_settings(
                 self.settings.clone(),
             )));
         }
-        let settings = RedisSettings::new(self.queue.clone()).with_queue(self.settings.clone());
+        let settings = RedisSettings::new(self.queue.clone())
+            .with_queue(self.settings.clone())
+            .with_tls(self.tls.clone());
         Ok(AnyQueue::Redis(RedisQueue::connect(settings).await?))
     }
 }
 
-fn check_queue(queue: &str) -> Result<(), QueueError> {
-    if queue == "memory" || queue.starts_with("redis://") {
+fn check_queue(queue: &str, tls: &RedisTls) -> Result<(), QueueError> {
+    if queue == "memory" {
+        if tls.is_set() {
+            return Err(QueueError::Invalid {
+                setting: ENV_QUEUE,
+                reason: "TLS files are set but the queue is in memory: they are for a \
+                         rediss:// URL"
+                    .to_owned(),
+            });
+        }
         return Ok(());
     }
-    let reason = if queue.starts_with("rediss://") {
-        "Redis over TLS (rediss://) is not built in: use redis:// on a trusted network, \
-         or a local TLS proxy in front of Redis"
-            .to_owned()
-    } else {
-        // The value may hold a password: show its scheme only.
-        let scheme = queue.split("://").next().unwrap_or_default();
-        format!("expected `memory` or a redis:// URL, got a value starting {scheme:?}")
-    };
-    Err(QueueError::Invalid {
-        setting: ENV_QUEUE,
-        reason,
+    check_url(queue, tls, ENV_QUEUE).map_err(|e| match e {
+        QueueError::Invalid { setting, reason } => QueueError::Invalid {
+            setting,
+            reason: format!("expected `memory` or a Redis URL: {reason}"),
+        },
+        other => other,
     })
 }
 
@@ -191,6 +201,7 @@ impl TaskQueue for AnyQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ENV_TLS_CA;
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
@@ -214,14 +225,27 @@ mod tests {
         assert_eq!(config.queue, "redis://10.0.0.5:6379/0");
         assert_eq!(config.lease, Duration::from_secs(45));
         assert_eq!(config.settings.max_attempts, 3);
+        assert_eq!(config.tls, RedisTls::new());
+        let config = QueueConfig::from_lookup(lookup(&[
+            (ENV_QUEUE, "rediss://redis.internal:6380/0"),
+            (ENV_TLS_CA, "/etc/stream-rpc/redis-ca.pem"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            RedisTls::new().with_ca_file("/etc/stream-rpc/redis-ca.pem")
+        );
     }
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        let err =
-            QueueConfig::from_lookup(lookup(&[(ENV_QUEUE, "rediss://:secret@host")])).unwrap_err();
-        assert!(err.to_string().contains("TLS"), "{err}");
-        assert!(!err.to_string().contains("secret"), "{err}");
+        for queue in ["rediss://:secret@host/#insecure", "mysql://:secret@host"] {
+            let err = QueueConfig::from_lookup(lookup(&[(ENV_QUEUE, queue)])).unwrap_err();
+            assert!(err.to_string().starts_with(ENV_QUEUE), "{err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        let err = QueueConfig::from_lookup(lookup(&[(ENV_TLS_CA, "/etc/ca.pem")])).unwrap_err();
+        assert!(err.to_string().contains("in memory"), "{err}");
         for (name, value) in [
             (ENV_QUEUE, "postgres"),
             (ENV_LEASE_SECS, "0"),

@@ -34,6 +34,10 @@
 //! the servers on one Redis, so that a token accepted by one is refused by
 //! all.
 //!
+//! Both reach Redis at a `redis://` URL, or at a `rediss://` URL over TLS
+//! ([`RedisTls`]: the system's trust store or a CA file, and a client
+//! certificate when Redis asks; the `tls` feature, on by default).
+//!
 //! Tasks are stream-rpc [`Packet`]s (the seed's task is a packet carried as
 //! the payload of `put_in_queue`) and are named in acks by their own `peer`
 //! and `id` ([`TaskRef`]); a worker is named by a string of the caller's
@@ -49,11 +53,13 @@ use stream_rpc::Packet;
 use uuid::Uuid;
 
 mod any;
+mod connect;
 mod memory;
 mod redis_queue;
 mod replay;
 
 pub use any::{AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_QUEUE, QueueConfig};
+pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};
 pub use memory::MemoryQueue;
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{RedisReplayStore, WhenUnreachable};

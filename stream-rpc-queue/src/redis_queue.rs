@@ -24,13 +24,14 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use serde_json::Value;
 use stream_rpc::Packet;
 
 use crate::{
-    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats, TaskQueue, TaskRef,
+    dedup_key,
 };
 
 /// The consumer group the servers read tasks through.
@@ -44,9 +45,12 @@ const NOBODY: &str = "-";
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (TLS is not built in: use a trusted network
-    /// or a local TLS proxy).
+    /// `redis://host:port/db`, or `rediss://` for Redis over TLS (see
+    /// [`tls`](Self::tls)).
     pub url: String,
+    /// Whom to trust and what to show for a `rediss://` URL (the system's
+    /// trust store and no client certificate by default).
+    pub tls: RedisTls,
     /// The prefix of every key, inside a hash tag (`{prefix}:tasks`):
     /// queues with different prefixes share nothing.
     pub prefix: String,
@@ -66,6 +70,7 @@ impl RedisSettings {
         RedisSettings {
             url: url.into(),
             prefix: "stream-rpc".to_owned(),
+            tls: RedisTls::default(),
             queue: QueueSettings::default(),
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -76,6 +81,13 @@ impl RedisSettings {
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    #[must_use]
+    pub fn with_tls(mut self, tls: RedisTls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -349,18 +361,14 @@ impl RedisQueue {
     /// valid or Redis cannot be reached now; once connected, the queue
     /// reconnects by itself.
     pub async fn connect(settings: RedisSettings) -> Result<Self, QueueError> {
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| QueueError::Invalid {
-                setting: "url",
-                reason: e.to_string(),
-            })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(error)?;
+        let connection = crate::connect::connect(
+            &settings.url,
+            &settings.tls,
+            settings.response_timeout,
+            settings.connect_timeout,
+            2,
+        )
+        .await?;
         Ok(RedisQueue {
             connection,
             keys: Keys::new(&settings.prefix),

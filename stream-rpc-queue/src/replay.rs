@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use stream_rpc::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 
-use crate::QueueError;
+use crate::{QueueError, RedisSettings};
 
 /// What the store does while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,27 +94,21 @@ fn scripts() -> &'static (Script, Script) {
 }
 
 impl RedisReplayStore {
-    /// Connects to the Redis at `url`, for tokens living at most `ttl`
-    /// (remembered for `ttl` plus the 60 s clock skew); keys under
-    /// `{prefix}:replay:`. `local_capacity` bounds this server's own memory
-    /// of tokens (see `Limits::replay_cache_entries`).
+    /// Connects to the Redis of `redis` (its URL, TLS and key prefix; keys
+    /// under `{prefix}:replay:`), for tokens living at most `ttl`
+    /// (remembered for `ttl` plus the 60 s clock skew). `local_capacity`
+    /// bounds this server's own memory of tokens (see
+    /// `Limits::replay_cache_entries`). Commands time out after 2 s, since
+    /// every call waits on them, whatever `redis` says for the queue.
     pub async fn connect(
-        url: &str,
-        prefix: &str,
+        redis: &RedisSettings,
         ttl: Duration,
         local_capacity: usize,
     ) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url).map_err(|e| QueueError::Invalid {
-            setting: "url",
-            reason: e.to_string(),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        let timeout = Duration::from_secs(2);
+        let connection =
+            crate::connect::connect(&redis.url, &redis.tls, timeout, timeout, 1).await?;
+        let prefix = &redis.prefix;
         let window = ttl + stream_rpc::MAX_CLOCK_SKEW;
         Ok(RedisReplayStore {
             connection,

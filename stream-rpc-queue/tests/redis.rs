@@ -269,3 +269,115 @@ async fn an_unreachable_redis_is_a_typed_error() {
         "{err}"
     );
 }
+
+/// Redis over TLS (`rediss://`), with the certificates of `tests/tls`.
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use stream_rpc_queue::RedisTls;
+    use support::tls_file;
+
+    /// Settings for the TLS port of `server`, trusting `ca` (a file of
+    /// `tests/tls`).
+    fn over_tls(server: &RedisServer, ca: &str) -> RedisSettings {
+        RedisSettings::new(server.tls_url())
+            .with_tls(RedisTls::new().with_ca_file(tls_file(ca)))
+            .with_response_timeout(Duration::from_secs(2))
+    }
+
+    #[tokio::test]
+    async fn the_queue_works_over_tls_with_a_private_ca() {
+        let server = RedisServer::start_tls(false);
+        bounded(async {
+            let secure = RedisQueue::connect(over_tls(&server, "ca.pem"))
+                .await
+                .expect("the TLS port, trusted through the test CA");
+            put_lease_ack(&secure, 0, 20).await;
+            let stats = secure.stats().await.unwrap();
+            assert_eq!((stats.done, stats.queued, stats.leased), (20, 0, 0));
+            // The same Redis, seen through its plain port: one queue.
+            let plain = queue(&server, QueueSettings::default()).await;
+            assert_eq!(plain.stats().await.unwrap().done, 20);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_redis_certificate_nobody_trusted_is_refused() {
+        let server = RedisServer::start_tls(false);
+        bounded(async {
+            // A CA that did not sign Redis's certificate, then the system's
+            // trust store, which does not hold the test CA.
+            for settings in [
+                over_tls(&server, "other-ca.pem"),
+                RedisSettings::new(server.tls_url()),
+            ] {
+                let err = RedisQueue::connect(settings).await.unwrap_err();
+                assert!(matches!(err, QueueError::Unavailable(_)), "{err}");
+                assert!(err.to_string().contains("certificate"), "{err}");
+            }
+            // A host the certificate does not name.
+            let wrong_host = server.tls_url().replace("127.0.0.1", "127.0.0.2");
+            let settings = RedisSettings::new(wrong_host)
+                .with_tls(RedisTls::new().with_ca_file(tls_file("ca.pem")));
+            let err = RedisQueue::connect(settings).await.unwrap_err();
+            assert!(err.to_string().contains("certificate"), "{err}");
+            // A file that is not PEM, and one that is not there: named.
+            let not_pem = RedisSettings::new(server.tls_url())
+                .with_tls(RedisTls::new().with_ca_file(tls_file("README.md")));
+            let err = RedisQueue::connect(not_pem).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    QueueError::Invalid {
+                        setting: stream_rpc_queue::ENV_TLS_CA,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let key_swapped = RedisSettings::new(server.tls_url()).with_tls(
+                RedisTls::new()
+                    .with_client_identity(tls_file("client.pem"), tls_file("client.pem")),
+            );
+            let err = RedisQueue::connect(key_swapped).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    QueueError::Invalid {
+                        setting: stream_rpc_queue::ENV_TLS_KEY,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let missing = RedisSettings::new(server.tls_url())
+                .with_tls(RedisTls::new().with_ca_file(tls_file("missing.pem")));
+            let err = RedisQueue::connect(missing).await.unwrap_err();
+            assert!(err.to_string().contains("missing.pem"), "{err}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_asks_for_a_client_certificate_gets_one() {
+        let server = RedisServer::start_tls(true);
+        bounded(async {
+            let err = RedisQueue::connect(over_tls(&server, "ca.pem"))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, QueueError::Unavailable(_)), "{err}");
+            let settings = RedisSettings::new(server.tls_url()).with_tls(
+                RedisTls::new()
+                    .with_ca_file(tls_file("ca.pem"))
+                    .with_client_identity(tls_file("client.pem"), tls_file("client.key")),
+            );
+            let queue = RedisQueue::connect(settings)
+                .await
+                .expect("shown the client certificate, Redis lets the queue in");
+            put_lease_ack(&queue, 0, 3).await;
+            assert_eq!(queue.stats().await.unwrap().done, 3);
+        })
+        .await;
+    }
+}

@@ -17,6 +17,40 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    tls: Option<Tls>,
+}
+
+/// A TLS port beside the plain one, with the certificates of `tests/tls`.
+struct Tls {
+    port: u16,
+    /// Whether clients must show a certificate of the test CA.
+    require_client_cert: bool,
+}
+
+/// A file of `stream-rpc-queue/tests/tls` (the test CA, Redis's
+/// certificate for localhost and 127.0.0.1, a client's, and a CA that
+/// signed neither).
+/// Found from the crate that includes this file: the queue crate, the
+/// workspace root or a sibling crate.
+pub fn tls_file(name: &str) -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [
+        "tests/tls",
+        "stream-rpc-queue/tests/tls",
+        "../stream-rpc-queue/tests/tls",
+    ]
+    .iter()
+    .map(|dir| manifest.join(dir))
+    .find(|dir| dir.is_dir())
+    .expect("stream-rpc-queue/tests/tls beside the tests")
+    .join(name)
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("no free loopback port: {e}"))
+        .map(|address| address.port())
 }
 
 impl RedisServer {
@@ -28,11 +62,24 @@ impl RedisServer {
 
     /// [`start`](Self::start), saying what went wrong instead of panicking.
     pub fn try_start() -> Result<Self, String> {
+        Self::launch(None)
+    }
+
+    /// [`start`](Self::start) with a TLS port as well ([`tls_url`](Self::tls_url)),
+    /// whose certificate the test CA (`tls_file("ca.pem")`) signed; with
+    /// `require_client_cert`, clients must show one the test CA signed.
+    pub fn start_tls(require_client_cert: bool) -> Self {
+        let tls = free_port().map(|port| Tls {
+            port,
+            require_client_cert,
+        });
+        tls.and_then(|tls| Self::launch(Some(tls)))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn launch(tls: Option<Tls>) -> Result<Self, String> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|e| format!("no free loopback port: {e}"))?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
             "stream-rpc-redis-{}-{}-{}",
             std::process::id(),
@@ -45,14 +92,37 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            tls,
         };
         server.spawn()?;
         Ok(server)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        // A TLS server also listens on 127.0.0.2 (loopback too), an address
+        // its certificate does not name.
+        let bind = if self.tls.is_some() {
+            "127.0.0.1 127.0.0.2"
+        } else {
+            "127.0.0.1"
+        };
+        if let Some(tls) = &self.tls {
+            command
+                .args(["--tls-port", &tls.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(tls_file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(tls_file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls_file("ca.pem"))
+                .args([
+                    "--tls-auth-clients",
+                    if tls.require_client_cert { "yes" } else { "no" },
+                ]);
+        }
+        let child = command
+            .args(["--port", &self.port.to_string(), "--bind", bind])
             .arg("--dir")
             .arg(&self.dir)
             .args([
@@ -108,6 +178,12 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The `rediss://` URL of the TLS port of [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("a server started with start_tls");
+        format!("rediss://127.0.0.1:{}/", tls.port)
     }
 
     /// Kills it with SIGKILL: what it had not written to its append-only
