@@ -250,7 +250,27 @@ async fn json_nested_deeper_than_serde_json_allows() {
         raw.send_plain(plain.as_bytes()).await;
         let error = raw.recv().await;
         let payload = assert_error(&error, ErrorCode::InvalidPacket);
-        assert!(payload.message.contains("recursion limit"), "{payload:?}");
+        assert!(payload.message.contains("nested deeper"), "{payload:?}");
+        ping_is_next(&mut raw).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_integer_beyond_64_bits_is_refused_not_rounded() {
+    bounded(async {
+        let server = TestServer::new().await;
+        let mut raw = server.raw().await;
+        let plain = format!(
+            r#"{{"peer":"{}","id":7,"created_at":"2024-01-01T00:00:00Z","method":"echo","payload":{{"n":1180591620717411303425}}}}"#,
+            raw.id
+        );
+        raw.send_plain(plain.as_bytes()).await;
+        let error = raw.recv().await;
+        assert_eq!(error.reply_to.map(|to| to.id), Some(7));
+        let payload = assert_error(&error, ErrorCode::InvalidPacket);
+        assert!(payload.message.contains("2^64"), "{payload:?}");
         ping_is_next(&mut raw).await;
         server.stop().await;
     })

@@ -51,6 +51,101 @@ pub(super) fn read(bytes: &[u8]) -> Option<Packet> {
     canonical::read(bytes)
 }
 
+/// How deep a packet's JSON may nest arrays and objects, counting the
+/// packet object itself (PROTOCOL.md §4): serde_json's own limit, which
+/// refuses the 128th level.
+pub(super) const MAX_DEPTH: usize = 127;
+
+/// What [`scan`] refuses in JSON text that serde_json would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// An integer literal outside `-2^63 ..= 2^64 - 1`, which serde_json
+    /// would read as an inexact float (2^70 + 1 as 1.1805916207174113e21).
+    WideInteger,
+    /// Arrays and objects nested deeper than allowed.
+    TooDeep,
+}
+
+impl Refusal {
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Refusal::WideInteger => {
+                "an integer outside -2^63 ..= 2^64-1 (such numbers are refused, not rounded)"
+            }
+            Refusal::TooDeep => "nested deeper than 127 levels, counting the packet object",
+        }
+    }
+}
+
+/// Scans JSON text for what the protocol refuses beyond serde_json's own
+/// checks: integers that do not fit 64 bits, and arrays and objects nested
+/// more than `max_depth` deep. Text that is not JSON passes (serde_json
+/// then says what is wrong with it). Strings are skipped whole, so a long
+/// string costs a search for its closing quote, not a look at each byte.
+pub(super) fn scan(bytes: &[u8], max_depth: usize) -> Result<(), Refusal> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'"' => {
+                at += 1;
+                loop {
+                    let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) else {
+                        return Ok(());
+                    };
+                    at += found;
+                    if bytes[at] == b'"' {
+                        at += 1;
+                        break;
+                    }
+                    // An escape: skip the backslash and the escaped byte.
+                    at += 2;
+                    if at > bytes.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Refusal::TooDeep);
+                }
+                at += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                at += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                at += 1;
+                while bytes
+                    .get(at)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    at += 1;
+                }
+                let literal = &bytes[start..at];
+                // Every integer of up to 18 digits fits; longer ones are
+                // checked (u64::MAX has 20 digits, i64::MIN 19 and a sign).
+                if literal.len() > 18 && !literal.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                    let text = std::str::from_utf8(literal).unwrap_or_default();
+                    let fits = if literal[0] == b'-' {
+                        text.parse::<i64>().is_ok()
+                    } else {
+                        text.parse::<u64>().is_ok()
+                    };
+                    if !fits {
+                        return Err(Refusal::WideInteger);
+                    }
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    Ok(())
+}
+
 /// Reading the layout that [`Packet::to_json`] writes, without serde's
 /// general machinery. Every step either matches exactly or gives up, and
 /// the caller then lets serde decide, so this accepts a subset of what
@@ -151,7 +246,9 @@ mod canonical {
             Some(text)
         }
 
-        /// One JSON value, by serde_json.
+        /// One JSON value, by serde_json, inside the packet object: a
+        /// value [`scan`](super::scan) refuses is left to the general path,
+        /// which refuses it with the reason.
         fn value(&mut self) -> Option<Value> {
             // A value with spaces before it is not this layout.
             if self.0.first().is_some_and(u8::is_ascii_whitespace) {
@@ -159,7 +256,9 @@ mod canonical {
             }
             let mut values = serde_json::Deserializer::from_slice(self.0).into_iter::<Value>();
             let value = values.next()?.ok()?;
-            self.0 = self.0.get(values.byte_offset()..)?;
+            let (text, rest) = self.0.split_at_checked(values.byte_offset())?;
+            super::scan(text, super::MAX_DEPTH - 1).ok()?;
+            self.0 = rest;
             Some(value)
         }
     }

@@ -129,11 +129,18 @@ impl Packet {
     /// The layout [`Packet::to_json`] writes (the fields in order, no
     /// spaces, no escapes in the fixed fields) is read directly; anything
     /// else goes through serde, which gives the same packet or the error.
+    ///
+    /// Beyond serde_json's checks, an integer that does not fit 64 bits
+    /// (which serde_json would round to a float) and nesting deeper than
+    /// 127 levels, counting the packet object, are errors (PROTOCOL.md §4).
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        match json::read(bytes) {
-            Some(packet) => Ok(packet),
-            None => serde_json::from_slice(bytes),
+        if let Some(packet) = json::read(bytes) {
+            return Ok(packet);
         }
+        json::scan(bytes, json::MAX_DEPTH).map_err(|refusal| {
+            <serde_json::Error as serde::de::Error>::custom(refusal.describe())
+        })?;
+        serde_json::from_slice(bytes)
     }
 
     /// Encodes the packet as the JSON plaintext of a token.
@@ -351,9 +358,137 @@ mod tests {
         for (from, to) in edits {
             assert!(written.contains(from), "{from}");
             let edited = written.replacen(from, to, 1);
-            let ours = Packet::from_json(edited.as_bytes()).map_err(|e| e.to_string());
-            let serde = serde_json::from_str::<Packet>(&edited).map_err(|e| e.to_string());
+            // The same packet, or both refuse (with their own words: an
+            // integer beyond 64 bits is named as such).
+            let ours = Packet::from_json(edited.as_bytes()).ok();
+            let serde = serde_json::from_str::<Packet>(&edited).ok();
             assert_eq!(ours, serde, "{edited}");
+        }
+    }
+
+    /// A packet's JSON with `payload` as given, in the layout this crate
+    /// writes and in another (spaces), so that both readers are tried.
+    fn both_layouts(payload: &str) -> [String; 2] {
+        let canonical = format!(
+            r#"{{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":1,"created_at":"2026-11-24T04:34:14.507123456Z","method":"m","payload":{payload}}}"#
+        );
+        let spaced = canonical.replace(r#","id":1"#, r#", "id": 1"#);
+        [canonical, spaced]
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_not_rounded() {
+        let refused = [
+            "1180591620717411303425",
+            "18446744073709551616",
+            "-9223372036854775809",
+            r#"{"task":{"n":[1,99999999999999999999]}}"#,
+        ];
+        for payload in refused {
+            for text in both_layouts(payload) {
+                let err = Packet::from_json(text.as_bytes()).unwrap_err();
+                assert!(err.to_string().contains("2^64"), "{text}: {err}");
+            }
+        }
+        let kept = [
+            ("18446744073709551615", json!(u64::MAX)),
+            ("-9223372036854775808", json!(i64::MIN)),
+            ("1.1805916207174113e21", json!(1.1805916207174113e21)),
+            ("100000000000000000000.0", json!(1e20)),
+            (
+                r#""12345678901234567890123""#,
+                json!("12345678901234567890123"),
+            ),
+            (
+                r#"["\"",123456789012345678]"#,
+                json!(["\"", 123_456_789_012_345_678u64]),
+            ),
+        ];
+        for (payload, value) in kept {
+            for text in both_layouts(payload) {
+                let packet = Packet::from_json(text.as_bytes()).unwrap();
+                assert_eq!(packet.payload, value, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_to_127_levels_counting_the_packet() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        for text in both_layouts(&nested(126)) {
+            Packet::from_json(text.as_bytes()).unwrap();
+        }
+        for text in both_layouts(&nested(127)) {
+            assert!(Packet::from_json(text.as_bytes()).is_err(), "{text}");
+        }
+        // Brackets inside strings are text, not nesting.
+        let in_string = format!("[\"{}\"]", "[".repeat(500));
+        for text in both_layouts(&in_string) {
+            Packet::from_json(text.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn uuids_are_read_in_four_spellings_and_written_in_one() {
+        let hyphenated = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let [canonical, _] = both_layouts("null");
+        for spelling in [
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "URN:UUID:67e55044-10b1-426f-9247-bb680e5fe0c8",
+        ] {
+            let text = canonical.replace(hyphenated, spelling);
+            let packet = Packet::from_json(text.as_bytes()).unwrap();
+            assert_eq!(packet.peer.to_string(), hyphenated, "{spelling}");
+            let written = String::from_utf8(packet.to_json().unwrap()).unwrap();
+            assert!(written.contains(hyphenated), "{written}");
+        }
+        for spelling in [
+            "{67e5504410b1426f9247bb680e5fe0c8}",
+            "67e55044-10b1426f-9247-bb680e5fe0c8-",
+            "67e55044-10b1-426f-9247-bb680e5fe0c",
+            "uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            " 67e55044-10b1-426f-9247-bb680e5fe0c8",
+        ] {
+            let text = canonical.replace(hyphenated, spelling);
+            assert!(Packet::from_json(text.as_bytes()).is_err(), "{spelling}");
+        }
+    }
+
+    #[test]
+    fn created_at_takes_rfc_3339_with_any_offset() {
+        let [canonical, _] = both_layouts("null");
+        let written = "2026-11-24T04:34:14.507123456Z";
+        for (spelling, instant) in [
+            ("2026-11-24T05:34:14.507123456+01:00", written),
+            ("2026-11-24t04:34:14.507123456z", written),
+            ("2026-11-24T04:34:14Z", "2026-11-24T04:34:14.000000000Z"),
+            (
+                "2026-11-24T04:34:14.5-00:00",
+                "2026-11-24T04:34:14.500000000Z",
+            ),
+            ("2026-11-24 04:34:14Z", "2026-11-24T04:34:14.000000000Z"),
+        ] {
+            let text = canonical.replace(written, spelling);
+            let packet = Packet::from_json(text.as_bytes()).unwrap();
+            let mut buf = [0u8; 30];
+            assert_eq!(
+                time::write(&packet.created_at, &mut buf).unwrap(),
+                instant.as_bytes(),
+                "{spelling}"
+            );
+        }
+        for spelling in [
+            "2026-11-24T04:34:14",
+            "2026-11-24_04:34:14Z",
+            "2026-11-24T04:34Z",
+            "2026-11-24T04:34:14.Z",
+            "20261124T043414Z",
+        ] {
+            let text = canonical.replace(written, spelling);
+            assert!(Packet::from_json(text.as_bytes()).is_err(), "{spelling}");
         }
     }
 
