@@ -156,7 +156,13 @@ proptest! {
         }
         let ours = Packet::from_json(&bytes).map_err(|e| e.to_string());
         let serde = serde_json::from_slice::<Packet>(&bytes).map_err(|e| e.to_string());
-        prop_assert_eq!(ours, serde);
+        match &ours {
+            // An integer beyond 64 bits, which serde reads as a float (or
+            // refuses in `id` with other words), is refused by the protocol
+            // (PROTOCOL.md §4).
+            Err(refused) if refused.contains("2^64") => {}
+            _ => prop_assert_eq!(ours, serde),
+        }
     }
 
     /// A token with any byte changed is never accepted.

@@ -1,7 +1,12 @@
 //! Load and memory benchmarks: stream-rpc against tarpc (bincode and JSON
-//! transports), a raw newline echo, and a newline echo that seals and opens
-//! every line with this crate's Fernet and nothing more (the floor with
-//! encryption), on loopback, in one process.
+//! transports), a raw newline echo (the floor), and a newline echo that
+//! seals and opens every line with this crate's Fernet and nothing more
+//! (the floor with encryption), on loopback. Each server runs either in a
+//! process of its own on a default multi-threaded runtime (`--mode
+//! process`, as `#[tokio::main]` builds it) or on a single-threaded runtime
+//! on a thread of this process (`--mode thread`); `--mode both` (the
+//! default) prints a table for each. CPU time per call of the server and of
+//! the client is read from `/proc`.
 //!
 //! ```text
 //! cargo run --release -p stream-rpc-benchmarks            # the full run (several minutes)
@@ -10,13 +15,17 @@
 //!
 //! Options: `--reps N` (3), `--calls N` (calls per run of `seq`; `pipe64`
 //! and `conn16` make 4 times as many), `--time-cap SECS` (4 per run),
-//! `--skip-memory`, `--smoke`, `--no-replay` (stream-rpc without replay
-//! protection, to measure its cost), `--log LEVEL` (log through the seed's
-//! format to stderr at that level, e.g. `--log INFO 2>/dev/null`),
-//! `--log-packets off|headers|full` (how much the packet lines show), and `--system NAMES` (comma-separated),
-//! `--scenario NAME` and `--payload ping|1KiB` to run part of the table (for
-//! profiling). See docs/BENCHMARKS.md.
+//! `--mode process|thread|both`, `--skip-memory`, `--smoke`, `--no-replay`
+//! (stream-rpc without replay protection, to measure its cost), `--log
+//! LEVEL` (log through the seed's format to stderr at that level, e.g.
+//! `--log INFO 2>/dev/null`), `--log-packets off|headers|full` (how much
+//! the packet lines show), and `--system NAMES` (comma-separated),
+//! `--scenario NAME` and `--payload ping|1KiB` to run part of the table
+//! (for profiling). `--serve NAME` is the server process's own mode. See
+//! docs/BENCHMARKS.md.
 
+mod cpu;
+mod process;
 mod systems;
 
 use std::borrow::Cow;
@@ -26,7 +35,87 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use cpu::{Cpu, Probe};
 use systems::{RawConn, System};
+
+/// Where the servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Each server in a process of its own on a default multi-threaded
+    /// runtime (one worker per core), as `#[tokio::main]` builds it.
+    Process,
+    /// Each server on a single-threaded runtime on a thread of this
+    /// process.
+    Thread,
+}
+
+impl Mode {
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Process => {
+                "servers in their own processes, multi-threaded runtime (one worker per core); client in this process, single-threaded"
+            }
+            Mode::Thread => {
+                "server and client on separate single-threaded runtimes in this process"
+            }
+        }
+    }
+}
+
+/// A server of either mode.
+enum Server {
+    Thread(systems::ServerThread),
+    Process(process::ServerProcess),
+}
+
+impl Server {
+    fn start(mode: Mode, system: System) -> Server {
+        match mode {
+            Mode::Thread => Server::Thread(systems::start_server(system)),
+            Mode::Process => Server::Process(process::ServerProcess::start(system)),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Thread(server) => server.addr,
+            Server::Process(server) => server.addr,
+        }
+    }
+
+    fn probe(&self) -> Probe {
+        match self {
+            Server::Thread(server) => server.probe,
+            Server::Process(server) => server.probe,
+        }
+    }
+}
+
+/// The CPU time of the server and of the client (this thread) from the
+/// start of the timed part of a run.
+struct Meter {
+    server: Probe,
+    client: Probe,
+    at: (Cpu, Cpu),
+}
+
+impl Meter {
+    fn start(server: Probe) -> Meter {
+        let client = Probe::this_thread();
+        Meter {
+            server,
+            client,
+            at: (server.read(), client.read()),
+        }
+    }
+
+    fn stop(&self) -> (Cpu, Cpu) {
+        (
+            self.server.read() - self.at.0,
+            self.client.read() - self.at.1,
+        )
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -54,6 +143,15 @@ impl Scenario {
             Scenario::Conn16 => (1.0, 0.7),
         }
     }
+
+    /// The separate-process targets against tarpc-bincode, ping payload.
+    fn process_target(self) -> f64 {
+        match self {
+            Scenario::Seq => 1.0,
+            Scenario::Pipe64 => 1.5,
+            Scenario::Conn16 => 1.1,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +164,7 @@ struct Options {
     systems: Vec<System>,
     scenarios: Vec<Scenario>,
     payloads: Vec<&'static str>,
+    modes: Vec<Mode>,
 }
 
 fn options() -> Result<Options, String> {
@@ -78,6 +177,7 @@ fn options() -> Result<Options, String> {
         systems: System::ALL.to_vec(),
         scenarios: Scenario::ALL.to_vec(),
         payloads: vec!["ping", "1KiB"],
+        modes: vec![Mode::Process, Mode::Thread],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -91,6 +191,15 @@ fn options() -> Result<Options, String> {
             "--calls" => options.calls = number("--calls")?.max(1) as usize,
             "--time-cap" => options.time_cap = Duration::from_secs(number("--time-cap")?.max(1)),
             "--skip-memory" => options.memory = false,
+            "--mode" => {
+                let name = args.next().unwrap_or_default();
+                options.modes = match name.as_str() {
+                    "process" => vec![Mode::Process],
+                    "thread" => vec![Mode::Thread],
+                    "both" => vec![Mode::Process, Mode::Thread],
+                    _ => return Err(format!("unknown mode {name:?}: process, thread or both")),
+                };
+            }
             "--no-replay" => systems::NO_REPLAY.store(true, std::sync::atomic::Ordering::Relaxed),
             "--system" => {
                 let names = args.next().unwrap_or_default();
@@ -158,8 +267,9 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// The runs of one (scenario, payload, system), over the repetitions.
-type Results = Vec<((Scenario, &'static str, System), Vec<Run>)>;
+/// The runs of one (mode, scenario, payload, system), over the repetitions.
+type Results = Vec<(Key, Vec<Run>)>;
+type Key = (Mode, Scenario, &'static str, System);
 
 /// One run's result.
 #[derive(Debug, Clone)]
@@ -167,11 +277,20 @@ struct Run {
     calls: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time of the server, and of the client, over the timed part.
+    cpu: (Cpu, Cpu),
 }
 
 impl Run {
     fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server and client CPU µs per call (user + system).
+    fn cpu_per_call(&self) -> (f64, f64) {
+        let calls = self.calls.max(1) as f64;
+        let total = |cpu: Cpu| (cpu.user_us + cpu.system_us) / calls;
+        (total(self.cpu.0), total(self.cpu.1))
     }
 
     fn percentile(&self, p: f64) -> Duration {
@@ -190,8 +309,16 @@ fn client_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs one scenario against one system's fresh server.
-fn run(system: System, scenario: Scenario, data: &str, calls: usize, cap: Duration) -> Run {
-    let server = systems::start_server(system);
+fn run(
+    mode: Mode,
+    system: System,
+    scenario: Scenario,
+    data: &str,
+    calls: usize,
+    cap: Duration,
+) -> Run {
+    let server = Server::start(mode, system);
+    let probe = server.probe();
     let frame = {
         let mut line = "x".repeat(systems::rpc_frame_len(data) - 1).into_bytes();
         line.push(b'\n');
@@ -201,20 +328,13 @@ fn run(system: System, scenario: Scenario, data: &str, calls: usize, cap: Durati
     runtime.block_on(async {
         match (system, scenario) {
             (System::Raw, Scenario::Pipe64) => {
-                line_pipelined(
-                    server.addr,
-                    calls,
-                    cap,
-                    64,
-                    |_| {},
-                    || frame.as_slice().into(),
-                )
-                .await
+                floor_pipelined(server.addr(), probe, calls, cap, 64, &frame).await
             }
             (System::FernetEcho, Scenario::Pipe64) => {
                 let sealer = systems::Sealer::new();
                 line_pipelined(
-                    server.addr,
+                    server.addr(),
+                    probe,
                     calls,
                     cap,
                     64,
@@ -224,30 +344,63 @@ fn run(system: System, scenario: Scenario, data: &str, calls: usize, cap: Durati
                 .await
             }
             (_, Scenario::Seq) => {
-                concurrent(system, server.addr, data, &frame, calls, cap, 1, 1).await
+                let shape = (1, 1);
+                concurrent(
+                    system,
+                    server.addr(),
+                    probe,
+                    data,
+                    &frame,
+                    calls,
+                    cap,
+                    shape,
+                )
+                .await
             }
             (_, Scenario::Pipe64) => {
-                concurrent(system, server.addr, data, &frame, calls, cap, 1, 64).await
+                let shape = (1, 64);
+                concurrent(
+                    system,
+                    server.addr(),
+                    probe,
+                    data,
+                    &frame,
+                    calls,
+                    cap,
+                    shape,
+                )
+                .await
             }
             (_, Scenario::Conn16) => {
-                concurrent(system, server.addr, data, &frame, calls, cap, 16, 1).await
+                let shape = (16, 1);
+                concurrent(
+                    system,
+                    server.addr(),
+                    probe,
+                    data,
+                    &frame,
+                    calls,
+                    cap,
+                    shape,
+                )
+                .await
             }
         }
     })
 }
 
-/// `connections` connections with `per_connection` callers each, calling
-/// one at a time until `calls` are made or `cap` has passed.
+/// `connections` connections with `per_connection` callers each (`shape`),
+/// calling one at a time until `calls` are made or `cap` has passed.
 #[allow(clippy::too_many_arguments)]
 async fn concurrent(
     system: System,
     addr: SocketAddr,
+    server: Probe,
     data: &str,
     frame: &[u8],
     calls: usize,
     cap: Duration,
-    connections: usize,
-    per_connection: usize,
+    (connections, per_connection): (usize, usize),
 ) -> Run {
     let mut clients = Vec::new();
     let factory = systems::Clients::new(system, addr);
@@ -261,6 +414,7 @@ async fn concurrent(
     let local = tokio::task::LocalSet::new();
     let left = Rc::new(Cell::new(calls));
     let latencies = Rc::new(RefCell::new(Vec::with_capacity(calls)));
+    let meter = Meter::start(server);
     let started = Instant::now();
     let deadline = started + cap;
     for client in &clients {
@@ -279,6 +433,7 @@ async fn concurrent(
     }
     local.await;
     let elapsed = started.elapsed();
+    let cpu = meter.stop();
     drop(clients);
     let latencies = Rc::try_unwrap(latencies)
         .map(RefCell::into_inner)
@@ -287,6 +442,7 @@ async fn concurrent(
         calls: latencies.len(),
         elapsed,
         latencies,
+        cpu,
     }
 }
 
@@ -294,6 +450,7 @@ async fn concurrent(
 /// flight; `next` makes each request line, `check` looks at each reply.
 async fn line_pipelined<'f>(
     addr: SocketAddr,
+    server: Probe,
     calls: usize,
     cap: Duration,
     window: usize,
@@ -307,6 +464,7 @@ async fn line_pipelined<'f>(
     }
     let mut sent_at = VecDeque::with_capacity(window);
     let mut latencies = Vec::with_capacity(calls);
+    let meter = Meter::start(server);
     let started = Instant::now();
     let deadline = started + cap;
     let mut sent = 0;
@@ -325,10 +483,241 @@ async fn line_pipelined<'f>(
             sent += 1;
         }
     }
+    let elapsed = started.elapsed();
     Run {
         calls: latencies.len(),
-        elapsed: started.elapsed(),
+        elapsed,
         latencies,
+        cpu: meter.stop(),
+    }
+}
+
+/// The floor's pipelined client: one connection, `window` lines in flight,
+/// written and read in batches, doing nothing per line but count its
+/// terminator.
+async fn floor_pipelined(
+    addr: SocketAddr,
+    server: Probe,
+    calls: usize,
+    cap: Duration,
+    window: usize,
+    frame: &[u8],
+) -> Run {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let batch: Vec<u8> = frame.repeat(window);
+    let mut buffer = vec![0u8; 256 * 1024];
+    // Warm-up: a few windows.
+    for _ in 0..8 {
+        writer.write_all(&batch).await.expect("write");
+        let mut left = window;
+        while left > 0 {
+            let read = reader.read(&mut buffer).await.expect("read");
+            assert!(read > 0, "the floor echo closed");
+            left -= memchr::memchr_iter(b'\n', &buffer[..read]).count();
+        }
+    }
+    let mut sent_at = VecDeque::with_capacity(window);
+    let mut latencies = Vec::with_capacity(calls);
+    let meter = Meter::start(server);
+    let started = Instant::now();
+    let deadline = started + cap;
+    let first = calls.min(window);
+    writer
+        .write_all(&batch[..first * frame.len()])
+        .await
+        .expect("write");
+    let now = Instant::now();
+    sent_at.extend(std::iter::repeat_n(now, first));
+    let mut sent = first;
+    while !sent_at.is_empty() {
+        let read = reader.read(&mut buffer).await.expect("read");
+        assert!(read > 0, "the floor echo closed");
+        let done = memchr::memchr_iter(b'\n', &buffer[..read]).count();
+        let now = Instant::now();
+        for at in sent_at.drain(..done.min(sent_at.len())) {
+            latencies.push(now - at);
+        }
+        let more = if now < deadline {
+            done.min(calls - sent)
+        } else {
+            0
+        };
+        if more > 0 {
+            writer
+                .write_all(&batch[..more * frame.len()])
+                .await
+                .expect("write");
+            sent_at.extend(std::iter::repeat_n(Instant::now(), more));
+            sent += more;
+        }
+    }
+    let elapsed = started.elapsed();
+    Run {
+        calls: latencies.len(),
+        elapsed,
+        latencies,
+        cpu: meter.stop(),
+    }
+}
+
+/// The median over the repetitions of one measure of one cell.
+fn cell(results: &Results, key: Key, measure: impl Fn(&Run) -> f64) -> f64 {
+    results
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, runs)| median(runs.iter().map(measure).collect()))
+        .unwrap_or(f64::NAN)
+}
+
+/// One mode's table and its targets.
+fn report(mode: Mode, results: &Results, payloads: &[(&'static str, String)]) {
+    println!();
+    println!("## {:?} mode: {}", mode, mode.describe());
+    println!();
+    println!(
+        "| scenario | payload | system | calls/s | p50 µs | p99 µs | server CPU µs/call (user+sys) | client CPU µs/call | stream-rpc ÷ this |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let rate =
+        |scenario, payload, system| cell(results, (mode, scenario, payload, system), Run::rate);
+    let server_cpu = |scenario, payload, system| {
+        cell(results, (mode, scenario, payload, system), |run| {
+            run.cpu_per_call().0
+        })
+    };
+    for scenario in Scenario::ALL {
+        for (payload, _) in payloads {
+            let ours = rate(scenario, payload, System::StreamRpc);
+            for system in System::ALL {
+                let Some((_, runs)) = results
+                    .iter()
+                    .find(|(k, _)| *k == (mode, scenario, *payload, system))
+                else {
+                    continue;
+                };
+                let this = median(runs.iter().map(Run::rate).collect());
+                let p50 = median(runs.iter().map(|r| micros(r.percentile(0.50))).collect());
+                let p99 = median(runs.iter().map(|r| micros(r.percentile(0.99))).collect());
+                let user = median(
+                    runs.iter()
+                        .map(|r| r.cpu.0.user_us / r.calls.max(1) as f64)
+                        .collect(),
+                );
+                let sys = median(
+                    runs.iter()
+                        .map(|r| r.cpu.0.system_us / r.calls.max(1) as f64)
+                        .collect(),
+                );
+                let client = median(runs.iter().map(|r| r.cpu_per_call().1).collect());
+                let ratio = if system == System::StreamRpc || ours.is_nan() {
+                    String::new()
+                } else {
+                    format!("{:.2}×", ours / this)
+                };
+                println!(
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} ({:.2}+{:.2}) | {:.2} | {} |",
+                    scenario.name(),
+                    payload,
+                    system.name(),
+                    this,
+                    p50,
+                    p99,
+                    user + sys,
+                    user,
+                    sys,
+                    client,
+                    ratio
+                );
+            }
+        }
+    }
+
+    println!();
+    println!("Targets ({mode:?} mode, same run):");
+    let mut missed = 0;
+    let mut check = |what: String, ratio: f64, target: f64| {
+        if ratio.is_nan() {
+            return; // a system or scenario left out
+        }
+        let verdict = if ratio >= target { "met" } else { "MISSED" };
+        if ratio < target {
+            missed += 1;
+        }
+        println!("  {what}: {ratio:.2}× (target ≥ {target:.2}×) {verdict}");
+    };
+    let ours = |scenario, payload| rate(scenario, payload, System::StreamRpc);
+    for scenario in Scenario::ALL {
+        let name = scenario.name();
+        let ping = ours(scenario, "ping");
+        match mode {
+            Mode::Process => {
+                let bincode = rate(scenario, "ping", System::TarpcBincode);
+                check(
+                    format!("{name:>6} ping vs tarpc-bincode"),
+                    ping / bincode,
+                    scenario.process_target(),
+                );
+                if scenario != Scenario::Seq {
+                    // Server CPU per call at most tarpc-bincode's: their
+                    // ratio (theirs ÷ ours) at least 1.
+                    let cpu = server_cpu(scenario, "ping", System::TarpcBincode)
+                        / server_cpu(scenario, "ping", System::StreamRpc);
+                    check(
+                        format!("{name:>6} ping server CPU/call, tarpc-bincode ÷ ours"),
+                        cpu,
+                        1.0,
+                    );
+                }
+            }
+            Mode::Thread => {
+                let (vs_tarpc, vs_raw) = scenario.targets();
+                check(
+                    format!("{name:>6} ping vs tarpc-bincode"),
+                    ping / rate(scenario, "ping", System::TarpcBincode),
+                    vs_tarpc,
+                );
+                check(
+                    format!("{name:>6} ping vs raw-echo"),
+                    ping / rate(scenario, "ping", System::Raw),
+                    vs_raw,
+                );
+            }
+        }
+        let kib = ours(scenario, "1KiB");
+        if scenario != Scenario::Seq {
+            check(
+                format!("{name:>6} 1KiB vs tarpc-bincode"),
+                kib / rate(scenario, "1KiB", System::TarpcBincode),
+                0.9,
+            );
+        }
+        if scenario == Scenario::Pipe64 {
+            check(
+                format!("{name:>6} 1KiB vs tarpc-json"),
+                kib / rate(scenario, "1KiB", System::TarpcJson),
+                1.5,
+            );
+        }
+    }
+    println!("  {missed} target(s) missed");
+    // The floor must beat every framework.
+    for scenario in Scenario::ALL {
+        for (payload, _) in payloads {
+            let floor = rate(scenario, payload, System::Raw);
+            for system in System::ALL {
+                let other = rate(scenario, payload, system);
+                if system != System::Raw && other > floor {
+                    println!(
+                        "  note: {} {payload}: {} ({other:.0}/s) beat the raw echo ({floor:.0}/s)",
+                        scenario.name(),
+                        system.name()
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -342,6 +731,10 @@ fn micros(duration: Duration) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(process::SERVE) {
+        process::serve(&args[1..]);
+    }
     let options = match options() {
         Ok(options) => options,
         Err(e) => {
@@ -354,126 +747,49 @@ fn main() {
         options.reps, options.calls, options.time_cap
     );
     println!(
-        "machine: {} cores; client and server on separate single-threaded runtimes in one process",
+        "machine: {} cores",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
 
     let payloads = [("ping", String::new()), ("1KiB", "x".repeat(1024))];
-    // results[(scenario, payload, system)] = runs
     let mut results: Results = Vec::new();
     for rep in 0..options.reps {
-        for &scenario in &options.scenarios {
-            for (payload, data) in payloads
-                .iter()
-                .filter(|(p, _)| options.payloads.contains(p))
-            {
-                for &system in &options.systems {
-                    let calls = match scenario {
-                        Scenario::Seq => options.calls,
-                        _ => options.calls * 4,
-                    };
-                    let result = run(system, scenario, data, calls, options.time_cap);
-                    eprintln!(
-                        "rep {} {:>6} {:>4} {:>13}: {:>9.0} calls/s",
-                        rep + 1,
-                        scenario.name(),
-                        payload,
-                        system.name(),
-                        result.rate()
-                    );
-                    let key = (scenario, *payload, system);
-                    match results.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, runs)) => runs.push(result),
-                        None => results.push((key, vec![result])),
+        for &mode in &options.modes {
+            for &scenario in &options.scenarios {
+                for (payload, data) in payloads
+                    .iter()
+                    .filter(|(p, _)| options.payloads.contains(p))
+                {
+                    for &system in &options.systems {
+                        let calls = match scenario {
+                            Scenario::Seq => options.calls,
+                            _ => options.calls * 4,
+                        };
+                        let result = run(mode, system, scenario, data, calls, options.time_cap);
+                        let (server_cpu, client_cpu) = result.cpu_per_call();
+                        eprintln!(
+                            "rep {} {:>7} {:>6} {:>4} {:>13}: {:>9.0} calls/s, CPU µs/call server {:.2} client {:.2}",
+                            rep + 1,
+                            format!("{mode:?}").to_lowercase(),
+                            scenario.name(),
+                            payload,
+                            system.name(),
+                            result.rate(),
+                            server_cpu,
+                            client_cpu,
+                        );
+                        let key = (mode, scenario, *payload, system);
+                        match results.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, runs)) => runs.push(result),
+                            None => results.push((key, vec![result])),
+                        }
                     }
                 }
             }
         }
     }
-
-    println!();
-    println!("| scenario | payload | system | calls/s | p50 µs | p99 µs | stream-rpc ÷ this |");
-    println!("|---|---|---|---|---|---|---|");
-    let rate_of = |scenario, payload, system| -> f64 {
-        results
-            .iter()
-            .find(|(k, _)| *k == (scenario, payload, system))
-            .map(|(_, runs)| median(runs.iter().map(Run::rate).collect()))
-            .unwrap_or(f64::NAN)
-    };
-    for scenario in Scenario::ALL {
-        for (payload, _) in &payloads {
-            let ours = rate_of(scenario, payload, System::StreamRpc);
-            for system in System::ALL {
-                let Some((_, runs)) = results
-                    .iter()
-                    .find(|(k, _)| *k == (scenario, *payload, system))
-                else {
-                    continue;
-                };
-                let rate = median(runs.iter().map(Run::rate).collect());
-                let p50 = median(runs.iter().map(|r| micros(r.percentile(0.50))).collect());
-                let p99 = median(runs.iter().map(|r| micros(r.percentile(0.99))).collect());
-                let ratio = if system == System::StreamRpc || ours.is_nan() {
-                    "".to_owned()
-                } else {
-                    format!("{:.2}×", ours / rate)
-                };
-                println!(
-                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} |",
-                    scenario.name(),
-                    payload,
-                    system.name(),
-                    rate,
-                    p50,
-                    p99,
-                    ratio
-                );
-            }
-        }
-    }
-
-    println!();
-    println!("Targets (ping payload, same run):");
-    let mut missed = 0;
-    for scenario in Scenario::ALL {
-        let (vs_tarpc, vs_raw) = scenario.targets();
-        let ours = rate_of(scenario, "ping", System::StreamRpc);
-        for (other, target) in [(System::TarpcBincode, vs_tarpc), (System::Raw, vs_raw)] {
-            let ratio = ours / rate_of(scenario, "ping", other);
-            if ratio.is_nan() {
-                // A system or scenario left out with --system or --scenario.
-                continue;
-            }
-            let verdict = if ratio >= target { "met" } else { "MISSED" };
-            if ratio < target {
-                missed += 1;
-            }
-            println!(
-                "  {:>6} vs {:>13}: {:.2}× (target ≥ {:.2}×) {}",
-                scenario.name(),
-                other.name(),
-                ratio,
-                target,
-                verdict
-            );
-        }
-    }
-    println!("  {missed} target(s) missed");
-    println!("For reference, the floor with encryption (no framework):");
-    for scenario in Scenario::ALL {
-        let floor = rate_of(scenario, "ping", System::FernetEcho);
-        for other in [System::TarpcBincode, System::Raw] {
-            let ratio = floor / rate_of(scenario, "ping", other);
-            if !ratio.is_nan() {
-                println!(
-                    "  {:>6}: fernet-echo vs {:>13}: {:.2}×",
-                    scenario.name(),
-                    other.name(),
-                    ratio
-                );
-            }
-        }
+    for &mode in &options.modes {
+        report(mode, &results, &payloads);
     }
 
     if options.memory {

@@ -81,6 +81,8 @@ impl Ping for PingServer {
 /// A server running on its own thread until dropped.
 pub struct ServerThread {
     pub addr: SocketAddr,
+    /// The server thread's CPU time.
+    pub probe: crate::cpu::Probe,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -104,11 +106,20 @@ pub static NO_REPLAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 pub static LOG_PACKETS: std::sync::Mutex<stream_rpc::PacketLog> =
     std::sync::Mutex::new(stream_rpc::PacketLog::Headers);
 
+/// The variable that hands the key to a server process.
+pub const KEY_VAR: &str = "STREAM_RPC_BENCH_KEY";
+
 /// The shared key of every stream-rpc run.
 pub fn key() -> &'static str {
     use std::sync::OnceLock;
     static KEY: OnceLock<String> = OnceLock::new();
-    KEY.get_or_init(|| Fernet::generate_key().expect("OS randomness"))
+    // A server process gets its parent's key in this variable.
+    KEY.get_or_init(|| {
+        std::env::var(KEY_VAR)
+            .ok()
+            .filter(|key| !key.is_empty())
+            .unwrap_or_else(|| Fernet::generate_key().expect("OS randomness"))
+    })
 }
 
 pub fn rpc_config(
@@ -139,10 +150,12 @@ pub fn start_server(system: System) -> ServerThread {
 /// Starts `system`'s server; stream-rpc uses `config`.
 pub fn start_server_with(system: System, config: Config) -> ServerThread {
     let (addr_tx, addr_rx) = std_mpsc::channel();
+    let (probe_tx, probe_rx) = std_mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("server".into())
         .spawn(move || {
+            let _ = probe_tx.send(crate::cpu::Probe::this_thread());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -159,6 +172,7 @@ pub fn start_server_with(system: System, config: Config) -> ServerThread {
     let addr = addr_rx.recv().expect("server address");
     ServerThread {
         addr,
+        probe: probe_rx.recv().expect("server thread id"),
         stop: Some(stop_tx),
         thread: Some(thread),
     }
@@ -175,7 +189,9 @@ async fn bind_loopback(addr_tx: &std_mpsc::Sender<SocketAddr>) -> TcpListener {
     listener
 }
 
-async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketAddr>) {
+/// Serves `system` on a free loopback port (reported on `addr_tx`) on the
+/// runtime it is called on, until dropped.
+pub async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketAddr>) {
     match system {
         System::StreamRpc => {
             let server = Connector::new(config).bind().await.expect("bind");
@@ -208,7 +224,7 @@ async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<SocketA
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(echo(stream));
+                tokio::spawn(floor_echo(stream));
             }
         }
         System::FernetEcho => {
@@ -240,12 +256,31 @@ where
         .await;
 }
 
-/// Echoes lines, writing only when no more input is buffered.
-async fn echo(stream: TcpStream) {
-    fn same(line: &[u8]) -> Cow<'_, [u8]> {
-        Cow::Borrowed(line)
+/// The floor: echoes every complete line it has read, in one write per
+/// read, doing nothing per line but finding the last terminator.
+async fn floor_echo(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut held = 0;
+    loop {
+        let read = match stream.read(&mut buffer[held..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let filled = held + read;
+        let Some(last) = memchr::memrchr(b'\n', &buffer[..filled]) else {
+            held = filled;
+            if held == buffer.len() {
+                return; // a line longer than the buffer: not this benchmark's
+            }
+            continue;
+        };
+        if stream.write_all(&buffer[..=last]).await.is_err() {
+            return;
+        }
+        buffer.copy_within(last + 1..filled, 0);
+        held = filled - last - 1;
     }
-    answer_lines(stream, same).await;
 }
 
 /// Writes `answer`'s reply to each line, terminator included, and flushes

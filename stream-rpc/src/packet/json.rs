@@ -28,9 +28,9 @@ pub(super) fn write(packet: &Packet, json: &mut Vec<u8>) -> Result<(), serde_jso
         )?,
     }
     json.extend_from_slice(b",\"method\":");
-    serde_json::to_writer(&mut *json, &packet.method)?;
+    push_str(json, &packet.method);
     json.extend_from_slice(b",\"payload\":");
-    serde_json::to_writer(&mut *json, &packet.payload)?;
+    push_value(json, &packet.payload)?;
     if let Some(to) = &packet.reply_to {
         json.extend_from_slice(b",\"reply_to\":{\"peer\":");
         push_uuid(json, &to.peer);
@@ -44,6 +44,100 @@ pub(super) fn write(packet: &Packet, json: &mut Vec<u8>) -> Result<(), serde_jso
     }
     json.push(b'}');
     Ok(())
+}
+
+/// Writes `value` as serde_json writes it (the same bytes), with strings
+/// escaped by [`push_str`]: a payload is mostly strings, and serde_json
+/// looks at their bytes one at a time.
+fn push_value(json: &mut Vec<u8>, value: &serde_json::Value) -> Result<(), serde_json::Error> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => push_str(json, text),
+        Value::Array(items) => {
+            json.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    json.push(b',');
+                }
+                push_value(json, item)?;
+            }
+            json.push(b']');
+        }
+        Value::Object(members) => {
+            json.push(b'{');
+            for (index, (key, item)) in members.iter().enumerate() {
+                if index > 0 {
+                    json.push(b',');
+                }
+                push_str(json, key);
+                json.push(b':');
+                push_value(json, item)?;
+            }
+            json.push(b'}');
+        }
+        // Numbers, booleans and null in serde_json's own spelling.
+        other => serde_json::to_writer(&mut *json, other)?,
+    }
+    Ok(())
+}
+
+/// Writes `text` as a JSON string, escaped exactly as serde_json escapes
+/// it (`\"`, `\\`, `\b \f \n \r \t`, other control characters as
+/// `\u00xx`; nothing else). Eight bytes are looked at at once: a run with
+/// nothing to escape is copied whole.
+fn push_str(json: &mut Vec<u8>, text: &str) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    /// Whether any byte of `word` is a control character, `"` or `\`.
+    fn needs_escape(word: u64) -> bool {
+        let zero_in = |x: u64| x.wrapping_sub(ONES) & !x;
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let quote = zero_in(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero_in(word ^ (ONES * u64::from(b'\\')));
+        (control | quote | backslash) & HIGHS != 0
+    }
+    let bytes = text.as_bytes();
+    json.reserve(bytes.len() + 2);
+    json.push(b'"');
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(chunk) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            if !needs_escape(word) {
+                at += 8;
+                continue;
+            }
+        }
+        let end = (at + 8).min(bytes.len());
+        for index in at..end {
+            let byte = bytes[index];
+            let short = match byte {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                0x08 => b'b',
+                0x0c => b'f',
+                b'\n' => b'n',
+                b'\r' => b'r',
+                b'\t' => b't',
+                0x00..=0x1f => b'u',
+                _ => continue,
+            };
+            json.extend_from_slice(&bytes[copied..index]);
+            copied = index + 1;
+            json.push(b'\\');
+            json.push(short);
+            if short == b'u' {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                json.extend_from_slice(b"00");
+                json.push(HEX[usize::from(byte >> 4)]);
+                json.push(HEX[usize::from(byte & 0xf)]);
+            }
+        }
+        at = end;
+    }
+    json.extend_from_slice(&bytes[copied..]);
+    json.push(b'"');
 }
 
 /// Reads the layout [`write`] writes; `None` for anything else.

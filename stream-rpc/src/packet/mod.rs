@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn strings_are_escaped_as_serde_escapes_them_at_every_alignment() {
+        let mut texts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        let all: String = (0u8..0x80).map(char::from).collect();
+        for shift in 0..9 {
+            let pad = "p".repeat(shift);
+            texts.push(format!("{pad}{all}é✓\u{7f}\u{10ffff}{pad}"));
+            texts.push(format!("{pad}\"{pad}\\{pad}\n"));
+            texts.push("x".repeat(1000 + shift));
+        }
+        for text in texts {
+            let payload =
+                json!({ text.clone(): [text.clone(), {"k": text.clone()}, 1.5, -2, null, true] });
+            let packet = Packet::new(Uuid::nil(), 1, text.clone(), payload);
+            let ours = packet.to_json().unwrap();
+            assert_eq!(ours, serde_json::to_vec(&packet).unwrap(), "{text:?}");
+            assert_eq!(Packet::from_json(&ours).unwrap(), packet);
+        }
+    }
+
+    #[test]
     fn to_json_writes_what_serde_writes() {
         use chrono::Datelike;
         let inner = sample();
