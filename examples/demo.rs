@@ -10,8 +10,7 @@
 //! `DEMO_PARSE_DELAY_MS` (700) pace the workers. It listens on a free port
 //! of 127.0.0.1, whatever `STREAM_RPC_HOST` and `STREAM_RPC_PORT` say.
 
-#[path = "shared/queue_server.rs"]
-mod queue_server;
+use stream_rpc_queue::server as queue_server;
 #[path = "shared/worker.rs"]
 mod worker;
 

@@ -13,8 +13,7 @@
 //! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5). Stops gracefully on Ctrl-C or
 //! SIGTERM.
 
-#[path = "shared/queue_server.rs"]
-mod queue_server;
+use stream_rpc_queue::server as queue_server;
 
 use std::process::ExitCode;
 use std::sync::Arc;

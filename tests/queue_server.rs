@@ -5,8 +5,7 @@
 
 mod common;
 
-#[path = "../examples/shared/queue_server.rs"]
-mod queue_server;
+use stream_rpc_queue::server as queue_server;
 
 #[path = "../stream-rpc-queue/tests/support/mod.rs"]
 mod redis_support;

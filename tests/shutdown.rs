@@ -3,8 +3,7 @@
 
 mod common;
 
-#[path = "../examples/shared/queue_server.rs"]
-mod queue_server;
+use stream_rpc_queue::server as queue_server;
 
 use std::collections::HashSet;
 use std::sync::Arc;

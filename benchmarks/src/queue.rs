@@ -13,8 +13,7 @@
 //! is a `redis-server` from the PATH on a free loopback port (append-only
 //! file, fsync at every write, as the docs recommend). Medians of 3.
 
-#[path = "../../examples/shared/queue_server.rs"]
-mod queue_server;
+use stream_rpc_queue::server as queue_server;
 #[path = "../../stream-rpc-queue/tests/support/mod.rs"]
 mod redis_support;
 

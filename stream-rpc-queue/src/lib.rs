@@ -57,6 +57,7 @@ mod connect;
 mod memory;
 mod redis_queue;
 mod replay;
+pub mod server;
 
 pub use any::{AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_QUEUE, QueueConfig};
 pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};

@@ -1,6 +1,7 @@
-//! The seed's queue server, shared by the `server` and `demo` examples, on
-//! a task queue in memory or on Redis (`stream-rpc-queue`), so that several
-//! servers can share one queue.
+//! [`QueueServer`]: the seed's queue server as a service, on a task queue in
+//! memory or on Redis, so that several servers can share one queue. The
+//! `server`, `demo` and `cluster` examples and the `stream-rpc serve`
+//! command run it.
 //!
 //! Methods (PROTOCOL.md, typed services, has their payloads):
 //! - `ping` answers `pong`;
@@ -15,14 +16,12 @@
 //! - `get_parsed_article` (`{"article_id": N}`) answers the article saved
 //!   for that `parse_article` task, or `null`.
 
-#![allow(dead_code)]
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
 use serde::{Deserialize, Serialize};
 use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Value, json};
-use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
 use uuid::Uuid;
 
 /// What the server did, for the demo's summary.

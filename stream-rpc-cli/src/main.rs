@@ -1,0 +1,576 @@
+//! `stream-rpc`: keys, calls, token decoding, the queue server and its
+//! queue, from a shell. Reads the library's environment settings
+//! (`CRYPTO_KEY`, `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_QUEUE`,
+//! ...), which flags override; never prints a key except from `keygen`.
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use stream_rpc::{CallError, Cipher, CipherError, ConfigBuilder, Connector, Fernet, Value};
+use stream_rpc_queue::server::QueueServer;
+use stream_rpc_queue::{QueueConfig, QueueSettings, RedisTls, TaskQueue, TaskRef};
+
+/// Exit status of a call answered with an error packet, or of `decode` when
+/// a token did not open.
+const REFUSED: u8 = 1;
+/// Exit status when nothing could be asked: bad settings, no server, no
+/// answer in time.
+const FAILED: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "stream-rpc",
+    version,
+    about = "Talk to stream-rpc services from a shell: keys, calls, token decoding, the queue server",
+    after_help = "Settings come from the environment (CRYPTO_KEY, STREAM_RPC_HOST, \
+                  STREAM_RPC_PORT, STREAM_RPC_QUEUE, ...); flags override them.\n\
+                  Examples:\n  stream-rpc keygen > key && chmod 600 key\n  \
+                  stream-rpc --key-file key call ping\n  \
+                  stream-rpc --key-file key serve --port 8888"
+)]
+struct Cli {
+    /// Read the key (or comma-separated keys) from this file instead of
+    /// CRYPTO_KEY, so that it stays out of shell history.
+    #[arg(long, global = true, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random key (32 bytes, URL-safe base64).
+    #[command(after_help = "Example:\n  stream-rpc keygen > key && chmod 600 key")]
+    Keygen,
+    /// Send one request and print the reply's payload as JSON.
+    #[command(
+        after_help = "Exit status: 0 answered, 1 answered with an error packet \
+                            (its code and message on stderr), 2 no answer (unreachable, \
+                            timed out, wrong key) or bad arguments.\n\
+                            Examples:\n  stream-rpc call ping\n  \
+                            stream-rpc call put_in_queue @task.json\n  \
+                            echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify"
+    )]
+    Call(CallArgs),
+    /// Open tokens (arguments, or one per line on stdin) and print each
+    /// packet with its token's time.
+    #[command(
+        after_help = "A token that does not open is reported on stderr with why \
+                            (malformed, wrong key, expired, from the future) and the next \
+                            one is tried; the exit status is then 1.\n\
+                            Example:\n  tcpdump -A -i lo port 8888 | grep -o 'gAAAA[A-Za-z0-9_=-]*' | \
+                            stream-rpc decode --no-ttl"
+    )]
+    Decode(DecodeArgs),
+    /// Run the ping/queue server (the `server` example), every setting a flag.
+    #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
+                            stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease-secs 60")]
+    Serve(ServeArgs),
+    /// Look at and mend a task queue: stats, dead letters, requeue, purge.
+    #[command(
+        after_help = "Examples:\n  stream-rpc queue --queue redis://127.0.0.1:6379 stats\n  \
+                            stream-rpc queue dead\n  \
+                            stream-rpc queue requeue 3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41:4"
+    )]
+    Queue(QueueArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  stream-rpc completions bash > /etc/bash_completion.d/stream-rpc"
+    )]
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Where a server is.
+#[derive(Args)]
+struct Target {
+    /// HOST:PORT of the server [default: STREAM_RPC_HOST (else 127.0.0.1) and
+    /// STREAM_RPC_PORT (else 8888)].
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// The method.
+    method: String,
+    /// The payload as JSON; `-` reads it from stdin, `@FILE` from a file
+    /// [default: null].
+    payload: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+    /// Print the whole reply packet, not just its payload.
+    #[arg(long)]
+    packet: bool,
+    /// Send without waiting for a reply.
+    #[arg(long, conflicts_with = "packet")]
+    notify: bool,
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// Tokens; without any, one per line is read from stdin.
+    tokens: Vec<String>,
+    /// Open tokens of any age (a capture from long ago).
+    #[arg(long, conflicts_with = "ttl")]
+    no_ttl: bool,
+    /// Refuse tokens older than this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    ttl: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Seed,
+    Json,
+    Compact,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: STREAM_RPC_HOST, else 0.0.0.0].
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on, 0 for any free one [default: STREAM_RPC_PORT, else 8888].
+    #[arg(long)]
+    port: Option<u16>,
+    /// `memory`, or a redis:// or rediss:// URL [default: STREAM_RPC_QUEUE, else memory].
+    #[arg(long)]
+    queue: Option<String>,
+    /// Seconds a task is leased to a worker [default: STREAM_RPC_QUEUE_LEASE_SECS, else 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lease_secs: Option<u64>,
+    /// Hand-outs before a task becomes a dead letter [default: STREAM_RPC_QUEUE_MAX_ATTEMPTS, else 5].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: Option<u32>,
+    /// A PEM file of the CAs trusted for Redis's certificate (rediss://).
+    #[arg(long, value_name = "PATH")]
+    queue_tls_ca: Option<PathBuf>,
+    /// Connections served at once.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// The longest frame accepted, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Handlers running at once on one connection.
+    #[arg(long)]
+    max_handlers: Option<usize>,
+    /// Log level: error, warn, info, debug or trace [default: STREAM_RPC_LOG_LVL, else INFO].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "seed")]
+    log_format: LogFormatArg,
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    /// The queue: a redis:// or rediss:// URL [default: STREAM_RPC_QUEUE].
+    #[arg(long)]
+    queue: Option<String>,
+    /// A PEM file of the CAs trusted for Redis's certificate (rediss://).
+    #[arg(long, value_name = "PATH")]
+    queue_tls_ca: Option<PathBuf>,
+    #[command(subcommand)]
+    action: QueueAction,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Tasks queued, leased, done and dead, duplicates refused, redeliveries.
+    Stats,
+    /// The dead letters: tasks handed out too often without an ack.
+    Dead,
+    /// Put a dead letter back in the queue: PEER:ID of its task packet.
+    Requeue {
+        /// The task packet's `peer` and `id`, as PEER:ID.
+        task: String,
+    },
+    /// Drop every dead letter.
+    PurgeDead,
+}
+
+/// A failure that ends the command, with its exit status.
+struct Failure(u8, String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(FAILED, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Keygen => {
+            println!("{}", Fernet::generate_key()?);
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            let out = &mut std::io::stdout();
+            match shell {
+                Shell::Bash => clap_complete::generate(
+                    clap_complete::Shell::Bash,
+                    &mut command,
+                    "stream-rpc",
+                    out,
+                ),
+                Shell::Zsh => clap_complete::generate(
+                    clap_complete::Shell::Zsh,
+                    &mut command,
+                    "stream-rpc",
+                    out,
+                ),
+                Shell::Fish => clap_complete::generate(
+                    clap_complete::Shell::Fish,
+                    &mut command,
+                    "stream-rpc",
+                    out,
+                ),
+            }
+            Ok(0)
+        }
+        Command::Call(args) => call(cli.key_file, args).await,
+        Command::Decode(args) => decode(cli.key_file, args),
+        Command::Serve(args) => serve(cli.key_file, args).await,
+        Command::Queue(args) => queue(args).await,
+    }
+}
+
+/// The settings of the environment, with the key from `key_file` when given.
+fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
+    let builder = ConfigBuilder::from_env()?;
+    Ok(match key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+            builder.key(key.trim().to_owned())
+        }
+        None => builder,
+    })
+}
+
+/// HOST:PORT of the target, from the flag or the environment.
+fn address(target: &Target) -> Result<(String, u16), Failure> {
+    if let Some(addr) = &target.addr {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("--addr: expected HOST:PORT, got {addr:?}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        return Ok((host.to_owned(), port));
+    }
+    let host = std::env::var(stream_rpc::env::ENV_HOST)
+        .ok()
+        .filter(|host| !host.trim().is_empty() && host.trim() != "0.0.0.0")
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = match std::env::var(stream_rpc::env::ENV_PORT) {
+        Ok(port) if !port.trim().is_empty() => port
+            .trim()
+            .parse()
+            .map_err(|_| format!("STREAM_RPC_PORT: expected a port number, got {port:?}"))?,
+        _ => stream_rpc::env::DEFAULT_PORT,
+    };
+    Ok((host, port))
+}
+
+/// The payload argument: JSON, `-` for stdin, `@FILE` for a file.
+fn payload(argument: Option<&str>) -> Result<Value, Failure> {
+    let text = match argument {
+        None => return Ok(Value::Null),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read the payload from stdin: {e}"))?;
+            text
+        }
+        Some(file) if file.starts_with('@') => std::fs::read_to_string(&file[1..])
+            .map_err(|e| format!("cannot read the payload file {}: {e}", &file[1..]))?,
+        Some(text) => text.to_owned(),
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Failure(FAILED, format!("the payload is not JSON: {e}")))
+}
+
+async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> {
+    let (host, port) = address(&args.target)?;
+    let body = payload(args.payload.as_deref())?;
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        return Err(Failure(
+            FAILED,
+            "--timeout must be a positive number of seconds".into(),
+        ));
+    }
+    let limit = Duration::from_secs_f64(args.timeout);
+    let config = settings(key_file)?.host(host.clone()).port(port).build()?;
+    let connector = Connector::new(config);
+    let client = tokio::time::timeout(limit, connector.connect_client())
+        .await
+        .map_err(|_| format!("cannot connect to {host}:{port} within {limit:?}"))?
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let session = client.session();
+    if args.notify {
+        session.notify(&args.method, body).await?;
+        // Closing writes what is queued first.
+        session.close();
+        client.join().await;
+        return Ok(0);
+    }
+    match session.call_with_timeout(&args.method, body, limit).await {
+        Ok(reply) => {
+            let shown = if args.packet {
+                serde_json::to_value(&reply)?
+            } else {
+                reply.payload
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(0)
+        }
+        Err(CallError::Remote {
+            code,
+            message,
+            data,
+            ..
+        }) => {
+            eprintln!("{code}: {message}");
+            if let Some(data) = data {
+                eprintln!("data: {data}");
+            }
+            Ok(REFUSED)
+        }
+        Err(e @ CallError::Timeout { .. }) => Err(Failure(
+            FAILED,
+            format!("{e} (a server with another key answers nothing: check the key)"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The time a Fernet token was sealed: its bytes 1 to 8, the first 12
+/// characters of its text (9 bytes).
+fn token_time(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits: u128 = 0;
+    for byte in token.as_bytes().get(..12)? {
+        let value = ALPHABET.iter().position(|c| c == byte)?;
+        bits = (bits << 6) | value as u128;
+    }
+    // 72 bits: the version byte, then the 8-byte timestamp.
+    let seconds = (bits & u128::from(u64::MAX)) as u64;
+    chrono::DateTime::from_timestamp(i64::try_from(seconds).ok()?, 0)
+}
+
+fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
+    let key = match key_file {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?,
+        None => std::env::var(stream_rpc::env::ENV_KEY)
+            .map_err(|_| "CRYPTO_KEY is not set (or give --key-file)".to_owned())?,
+    };
+    let ttl = (!args.no_ttl).then(|| Duration::from_secs(args.ttl));
+    let fernet = Fernet::new(key.trim())?.with_ttl(ttl);
+    let mut status = 0;
+    let mut one = |token: &str| {
+        let token = token.trim();
+        if token.is_empty() {
+            return;
+        }
+        let shown = &token[..token.len().min(16)];
+        match fernet.decrypt(token.as_bytes()) {
+            Ok(plain) => {
+                let packet: Value = serde_json::from_slice(&plain).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&plain).into_owned())
+                });
+                let time = token_time(token).map(|at| at.to_rfc3339());
+                let out = serde_json::json!({ "token_time": time, "packet": packet });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            }
+            Err(e) => {
+                let why = match e {
+                    CipherError::Malformed(what) => format!("malformed ({what})"),
+                    CipherError::BadSignature => "wrong key or tampered (bad signature)".to_owned(),
+                    other => other.to_string(),
+                };
+                eprintln!("{shown}…: does not open: {why}");
+                status = REFUSED;
+            }
+        }
+    };
+    if args.tokens.is_empty() {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading tokens from stdin, one per line (Ctrl-D ends)");
+        }
+        for line in std::io::stdin().lock().lines() {
+            one(&line.map_err(|e| format!("cannot read stdin: {e}"))?);
+        }
+    } else {
+        for token in &args.tokens {
+            one(token);
+        }
+    }
+    Ok(status)
+}
+
+/// The queue's TLS settings: the environment's, with `ca` when given.
+fn queue_tls(ca: Option<PathBuf>) -> Result<RedisTls, Failure> {
+    let tls = RedisTls::from_lookup(|name| std::env::var(name).ok())?;
+    Ok(match ca {
+        Some(ca) => tls.with_ca_file(ca),
+        None => tls,
+    })
+}
+
+async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure> {
+    let mut builder = settings(key_file)?;
+    if let Some(host) = args.host {
+        builder = builder.host(host);
+    }
+    if let Some(port) = args.port {
+        builder = builder.port(port);
+    }
+    if let Some(level) = &args.log_level {
+        let level: stream_rpc::LogLevel = level.parse()?;
+        builder = builder.log_level(level.0);
+    }
+    builder = builder.log_format(match args.log_format {
+        LogFormatArg::Seed => stream_rpc::LogFormat::Seed,
+        LogFormatArg::Json => stream_rpc::LogFormat::Json,
+        LogFormatArg::Compact => stream_rpc::LogFormat::Compact,
+    });
+    let mut limits = stream_rpc::Limits::default();
+    if let Some(max) = args.max_connections {
+        limits.max_connections = max;
+    }
+    if let Some(max) = args.max_frame {
+        limits.max_frame_len = max;
+    }
+    if let Some(max) = args.max_handlers {
+        limits.max_concurrent_handlers = max;
+    }
+    let config = builder.limits(limits).build()?;
+    stream_rpc::logging::init(&config)?;
+    let mut queue_config = QueueConfig::from_env()?;
+    if let Some(queue) = args.queue {
+        queue_config.queue = queue;
+    }
+    if let Some(secs) = args.lease_secs {
+        queue_config.lease = Duration::from_secs(secs);
+    }
+    if let Some(attempts) = args.max_attempts {
+        queue_config.settings = queue_config.settings.with_max_attempts(attempts);
+    }
+    queue_config.tls = queue_tls(args.queue_tls_ca)?;
+    let queue = queue_config
+        .open()
+        .await
+        .map_err(|e| format!("the task queue: {e}"))?;
+    let server = Arc::new(QueueServer::new(queue, queue_config.lease));
+    Connector::new(config).run_server(server).await?;
+    Ok(0)
+}
+
+/// PEER:ID of a task packet.
+fn task_ref(text: &str) -> Result<TaskRef, Failure> {
+    let (peer, id) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected PEER:ID, got {text:?}"))?;
+    Ok(TaskRef {
+        peer: peer
+            .parse()
+            .map_err(|_| format!("{peer:?} is not a UUID (expected PEER:ID)"))?,
+        id: id
+            .parse()
+            .map_err(|_| format!("{id:?} is not a packet id (expected PEER:ID)"))?,
+    })
+}
+
+async fn queue(args: QueueArgs) -> Result<u8, Failure> {
+    let mut config = QueueConfig::from_env()?;
+    if let Some(queue) = args.queue {
+        config.queue = queue;
+    }
+    if config.queue == "memory" {
+        return Err(Failure(
+            FAILED,
+            "no queue to look at: give --queue redis://... (or set STREAM_RPC_QUEUE); a queue \
+             in memory lives inside its server"
+                .into(),
+        ));
+    }
+    config.tls = queue_tls(args.queue_tls_ca)?;
+    config.settings = QueueSettings::default();
+    let queue = config.open().await?;
+    let out = match args.action {
+        QueueAction::Stats => {
+            let stats = queue.stats().await?;
+            serde_json::json!({
+                "queued": stats.queued,
+                "leased": stats.leased,
+                "done": stats.done,
+                "dead": stats.dead,
+                "duplicates": stats.duplicates,
+                "redeliveries": stats.redeliveries,
+            })
+        }
+        QueueAction::Dead => Value::Array(
+            queue
+                .dead()
+                .await?
+                .into_iter()
+                .map(|dead| {
+                    serde_json::json!({
+                        "task": format!("{}:{}", dead.task.peer, dead.task.id),
+                        "attempts": dead.attempts,
+                        "packet": dead.task,
+                    })
+                })
+                .collect(),
+        ),
+        QueueAction::Requeue { task } => {
+            let task = task_ref(&task)?;
+            if !queue.requeue(task).await? {
+                eprintln!("no dead letter {}:{}", task.peer, task.id);
+                return Ok(REFUSED);
+            }
+            serde_json::json!({ "requeued": format!("{}:{}", task.peer, task.id) })
+        }
+        QueueAction::PurgeDead => serde_json::json!({ "purged": queue.purge_dead().await? }),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}

@@ -1,0 +1,318 @@
+//! The `stream-rpc` command as a real process, against a real server (its
+//! own `serve`) on a free loopback port, and a real Redis for `queue`.
+
+#[path = "../../stream-rpc-queue/tests/support/mod.rs"]
+mod redis_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use stream_rpc::{Cipher, Fernet};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stream-rpc");
+
+fn new_key() -> String {
+    Fernet::generate_key().unwrap()
+}
+
+/// Runs the command to its end with `key` in CRYPTO_KEY and `stdin`.
+fn run(key: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("CRYPTO_KEY", key)
+        .env_remove("STREAM_RPC_QUEUE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `stream-rpc serve` on a free port; killed when dropped.
+struct Serving {
+    child: Child,
+    addr: String,
+}
+
+impl Serving {
+    fn start(key: &str, extra: &[&str]) -> Serving {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .env("CRYPTO_KEY", key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        // Killed when dropped, should it never say where it listens.
+        let mut serving = Serving {
+            child,
+            addr: String::new(),
+        };
+        let mut seen = Vec::new();
+        while serving.addr.is_empty() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("serve said nothing of where it listens: {seen:?}"));
+            match line.split("Serving on ").nth(1) {
+                Some(addr) => serving.addr = addr.trim().to_owned(),
+                None => seen.push(line),
+            }
+        }
+        serving
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let out = run("", &["keygen"], "");
+    assert!(out.status.success());
+    let key = text(&out.stdout);
+    assert_eq!(key.trim().len(), 44);
+    Fernet::new(key.trim()).unwrap();
+}
+
+#[test]
+fn call_prints_the_answer_and_exits_by_outcome() {
+    let key = new_key();
+    let server = Serving::start(&key, &[]);
+    let addr = server.addr.as_str();
+
+    let out = run(&key, &["call", "ping", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "null");
+
+    // A payload from stdin, from a file, and the whole packet.
+    let task = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":4,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":7}}"#;
+    let out = run(&key, &["call", "put_in_queue", "-", "--addr", addr], task);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer, serde_json::json!({"queued": true}));
+    let file =
+        std::env::temp_dir().join(format!("stream-rpc-cli-task-{}.json", std::process::id()));
+    std::fs::write(&file, task).unwrap();
+    let at_file = format!("@{}", file.display());
+    let out = run(
+        &key,
+        &["call", "put_in_queue", &at_file, "--addr", addr, "--packet"],
+        "",
+    );
+    std::fs::remove_file(&file).unwrap();
+    let packet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(packet["method"], "pong");
+    assert_eq!(packet["payload"], serde_json::json!({"queued": false}));
+    assert!(packet["reply_to"]["id"].is_u64(), "{packet}");
+
+    // An error packet: its code and message on stderr, exit 1.
+    let out = run(&key, &["call", "no_such_method", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown_method"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Another key: no answer, a hint, exit 2.
+    let out = run(
+        &new_key(),
+        &["call", "ping", "--addr", addr, "--timeout", "1"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("check the key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Nobody listening, a payload that is not JSON, a bad address: exit 2.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    for args in [
+        vec!["call", "ping", "--addr", nobody.as_str()],
+        vec!["call", "ping", "{not json", "--addr", addr],
+        vec!["call", "ping", "--addr", "no-port"],
+    ] {
+        let out = run(&key, &args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).starts_with("error: "),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // A notification: sent, nothing awaited.
+    let out = run(&key, &["call", "ping", "--addr", addr, "--notify"], "");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn the_key_comes_from_a_file_and_is_never_printed() {
+    let key = new_key();
+    let server = Serving::start(&key, &[]);
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("stream-rpc-cli-key-{}", std::process::id()));
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    let file = path.to_str().unwrap();
+    let out = run(
+        "",
+        &["--key-file", file, "call", "ping", "--addr", &server.addr],
+        "",
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run("", &["--key-file", "/nonexistent/key", "call", "ping"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/key"));
+    assert!(!text(&out.stderr).contains(&key));
+}
+
+#[test]
+fn decode_opens_what_it_can_and_says_why_not() {
+    let key = new_key();
+    let fernet = Fernet::new(&key).unwrap();
+    let packet = stream_rpc::Packet::new(uuid::Uuid::new_v4(), 9, "ping", serde_json::json!("hi"));
+    let good = String::from_utf8(fernet.encrypt(&packet.to_json().unwrap()).unwrap()).unwrap();
+    let foreign =
+        String::from_utf8(Fernet::new(&new_key()).unwrap().encrypt(b"{}").unwrap()).unwrap();
+    // The Fernet specification's token of 1985, under its own key.
+    let old_key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+    let old = "gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVmpU4IwqDA==";
+
+    let stdin = format!("{good}\nnot-a-token\n{foreign}\n\n{good}\n");
+    let out = run(&key, &["decode"], &stdin);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("\"token_time\"").count(), 2, "{stdout}");
+    assert!(stdout.contains("\"method\": \"ping\""), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("malformed"), "{stderr}");
+    assert!(stderr.contains("wrong key"), "{stderr}");
+    assert!(!stderr.contains(&key));
+
+    let out = run(old_key, &["decode", old], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("expired"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(old_key, &["decode", "--no-ttl", old], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["packet"], "hello");
+    assert_eq!(shown["token_time"], "1985-10-26T08:20:00+00:00");
+}
+
+#[test]
+fn queue_looks_at_the_queue_on_redis() {
+    let redis = redis_support::RedisServer::start();
+    let url = redis.url();
+    let key = new_key();
+    let server = Serving::start(
+        &key,
+        &["--queue", &url, "--max-attempts", "1", "--lease-secs", "1"],
+    );
+    let task = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":5,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":5}}"#;
+    let out = run(
+        &key,
+        &["call", "put_in_queue", task, "--addr", &server.addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let stats = run("", &["queue", "--queue", &url, "stats"], "");
+    assert_eq!(stats.status.code(), Some(0), "{}", text(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["queued"], 1, "{stats}");
+
+    // Leased once (the only attempt allowed), its lease runs out, and the
+    // next lease moves it to the dead letters.
+    let out = run(
+        &key,
+        &["call", "get_task_from_queue", "--addr", &server.addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = run(
+        &key,
+        &["call", "get_task_from_queue", "--addr", &server.addr],
+        "",
+    );
+    assert_eq!(text(&out.stdout).trim(), "null", "{}", text(&out.stdout));
+    let dead = run("", &["queue", "--queue", &url, "dead"], "");
+    let dead: serde_json::Value = serde_json::from_slice(&dead.stdout).unwrap();
+    let name = dead[0]["task"].as_str().unwrap().to_owned();
+    assert_eq!(name, "3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41:5");
+
+    let out = run("", &["queue", "--queue", &url, "requeue", &name], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run("", &["queue", "--queue", &url, "requeue", &name], "");
+    assert_eq!(out.status.code(), Some(1));
+    let out = run("", &["queue", "--queue", &url, "requeue", "nonsense"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let out = run("", &["queue", "--queue", &url, "purge-dead"], "");
+    let purged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(purged["purged"], 0);
+    let out = run("", &["queue", "stats"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--queue"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_and_help_for_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run("", &["completions", shell], "");
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("stream-rpc"), "{shell}");
+    }
+    for command in ["keygen", "call", "decode", "serve", "queue", "completions"] {
+        let out = run("", &[command, "--help"], "");
+        assert!(out.status.success(), "{command}");
+        assert!(text(&out.stdout).contains("Example"), "{command}");
+    }
+    let out = run("", &["--version"], "");
+    assert!(text(&out.stdout).starts_with("stream-rpc "));
+}
