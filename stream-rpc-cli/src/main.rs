@@ -3,6 +3,8 @@
 //! (`CRYPTO_KEY`, `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_QUEUE`,
 //! ...), which flags override; never prints a key except from `keygen`.
 
+mod bench;
+
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +68,17 @@ enum Command {
                             stream-rpc decode --no-ttl"
     )]
     Decode(DecodeArgs),
+    /// Load a server with calls and report calls/s, latency percentiles and
+    /// errors by code.
+    #[command(
+        after_help = "Closed loop by default: each of the connections x concurrency \
+                            callers makes its next call when the last is answered. With \
+                            --rate, open loop: calls start at that rate whatever the answers \
+                            do, and latency counts from each call's scheduled start.\n\
+                            Examples:\n  stream-rpc bench --calls 100000 --connections 4 --concurrency 16\n  \
+                            stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30 --json"
+    )]
+    Bench(BenchArgs),
     /// Run the ping/queue server (the `server` example), every setting a flag.
     #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
                             stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease-secs 60")]
@@ -121,6 +134,39 @@ struct CallArgs {
     /// Send without waiting for a reply.
     #[arg(long, conflicts_with = "packet")]
     notify: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The method to call.
+    #[arg(long, default_value = "ping")]
+    method: String,
+    /// The payload as JSON; `-` reads it from stdin, `@FILE` from a file [default: null].
+    #[arg(long)]
+    payload: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    connections: u64,
+    /// Calls in flight on each connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Stop after this many calls [default: run for --duration].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    calls: Option<u64>,
+    /// Seconds to run (with --calls: at most).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    duration: f64,
+    /// Calls per second in all, open loop [default: closed loop].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds each call may take.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    timeout: f64,
+    /// Print the summary as JSON (and no progress bar).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -265,6 +311,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Call(args) => call(cli.key_file, args).await,
+        Command::Bench(args) => load(cli.key_file, args).await,
         Command::Decode(args) => decode(cli.key_file, args),
         Command::Serve(args) => serve(cli.key_file, args).await,
         Command::Queue(args) => queue(args).await,
@@ -330,13 +377,7 @@ fn payload(argument: Option<&str>) -> Result<Value, Failure> {
 async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> {
     let (host, port) = address(&args.target)?;
     let body = payload(args.payload.as_deref())?;
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(Failure(
-            FAILED,
-            "--timeout must be a positive number of seconds".into(),
-        ));
-    }
-    let limit = Duration::from_secs_f64(args.timeout);
+    let limit = seconds("--timeout", args.timeout)?;
     let config = settings(key_file)?.host(host.clone()).port(port).build()?;
     let connector = Connector::new(config);
     let client = tokio::time::timeout(limit, connector.connect_client())
@@ -379,6 +420,49 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Seconds given on the command line, as a duration.
+fn seconds(flag: &str, value: f64) -> Result<Duration, Failure> {
+    if value > 0.0 && value.is_finite() && value < 1e9 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(Failure(
+            FAILED,
+            format!("{flag} must be a positive number of seconds"),
+        ))
+    }
+}
+
+async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure> {
+    let (host, port) = address(&args.target)?;
+    let config = settings(key_file)?.host(host).port(port).build()?;
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        return Err(Failure(
+            FAILED,
+            "--rate must be a positive number of calls a second".into(),
+        ));
+    }
+    let plan = bench::Plan {
+        method: args.method,
+        payload: payload(args.payload.as_deref())?,
+        connections: args.connections as usize,
+        concurrency: args.concurrency as usize,
+        calls: args.calls,
+        duration: seconds("--duration", args.duration)?,
+        rate: args.rate,
+        timeout: seconds("--timeout", args.timeout)?,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let outcome = bench::run(config, plan).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
+    } else {
+        print!("{}", outcome.to_text());
+    }
+    Ok(0)
 }
 
 /// The time a Fernet token was sealed: its bytes 1 to 8, the first 12

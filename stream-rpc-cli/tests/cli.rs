@@ -308,11 +308,87 @@ fn completions_and_help_for_every_subcommand() {
         assert!(out.status.success());
         assert!(text(&out.stdout).contains("stream-rpc"), "{shell}");
     }
-    for command in ["keygen", "call", "decode", "serve", "queue", "completions"] {
+    for command in [
+        "keygen",
+        "call",
+        "bench",
+        "decode",
+        "serve",
+        "queue",
+        "completions",
+    ] {
         let out = run("", &[command, "--help"], "");
         assert!(out.status.success(), "{command}");
         assert!(text(&out.stdout).contains("Example"), "{command}");
     }
     let out = run("", &["--version"], "");
     assert!(text(&out.stdout).starts_with("stream-rpc "));
+}
+
+#[test]
+fn bench_runs_bounded_and_reports_as_json() {
+    let key = new_key();
+    let server = Serving::start(&key, &["--log-level", "warn"]);
+    let addr = server.addr.as_str();
+    let json = |out: &Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let closed = [
+        "bench",
+        "--addr",
+        addr,
+        "--calls",
+        "300",
+        "--connections",
+        "2",
+        "--concurrency",
+        "4",
+        "--json",
+    ];
+    let report = json(&run(&key, &closed, ""));
+    assert_eq!(
+        (report["calls"].as_u64(), report["ok"].as_u64()),
+        (Some(300), Some(300))
+    );
+    assert_eq!(report["errors"], serde_json::json!({}));
+    let latency = &report["latency_us"];
+    assert!(latency["p50"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        latency["p50"].as_u64() <= latency["p99"].as_u64(),
+        "{report}"
+    );
+    assert!(
+        latency["p99"].as_u64() <= latency["max"].as_u64(),
+        "{report}"
+    );
+
+    // Open loop: 100 calls scheduled over one second.
+    let open = [
+        "bench",
+        "--addr",
+        addr,
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--json",
+    ];
+    let report = json(&run(&key, &open, ""));
+    let calls = report["calls"].as_u64().unwrap();
+    assert!((90..=100).contains(&calls), "{report}");
+
+    // Errors are counted by code.
+    let refused = [
+        "bench", "--addr", addr, "--method", "nope", "--calls", "20", "--json",
+    ];
+    let report = json(&run(&key, &refused, ""));
+    assert_eq!(report["errors"], serde_json::json!({"unknown_method": 20}));
+
+    // The text summary draws the latency histogram.
+    let out = run(&key, &["bench", "--addr", addr, "--calls", "50"], "");
+    assert!(text(&out.stdout).contains("p99.9"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains('█'), "{}", text(&out.stdout));
+    let bad = run(&key, &["bench", "--addr", addr, "--rate", "0"], "");
+    assert_eq!(bad.status.code(), Some(2));
 }
