@@ -338,3 +338,19 @@ def test_at_the_handler_limit_a_reply_is_dropped_not_answered(key, monkeypatch):
         server.close()
 
     run(scenario())
+
+
+def test_a_connection_beyond_the_limit_is_closed_at_once(key, monkeypatch):
+    monkeypatch.setattr(common, "MAX_CONNECTIONS", 2)
+
+    async def scenario():
+        server, port = await serving(key)
+        first, second = await Raw.connect(port, key), await Raw.connect(port, key)
+        third = await Raw.connect(port, key)
+        assert await third.closed()
+        for raw in (first, second):
+            await raw.request("ping", "served")
+            assert (await raw.recv())[0].payload == "served"
+        server.close()
+
+    run(scenario())

@@ -10,9 +10,11 @@ import collections
 import time
 from typing import Deque, Dict, Optional, Tuple
 
-#: Fingerprints kept at most; beyond it the oldest are forgotten and the
-#: store fails closed (refuses tokens as old as the newest one forgotten).
-DEFAULT_CAPACITY = 1_000_000
+#: Fingerprints kept at most (about 150 MB of Python objects at most; the
+#: whole 6-minute window up to about 1,400 tokens a second); beyond it the
+#: oldest are forgotten and the store fails closed (refuses tokens as old as
+#: the newest one forgotten).
+DEFAULT_CAPACITY = 500_000
 
 
 def fingerprint(token: bytes, fernet: bool) -> bytes:

@@ -61,6 +61,10 @@ if isinstance(STREAM_RPC_PORT, str) and STREAM_RPC_PORT.strip().isdigit():
 
 #: The most bytes in a frame, not counting the terminator.
 MAX_FRAME = 1 << 20
+#: Connections a server serves at once; one more is closed at once (and logged).
+MAX_CONNECTIONS = 1024
+#: Calls waiting for their replies on one connection; more wait for a slot.
+MAX_IN_FLIGHT_CALLS = 1024
 #: Bad frames in a row that close a connection.
 MAX_BAD_FRAMES = 3
 #: Handlers running at once on one connection.
@@ -167,6 +171,7 @@ class Protocol:
         self._closed = asyncio.Event()
         self._last_frame = time.monotonic()
         self._loop_task: Optional[asyncio.Task] = None
+        self._call_slots = asyncio.Semaphore(MAX_IN_FLIGHT_CALLS)
 
     async def process_message(self, message_packet: MessagePacket) -> None:
         """Handles one received packet; the default logs and ignores it."""
@@ -199,16 +204,17 @@ class Protocol:
         """Sends a request and returns its reply; raises :class:`RemoteError` for
         an error packet, ``asyncio.TimeoutError`` after ``timeout`` seconds and
         ``ConnectionError`` when the connection closes first."""
-        packet = self.create_message_packet(method, payload)
-        self.request_number += 1
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending[packet.id] = future
-        try:
-            timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
-            await self._send(packet, None, timeout_ms)
-            reply: MessagePacket = await asyncio.wait_for(future, timeout)
-        finally:
-            self._pending.pop(packet.id, None)
+        async with self._call_slots:
+            packet = self.create_message_packet(method, payload)
+            self.request_number += 1
+            future: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._pending[packet.id] = future
+            try:
+                timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
+                await self._send(packet, None, timeout_ms)
+                reply: MessagePacket = await asyncio.wait_for(future, timeout)
+            finally:
+                self._pending.pop(packet.id, None)
         if reply.method == "error":
             body = reply.payload if isinstance(reply.payload, dict) else {}
             raise RemoteError(
@@ -489,6 +495,7 @@ class Connector:
             logging.getLogger(protocol_class.__name__), {"peer_id": self.peer_id}
         )
         self.server: Optional[asyncio.AbstractServer] = None
+        self._connections = 0
 
     def _seal(self, plain: bytes) -> bytes:
         """A token of ``plain``, remembered as sent (so that it is refused if
@@ -514,8 +521,20 @@ class Connector:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        protocol = self.protocol_class(self)
-        await protocol._run(reader, writer, server=True)
+        if self._connections >= MAX_CONNECTIONS:
+            self.logger.warning(
+                "%d connections already served; one from %s closed",
+                MAX_CONNECTIONS,
+                writer.get_extra_info("peername"),
+            )
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            protocol = self.protocol_class(self)
+            await protocol._run(reader, writer, server=True)
+        finally:
+            self._connections -= 1
 
     async def start_server(self) -> asyncio.AbstractServer:
         """Listens on the host and port, and returns the server (``.sockets`` tells
