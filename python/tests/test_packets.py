@@ -180,3 +180,18 @@ def test_a_missing_payload_is_none_and_unknown_fields_are_ignored():
     text = packet_text("null").replace(b',"payload":null', b',"extra":[1,2]')
     packet, reply_to, timeout_ms = _wire.decode(text)
     assert packet.payload is None and reply_to is None and timeout_ms is None
+
+
+def test_a_field_given_twice_is_refused_but_a_payload_member_keeps_the_last():
+    text = packet_text('{"k":1,"k":2}')
+    assert _wire.decode(text)[0].payload == {"k": 2}
+    for twice in [
+        text.replace(b'"id":1,', b'"id":1,"id":2,'),
+        text.replace(b'"method":"m"', b'"method":"m","method":"n"'),
+        text.replace(
+            b'"payload"', b'"reply_to":{"peer":"' + PEER.encode() + b'","id":1,"id":2},"payload"'
+        ),
+    ]:
+        with pytest.raises(_wire.InvalidPacket, match="duplicate field"):
+            _wire.decode(twice)
+    _wire.decode(text.replace(b'"id":1,', b'"id":1,"x":1,"x":2,'))

@@ -207,6 +207,38 @@ def encode(
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+class _Object(dict):
+    """A JSON object that remembers the names it held more than once (the last
+    value is kept, as for a payload; a packet's own fields may not repeat)."""
+
+    repeated: frozenset = frozenset()
+
+
+def _object(pairs: Any) -> dict:
+    """A plain dict, or an :class:`_Object` when a name repeats (rare)."""
+    plain = dict(pairs)
+    if len(plain) == len(pairs):
+        return plain
+    seen: set = set()
+    repeated = set()
+    for name, _ in pairs:
+        if name in seen:
+            repeated.add(name)
+        seen.add(name)
+    obj = _Object(plain)
+    obj.repeated = frozenset(repeated)
+    return obj
+
+
+_REPLY_FIELDS = {"peer", "id"}
+
+
+def _refuse_repeated(obj: Any, fields: Any, where: str) -> None:
+    repeated = sorted(getattr(obj, "repeated", frozenset()) & fields)
+    if repeated:
+        raise ValueError(f"duplicate field `{repeated[0]}`{where}")
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -253,19 +285,23 @@ def decode(plain: bytes) -> Tuple[MessagePacket, Optional[ReplyTo], Optional[int
     """A packet, its ``reply_to`` and ``timeout_ms`` from a plaintext; raises
     :class:`InvalidPacket` with the reason."""
     try:
-        obj = json.loads(plain.decode("utf-8"), parse_constant=_no_constants)
+        obj = json.loads(
+            plain.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=_object
+        )
     except RecursionError:
         raise InvalidPacket("nested deeper than 127 levels, counting the packet object") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidPacket(f"not JSON: {e}") from None
     try:
         check_value(obj)
+        _refuse_repeated(obj, _PACKET_FIELDS | {"reply_to", "timeout_ms"}, "")
         packet = _packet_from(obj)
         reply_to = obj.get("reply_to")
         address = None
         if reply_to is not None:
             if not isinstance(reply_to, dict) or not isinstance(reply_to.get("peer"), str):
                 raise ValueError("`reply_to` is not {peer, id}")
+            _refuse_repeated(reply_to, _REPLY_FIELDS, " in `reply_to`")
             if not _is_u64(reply_to.get("id")):
                 raise ValueError("`reply_to.id` is not an integer from 0 to 2^64-1")
             address = ReplyTo(parse_uuid(reply_to["peer"]), reply_to["id"])

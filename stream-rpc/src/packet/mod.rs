@@ -513,6 +513,27 @@ mod tests {
     }
 
     #[test]
+    fn a_field_given_twice_is_refused_but_a_payload_member_keeps_the_last() {
+        let [canonical, _] = both_layouts(r#"{"k":1,"k":2}"#);
+        let packet = Packet::from_json(canonical.as_bytes()).unwrap();
+        assert_eq!(packet.payload, json!({"k": 2}));
+        for twice in [
+            canonical.replace(r#""id":1,"#, r#""id":1,"id":2,"#),
+            canonical.replace(r#""method":"m""#, r#""method":"m","method":"n""#),
+            canonical.replace(
+                r#""payload""#,
+                r#""reply_to":{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":1,"id":2},"payload""#,
+            ),
+        ] {
+            let err = Packet::from_json(twice.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("duplicate field"), "{twice}: {err}");
+        }
+        // An unknown field given twice is ignored, like any unknown field.
+        let extra = canonical.replace(r#""id":1,"#, r#""id":1,"x":1,"x":2,"#);
+        Packet::from_json(extra.as_bytes()).unwrap();
+    }
+
+    #[test]
     fn unknown_fields_are_ignored_and_a_missing_payload_is_null() {
         let text = r#"{"peer":"67e55044-10b1-426f-9247-bb680e5fe0c8","id":3,
             "created_at":"2024-01-02T03:04:05+01:00","method":"ping","extra":[1,2]}"#;
