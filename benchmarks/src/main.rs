@@ -21,7 +21,8 @@
 //! `--log INFO 2>/dev/null`), `--log-packets off|headers|full` (how much
 //! the packet lines show), and `--system NAMES` (comma-separated),
 //! `--scenario NAME` and `--payload ping|1KiB` to run part of the table
-//! (for profiling). `--serve NAME` is the server process's own mode. See
+//! (for profiling), `--metrics` (a Prometheus recorder installed in this
+//! process and in every server process, to measure what recording costs). `--serve NAME` is the server process's own mode. See
 //! docs/BENCHMARKS.md.
 
 mod cpu;
@@ -191,6 +192,10 @@ fn options() -> Result<Options, String> {
             "--calls" => options.calls = number("--calls")?.max(1) as usize,
             "--time-cap" => options.time_cap = Duration::from_secs(number("--time-cap")?.max(1)),
             "--skip-memory" => options.memory = false,
+            "--metrics" => {
+                systems::install_metrics();
+                systems::METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             "--mode" => {
                 let name = args.next().unwrap_or_default();
                 options.modes = match name.as_str() {

@@ -33,6 +33,9 @@ impl ServerProcess {
         if systems::NO_REPLAY.load(std::sync::atomic::Ordering::Relaxed) {
             command.arg("--no-replay");
         }
+        if systems::METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+            command.arg("--metrics");
+        }
         let mut child = command.spawn().expect("a server process");
         let stdout = child.stdout.take().expect("its stdout");
         let mut line = String::new();
@@ -70,6 +73,9 @@ pub fn serve(args: &[String]) -> ! {
     };
     if args.iter().any(|arg| arg == "--no-replay") {
         systems::NO_REPLAY.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if args.iter().any(|arg| arg == "--metrics") {
+        systems::install_metrics();
     }
     // What `#[tokio::main]` builds: the multi-threaded runtime, one worker
     // per core.

@@ -102,6 +102,17 @@ impl Drop for ServerThread {
 /// measure what it costs.
 pub static NO_REPLAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set by `--metrics`: a Prometheus recorder is installed (here and in the
+/// server processes).
+pub static METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs a Prometheus recorder, without an HTTP listener: what recording
+/// costs when an exporter is there.
+pub fn install_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let _ = metrics::set_global_recorder(recorder);
+}
+
 /// How much the packet log lines show (`--log-packets`).
 pub static LOG_PACKETS: std::sync::Mutex<stream_rpc::PacketLog> =
     std::sync::Mutex::new(stream_rpc::PacketLog::Headers);

@@ -223,6 +223,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "seed")]
     log_format: LogFormatArg,
+    /// Serve metrics in the Prometheus text format at http://ADDR/metrics
+    /// (docs/METRICS.md lists them).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -568,6 +572,24 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     }
     let config = builder.limits(limits).build()?;
     stream_rpc::logging::init(&config)?;
+    // Before anything is recorded: the runtime keeps its handles.
+    if let Some(addr) = args.metrics {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        // Handler times as a histogram (buckets from 50 µs to 10 s).
+        let buckets = [
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5, 10.0,
+        ];
+        PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .set_buckets_for_metric(
+                Matcher::Full("stream_rpc_handler_duration_seconds".to_owned()),
+                &buckets,
+            )
+            .map_err(|e| format!("--metrics: {e}"))?
+            .install()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    }
     let mut queue_config = QueueConfig::from_env()?;
     if let Some(queue) = args.queue {
         queue_config.queue = queue;
@@ -584,6 +606,16 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         .await
         .map_err(|e| format!("the task queue: {e}"))?;
     let server = Arc::new(QueueServer::new(queue, queue_config.lease));
+    if args.metrics.is_some() {
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                // A failure is logged by the queue; the next round tries again.
+                let _ = server.record_stats().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
     Connector::new(config).run_server(server).await?;
     Ok(0)
 }

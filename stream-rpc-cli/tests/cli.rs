@@ -392,3 +392,105 @@ fn bench_runs_bounded_and_reports_as_json() {
     let bad = run(&key, &["bench", "--addr", addr, "--rate", "0"], "");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let request =
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut body = String::new();
+                if stream.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.1 200") {
+                    return body;
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no metrics at {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the series `series` (name and labels as written) in a scrape.
+fn value(scraped: &str, series: &str) -> f64 {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{scraped}"))
+}
+
+#[test]
+fn the_metrics_endpoint_counts_what_was_done() {
+    let key = new_key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = Serving::start(&key, &["--log-level", "warn", "--metrics", &metrics]);
+    for _ in 0..5 {
+        let out = run(&key, &["call", "ping", "--addr", &server.addr], "");
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let task = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":6,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":6}}"#;
+    run(
+        &key,
+        &["call", "put_in_queue", task, "--addr", &server.addr],
+        "",
+    );
+    run(
+        &key,
+        &["call", "no_such_method", "--addr", &server.addr],
+        "",
+    );
+    // Bad frames: garbage, and a token under another key.
+    let mut raw = std::net::TcpStream::connect(&server.addr).unwrap();
+    let foreign = Fernet::new(&new_key()).unwrap().encrypt(b"{}").unwrap();
+    raw.write_all(b"garbage\n").unwrap();
+    raw.write_all(&foreign).unwrap();
+    raw.write_all(b"\n").unwrap();
+    raw.flush().unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let scraped = loop {
+        let scraped = scrape(&metrics);
+        let settled = scraped.contains("stream_rpc_bad_frames_total{kind=\"wrong_key\"}")
+            && scraped.contains("stream_rpc_queue_tasks{state=\"queued\"} 1");
+        if settled || std::time::Instant::now() > deadline {
+            break scraped;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (series, expected) in [
+        (
+            "stream_rpc_requests_total{method=\"ping\",outcome=\"ok\"}",
+            5.0,
+        ),
+        (
+            "stream_rpc_requests_total{method=\"-\",outcome=\"unknown_method\"}",
+            1.0,
+        ),
+        (
+            "stream_rpc_requests_total{method=\"put_in_queue\",outcome=\"ok\"}",
+            1.0,
+        ),
+        (
+            "stream_rpc_handler_duration_seconds_count{method=\"ping\"}",
+            5.0,
+        ),
+        ("stream_rpc_connections_accepted_total", 8.0),
+        ("stream_rpc_connections_open{role=\"server\"}", 1.0),
+        ("stream_rpc_bad_frames_total{kind=\"garbage\"}", 1.0),
+        ("stream_rpc_bad_frames_total{kind=\"wrong_key\"}", 1.0),
+        ("stream_rpc_queue_tasks{state=\"queued\"}", 1.0),
+    ] {
+        assert_eq!(value(&scraped, series), expected, "{series}");
+    }
+    assert!(value(&scraped, "stream_rpc_received_bytes_total") > 1000.0);
+    assert!(value(&scraped, "stream_rpc_sent_bytes_total") > 1000.0);
+    drop(raw);
+}

@@ -96,6 +96,35 @@ impl QueueServer {
         &self.queue
     }
 
+    /// Reads the queue's [`Stats`](crate::Stats) and records them through the
+    /// `metrics` facade (the `metrics` feature; `docs/METRICS.md` lists the
+    /// names): call it now and then (`stream-rpc serve --metrics` does every
+    /// 5 s). On Redis the numbers are the whole queue's, shared by every
+    /// server.
+    pub async fn record_stats(&self) -> Result<(), QueueError> {
+        let stats = self.queue.stats().await?;
+        #[cfg(feature = "metrics")]
+        {
+            for (state, count) in [
+                ("queued", stats.queued),
+                ("leased", stats.leased),
+                ("dead", stats.dead),
+            ] {
+                metrics::gauge!("stream_rpc_queue_tasks", "state" => state).set(count as f64);
+            }
+            for (name, count) in [
+                ("stream_rpc_queue_done_total", stats.done),
+                ("stream_rpc_queue_duplicates_total", stats.duplicates),
+                ("stream_rpc_queue_redeliveries_total", stats.redeliveries),
+            ] {
+                metrics::counter!(name).absolute(count);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = stats;
+        Ok(())
+    }
+
     fn answered(&self) {
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
     }

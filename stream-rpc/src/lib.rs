@@ -78,6 +78,7 @@ mod scratch;
 mod service;
 mod session;
 mod sync;
+mod telemetry;
 
 /// The environment variables the settings are read from, their defaults,
 /// and the reader of server lists.

@@ -338,6 +338,7 @@ impl Server {
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 refused += 1;
+                crate::telemetry::connection_refused();
                 tracing::warn!(
                     protocol = %name, peer = %peer,
                     "connection limit of {max} reached: refused {remote} ({refused} refused so far)"

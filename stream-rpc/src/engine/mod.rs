@@ -106,6 +106,7 @@ impl<P: Protocol> Session<P> {
             config,
             role,
         } = self;
+        let _open = crate::telemetry::OpenConnection::new(role);
         let timeouts = config.timeouts();
         let codec = FrameCodec::new(config.terminator(), config.limits().max_frame_len);
         let writer_stop = Arc::new(Signal::default());

@@ -162,6 +162,7 @@ impl<P: Protocol> ReadLoop<P> {
                     }
                     None => break,
                     Some(CodecError::FrameTooLong { max }) => {
+                        crate::telemetry::bad_frame(crate::telemetry::BadFrame::OverLong);
                         session_log!(
                             warn,
                             self.shared,
@@ -212,7 +213,7 @@ impl<P: Protocol> ReadLoop<P> {
                         }
                         return EndReason::PeerClosed;
                     }
-                    Ok(_) => {}
+                    Ok(read) => crate::telemetry::received(read),
                     Err(e) => return EndReason::ReadFailed(e.to_string()),
                 },
                 () = &mut deadline, if armed => {
@@ -287,6 +288,7 @@ impl<P: Protocol> ReadLoop<P> {
         let mut verdicts = 0;
         for index in 0..batch.len() {
             if let Err(e) = &self.opened[index] {
+                crate::telemetry::bad_frame(crate::telemetry::BadFrame::cipher(e));
                 // The peer is told nothing about why.
                 session_log!(
                     warn,
@@ -308,6 +310,7 @@ impl<P: Protocol> ReadLoop<P> {
                     .unwrap_or(Verdict::Unavailable);
                 verdicts += 1;
                 if verdict != Verdict::New {
+                    crate::telemetry::bad_frame(crate::telemetry::BadFrame::replay(verdict));
                     session_log!(
                         warn,
                         self.shared,
@@ -512,9 +515,17 @@ async fn answer<P: Protocol>(
     let reply_to = answerable.then(|| packet.reply_address());
     let error_text = packet.is_error().then(|| packet.payload.to_string());
     let ctx = Context::new(handle.clone(), packet.peer, packet.id, deadline);
+    let started = crate::telemetry::TIMED.then(Instant::now);
     let outcome = AssertUnwindSafe(protocol.process_message(ctx, packet))
         .catch_unwind()
         .await;
+    let took = started.map(|at| at.elapsed()).unwrap_or_default();
+    let code = match &outcome {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error.code.as_str()),
+        Err(_) => Some(ErrorCode::HandlerPanicked.as_str()),
+    };
+    crate::telemetry::handled(method, took, code);
     let failure = match outcome {
         Ok(Ok(reply)) => {
             let sent = match reply {

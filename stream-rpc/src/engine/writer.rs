@@ -54,12 +54,14 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             record(&fingerprints).await;
             write_within(&mut writer, &buf, deadline).await?;
+            crate::telemetry::sent(buf.len());
             recycle(&mut buf);
         }
         // Replies queued before the stop still go out; nothing after.
         shared.outbox.close_and_take(&mut buf, &mut fingerprints);
         record(&fingerprints).await;
         write_within(&mut writer, &buf, deadline).await?;
+        crate::telemetry::sent(buf.len());
         timeout(deadline, writer.shutdown())
             .await
             .map_err(|_| WriteFailure::Deadline(deadline))?

@@ -393,6 +393,7 @@ impl SessionHandle {
             id: packet.id,
             armed: true,
         };
+        let _in_flight = InFlight::new();
         let queued = match self.seal_and_queue(&packet, now) {
             Ok(None) => Ok(()),
             Ok(Some(deferred)) => match within(deadline, self.queue_when_room(deferred)).await {
@@ -444,5 +445,22 @@ impl SessionHandle {
     /// Waits until the session has ended.
     pub async fn closed(&self) {
         self.shared.ended.cancelled().await;
+    }
+}
+
+/// Counts a call in `stream_rpc_calls_in_flight` while it waits for its
+/// reply, whichever way it ends.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        crate::telemetry::calls_in_flight(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::telemetry::calls_in_flight(-1.0);
     }
 }
