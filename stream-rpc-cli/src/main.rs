@@ -244,15 +244,20 @@ struct QueueArgs {
 #[derive(Subcommand)]
 enum QueueAction {
     /// Tasks queued, leased, done and dead, duplicates refused, redeliveries.
+    #[command(after_help = "Example:\n  stream-rpc queue --queue redis://127.0.0.1:6379 stats")]
     Stats,
     /// The dead letters: tasks handed out too often without an ack.
+    #[command(after_help = "Example:\n  stream-rpc queue dead | jq -r '.[].task'")]
     Dead,
     /// Put a dead letter back in the queue: PEER:ID of its task packet.
+    #[command(after_help = "Exit status 1 when there is no such dead letter.\n\
+                            Example:\n  stream-rpc queue requeue 3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41:4")]
     Requeue {
         /// The task packet's `peer` and `id`, as PEER:ID.
         task: String,
     },
     /// Drop every dead letter.
+    #[command(after_help = "Example:\n  stream-rpc queue purge-dead")]
     PurgeDead,
 }
 

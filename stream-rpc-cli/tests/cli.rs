@@ -321,6 +321,10 @@ fn completions_and_help_for_every_subcommand() {
         assert!(out.status.success(), "{command}");
         assert!(text(&out.stdout).contains("Example"), "{command}");
     }
+    for nested in ["stats", "dead", "requeue", "purge-dead"] {
+        let out = run("", &["queue", nested, "--help"], "");
+        assert!(text(&out.stdout).contains("Example"), "queue {nested}");
+    }
     let out = run("", &["--version"], "");
     assert!(text(&out.stdout).starts_with("stream-rpc "));
 }
