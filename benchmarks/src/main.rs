@@ -136,6 +136,15 @@ impl Scenario {
         }
     }
 
+    /// Connections, and callers per connection.
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Scenario::Seq => (1, 1),
+            Scenario::Pipe64 => (1, 64),
+            Scenario::Conn16 => (16, 1),
+        }
+    }
+
     /// The targets of docs/BENCHMARKS.md, as (against tarpc-bincode, against raw).
     fn targets(self) -> (f64, f64) {
         match self {
@@ -348,36 +357,8 @@ fn run(
                 )
                 .await
             }
-            (_, Scenario::Seq) => {
-                let shape = (1, 1);
-                concurrent(
-                    system,
-                    server.addr(),
-                    probe,
-                    data,
-                    &frame,
-                    calls,
-                    cap,
-                    shape,
-                )
-                .await
-            }
-            (_, Scenario::Pipe64) => {
-                let shape = (1, 64);
-                concurrent(
-                    system,
-                    server.addr(),
-                    probe,
-                    data,
-                    &frame,
-                    calls,
-                    cap,
-                    shape,
-                )
-                .await
-            }
-            (_, Scenario::Conn16) => {
-                let shape = (16, 1);
+            (_, scenario) => {
+                let shape = scenario.shape();
                 concurrent(
                     system,
                     server.addr(),
