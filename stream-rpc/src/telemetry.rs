@@ -24,40 +24,24 @@ use crate::session::Role;
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) const MAX_METHODS: usize = 256;
 
-/// Why a frame was bad, as the `kind` label says it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum BadFrame {
-    OverLong,
-    Cipher(&'static str),
-    Replay(&'static str),
+/// The `kind` label of a frame that did not open.
+pub(crate) fn cipher_kind(error: &CipherError) -> &'static str {
+    match error {
+        CipherError::Malformed(_) => "garbage",
+        CipherError::BadSignature => "wrong_key",
+        CipherError::Expired { .. } => "expired",
+        CipherError::FromTheFuture { .. } => "from_the_future",
+        _ => "undecryptable",
+    }
 }
 
-impl BadFrame {
-    pub(crate) fn cipher(error: &CipherError) -> BadFrame {
-        BadFrame::Cipher(match error {
-            CipherError::Malformed(_) => "garbage",
-            CipherError::BadSignature => "wrong_key",
-            CipherError::Expired { .. } => "expired",
-            CipherError::FromTheFuture { .. } => "from_the_future",
-            _ => "undecryptable",
-        })
-    }
-
-    pub(crate) fn replay(verdict: Verdict) -> BadFrame {
-        BadFrame::Replay(match verdict {
-            Verdict::Replay => "replayed",
-            Verdict::Reflection => "reflected",
-            Verdict::Forgotten => "forgotten",
-            _ => "replay_store_unavailable",
-        })
-    }
-
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    fn kind(self) -> &'static str {
-        match self {
-            BadFrame::OverLong => "over_long",
-            BadFrame::Cipher(kind) | BadFrame::Replay(kind) => kind,
-        }
+/// The `kind` label of a frame the replay store refused.
+pub(crate) fn replay_kind(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Replay => "replayed",
+        Verdict::Reflection => "reflected",
+        Verdict::Forgotten => "forgotten",
+        _ => "replay_store_unavailable",
     }
 }
 
@@ -214,9 +198,9 @@ pub(crate) fn sent(bytes: usize) {
 
 /// A frame dropped as bad.
 #[inline]
-pub(crate) fn bad_frame(kind: BadFrame) {
+pub(crate) fn bad_frame(kind: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("stream_rpc_bad_frames_total", "kind" => kind.kind()).increment(1);
+    metrics::counter!("stream_rpc_bad_frames_total", "kind" => kind).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = kind;
 }

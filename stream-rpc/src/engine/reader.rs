@@ -162,7 +162,7 @@ impl<P: Protocol> ReadLoop<P> {
                     }
                     None => break,
                     Some(CodecError::FrameTooLong { max }) => {
-                        crate::telemetry::bad_frame(crate::telemetry::BadFrame::OverLong);
+                        crate::telemetry::bad_frame("over_long");
                         session_log!(
                             warn,
                             self.shared,
@@ -288,7 +288,7 @@ impl<P: Protocol> ReadLoop<P> {
         let mut verdicts = 0;
         for index in 0..batch.len() {
             if let Err(e) = &self.opened[index] {
-                crate::telemetry::bad_frame(crate::telemetry::BadFrame::cipher(e));
+                crate::telemetry::bad_frame(crate::telemetry::cipher_kind(e));
                 // The peer is told nothing about why.
                 session_log!(
                     warn,
@@ -310,7 +310,7 @@ impl<P: Protocol> ReadLoop<P> {
                     .unwrap_or(Verdict::Unavailable);
                 verdicts += 1;
                 if verdict != Verdict::New {
-                    crate::telemetry::bad_frame(crate::telemetry::BadFrame::replay(verdict));
+                    crate::telemetry::bad_frame(crate::telemetry::replay_kind(verdict));
                     session_log!(
                         warn,
                         self.shared,
