@@ -15,7 +15,6 @@ from typing import Any, NamedTuple, Optional, Tuple
 MAX_DEPTH = 127
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
-_U64_MAX = 2**64 - 1
 
 _HEX = "[0-9A-Fa-f]"
 _HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
@@ -84,7 +83,7 @@ class InvalidPacket(ValueError):
 
 
 def _is_u64(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= _U64_MAX
+    return type(value) is int and 0 <= value <= _INT_MAX
 
 
 def parse_uuid(text: str) -> str:

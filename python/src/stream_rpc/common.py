@@ -169,7 +169,6 @@ class Protocol:
         self._pending: Dict[int, asyncio.Future] = {}
         self._handlers: Set[asyncio.Task] = set()
         self._closed = asyncio.Event()
-        self._last_frame = time.monotonic()
         self._loop_task: Optional[asyncio.Task] = None
         self._call_slots = asyncio.Semaphore(MAX_IN_FLIGHT_CALLS)
 
@@ -302,7 +301,6 @@ class Protocol:
         skipping = False
         bad_in_row = 0
         first = server
-        self._last_frame = time.monotonic()
         while True:
             # Whole frames in the buffer first.
             while True:
@@ -319,7 +317,6 @@ class Protocol:
                 if not frame:
                     continue
                 first = False
-                self._last_frame = time.monotonic()
                 if await self._on_frame(frame):
                     bad_in_row = 0
                 else:
