@@ -331,13 +331,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
     let builder = ConfigBuilder::from_env()?;
     Ok(match key_file {
-        Some(path) => {
-            let key = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-            builder.key(key.trim().to_owned())
-        }
+        Some(path) => builder.key(read_key_file(&path)?),
         None => builder,
     })
+}
+
+/// The key (or keys) in `path`, without the line end.
+fn read_key_file(path: &std::path::Path) -> Result<String, Failure> {
+    let key = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+    Ok(key.trim().to_owned())
 }
 
 /// HOST:PORT of the target, from the flag or the environment.
@@ -490,8 +493,7 @@ fn token_time(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 
 fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
     let key = match key_file {
-        Some(path) => std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?,
+        Some(path) => read_key_file(&path)?,
         None => std::env::var(stream_rpc::env::ENV_KEY)
             .map_err(|_| "CRYPTO_KEY is not set (or give --key-file)".to_owned())?,
     };
