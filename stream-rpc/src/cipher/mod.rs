@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 mod fernet;
 
+pub(crate) use fernet::Unsealed;
 pub use fernet::{Fernet, KeyError, MAX_CLOCK_SKEW};
 
 /// Encrypts and authenticates packet plaintexts into tokens, and back.
@@ -138,6 +139,27 @@ impl Sealer {
                 recording.opened.lock().unwrap().push(now);
                 recording.fernet.open_at(token, now, out).map(Some)
             }
+        }
+    }
+
+    /// The Fernet that seals this session's messages in the writer, a batch
+    /// at a time; `None` for a custom cipher, whose tokens their senders
+    /// seal one by one.
+    pub(crate) fn batch_sealer(&self) -> Option<&Fernet> {
+        match self {
+            Sealer::Fernet(fernet) => Some(fernet),
+            Sealer::Custom(_) => None,
+            #[cfg(test)]
+            Sealer::Recording(recording) => Some(&recording.fernet),
+        }
+    }
+
+    /// Notes, for the session's tests, the time a message queued for
+    /// [`batch_sealer`](Self::batch_sealer) will be sealed at.
+    #[cfg(test)]
+    pub(crate) fn note_sealed_at(&self, now: SystemTime) {
+        if let Sealer::Recording(recording) = self {
+            recording.sealed.lock().unwrap().push(now);
         }
     }
 

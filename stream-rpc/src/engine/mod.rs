@@ -113,6 +113,7 @@ impl<P: Protocol> Session<P> {
         let writer_task = tokio::spawn(write_loop(
             writer,
             timeouts.write,
+            config.terminator().into(),
             writer_stop.clone(),
             shared.clone(),
         ));

@@ -1,30 +1,34 @@
-//! The writer task: sealed frames from the outbox to the socket.
+//! The writer task: messages from the outbox, sealed (a batch at once, with
+//! Fernet), to the socket.
 
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{fmt, io};
 
-use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
-use crate::session::outbox::Taken;
+use crate::cipher::Fernet;
+use crate::session::outbox::{Batch, KEEP_BUFFER, Taken};
 use crate::session::signal::Signal;
 use crate::session::{EndReason, Shared, session_log, within_by};
 
-/// Writes the frames queued in the session's outbox, a batch (everything
+/// Writes the messages queued in the session's outbox, a batch (everything
 /// queued) per write, until stopped; then writes what is still queued, closes
-/// the outbox and shuts the stream down.
+/// the outbox and shuts the stream down. Plaintexts are sealed here, each
+/// token followed by `terminator`.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     deadline: Duration,
+    terminator: Box<[u8]>,
     stop: Arc<Signal>,
     shared: Arc<Shared>,
 ) {
-    // Swapped with the outbox's buffer for every batch.
-    let mut buf = BytesMut::new();
-    let mut fingerprints: Vec<u64> = Vec::new();
+    // Swapped with the outbox's for every batch.
+    let mut batch = Batch::default();
+    // The frames of a batch of plaintexts, once sealed.
+    let mut sealed: Vec<u8> = Vec::new();
     // Records a batch as sent before any of it reaches the wire, so that a
     // reflection is always recognised.
     let record = async |fingerprints: &[u64]| {
@@ -41,27 +45,39 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let result: Result<(), WriteFailure> = async {
         loop {
             let taken = std::future::poll_fn(|cx| {
-                if let Poll::Ready(taken) = shared.outbox.poll_take(cx, &mut buf, &mut fingerprints)
-                {
+                if let Poll::Ready(taken) = shared.outbox.poll_take(cx, &mut batch) {
                     return Poll::Ready(Some(taken));
                 }
                 stop.poll_raised(cx).map(|()| None)
             })
             .await;
             match taken {
-                Some(Taken::Frames) => {}
+                Some(Taken::Messages) => {}
                 Some(Taken::Closed) | None => break,
             }
-            record(&fingerprints).await;
-            write_within(&mut writer, &buf, deadline).await?;
-            crate::telemetry::sent(buf.len());
-            recycle(&mut buf);
+            let frames = seal(&shared, &terminator, &mut batch, &mut sealed);
+            record(&batch.fingerprints).await;
+            let frames = if frames {
+                &sealed[..]
+            } else {
+                &batch.bytes[..]
+            };
+            write_within(&mut writer, frames, deadline).await?;
+            crate::telemetry::sent(frames.len());
+            batch.recycle();
+            recycle(&mut sealed);
         }
         // Replies queued before the stop still go out; nothing after.
-        shared.outbox.close_and_take(&mut buf, &mut fingerprints);
-        record(&fingerprints).await;
-        write_within(&mut writer, &buf, deadline).await?;
-        crate::telemetry::sent(buf.len());
+        shared.outbox.close_and_take(&mut batch);
+        let frames = seal(&shared, &terminator, &mut batch, &mut sealed);
+        record(&batch.fingerprints).await;
+        let frames = if frames {
+            &sealed[..]
+        } else {
+            &batch.bytes[..]
+        };
+        write_within(&mut writer, frames, deadline).await?;
+        crate::telemetry::sent(frames.len());
         timeout(deadline, writer.shutdown())
             .await
             .map_err(|_| WriteFailure::Deadline(deadline))?
@@ -92,19 +108,39 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Empties a written batch's buffer for the next swap, letting go of it if
-/// a burst made it large.
-fn recycle(buf: &mut BytesMut) {
-    if buf.capacity() > KEEP_BUFFER {
-        *buf = BytesMut::new();
-    } else {
-        buf.clear();
-    }
+/// Seals a taken batch's plaintexts into `sealed`, adding their tokens'
+/// fingerprints to the batch's, and says whether it did; a batch of frames
+/// is written as it was queued.
+fn seal(shared: &Shared, terminator: &[u8], batch: &mut Batch, sealed: &mut Vec<u8>) -> bool {
+    let Batch {
+        bytes,
+        fingerprints,
+        unsealed,
+    } = batch;
+    let Some(fernet) = shared
+        .cipher
+        .batch_sealer()
+        .filter(|_| !unsealed.is_empty())
+    else {
+        return false;
+    };
+    fernet.seal_batch(bytes, unsealed, terminator, sealed, |token| {
+        if let Some(replay) = &shared.replay {
+            fingerprints.push(replay.fingerprint(Fernet::identity(token)));
+        }
+    });
+    true
 }
 
-/// The largest write buffer kept between batches; a larger one, left by a
-/// burst or a big frame, is freed once written.
-const KEEP_BUFFER: usize = 256 * 1024;
+/// Empties a written batch's frames for the next one, letting go of the
+/// buffer if a burst made it large.
+fn recycle(sealed: &mut Vec<u8>) {
+    if sealed.capacity() > KEEP_BUFFER {
+        *sealed = Vec::new();
+    } else {
+        sealed.clear();
+    }
+}
 
 /// Why writing stopped.
 enum WriteFailure {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::outbox::{Outbox, Refused};
 use super::signal::Signal;
 use super::{EndReason, within};
-use crate::cipher::{CipherError, Sealer};
+use crate::cipher::{CipherError, Fernet, Sealer, Unsealed};
 use crate::codec::FrameCodec;
 use crate::config::PacketLog;
 use crate::endpoint::Endpoint;
@@ -57,9 +57,13 @@ pub(crate) struct Shared {
     pub(crate) packet_log: PacketLog,
 }
 
-/// A sealed token (and its replay fingerprint) that waits for room in the
-/// outbox.
-type Deferred = (Vec<u8>, Option<u64>);
+/// A message that waits for room in the outbox.
+enum Deferred {
+    /// A custom cipher's token, and its replay fingerprint.
+    Sealed(Vec<u8>, Option<u64>),
+    /// A plaintext for the writer to seal.
+    Unsealed(Vec<u8>, Unsealed),
+}
 
 /// The calls awaiting replies, by the request number this side gave them.
 pub(crate) type PendingCalls = HashMap<u64, oneshot::Sender<Packet>, BuildHasherDefault<IdHasher>>;
@@ -288,11 +292,19 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a token that found the outbox full, once there is room.
-    async fn queue_when_room(&self, (token, fingerprint): Deferred) -> Result<(), SendError> {
+    /// Queues a message that found the outbox full, once there is room.
+    async fn queue_when_room(&self, deferred: Deferred) -> Result<(), SendError> {
         loop {
             self.shared.outbox.room().await;
-            match self.shared.outbox.push(&token, fingerprint) {
+            let pushed = match &deferred {
+                Deferred::Sealed(token, fingerprint) => {
+                    self.shared.outbox.push(token, *fingerprint)
+                }
+                Deferred::Unsealed(plain, unsealed) => {
+                    self.shared.outbox.push_unsealed(plain, *unsealed)
+                }
+            };
+            match pushed {
                 Ok(()) => return Ok(()),
                 Err(Refused::Full) => {}
                 Err(refused) => return Err(refused_error(refused)),
@@ -300,10 +312,11 @@ impl SessionHandle {
         }
     }
 
-    /// Encodes and seals a packet, logs it, and queues it for the writer;
-    /// when the queue is full, returns the token (and its replay
-    /// fingerprint) to queue later. The JSON and the token are written in
-    /// per-thread buffers, so a message costs no allocation of its own.
+    /// Encodes a packet, logs it, and queues it for the writer, which
+    /// seals it (with a custom cipher, seals it here and queues the token);
+    /// when the queue is full, returns the message to queue later. The JSON
+    /// (and a custom cipher's token) are written in per-thread buffers, so a
+    /// message costs no allocation of its own.
     fn seal_and_queue(
         &self,
         packet: &Packet,
@@ -316,6 +329,25 @@ impl SessionHandle {
             packet
                 .write_json(json)
                 .map_err(|e| SendError::Encode(e.to_string()))?;
+            if self.shared.cipher.batch_sealer().is_some() {
+                // Sealed by the writer, with this time and IV.
+                let len = Fernet::token_len(json.len());
+                if len > self.shared.max_frame_len {
+                    return Err(SendError::TooLarge {
+                        len,
+                        max: self.shared.max_frame_len,
+                    });
+                }
+                let unsealed = Unsealed::new(json.len(), now)?;
+                #[cfg(test)]
+                self.shared.cipher.note_sealed_at(now);
+                packet_log!(self.shared, "Send", packet);
+                return match self.shared.outbox.push_unsealed(json, unsealed) {
+                    Ok(()) => Ok(None),
+                    Err(Refused::Full) => Ok(Some(Deferred::Unsealed(json.clone(), unsealed))),
+                    Err(refused) => Err(refused_error(refused)),
+                };
+            }
             self.shared.cipher.seal_at(json, now, token)?;
             if token.len() > self.shared.max_frame_len {
                 return Err(SendError::TooLarge {
@@ -331,7 +363,7 @@ impl SessionHandle {
                 .map(|replay| replay.fingerprint(self.shared.cipher.identity(token)));
             match self.shared.outbox.push(token, fingerprint) {
                 Ok(()) => Ok(None),
-                Err(Refused::Full) => Ok(Some((token.clone(), fingerprint))),
+                Err(Refused::Full) => Ok(Some(Deferred::Sealed(token.clone(), fingerprint))),
                 Err(refused) => Err(refused_error(refused)),
             }
         })

@@ -1,10 +1,15 @@
-//! [`Outbox`]: sealed frames waiting for the writer.
+//! [`Outbox`]: messages waiting for the writer.
 //!
-//! Senders frame their token straight into one shared buffer, and the writer
-//! swaps the whole buffer out and writes it. Compared with a channel of one
-//! buffer per token, a message costs no allocation, no channel slot and no
-//! copy on the writer's side, and the writer is woken once per batch (by the
-//! frame that finds the outbox empty) rather than once per frame.
+//! Senders put their message straight into one shared buffer, and the writer
+//! swaps the whole buffer out. Compared with a channel of one buffer per
+//! message, a message costs no allocation and no channel slot, and the writer
+//! is woken once per batch (by the message that finds the outbox empty)
+//! rather than once per message.
+//!
+//! With Fernet, senders queue plaintexts (with the time and IV to seal them
+//! with) and the writer seals a batch at once, several CBC chains side by
+//! side ([`Fernet::seal_batch`](crate::cipher::Fernet)); a custom cipher's
+//! tokens are sealed and framed by their senders.
 
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -14,6 +19,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::codec::Encoder;
 
+use crate::cipher::Unsealed;
 use crate::codec::{CodecError, FrameCodec};
 use crate::sync::lock;
 
@@ -28,7 +34,7 @@ pub(crate) enum Refused {
     Unframeable(CodecError),
 }
 
-/// Frames queued for the writer, at most `limit` of them.
+/// Messages queued for the writer, at most `limit` of them.
 pub(crate) struct Outbox {
     queued: Mutex<Queued>,
     limit: usize,
@@ -42,19 +48,48 @@ pub(crate) struct Outbox {
 struct Queued {
     /// Frames tokens (only its encoding side is used).
     codec: FrameCodec,
-    /// The frames, terminators included, in the order they were queued.
-    bytes: BytesMut,
-    frames: usize,
-    /// The replay fingerprints of the frames' tokens, when replay
-    /// protection is on.
-    fingerprints: Vec<u64>,
+    /// What the writer takes next.
+    batch: Batch,
+    /// How many messages `batch` holds.
+    messages: usize,
     closed: bool,
 }
 
-/// What the writer took: the frames are in the buffer it passed.
+/// Messages in the order they were queued: sealed frames, or plaintexts
+/// for the writer to seal.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The frames (terminators included), or the plaintexts end to end.
+    pub(crate) bytes: BytesMut,
+    /// The replay fingerprints of the frames' tokens, when replay
+    /// protection is on (the writer adds those of the tokens it seals).
+    pub(crate) fingerprints: Vec<u64>,
+    /// How to seal each plaintext in `bytes`; empty when `bytes` holds
+    /// frames.
+    pub(crate) unsealed: Vec<Unsealed>,
+}
+
+impl Batch {
+    /// Emptied for the next swap; buffers grown large by a burst are let go.
+    pub(crate) fn recycle(&mut self) {
+        if self.bytes.capacity() > KEEP_BUFFER {
+            self.bytes = BytesMut::new();
+        } else {
+            self.bytes.clear();
+        }
+        self.fingerprints.clear();
+        self.unsealed.clear();
+    }
+}
+
+/// The largest buffer kept between batches; a larger one, left by a burst or
+/// a big message, is freed once written.
+pub(crate) const KEEP_BUFFER: usize = 256 * 1024;
+
+/// What the writer took: the messages are in the batch it passed.
 pub(crate) enum Taken {
-    /// Some frames (their fingerprints are in the vector passed).
-    Frames,
+    /// Some messages.
+    Messages,
     /// Nothing is queued and nothing more will be.
     Closed,
 }
@@ -64,9 +99,8 @@ impl Outbox {
         Outbox {
             queued: Mutex::new(Queued {
                 codec,
-                bytes: BytesMut::new(),
-                frames: 0,
-                fingerprints: Vec::new(),
+                batch: Batch::default(),
+                messages: 0,
                 closed: false,
             }),
             limit,
@@ -77,19 +111,44 @@ impl Outbox {
 
     /// Frames `token` into the outbox, with its replay fingerprint.
     pub(crate) fn push(&self, token: &[u8], fingerprint: Option<u64>) -> Result<(), Refused> {
+        self.push_with(|queued| {
+            let Queued { codec, batch, .. } = queued;
+            codec
+                .encode(token, &mut batch.bytes)
+                .map_err(Refused::Unframeable)?;
+            batch.fingerprints.extend(fingerprint);
+            Ok(())
+        })
+    }
+
+    /// Queues a plaintext for the writer to seal as `unsealed` says. The
+    /// sender has checked that its token fits a frame (a Fernet token's
+    /// length follows from the plaintext's, and never holds a terminator).
+    pub(crate) fn push_unsealed(&self, plain: &[u8], unsealed: Unsealed) -> Result<(), Refused> {
+        self.push_with(|queued| {
+            queued.batch.bytes.extend_from_slice(plain);
+            queued.batch.unsealed.push(unsealed);
+            Ok(())
+        })
+    }
+
+    /// Queues a message with `put`, unless the outbox is closed or full;
+    /// wakes the writer for the first message of a batch.
+    fn push_with(
+        &self,
+        put: impl FnOnce(&mut Queued) -> Result<(), Refused>,
+    ) -> Result<(), Refused> {
         let first = {
             let mut queued = lock(&self.queued);
             if queued.closed {
                 return Err(Refused::Closed);
             }
-            if queued.frames >= self.limit {
+            if queued.messages >= self.limit {
                 return Err(Refused::Full);
             }
-            let Queued { codec, bytes, .. } = &mut *queued;
-            codec.encode(token, bytes).map_err(Refused::Unframeable)?;
-            queued.frames += 1;
-            queued.fingerprints.extend(fingerprint);
-            queued.frames == 1
+            put(&mut queued)?;
+            queued.messages += 1;
+            queued.messages == 1
         };
         if first {
             self.writer.wake();
@@ -100,7 +159,7 @@ impl Outbox {
     /// Whether a push now would be refused as full.
     #[cfg(test)]
     pub(crate) fn is_full(&self) -> bool {
-        lock(&self.queued).frames >= self.limit
+        lock(&self.queued).messages >= self.limit
     }
 
     /// Waits for room: call [`push`](Self::push) again after. Returns at
@@ -113,24 +172,19 @@ impl Outbox {
         notified.as_mut().enable();
         {
             let queued = lock(&self.queued);
-            if queued.closed || queued.frames < self.limit {
+            if queued.closed || queued.messages < self.limit {
                 return;
             }
         }
         notified.await;
     }
 
-    /// The writer's side: swaps the queued frames into `bytes` (which must
-    /// be empty) and their fingerprints into `fingerprints` (cleared
-    /// first), or registers the writer to be woken when there are some.
-    pub(crate) fn poll_take(
-        &self,
-        cx: &mut Context<'_>,
-        bytes: &mut BytesMut,
-        fingerprints: &mut Vec<u64>,
-    ) -> Poll<Taken> {
+    /// The writer's side: swaps the queued messages into `batch` (which
+    /// must be empty, as [`Batch::recycle`] leaves it), or registers the
+    /// writer to be woken when there are some.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut Batch) -> Poll<Taken> {
         let mut queued = lock(&self.queued);
-        if queued.frames == 0 {
+        if queued.messages == 0 {
             if queued.closed {
                 return Poll::Ready(Taken::Closed);
             }
@@ -139,20 +193,21 @@ impl Outbox {
             self.writer.register(cx.waker());
             return Poll::Pending;
         }
-        let was_full = self.take_locked(&mut queued, bytes, fingerprints);
+        let was_full = self.take_locked(&mut queued, batch);
         drop(queued);
         if was_full {
             self.room.notify_waiters();
         }
-        Poll::Ready(Taken::Frames)
+        Poll::Ready(Taken::Messages)
     }
 
-    /// Takes whatever is queued, and closes the outbox: frames queued after
-    /// this are refused.
-    pub(crate) fn close_and_take(&self, bytes: &mut BytesMut, fingerprints: &mut Vec<u64>) {
+    /// Takes whatever is queued into `batch` (empty, as for
+    /// [`poll_take`](Self::poll_take)), and closes the outbox: messages
+    /// queued after this are refused.
+    pub(crate) fn close_and_take(&self, batch: &mut Batch) {
         let mut queued = lock(&self.queued);
         queued.closed = true;
-        self.take_locked(&mut queued, bytes, fingerprints);
+        self.take_locked(&mut queued, batch);
         drop(queued);
         // Waiting senders learn that it closed.
         self.room.notify_waiters();
@@ -162,26 +217,18 @@ impl Outbox {
     pub(crate) fn close(&self) {
         let mut queued = lock(&self.queued);
         queued.closed = true;
-        queued.bytes = BytesMut::new();
-        queued.frames = 0;
-        queued.fingerprints = Vec::new();
+        queued.batch = Batch::default();
+        queued.messages = 0;
         drop(queued);
         self.room.notify_waiters();
         self.writer.wake();
     }
 
-    /// Swaps the frames out; says whether senders may be waiting for room.
-    fn take_locked(
-        &self,
-        queued: &mut Queued,
-        bytes: &mut BytesMut,
-        fingerprints: &mut Vec<u64>,
-    ) -> bool {
-        let was_full = queued.frames >= self.limit;
-        std::mem::swap(&mut queued.bytes, bytes);
-        fingerprints.clear();
-        std::mem::swap(&mut queued.fingerprints, fingerprints);
-        queued.frames = 0;
+    /// Swaps the messages out; says whether senders may be waiting for room.
+    fn take_locked(&self, queued: &mut Queued, batch: &mut Batch) -> bool {
+        let was_full = queued.messages >= self.limit;
+        std::mem::swap(&mut queued.batch, batch);
+        queued.messages = 0;
         was_full
     }
 }
@@ -197,15 +244,16 @@ mod tests {
     }
 
     fn take(outbox: &Outbox) -> (BytesMut, Vec<u64>) {
-        let mut bytes = BytesMut::new();
-        let mut fingerprints = Vec::new();
+        let batch = take_batch(outbox);
+        assert!(batch.unsealed.is_empty());
+        (batch.bytes, batch.fingerprints)
+    }
+
+    fn take_batch(outbox: &Outbox) -> Batch {
+        let mut batch = Batch::default();
         let waker = std::task::Waker::noop();
-        match outbox.poll_take(
-            &mut Context::from_waker(waker),
-            &mut bytes,
-            &mut fingerprints,
-        ) {
-            Poll::Ready(Taken::Frames) => (bytes, fingerprints),
+        match outbox.poll_take(&mut Context::from_waker(waker), &mut batch) {
+            Poll::Ready(Taken::Messages) => batch,
             Poll::Ready(Taken::Closed) => panic!("closed"),
             Poll::Pending => panic!("nothing queued"),
         }
@@ -223,6 +271,31 @@ mod tests {
         // Taken whole: the next batch starts empty.
         outbox.push(b"four", None).unwrap();
         assert_eq!(&take(&outbox).0[..], b"four\n");
+    }
+
+    #[test]
+    fn plaintexts_come_out_end_to_end_with_how_to_seal_each() {
+        let outbox = outbox(3);
+        let now = std::time::SystemTime::now();
+        for plain in [&b"{}"[..], b"", b"{\"a\":1}"] {
+            outbox
+                .push_unsealed(plain, Unsealed::new(plain.len(), now).unwrap())
+                .unwrap();
+        }
+        // Plaintexts count against the limit as frames do.
+        let refused = outbox.push_unsealed(b"x", Unsealed::new(1, now).unwrap());
+        assert!(matches!(refused, Err(Refused::Full)));
+        let mut batch = take_batch(&outbox);
+        assert_eq!(&batch.bytes[..], b"{}{\"a\":1}");
+        let lengths: Vec<usize> = batch.unsealed.iter().map(Unsealed::len).collect();
+        assert_eq!(lengths, [2, 0, 7]);
+        assert!(batch.fingerprints.is_empty());
+        batch.recycle();
+        assert!(batch.bytes.is_empty() && batch.unsealed.is_empty());
+        outbox
+            .push_unsealed(b"y", Unsealed::new(1, now).unwrap())
+            .unwrap();
+        assert_eq!(&take_batch(&outbox).bytes[..], b"y");
     }
 
     #[test]
@@ -269,18 +342,17 @@ mod tests {
             async move { outbox.room().await }
         });
         tokio::task::yield_now().await;
-        let mut bytes = BytesMut::new();
-        let mut fingerprints = vec![9];
-        outbox.close_and_take(&mut bytes, &mut fingerprints);
-        assert_eq!(&bytes[..], b"a\n");
-        assert!(fingerprints.is_empty());
+        let mut batch = Batch::default();
+        outbox.close_and_take(&mut batch);
+        assert_eq!(&batch.bytes[..], b"a\n");
+        assert!(batch.fingerprints.is_empty());
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the close")
             .unwrap();
         assert!(matches!(outbox.push(b"b", None), Err(Refused::Closed)));
-        let (mut bytes, mut fingerprints) = (BytesMut::new(), Vec::new());
-        let taken = poll_fn(|cx| outbox.poll_take(cx, &mut bytes, &mut fingerprints)).await;
+        let mut batch = Batch::default();
+        let taken = poll_fn(|cx| outbox.poll_take(cx, &mut batch)).await;
         assert!(matches!(taken, Taken::Closed));
     }
 
@@ -290,10 +362,10 @@ mod tests {
         let writer = tokio::spawn({
             let outbox = outbox.clone();
             async move {
-                let (mut bytes, mut fingerprints) = (BytesMut::new(), Vec::new());
-                let taken = poll_fn(|cx| outbox.poll_take(cx, &mut bytes, &mut fingerprints)).await;
-                assert!(matches!(taken, Taken::Frames));
-                bytes
+                let mut batch = Batch::default();
+                let taken = poll_fn(|cx| outbox.poll_take(cx, &mut batch)).await;
+                assert!(matches!(taken, Taken::Messages));
+                batch.bytes
             }
         });
         tokio::task::yield_now().await;
