@@ -29,19 +29,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut batch = Batch::default();
     // The frames of a batch of plaintexts, once sealed.
     let mut sealed: Vec<u8> = Vec::new();
-    // Records a batch as sent before any of it reaches the wire, so that a
-    // reflection is always recognised.
-    let record = async |fingerprints: &[u64]| {
-        if let Some(replay) = &shared.replay
-            && !fingerprints.is_empty()
-        {
-            // Every token of the batch was sealed before now.
-            let sealed_by = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs());
-            replay.sent(fingerprints, sealed_by).await;
-        }
-    };
     let result: Result<(), WriteFailure> = async {
         loop {
             let taken = std::future::poll_fn(|cx| {
@@ -55,29 +42,29 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Some(Taken::Messages) => {}
                 Some(Taken::Closed) | None => break,
             }
-            let frames = seal(&shared, &terminator, &mut batch, &mut sealed);
-            record(&batch.fingerprints).await;
-            let frames = if frames {
-                &sealed[..]
-            } else {
-                &batch.bytes[..]
-            };
-            write_within(&mut writer, frames, deadline).await?;
-            crate::telemetry::sent(frames.len());
+            write_batch(
+                &mut writer,
+                &shared,
+                &terminator,
+                &mut batch,
+                &mut sealed,
+                deadline,
+            )
+            .await?;
             batch.recycle();
             recycle(&mut sealed);
         }
         // Replies queued before the stop still go out; nothing after.
         shared.outbox.close_and_take(&mut batch);
-        let frames = seal(&shared, &terminator, &mut batch, &mut sealed);
-        record(&batch.fingerprints).await;
-        let frames = if frames {
-            &sealed[..]
-        } else {
-            &batch.bytes[..]
-        };
-        write_within(&mut writer, frames, deadline).await?;
-        crate::telemetry::sent(frames.len());
+        write_batch(
+            &mut writer,
+            &shared,
+            &terminator,
+            &mut batch,
+            &mut sealed,
+            deadline,
+        )
+        .await?;
         timeout(deadline, writer.shutdown())
             .await
             .map_err(|_| WriteFailure::Deadline(deadline))?
@@ -106,6 +93,37 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             shared.request_stop(EndReason::WriteFailed(e.to_string()));
         }
     }
+}
+
+/// Writes a taken batch: seals its plaintexts into `sealed` (a batch of
+/// frames is written as it was queued), and records its tokens as sent
+/// before any of it reaches the wire, so that a reflection is always
+/// recognised.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    shared: &Shared,
+    terminator: &[u8],
+    batch: &mut Batch,
+    sealed: &mut Vec<u8>,
+    deadline: Duration,
+) -> Result<(), WriteFailure> {
+    let frames: &[u8] = if seal(shared, terminator, batch, sealed) {
+        sealed
+    } else {
+        &batch.bytes
+    };
+    if let Some(replay) = &shared.replay
+        && !batch.fingerprints.is_empty()
+    {
+        // Every token of the batch was sealed before now.
+        let sealed_by = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        replay.sent(&batch.fingerprints, sealed_by).await;
+    }
+    write_within(writer, frames, deadline).await?;
+    crate::telemetry::sent(frames.len());
+    Ok(())
 }
 
 /// Seals a taken batch's plaintexts into `sealed`, adding their tokens'
