@@ -445,7 +445,6 @@ impl Unsealed {
     }
 
     /// How long the plaintext is.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -95,10 +95,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes a taken batch: seals its plaintexts into `sealed` (a batch of
-/// frames is written as it was queued), and records its tokens as sent
-/// before any of it reaches the wire, so that a reflection is always
-/// recognised.
+/// Writes a taken batch: a batch of frames as it was queued; a batch of
+/// plaintexts sealed into `sealed` and written a slice at a time (see
+/// [`SEAL_SLICE`]). Tokens are recorded as sent before any of them reaches
+/// the wire, so that a reflection is always recognised.
 async fn write_batch<W: AsyncWrite + Unpin>(
     writer: &mut W,
     shared: &Shared,
@@ -107,29 +107,6 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     sealed: &mut Vec<u8>,
     deadline: Duration,
 ) -> Result<(), WriteFailure> {
-    let frames: &[u8] = if seal(shared, terminator, batch, sealed) {
-        sealed
-    } else {
-        &batch.bytes
-    };
-    if let Some(replay) = &shared.replay
-        && !batch.fingerprints.is_empty()
-    {
-        // Every token of the batch was sealed before now.
-        let sealed_by = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
-        replay.sent(&batch.fingerprints, sealed_by).await;
-    }
-    write_within(writer, frames, deadline).await?;
-    crate::telemetry::sent(frames.len());
-    Ok(())
-}
-
-/// Seals a taken batch's plaintexts into `sealed`, adding their tokens'
-/// fingerprints to the batch's, and says whether it did; a batch of frames
-/// is written as it was queued.
-fn seal(shared: &Shared, terminator: &[u8], batch: &mut Batch, sealed: &mut Vec<u8>) -> bool {
     let Batch {
         bytes,
         fingerprints,
@@ -140,14 +117,64 @@ fn seal(shared: &Shared, terminator: &[u8], batch: &mut Batch, sealed: &mut Vec<
         .batch_sealer()
         .filter(|_| !unsealed.is_empty())
     else {
-        return false;
+        record_sent(shared, fingerprints).await;
+        return write_frames(writer, bytes, deadline).await;
     };
-    fernet.seal_batch(bytes, unsealed, terminator, sealed, |token| {
-        if let Some(replay) = &shared.replay {
-            fingerprints.push(replay.fingerprint(Fernet::identity(token)));
+    let (mut plains, mut items) = (&bytes[..], &unsealed[..]);
+    while !items.is_empty() {
+        // At least one message, then as many as fit the slice.
+        let mut count = 1;
+        let mut len = items[0].len();
+        while let Some(next) = items.get(count)
+            && len + next.len() <= SEAL_SLICE
+        {
+            len += next.len();
+            count += 1;
         }
-    });
-    true
+        let ((slice, rest), (these, others)) = (plains.split_at(len), items.split_at(count));
+        sealed.clear();
+        fingerprints.clear();
+        fernet.seal_batch(slice, these, terminator, sealed, |token| {
+            if let Some(replay) = &shared.replay {
+                fingerprints.push(replay.fingerprint(Fernet::identity(token)));
+            }
+        });
+        record_sent(shared, fingerprints).await;
+        write_frames(writer, sealed, deadline).await?;
+        (plains, items) = (rest, others);
+    }
+    Ok(())
+}
+
+/// How much plaintext the writer seals before it writes: a batch larger
+/// than this (many large messages queued while the socket was slow) goes
+/// out in slices, so that the first bytes leave without waiting for the
+/// whole batch to be sealed, and the sealed frames held at once stay
+/// bounded (a message larger than a slice is a slice of its own).
+const SEAL_SLICE: usize = 64 * 1024;
+
+/// Remembers tokens about to be written as sent, for reflection protection.
+async fn record_sent(shared: &Shared, fingerprints: &[u64]) {
+    if let Some(replay) = &shared.replay
+        && !fingerprints.is_empty()
+    {
+        // Every one of these tokens was sealed before now.
+        let sealed_by = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        replay.sent(fingerprints, sealed_by).await;
+    }
+}
+
+/// Writes frames within the write deadline and counts them.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[u8],
+    deadline: Duration,
+) -> Result<(), WriteFailure> {
+    write_within(writer, frames, deadline).await?;
+    crate::telemetry::sent(frames.len());
+    Ok(())
 }
 
 /// Empties a written batch's frames for the next one, letting go of the
@@ -190,5 +217,108 @@ async fn write_within<W: AsyncWrite + Unpin>(
     match within_by(|| Instant::now() + deadline, write).await {
         Err(_) => Err(WriteFailure::Deadline(deadline)),
         Ok(result) => result.map_err(WriteFailure::Io),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::Context;
+
+    use crate::Config;
+    use crate::cipher::Unsealed;
+    use crate::endpoint::Endpoint;
+
+    /// Takes every write whole, noting how long each was.
+    #[derive(Default)]
+    struct Writes {
+        lengths: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.lengths.push(buf.len());
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_sealed_and_written_a_slice_at_a_time() {
+        let config = Config::builder()
+            .key(Fernet::generate_key().unwrap())
+            .build()
+            .unwrap();
+        let shared = Shared::new(&Endpoint::new(config.clone()), "test", None);
+        // Three messages of 40 KiB (two never share a slice), then twenty
+        // of 1 KiB, which fit in the third one's slice.
+        let plains: Vec<Vec<u8>> = (0..23u8)
+            .map(|n| vec![b'a' + n; if n < 3 { 40 * 1024 } else { 1024 }])
+            .collect();
+        let now = SystemTime::now();
+        for plain in &plains {
+            let unsealed = Unsealed::new(plain.len(), now).unwrap();
+            shared.outbox.push_unsealed(plain, unsealed).unwrap();
+        }
+        let mut batch = Batch::default();
+        let waker = std::task::Waker::noop();
+        let taken = shared
+            .outbox
+            .poll_take(&mut Context::from_waker(waker), &mut batch);
+        assert!(matches!(taken, Poll::Ready(Taken::Messages)));
+        let mut writes = Writes::default();
+        let mut sealed = Vec::new();
+        let deadline = Duration::from_secs(5);
+        let written = write_batch(
+            &mut writes,
+            &shared,
+            b"\n",
+            &mut batch,
+            &mut sealed,
+            deadline,
+        );
+        assert!(written.await.is_ok());
+        assert_eq!(writes.lengths.len(), 3, "{:?}", writes.lengths);
+        // Each write ends on a whole frame, and the frames are the
+        // messages, in order, each opening to its plaintext.
+        let mut start = 0;
+        let mut frames = Vec::new();
+        for length in writes.lengths {
+            assert_eq!(writes.bytes[start + length - 1], b'\n');
+            frames.extend(
+                writes.bytes[start..start + length - 1]
+                    .split(|&byte| byte == b'\n')
+                    .map(<[u8]>::to_vec),
+            );
+            start += length;
+        }
+        let opened: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|token| config.cipher().decrypt(token).unwrap())
+            .collect();
+        assert_eq!(opened, plains);
+        // The tokens were recorded as sent: one coming back is refused.
+        let replay = shared.replay.as_ref().expect("replay protection is on");
+        let back = crate::replay::ReceivedToken {
+            fingerprint: replay.fingerprint(Fernet::identity(&frames[22])),
+            time: None,
+        };
+        let mut verdicts = Vec::new();
+        replay.received(&[back], &mut verdicts).await;
+        assert_eq!(verdicts, [crate::replay::Verdict::Reflection]);
     }
 }
