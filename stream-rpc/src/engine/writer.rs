@@ -38,9 +38,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 stop.poll_raised(cx).map(|()| None)
             })
             .await;
-            match taken {
-                Some(Taken::Messages) => {}
-                Some(Taken::Closed) | None => break,
+            // Once stopped or closed: what is still queued (replies queued
+            // before the stop) goes out as the last batch; nothing after.
+            let last = !matches!(taken, Some(Taken::Messages));
+            if last {
+                shared.outbox.close_and_take(&mut batch);
             }
             write_batch(
                 &mut writer,
@@ -51,20 +53,12 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 deadline,
             )
             .await?;
+            if last {
+                break;
+            }
             batch.recycle();
             recycle(&mut sealed);
         }
-        // Replies queued before the stop still go out; nothing after.
-        shared.outbox.close_and_take(&mut batch);
-        write_batch(
-            &mut writer,
-            &shared,
-            &terminator,
-            &mut batch,
-            &mut sealed,
-            deadline,
-        )
-        .await?;
         timeout(deadline, writer.shutdown())
             .await
             .map_err(|_| WriteFailure::Deadline(deadline))?
