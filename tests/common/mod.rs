@@ -56,8 +56,24 @@ pub struct Probe {
     pub finished: AtomicUsize,
     /// Signalled each time a `wait` handler finishes.
     pub done: Notify,
-    /// Signalled when a flood stops because its session refused a packet.
+    /// Signalled when a flood stops short: its session refused a packet,
+    /// or ended and cancelled it while it waited for room to send one.
     pub flood_cut: Notify,
+}
+
+/// Signals [`Probe::flood_cut`] when dropped armed: a flood that returned
+/// after a refused send, or one cancelled mid-send.
+struct FloodCut<'a> {
+    probe: &'a Probe,
+    armed: bool,
+}
+
+impl Drop for FloodCut<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.probe.flood_cut.notify_one();
+        }
+    }
 }
 
 /// The service the tests talk to.
@@ -124,14 +140,21 @@ impl Protocol for TestService {
                 let args = FloodArgs::deserialize(&packet.payload)
                     .map_err(|e| HandlerError::invalid_payload(method, e))?;
                 let blob = "x".repeat(args.size);
-                for _ in 0..args.count {
+                let mut cut = FloodCut {
+                    probe: &self.probe,
+                    armed: true,
+                };
+                let mut sent = 0;
+                while sent < args.count {
                     if ctx.session().notify("blob", json!(blob)).await.is_err() {
-                        self.probe.flood_cut.notify_one();
                         break;
                     }
+                    sent += 1;
                     // Let the writer run between (slow, debug-built) packets.
                     tokio::task::yield_now().await;
                 }
+                // A flood that sent everything was not cut.
+                cut.armed = sent < args.count;
                 Ok(Reply::Nothing)
             }
             "repeat" => {
