@@ -197,26 +197,18 @@ impl Fernet {
     #[cfg(test)]
     fn seal(&self, plaintext: &[u8], now: u64, iv: &[u8; 16]) -> Vec<u8> {
         let mut token = Vec::new();
-        self.seal_into(plaintext, now, iv, &mut token)
-            .expect("a test plaintext seals");
+        self.seal_into(plaintext, now, iv, &mut token);
         token
     }
 
-    /// [`seal`](Self::seal), appending the token to `out`.
-    fn seal_into(
-        &self,
-        plaintext: &[u8],
-        now: u64,
-        iv: &[u8; 16],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CipherError> {
+    /// [`seal`](Self::seal), appending the token to `out`: a batch of one.
+    fn seal_into(&self, plaintext: &[u8], now: u64, iv: &[u8; 16], out: &mut Vec<u8>) {
         let one = Unsealed {
             len: plaintext.len(),
             secs: now,
             iv: *iv,
         };
         self.seal_batch(plaintext, &[one], b"", out, |_| {});
-        Ok(())
     }
 
     /// Seals a batch of plaintexts, laid end to end in `plains` as `items`
@@ -380,7 +372,8 @@ impl Fernet {
         out: &mut Vec<u8>,
     ) -> Result<(), CipherError> {
         let iv = random_iv()?;
-        self.seal_into(plaintext, unix_secs(now), &iv, out)
+        self.seal_into(plaintext, unix_secs(now), &iv, out);
+        Ok(())
     }
 
     /// Opens `token` as of `now`, appending the plaintext to `out` and
