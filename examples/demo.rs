@@ -137,7 +137,10 @@ async fn run() -> Result<(), String> {
         "  tasks saved:       {}",
         stats.tasks_saved.load(Ordering::Relaxed)
     );
+    // A task handed out and not saved when the workers stopped is still
+    // leased: it is counted as handed out, not as queued.
     let left = queue.queue().stats().await.map_err(|e| e.to_string())?;
-    println!("  tasks left queued: {}", left.queued + left.leased);
+    println!("  tasks left queued: {}", left.queued);
+    println!("  tasks leased:      {}", left.leased);
     Ok(())
 }

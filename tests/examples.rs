@@ -568,10 +568,18 @@ fn the_demo_runs_and_summarizes() {
     ] {
         assert!(count(label) > 0, "{label} 0 in:\n{}", demo.output());
     }
-    // Every task stored was handed out or is still queued.
+    // Every task stored was handed out (once: a lease outlives the run)
+    // or is still queued; of those handed out, each was saved or is still
+    // leased (its worker stopped mid-task).
     assert_eq!(
         count("tasks put:"),
         count("tasks handed out:") + count("tasks left queued:"),
+        "{}",
+        demo.output()
+    );
+    assert_eq!(
+        count("tasks handed out:"),
+        count("tasks saved:") + count("tasks leased:"),
         "{}",
         demo.output()
     );
