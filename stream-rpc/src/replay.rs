@@ -27,7 +27,13 @@
 //! before it as [`Verdict::Forgotten`], as if expired. Under a load that
 //! fills the cache faster than the window, the window in which tokens are
 //! accepted shrinks (to about the time the cache takes to fill), but it never
-//! opens; legitimate tokens are seconds old. The first time this happens the
+//! opens; legitimate tokens are seconds old. Since a token's time is whole
+//! seconds, forgetting a token stamped this second would refuse every token
+//! of this second, a live peer's included: while the generation it would
+//! forget holds tokens of the last two seconds, a full current generation
+//! grows instead, to at most twice its share, so the store may hold up to
+//! twice its capacity for the two seconds a burst lasts, and fails closed
+//! only beyond that. The first time this happens the
 //! store logs a warning with the numbers. Tokens of a custom cipher carry no
 //! time the store can read: for them the store is bounded by its size alone.
 
@@ -195,6 +201,19 @@ struct Generation {
     opened: Instant,
     /// The newest token time among its entries (seconds since the epoch).
     newest: u64,
+}
+
+/// Tokens stamped this many seconds before the receiver's clock, or later,
+/// are not forgotten for space while the store may grow (see
+/// `MemoryReplayStore::defer_for_fresh_tokens`).
+const FRESH_SECONDS: u64 = 2;
+
+/// The receiver's clock, in whole seconds since the Unix epoch (0 before
+/// it, which defers nothing).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// How many entries a generation starts with room for (16 KiB of slots);
@@ -400,7 +419,10 @@ impl MemoryReplayStore {
         {
             state.current.grow();
         }
-        let full = state.current.len >= self.generation_cap.min(state.current.capacity());
+        let mut full = state.current.len >= self.generation_cap.min(state.current.capacity());
+        if full && self.defer_for_fresh_tokens(state) {
+            full = false;
+        }
         state.since_clock += 1;
         let look = full || (self.window.is_some() && state.since_clock >= CLOCK_EVERY);
         if !look {
@@ -412,6 +434,27 @@ impl MemoryReplayStore {
             .window
             .is_some_and(|window| now.duration_since(state.current.opened) >= window);
         (full || aged).then_some(now)
+    }
+
+    /// Whether a full current generation should grow instead of opening a
+    /// new one: forgetting the previous generation would refuse the tokens
+    /// stamped in the last [`FRESH_SECONDS`] (a token's time is whole
+    /// seconds, so forgetting one stamped now refuses every token of this
+    /// second, those still on their way included). The current generation
+    /// then takes up to twice its share, so the store holds at most twice
+    /// its capacity, and only while it fills in less than about two seconds.
+    fn defer_for_fresh_tokens(&self, state: &mut State) -> bool {
+        if state.previous.len == 0 || state.current.len >= self.generation_cap.saturating_mul(2) {
+            return false;
+        }
+        let now = unix_now();
+        if state.previous.newest.saturating_add(FRESH_SECONDS) < now {
+            return false;
+        }
+        if state.current.len >= state.current.capacity() {
+            state.current.grow();
+        }
+        true
     }
 
     /// Forgets the previous generation and makes the current one previous.
@@ -680,6 +723,38 @@ mod tests {
         assert_eq!(guard.received_at(b"y", Some(102)), Verdict::New);
         // A token without a time cannot be refused by it.
         assert_eq!(guard.received_at(b"z", None), Verdict::New);
+    }
+
+    #[test]
+    fn a_store_that_fills_within_a_second_refuses_no_fresh_token() {
+        // Generations of 2, filled by tokens stamped now: forgetting the
+        // first two would refuse every token of this second, those of a
+        // live peer included (the fifth token did before). The current
+        // generation grows instead, up to twice its share, and only then
+        // the store fails closed.
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 4);
+        let now = unix_now();
+        for n in 0..6u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(now)),
+                Verdict::New,
+                "token {n} of this second"
+            );
+        }
+        assert_eq!(guard.len(), 6, "nothing forgotten");
+        for n in 0..6u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(now)),
+                Verdict::Replay
+            );
+        }
+        // Beyond twice the capacity it forgets, and fails closed.
+        let mut refused = false;
+        for n in 8..32u32 {
+            refused |= guard.received_at(&n.to_be_bytes(), Some(now)) == Verdict::Forgotten;
+            assert!(guard.len() <= 8, "never more than twice the capacity");
+        }
+        assert!(refused, "a flood beyond the bound still fails closed");
     }
 
     #[test]
