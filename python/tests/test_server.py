@@ -147,6 +147,31 @@ def test_what_is_not_a_packet_is_answered_invalid_packet_unless_a_reply(key):
     run(scenario())
 
 
+def test_a_time_past_the_year_9999_in_utc_is_answered_invalid_packet(key):
+    async def scenario():
+        server, port = await serving(key)
+        raw = await Raw.connect(port, key)
+        late = {
+            "peer": raw.peer,
+            "id": 78,
+            "method": "ping",
+            "created_at": "9999-12-31T23:59:59-01:00",
+        }
+        await raw.send(raw.cypher.encrypt(json.dumps(late).encode()) + b"\n")
+        packet, reply_to = await raw.recv()
+        assert packet.method == "error" and reply_to == (raw.peer, 78)
+        assert packet.payload["code"] == "invalid_packet"
+        # A task carrying such a time: the packet is read, its task stays an object.
+        task = dict(late, method="parse_article", id=79)
+        await raw.request("ping", task)
+        assert (await raw.recv())[0].payload == task
+        await raw.request("ping", "after")
+        assert (await raw.recv())[0].payload == "after"
+        server.close()
+
+    run(scenario())
+
+
 def test_handler_errors_are_error_packets_without_internals(key):
     async def scenario():
         server, port = await serving(key)
