@@ -754,7 +754,8 @@ class Protocol:
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.logger.exception("process_message failed on %s", _shown(packet.method))
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.exception("process_message failed on %s", _shown(packet.method))
             if address is not None:
                 error = RemoteError(
                     "handler_error", f"`{packet.method}` failed", method=packet.method
