@@ -424,16 +424,6 @@ class Protocol:
         ``None`` is ``null``)."""
         return create_message_packet(self.peer_id, self.connector._take_id(), method, payload)
 
-    def _new_packet(self, method: str, payload: Any) -> MessagePacket:
-        """A packet of this side with the payload as given (``None`` is ``null``)."""
-        return MessagePacket(
-            peer=self.peer_id,
-            id=self.connector._take_id(),
-            created_at=datetime.datetime.now(datetime.timezone.utc),
-            method=method,
-            payload=payload,
-        )
-
     async def send_message(self, message_packet: MessagePacket) -> None:
         """Sends a packet (a reply while handling a request) and counts the request number up.
 
@@ -447,7 +437,7 @@ class Protocol:
     async def notify(self, method: str, payload: Any = None) -> None:
         """Sends a new request and waits for nothing (a typed service's method
         that returns nothing). ``None`` is sent as a JSON ``null``."""
-        packet = self._new_packet(method, payload)
+        packet = self.create_message_packet(method, payload)
         self.request_number += 1
         await self._send(packet, None, None)
 
@@ -459,7 +449,7 @@ class Protocol:
         ``ConnectionError`` when the connection closes first. ``None`` (the
         default payload) is sent as a JSON ``null``."""
         async with self._call_slots:
-            packet = self._new_packet(method, payload)
+            packet = self.create_message_packet(method, payload)
             self.request_number += 1
             future: asyncio.Future = asyncio.get_running_loop().create_future()
             self._pending[packet.id] = future
