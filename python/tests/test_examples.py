@@ -46,11 +46,12 @@ def test_a_name_held_by_another_task_is_refused_and_the_first_task_is_kept():
     assert len(queue.queued) == 3
 
 
-def test_the_example_server_answers_the_reason(key):
+def test_the_example_server_answers_the_reason(key, monkeypatch):
     import server
 
+    monkeypatch.setattr(server, "QUEUE", server.TaskQueue(max_tasks=2))
+
     async def scenario():
-        server.QUEUE = server.TaskQueue(max_tasks=2)
         connector = Connector(server.QueueServer, "127.0.0.1", 0, cypher=Cypher(key))
         listening = await connector.start_server()
         port = listening.sockets[0].getsockname()[1]
