@@ -1,7 +1,9 @@
 """The queue server of the original, on this package: ``ping``, ``put_in_queue``,
 ``get_task_from_queue``, plus ``save_parsed_article`` and ``get_parsed_article``
 as the Rust example server answers them (docs/PROTOCOL.md, "The example queue
-server"). The queue lives in this process's memory.
+server"). The queue lives in this process's memory, at most
+``STREAM_RPC_QUEUE_MAX_TASKS`` tasks (100000); a put is answered
+``{"queued": false, "reason": "duplicate" | "name_taken" | "full"}`` when refused.
 
     CRYPTO_KEY=... python examples/server.py
 """
@@ -9,33 +11,69 @@ server"). The queue lives in this process's memory.
 import asyncio
 import collections
 import json
+import os
 import time
 
-from stream_rpc.common import Connector, Protocol, RemoteError
+from stream_rpc.common import Connector, MessagePacket, Protocol, RemoteError
 
 LEASE_SECONDS = 30.0
+#: How long a done task's content is remembered, so that putting it again is a duplicate.
+RETENTION_SECONDS = 3600.0
+#: Tasks held at most (queued and leased); a put beyond it is refused ``full``.
+MAX_TASKS = int(os.environ.get("STREAM_RPC_QUEUE_MAX_TASKS", "100000"))
 
 
 class TaskQueue:
-    """Tasks in order, leased to one peer at a time; duplicates refused."""
+    """Tasks in order, leased to one peer at a time.
 
-    def __init__(self):
+    A task is named by its own ``(peer, id)``, as ``save_parsed_article``
+    names it. A put is refused, with the reason, when the same task (its
+    method and canonical payload) is held or was done within the retention
+    time (``duplicate``), when its name is held by a different task
+    (``name_taken``: the first task's mapping is never overwritten), or when
+    ``max_tasks`` tasks are held (``full``).
+    """
+
+    def __init__(self, max_tasks=MAX_TASKS):
+        self.max_tasks = max_tasks
         self.queued = collections.deque()
         self.leased = {}  # (peer, id) -> (task, holder, lease end)
-        self.names = set()  # method + canonical payload of every task held
-        self.articles = {}  # canonical payload of a done task -> article
+        self.held = {}  # (peer, id) -> content of every task queued or leased
+        self.contents = set()  # content of every task queued or leased
+        # Content of a done task -> when it was done (the retention time, and
+        # at most max_tasks of them).
+        self.done = collections.OrderedDict()
+        # Canonical payload of a done task -> its article (at most max_tasks).
+        self.articles = collections.OrderedDict()
 
     @staticmethod
-    def name(task):
+    def content(task):
         return task.method + json.dumps(task.payload, sort_keys=True, separators=(",", ":"))
 
+    def _forget_done(self):
+        now = time.monotonic()
+        while self.done and (
+            len(self.done) > self.max_tasks
+            or next(iter(self.done.values())) + RETENTION_SECONDS <= now
+        ):
+            self.done.popitem(last=False)
+        while len(self.articles) > self.max_tasks:
+            self.articles.popitem(last=False)
+
     def put(self, task):
-        name = self.name(task)
-        if name in self.names:
-            return False
-        self.names.add(name)
+        """``None`` once queued, else why not: ``duplicate``, ``name_taken`` or ``full``."""
+        self._forget_done()
+        content = self.content(task)
+        if content in self.contents or content in self.done:
+            return "duplicate"
+        if (task.peer, task.id) in self.held:
+            return "name_taken"
+        if len(self.held) >= self.max_tasks:
+            return "full"
+        self.held[(task.peer, task.id)] = content
+        self.contents.add(content)
         self.queued.append(task)
-        return True
+        return None
 
     def lease(self, holder):
         now = time.monotonic()
@@ -54,7 +92,11 @@ class TaskQueue:
         if entry is None or entry[1] != holder or entry[2] <= time.monotonic():
             return False
         del self.leased[(peer, ident)]
+        content = self.held.pop((peer, ident))
+        self.contents.discard(content)
+        self.done[content] = time.monotonic()
         self.articles[json.dumps(entry[0].payload, sort_keys=True)] = article
+        self._forget_done()
         return True
 
 
@@ -67,8 +109,13 @@ class QueueServer(Protocol):
         if method == "ping":
             await self.send_message(self.create_message_packet("pong", None))
         elif method == "put_in_queue":
-            queued = QUEUE.put(payload)
-            await self.send_message(self.create_message_packet("pong", {"queued": queued}))
+            if not isinstance(payload, MessagePacket):
+                raise RemoteError(
+                    "invalid_payload", "put_in_queue takes a task packet", method=method
+                )
+            refused = QUEUE.put(payload)
+            answer = {"queued": True} if refused is None else {"queued": False, "reason": refused}
+            await self.send_message(self.create_message_packet("pong", answer))
         elif method == "get_task_from_queue":
             task = QUEUE.lease(message_packet.peer)
             if task is None:

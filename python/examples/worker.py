@@ -1,6 +1,8 @@
 """The worker of the original, on this package: after the hello it puts a
 ``parse_article`` task every second request, asks for a task every fifth, and
 pings otherwise; a task it gets is parsed and saved with ``save_parsed_article``.
+It waits ``WORKER_REQUEST_DELAY_MS`` (2000, the original's 2 s) before each
+request and while parsing.
 
     CRYPTO_KEY=... STREAM_RPC_HOST=127.0.0.1 python examples/worker.py
 """
@@ -12,23 +14,28 @@ import random
 from stream_rpc.common import Connector, Protocol, create_message_packet
 
 MAX_REQUESTS = int(os.environ.get("WORKER_MAX_REQUESTS", "0")) or None
-DELAY = float(os.environ.get("WORKER_REQUEST_DELAY_MS", "1000")) / 1000
+#: Seconds between requests, and to parse an article: the original's 2 s.
+DELAY = float(os.environ.get("WORKER_REQUEST_DELAY_MS", "2000")) / 1000
 
 
 class Worker(Protocol):
     async def process_message(self, message_packet):
         if message_packet.method == "parse_article":
             article_id = message_packet.payload["article_id"]
-            self.logger.info("Start parsing article: %s", article_id)
+            self.logger.info("Start parsing article: %r", article_id)
             await asyncio.sleep(DELAY)
-            self.logger.info("Finished parsing article: %s", article_id)
+            self.logger.info("Finished parsing article: %r", article_id)
             article = {"article_id": article_id, "title": f"Article {article_id}"}
             task = {"peer": message_packet.peer, "id": message_packet.id}
             payload = {"task": task, "article": article}
             await self.send_message(self.create_message_packet("save_parsed_article", payload))
             return
+        answer = message_packet.payload
+        if isinstance(answer, dict) and answer.get("saved") is True:
+            self.logger.info("The server saved a parsed article")
         if message_packet.method == "error":
-            self.logger.warning("The server refused a request: %s", message_packet.payload)
+            body = message_packet.payload if isinstance(message_packet.payload, dict) else {}
+            self.logger.warning("The server refused a request: %r", body.get("code"))
         await asyncio.sleep(DELAY)
         if MAX_REQUESTS is not None and self.request_number > MAX_REQUESTS:
             self.logger.info("Done: %d requests made", self.request_number - 1)

@@ -195,3 +195,45 @@ def test_a_field_given_twice_is_refused_but_a_payload_member_keeps_the_last():
         with pytest.raises(_wire.InvalidPacket, match="duplicate field"):
             _wire.decode(twice)
     _wire.decode(text.replace(b'"id":1,', b'"id":1,"x":1,"x":2,'))
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        # Year 10000 in UTC: `astimezone` raises OverflowError, not ValueError.
+        "9999-12-31T23:59:59-01:00",
+        "9999-12-31T23:59:59.999999999-00:01",
+        # Year 0 in UTC (valid on the wire, but no Python datetime holds it).
+        "0001-01-01T00:00:00+00:01",
+        "0000-06-01T00:00:00Z",
+        "+10000-01-01T00:59:59Z",
+    ],
+)
+def test_times_outside_the_years_0000_to_9999_in_utc_are_not_packets(spelling):
+    with pytest.raises(_wire.InvalidPacket, match="created_at|time"):
+        _wire.decode(packet_text("null", created_at=spelling))
+    # Inside a payload (a task), such a packet stays a plain object.
+    task = packet_text("null", created_at=spelling).decode()
+    assert isinstance(_wire.decode(packet_text(task))[0].payload, dict)
+
+
+@pytest.mark.parametrize(
+    "spelling, instant",
+    [
+        ("9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59.000000000Z"),
+        ("0001-01-01T01:00:00+01:00", "0001-01-01T00:00:00.000000000Z"),
+        ("0999-05-06T07:08:09Z", "0999-05-06T07:08:09.000000000Z"),
+    ],
+)
+def test_the_edges_of_the_range_are_kept(spelling, instant):
+    packet = _wire.decode(packet_text("null", created_at=spelling))[0]
+    assert _wire.format_time(packet.created_at) == instant
+
+
+def test_a_time_that_leaves_the_range_in_utc_is_not_sent():
+    late = datetime.datetime(
+        9999, 12, 31, 23, 59, tzinfo=datetime.timezone(-datetime.timedelta(hours=1))
+    )
+    packet = create_message_packet(PEER, 1, "m")._replace(created_at=late)
+    with pytest.raises(ValueError, match="0000 to 9999"):
+        _wire.encode(packet)

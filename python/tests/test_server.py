@@ -147,6 +147,31 @@ def test_what_is_not_a_packet_is_answered_invalid_packet_unless_a_reply(key):
     run(scenario())
 
 
+def test_a_time_past_the_year_9999_in_utc_is_answered_invalid_packet(key):
+    async def scenario():
+        server, port = await serving(key)
+        raw = await Raw.connect(port, key)
+        late = {
+            "peer": raw.peer,
+            "id": 78,
+            "method": "ping",
+            "created_at": "9999-12-31T23:59:59-01:00",
+        }
+        await raw.send(raw.cypher.encrypt(json.dumps(late).encode()) + b"\n")
+        packet, reply_to = await raw.recv()
+        assert packet.method == "error" and reply_to == (raw.peer, 78)
+        assert packet.payload["code"] == "invalid_packet"
+        # A task carrying such a time: the packet is read, its task stays an object.
+        task = dict(late, method="parse_article", id=79)
+        await raw.request("ping", task)
+        assert (await raw.recv())[0].payload == task
+        await raw.request("ping", "after")
+        assert (await raw.recv())[0].payload == "after"
+        server.close()
+
+    run(scenario())
+
+
 def test_handler_errors_are_error_packets_without_internals(key):
     async def scenario():
         server, port = await serving(key)
@@ -354,3 +379,93 @@ def test_a_connection_beyond_the_limit_is_closed_at_once(key, monkeypatch):
         server.close()
 
     run(scenario())
+
+
+def test_packets_are_handled_one_at_a_time_in_order_by_default(key):
+    order = []
+
+    class InOrder(Protocol):
+        async def process_message(self, message_packet):
+            order.append(("start", message_packet.payload))
+            await asyncio.sleep(0.05 if message_packet.payload == 0 else 0)
+            order.append(("end", message_packet.payload))
+            await self.send_message(self.create_message_packet("done", message_packet.payload))
+
+    async def scenario():
+        server, port = await serving(key, InOrder)
+        raw = await Raw.connect(port, key)
+        for n in range(3):
+            await raw.request("work", n)
+        answers = [(await raw.recv())[0].payload for _ in range(3)]
+        server.close()
+        return answers
+
+    assert run(scenario()) == [0, 1, 2]
+    assert order == [("start", 0), ("end", 0), ("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+
+
+def test_a_handler_may_call_its_peer_while_packets_are_handled_in_order(key):
+    class Asker(Protocol):
+        async def process_message(self, message_packet):
+            if message_packet.method == "ask":
+                # The reply completes this call at once: it does not wait for
+                # this handler's turn to end.
+                answer = await self.call("whoami", None, timeout=5)
+                await self.send_message(self.create_message_packet("asked", answer.payload))
+
+    class Answerer(Protocol):
+        async def process_message(self, message_packet):
+            if message_packet.method == "whoami":
+                await self.send_message(self.create_message_packet("whoami.reply", "client"))
+
+    async def scenario():
+        server, port = await serving(key, Asker)
+        client = await Connector(Answerer, "127.0.0.1", port, cypher=Cypher(key)).connect()
+        reply = await client.call("ask", None, timeout=5)
+        await client.close()
+        server.close()
+        return reply
+
+    assert run(scenario()).payload == "client"
+
+
+def test_concurrent_handlers_are_an_opt_in(key, monkeypatch):
+    order = []
+
+    class Slow(Protocol):
+        release: asyncio.Event
+
+        async def process_message(self, message_packet):
+            order.append(("start", message_packet.payload))
+            if message_packet.payload == 0:
+                # Concurrently, the second request ends this wait; one at a
+                # time, it cannot, and the wait ends by its bound.
+                try:
+                    await asyncio.wait_for(Slow.release.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                Slow.release.set()
+            order.append(("end", message_packet.payload))
+            await self.send_message(self.create_message_packet("done", message_packet.payload))
+
+    async def scenario():
+        Slow.release = asyncio.Event()
+        server, port = await serving(key, Slow)
+        raw = await Raw.connect(port, key)
+        for n in range(2):
+            await raw.request("work", n)
+        answers = [(await raw.recv())[0].payload for _ in range(2)]
+        server.close()
+        return answers
+
+    monkeypatch.setattr(common, "STREAM_RPC_CONCURRENT_HANDLERS", "1")
+    assert run(scenario()) == [1, 0]
+    assert order[:2] == [("start", 0), ("start", 1)]
+    # The class attribute wins over the environment.
+    order.clear()
+    monkeypatch.setattr(Slow, "concurrent_handlers", False, raising=False)
+    assert run(scenario()) == [0, 1]
+    monkeypatch.setattr(common, "STREAM_RPC_CONCURRENT_HANDLERS", "maybe")
+    with pytest.raises(ValueError, match="STREAM_RPC_CONCURRENT_HANDLERS"):
+        Connector(Slow, cypher=Cypher(key))

@@ -101,26 +101,41 @@ def format_time(at: datetime.datetime) -> str:
     if at.tzinfo is None:
         raise ValueError("created_at must be an aware datetime (use datetime.timezone.utc)")
     nanos = at.nanos if isinstance(at, _WireTime) else at.microsecond * 1000
-    at = at.astimezone(datetime.timezone.utc)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{nanos:09d}Z"
+    try:
+        at = at.astimezone(datetime.timezone.utc)
+    except (OverflowError, ValueError):
+        raise ValueError("created_at is outside the years 0000 to 9999 in UTC") from None
+    return f"{at.year:04d}" + at.strftime("-%m-%dT%H:%M:%S.") + f"{nanos:09d}Z"
 
 
 def parse_time(text: str) -> datetime.datetime:
-    """An RFC 3339 time as §4 allows it, as an aware UTC ``datetime`` (microseconds kept)."""
+    """An RFC 3339 time as §4 allows it, as an aware UTC ``datetime`` (microseconds kept).
+
+    Raises ``ValueError`` for anything else, a time whose UTC year falls
+    outside 0000 to 9999 included (``9999-12-31T23:59:59-01:00`` is year
+    10000 in UTC). Python's ``datetime`` starts at year 1, so a time in the
+    year 0000 in UTC, valid on the wire, cannot be held here: it is refused
+    too, as not a packet.
+    """
     match = _TIME.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 time: {text[:60]!r}")
     year, month, day, hour, minute, second, fraction, zulu, sign, oh, om = match.groups()
     nanos = int((fraction or "0").ljust(9, "0"))
     micros = nanos // 1000
-    if zulu:
-        zone = datetime.timezone.utc
-    else:
-        offset = datetime.timedelta(hours=int(oh), minutes=int(om))
-        zone = datetime.timezone(-offset if sign == "-" else offset)
-    at = datetime.datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micros, zone
-    ).astimezone(datetime.timezone.utc)
+    try:
+        if zulu:
+            zone = datetime.timezone.utc
+        else:
+            offset = datetime.timedelta(hours=int(oh), minutes=int(om))
+            zone = datetime.timezone(-offset if sign == "-" else offset)
+        at = datetime.datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, zone
+        ).astimezone(datetime.timezone.utc)
+    except Exception as e:  # OverflowError past year 9999, ValueError, or any other
+        raise ValueError(
+            f"not a time in the years 0000 to 9999 in UTC: {text[:60]!r} ({type(e).__name__})"
+        ) from None
     if nanos % 1000 == 0:
         return at
     exact = _WireTime.combine(at.date(), at.timetz())

@@ -6,21 +6,25 @@ original; the packets are the JSON packets of ``docs/PROTOCOL.md``, so the
 peer on the other side may be the Rust implementation.
 
 Settings are module attributes, read from the environment at import
-(``STREAM_RPC_HOST``, ``STREAM_RPC_PORT``, ``STREAM_RPC_LOG_LVL``) or set in
-code (``STREAM_RPC_TERM``, ``STREAM_RPC_CYPHER``, ``STREAM_RPC_LOG_FMT``);
-a connector reads them when it is created.
+(``STREAM_RPC_HOST``, ``STREAM_RPC_PORT``, ``STREAM_RPC_LOG_LVL``,
+``STREAM_RPC_LOG_PACKETS``, ``STREAM_RPC_MAX_CONNECTIONS_PER_IP``,
+``STREAM_RPC_CONCURRENT_HANDLERS``) or set in code (``STREAM_RPC_TERM``,
+``STREAM_RPC_CYPHER``, ``STREAM_RPC_LOG_FMT``); a connector reads them when
+it is created.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import datetime
+import json
 import logging
 import os
 import time
 import uuid
-from typing import Any, Dict, Optional, Set, Tuple, Type, Union
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 from . import _replay, _wire
 from ._wire import InvalidPacket, MessagePacket, ReplyTo
@@ -33,10 +37,13 @@ __all__ = [
     "RemoteError",
     "ReplyTo",
     "create_message_packet",
+    "STREAM_RPC_CONCURRENT_HANDLERS",
     "STREAM_RPC_CYPHER",
     "STREAM_RPC_HOST",
     "STREAM_RPC_LOG_FMT",
     "STREAM_RPC_LOG_LVL",
+    "STREAM_RPC_LOG_PACKETS",
+    "STREAM_RPC_MAX_CONNECTIONS_PER_IP",
     "STREAM_RPC_PORT",
     "STREAM_RPC_TERM",
 ]
@@ -55,6 +62,19 @@ STREAM_RPC_TERM: bytes = b"\n"
 STREAM_RPC_CYPHER: type = Cypher
 #: The log format of the original.
 STREAM_RPC_LOG_FMT: str = "%(asctime)-15s %(name)-5s\n  \\_ %(levelname)-8s %(message)s"
+#: How much of each packet the ``Send:``/``Received:`` lines show: ``headers``
+#: (method, id, peer, created_at, reply_to; the default), ``full`` (the
+#: original's ``MessagePacket(...)``, payload included) or ``off``.
+STREAM_RPC_LOG_PACKETS: str = os.environ.get("STREAM_RPC_LOG_PACKETS", "headers")
+#: Connections a server serves at once from one address (beside the global
+#: :data:`MAX_CONNECTIONS`); one more is closed at once.
+STREAM_RPC_MAX_CONNECTIONS_PER_IP: Union[int, str] = os.environ.get(
+    "STREAM_RPC_MAX_CONNECTIONS_PER_IP", "64"
+)
+#: Whether a connection's packets are handled concurrently (``1``, ``true``,
+#: ``yes``, ``on``) instead of one at a time, in order (the default, as the
+#: original did). A protocol class's ``concurrent_handlers`` overrides it.
+STREAM_RPC_CONCURRENT_HANDLERS: str = os.environ.get("STREAM_RPC_CONCURRENT_HANDLERS", "")
 
 if isinstance(STREAM_RPC_PORT, str) and STREAM_RPC_PORT.strip().isdigit():
     STREAM_RPC_PORT = int(STREAM_RPC_PORT)
@@ -67,18 +87,38 @@ MAX_CONNECTIONS = 1024
 MAX_IN_FLIGHT_CALLS = 1024
 #: Bad frames in a row that close a connection.
 MAX_BAD_FRAMES = 3
-#: Handlers running at once on one connection.
+#: Handlers running at once on one connection, or (handled one at a time)
+#: packets waiting for or in their handler; more requests are answered ``busy``.
 MAX_HANDLERS = 256
-#: Seconds a client has to send its first frame to a server.
+#: Seconds a client has, from when it connected, to send a server its first
+#: frame that opens under the key (an absolute deadline: bytes, garbage and
+#: frames under another key do not extend it).
 FIRST_FRAME_TIMEOUT = 10.0
-#: Seconds without a frame (and with nothing running or awaited) that close a connection.
+#: Seconds after the last frame that opened under the key (with nothing
+#: running or awaited) that close a connection: an absolute deadline, which
+#: bytes, garbage and frames under another key do not extend.
 IDLE_TIMEOUT = 300.0
+#: Packet lines (``Send:``, ``Received:`` and a packet's warnings) logged per
+#: connection per second at most; the rest are counted, and one line says how
+#: many were left out.
+PACKET_LOG_LINES_PER_SECOND = 20
+#: Seconds between two log lines of one kind of refusal (connections over a
+#: limit); the refusals in between are counted, and the next line says how many.
+REFUSAL_LOG_INTERVAL = 1.0
+#: Characters of a method name (or other peer-given text) shown in a log line.
+LOG_TEXT_CHARS = 200
+#: Characters of a packet shown in a ``full`` packet line.
+LOG_PACKET_CHARS = 1024
 #: Seconds one write may take.
 WRITE_TIMEOUT = 10.0
 #: Seconds the handlers of a closing connection may go on.
 SHUTDOWN_GRACE = 10.0
 #: Seconds a call waits for its reply by default.
 CALL_TIMEOUT = 30.0
+
+_PACKET_LOG_MODES = ("off", "headers", "full")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 # The request being answered by the running handler: what `send_message`
 # addresses its packets to (None while handling a reply or an error packet).
@@ -87,17 +127,185 @@ _answering: contextvars.ContextVar[Optional[ReplyTo]] = contextvars.ContextVar(
 )
 
 
+class _Missing:
+    """The default of a payload not given."""
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+_MISSING: Any = _Missing()
+
+
 def create_message_packet(
-    peer_id: str, request_number: int, method: str, payload: Any = None
+    peer_id: str, request_number: int, method: str, payload: Any = _MISSING
 ) -> MessagePacket:
-    """A packet created now, in UTC; a missing payload is ``{}``."""
+    """A packet created now, in UTC, with ``request_number`` as its id; a
+    payload not given is ``{}`` (as in the original), ``None`` is ``null``."""
     return MessagePacket(
         peer=str(peer_id),
         id=request_number,
         created_at=datetime.datetime.now(datetime.timezone.utc),
         method=method,
-        payload={} if payload is None else payload,
+        payload={} if payload is _MISSING else payload,
     )
+
+
+def _shown(text: Any) -> str:
+    """Peer-given text (a method name) as a log line shows it: JSON-quoted, so
+    that control characters and line breaks are escaped, cut at
+    :data:`LOG_TEXT_CHARS`."""
+    text = str(text)
+    if len(text) > LOG_TEXT_CHARS:
+        return json.dumps(text[:LOG_TEXT_CHARS]) + "…"
+    return json.dumps(text)
+
+
+def _shown_packet(
+    packet: MessagePacket, reply_to: Optional[ReplyTo], timeout_ms: Optional[int], full: bool
+) -> str:
+    """A packet as a packet line shows it: the original's ``MessagePacket(...)``
+    (cut at :data:`LOG_PACKET_CHARS`) when ``full``, else its headers."""
+    if full:
+        text = repr(packet)
+        if len(text) > LOG_PACKET_CHARS:
+            text = text[:LOG_PACKET_CHARS] + "…"
+        if reply_to is not None:
+            text += f" reply_to={reply_to.peer}#{reply_to.id}"
+        return text
+    at = packet.created_at
+    try:
+        at = at.astimezone(datetime.timezone.utc)
+        created = (
+            f"{at.year:04d}" + at.strftime("-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+        )
+    except (AttributeError, OverflowError, ValueError):
+        created = _shown(at)
+    text = (
+        f"{{method: {_shown(packet.method)}, id: {packet.id}, peer: {_shown(packet.peer)[1:-1]}, "
+        f"created_at: {created}"
+    )
+    if reply_to is not None:
+        text += f", reply_to: {reply_to.peer}#{reply_to.id}"
+    if timeout_ms is not None:
+        text += f", timeout_ms: {timeout_ms}"
+    return text + "}"
+
+
+class _Throttle:
+    """At most ``limit`` log lines of a kind per ``interval`` seconds; the lines
+    left out are counted, and once the interval is over one line says how many."""
+
+    def __init__(self, logger: logging.LoggerAdapter, limit: int, interval: float) -> None:
+        self.logger = logger
+        self.limit = limit
+        self.interval = interval
+        # kind -> [start of the interval, lines logged in it, lines left out]
+        self._kinds: Dict[str, List[float]] = {}
+        self._timers: Dict[str, asyncio.TimerHandle] = {}
+
+    def allow(self, kind: str, level: int = logging.INFO) -> bool:
+        """Whether a line of ``kind`` may be logged now (else it is counted)."""
+        now = time.monotonic()
+        state = self._kinds.get(kind)
+        if state is None or now - state[0] >= self.interval:
+            if state is not None:
+                self._report(kind, level)
+            state = self._kinds[kind] = [now, 0, 0]
+        if state[1] < self.limit:
+            state[1] += 1
+            return True
+        state[2] += 1
+        if kind not in self._timers:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False
+            delay = max(0.0, state[0] + self.interval - now)
+            self._timers[kind] = loop.call_later(delay, self._report, kind, level)
+        return False
+
+    def _report(self, kind: str, level: int) -> None:
+        timer = self._timers.pop(kind, None)
+        if timer is not None:
+            timer.cancel()
+        state = self._kinds.get(kind)
+        if state is None or not state[2]:
+            return
+        self.logger.log(
+            level,
+            "%d more %s in the last %.0f s, not logged one by one (at most %d a second are)",
+            state[2],
+            kind,
+            self.interval,
+            self.limit,
+        )
+        state[2] = 0
+
+    def flush(self) -> None:
+        """Says now how many lines were left out, kind by kind."""
+        for kind in list(self._kinds):
+            self._report(kind, logging.INFO)
+
+
+class _Frames:
+    """Splits a byte stream into frames (PROTOCOL.md §1), searching each byte
+    for the terminator once: the search goes on where it stopped, never from
+    the start of the buffer again."""
+
+    def __init__(self, term: bytes, max_frame: int) -> None:
+        self.term = term
+        self.max_frame = max_frame
+        self.buffer = bytearray()
+        # Where the search for the terminator goes on.
+        self._scan = 0
+        # Discarding an over-long frame up to its terminator.
+        self._skipping = False
+        #: Bytes searched so far (a test reads it).
+        self.scanned = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Appends what was read."""
+        self.buffer += chunk
+
+    def next_frame(self) -> Optional[bytes]:
+        """The next whole frame (``\r`` before the terminator dropped, empty
+        frames skipped), or ``None`` until more bytes come."""
+        term = self.term
+        while True:
+            end = self.buffer.find(term, self._scan)
+            if end < 0:
+                resume = max(self._scan, len(self.buffer) - len(term) + 1)
+                self.scanned += resume - self._scan
+                self._scan = resume
+                return None
+            self.scanned += end + len(term) - self._scan
+            frame = bytes(self.buffer[:end])
+            del self.buffer[: end + len(term)]
+            self._scan = 0
+            if self._skipping:
+                self._skipping = False
+                continue
+            if frame.endswith(b"\r"):
+                frame = frame[:-1]
+            if frame:
+                return frame
+
+    def over_long(self) -> bool:
+        """Discards the bytes of a frame longer than the maximum; ``True`` the
+        first time for each such frame (it counts as one bad frame)."""
+        if len(self.buffer) <= self.max_frame + len(self.term):
+            return False
+        first = not self._skipping
+        self._skipping = True
+        keep = len(self.term) - 1
+        del self.buffer[: len(self.buffer) - keep]
+        self._scan = 0
+        return first
+
+    def partial(self) -> bool:
+        """Whether part of a frame is buffered (not one being discarded)."""
+        return bool(self.buffer) and not self._skipping
 
 
 class RemoteError(Exception):
@@ -137,24 +345,49 @@ class _PeerAdapter(logging.LoggerAdapter):
         return f"[{self.extra['peer_id']}] {msg}", kwargs  # type: ignore[index]
 
 
+class _Waiting(NamedTuple):
+    """A received packet waiting for its turn (packets handled one at a time)."""
+
+    packet: MessagePacket
+    reply_to: Optional[ReplyTo]
+    timeout_ms: Optional[int]
+    #: Where its answer goes (``None`` for a reply or an error packet).
+    address: Optional[ReplyTo]
+    #: The loop time its caller gives up at, if it said.
+    limit: Optional[float]
+
+
 class Protocol:
     """One side of one connection; subclass it and define :meth:`process_message`.
 
     Inside, as in the original: :meth:`create_message_packet`,
     :meth:`send_message`, ``self.logger``, ``self.peer_id`` and
     ``self.request_number`` (from 1, one up for each message this side
-    sends). Added: :meth:`call` (a request awaiting its reply), :meth:`notify`
-    and :meth:`close`.
+    sends on this connection: what the original's conversation logic keys
+    on, as in ``self.request_number % 5``). A packet's ``id`` is not the
+    request number: it is taken from the connector's one counter when the
+    packet is created (PROTOCOL.md §4), so that no two packets of a peer
+    share an id, over all its connections and handlers. Added: :meth:`call`
+    (a request awaiting its reply), :meth:`notify` and :meth:`close`.
 
     Every received packet goes to ``process_message``, except replies that
-    complete a :meth:`call`. A packet sent while handling a request is its
-    reply (it carries ``reply_to``); a packet sent while handling a reply,
-    or outside any handler, is a new request. Handlers run concurrently (up
-    to 256 per connection; more are answered ``busy``). An exception in
+    complete a :meth:`call` (they complete it at once, so a handler may call
+    its peer). By default a connection's packets are handled one at a time,
+    in order, as the original did; set ``concurrent_handlers = True`` on the
+    class (or ``STREAM_RPC_CONCURRENT_HANDLERS=1``) to run them concurrently.
+    Either way at most 256 are running or waiting per connection; more
+    requests are answered ``busy``. A packet sent while handling a request
+    is its reply (it carries ``reply_to``); a packet sent while handling a
+    reply, or outside any handler, is a new request. An exception in
     ``process_message`` answers the request with an error packet:
     :class:`RemoteError` as it is, anything else as ``handler_error``
     "`method` failed" (the text goes to the log only).
     """
+
+    #: Whether this protocol's packets are handled concurrently; ``None``
+    #: follows the connector's setting (``STREAM_RPC_CONCURRENT_HANDLERS``,
+    #: off by default: one at a time, in order).
+    concurrent_handlers: Optional[bool] = None
 
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
@@ -171,14 +404,25 @@ class Protocol:
         self._closed = asyncio.Event()
         self._loop_task: Optional[asyncio.Task] = None
         self._call_slots = asyncio.Semaphore(MAX_IN_FLIGHT_CALLS)
+        chosen = type(self).concurrent_handlers
+        self._concurrent = connector.concurrent_handlers if chosen is None else bool(chosen)
+        # Handled one at a time: the packets waiting for their turn, each with
+        # the address its answer goes to and the loop time its caller gives up.
+        self._inbox: Deque[_Waiting] = collections.deque()
+        self._inbox_task: Optional[asyncio.Task] = None
+        self._log_mode = connector.log_packets
+        self._lines = _Throttle(self.logger, PACKET_LOG_LINES_PER_SECOND, 1.0)
 
     async def process_message(self, message_packet: MessagePacket) -> None:
         """Handles one received packet; the default logs and ignores it."""
-        self.logger.warning("no process_message: %s ignored", message_packet.method)
+        if self._lines.allow("packet lines", logging.WARNING):
+            self.logger.warning("no process_message: %s ignored", _shown(message_packet.method))
 
-    def create_message_packet(self, method: str, payload: Any = None) -> MessagePacket:
-        """A packet of this side's peer id and current request number."""
-        return create_message_packet(self.peer_id, self.request_number, method, payload)
+    def create_message_packet(self, method: str, payload: Any = _MISSING) -> MessagePacket:
+        """A packet of this side's peer id and the connector's next packet id,
+        created now (a payload not given is ``{}``, as in the original;
+        ``None`` is ``null``)."""
+        return create_message_packet(self.peer_id, self.connector._take_id(), method, payload)
 
     async def send_message(self, message_packet: MessagePacket) -> None:
         """Sends a packet (a reply while handling a request) and counts the request number up.
@@ -192,7 +436,7 @@ class Protocol:
 
     async def notify(self, method: str, payload: Any = None) -> None:
         """Sends a new request and waits for nothing (a typed service's method
-        that returns nothing)."""
+        that returns nothing). ``None`` is sent as a JSON ``null``."""
         packet = self.create_message_packet(method, payload)
         self.request_number += 1
         await self._send(packet, None, None)
@@ -202,7 +446,8 @@ class Protocol:
     ) -> MessagePacket:
         """Sends a request and returns its reply; raises :class:`RemoteError` for
         an error packet, ``asyncio.TimeoutError`` after ``timeout`` seconds and
-        ``ConnectionError`` when the connection closes first."""
+        ``ConnectionError`` when the connection closes first. ``None`` (the
+        default payload) is sent as a JSON ``null``."""
         async with self._call_slots:
             packet = self.create_message_packet(method, payload)
             self.request_number += 1
@@ -242,6 +487,21 @@ class Protocol:
 
     # -- the connection --------------------------------------------------
 
+    def _log_packet(
+        self,
+        what: str,
+        packet: MessagePacket,
+        reply_to: Optional[ReplyTo],
+        timeout_ms: Optional[int],
+    ) -> None:
+        """A ``Send:`` or ``Received:`` line, as ``STREAM_RPC_LOG_PACKETS`` says,
+        within the connection's packet lines a second."""
+        if self._log_mode == "off" or not self.logger.isEnabledFor(logging.INFO):
+            return
+        if self._lines.allow("packet lines"):
+            shown = _shown_packet(packet, reply_to, timeout_ms, self._log_mode == "full")
+            self.logger.info("%s: %s", what, shown)
+
     async def _send(
         self,
         packet: MessagePacket,
@@ -251,12 +511,14 @@ class Protocol:
         plain = _wire.encode(packet, reply_to, timeout_ms)
         if len(plain) > MAX_FRAME:
             raise ValueError(f"the packet is longer than a frame may be ({MAX_FRAME} bytes)")
+        if packet.peer == self.peer_id:
+            self.connector._note_id(packet.id)
         token = self.connector._seal(plain)
         writer = self._writer
         if writer is None or writer.is_closing():
             raise ConnectionError("the connection is closed")
         async with self._write_lock:
-            self.logger.info("Send: %s", packet)
+            self._log_packet("Send", packet, reply_to, timeout_ms)
             writer.write(token + self.connector.terminator)
             try:
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
@@ -284,6 +546,7 @@ class Protocol:
                 await asyncio.wait(set(self._handlers), timeout=SHUTDOWN_GRACE)
             for task in list(self._handlers):
                 task.cancel()
+            self._inbox.clear()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("connection lost"))
@@ -293,80 +556,93 @@ class Protocol:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+            self._lines.flush()
             self._closed.set()
 
+    def _bad_frame(self, bad_in_row: int) -> bool:
+        """Whether ``bad_in_row`` bad frames close the connection (logged)."""
+        if bad_in_row >= MAX_BAD_FRAMES:
+            self.logger.warning("closing after %d bad frames in a row", bad_in_row)
+            return True
+        return False
+
     async def _read_loop(self, reader: asyncio.StreamReader, server: bool) -> None:
-        term = self.connector.terminator
-        buffer = bytearray()
-        skipping = False
+        """Reads and handles frames. Both deadlines are absolute: a server's
+        connection must bring a frame that opens under the key within
+        ``FIRST_FRAME_TIMEOUT`` of its start, and any connection one within
+        ``IDLE_TIMEOUT`` of the last (unless a handler runs or a call waits).
+        Bytes that make no such frame (a byte at a time, garbage, frames under
+        another key, replays) extend neither."""
+        loop = asyncio.get_running_loop()
+        frames = _Frames(self.connector.terminator, MAX_FRAME)
         bad_in_row = 0
-        first = server
+        started = loop.time()
+        first_deadline: Optional[float] = started + FIRST_FRAME_TIMEOUT if server else None
+        idle_deadline = started + IDLE_TIMEOUT
         while True:
             # Whole frames in the buffer first.
             while True:
-                end = buffer.find(term)
-                if end < 0:
+                frame = frames.next_frame()
+                if frame is None:
                     break
-                frame = bytes(buffer[:end])
-                del buffer[: end + len(term)]
-                if skipping:
-                    skipping = False
-                    continue
-                if frame.endswith(b"\r"):
-                    frame = frame[:-1]
-                if not frame:
-                    continue
-                first = False
                 if await self._on_frame(frame):
                     bad_in_row = 0
+                    first_deadline = None
+                    idle_deadline = loop.time() + IDLE_TIMEOUT
                 else:
                     bad_in_row += 1
-                    if bad_in_row >= MAX_BAD_FRAMES:
-                        self.logger.warning("closing after %d bad frames in a row", bad_in_row)
+                    if self._bad_frame(bad_in_row):
                         return
-            if len(buffer) > MAX_FRAME + len(term):
-                # Over-long: counted once, then discarded up to the next terminator.
-                if not skipping:
-                    self.logger.warning("dropped a frame longer than %d bytes", MAX_FRAME)
-                    bad_in_row += 1
-                    if bad_in_row >= MAX_BAD_FRAMES:
-                        self.logger.warning("closing after %d bad frames in a row", bad_in_row)
-                        return
-                skipping = True
-                del buffer[: len(buffer) - (len(term) - 1)]
-            wait = FIRST_FRAME_TIMEOUT if first else IDLE_TIMEOUT
-            try:
-                chunk = await asyncio.wait_for(reader.read(1 << 16), wait)
-            except asyncio.TimeoutError:
-                if first:
-                    self.logger.warning("no frame within %.0f s; closing", wait)
+            if frames.over_long():
+                # Counted once, then discarded up to the next terminator.
+                self.logger.warning("dropped a frame longer than %d bytes", MAX_FRAME)
+                bad_in_row += 1
+                if self._bad_frame(bad_in_row):
                     return
-                if self._handlers or self._pending:
+            deadline = idle_deadline if first_deadline is None else first_deadline
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(reader.read(1 << 16), left)
+            except asyncio.TimeoutError:
+                if first_deadline is not None:
+                    self.logger.warning(
+                        "no frame that opens under the key within %.0f s; closing",
+                        FIRST_FRAME_TIMEOUT,
+                    )
+                    return
+                if self._handlers or self._pending or self._inbox:
+                    idle_deadline = loop.time() + IDLE_TIMEOUT
                     continue
-                self.logger.info("idle for %.0f s; closing", wait)
+                self.logger.info("idle for %.0f s; closing", IDLE_TIMEOUT)
                 return
             if not chunk:
-                if buffer and not skipping:
+                if frames.partial():
                     self.logger.warning("peer disconnected mid-frame")
                 return
-            buffer += chunk
+            frames.feed(chunk)
 
     async def _on_frame(self, frame: bytes) -> bool:
-        """Handles one frame; whether it was a good frame."""
+        """Handles one frame; whether it was a good frame (it opened under the
+        key and passed the replay check)."""
         connector = self.connector
         try:
             plain, stamp = connector._open(frame)
         except TokenError as e:
-            self.logger.warning("dropped a frame that failed to decrypt: %s", e.reason)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.warning("dropped a frame that failed to decrypt: %s", e.reason)
             return False
         refused = connector._replay.received(_replay.fingerprint(frame, connector._fernet), stamp)
         if refused is not None:
-            self.logger.warning("dropped %s", refused)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.warning("dropped %s", refused)
             return False
         try:
             packet, reply_to, timeout_ms = _wire.decode(plain)
         except InvalidPacket as e:
-            self.logger.warning("received an invalid packet: %s", e.reason)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.warning("received an invalid packet: %s", e.reason)
             if not e.is_reply and not e.is_error:
                 error = RemoteError("invalid_packet", e.reason, method=e.method)
                 await self._send_error(error, e.reply_address)
@@ -380,31 +656,65 @@ class Protocol:
         if reply_to is not None and reply_to.peer == self.peer_id:
             future = self._pending.get(reply_to.id)
             if future is not None and not future.done():
-                self.logger.info("Received: %s", packet)
+                self._log_packet("Received", packet, reply_to, timeout_ms)
                 future.set_result(packet)
                 return
-        self.logger.info("Received: %s", packet)
         answerable = reply_to is None and packet.method != "error"
         address = ReplyTo(packet.peer, packet.id) if answerable else None
-        if len(self._handlers) >= MAX_HANDLERS:
-            self.logger.warning(
-                "busy: %d handlers running; %s refused", MAX_HANDLERS, packet.method
-            )
+        # Handled one at a time, the packet being handled stays first in the
+        # inbox: the task that handles them in turn is not counted again.
+        load = len(self._handlers) + len(self._inbox)
+        if self._inbox_task is not None and self._inbox_task in self._handlers:
+            load -= 1
+        if load >= MAX_HANDLERS:
+            self._log_packet("Received", packet, reply_to, timeout_ms)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.warning(
+                    "busy: %d handlers running or waiting; %s refused",
+                    MAX_HANDLERS,
+                    _shown(packet.method),
+                )
             if answerable:
                 busy = RemoteError(
                     "busy", f"{MAX_HANDLERS} handlers already running", method=packet.method
                 )
                 self._spawn(self._send_error(busy, address))
             return
-        limit = timeout_ms / 1000 if (answerable and timeout_ms is not None) else None
+        loop = asyncio.get_running_loop()
+        # The caller's limit counts from when the request arrived.
+        limit = loop.time() + timeout_ms / 1000 if (answerable and timeout_ms is not None) else None
+        if not self._concurrent:
+            self._inbox.append(_Waiting(packet, reply_to, timeout_ms, address, limit))
+            if self._inbox_task is None or self._inbox_task.done():
+                self._inbox_task = loop.create_task(self._handle_in_turn())
+                self._handlers.add(self._inbox_task)
+                self._inbox_task.add_done_callback(self._handlers.discard)
+            return
+        self._log_packet("Received", packet, reply_to, timeout_ms)
         # The handler's task copies this context, in which `send_message`
         # finds the request it answers.
         context = contextvars.copy_context()
         context.run(_answering.set, address)
-        loop = asyncio.get_running_loop()
         task = context.run(loop.create_task, self._handle(packet, address, limit))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    async def _handle_in_turn(self) -> None:
+        """Handles the waiting packets one at a time, in order, until none is
+        left (or this side closed the connection)."""
+        while self._inbox:
+            if self._writer is not None and self._writer.is_closing():
+                self._inbox.clear()
+                return
+            waiting = self._inbox[0]
+            # This task's own context: what `send_message` answers, for this packet.
+            _answering.set(waiting.address)
+            self._log_packet("Received", waiting.packet, waiting.reply_to, waiting.timeout_ms)
+            try:
+                await self._handle(waiting.packet, waiting.address, waiting.limit)
+            finally:
+                if self._inbox and self._inbox[0] is waiting:
+                    self._inbox.popleft()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -414,21 +724,28 @@ class Protocol:
     async def _handle(
         self, packet: MessagePacket, address: Optional[ReplyTo], limit: Optional[float]
     ) -> None:
+        left = None if limit is None else limit - asyncio.get_running_loop().time()
         try:
-            await asyncio.wait_for(self.process_message(packet), limit)
+            if left is not None and left <= 0:
+                raise asyncio.TimeoutError
+            await asyncio.wait_for(self.process_message(packet), left)
         except asyncio.TimeoutError:
-            if limit is None:
+            if left is None:
                 raise
-            self.logger.warning("%s outlived its caller's %.3f s; dropped", packet.method, limit)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.warning(
+                    "%s outlived its caller's timeout; dropped", _shown(packet.method)
+                )
         except RemoteError as e:
             if address is not None:
                 await self._send_error(e, address)
             else:
-                self.logger.warning("%s: %s", packet.method, e)
+                self.logger.warning("%s: %s", _shown(packet.method), _shown(e))
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.logger.exception("process_message failed on %s", packet.method)
+            if self._lines.allow("packet lines", logging.WARNING):
+                self.logger.exception("process_message failed on %s", _shown(packet.method))
             if address is not None:
                 error = RemoteError(
                     "handler_error", f"`{packet.method}` failed", method=packet.method
@@ -455,12 +772,41 @@ def _check_port(port: Union[int, str]) -> int:
     return number
 
 
+def _check_per_ip(value: Union[int, str]) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(
+            f"STREAM_RPC_MAX_CONNECTIONS_PER_IP must be a whole number from 1 up, got {value!r}"
+        )
+    return number
+
+
+def _check_log_packets(value: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in _PACKET_LOG_MODES:
+        raise ValueError(f"STREAM_RPC_LOG_PACKETS must be off, headers or full, got {value!r}")
+    return mode
+
+
+def _check_flag(name: str, value: str) -> bool:
+    flag = str(value).strip().lower()
+    if flag in _TRUE:
+        return True
+    if flag in _FALSE:
+        return False
+    raise ValueError(f"{name} must be 1, true, yes, on, 0, false, no or off, got {value!r}")
+
+
 class Connector:
     """Runs a protocol as a server or as a client, as the original's connector.
 
     ``Connector(Worker)`` reads the module's settings now; ``.peer_id`` is
     this endpoint's UUID (every connection it opens or accepts uses it),
-    ``.logger`` its logger. :meth:`run_server` listens; :meth:`run_client`
+    ``.logger`` its logger. It numbers the packets its protocols create with
+    one counter, from 0, over all its connections. :meth:`run_server` listens; :meth:`run_client`
     connects, says hello and hands every packet to the protocol;
     :meth:`connect` gives a connected protocol to make calls with.
     """
@@ -491,8 +837,29 @@ class Connector:
         self.logger: logging.LoggerAdapter = _PeerAdapter(
             logging.getLogger(protocol_class.__name__), {"peer_id": self.peer_id}
         )
+        self.log_packets = _check_log_packets(STREAM_RPC_LOG_PACKETS)
+        self.concurrent_handlers = _check_flag(
+            "STREAM_RPC_CONCURRENT_HANDLERS", STREAM_RPC_CONCURRENT_HANDLERS
+        )
+        self.max_connections_per_ip = _check_per_ip(STREAM_RPC_MAX_CONNECTIONS_PER_IP)
         self.server: Optional[asyncio.AbstractServer] = None
         self._connections = 0
+        self._by_address: Dict[str, int] = {}
+        self._refusals = _Throttle(self.logger, 1, REFUSAL_LOG_INTERVAL)
+        # The id of the next packet this endpoint creates (PROTOCOL.md §4).
+        self._next_id = 0
+
+    def _take_id(self) -> int:
+        """The next packet id, taken at once (nothing awaits in between)."""
+        ident = self._next_id
+        self._next_id += 1
+        return ident
+
+    def _note_id(self, ident: int) -> None:
+        """An id this endpoint sends in a packet of its own it numbered itself
+        (with the module's ``create_message_packet``): never taken again."""
+        if type(ident) is int and ident >= self._next_id:
+            self._next_id = ident + 1
 
     def _seal(self, plain: bytes) -> bytes:
         """A token of ``plain``, remembered as sent (so that it is refused if
@@ -518,20 +885,35 @@ class Connector:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else str(peer)
         if self._connections >= MAX_CONNECTIONS:
-            self.logger.warning(
-                "%d connections already served; one from %s closed",
-                MAX_CONNECTIONS,
-                writer.get_extra_info("peername"),
-            )
+            if self._refusals.allow("connections refused (server full)", logging.WARNING):
+                self.logger.warning(
+                    "%d connections already served; one from %s closed", MAX_CONNECTIONS, address
+                )
+            writer.close()
+            return
+        if self._by_address.get(address, 0) >= self.max_connections_per_ip:
+            if self._refusals.allow("connections refused (per-address cap)", logging.WARNING):
+                self.logger.warning(
+                    "%d connections from %s already served (STREAM_RPC_MAX_CONNECTIONS_PER_IP); "
+                    "one more closed",
+                    self.max_connections_per_ip,
+                    address,
+                )
             writer.close()
             return
         self._connections += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         try:
             protocol = self.protocol_class(self)
             await protocol._run(reader, writer, server=True)
         finally:
             self._connections -= 1
+            left = self._by_address.pop(address, 1) - 1
+            if left > 0:
+                self._by_address[address] = left
 
     async def start_server(self) -> asyncio.AbstractServer:
         """Listens on the host and port, and returns the server (``.sockets`` tells
@@ -563,7 +945,14 @@ class Connector:
 
     async def run_client(self, hello_packet: MessagePacket) -> None:
         """Connects, sends ``hello_packet``, then hands every packet received to
-        ``process_message`` until the connection ends."""
+        ``process_message`` until the connection ends.
+
+        A hello of this connector's own peer id whose id was already taken
+        (the original's ``create_message_packet(connector.peer_id, 0, "ping")``
+        on a second connection) is sent with the next id instead."""
+        taken = isinstance(hello_packet.id, int) and hello_packet.id < self._next_id
+        if hello_packet.peer == self.peer_id and taken:
+            hello_packet = hello_packet._replace(id=self._take_id())
         protocol = await self.connect()
         await protocol.send_message(hello_packet)
         await protocol._closed.wait()
