@@ -187,12 +187,14 @@ impl TaskQueue for MemoryQueue {
             };
             if task.attempts >= self.settings.max_attempts {
                 // Handed out as often as allowed: a dead letter, not again.
-                // Its name moves with it, if it still names this task.
+                // Its name leaves the live tasks only if it still names
+                // this very task, and names the dead letter unless it
+                // names another already.
                 let task_ref = TaskRef::of(&task.packet);
                 if state.by_ref.get(&task_ref) == Some(&place) {
                     state.by_ref.remove(&task_ref);
-                    state.dead_by_ref.entry(task_ref).or_insert(place);
                 }
+                state.dead_by_ref.entry(task_ref).or_insert(place);
                 if let Some(task) = state.tasks.remove(&place) {
                     let attempts = task.attempts;
                     state.dead.insert(place, (task, attempts));

@@ -291,7 +291,8 @@ for _ = 1, 100 do
     local attempts = tonumber(pending[1][4])
     if attempts > max then
       -- Handed out as often as allowed: a dead letter, not again. Its
-      -- name moves with it, only if it still names this very task.
+      -- name leaves the live tasks only if it still names this very task,
+      -- and names the dead letter unless it names another already.
       local ref = field(fields, 'ref')
       redis.call('XACK', KEYS[1], ARGV[1], id)
       redis.call('XDEL', KEYS[1], id)
@@ -300,8 +301,8 @@ for _ = 1, 100 do
         'ref', ref, 'key', field(fields, 'key'), 'attempts', attempts - 1)
       if redis.call('HGET', KEYS[2], ref) == id then
         redis.call('HDEL', KEYS[2], ref)
-        redis.call('HSETNX', KEYS[4], ref, dead)
       end
+      redis.call('HSETNX', KEYS[4], ref, dead)
     else
       redis.call('ZADD', KEYS[6], ends, id)
       redis.call('HINCRBY', KEYS[5], 'redeliveries', 1)
@@ -377,7 +378,9 @@ const PURGE_DEAD: &str = r#"
 -- KEYS: dead, deadrefs. ARGV: key base.
 local entries = redis.call('XRANGE', KEYS[1], '-', '+')
 for _, entry in ipairs(entries) do
-  redis.call('DEL', ARGV[1] .. 'key:' .. field(entry[2], 'key'))
+  -- An entry without its key (written by hand) is dropped all the same.
+  local key = field(entry[2], 'key')
+  if key then redis.call('DEL', ARGV[1] .. 'key:' .. key) end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #entries
