@@ -7,7 +7,7 @@ use stream_rpc::Packet;
 
 use crate::connect::check_url;
 use crate::{
-    Acked, DeadTask, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
+    Acked, DeadLetters, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
     RedisSettings, RedisTls, Stats, TaskQueue, TaskRef,
 };
 
@@ -234,8 +234,8 @@ impl TaskQueue for AnyQueue {
         both!(self, queue => queue.result(method, payload))
     }
 
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
-        both!(self, queue => queue.dead())
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
+        both!(self, queue => queue.dead_letters())
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {

@@ -147,10 +147,17 @@ pub trait TaskQueue: Send + Sync + 'static {
         payload: &Value,
     ) -> impl Future<Output = Result<Option<Value>, QueueError>> + Send;
 
-    /// The dead letters, oldest first. A stored dead letter that cannot
-    /// be decoded (written by another version, or by hand) is skipped and
-    /// logged with its entry id, not an error for the whole list.
-    fn dead(&self) -> impl Future<Output = Result<Vec<DeadTask>, QueueError>> + Send;
+    /// The dead letters, oldest first, and how many stored ones could not
+    /// be decoded (written by another version, or by hand): those are
+    /// skipped and logged with their entry id, not an error for the whole
+    /// list. [`purge_dead`](Self::purge_dead) drops them too.
+    fn dead_letters(&self) -> impl Future<Output = Result<DeadLetters, QueueError>> + Send;
+
+    /// The dead letters, oldest first: [`dead_letters`](Self::dead_letters)
+    /// without the count of those skipped.
+    fn dead(&self) -> impl Future<Output = Result<Vec<DeadTask>, QueueError>> + Send {
+        async move { Ok(self.dead_letters().await?.tasks) }
+    }
 
     /// Puts a dead task back in the queue, with its attempts counted from
     /// zero; `false` when no dead task has that name.
@@ -223,6 +230,16 @@ pub struct DeadTask {
     pub task: Packet,
     /// How many times it was handed out.
     pub attempts: u32,
+}
+
+/// What [`TaskQueue::dead_letters`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetters {
+    /// The dead letters that could be read, oldest first.
+    pub tasks: Vec<DeadTask>,
+    /// How many stored dead letters could not be read and were skipped
+    /// (each logged with its entry id).
+    pub skipped: u64,
 }
 
 /// Names a task by its packet's own `peer` and `id`.

@@ -9,7 +9,8 @@ use stream_rpc::Packet;
 use tokio::time::Instant;
 
 use crate::{
-    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue,
+    TaskRef, dedup_key,
 };
 
 /// The queue in this process's memory: the default, with no server to run.
@@ -292,17 +293,18 @@ impl TaskQueue for MemoryQueue {
         Ok(state.results.get(&key).map(|(value, _)| value.clone()))
     }
 
-    // A dead letter in memory is always a decodable packet: nothing to skip.
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
+    // A dead letter in memory is always a packet: nothing to skip.
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
         let state = self.lock();
-        Ok(state
+        let tasks = state
             .dead
             .values()
             .map(|(task, attempts)| DeadTask {
                 task: task.packet.clone(),
                 attempts: *attempts,
             })
-            .collect())
+            .collect();
+        Ok(DeadLetters { tasks, skipped: 0 })
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {

@@ -41,8 +41,8 @@ use serde_json::Value;
 use stream_rpc::Packet;
 
 use crate::{
-    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats, TaskQueue, TaskRef,
-    dedup_key,
+    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats,
+    TaskQueue, TaskRef, dedup_key,
 };
 
 /// The consumer group the servers read tasks through.
@@ -704,7 +704,7 @@ impl TaskQueue for RedisQueue {
             .transpose()
     }
 
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
         let entries: redis::Value = redis::cmd("XRANGE")
             .arg(&self.keys.dead)
             .arg("-")
@@ -718,7 +718,7 @@ impl TaskQueue for RedisQueue {
             ));
         };
         let mut dead = Vec::with_capacity(entries.len());
-        let mut skipped = 0usize;
+        let mut skipped = 0u64;
         for entry in &entries {
             match dead_letter(entry) {
                 Ok(letter) => dead.push(letter),
@@ -734,7 +734,10 @@ impl TaskQueue for RedisQueue {
                 entries.len()
             );
         }
-        Ok(dead)
+        Ok(DeadLetters {
+            tasks: dead,
+            skipped,
+        })
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
