@@ -103,6 +103,8 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Hands the oldest available task to `worker` for `lease`, with its
     /// attempt number (1 the first time); `None` when none is available.
+    /// On Redis, a stored task that cannot be decoded is moved to the dead
+    /// letters (and logged with its entry id) and the next one is leased.
     fn lease(
         &self,
         worker: &str,

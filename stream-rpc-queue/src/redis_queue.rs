@@ -214,6 +214,36 @@ local function now_ms()
 end
 "#;
 
+/// Moves a task's entry to the dead letters. Its name leaves the live
+/// tasks only if it still names this very entry, and names the dead letter
+/// unless it names another already. Missing fields (an entry written by
+/// hand) are stored empty rather than failing the script.
+const BURY_FN: &str = r#"
+local function bury(tasks, refs, dead, deadrefs, leases, group, id, fields, attempts)
+  local ref = field(fields, 'ref') or ''
+  redis.call('XACK', tasks, group, id)
+  redis.call('XDEL', tasks, id)
+  redis.call('ZREM', leases, id)
+  local letter = redis.call('XADD', dead, '*', 'task', field(fields, 'task') or '',
+    'ref', ref, 'key', field(fields, 'key') or '', 'attempts', attempts)
+  if redis.call('HGET', refs, ref) == id then
+    redis.call('HDEL', refs, ref)
+  end
+  redis.call('HSETNX', deadrefs, ref, letter)
+end
+"#;
+
+const BURY: &str = r#"
+-- KEYS: tasks, refs, dead, deadrefs, leases. ARGV: group, worker, entry id.
+-- A task leased to `worker` that cannot be decoded: a dead letter at once.
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])[1]
+if not entry then return 0 end
+bury(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3], entry[2], tonumber(pending[1][4]))
+return 1
+"#;
+
 /// The entry of a task named `ref` if `worker` holds it (it is pending
 /// for that consumer).
 const HELD: &str = r#"
@@ -290,23 +320,12 @@ for _ = 1, 100 do
     local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
     local attempts = tonumber(pending[1][4])
     if attempts > max then
-      -- Handed out as often as allowed: a dead letter, not again. Its
-      -- name leaves the live tasks only if it still names this very task,
-      -- and names the dead letter unless it names another already.
-      local ref = field(fields, 'ref')
-      redis.call('XACK', KEYS[1], ARGV[1], id)
-      redis.call('XDEL', KEYS[1], id)
-      redis.call('ZREM', KEYS[6], id)
-      local dead = redis.call('XADD', KEYS[3], '*', 'task', field(fields, 'task'),
-        'ref', ref, 'key', field(fields, 'key'), 'attempts', attempts - 1)
-      if redis.call('HGET', KEYS[2], ref) == id then
-        redis.call('HDEL', KEYS[2], ref)
-      end
-      redis.call('HSETNX', KEYS[4], ref, dead)
+      -- Handed out as often as allowed: a dead letter, not again.
+      bury(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[1], id, fields, attempts - 1)
     else
       redis.call('ZADD', KEYS[6], ends, id)
       redis.call('HINCRBY', KEYS[5], 'redeliveries', 1)
-      return {field(fields, 'task'), attempts}
+      return {field(fields, 'task') or '', attempts, id}
     end
   end
 end
@@ -314,7 +333,7 @@ local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'S
 if fresh and fresh[1] and fresh[1][2][1] then
   local entry = fresh[1][2][1]
   redis.call('ZADD', KEYS[6], ends, entry[1])
-  return {field(entry[2], 'task'), 1}
+  return {field(entry[2], 'task') or '', 1, entry[1]}
 end
 return false
 "#;
@@ -332,7 +351,7 @@ const ACK: &str = r#"
 local id = held(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[2])
 if not id then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
-local key = field(entry[2], 'key')
+local key = field(entry[2], 'key') or ''
 redis.call('XACK', KEYS[1], ARGV[1], id)
 redis.call('XDEL', KEYS[1], id)
 redis.call('ZREM', KEYS[4], id)
@@ -413,6 +432,7 @@ return {length - leased, leased, tonumber(counts[1]) or 0, redis.call('XLEN', KE
 struct Scripts {
     put: Script,
     lease: Script,
+    bury: Script,
     extend: Script,
     ack: Script,
     nack: Script,
@@ -427,7 +447,8 @@ fn scripts() -> &'static Scripts {
         let with = |parts: &[&str]| Script::new(&parts.concat());
         Scripts {
             put: with(&[PUT]),
-            lease: with(&[FIELD, LEASE]),
+            lease: with(&[FIELD, BURY_FN, LEASE]),
+            bury: with(&[FIELD, BURY_FN, BURY]),
             extend: with(&[FIELD, HELD, EXTEND]),
             ack: with(&[FIELD, HELD, ACK]),
             nack: with(&[HELD, NACK]),
@@ -462,6 +483,31 @@ impl RedisQueue {
     /// Its queue settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
+    }
+
+    /// One run of the lease script: the task's JSON, its attempt and its
+    /// entry id.
+    async fn lease_once(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<(Vec<u8>, u32, String)>, QueueError> {
+        self.run(
+            scripts()
+                .lease
+                .key(&self.keys.tasks)
+                .key(&self.keys.refs)
+                .key(&self.keys.dead)
+                .key(&self.keys.dead_refs)
+                .key(&self.keys.stats)
+                .key(&self.keys.leases)
+                .arg(GROUP)
+                .arg(worker)
+                .arg(millis(lease))
+                .arg(self.settings.max_attempts)
+                .arg(millis(self.consumer_idle)),
+        )
+        .await
     }
 
     /// A connection for one command (the manager is shared; cloning it is
@@ -501,15 +547,6 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
-}
-
-fn decode_task(text: &str) -> Result<Packet, QueueError> {
-    Packet::from_json(text.as_bytes()).map_err(|e| {
-        QueueError::Task(format!(
-            "a stored task cannot be decoded ({})",
-            describe(&e)
-        ))
-    })
 }
 
 /// What kind of error and where, without the error's text (which may quote
@@ -603,31 +640,41 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
-        let leased: Option<(String, u32)> = self
-            .run(
-                scripts()
-                    .lease
-                    .key(&self.keys.tasks)
-                    .key(&self.keys.refs)
-                    .key(&self.keys.dead)
-                    .key(&self.keys.dead_refs)
-                    .key(&self.keys.stats)
-                    .key(&self.keys.leases)
-                    .arg(GROUP)
-                    .arg(worker)
-                    .arg(millis(lease))
-                    .arg(self.settings.max_attempts)
-                    .arg(millis(self.consumer_idle)),
-            )
-            .await?;
-        leased
-            .map(|(task, attempt)| {
-                Ok(Leased {
-                    task: decode_task(&task)?,
-                    attempt,
-                })
-            })
-            .transpose()
+        // A stored task that cannot be decoded (an older version's, or one
+        // written by hand) is made a dead letter at once, and the next one
+        // is leased instead; a bounded number of times per call.
+        for _ in 0..16 {
+            let Some((task, attempt, id)) = self.lease_once(worker, lease).await? else {
+                return Ok(None);
+            };
+            match Packet::from_json(&task) {
+                Ok(task) => return Ok(Some(Leased { task, attempt })),
+                Err(e) => {
+                    tracing::warn!(
+                        "redis queue: task {id:?} cannot be decoded ({}): moved to the dead letters",
+                        describe(&e)
+                    );
+                    let _: i64 = self
+                        .run(
+                            scripts()
+                                .bury
+                                .key(&self.keys.tasks)
+                                .key(&self.keys.refs)
+                                .key(&self.keys.dead)
+                                .key(&self.keys.dead_refs)
+                                .key(&self.keys.leases)
+                                .arg(GROUP)
+                                .arg(worker)
+                                .arg(&id),
+                        )
+                        .await?;
+                }
+            }
+        }
+        tracing::warn!(
+            "redis queue: 16 tasks in a row could not be decoded; none leased this time"
+        );
+        Ok(None)
     }
 
     async fn extend(

@@ -338,6 +338,64 @@ async fn an_undecodable_dead_letter_is_skipped_and_the_others_listed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_task_is_a_dead_letter_at_once_and_the_next_is_leased() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        // The stream and its group exist, as after any put.
+        let first = task(1);
+        queue.put(&first).await.unwrap();
+        queue.lease("w", LEASE).await.unwrap().unwrap();
+        queue
+            .ack(TaskRef::of(&first), "w", &json!(1))
+            .await
+            .unwrap();
+        // Tasks no reader can decode ahead of a good one: a time past year
+        // 9999, garbage without a name, bytes that are not UTF-8.
+        let mut year_10000 = serde_json::to_value(task(2)).unwrap();
+        year_10000["created_at"] = json!("+10000-01-01T00:59:59Z");
+        let year_10000 = year_10000.to_string();
+        let tasks = "{stream-rpc}:tasks";
+        xadd(
+            &server,
+            tasks,
+            &[
+                ("task", year_10000.as_bytes()),
+                ("ref", b"x:2"),
+                ("key", b"k2"),
+            ],
+        )
+        .await;
+        xadd(&server, tasks, &[("task", b"garbage".as_slice())]).await;
+        xadd(
+            &server,
+            tasks,
+            &[("task", b"\xff\xfe{".as_slice()), ("ref", b"x:4")],
+        )
+        .await;
+        let good = task(5);
+        queue.put(&good).await.unwrap();
+        let leased = queue
+            .lease("w", LEASE)
+            .await
+            .expect("a lease past the undecodable tasks")
+            .expect("the good task");
+        assert_eq!((leased.task.clone(), leased.attempt), (good.clone(), 1));
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.leased, stats.dead), (0, 1, 3));
+        let letters = queue.dead_letters().await.unwrap();
+        assert_eq!((letters.tasks.len(), letters.skipped), (0, 3));
+        assert_eq!(
+            queue.ack(TaskRef::of(&good), "w", &json!(5)).await.unwrap(),
+            Acked::Done
+        );
+        assert_eq!(queue.purge_dead().await.unwrap(), 3);
+        assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_collision_left_by_an_older_version_does_not_break_the_other_task() {
     let server = RedisServer::start();
     bounded(async {
