@@ -21,10 +21,20 @@ use stream_rpc_queue::{QueueConfig, QueueSettings};
 
 /// A queue server on the test's Redis, leasing tasks for `lease`.
 async fn server_on(redis: &RedisServer, key: &str, lease: Duration) -> TestServer {
+    server_with(redis, key, lease, QueueSettings::default()).await
+}
+
+/// [`server_on`] with these queue settings.
+async fn server_with(
+    redis: &RedisServer,
+    key: &str,
+    lease: Duration,
+    settings: QueueSettings,
+) -> TestServer {
     let queue = QueueConfig {
         queue: redis.url(),
         lease,
-        settings: QueueSettings::default(),
+        settings,
         ..QueueConfig::default()
     }
     .open()
@@ -65,6 +75,15 @@ async fn take(session: &SessionHandle) -> Option<Packet> {
 }
 
 async fn save(session: &SessionHandle, task: &Packet, article: serde_json::Value) -> bool {
+    save_answer(session, task, article).await["saved"] == json!(true)
+}
+
+/// The payload of the answer to `save_parsed_article`.
+async fn save_answer(
+    session: &SessionHandle,
+    task: &Packet,
+    article: serde_json::Value,
+) -> serde_json::Value {
     let reply = session
         .call(
             "save_parsed_article",
@@ -73,7 +92,7 @@ async fn save(session: &SessionHandle, task: &Packet, article: serde_json::Value
         .await
         .unwrap();
     assert_eq!(reply.method, "pong");
-    reply.payload["saved"] == json!(true)
+    reply.payload
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,13 +105,20 @@ async fn the_queue_methods_as_a_peer_calls_them() {
         let task = session.packet("parse_article", json!({"article_id": 3249}));
         assert_eq!(put(&session, &task).await, json!({"queued": true}));
         let again = session.packet("parse_article", json!({"article_id": 3249}));
-        assert_eq!(put(&session, &again).await, json!({"queued": false}));
+        assert_eq!(
+            put(&session, &again).await,
+            json!({"queued": false, "reason": "duplicate"})
+        );
         // The task comes back as it was put.
         assert_eq!(take(&session).await, Some(task.clone()));
         assert_eq!(take(&session).await, None);
         let article = json!({"title": "Queues", "words": 900});
         assert!(save(&session, &task, article.clone()).await);
-        assert!(!save(&session, &task, article.clone()).await, "saved twice");
+        assert_eq!(
+            save_answer(&session, &task, article.clone()).await,
+            json!({"saved": false, "reason": "stale"}),
+            "saved twice"
+        );
         let parsed = session
             .call("get_parsed_article", json!({"article_id": 3249}))
             .await
@@ -125,7 +151,10 @@ async fn a_task_whose_worker_went_away_goes_to_another_through_another_server() 
         // The same task through the other server is a duplicate.
         let (_other, elsewhere) = worker(&second).await;
         let again = elsewhere.packet("parse_article", json!({"article_id": 7}));
-        assert_eq!(put(&elsewhere, &again).await, json!({"queued": false}));
+        assert_eq!(
+            put(&elsewhere, &again).await,
+            json!({"queued": false, "reason": "duplicate"})
+        );
         // A worker takes it through the first server, which then goes away
         // with the lease held; the worker is gone too.
         assert_eq!(take(&session).await, Some(task.clone()));
@@ -205,6 +234,49 @@ async fn sixteen_workers_putting_one_task_through_two_servers_queue_it_once() {
         for server in servers {
             server.stop().await;
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_put_or_save_says_why() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let key = new_key();
+        let settings = QueueSettings::default()
+            .with_max_tasks(2)
+            .with_max_result_bytes(64);
+        let server = server_with(&redis, &key, Duration::from_secs(30), settings).await;
+        let (_client, session) = worker(&server).await;
+        let task = session.packet("parse_article", json!({"article_id": 1}));
+        assert_eq!(put(&session, &task).await, json!({"queued": true}));
+        // Another task under the same peer and id (a peer that counts from
+        // the start again): refused, the first one untouched.
+        let mut same_name = session.packet("parse_article", json!({"article_id": 2}));
+        same_name.id = task.id;
+        assert_eq!(
+            put(&session, &same_name).await,
+            json!({"queued": false, "reason": "name_taken"})
+        );
+        // The queue holds two at most.
+        let second = session.packet("parse_article", json!({"article_id": 3}));
+        assert_eq!(put(&session, &second).await, json!({"queued": true}));
+        let third = session.packet("parse_article", json!({"article_id": 4}));
+        assert_eq!(
+            put(&session, &third).await,
+            json!({"queued": false, "reason": "full"})
+        );
+        // An article longer than the queue keeps is refused; the task stays
+        // leased, and a shorter save of it counts.
+        assert_eq!(take(&session).await, Some(task.clone()));
+        assert_eq!(
+            save_answer(&session, &task, json!("x".repeat(100))).await,
+            json!({"saved": false, "reason": "too_large", "max_bytes": 64})
+        );
+        assert!(save(&session, &task, json!("short")).await);
+        // Done, its name is free again; and there is room for one more.
+        assert_eq!(put(&session, &same_name).await, json!({"queued": true}));
+        server.stop().await;
     })
     .await;
 }

@@ -134,7 +134,10 @@ fn call_prints_the_answer_and_exits_by_outcome() {
     std::fs::remove_file(&file).unwrap();
     let packet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(packet["method"], "pong");
-    assert_eq!(packet["payload"], serde_json::json!({"queued": false}));
+    assert_eq!(
+        packet["payload"],
+        serde_json::json!({"queued": false, "reason": "duplicate"})
+    );
     assert!(packet["reply_to"]["id"].is_u64(), "{packet}");
 
     // An error packet: its code and message on stderr, exit 1.
@@ -263,6 +266,31 @@ fn queue_looks_at_the_queue_on_redis() {
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["queued"], 1, "{stats}");
 
+    // Another task under the same PEER:ID is refused, so that the name
+    // `queue requeue` takes below names one task only.
+    let same_name = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":5,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":6}}"#;
+    let out = run(
+        &key,
+        &["call", "put_in_queue", same_name, "--addr", &server.addr],
+        "",
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"queued": false, "reason": "name_taken"})
+    );
+    let stats = run("", &["queue", "--queue", &url, "stats"], "");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (&stats["queued"], &stats["names_taken"], &stats["full"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(0)
+        ),
+        "{stats}"
+    );
+
     // Leased once (the only attempt allowed), its lease runs out, and the
     // next lease moves it to the dead letters.
     let out = run(
@@ -278,8 +306,29 @@ fn queue_looks_at_the_queue_on_redis() {
         "",
     );
     assert_eq!(text(&out.stdout).trim(), "null", "{}", text(&out.stdout));
+    // A dead letter nobody can read (as an older version could leave):
+    // counted on stderr, the others listed.
+    let written = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "XADD",
+            "{stream-rpc}:dead",
+            "*",
+        ])
+        .args(["task", "not a packet", "ref", "x:1", "key", "k"])
+        .output()
+        .expect("redis-cli beside redis-server");
+    assert!(written.status.success(), "{}", text(&written.stderr));
     let dead = run("", &["queue", "--queue", &url, "dead"], "");
+    assert_eq!(dead.status.code(), Some(0), "{}", text(&dead.stderr));
+    assert!(
+        text(&dead.stderr).contains("1 dead letter(s) could not be read"),
+        "{}",
+        text(&dead.stderr)
+    );
     let dead: serde_json::Value = serde_json::from_slice(&dead.stdout).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     let name = dead[0]["task"].as_str().unwrap().to_owned();
     assert_eq!(name, "3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41:5");
 
@@ -291,7 +340,7 @@ fn queue_looks_at_the_queue_on_redis() {
     assert_eq!(out.status.code(), Some(2));
     let out = run("", &["queue", "--queue", &url, "purge-dead"], "");
     let purged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(purged["purged"], 0);
+    assert_eq!(purged["purged"], 1, "the unreadable one");
     let out = run("", &["queue", "stats"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -7,7 +7,7 @@ use stream_rpc::Packet;
 
 use crate::connect::check_url;
 use crate::{
-    Acked, DeadTask, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
+    Acked, DeadLetters, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
     RedisSettings, RedisTls, Stats, TaskQueue, TaskRef,
 };
 
@@ -19,10 +19,18 @@ pub const ENV_QUEUE: &str = "STREAM_RPC_QUEUE";
 pub const ENV_LEASE_SECS: &str = "STREAM_RPC_QUEUE_LEASE_SECS";
 /// The environment variable holding the attempts before a dead letter (5).
 pub const ENV_MAX_ATTEMPTS: &str = "STREAM_RPC_QUEUE_MAX_ATTEMPTS";
+/// The environment variable holding the most tasks the queue holds,
+/// queued, leased and dead together (100000; from 1 to 1,000,000,000).
+pub const ENV_MAX_TASKS: &str = "STREAM_RPC_QUEUE_MAX_TASKS";
+/// The environment variable holding the largest result a save keeps, in
+/// bytes of JSON (1048576, 1 MiB; from 1 to 536870912, Redis's largest
+/// string).
+pub const ENV_MAX_RESULT_BYTES: &str = "STREAM_RPC_QUEUE_MAX_RESULT_BYTES";
 
 /// Where the queue is and how it leases, as a server reads it from the
-/// environment ([`QueueConfig::from_env`]) or a command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// environment ([`QueueConfig::from_env`]) or a command line. Its `Debug`
+/// does not show a password in the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     /// `memory`, or a `redis://` or `rediss://` URL.
     pub queue: String,
@@ -32,6 +40,17 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// Attempts and retention.
     pub settings: QueueSettings,
+}
+
+impl std::fmt::Debug for QueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueConfig")
+            .field("queue", &crate::connect::redact(&self.queue))
+            .field("tls", &self.tls)
+            .field("lease", &self.lease)
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 impl Default for QueueConfig {
@@ -46,7 +65,8 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// Reads [`ENV_QUEUE`], [`ENV_LEASE_SECS`], [`ENV_MAX_ATTEMPTS`] and the
+    /// Reads [`ENV_QUEUE`], [`ENV_LEASE_SECS`], [`ENV_MAX_ATTEMPTS`],
+    /// [`ENV_MAX_TASKS`], [`ENV_MAX_RESULT_BYTES`] and the
     /// TLS variables ([`ENV_TLS_CA`](crate::ENV_TLS_CA), [`ENV_TLS_CERT`](crate::ENV_TLS_CERT), [`ENV_TLS_KEY`](crate::ENV_TLS_KEY)); a
     /// bad value is an error naming the variable.
     pub fn from_env() -> Result<Self, QueueError> {
@@ -85,6 +105,31 @@ impl QueueConfig {
                     reason: format!("expected a whole number of at least 1, got {text:?}"),
                 })?;
             config.settings = config.settings.with_max_attempts(attempts);
+        }
+        let whole = |name: &'static str, max: u64| -> Result<Option<u64>, QueueError> {
+            read(name)
+                .map(|text| {
+                    text.trim()
+                        .replace('_', "")
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| QueueError::Invalid {
+                            setting: name,
+                            reason: format!(
+                                "expected a whole number from 1 to {max}, got {text:?}"
+                            ),
+                        })
+                })
+                .transpose()
+        };
+        if let Some(max_tasks) = whole(ENV_MAX_TASKS, 1_000_000_000)? {
+            config.settings = config.settings.with_max_tasks(max_tasks);
+        }
+        if let Some(bytes) = whole(ENV_MAX_RESULT_BYTES, 512 << 20)? {
+            config.settings = config
+                .settings
+                .with_max_result_bytes(usize::try_from(bytes).unwrap_or(usize::MAX));
         }
         Ok(config)
     }
@@ -135,6 +180,14 @@ pub enum AnyQueue {
 }
 
 impl AnyQueue {
+    /// Its settings.
+    pub fn settings(&self) -> &QueueSettings {
+        match self {
+            AnyQueue::Memory(queue) => queue.settings(),
+            AnyQueue::Redis(queue) => queue.settings(),
+        }
+    }
+
     /// Whether the tasks outlive this process (on Redis).
     pub fn is_shared(&self) -> bool {
         matches!(self, AnyQueue::Redis(_))
@@ -181,8 +234,8 @@ impl TaskQueue for AnyQueue {
         both!(self, queue => queue.result(method, payload))
     }
 
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
-        both!(self, queue => queue.dead())
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
+        both!(self, queue => queue.dead_letters())
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
@@ -220,8 +273,12 @@ mod tests {
             (ENV_QUEUE, "redis://10.0.0.5:6379/0"),
             (ENV_LEASE_SECS, "45"),
             (ENV_MAX_ATTEMPTS, "3"),
+            (ENV_MAX_TASKS, "250_000"),
+            (ENV_MAX_RESULT_BYTES, " 65536 "),
         ]))
         .unwrap();
+        assert_eq!(config.settings.max_tasks, 250_000);
+        assert_eq!(config.settings.max_result_bytes, 65_536);
         assert_eq!(config.queue, "redis://10.0.0.5:6379/0");
         assert_eq!(config.lease, Duration::from_secs(45));
         assert_eq!(config.settings.max_attempts, 3);
@@ -235,6 +292,33 @@ mod tests {
             config.tls,
             RedisTls::new().with_ca_file("/etc/stream-rpc/redis-ca.pem")
         );
+    }
+
+    #[test]
+    fn debug_does_not_show_a_password() {
+        for url in [
+            "redis://:secret@10.0.0.5:6379/0",
+            "rediss://user:secret@host/",
+        ] {
+            let config = QueueConfig {
+                queue: url.to_owned(),
+                ..QueueConfig::default()
+            };
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("***@"), "{shown}");
+            let settings = RedisSettings::new(url);
+            let shown = format!("{settings:?} {settings:#?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("***@"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_bound_the_queue() {
+        let config = QueueConfig::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(config.settings.max_tasks, 100_000);
+        assert_eq!(config.settings.max_result_bytes, 1 << 20);
     }
 
     #[test]
@@ -252,6 +336,13 @@ mod tests {
             (ENV_LEASE_SECS, "soon"),
             (ENV_MAX_ATTEMPTS, "0"),
             (ENV_MAX_ATTEMPTS, "-1"),
+            (ENV_MAX_TASKS, "0"),
+            (ENV_MAX_TASKS, "lots"),
+            (ENV_MAX_TASKS, "-5"),
+            (ENV_MAX_TASKS, "2000000000"),
+            (ENV_MAX_RESULT_BYTES, "0"),
+            (ENV_MAX_RESULT_BYTES, "1MiB"),
+            (ENV_MAX_RESULT_BYTES, "1000000000"),
         ] {
             let err = QueueConfig::from_lookup(lookup(&[(name, value)])).unwrap_err();
             assert!(err.to_string().starts_with(name), "{name}={value}: {err}");

@@ -106,6 +106,30 @@ fn scheme(url: &str) -> &str {
     url.split("://").next().unwrap_or_default()
 }
 
+/// `url` with the password of its user part (`redis://user:secret@host`,
+/// `redis://:secret@host`) replaced by `***`, and a user part without a
+/// colon (`redis://secret@host`, which some clients read as a password)
+/// replaced whole, for `Debug` and logs. A value that is not a URL (no
+/// `://`), such as `memory`, is shown as it is.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first `/`, `?` or `#`; its user part at
+    // its last `@`.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let (user_info, host) = authority.split_at(at);
+    let shown = match user_info.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{shown}{host}{tail}")
+}
+
 /// Checks a queue URL's form without connecting: `redis://`, or `rediss://`
 /// in a build with the `tls` feature, without `#insecure`; TLS files only
 /// with `rediss://`.
@@ -300,6 +324,20 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_password_in_a_url_is_redacted() {
+        for (url, shown) in [
+            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+            ("redis://user:secret@host/", "redis://user:***@host/"),
+            ("rediss://secret@host", "rediss://***@host"),
+            ("redis://u:p@ss@host/0", "redis://u:***@host/0"),
+            ("redis://host:6379/0", "redis://host:6379/0"),
+            ("memory", "memory"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
     }
 
     #[test]

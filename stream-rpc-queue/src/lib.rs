@@ -13,12 +13,27 @@
 //!   [`ack`](TaskQueue::ack)ed in time is handed out again. A worker may
 //!   [`extend`](TaskQueue::extend) its lease, or [`nack`](TaskQueue::nack) it
 //!   to give the task back at once.
-//! - **Duplicates refused.** A task is named by its `method` and its payload
-//!   as canonical JSON ([`dedup_key`]): two `parse_article` tasks for
-//!   article 3249 are one task. The name is held while the task is queued,
-//!   leased or dead, and for a retention window (1 h by default) after it
-//!   is done; [`put`](TaskQueue::put) of a held name is refused as
-//!   [`Put::Duplicate`]. Concurrent puts of one task queue it once.
+//! - **Duplicates refused.** A task's content is its `method` and its
+//!   payload as canonical JSON ([`dedup_key`]): two `parse_article` tasks
+//!   for article 3249 are one task. The content is held while the task is
+//!   queued, leased or dead, and for a retention window (1 h by default)
+//!   after it is done; [`put`](TaskQueue::put) of held content is refused
+//!   as [`Put::Duplicate`]. Concurrent puts of one task queue it once.
+//! - **Names never collide silently.** A task is named in acks by its
+//!   packet's own `peer` and `id` ([`TaskRef`]). The name is held while the
+//!   task is queued, leased or dead, and released when it is done (acked)
+//!   or purged; a put of a *different* task under a held name is refused as
+//!   [`Put::NameTaken`] (the same task again is a [`Put::Duplicate`]), so
+//!   one name never stands for two tasks, and ack, nack, extend, requeue
+//!   and dead-lettering only touch a name while it names that very task.
+//!   A done task's name is free at once, so a peer that starts counting
+//!   again (a restart with a fixed peer id) can reuse it; what is kept for
+//!   the retention window is its content's result.
+//! - **Bounded.** At most [`max_tasks`](QueueSettings::max_tasks) tasks
+//!   queued, leased or dead together (100,000 by default): a put beyond is
+//!   refused as [`Put::Full`]. A result larger than
+//!   [`max_result_bytes`](QueueSettings::max_result_bytes) (1 MiB) is
+//!   refused as [`Acked::TooLarge`], and the task stays leased.
 //! - **Results kept.** `ack` stores the worker's result (any JSON) under the
 //!   task's name for the retention window: [`result`](TaskQueue::result).
 //! - **Stale acks refused.** An ack from a worker whose lease expired and
@@ -28,7 +43,10 @@
 //!   handed out again; [`dead`](TaskQueue::dead) lists them,
 //!   [`requeue`](TaskQueue::requeue) puts one back.
 //! - **Nothing grows.** Acked tasks leave nothing behind but their result
-//!   and name, which expire after the retention window.
+//!   and content name, which expire after the retention window; the tasks
+//!   held are bounded by `max_tasks`, each result by `max_result_bytes`;
+//!   on Redis, consumers of the group that hold nothing and were idle for
+//!   a while are removed.
 //!
 //! [`RedisReplayStore`] shares replay and reflection protection between
 //! the servers on one Redis, so that a token accepted by one is refused by
@@ -59,7 +77,10 @@ mod redis_queue;
 mod replay;
 pub mod server;
 
-pub use any::{AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_QUEUE, QueueConfig};
+pub use any::{
+    AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS, ENV_QUEUE,
+    QueueConfig,
+};
 pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};
 pub use memory::MemoryQueue;
 pub use redis_queue::{RedisQueue, RedisSettings};
@@ -73,12 +94,17 @@ pub use replay::{RedisReplayStore, WhenUnreachable};
 /// mid-command): the error goes to the caller, who decides (a `put` may be
 /// repeated safely, since a duplicate is refused).
 pub trait TaskQueue: Send + Sync + 'static {
-    /// Queues `task`, or refuses it as a duplicate of a task queued, leased,
-    /// dead or done within the retention window.
+    /// Queues `task`; or refuses it as a duplicate of a task queued,
+    /// leased, dead or done within the retention window
+    /// ([`Put::Duplicate`]), as a different task under a name held by
+    /// another ([`Put::NameTaken`]), or because the queue holds
+    /// `max_tasks` tasks ([`Put::Full`]), checked in that order.
     fn put(&self, task: &Packet) -> impl Future<Output = Result<Put, QueueError>> + Send;
 
     /// Hands the oldest available task to `worker` for `lease`, with its
     /// attempt number (1 the first time); `None` when none is available.
+    /// On Redis, a stored task that cannot be decoded is moved to the dead
+    /// letters (and logged with its entry id) and the next one is leased.
     fn lease(
         &self,
         worker: &str,
@@ -94,9 +120,12 @@ pub trait TaskQueue: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, QueueError>> + Send;
 
-    /// Marks `task` done and keeps `result` under its name for the
-    /// retention window; [`Acked::Stale`] (and nothing changes) when
-    /// `worker` is not the last worker it was handed to, or it is unknown.
+    /// Marks `task` done and keeps `result` under its content's name for
+    /// the retention window; [`Acked::Stale`] (and nothing changes) when
+    /// `worker` is not the last worker it was handed to, or it is unknown;
+    /// [`Acked::TooLarge`] (checked first; nothing changes, a leased task
+    /// stays leased) when `result` as compact JSON is longer than
+    /// [`max_result_bytes`](QueueSettings::max_result_bytes).
     fn ack(
         &self,
         task: TaskRef,
@@ -120,8 +149,17 @@ pub trait TaskQueue: Send + Sync + 'static {
         payload: &Value,
     ) -> impl Future<Output = Result<Option<Value>, QueueError>> + Send;
 
-    /// The dead letters, oldest first.
-    fn dead(&self) -> impl Future<Output = Result<Vec<DeadTask>, QueueError>> + Send;
+    /// The dead letters, oldest first, and how many stored ones could not
+    /// be decoded (written by another version, or by hand): those are
+    /// skipped and logged with their entry id, not an error for the whole
+    /// list. [`purge_dead`](Self::purge_dead) drops them too.
+    fn dead_letters(&self) -> impl Future<Output = Result<DeadLetters, QueueError>> + Send;
+
+    /// The dead letters, oldest first: [`dead_letters`](Self::dead_letters)
+    /// without the count of those skipped.
+    fn dead(&self) -> impl Future<Output = Result<Vec<DeadTask>, QueueError>> + Send {
+        async move { Ok(self.dead_letters().await?.tasks) }
+    }
 
     /// Puts a dead task back in the queue, with its attempts counted from
     /// zero; `false` when no dead task has that name.
@@ -139,9 +177,28 @@ pub trait TaskQueue: Send + Sync + 'static {
 pub enum Put {
     /// Queued.
     Queued,
-    /// Refused: the same task is queued, leased, dead, or was done within
-    /// the retention window.
+    /// Refused: the same task (method and payload) is queued, leased,
+    /// dead, or was done within the retention window.
     Duplicate,
+    /// Refused: another task is queued, leased or dead under the same name
+    /// (`peer` and `id`); nothing changed. Put it again under a fresh id.
+    NameTaken,
+    /// Refused: the queue holds [`max_tasks`](QueueSettings::max_tasks)
+    /// tasks (queued, leased and dead together); nothing changed.
+    Full,
+}
+
+impl Put {
+    /// The reason a refusal gives on the wire (`duplicate`, `name_taken`,
+    /// `full`); `None` for [`Put::Queued`].
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Put::Queued => None,
+            Put::Duplicate => Some("duplicate"),
+            Put::NameTaken => Some("name_taken"),
+            Put::Full => Some("full"),
+        }
+    }
 }
 
 /// What [`TaskQueue::ack`] and [`TaskQueue::nack`] did.
@@ -153,6 +210,10 @@ pub enum Acked {
     /// the task went to another worker, or it was never handed to it, or
     /// the task is unknown or already done). Nothing changed.
     Stale,
+    /// Refused (ack only): the result is larger than
+    /// [`max_result_bytes`](QueueSettings::max_result_bytes). Nothing
+    /// changed: the task is still leased to the worker.
+    TooLarge,
 }
 
 /// A task handed out by [`TaskQueue::lease`].
@@ -171,6 +232,16 @@ pub struct DeadTask {
     pub task: Packet,
     /// How many times it was handed out.
     pub attempts: u32,
+}
+
+/// What [`TaskQueue::dead_letters`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetters {
+    /// The dead letters that could be read, oldest first.
+    pub tasks: Vec<DeadTask>,
+    /// How many stored dead letters could not be read and were skipped
+    /// (each logged with its entry id).
+    pub skipped: u64,
 }
 
 /// Names a task by its packet's own `peer` and `id`.
@@ -211,6 +282,12 @@ pub struct Stats {
     pub dead: u64,
     /// Puts refused as duplicates, since the queue was created.
     pub duplicates: u64,
+    /// Puts refused because the name was held by another task, since the
+    /// queue was created.
+    pub names_taken: u64,
+    /// Puts refused because the queue was full, since the queue was
+    /// created.
+    pub full: u64,
     /// Times a task was handed out again (after an expired lease or a
     /// nack), since the queue was created.
     pub redeliveries: u64,
@@ -222,15 +299,29 @@ pub struct Stats {
 pub struct QueueSettings {
     /// How many times a task is handed out before it is a dead letter (5).
     pub max_attempts: u32,
-    /// How long a done task's name and result are kept (1 h).
+    /// How long a done task's content name and result are kept (1 h).
     pub retention: Duration,
+    /// How many tasks the queue holds at most, queued, leased and dead
+    /// together ([`DEFAULT_MAX_TASKS`]); a put beyond is [`Put::Full`].
+    pub max_tasks: u64,
+    /// The largest result an ack keeps, in bytes of JSON
+    /// ([`DEFAULT_MAX_RESULT_BYTES`]); a larger one is
+    /// [`Acked::TooLarge`].
+    pub max_result_bytes: usize,
 }
+
+/// The default [`QueueSettings::max_tasks`]: 100,000.
+pub const DEFAULT_MAX_TASKS: u64 = 100_000;
+/// The default [`QueueSettings::max_result_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1 << 20;
 
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
             max_attempts: 5,
             retention: Duration::from_secs(3600),
+            max_tasks: DEFAULT_MAX_TASKS,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -247,6 +338,20 @@ impl QueueSettings {
     #[must_use]
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Sets [`max_tasks`](Self::max_tasks) (at least 1).
+    #[must_use]
+    pub fn with_max_tasks(mut self, max_tasks: u64) -> Self {
+        self.max_tasks = max_tasks.max(1);
+        self
+    }
+
+    /// Sets [`max_result_bytes`](Self::max_result_bytes).
+    #[must_use]
+    pub fn with_max_result_bytes(mut self, max_result_bytes: usize) -> Self {
+        self.max_result_bytes = max_result_bytes;
         self
     }
 }

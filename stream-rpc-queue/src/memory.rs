@@ -9,7 +9,8 @@ use stream_rpc::Packet;
 use tokio::time::Instant;
 
 use crate::{
-    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue,
+    TaskRef, dedup_key,
 };
 
 /// The queue in this process's memory: the default, with no server to run.
@@ -31,8 +32,10 @@ struct State {
     available: BTreeSet<u64>,
     /// Leases by when they end, then place.
     leases: BTreeSet<(Instant, u64)>,
-    /// Places by task name.
+    /// Places of the tasks queued or leased, by task name.
     by_ref: HashMap<TaskRef, u64>,
+    /// Places of the dead letters, by task name.
+    dead_by_ref: HashMap<TaskRef, u64>,
     /// Dedup keys held: `None` while the task is queued, leased or dead;
     /// until when after it is done.
     keys: HashMap<String, Option<Instant>>,
@@ -46,6 +49,8 @@ struct State {
     dead: BTreeMap<u64, (Task, u32)>,
     done: u64,
     duplicates: u64,
+    names_taken: u64,
+    full: u64,
     redeliveries: u64,
 }
 
@@ -71,6 +76,11 @@ impl MemoryQueue {
             settings,
             state: Mutex::default(),
         }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -135,16 +145,25 @@ impl State {
 impl TaskQueue for MemoryQueue {
     async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
         let key = dedup_key(&task.method, &task.payload);
+        let name = TaskRef::of(task);
         let mut state = self.lock();
         state.expire(Instant::now());
         if state.keys.contains_key(&key) {
             state.duplicates += 1;
             return Ok(Put::Duplicate);
         }
+        if state.by_ref.contains_key(&name) || state.dead_by_ref.contains_key(&name) {
+            state.names_taken += 1;
+            return Ok(Put::NameTaken);
+        }
+        if (state.tasks.len() + state.dead.len()) as u64 >= self.settings.max_tasks {
+            state.full += 1;
+            return Ok(Put::Full);
+        }
         let place = state.next;
         state.next += 1;
         state.keys.insert(key.clone(), None);
-        state.by_ref.insert(TaskRef::of(task), place);
+        state.by_ref.insert(name, place);
         state.tasks.insert(
             place,
             Task {
@@ -169,8 +188,14 @@ impl TaskQueue for MemoryQueue {
             };
             if task.attempts >= self.settings.max_attempts {
                 // Handed out as often as allowed: a dead letter, not again.
+                // Its name leaves the live tasks only if it still names
+                // this very task, and names the dead letter unless it
+                // names another already.
                 let task_ref = TaskRef::of(&task.packet);
-                state.by_ref.remove(&task_ref);
+                if state.by_ref.get(&task_ref) == Some(&place) {
+                    state.by_ref.remove(&task_ref);
+                }
+                state.dead_by_ref.entry(task_ref).or_insert(place);
                 if let Some(task) = state.tasks.remove(&place) {
                     let attempts = task.attempts;
                     state.dead.insert(place, (task, attempts));
@@ -222,6 +247,9 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
+        if json_len(result) > self.settings.max_result_bytes {
+            return Ok(Acked::TooLarge);
+        }
         let now = Instant::now();
         let mut state = self.lock();
         let Some(place) = state.held_by(task, worker) else {
@@ -265,26 +293,31 @@ impl TaskQueue for MemoryQueue {
         Ok(state.results.get(&key).map(|(value, _)| value.clone()))
     }
 
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
+    // A dead letter in memory is always a packet: nothing to skip.
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
         let state = self.lock();
-        Ok(state
+        let tasks = state
             .dead
             .values()
             .map(|(task, attempts)| DeadTask {
                 task: task.packet.clone(),
                 attempts: *attempts,
             })
-            .collect())
+            .collect();
+        Ok(DeadLetters { tasks, skipped: 0 })
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
         let mut state = self.lock();
-        let place = state
-            .dead
-            .iter()
-            .find(|(_, (dead, _))| TaskRef::of(&dead.packet) == task)
-            .map(|(place, _)| *place);
-        let Some((mut back, _)) = place.and_then(|place| state.dead.remove(&place)) else {
+        if state.by_ref.contains_key(&task) {
+            // Cannot happen (a put under a held name is refused), but a name
+            // never stands for two tasks.
+            return Ok(false);
+        }
+        let Some(place) = state.dead_by_ref.remove(&task) else {
+            return Ok(false);
+        };
+        let Some((mut back, _)) = state.dead.remove(&place) else {
             return Ok(false);
         };
         back.attempts = 0;
@@ -302,8 +335,12 @@ impl TaskQueue for MemoryQueue {
     async fn purge_dead(&self) -> Result<u64, QueueError> {
         let mut state = self.lock();
         let dead = std::mem::take(&mut state.dead);
+        state.dead_by_ref.clear();
         for (task, _) in dead.values() {
-            state.keys.remove(&task.key);
+            // Held with no end while dead.
+            if state.keys.get(&task.key) == Some(&None) {
+                state.keys.remove(&task.key);
+            }
         }
         Ok(dead.len() as u64)
     }
@@ -319,7 +356,27 @@ impl TaskQueue for MemoryQueue {
             done: state.done,
             dead: state.dead.len() as u64,
             duplicates: state.duplicates,
+            names_taken: state.names_taken,
+            full: state.full,
             redeliveries: state.redeliveries,
         })
     }
+}
+
+/// The length of `value` as compact JSON, counted without building it.
+pub(crate) fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

@@ -14,13 +14,24 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{prefix}:tasks` | stream, group `workers` | the tasks queued and leased: `task` (the packet's JSON), `ref`, `key` |
-//! | `{prefix}:refs` | hash | `peer:id` → the task's stream entry |
+//! | `{prefix}:refs` | hash | `peer:id` → the task's stream entry (the name is held while there or in `deadrefs`) |
 //! | `{prefix}:leases` | sorted set | leased entries by when their lease ends (ms, Redis's clock) |
 //! | `{prefix}:key:<dedup key>` | string | held while the task is queued, leased or dead; expires a retention window after it is done |
 //! | `{prefix}:result:<dedup key>` | string | the result of a done task, for the retention window |
 //! | `{prefix}:dead` | stream | the dead letters: `task`, `ref`, `key`, `attempts` |
 //! | `{prefix}:deadrefs` | hash | `peer:id` → the dead letter's entry |
-//! | `{prefix}:stats` | hash | counters: `done`, `duplicates`, `redeliveries` |
+//! | `{prefix}:stats` | hash | counters: `done`, `duplicates`, `names_taken`, `full`, `redeliveries`; `swept`, when idle consumers were last removed (ms, Redis's clock) |
+//!
+//! The scripts declare the fixed keys above in `KEYS`; the per-task keys
+//! (`key:` and `result:`) are derived inside the scripts from the
+//! task's stored fields, in the same hash tag. A Redis Cluster is not
+//! supported (see docs/SCALING.md): the connection talks to one node.
+//!
+//! The consumer group keeps one consumer per worker that ever asked for a
+//! task; the lease script removes, at most once per
+//! [`consumer_idle`](RedisSettings::consumer_idle) (and at least once a
+//! minute), the consumers that hold nothing and have been idle longer
+//! than that, so the group does not grow with every worker ever seen.
 
 use std::time::Duration;
 
@@ -30,8 +41,8 @@ use serde_json::Value;
 use stream_rpc::Packet;
 
 use crate::{
-    Acked, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats, TaskQueue, TaskRef,
-    dedup_key,
+    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats,
+    TaskQueue, TaskRef, dedup_key,
 };
 
 /// The consumer group the servers read tasks through.
@@ -41,8 +52,9 @@ const GROUP: &str = "workers";
 /// it).
 const NOBODY: &str = "-";
 
-/// Where the queue is and how it behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the queue is and how it behaves. Its `Debug` does not show a
+/// password in the URL.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisSettings {
     /// `redis://host:port/db`, or `rediss://` for Redis over TLS (see
@@ -61,6 +73,23 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     /// How long connecting may take (5 s).
     pub connect_timeout: Duration,
+    /// How long a consumer of the group (a worker) that holds no task may
+    /// stay idle before it is removed (10 min).
+    pub consumer_idle: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &crate::connect::redact(&self.url))
+            .field("tls", &self.tls)
+            .field("prefix", &self.prefix)
+            .field("queue", &self.queue)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("consumer_idle", &self.consumer_idle)
+            .finish()
+    }
 }
 
 impl RedisSettings {
@@ -74,7 +103,15 @@ impl RedisSettings {
             queue: QueueSettings::default(),
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            consumer_idle: Duration::from_secs(600),
         }
+    }
+
+    /// Sets [`consumer_idle`](Self::consumer_idle).
+    #[must_use]
+    pub fn with_consumer_idle(mut self, idle: Duration) -> Self {
+        self.consumer_idle = idle;
+        self
     }
 
     /// Sets [`prefix`](Self::prefix).
@@ -115,6 +152,7 @@ pub struct RedisQueue {
     connection: ConnectionManager,
     keys: Keys,
     settings: QueueSettings,
+    consumer_idle: Duration,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -176,6 +214,36 @@ local function now_ms()
 end
 "#;
 
+/// Moves a task's entry to the dead letters. Its name leaves the live
+/// tasks only if it still names this very entry, and names the dead letter
+/// unless it names another already. Missing fields (an entry written by
+/// hand) are stored empty rather than failing the script.
+const BURY_FN: &str = r#"
+local function bury(tasks, refs, dead, deadrefs, leases, group, id, fields, attempts)
+  local ref = field(fields, 'ref') or ''
+  redis.call('XACK', tasks, group, id)
+  redis.call('XDEL', tasks, id)
+  redis.call('ZREM', leases, id)
+  local letter = redis.call('XADD', dead, '*', 'task', field(fields, 'task') or '',
+    'ref', ref, 'key', field(fields, 'key') or '', 'attempts', attempts)
+  if redis.call('HGET', refs, ref) == id then
+    redis.call('HDEL', refs, ref)
+  end
+  redis.call('HSETNX', deadrefs, ref, letter)
+end
+"#;
+
+const BURY: &str = r#"
+-- KEYS: tasks, refs, dead, deadrefs, leases. ARGV: group, worker, entry id.
+-- A task leased to `worker` that cannot be decoded: a dead letter at once.
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])[1]
+if not entry then return 0 end
+bury(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3], entry[2], tonumber(pending[1][4]))
+return 1
+"#;
+
 /// The entry of a task named `ref` if `worker` holds it (it is pending
 /// for that consumer).
 const HELD: &str = r#"
@@ -189,11 +257,21 @@ end
 "#;
 
 const PUT: &str = r#"
--- KEYS: tasks, refs, dedup key, stats. ARGV: group, task, ref, key.
+-- KEYS: tasks, refs, dedup key, stats, deadrefs, dead.
+-- ARGV: group, task, ref, key, max tasks.
+-- Answers 1 queued, 0 duplicate, 2 name taken, 3 full.
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
   return 0
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'names_taken', 1)
+  return 2
+end
+if redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[5]) then
+  redis.call('HINCRBY', KEYS[4], 'full', 1)
+  return 3
 end
 local id = redis.call('XADD', KEYS[1], '*', 'task', ARGV[2], 'ref', ARGV[3], 'key', ARGV[4])
 redis.call('SET', KEYS[3], id)
@@ -203,11 +281,32 @@ return 1
 
 const LEASE: &str = r#"
 -- KEYS: tasks, refs, dead, deadrefs, stats, leases.
--- ARGV: group, worker, lease ms, max attempts.
+-- ARGV: group, worker, lease ms, max attempts, consumer idle ms.
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 local max = tonumber(ARGV[4])
 local now = now_ms()
 local ends = now + tonumber(ARGV[3])
+-- Now and then, the consumers that hold nothing and have been idle long
+-- are removed (a consumer is made again by its next read or claim).
+local idle = tonumber(ARGV[5])
+local swept = tonumber(redis.call('HGET', KEYS[5], 'swept')) or 0
+if now - swept >= math.min(idle, 60000) then
+  redis.call('HSET', KEYS[5], 'swept', now)
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+  if ok then
+    for _, consumer in ipairs(consumers) do
+      local name, pending, quiet
+      for i = 1, #consumer, 2 do
+        if consumer[i] == 'name' then name = consumer[i + 1] end
+        if consumer[i] == 'pending' then pending = consumer[i + 1] end
+        if consumer[i] == 'idle' then quiet = consumer[i + 1] end
+      end
+      if name and name ~= ARGV[2] and pending == 0 and quiet and quiet >= idle then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+      end
+    end
+  end
+end
 -- A lease that ended first: those tasks are older than any new one.
 for _ = 1, 100 do
   local id = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1)[1]
@@ -222,18 +321,11 @@ for _ = 1, 100 do
     local attempts = tonumber(pending[1][4])
     if attempts > max then
       -- Handed out as often as allowed: a dead letter, not again.
-      local ref = field(fields, 'ref')
-      redis.call('XACK', KEYS[1], ARGV[1], id)
-      redis.call('XDEL', KEYS[1], id)
-      redis.call('ZREM', KEYS[6], id)
-      redis.call('HDEL', KEYS[2], ref)
-      local dead = redis.call('XADD', KEYS[3], '*', 'task', field(fields, 'task'),
-        'ref', ref, 'key', field(fields, 'key'), 'attempts', attempts - 1)
-      redis.call('HSET', KEYS[4], ref, dead)
+      bury(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[1], id, fields, attempts - 1)
     else
       redis.call('ZADD', KEYS[6], ends, id)
       redis.call('HINCRBY', KEYS[5], 'redeliveries', 1)
-      return {field(fields, 'task'), attempts}
+      return {field(fields, 'task') or '', attempts, id}
     end
   end
 end
@@ -241,7 +333,7 @@ local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'S
 if fresh and fresh[1] and fresh[1][2][1] then
   local entry = fresh[1][2][1]
   redis.call('ZADD', KEYS[6], ends, entry[1])
-  return {field(entry[2], 'task'), 1}
+  return {field(entry[2], 'task') or '', 1, entry[1]}
 end
 return false
 "#;
@@ -259,7 +351,7 @@ const ACK: &str = r#"
 local id = held(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[2])
 if not id then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
-local key = field(entry[2], 'key')
+local key = field(entry[2], 'key') or ''
 redis.call('XACK', KEYS[1], ARGV[1], id)
 redis.call('XDEL', KEYS[1], id)
 redis.call('ZREM', KEYS[4], id)
@@ -284,9 +376,14 @@ const REQUEUE: &str = r#"
 -- KEYS: tasks, refs, dead, deadrefs. ARGV: ref, key base.
 local dead = redis.call('HGET', KEYS[4], ARGV[1])
 if not dead then return 0 end
-redis.call('HDEL', KEYS[4], ARGV[1])
+-- A name never stands for two tasks (a put under a held name is refused).
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 local entry = redis.call('XRANGE', KEYS[3], dead, dead)[1]
-if not entry then return 0 end
+if not entry then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  return 0
+end
+redis.call('HDEL', KEYS[4], ARGV[1])
 local fields = entry[2]
 local key = field(fields, 'key')
 local id = redis.call('XADD', KEYS[1], '*', 'task', field(fields, 'task'), 'ref', ARGV[1], 'key', key)
@@ -300,7 +397,9 @@ const PURGE_DEAD: &str = r#"
 -- KEYS: dead, deadrefs. ARGV: key base.
 local entries = redis.call('XRANGE', KEYS[1], '-', '+')
 for _, entry in ipairs(entries) do
-  redis.call('DEL', ARGV[1] .. 'key:' .. field(entry[2], 'key'))
+  -- An entry without its key (written by hand) is dropped all the same.
+  local key = field(entry[2], 'key')
+  if key then redis.call('DEL', ARGV[1] .. 'key:' .. key) end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #entries
@@ -321,9 +420,11 @@ if ok then
     if name ~= ARGV[2] then leased = leased + pending end
   end
 end
-local counts = redis.call('HMGET', KEYS[3], 'done', 'duplicates', 'redeliveries')
+local counts = redis.call('HMGET', KEYS[3], 'done', 'duplicates', 'redeliveries',
+  'names_taken', 'full')
 return {length - leased, leased, tonumber(counts[1]) or 0, redis.call('XLEN', KEYS[2]),
-  tonumber(counts[2]) or 0, tonumber(counts[3]) or 0}
+  tonumber(counts[2]) or 0, tonumber(counts[3]) or 0, tonumber(counts[4]) or 0,
+  tonumber(counts[5]) or 0}
 "#;
 
 /// The scripts, compiled once (their SHA-1 computed); Redis keeps them by
@@ -331,6 +432,7 @@ return {length - leased, leased, tonumber(counts[1]) or 0, redis.call('XLEN', KE
 struct Scripts {
     put: Script,
     lease: Script,
+    bury: Script,
     extend: Script,
     ack: Script,
     nack: Script,
@@ -345,7 +447,8 @@ fn scripts() -> &'static Scripts {
         let with = |parts: &[&str]| Script::new(&parts.concat());
         Scripts {
             put: with(&[PUT]),
-            lease: with(&[FIELD, LEASE]),
+            lease: with(&[FIELD, BURY_FN, LEASE]),
+            bury: with(&[FIELD, BURY_FN, BURY]),
             extend: with(&[FIELD, HELD, EXTEND]),
             ack: with(&[FIELD, HELD, ACK]),
             nack: with(&[HELD, NACK]),
@@ -373,7 +476,38 @@ impl RedisQueue {
             connection,
             keys: Keys::new(&settings.prefix),
             settings: settings.queue,
+            consumer_idle: settings.consumer_idle,
         })
+    }
+
+    /// Its queue settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// One run of the lease script: the task's JSON, its attempt and its
+    /// entry id.
+    async fn lease_once(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<(Vec<u8>, u32, String)>, QueueError> {
+        self.run(
+            scripts()
+                .lease
+                .key(&self.keys.tasks)
+                .key(&self.keys.refs)
+                .key(&self.keys.dead)
+                .key(&self.keys.dead_refs)
+                .key(&self.keys.stats)
+                .key(&self.keys.leases)
+                .arg(GROUP)
+                .arg(worker)
+                .arg(millis(lease))
+                .arg(self.settings.max_attempts)
+                .arg(millis(self.consumer_idle)),
+        )
+        .await
     }
 
     /// A connection for one command (the manager is shared; cloning it is
@@ -415,8 +549,51 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-fn decode_task(text: &str) -> Result<Packet, QueueError> {
-    Packet::from_json(text.as_bytes()).map_err(|e| QueueError::Task(e.to_string()))
+/// What kind of error and where, without the error's text (which may quote
+/// the task's content).
+fn describe(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {}, column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// One entry of the dead letters stream (`[id, [field, value, ...]]`),
+/// or its id (as far as it can be read) and what is wrong with it.
+fn dead_letter(entry: &redis::Value) -> Result<DeadTask, (String, String)> {
+    let text = |value: &redis::Value| match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
+    let redis::Value::Array(parts) = entry else {
+        return Err(("?".into(), "not a stream entry".into()));
+    };
+    let id = parts.first().and_then(text).unwrap_or_else(|| "?".into());
+    let Some(redis::Value::Array(fields)) = parts.get(1) else {
+        return Err((id, "an entry without fields".into()));
+    };
+    let get = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|pair| text(&pair[0]).as_deref() == Some(name))
+            .and_then(|pair| pair.get(1))
+    };
+    let task = match get("task") {
+        Some(redis::Value::BulkString(bytes)) => bytes,
+        _ => return Err((id, "a dead letter without its task".into())),
+    };
+    let task = match Packet::from_json(task) {
+        Ok(task) => task,
+        Err(e) => return Err((id, format!("its task cannot be decoded ({})", describe(&e)))),
+    };
+    let attempts = get("attempts")
+        .and_then(text)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(DeadTask { task, attempts })
 }
 
 fn flag(value: i64) -> Acked {
@@ -442,44 +619,62 @@ impl TaskQueue for RedisQueue {
                     .key(&self.keys.refs)
                     .key(self.keys.key(&dedup))
                     .key(&self.keys.stats)
+                    .key(&self.keys.dead_refs)
+                    .key(&self.keys.dead)
                     .arg(GROUP)
                     .arg(json)
                     .arg(TaskRef::of(task).to_string())
-                    .arg(&dedup),
+                    .arg(&dedup)
+                    .arg(self.settings.max_tasks),
             )
             .await?;
-        Ok(if queued == 1 {
-            Put::Queued
-        } else {
-            Put::Duplicate
-        })
+        match queued {
+            1 => Ok(Put::Queued),
+            0 => Ok(Put::Duplicate),
+            2 => Ok(Put::NameTaken),
+            3 => Ok(Put::Full),
+            other => Err(QueueError::Protocol(format!(
+                "put: unexpected answer {other}"
+            ))),
+        }
     }
 
     async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
-        let leased: Option<(String, u32)> = self
-            .run(
-                scripts()
-                    .lease
-                    .key(&self.keys.tasks)
-                    .key(&self.keys.refs)
-                    .key(&self.keys.dead)
-                    .key(&self.keys.dead_refs)
-                    .key(&self.keys.stats)
-                    .key(&self.keys.leases)
-                    .arg(GROUP)
-                    .arg(worker)
-                    .arg(millis(lease))
-                    .arg(self.settings.max_attempts),
-            )
-            .await?;
-        leased
-            .map(|(task, attempt)| {
-                Ok(Leased {
-                    task: decode_task(&task)?,
-                    attempt,
-                })
-            })
-            .transpose()
+        // A stored task that cannot be decoded (an older version's, or one
+        // written by hand) is made a dead letter at once, and the next one
+        // is leased instead; a bounded number of times per call.
+        for _ in 0..16 {
+            let Some((task, attempt, id)) = self.lease_once(worker, lease).await? else {
+                return Ok(None);
+            };
+            match Packet::from_json(&task) {
+                Ok(task) => return Ok(Some(Leased { task, attempt })),
+                Err(e) => {
+                    tracing::warn!(
+                        "redis queue: task {id:?} cannot be decoded ({}): moved to the dead letters",
+                        describe(&e)
+                    );
+                    let _: i64 = self
+                        .run(
+                            scripts()
+                                .bury
+                                .key(&self.keys.tasks)
+                                .key(&self.keys.refs)
+                                .key(&self.keys.dead)
+                                .key(&self.keys.dead_refs)
+                                .key(&self.keys.leases)
+                                .arg(GROUP)
+                                .arg(worker)
+                                .arg(&id),
+                        )
+                        .await?;
+                }
+            }
+        }
+        tracing::warn!(
+            "redis queue: 16 tasks in a row could not be decoded; none leased this time"
+        );
+        Ok(None)
     }
 
     async fn extend(
@@ -505,6 +700,10 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
+        let result = result.to_string();
+        if result.len() > self.settings.max_result_bytes {
+            return Ok(Acked::TooLarge);
+        }
         let acked: i64 = self
             .run(
                 scripts()
@@ -516,7 +715,7 @@ impl TaskQueue for RedisQueue {
                     .arg(GROUP)
                     .arg(worker)
                     .arg(task.to_string())
-                    .arg(result.to_string())
+                    .arg(result)
                     .arg(millis(self.settings.retention))
                     .arg(&self.keys.base),
             )
@@ -552,32 +751,40 @@ impl TaskQueue for RedisQueue {
             .transpose()
     }
 
-    async fn dead(&self) -> Result<Vec<DeadTask>, QueueError> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
+        let entries: redis::Value = redis::cmd("XRANGE")
             .arg(&self.keys.dead)
             .arg("-")
             .arg("+")
             .query_async(&mut self.connection())
             .await
             .map_err(error)?;
-        entries
-            .into_iter()
-            .map(|(_, fields)| {
-                let get = |name: &str| {
-                    fields
-                        .iter()
-                        .find(|(field, _)| field == name)
-                        .map(|(_, value)| value.as_str())
-                };
-                let task = get("task")
-                    .ok_or_else(|| QueueError::Protocol("a dead letter without its task".into()))?;
-                let attempts = get("attempts").and_then(|n| n.parse().ok()).unwrap_or(0);
-                Ok(DeadTask {
-                    task: decode_task(task)?,
-                    attempts,
-                })
-            })
-            .collect()
+        let redis::Value::Array(entries) = entries else {
+            return Err(QueueError::Protocol(
+                "dead: XRANGE did not answer a list".into(),
+            ));
+        };
+        let mut dead = Vec::with_capacity(entries.len());
+        let mut skipped = 0u64;
+        for entry in &entries {
+            match dead_letter(entry) {
+                Ok(letter) => dead.push(letter),
+                Err((id, e)) => {
+                    skipped += 1;
+                    tracing::warn!("redis queue: dead letter {id:?} skipped: {e}");
+                }
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                "redis queue: {skipped} of {} dead letters could not be read and were skipped",
+                entries.len()
+            );
+        }
+        Ok(DeadLetters {
+            tasks: dead,
+            skipped,
+        })
     }
 
     async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
@@ -628,9 +835,9 @@ impl TaskQueue for RedisQueue {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0)
         };
-        if counts.len() != 6 {
+        if counts.len() != 8 {
             return Err(QueueError::Protocol(format!(
-                "stats: expected 6 counts, got {counts:?}"
+                "stats: expected 8 counts, got {counts:?}"
             )));
         }
         Ok(Stats {
@@ -640,6 +847,8 @@ impl TaskQueue for RedisQueue {
             dead: count(3),
             duplicates: count(4),
             redeliveries: count(5),
+            names_taken: count(6),
+            full: count(7),
         })
     }
 }

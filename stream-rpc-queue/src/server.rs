@@ -6,13 +6,17 @@
 //! Methods (PROTOCOL.md, typed services, has their payloads):
 //! - `ping` answers `pong`;
 //! - `put_in_queue` (a task packet) answers `pong` with `{"queued": true}`,
-//!   or `{"queued": false}` for a duplicate;
+//!   or `{"queued": false, "reason": R}` where R is `duplicate` (the same
+//!   task is held), `name_taken` (another task is held under its `peer`
+//!   and `id`) or `full` (the queue holds its maximum of tasks);
 //! - `get_task_from_queue` answers a leased task packet, forwarded as it
 //!   was put, or `pong` when none is available;
 //! - `save_parsed_article` (`{"task": {"peer": P, "id": N}, "article": ...}`)
 //!   acknowledges the task and keeps the article: `pong` with
-//!   `{"saved": true}`, or `{"saved": false}` for a stale lease or an
-//!   unknown task;
+//!   `{"saved": true}`, or `{"saved": false, "reason": "stale"}` for a
+//!   stale lease or an unknown task, or `{"saved": false, "reason":
+//!   "too_large", "max_bytes": N}` for an article longer than the queue's
+//!   maximum result size (the task stays leased);
 //! - `get_parsed_article` (`{"article_id": N}`) answers the article saved
 //!   for that `parse_article` task, or `null`.
 
@@ -33,6 +37,13 @@ pub struct ServerStats {
     pub tasks_put: AtomicU64,
     /// Tasks refused by `put_in_queue` as duplicates.
     pub duplicates: AtomicU64,
+    /// Tasks refused by `put_in_queue` because their name was held by
+    /// another task.
+    pub names_taken: AtomicU64,
+    /// Tasks refused by `put_in_queue` because the queue was full.
+    pub full: AtomicU64,
+    /// Saves refused because the article was too large.
+    pub too_large: AtomicU64,
     /// Tasks sent out by `get_task_from_queue`.
     pub tasks_handed_out: AtomicU64,
     /// Tasks acknowledged by `save_parsed_article`.
@@ -149,19 +160,25 @@ impl QueueServer {
     }
 
     /// Queues the task packet it carries: `pong` with `{"queued": true}`,
-    /// or `{"queued": false}` when the same task (method and payload) is
-    /// queued, being worked on, or was done within the hour.
+    /// or `{"queued": false, "reason": R}`: `duplicate` when the same task
+    /// (method and payload) is queued, being worked on, dead, or was done
+    /// within the hour; `name_taken` when another task is queued, being
+    /// worked on or dead under the same `peer` and `id`; `full` when the
+    /// queue holds its maximum of tasks.
     async fn put_in_queue(&self, task: Packet) -> Result<Message<Value>, HandlerError> {
         let put = self.queue.put(&task).await.map_err(unavailable)?;
         self.answered();
-        let queued = put == Put::Queued;
-        let counter = if queued {
-            &self.stats.tasks_put
-        } else {
-            &self.stats.duplicates
+        let counter = match put {
+            Put::Queued => &self.stats.tasks_put,
+            Put::Duplicate => &self.stats.duplicates,
+            Put::NameTaken => &self.stats.names_taken,
+            Put::Full => &self.stats.full,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(Self::pong(json!({ "queued": queued })))
+        Ok(Self::pong(match put.reason() {
+            None => json!({ "queued": true }),
+            Some(reason) => json!({ "queued": false, "reason": reason }),
+        }))
     }
 
     /// Leases the oldest available task to the asking worker (the packet's
@@ -185,9 +202,11 @@ impl QueueServer {
     }
 
     /// Acknowledges a task the asking worker parsed and keeps its article:
-    /// `pong` with `{"saved": true}`, or `{"saved": false}` when the
-    /// worker's lease ran out and the task went to another, or the task is
-    /// unknown or already saved.
+    /// `pong` with `{"saved": true}`; `{"saved": false, "reason": "stale"}`
+    /// when the worker's lease ran out and the task went to another, or
+    /// the task is unknown or already saved; `{"saved": false, "reason":
+    /// "too_large", "max_bytes": N}` when the article as JSON is longer
+    /// than the queue keeps (nothing changed: the task is still leased).
     async fn save_parsed_article(
         &self,
         ctx: Context,
@@ -205,11 +224,21 @@ impl QueueServer {
             .await
             .map_err(unavailable)?;
         self.answered();
-        let saved = acked == Acked::Done;
-        if saved {
-            self.stats.tasks_saved.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Self::pong(json!({ "saved": saved })))
+        Ok(Self::pong(match acked {
+            Acked::Done => {
+                self.stats.tasks_saved.fetch_add(1, Ordering::Relaxed);
+                json!({ "saved": true })
+            }
+            Acked::Stale => json!({ "saved": false, "reason": "stale" }),
+            Acked::TooLarge => {
+                self.stats.too_large.fetch_add(1, Ordering::Relaxed);
+                json!({
+                    "saved": false,
+                    "reason": "too_large",
+                    "max_bytes": self.queue.settings().max_result_bytes,
+                })
+            }
+        }))
     }
 
     /// The article saved for the `parse_article` task of `article_id`, or

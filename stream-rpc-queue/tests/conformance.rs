@@ -344,6 +344,236 @@ async fn many_tasks_put_and_acked_leave_nothing_queued(fixture: impl Fixture) {
     assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 500));
 }
 
+/// A `parse_article` task for `article_id` named `peer`:`id`.
+fn named(peer: Uuid, id: u64, article_id: u64) -> stream_rpc::Packet {
+    stream_rpc::Packet::new(peer, id, "parse_article", json!({"article_id": article_id}))
+}
+
+async fn a_different_task_under_a_held_name_is_refused_while_queued_leased_and_dead(
+    fixture: impl Fixture,
+) {
+    let queue = fixture
+        .queue(QueueSettings::default().with_max_attempts(1))
+        .await;
+    let peer = Uuid::new_v4();
+    let first = named(peer, 1, 100);
+    assert_eq!(queue.put(&first).await.unwrap(), Put::Queued);
+    // Queued: another article under the same peer and id is refused.
+    assert_eq!(
+        queue.put(&named(peer, 1, 101)).await.unwrap(),
+        Put::NameTaken
+    );
+    // The same task again is a duplicate, not a collision (a put may be
+    // repeated when its answer was lost).
+    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
+    // Leased.
+    let leased = queue.lease("w", SHORT).await.unwrap().unwrap();
+    assert_eq!(leased.task, first);
+    assert_eq!(
+        queue.put(&named(peer, 1, 102)).await.unwrap(),
+        Put::NameTaken
+    );
+    // Dead (one attempt allowed; the lease ran out).
+    wait_past(SHORT).await;
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    assert_eq!(queue.dead().await.unwrap().len(), 1);
+    assert_eq!(
+        queue.put(&named(peer, 1, 103)).await.unwrap(),
+        Put::NameTaken
+    );
+    // Nothing of the refused tasks was kept: the requeued name is the
+    // first task's, and no other was queued.
+    assert!(queue.requeue(TaskRef::of(&first)).await.unwrap());
+    let back = queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(back.task, first);
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.names_taken, stats.duplicates), (3, 1));
+    // Done, the name is free again (its content stays held).
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&first), "w", &json!("parsed"))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
+    let reused = named(peer, 1, 104);
+    assert_eq!(queue.put(&reused).await.unwrap(), Put::Queued);
+    let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(leased.task, reused);
+}
+
+async fn dead_lettering_a_task_does_not_break_another(fixture: impl Fixture) {
+    let queue = fixture
+        .queue(QueueSettings::default().with_max_attempts(1))
+        .await;
+    let peer = Uuid::new_v4();
+    let poison = named(peer, 1, 200);
+    let refused = named(peer, 1, 201);
+    let other = named(peer, 2, 202);
+    assert_eq!(queue.put(&poison).await.unwrap(), Put::Queued);
+    assert_eq!(queue.put(&refused).await.unwrap(), Put::NameTaken);
+    assert_eq!(queue.put(&other).await.unwrap(), Put::Queued);
+    // The poison task is leased, its lease runs out, and it dies at the
+    // next lease, which hands out the other task.
+    assert_eq!(
+        queue.lease("w1", SHORT).await.unwrap().unwrap().task,
+        poison
+    );
+    wait_past(SHORT).await;
+    let leased = queue.lease("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!(leased.task, other);
+    let dead = queue.dead().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task, poison);
+    // The other task is whole: extended, acked under its own name.
+    assert!(
+        queue
+            .extend(TaskRef::of(&other), "w2", LEASE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&other), "w2", &json!("other"))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    // Purged, the name is free, and the task refused before can be put,
+    // leased and acked under it.
+    assert_eq!(queue.purge_dead().await.unwrap(), 1);
+    assert_eq!(queue.put(&refused).await.unwrap(), Put::Queued);
+    assert_eq!(
+        queue.lease("w3", LEASE).await.unwrap().unwrap().task,
+        refused
+    );
+    assert_eq!(
+        queue
+            .ack(TaskRef::of(&refused), "w3", &json!("refused, then put"))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 201}))
+            .await
+            .unwrap(),
+        Some(json!("refused, then put"))
+    );
+}
+
+async fn an_ack_of_a_name_acks_the_task_that_holds_it(fixture: impl Fixture) {
+    let queue = fixture.queue(QueueSettings::default()).await;
+    let peer = Uuid::new_v4();
+    let holder = named(peer, 7, 300);
+    let intruder = named(peer, 7, 301);
+    assert_eq!(queue.put(&holder).await.unwrap(), Put::Queued);
+    assert_eq!(queue.put(&intruder).await.unwrap(), Put::NameTaken);
+    let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(leased.task, holder);
+    assert_eq!(
+        queue
+            .ack(TaskRef { peer, id: 7 }, "w", &json!("holder's"))
+            .await
+            .unwrap(),
+        Acked::Done
+    );
+    // The result is the holder's; the intruder was never queued.
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 300}))
+            .await
+            .unwrap(),
+        Some(json!("holder's"))
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 301}))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 1));
+}
+
+async fn a_full_queue_refuses_puts(fixture: impl Fixture) {
+    let queue = fixture
+        .queue(
+            QueueSettings::default()
+                .with_max_tasks(3)
+                .with_max_attempts(1),
+        )
+        .await;
+    let tasks: Vec<_> = (0..3).map(task).collect();
+    for put in &tasks {
+        assert_eq!(queue.put(put).await.unwrap(), Put::Queued);
+    }
+    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
+    // A duplicate is still named as one.
+    assert_eq!(queue.put(&task(0)).await.unwrap(), Put::Duplicate);
+    // Leased tasks count.
+    let first = queue.lease("w", SHORT).await.unwrap().unwrap();
+    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
+    // Dead letters count too.
+    wait_past(SHORT).await;
+    let second = queue.lease("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(queue.dead().await.unwrap()[0].task, first.task);
+    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
+    // A task done makes room for one.
+    queue
+        .ack(TaskRef::of(&second.task), "w", &json!(1))
+        .await
+        .unwrap();
+    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Queued);
+    assert_eq!(queue.put(&task(4)).await.unwrap(), Put::Full);
+    // And so does a dead letter purged.
+    assert_eq!(queue.purge_dead().await.unwrap(), 1);
+    assert_eq!(queue.put(&task(4)).await.unwrap(), Put::Queued);
+    assert_eq!(queue.stats().await.unwrap().full, 4);
+}
+
+async fn a_result_too_large_is_refused_and_the_task_stays_leased(fixture: impl Fixture) {
+    let queue = fixture
+        .queue(QueueSettings::default().with_max_result_bytes(100))
+        .await;
+    let put = task(21);
+    queue.put(&put).await.unwrap();
+    queue.lease("w", LEASE).await.unwrap().unwrap();
+    // 100 bytes of JSON pass; 101 do not.
+    let fits = json!("x".repeat(98));
+    let too_large = json!("x".repeat(99));
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w", &too_large).await.unwrap(),
+        Acked::TooLarge
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 21}))
+            .await
+            .unwrap(),
+        None
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.done), (1, 0), "still leased, not done");
+    assert!(queue.lease("other", LEASE).await.unwrap().is_none());
+    assert_eq!(
+        queue.ack(TaskRef::of(&put), "w", &fits).await.unwrap(),
+        Acked::Done
+    );
+    assert_eq!(
+        queue
+            .result("parse_article", &json!({"article_id": 21}))
+            .await
+            .unwrap(),
+        Some(fits)
+    );
+}
+
 /// One test per check and implementation: `memory::name` and `redis::name`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -388,4 +618,9 @@ conformance!(
     a_poison_task_becomes_a_dead_letter_and_can_be_requeued,
     an_unknown_task_is_stale,
     many_tasks_put_and_acked_leave_nothing_queued,
+    a_different_task_under_a_held_name_is_refused_while_queued_leased_and_dead,
+    dead_lettering_a_task_does_not_break_another,
+    an_ack_of_a_name_acks_the_task_that_holds_it,
+    a_full_queue_refuses_puts,
+    a_result_too_large_is_refused_and_the_task_stays_leased,
 );

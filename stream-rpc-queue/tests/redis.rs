@@ -270,6 +270,248 @@ async fn an_unreachable_redis_is_a_typed_error() {
     );
 }
 
+/// Adds an entry to a stream on a connection of its own; its id.
+async fn xadd(server: &RedisServer, stream: &str, fields: &[(&str, &[u8])]) -> String {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut command = redis::cmd("XADD");
+    command.arg(stream).arg("*");
+    for (name, value) in fields {
+        command.arg(*name).arg(*value);
+    }
+    command.query_async(&mut connection).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_dead_letter_is_skipped_and_the_others_listed() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default().with_max_attempts(1)).await;
+        let good = task(1);
+        queue.put(&good).await.unwrap();
+        let short = Duration::from_millis(200);
+        queue.lease("w", short).await.unwrap().unwrap();
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+        // Dead letters no reader can decode, as an older version or a
+        // hand could have left them: a time past year 9999 (what the
+        // server once stored for `9999-12-31T23:59:59-01:00`), not JSON,
+        // not UTF-8, and no task at all.
+        let dead = "{stream-rpc}:dead";
+        let mut year_10000 = serde_json::to_value(task(2)).unwrap();
+        year_10000["created_at"] = json!("+10000-01-01T00:59:59Z");
+        let year_10000 = year_10000.to_string();
+        for fields in [
+            vec![
+                ("task", year_10000.as_bytes()),
+                ("ref", b"x:2"),
+                ("key", b"k2"),
+            ],
+            vec![
+                ("task", b"garbage".as_slice()),
+                ("ref", b"x:3"),
+                ("key", b"k3"),
+            ],
+            vec![("task", b"\xff\xfe{".as_slice()), ("attempts", b"5")],
+            vec![("attempts", b"1".as_slice())],
+        ] {
+            xadd(&server, dead, &fields).await;
+        }
+        // A good one after them too.
+        queue.put(&task(3)).await.unwrap();
+        queue.lease("w", short).await.unwrap().unwrap();
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+        let letters = queue
+            .dead_letters()
+            .await
+            .expect("the readable dead letters, the others skipped");
+        let listed: Vec<u64> = letters.tasks.iter().map(|dead| dead.task.id).collect();
+        assert_eq!((listed, letters.skipped), (vec![1, 3], 4));
+        assert_eq!(queue.dead().await.unwrap().len(), 2);
+        assert_eq!(queue.stats().await.unwrap().dead, 6);
+        assert!(queue.requeue(TaskRef::of(&good)).await.unwrap());
+        assert_eq!(queue.purge_dead().await.unwrap(), 5);
+        assert!(queue.dead().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_task_is_a_dead_letter_at_once_and_the_next_is_leased() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        // The stream and its group exist, as after any put.
+        let first = task(1);
+        queue.put(&first).await.unwrap();
+        queue.lease("w", LEASE).await.unwrap().unwrap();
+        queue
+            .ack(TaskRef::of(&first), "w", &json!(1))
+            .await
+            .unwrap();
+        // Tasks no reader can decode ahead of a good one: a time past year
+        // 9999, garbage without a name, bytes that are not UTF-8.
+        let mut year_10000 = serde_json::to_value(task(2)).unwrap();
+        year_10000["created_at"] = json!("+10000-01-01T00:59:59Z");
+        let year_10000 = year_10000.to_string();
+        let tasks = "{stream-rpc}:tasks";
+        xadd(
+            &server,
+            tasks,
+            &[
+                ("task", year_10000.as_bytes()),
+                ("ref", b"x:2"),
+                ("key", b"k2"),
+            ],
+        )
+        .await;
+        xadd(&server, tasks, &[("task", b"garbage".as_slice())]).await;
+        xadd(
+            &server,
+            tasks,
+            &[("task", b"\xff\xfe{".as_slice()), ("ref", b"x:4")],
+        )
+        .await;
+        let good = task(5);
+        queue.put(&good).await.unwrap();
+        let leased = queue
+            .lease("w", LEASE)
+            .await
+            .expect("a lease past the undecodable tasks")
+            .expect("the good task");
+        assert_eq!((leased.task.clone(), leased.attempt), (good.clone(), 1));
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.leased, stats.dead), (0, 1, 3));
+        let letters = queue.dead_letters().await.unwrap();
+        assert_eq!((letters.tasks.len(), letters.skipped), (0, 3));
+        assert_eq!(
+            queue.ack(TaskRef::of(&good), "w", &json!(5)).await.unwrap(),
+            Acked::Done
+        );
+        assert_eq!(queue.purge_dead().await.unwrap(), 3);
+        assert!(queue.lease("w", LEASE).await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_collision_left_by_an_older_version_does_not_break_the_other_task() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default().with_max_attempts(1)).await;
+        let first = task(1);
+        queue.put(&first).await.unwrap();
+        // What an older version did for a second task put under the same
+        // name: a second entry, and the name's mapping pointed at it.
+        let mut second = task(2);
+        second.peer = first.peer;
+        second.id = first.id;
+        let name = TaskRef::of(&first).to_string();
+        let json = serde_json::to_string(&second).unwrap();
+        let key = stream_rpc_queue::dedup_key(&second.method, &second.payload);
+        let id = xadd(
+            &server,
+            "{stream-rpc}:tasks",
+            &[
+                ("task", json.as_bytes()),
+                ("ref", name.as_bytes()),
+                ("key", key.as_bytes()),
+            ],
+        )
+        .await;
+        let _: () = command(&server, "HSET", &["{stream-rpc}:refs", &name, &id]).await;
+        // The first task dies; dead-lettering it leaves the second's name.
+        let short = Duration::from_millis(200);
+        assert_eq!(queue.lease("w1", short).await.unwrap().unwrap().task, first);
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        let leased = queue.lease("w2", LEASE).await.unwrap().unwrap();
+        assert_eq!(leased.task, second);
+        assert_eq!(queue.dead().await.unwrap()[0].task, first);
+        assert_eq!(
+            queue
+                .ack(TaskRef::of(&second), "w2", &json!("second"))
+                .await
+                .unwrap(),
+            Acked::Done,
+            "the second task's name still names it"
+        );
+        // The first can still be requeued by its name, now that it is free.
+        assert!(queue.requeue(TaskRef::of(&first)).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumers_that_hold_nothing_are_removed() {
+    let server = RedisServer::start();
+    bounded(async {
+        let idle = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        let queue = RedisQueue::connect(
+            RedisSettings::new(server.url())
+                .with_consumer_idle(idle)
+                .with_response_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+        let held = task(1);
+        queue.put(&held).await.unwrap();
+        queue.lease("holder", LEASE).await.unwrap().unwrap();
+        // Workers that did one task each and went away (Redis makes a
+        // consumer when it first hands it an entry).
+        for n in 0..20 {
+            let worker = format!("gone-{n}");
+            queue.put(&task(100 + n)).await.unwrap();
+            let leased = queue.lease(&worker, LEASE).await.unwrap().unwrap();
+            queue
+                .ack(TaskRef::of(&leased.task), &worker, &json!(n))
+                .await
+                .unwrap();
+        }
+        let consumers = |server: &RedisServer| {
+            let url = server.url();
+            async move {
+                let client = redis::Client::open(url).unwrap();
+                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+                let info: Vec<std::collections::HashMap<String, redis::Value>> =
+                    redis::cmd("XINFO")
+                        .arg("CONSUMERS")
+                        .arg("{stream-rpc}:tasks")
+                        .arg("workers")
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
+                let mut names: Vec<String> = info
+                    .iter()
+                    .map(|consumer| redis::from_redis_value_ref(&consumer["name"]).unwrap())
+                    .collect();
+                names.sort();
+                names
+            }
+        };
+        // (Unless this machine took longer than `idle` so far, when a sweep
+        // may already have run.)
+        if started.elapsed() < idle {
+            assert_eq!(consumers(&server).await.len(), 21);
+        }
+        tokio::time::sleep(idle + Duration::from_millis(100)).await;
+        // The next lease removes those idle with nothing pending; the one
+        // holding a task stays, and its ack counts.
+        queue.put(&task(2)).await.unwrap();
+        assert!(queue.lease("next", LEASE).await.unwrap().is_some());
+        assert_eq!(consumers(&server).await, ["holder", "next"]);
+        assert_eq!(
+            queue
+                .ack(TaskRef::of(&held), "holder", &json!(1))
+                .await
+                .unwrap(),
+            Acked::Done
+        );
+    })
+    .await;
+}
+
 /// Redis over TLS (`rediss://`), with the certificates of `tests/tls`.
 #[cfg(feature = "tls")]
 mod tls {
