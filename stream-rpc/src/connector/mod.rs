@@ -344,7 +344,7 @@ impl Server {
             };
             let refusals = self.endpoint.refusals();
             let Some(address_slot) = addresses.take(remote.ip()) else {
-                crate::telemetry::connection_refused();
+                crate::telemetry::connection_refused("per_address");
                 if refusals.admit(Refusal::AddressLimit, &name, peer) {
                     tracing::warn!(
                         protocol = %name, peer = %peer,
@@ -356,7 +356,7 @@ impl Server {
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                crate::telemetry::connection_refused();
+                crate::telemetry::connection_refused("total");
                 if refusals.admit(Refusal::ConnectionLimit, &name, peer) {
                     tracing::warn!(
                         protocol = %name, peer = %peer,

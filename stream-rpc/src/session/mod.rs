@@ -67,7 +67,7 @@ macro_rules! packet_log {
 
 /// How many `Send:`/`Received:` lines one connection writes a second at
 /// most: a person can read them; a busy connection cannot fill a disk.
-pub const PACKET_LINES_PER_SECOND: u32 = 20;
+pub(crate) const PACKET_LINES_PER_SECOND: u32 = 20;
 
 pub(crate) use {packet_log, refusal_log, session_log};
 
