@@ -292,10 +292,13 @@ with_setters_impl!(Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
-    /// A new connection must send its first frame within this (10 s).
+    /// A new connection must send its first good frame (one that opens
+    /// under the key and passes the replay check) within this (10 s);
+    /// frames that do not open do not count.
     pub first_frame: Duration,
-    /// A connection with no frame received, no handler running and no call
-    /// pending for this long is closed (5 min); `None` never closes it.
+    /// A connection with no good frame received, no handler running and no
+    /// call pending for this long is closed (5 min); `None` never closes
+    /// it. Frames that do not open under the key do not restart it.
     pub idle: Option<Duration>,
     /// One write to the socket must finish within this (10 s).
     pub write: Duration,
