@@ -585,7 +585,22 @@ impl ConfigBuilder {
         self.log_packets = Some(packets);
         self
     }
-    /// Resource bounds.
+    /// The limits this builder holds so far: those given to
+    /// [`limits`](Self::limits), else the defaults with what the
+    /// environment set (`STREAM_RPC_MAX_CONNECTIONS_PER_IP`). Start from
+    /// these to change a few limits and keep the environment's.
+    pub fn current_limits(&self) -> Limits {
+        self.limits.clone().unwrap_or_else(|| {
+            let mut limits = Limits::default();
+            if let Some(cap) = self.env_max_connections_per_ip {
+                limits.max_connections_per_ip = cap;
+            }
+            limits
+        })
+    }
+    /// Resource bounds, replacing all of them (the environment's
+    /// `STREAM_RPC_MAX_CONNECTIONS_PER_IP` included: start from
+    /// [`current_limits`](Self::current_limits) to keep it).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
         self
@@ -607,6 +622,7 @@ impl ConfigBuilder {
 
     /// Checks every setting and builds the [`Config`].
     pub fn build(self) -> Result<Config, ConfigError> {
+        let limits = self.current_limits();
         let host = self.host.unwrap_or_else(|| DEFAULT_HOST.to_owned());
         if host.is_empty() || host.chars().any(char::is_whitespace) {
             return Err(ConfigError::invalid(
@@ -618,13 +634,6 @@ impl ConfigBuilder {
             .terminator
             .unwrap_or_else(|| DEFAULT_TERMINATOR.to_vec());
         check_terminator(&terminator)?;
-        let limits = self.limits.unwrap_or_else(|| {
-            let mut limits = Limits::default();
-            if let Some(cap) = self.env_max_connections_per_ip {
-                limits.max_connections_per_ip = cap;
-            }
-            limits
-        });
         check_limits(&limits)?;
         let timeouts = self.timeouts.unwrap_or_default();
         check_timeouts(&timeouts)?;
@@ -972,6 +981,16 @@ mod tests {
             .unwrap();
         assert_eq!(config.limits().max_connections_per_ip, 64);
         assert_eq!(build(" 5 ").unwrap().limits().max_connections_per_ip, 5);
+        // Kept by a program that changes other limits from the current ones.
+        let builder = ConfigBuilder::from_lookup(lookup(&[
+            (ENV_KEY, &key()),
+            (ENV_MAX_CONNECTIONS_PER_IP, "7"),
+        ]))
+        .unwrap();
+        let limits = builder.current_limits().with_max_connections(100);
+        let config = builder.limits(limits).build().unwrap();
+        assert_eq!(config.limits().max_connections_per_ip, 7);
+        assert_eq!(config.limits().max_connections, 100);
         assert_eq!(
             build("1048576").unwrap().limits().max_connections_per_ip,
             1 << 20
