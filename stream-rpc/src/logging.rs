@@ -247,6 +247,11 @@ impl Budget {
     {
         let now = tokio::time::Instant::now();
         let mut state = crate::sync::lock(&self.state);
+        if state.summary_due {
+            // The summary to come counts this one too.
+            state.left_out += 1;
+            return false;
+        }
         let since = *state.since.get_or_insert(now);
         if now.saturating_duration_since(since) >= LOG_WINDOW {
             state.since = Some(now);
@@ -258,9 +263,6 @@ impl Budget {
         }
         state.left_out += 1;
         state.left_out_since.get_or_insert(now);
-        if state.summary_due {
-            return false;
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to wait on: say it now (still at most one line per
             // line left out, and only where nothing runs Tokio).
@@ -277,19 +279,22 @@ impl Budget {
         let summary = summary();
         runtime.spawn(async move {
             tokio::time::sleep_until(due).await;
+            let now = tokio::time::Instant::now();
             let (count, first) = {
                 let mut state = crate::sync::lock(&state);
                 state.summary_due = false;
+                // The summary is the first line of the next window: under a
+                // steady flood, a budget of one line a window writes the
+                // summaries alone.
+                state.since = Some(now);
+                state.used = 1;
                 let count = std::mem::take(&mut state.left_out);
                 (count, state.left_out_since.take())
             };
-            if count > 0 {
-                let now = tokio::time::Instant::now();
-                // A whole window at least: the count covers what was left out
-                // since the window's lines ran out.
-                let over = first.map_or(LOG_WINDOW, |at| (now - at).max(LOG_WINDOW));
-                summary(count, over);
-            }
+            // A whole window at least: the count covers what was left out
+            // since the window's lines ran out.
+            let over = first.map_or(LOG_WINDOW, |at| (now - at).max(LOG_WINDOW));
+            summary(count, over);
         });
         false
     }
@@ -474,10 +479,35 @@ mod tests {
         assert_eq!(count, 997);
         assert!(over >= LOG_WINDOW, "{over:?}");
         assert!(rx.try_recv().is_err());
-        // A new window: lines again.
+        // The summary was the first line of a new window: lines again.
         let tx2 = tx.clone();
         assert!(budget.admit(|| move |count, over| {
             let _ = tx2.send((count, over));
         }));
+    }
+
+    #[tokio::test]
+    async fn a_budget_of_one_line_writes_only_summaries_under_a_steady_flood() {
+        let budget = Budget::new(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let admit = |budget: &Budget| {
+            let tx = tx.clone();
+            budget.admit(|| {
+                move |count, _| {
+                    let _ = tx.send(count);
+                }
+            })
+        };
+        assert!(admit(&budget));
+        for _ in 0..9 {
+            assert!(!admit(&budget));
+        }
+        assert_eq!(rx.recv().await, Some(9));
+        // Right after the summary: counted for the next one, not written.
+        for _ in 0..5 {
+            assert!(!admit(&budget));
+        }
+        assert_eq!(rx.recv().await, Some(5));
+        assert!(rx.try_recv().is_err());
     }
 }
