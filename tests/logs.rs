@@ -146,19 +146,15 @@ fn counted(text: &str, before: &str, after: &str) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn refused_connections_are_logged_at_most_once_a_second_with_a_count() {
+/// Floods a server whose `limits` let one connection in with refused
+/// connections, and checks that every refusal is counted in a bounded
+/// number of lines: `detail` (the first of a second) or `what` (the count).
+async fn refusals_counted(limits: stream_rpc::Limits, detail: &str, what: &str) {
     let (out, _guard) = Captured::install(LevelFilter::INFO);
     const FLOOD: u64 = 40;
 
-    let detail = "connection limit of 1 reached: refused 127.0.0.1:";
-    let summary = (
-        "refused ",
-        " connections over the connection limit in the last ",
-    );
+    let summary = ("refused ", what);
     bounded(async {
-        let mut limits = stream_rpc::Limits::default();
-        limits.max_connections = 1;
         let server = TestServer::with(|c| c.limits(limits)).await;
         let kept = server.client().await;
         kept.session().call("ping", json!(0)).await.unwrap();
@@ -184,6 +180,26 @@ async fn refused_connections_are_logged_at_most_once_a_second_with_a_count() {
         assert!(lines_with(&text, summary.1) <= seconds, "{text}");
         server.stop().await;
     })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn refused_connections_are_logged_at_most_once_a_second_with_a_count() {
+    refusals_counted(
+        stream_rpc::Limits::default().with_max_connections(1),
+        "connection limit of 1 reached: refused 127.0.0.1:",
+        " connections over the connection limit in the last ",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn connections_over_the_per_address_limit_are_logged_at_most_once_a_second_with_a_count() {
+    refusals_counted(
+        stream_rpc::Limits::default().with_max_connections_per_ip(1),
+        "per-address connection limit of 1 reached: refused 127.0.0.1:",
+        " connections over the per-address limit in the last ",
+    )
     .await;
 }
 

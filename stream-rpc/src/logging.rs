@@ -385,8 +385,9 @@ impl Refusals {
     }
 }
 
-/// Writes `text` for a log line: control characters, quotes and
-/// backslashes escaped as in Rust (`\n`, `\u{1b}`, `\"`), and cut after
+/// Writes `text` for a log line: control characters, line separators and
+/// other unprintable characters, quotes and backslashes escaped as in Rust
+/// (`\n`, `\u{1b}`, `\u{2028}`, `\"`), and cut after
 /// `max` characters with `…`, so that text a peer chose (a method name, an
 /// error message) can neither start a line of its own nor make one huge.
 #[derive(Clone, Copy)]
@@ -413,7 +414,10 @@ impl<'a> Escaped<'a> {
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Plain text (the common case) is written in one piece.
-        let plain = |c: char| !c.is_control() && c != '"' && c != '\\';
+        // What Rust's debug form leaves as it is: not control characters,
+        // line or paragraph separators, format characters (a right-to-left
+        // override) or anything else that is not printable; `'` stays too.
+        let plain = |c: char| c == '\'' || c.escape_debug().len() == 1;
         let cut = self.text.char_indices().nth(self.max).map(|(at, _)| at);
         let shown = &self.text[..cut.unwrap_or(self.text.len())];
         if shown.chars().all(plain) {
@@ -456,6 +460,18 @@ mod tests {
         assert_eq!(shown, format!("{}…", "é".repeat(LOG_METHOD_CHARS)));
         // Unicode that is not a control character is shown as it is.
         assert_eq!(Escaped::method("añ✓").to_string(), "añ✓");
+        // No character at all comes out as a control character.
+        let every: String = (0..=0x10_FFFF).filter_map(char::from_u32).collect();
+        let shown = Escaped::new(&every, usize::MAX).to_string();
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() || (c.is_whitespace() && c != ' ')),
+        );
+        assert_eq!(
+            Escaped::method("a\u{2028}b\u{202e}c'").to_string(),
+            "a\\u{2028}b\\u{202e}c'"
+        );
     }
 
     #[tokio::test]
