@@ -414,3 +414,36 @@ async fn bad_tokens_get_no_reply_within_a_wait() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_time_whose_utc_year_is_outside_0000_to_9999_is_an_invalid_packet() {
+    bounded(async {
+        let server = TestServer::new().await;
+        let mut raw = server.raw().await;
+        for time in [
+            // Year 10000 in UTC, though written as 9999.
+            "9999-12-31T23:59:59-01:00",
+            // Year -1 in UTC.
+            "0000-01-01T00:00:00+01:00",
+        ] {
+            let packet = raw.packet("ping", json!("poison"));
+            let mut plain: serde_json::Value =
+                serde_json::from_slice(&packet.to_json().unwrap()).unwrap();
+            plain["created_at"] = json!(time);
+            raw.send_plain(plain.to_string().as_bytes()).await;
+            let error = raw.recv_reply(packet.id).await;
+            let error = assert_error(&error, ErrorCode::InvalidPacket);
+            assert!(error.message.contains("0000 to 9999"), "{time}: {error:?}");
+        }
+        // The edge itself is a time.
+        let packet = raw.packet("ping", json!("edge"));
+        let mut plain: serde_json::Value =
+            serde_json::from_slice(&packet.to_json().unwrap()).unwrap();
+        plain["created_at"] = json!("9999-12-31T23:59:59+01:00");
+        raw.send_plain(plain.to_string().as_bytes()).await;
+        let pong = raw.recv_reply(packet.id).await;
+        assert_eq!(pong.payload, json!("edge"));
+        server.stop().await;
+    })
+    .await;
+}

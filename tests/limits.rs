@@ -269,3 +269,127 @@ async fn packets_larger_than_the_frame_limit_are_errors_not_lost_frames() {
     })
     .await;
 }
+
+/// Keeps writing garbage lines (one every 50 ms: the pace of a peer that
+/// wants to look alive) until the server closes the connection; returns
+/// how long that took, or fails the test after 5 s.
+async fn garbage_until_closed(raw: &mut RawPeer, lines: Option<usize>) -> Duration {
+    use tokio::io::AsyncWriteExt;
+    let started = tokio::time::Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut written = 0;
+    let mut sink = [0u8; 4096];
+    let closed = async {
+        loop {
+            tokio::select! {
+                read = raw.reader_mut().read(&mut sink) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = pace.tick(), if lines.is_none_or(|lines| written < lines) => {
+                    // The server may have closed already: a failed write is
+                    // not the test's concern, the close is.
+                    let _ = raw.writer.write_all(b"garbage-without-the-key\n").await;
+                    written += 1;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("garbage kept the connection open");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn garbage_lines_do_not_count_as_the_first_frame() {
+    bounded(async {
+        // The default idle timeout (5 min): only the first-frame deadline
+        // can close the connection within the test's bound.
+        let mut timeouts = Timeouts::default();
+        timeouts.first_frame = Duration::from_millis(300);
+        let server = server_with(Limits::default(), timeouts.clone()).await;
+        // Two lines without the key, within the bad-frame limit of 3.
+        let mut raw = server.raw().await;
+        garbage_until_closed(&mut raw, Some(2)).await;
+        // A peer within the bad-frame limit for ever: garbage every 50 ms
+        // with the limit raised so that the garbage alone never closes it.
+        let server_long = server_with(
+            Limits::default().with_max_bad_frames_in_row(u32::MAX),
+            timeouts,
+        )
+        .await;
+        let mut raw = server_long.raw().await;
+        garbage_until_closed(&mut raw, None).await;
+        server.assert_healthy().await;
+        server.stop().await;
+        server_long.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_lines_do_not_restart_the_idle_timer() {
+    bounded(async {
+        let mut timeouts = Timeouts::default();
+        timeouts.idle = Some(Duration::from_millis(400));
+        let server = server_with(
+            Limits::default().with_max_bad_frames_in_row(u32::MAX),
+            timeouts,
+        )
+        .await;
+        let mut raw = server.raw().await;
+        let id = raw.request("ping", json!(null)).await;
+        raw.recv_reply(id).await;
+        // Then garbage every 50 ms, more often than the idle timeout.
+        garbage_until_closed(&mut raw, None).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_limit_are_closed_at_once() {
+    bounded(async {
+        let limits = Limits::default().with_max_connections_per_ip(2);
+        let server = server_with(limits, Timeouts::default()).await;
+        let first = server.client().await;
+        let second = server.client().await;
+        for client in [&first, &second] {
+            client.session().call("ping", json!(1)).await.unwrap();
+        }
+        // Every further one from 127.0.0.1 is closed at once, though the
+        // global limit (1024) is far.
+        for _ in 0..3 {
+            let mut third = server.raw().await;
+            let refused_at = tokio::time::Instant::now();
+            third.request("ping", json!(null)).await;
+            assert!(third.recv_line().await.is_none());
+            assert!(refused_at.elapsed() < Duration::from_secs(5));
+        }
+        // The two still work; when one leaves, its slot is given back (a
+        // moment after the client's side ends: try until a time bound).
+        first.session().call("ping", json!(2)).await.unwrap();
+        second.session().close();
+        second.join().await;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = server.raw().await;
+            let id = next.request("ping", json!("in")).await;
+            match next.recv_line().await {
+                Some(line) => {
+                    let plain = next.fernet.decrypt(&line).unwrap();
+                    let reply = stream_rpc::Packet::from_json(&plain).unwrap();
+                    assert_eq!(reply.reply_to.unwrap().id, id);
+                    break;
+                }
+                None if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                None => panic!("the freed slot was not reused within 5 s"),
+            }
+        }
+        server.stop().await;
+    })
+    .await;
+}

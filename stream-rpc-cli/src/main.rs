@@ -571,7 +571,8 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         LogFormatArg::Json => stream_rpc::LogFormat::Json,
         LogFormatArg::Compact => stream_rpc::LogFormat::Compact,
     });
-    let mut limits = stream_rpc::Limits::default();
+    // The environment's limits (STREAM_RPC_MAX_CONNECTIONS_PER_IP) kept.
+    let mut limits = builder.current_limits();
     if let Some(max) = args.max_connections {
         limits.max_connections = max;
     }

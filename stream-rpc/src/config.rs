@@ -7,6 +7,7 @@
 //! | `STREAM_RPC_PORT` | `8888` | port to listen on or connect to |
 //! | `STREAM_RPC_LOG_LVL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`/`WARN`, `ERROR`, `CRITICAL` |
 //! | `STREAM_RPC_LOG_PACKETS` | `headers` | `off`, `headers` or `full`: how much of each packet the `Send:`/`Received:` lines show |
+//! | `STREAM_RPC_MAX_CONNECTIONS_PER_IP` | `64` | connections a server serves at once from one remote IP address (1 to 1,048,576) |
 //!
 //! Everything else (terminator, cipher, log format, limits, timeouts,
 //! replay protection) is set through [`ConfigBuilder`]. A `Config` is plain
@@ -36,6 +37,11 @@ pub const ENV_LOG_LEVEL: &str = "STREAM_RPC_LOG_LVL";
 /// `Received:` log lines show: `off`, `headers` (the default) or `full`.
 pub const ENV_LOG_PACKETS: &str = "STREAM_RPC_LOG_PACKETS";
 
+/// The environment variable holding how many connections a server serves
+/// at once from one remote IP address
+/// ([`Limits::max_connections_per_ip`]).
+pub const ENV_MAX_CONNECTIONS_PER_IP: &str = "STREAM_RPC_MAX_CONNECTIONS_PER_IP";
+
 /// The environment variable holding a list of servers for clients that
 /// fail over between them: `host:port,host:port` (see [`parse_servers`]).
 pub const ENV_SERVERS: &str = "STREAM_RPC_SERVERS";
@@ -44,6 +50,12 @@ pub const ENV_SERVERS: &str = "STREAM_RPC_SERVERS";
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// The default port, as in the seed.
 pub const DEFAULT_PORT: u16 = 8888;
+/// The default of [`Limits::max_connections_per_ip`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// The largest connection limits (global and per address) a configuration
+/// may ask for.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+
 /// The default time to live of tokens.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 
@@ -193,8 +205,15 @@ pub(crate) use with_setters_impl as with_setters;
 pub struct Limits {
     /// Longest frame read or written, terminator excluded (default 1 MiB).
     pub max_frame_len: usize,
-    /// Connections a server serves at once; more are closed at once (1024).
+    /// Connections a server serves at once; more are closed at once (1024,
+    /// at most 1,048,576).
     pub max_connections: usize,
+    /// Connections a server serves at once from one remote IP address (an
+    /// IPv4-mapped IPv6 address counts as its IPv4 address); more are closed
+    /// at once (64, at most 1,048,576; from
+    /// `STREAM_RPC_MAX_CONNECTIONS_PER_IP`). Keeps one host from taking
+    /// every slot of [`max_connections`](Self::max_connections).
+    pub max_connections_per_ip: usize,
     /// Handlers running at once on one connection; a request beyond gets a
     /// `busy` error packet (256).
     pub max_concurrent_handlers: usize,
@@ -205,6 +224,12 @@ pub struct Limits {
     pub max_bad_frames_in_row: u32,
     /// Frames queued for the writer before senders wait (1024).
     pub outgoing_queue: usize,
+    /// Bytes queued for the writer before senders wait (4 MiB): with
+    /// [`outgoing_queue`](Self::outgoing_queue), bounds what a peer that
+    /// stops reading makes a connection hold. A message is queued whenever
+    /// the queue is empty, even one larger than this; the writer holds at
+    /// most one more such batch while it writes it.
+    pub max_outbox_bytes: usize,
     /// Token fingerprints (sent and received) the default replay store
     /// holds at most (4,194,304). Its tables start small and grow with the
     /// traffic, 16 bytes per entry, so this is a memory budget (64 MiB by
@@ -221,10 +246,12 @@ impl Default for Limits {
         Limits {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_connections: 1024,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_concurrent_handlers: 256,
             max_in_flight_calls: 1024,
             max_bad_frames_in_row: 3,
             outgoing_queue: 1024,
+            max_outbox_bytes: 4 << 20,
             replay_cache_entries: 1 << 22,
         }
     }
@@ -235,6 +262,8 @@ with_setters_impl!(Limits {
     with_max_frame_len => max_frame_len: usize,
     /// Sets [`max_connections`](Self::max_connections).
     with_max_connections => max_connections: usize,
+    /// Sets [`max_connections_per_ip`](Self::max_connections_per_ip).
+    with_max_connections_per_ip => max_connections_per_ip: usize,
     /// Sets [`max_concurrent_handlers`](Self::max_concurrent_handlers).
     with_max_concurrent_handlers => max_concurrent_handlers: usize,
     /// Sets [`max_in_flight_calls`](Self::max_in_flight_calls).
@@ -243,6 +272,8 @@ with_setters_impl!(Limits {
     with_max_bad_frames_in_row => max_bad_frames_in_row: u32,
     /// Sets [`outgoing_queue`](Self::outgoing_queue).
     with_outgoing_queue => outgoing_queue: usize,
+    /// Sets [`max_outbox_bytes`](Self::max_outbox_bytes).
+    with_max_outbox_bytes => max_outbox_bytes: usize,
     /// Sets [`replay_cache_entries`](Self::replay_cache_entries).
     with_replay_cache_entries => replay_cache_entries: usize,
 });
@@ -261,10 +292,13 @@ with_setters_impl!(Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
-    /// A new connection must send its first frame within this (10 s).
+    /// A new connection must send its first good frame (one that opens
+    /// under the key and passes the replay check) within this (10 s);
+    /// frames that do not open do not count.
     pub first_frame: Duration,
-    /// A connection with no frame received, no handler running and no call
-    /// pending for this long is closed (5 min); `None` never closes it.
+    /// A connection with no good frame received, no handler running and no
+    /// call pending for this long is closed (5 min); `None` never closes
+    /// it. Frames that do not open under the key do not restart it.
     pub idle: Option<Duration>,
     /// One write to the socket must finish within this (10 s).
     pub write: Duration,
@@ -428,6 +462,9 @@ pub struct ConfigBuilder {
     limits: Option<Limits>,
     timeouts: Option<Timeouts>,
     replay_protection: Option<bool>,
+    /// `STREAM_RPC_MAX_CONNECTIONS_PER_IP`, applied to the limits at
+    /// [`build`](Self::build) unless [`limits`](Self::limits) were given.
+    env_max_connections_per_ip: Option<usize>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -479,6 +516,22 @@ impl ConfigBuilder {
         }
         if let Some(packets) = read(ENV_LOG_PACKETS)? {
             builder.log_packets = Some(packets.parse()?);
+        }
+        if let Some(cap) = read(ENV_MAX_CONNECTIONS_PER_IP)? {
+            let cap = cap
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|cap| (1..=MAX_CONNECTIONS_LIMIT).contains(cap))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        ENV_MAX_CONNECTIONS_PER_IP,
+                        format!(
+                            "expected a number of connections from 1 to {MAX_CONNECTIONS_LIMIT}, got {cap:?}"
+                        ),
+                    )
+                })?;
+            builder.env_max_connections_per_ip = Some(cap);
         }
         Ok(builder)
     }
@@ -532,7 +585,22 @@ impl ConfigBuilder {
         self.log_packets = Some(packets);
         self
     }
-    /// Resource bounds.
+    /// The limits this builder holds so far: those given to
+    /// [`limits`](Self::limits), else the defaults with what the
+    /// environment set (`STREAM_RPC_MAX_CONNECTIONS_PER_IP`). Start from
+    /// these to change a few limits and keep the environment's.
+    pub fn current_limits(&self) -> Limits {
+        self.limits.clone().unwrap_or_else(|| {
+            let mut limits = Limits::default();
+            if let Some(cap) = self.env_max_connections_per_ip {
+                limits.max_connections_per_ip = cap;
+            }
+            limits
+        })
+    }
+    /// Resource bounds, replacing all of them (the environment's
+    /// `STREAM_RPC_MAX_CONNECTIONS_PER_IP` included: start from
+    /// [`current_limits`](Self::current_limits) to keep it).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
         self
@@ -554,6 +622,7 @@ impl ConfigBuilder {
 
     /// Checks every setting and builds the [`Config`].
     pub fn build(self) -> Result<Config, ConfigError> {
+        let limits = self.current_limits();
         let host = self.host.unwrap_or_else(|| DEFAULT_HOST.to_owned());
         if host.is_empty() || host.chars().any(char::is_whitespace) {
             return Err(ConfigError::invalid(
@@ -565,7 +634,6 @@ impl ConfigBuilder {
             .terminator
             .unwrap_or_else(|| DEFAULT_TERMINATOR.to_vec());
         check_terminator(&terminator)?;
-        let limits = self.limits.unwrap_or_default();
         check_limits(&limits)?;
         let timeouts = self.timeouts.unwrap_or_default();
         check_timeouts(&timeouts)?;
@@ -658,10 +726,12 @@ fn check_terminator(terminator: &[u8]) -> Result<(), ConfigError> {
 const MAX_REPLAY_CACHE_ENTRIES: usize = 1 << 24;
 
 fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
-    let minimums: [(&'static str, usize, usize); 6] = [
+    let minimums: [(&'static str, usize, usize); 8] = [
         ("replay_cache_entries", limits.replay_cache_entries, 1),
         ("max_frame_len", limits.max_frame_len, 128),
         ("max_connections", limits.max_connections, 1),
+        ("max_connections_per_ip", limits.max_connections_per_ip, 1),
+        ("max_outbox_bytes", limits.max_outbox_bytes, 1),
         ("max_concurrent_handlers", limits.max_concurrent_handlers, 1),
         ("max_in_flight_calls", limits.max_in_flight_calls, 1),
         ("outgoing_queue", limits.outgoing_queue, 1),
@@ -681,6 +751,17 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         ));
     }
     // Semaphores cap their permits; stay far below that.
+    for (setting, value) in [
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+    ] {
+        if value > MAX_CONNECTIONS_LIMIT {
+            return Err(ConfigError::invalid(
+                setting,
+                format!("it may be at most {MAX_CONNECTIONS_LIMIT}, not {value}"),
+            ));
+        }
+    }
     if limits.max_concurrent_handlers > 1 << 20 || limits.max_in_flight_calls > 1 << 20 {
         return Err(ConfigError::invalid(
             "max_concurrent_handlers",
@@ -886,6 +967,70 @@ mod tests {
     }
 
     #[test]
+    fn the_per_address_cap_is_read_and_checked_with_the_variable_named() {
+        let build = |value: &str| {
+            ConfigBuilder::from_lookup(lookup(&[
+                (ENV_KEY, &key()),
+                (ENV_MAX_CONNECTIONS_PER_IP, value),
+            ]))
+            .and_then(ConfigBuilder::build)
+        };
+        let config = ConfigBuilder::from_lookup(lookup(&[(ENV_KEY, &key())]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.limits().max_connections_per_ip, 64);
+        assert_eq!(build(" 5 ").unwrap().limits().max_connections_per_ip, 5);
+        // Kept by a program that changes other limits from the current ones.
+        let builder = ConfigBuilder::from_lookup(lookup(&[
+            (ENV_KEY, &key()),
+            (ENV_MAX_CONNECTIONS_PER_IP, "7"),
+        ]))
+        .unwrap();
+        let limits = builder.current_limits().with_max_connections(100);
+        let config = builder.limits(limits).build().unwrap();
+        assert_eq!(config.limits().max_connections_per_ip, 7);
+        assert_eq!(config.limits().max_connections, 100);
+        assert_eq!(
+            build("1048576").unwrap().limits().max_connections_per_ip,
+            1 << 20
+        );
+        for bad in ["0", "-1", "many", "1048577", "18446744073709551615", "1e9"] {
+            let err = build(bad).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with(ENV_MAX_CONNECTIONS_PER_IP),
+                "{bad}: {text}"
+            );
+            assert!(text.contains(bad), "{bad}: {text}");
+        }
+        // In code, extreme values are refused with the setting named (and
+        // never reach a semaphore).
+        let base = || Config::builder().key(key());
+        for (limits, setting) in [
+            (
+                Limits::default().with_max_connections_per_ip(0),
+                "max_connections_per_ip",
+            ),
+            (
+                Limits::default().with_max_connections_per_ip(usize::MAX),
+                "max_connections_per_ip",
+            ),
+            (
+                Limits::default().with_max_connections(usize::MAX),
+                "max_connections",
+            ),
+            (
+                Limits::default().with_max_outbox_bytes(0),
+                "max_outbox_bytes",
+            ),
+        ] {
+            let err = base().limits(limits).build().unwrap_err();
+            assert!(err.to_string().starts_with(setting), "{err}");
+        }
+    }
+
+    #[test]
     fn server_lists_are_read_or_refused_with_the_variable_named() {
         assert_eq!(
             parse_servers("a:1,b:2 , [::1]:3").unwrap(),
@@ -912,10 +1057,14 @@ mod tests {
             .with_max_in_flight_calls(5)
             .with_max_bad_frames_in_row(2)
             .with_outgoing_queue(9)
-            .with_replay_cache_entries(64);
+            .with_replay_cache_entries(64)
+            .with_max_connections_per_ip(2)
+            .with_max_outbox_bytes(1000);
         let expected = Limits {
             max_frame_len: 4096,
             max_connections: 7,
+            max_connections_per_ip: 2,
+            max_outbox_bytes: 1000,
             max_concurrent_handlers: 3,
             max_in_flight_calls: 5,
             max_bad_frames_in_row: 2,

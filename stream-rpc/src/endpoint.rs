@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::logging::Refusals;
 use crate::packet::Packet;
 use crate::replay::{MemoryReplayStore, ReplayStore};
 
@@ -44,6 +45,8 @@ struct Inner {
     peer_id: Uuid,
     next_id: AtomicU64,
     replay: Option<Arc<dyn ReplayStore>>,
+    /// The log budgets of its refusals, shared by all its connections.
+    refusals: Refusals,
 }
 
 impl fmt::Debug for Endpoint {
@@ -128,6 +131,11 @@ impl Endpoint {
     pub(crate) fn replay(&self) -> Option<&Arc<dyn ReplayStore>> {
         self.inner.replay.as_ref()
     }
+
+    /// The log budgets of what it refuses.
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.inner.refusals
+    }
 }
 
 /// Builds an [`Endpoint`]; see [`Endpoint::builder`].
@@ -183,6 +191,7 @@ impl EndpointBuilder {
                 peer_id: peer_id.unwrap_or_else(Uuid::new_v4),
                 next_id: AtomicU64::new(0),
                 replay,
+                refusals: Refusals::default(),
             }),
         }
     }

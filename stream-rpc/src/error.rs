@@ -100,8 +100,13 @@ pub enum CallError {
         /// The called method.
         method: String,
     },
-    /// The peer answered with an error packet.
-    #[error("peer answered `{method}` with {code}: {message}")]
+    /// The peer answered with an error packet. Its message is the peer's
+    /// text: shown escaped and cut (at 512 characters), so that logging the
+    /// error cannot let the peer start a log line of its own.
+    #[error(
+        "peer answered `{method}` with {code}: {}",
+        crate::logging::Escaped::new(.message, 512)
+    )]
     Remote {
         /// The called method.
         method: String,
@@ -137,5 +142,27 @@ impl CallError {
         CallError::ConnectionLost {
             method: method.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_message_is_shown_escaped_and_cut() {
+        let err = CallError::Remote {
+            method: "ping".into(),
+            code: ErrorCode::HandlerError,
+            message: format!("bad\nERROR - forged{}", "x".repeat(1000)),
+            data: None,
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("peer answered `ping` with handler_error: bad\\nERROR - forged"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        assert!(text.ends_with('…') && text.len() < 600, "{}", text.len());
     }
 }

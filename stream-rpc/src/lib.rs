@@ -84,8 +84,9 @@ mod telemetry;
 /// and the reader of server lists.
 pub mod env {
     pub use crate::config::{
-        DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TOKEN_TTL, ENV_HOST, ENV_KEY, ENV_LOG_LEVEL,
-        ENV_LOG_PACKETS, ENV_PORT, ENV_SERVERS, parse_servers,
+        DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_PORT, DEFAULT_TOKEN_TTL, ENV_HOST,
+        ENV_KEY, ENV_LOG_LEVEL, ENV_LOG_PACKETS, ENV_MAX_CONNECTIONS_PER_IP, ENV_PORT, ENV_SERVERS,
+        MAX_CONNECTIONS_LIMIT, parse_servers,
     };
 }
 

@@ -166,16 +166,14 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A server refused a connection over its limit.
+/// A server refused a connection over one of its limits: `limit` is
+/// `total` (`max_connections`) or `per_address` (`max_connections_per_ip`).
 #[inline]
-pub(crate) fn connection_refused() {
+pub(crate) fn connection_refused(limit: &'static str) {
     #[cfg(feature = "metrics")]
-    kept!(
-        counter,
-        metrics::Counter,
-        "stream_rpc_connections_refused_total"
-    )
-    .increment(1);
+    metrics::counter!("stream_rpc_connections_refused_total", "limit" => limit).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = limit;
 }
 
 /// Bytes read from a connection.

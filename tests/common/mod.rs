@@ -285,6 +285,11 @@ impl RawPeer {
         }
     }
 
+    /// The reading half, for a test that reads bytes itself.
+    pub fn reader_mut(&mut self) -> &mut BufReader<OwnedReadHalf> {
+        &mut self.reader
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.unwrap();
     }

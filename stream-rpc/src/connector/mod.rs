@@ -1,9 +1,10 @@
 //! The connector: runs a server (listens) or a client (connects and says
 //! hello), one [`Session`] per connection.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream, lookup_host};
@@ -16,8 +17,10 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::logging::Refusal;
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
+use crate::sync::lock;
 
 mod supervisor;
 use crate::engine::Session;
@@ -302,15 +305,19 @@ impl Server {
     }
 
     /// Accepts connections, one session task each, up to
-    /// [`Limits::max_connections`](crate::Limits::max_connections) at once;
-    /// a connection beyond that is closed at once and logged. Returns after
-    /// shutdown, once every session has ended.
+    /// [`Limits::max_connections`](crate::Limits::max_connections) at once
+    /// and [`Limits::max_connections_per_ip`](crate::Limits::max_connections_per_ip)
+    /// from one remote address; a connection beyond either is closed at
+    /// once, and the refusals are logged at most once a second per limit,
+    /// with a count. Returns after shutdown, once every session has ended.
     pub async fn serve<P: Protocol>(self, protocol: P) -> Result<(), Error> {
         let protocol = Arc::new(protocol);
         let name = protocol.name().to_owned();
         let peer = self.endpoint.peer_id();
-        let max = self.endpoint.config().limits().max_connections;
+        let limits = self.endpoint.config().limits();
+        let max = limits.max_connections;
         let slots = Arc::new(Semaphore::new(max));
+        let addresses = Arc::new(AddressSlots::new(limits.max_connections_per_ip));
         let token = self.shutdown.token.clone();
         tracing::info!(
             target: crate::logging::LISTENING_TARGET,
@@ -319,7 +326,6 @@ impl Server {
             "Serving on {}",
             self.local_addr
         );
-        let mut refused: u64 = 0;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -336,13 +342,27 @@ impl Server {
                     continue;
                 }
             };
+            let refusals = self.endpoint.refusals();
+            let Some(address_slot) = addresses.take(remote.ip()) else {
+                crate::telemetry::connection_refused("per_address");
+                if refusals.admit(Refusal::AddressLimit, &name, peer) {
+                    tracing::warn!(
+                        protocol = %name, peer = %peer,
+                        "per-address connection limit of {} reached: refused {remote}",
+                        addresses.cap
+                    );
+                }
+                drop(stream);
+                continue;
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                refused += 1;
-                crate::telemetry::connection_refused();
-                tracing::warn!(
-                    protocol = %name, peer = %peer,
-                    "connection limit of {max} reached: refused {remote} ({refused} refused so far)"
-                );
+                crate::telemetry::connection_refused("total");
+                if refusals.admit(Refusal::ConnectionLimit, &name, peer) {
+                    tracing::warn!(
+                        protocol = %name, peer = %peer,
+                        "connection limit of {max} reached: refused {remote}"
+                    );
+                }
                 drop(stream);
                 continue;
             };
@@ -351,12 +371,32 @@ impl Server {
                 Session::new(protocol.clone(), &self.endpoint, Role::Server, Some(remote));
             let token = token.clone();
             let (name, peer) = (name.clone(), peer);
+            let endpoint = self.endpoint.clone();
             tokio::spawn(async move {
                 tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
                 let (reader, writer) = stream.into_split();
                 let end = session.run(reader, writer, token).await;
-                tracing::info!(protocol = %name, peer = %peer, "connection from {remote} ended: {end}");
+                // Closed for bad input: a flood of those is a flood of lines.
+                let refusal = match end {
+                    EndReason::TooManyBadFrames => Some(Refusal::TooManyBadFrames),
+                    EndReason::FirstFrameTimeout => Some(Refusal::NoFirstFrame),
+                    _ => None,
+                };
+                match refusal {
+                    None => tracing::info!(
+                        protocol = %name, peer = %peer, "connection from {remote} ended: {end}"
+                    ),
+                    Some(refusal) => {
+                        if endpoint.refusals().admit(refusal, &name, peer) {
+                            tracing::warn!(
+                                protocol = %name, peer = %peer,
+                                "connection from {remote} closed: {end}"
+                            );
+                        }
+                    }
+                }
                 drop(slot);
+                drop(address_slot);
             });
         }
         drop(self.listener);
@@ -365,6 +405,62 @@ impl Server {
         let _ = slots.acquire_many(all).await;
         tracing::info!(protocol = %name, peer = %peer, "stopped");
         Ok(())
+    }
+}
+
+/// How many connections each remote address has open, up to a cap.
+struct AddressSlots {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressSlots {
+    fn new(cap: usize) -> Self {
+        AddressSlots {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One of `ip`'s slots, given back when dropped; `None` when it holds
+    /// all of them. An IPv4-mapped IPv6 address counts as its IPv4 address.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = ip.to_canonical();
+        let mut open = lock(&self.open);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    /// How many connections `ip` has open.
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> usize {
+        lock(&self.open).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// A connection's slot of its remote address.
+struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.slots.open);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            // The table holds only addresses with connections open.
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -454,6 +550,25 @@ mod tests {
             .await
             .expect("the signal was not seen");
         assert!(handle.is_shutting_down());
+    }
+
+    #[test]
+    fn address_slots_are_counted_per_address_and_given_back() {
+        let slots = Arc::new(AddressSlots::new(2));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        let first = slots.take(v4).unwrap();
+        // The mapped form is the same address.
+        let second = slots.take(mapped).unwrap();
+        assert!(slots.take(v4).is_none());
+        assert!(slots.take(mapped).is_none());
+        let other = slots.take(v6).unwrap();
+        drop(first);
+        let third = slots.take(v4).unwrap();
+        drop((second, third, other));
+        assert_eq!(slots.open(v4), 0);
+        assert!(lock(&slots.open).is_empty());
     }
 
     #[tokio::test]

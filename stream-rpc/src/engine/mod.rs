@@ -576,6 +576,49 @@ mod tests {
         filler.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn large_messages_to_a_peer_that_stops_reading_stay_within_the_byte_bound() {
+        const BOUND: usize = 64 * 1024;
+        const MESSAGE: usize = 16 * 1024;
+        let config = config_with(crate::Limits::default().with_max_outbox_bytes(BOUND));
+        // A pipe that holds little, and a peer that reads none of it.
+        let (ours, _theirs) = duplex(1024);
+        let session = Session::new(
+            Arc::new(Pong),
+            &Endpoint::new((*config).clone()),
+            Role::Client,
+            None,
+        );
+        let handle = session.handle();
+        let (reader, writer) = tokio::io::split(ours);
+        let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+        // 64 messages of 16 KiB: 1 MiB, far below the count limit (1024).
+        let filler = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                let blob = "x".repeat(MESSAGE);
+                for _ in 0..64 {
+                    handle.notify("blob", json!(blob)).await.unwrap();
+                }
+            }
+        });
+        // One thread runs every task here: yielding lets the filler and the
+        // writer go as far as they can, while the largest queue is noted.
+        let mut most = 0;
+        for _ in 0..1000 {
+            most = most.max(handle.shared.outbox.queued_bytes());
+            if filler.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!filler.is_finished(), "every message was queued");
+        // The bound, give or take the JSON around one message.
+        assert!(most <= BOUND, "{most} bytes queued");
+        assert!(most >= BOUND - MESSAGE - 512, "{most} bytes queued");
+        filler.abort();
+    }
+
     #[test]
     fn consecutive_request_numbers_hash_apart_in_the_bits_the_table_uses() {
         use std::hash::{BuildHasher, BuildHasherDefault};

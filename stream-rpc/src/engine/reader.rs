@@ -19,12 +19,13 @@ use uuid::Uuid;
 use super::READ_CHUNK;
 use crate::cipher::CipherError;
 use crate::codec::{CodecError, FrameCodec};
-use crate::config::Limits;
+use crate::config::{ENV_LOG_PACKETS, Limits, PacketLog};
 use crate::error::SendError;
+use crate::logging::{Escaped, Refusal};
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
 use crate::replay::{ReceivedToken, Verdict};
-use crate::session::{EndReason, SessionHandle, Shared, packet_log, session_log};
+use crate::session::{EndReason, SessionHandle, Shared, packet_log, refusal_log, session_log};
 use crate::sync::lock;
 
 /// How many frames the read loop handles before it lets the session's other
@@ -52,6 +53,12 @@ pub(super) struct ReadLoop<P> {
     tokens: Vec<ReceivedToken>,
     /// The replay store's verdict on each of `tokens`.
     verdicts: Vec<Verdict>,
+    /// Whether a frame that opened under the key (and passed the replay
+    /// check) arrived since the read loop last looked: only such a frame
+    /// counts as the first frame or restarts the idle timer.
+    authentic: bool,
+    /// How much of peer-chosen text (error messages) the log shows.
+    full_logs: bool,
 }
 
 /// The largest plaintext buffer the read loop keeps between frames.
@@ -66,6 +73,7 @@ impl<P: Protocol> ReadLoop<P> {
     ) -> Self {
         ReadLoop {
             protocol,
+            full_logs: shared.packet_log == PacketLog::Full,
             shared,
             codec,
             handlers: Arc::new(Semaphore::new(limits.max_concurrent_handlers)),
@@ -77,6 +85,7 @@ impl<P: Protocol> ReadLoop<P> {
             opened: Vec::with_capacity(FRAMES_PER_TURN),
             tokens: Vec::with_capacity(FRAMES_PER_TURN),
             verdicts: Vec::with_capacity(FRAMES_PER_TURN),
+            authentic: false,
         }
     }
 
@@ -107,9 +116,10 @@ impl<P: Protocol> ReadLoop<P> {
         tokio::pin!(deadline);
         let mut armed = first_frame.is_some() || idle.is_some();
         let mut waiting_first = first_frame.is_some();
-        let mut any_frame = false;
-        // When the last frame came; the idle deadline is moved to match only
-        // when it fires, rather than the timer being reset for every read.
+        // When the last authentic frame came; the idle deadline is moved to
+        // match only when it fires, rather than the timer being reset for
+        // every read. Frames that do not open under the key never move it:
+        // without the key, a peer cannot hold the connection open.
         let mut last_frame = Instant::now();
         // Raised by `close`, a failed write or the server's shutdown.
         let shared = self.shared.clone();
@@ -133,7 +143,6 @@ impl<P: Protocol> ReadLoop<P> {
                 }
                 let full_turn = batch.len() == FRAMES_PER_TURN;
                 if !batch.is_empty() {
-                    any_frame = true;
                     if let Some(replay) = &self.shared.replay {
                         // Looking the whole turn up at once lets the
                         // memory reads of an in-process store overlap
@@ -163,9 +172,9 @@ impl<P: Protocol> ReadLoop<P> {
                     None => break,
                     Some(CodecError::FrameTooLong { max }) => {
                         crate::telemetry::bad_frame("over_long");
-                        session_log!(
-                            warn,
+                        refusal_log!(
                             self.shared,
+                            Refusal::OverLong,
                             "dropped a frame longer than {max} bytes; skipping to the next terminator"
                         );
                         if let Some(reason) = self.bad_frame() {
@@ -175,8 +184,7 @@ impl<P: Protocol> ReadLoop<P> {
                     Some(other) => return EndReason::ReadFailed(other.to_string()),
                 }
             }
-            if any_frame {
-                any_frame = false;
+            if std::mem::take(&mut self.authentic) {
                 last_frame = Instant::now();
                 if waiting_first {
                     waiting_first = false;
@@ -247,7 +255,7 @@ impl<P: Protocol> ReadLoop<P> {
         self.bad_in_row += 1;
         (self.bad_in_row >= self.max_bad_in_row).then(|| {
             session_log!(
-                warn,
+                debug,
                 self.shared,
                 "closing the connection after {} bad frames in a row",
                 self.bad_in_row
@@ -290,9 +298,9 @@ impl<P: Protocol> ReadLoop<P> {
             if let Err(e) = &self.opened[index] {
                 crate::telemetry::bad_frame(crate::telemetry::cipher_kind(e));
                 // The peer is told nothing about why.
-                session_log!(
-                    warn,
+                refusal_log!(
                     self.shared,
+                    Refusal::Undecryptable,
                     "dropped a frame that failed to decrypt: {e} ({} in a row)",
                     self.bad_in_row + 1
                 );
@@ -311,9 +319,9 @@ impl<P: Protocol> ReadLoop<P> {
                 verdicts += 1;
                 if verdict != Verdict::New {
                     crate::telemetry::bad_frame(crate::telemetry::replay_kind(verdict));
-                    session_log!(
-                        warn,
+                    refusal_log!(
                         self.shared,
+                        Refusal::Replayed,
                         "dropped {} ({} bad frames in a row)",
                         verdict.describe(),
                         self.bad_in_row + 1
@@ -325,6 +333,8 @@ impl<P: Protocol> ReadLoop<P> {
                 }
             }
             self.bad_in_row = 0;
+            // Opened under the key: whatever it holds, the peer has the key.
+            self.authentic = true;
             self.shared.note_received();
             match Packet::from_json(&self.plains[index]) {
                 Ok(packet) => self.dispatch(packet).await,
@@ -338,7 +348,25 @@ impl<P: Protocol> ReadLoop<P> {
     /// `invalid_packet` error, addressed to it when its `peer` and `id` can
     /// be read, unless it looks like a reply or an error packet.
     async fn reject_invalid(&self, plain: &[u8], error: &serde_json::Error) {
-        session_log!(warn, self.shared, "received an invalid packet: {error}");
+        // serde's messages quote the plaintext: shown only with full packet
+        // logs; by default, where the error is.
+        if self.full_logs {
+            let text = error.to_string();
+            refusal_log!(
+                self.shared,
+                Refusal::InvalidPacket,
+                "received an invalid packet: {}",
+                Escaped::new(&text, LOG_ERROR_CHARS)
+            );
+        } else {
+            refusal_log!(
+                self.shared,
+                Refusal::InvalidPacket,
+                "received an invalid packet ({}; its text is logged with {}=full)",
+                serde_place(error),
+                crate::config::ENV_LOG_PACKETS
+            );
+        }
         let value: Value = serde_json::from_slice(plain).unwrap_or(Value::Null);
         let is_reply = value.get("reply_to").is_some_and(|v| !v.is_null());
         let is_error = value.get("method").and_then(Value::as_str) == Some(ERROR_METHOD);
@@ -385,11 +413,11 @@ impl<P: Protocol> ReadLoop<P> {
                 "{} handlers already running on this connection",
                 self.handlers_limit
             );
-            session_log!(
-                warn,
+            refusal_log!(
                 self.shared,
+                Refusal::Busy,
                 "busy: {message}; `{}` refused",
-                packet.method
+                Escaped::method(&packet.method)
             );
             if answerable {
                 let payload =
@@ -487,14 +515,14 @@ impl Drop for Unfinished<'_> {
                 info,
                 self.handle.shared,
                 "handler of `{}` dropped: its caller has given up (the call's time limit passed)",
-                self.method
+                Escaped::method(&self.method)
             );
         } else {
             session_log!(
                 warn,
                 self.handle.shared,
                 "handler of `{}` cancelled: the session closed",
-                self.method
+                Escaped::method(&self.method)
             );
         }
     }
@@ -513,7 +541,19 @@ async fn answer<P: Protocol>(
     // its failures are only logged.
     let answerable = !packet.is_reply() && !packet.is_error();
     let reply_to = answerable.then(|| packet.reply_address());
-    let error_text = packet.is_error().then(|| packet.payload.to_string());
+    // What the error packet says: its payload is logged only with full
+    // packet logs, its code always.
+    let full_logs = handle.shared.packet_log == PacketLog::Full;
+    let error_text = packet.is_error().then(|| {
+        if full_logs {
+            packet.payload.to_string()
+        } else {
+            let code = packet
+                .error()
+                .map_or(ErrorCode::Unknown, |error| error.code);
+            format!("code {code}; its payload is logged with {ENV_LOG_PACKETS}=full")
+        }
+    });
     let ctx = Context::new(handle.clone(), packet.peer, packet.id, deadline);
     let started = crate::telemetry::TIMED.then(Instant::now);
     let outcome = AssertUnwindSafe(protocol.process_message(ctx, packet))
@@ -553,7 +593,9 @@ async fn answer<P: Protocol>(
             session_log!(
                 error,
                 handle.shared,
-                "handler of `{method}` panicked: {detail}"
+                "handler of `{}` panicked: {}",
+                Escaped::method(method),
+                Escaped::new(&detail, LOG_ERROR_CHARS)
             );
             HandlerError::new(
                 ErrorCode::HandlerPanicked,
@@ -562,21 +604,65 @@ async fn answer<P: Protocol>(
         }
     };
     match error_text {
-        Some(text) if failure.code == ErrorCode::UnknownMethod => session_log!(
-            warn,
+        Some(text) if failure.code == ErrorCode::UnknownMethod => refusal_log!(
             handle.shared,
-            "dropped an error packet that answers no pending call (no `error` handler): {text}"
+            Refusal::UnknownMethod,
+            "dropped an error packet that answers no pending call (no `error` handler): {}",
+            Escaped::new(&text, LOG_ERROR_CHARS)
         ),
-        _ => match failure.detail() {
-            Some(detail) => session_log!(
-                warn,
-                handle.shared,
-                "`{method}` failed: {failure} ({detail})"
-            ),
-            None => session_log!(warn, handle.shared, "`{method}` failed: {failure}"),
-        },
+        _ => log_failure(handle, method, &failure, full_logs),
     }
     if reply_to.is_some() {
         send_error(handle, failure.into_payload(method), reply_to).await;
+    }
+}
+
+/// The most characters of an error message (or a panic's) a log line shows.
+const LOG_ERROR_CHARS: usize = 512;
+
+/// Logs that the handler of `method` failed: escaped, and without the
+/// message of an `invalid_payload` error (serde's text quotes the payload)
+/// unless packet logs are full; failures for unknown methods are refusals,
+/// logged at most once a second.
+fn log_failure(handle: &SessionHandle, method: &str, failure: &HandlerError, full_logs: bool) {
+    let shown = Escaped::method(method);
+    let code = failure.code;
+    let message = if code == ErrorCode::InvalidPayload && !full_logs {
+        format_args!("its text is logged with {ENV_LOG_PACKETS}=full").to_string()
+    } else {
+        Escaped::new(&failure.message, LOG_ERROR_CHARS).to_string()
+    };
+    if code == ErrorCode::UnknownMethod {
+        refusal_log!(
+            handle.shared,
+            Refusal::UnknownMethod,
+            "`{shown}` failed: {code}: {message}"
+        );
+        return;
+    }
+    match failure.detail() {
+        Some(detail) => session_log!(
+            warn,
+            handle.shared,
+            "`{shown}` failed: {code}: {message} ({})",
+            Escaped::new(detail, LOG_ERROR_CHARS)
+        ),
+        None => session_log!(warn, handle.shared, "`{shown}` failed: {code}: {message}"),
+    }
+}
+
+/// Where in the plaintext serde found fault, without its message (which
+/// quotes the plaintext).
+fn serde_place(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let kind = match error.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not JSON",
+        Category::Data => "JSON that is not a packet",
+        Category::Eof => "JSON cut short",
+    };
+    match error.line() {
+        0 => kind.to_owned(),
+        line => format!("{kind}, at line {line} column {}", error.column()),
     }
 }

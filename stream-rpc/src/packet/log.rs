@@ -39,10 +39,14 @@ impl fmt::Display for Packet {
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let packet = self.packet;
+        // The method is the peer's text: escaped, so that it cannot start a
+        // line of its own, and cut.
         write!(
             f,
             "{{method: {:?}, id: {}, peer: {}, created_at: ",
-            packet.method, packet.id, packet.peer
+            crate::logging::Escaped::method(&packet.method),
+            packet.id,
+            packet.peer
         )?;
         let mut stamp = [0u8; 24];
         match time::write_millis(&packet.created_at, &mut stamp) {

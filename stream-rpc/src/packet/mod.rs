@@ -288,7 +288,6 @@ mod tests {
 
     #[test]
     fn to_json_writes_what_serde_writes() {
-        use chrono::Datelike;
         let inner = sample();
         let mut packets = vec![
             sample(),
@@ -304,9 +303,6 @@ mod tests {
         let mut reply = sample();
         reply.reply_to = Some(inner.reply_address());
         packets.push(reply);
-        let mut far = sample();
-        far.created_at = "+12345-01-01T00:00:00Z".parse().unwrap();
-        packets.push(far);
         for id in [1, 9, 10, 99, 100, 12_345_678_901] {
             packets.push(Packet::new(Uuid::new_v4(), id, "n", json!(id)));
         }
@@ -316,18 +312,47 @@ mod tests {
                 String::from_utf8(ours.clone()).unwrap(),
                 serde_json::to_string(&packet).unwrap()
             );
-            // A year past 9999 is written (chrono's way) but is not RFC 3339.
-            if packet.created_at.year() <= 9999 {
-                assert_eq!(Packet::from_json(&ours).unwrap(), packet);
-            }
+            assert_eq!(Packet::from_json(&ours).unwrap(), packet);
             // Read directly, without serde, unless the method needs escapes.
             let plain = packet
                 .method
                 .bytes()
                 .all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-            let direct = plain && packet.created_at.year() <= 9999;
-            assert_eq!(json::read(&ours).is_some(), direct, "{packet:?}");
+            assert_eq!(json::read(&ours).is_some(), plain, "{packet:?}");
         }
+    }
+
+    #[test]
+    fn a_time_outside_the_four_digit_years_in_utc_is_no_packet_and_never_written() {
+        let packet = sample();
+        let written = String::from_utf8(packet.to_json().unwrap()).unwrap();
+        let stamp = packet
+            .created_at
+            .to_rfc3339_opts(SecondsFormat::Nanos, true);
+        assert!(written.contains(&stamp));
+        // The slow path (an offset), the fast path's layout with year 9999
+        // (in range), and the edges on either side.
+        for (time, ok) in [
+            ("9999-12-31T23:59:59-01:00", false),
+            ("0000-01-01T00:00:00+00:01", false),
+            ("9999-12-31T23:59:59.999999999Z", true),
+            ("9999-12-31T23:59:59+01:00", true),
+            ("0000-01-01T00:00:00.000000000Z", true),
+        ] {
+            let edited = written.replacen(&stamp, time, 1);
+            let read = Packet::from_json(edited.as_bytes());
+            assert_eq!(read.is_ok(), ok, "{time}: {read:?}");
+            if let Err(e) = read {
+                assert!(e.to_string().contains("0000 to 9999"), "{e}");
+            }
+        }
+        // Built in code: the encoder refuses it rather than write `+10000-...`.
+        use chrono::Datelike;
+        let mut far = sample();
+        far.created_at = "+10000-01-01T00:59:59Z".parse().unwrap();
+        assert_eq!(far.created_at.year(), 10000);
+        assert!(far.to_json().is_err());
+        assert!(serde_json::to_vec(&far).is_err());
     }
 
     #[test]

@@ -1,14 +1,32 @@
 //! `created_at` as RFC 3339 in UTC with a `Z`; any RFC 3339 offset is
-//! accepted on input and converted to UTC.
+//! accepted on input and converted to UTC. A time whose UTC year falls
+//! outside 0000 to 9999 has no RFC 3339 form: it is refused on input
+//! (`9999-12-31T23:59:59-01:00` is year 10000 in UTC) and never written.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
 pub(crate) fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    check_year(at).map_err(S::Error::custom)?;
     let mut buf = [0u8; 30];
     match write(at, &mut buf).and_then(|text| std::str::from_utf8(text).ok()) {
         Some(text) => s.serialize_str(text),
+        // A leap second.
         None => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
+    }
+}
+
+/// The years RFC 3339 can write (four digits).
+const YEARS: std::ops::RangeInclusive<i32> = 0..=9999;
+
+/// Refuses a time whose UTC year RFC 3339 cannot write.
+fn check_year(at: &DateTime<Utc>) -> Result<(), &'static str> {
+    use chrono::Datelike;
+    if YEARS.contains(&at.naive_utc().year()) {
+        Ok(())
+    } else {
+        Err("created_at is outside the years 0000 to 9999 in UTC")
     }
 }
 
@@ -86,9 +104,12 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Ut
     if let Some(at) = read(text.as_bytes()) {
         return Ok(at);
     }
-    DateTime::parse_from_rfc3339(&text)
+    let at = DateTime::parse_from_rfc3339(&text)
         .map(|at| at.with_timezone(&Utc))
-        .map_err(|e| D::Error::custom(format_args!("created_at is not RFC 3339: {e}")))
+        .map_err(|e| D::Error::custom(format_args!("created_at is not RFC 3339: {e}")))?;
+    // In range with its offset, out of range in UTC: no packet.
+    check_year(&at).map_err(D::Error::custom)?;
+    Ok(at)
 }
 
 /// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form log lines show a packet's
@@ -110,4 +131,65 @@ pub(crate) fn write_seed<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 23]) -> Optio
     buf[10] = b' ';
     buf[19] = b',';
     std::str::from_utf8(buf).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug)]
+    struct Stamped(#[serde(with = "super")] DateTime<Utc>);
+
+    fn read_json(text: &str) -> Result<DateTime<Utc>, serde_json::Error> {
+        serde_json::from_str::<Stamped>(&format!("\"{text}\"")).map(|stamped| stamped.0)
+    }
+
+    #[test]
+    fn times_whose_utc_year_has_no_four_digits_are_refused_both_ways() {
+        for text in [
+            // Year 10000 in UTC.
+            "9999-12-31T23:59:59-01:00",
+            "9999-12-31T23:59:59.999999999-00:01",
+            // Year -1 in UTC.
+            "0000-01-01T00:00:00+01:00",
+            "0000-01-01T00:59:59.5+01:00",
+        ] {
+            let err = read_json(text).unwrap_err().to_string();
+            assert!(
+                err.contains("outside the years 0000 to 9999"),
+                "{text}: {err}"
+            );
+        }
+        // The edges themselves are times.
+        for (text, back) in [
+            ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.000000000Z"),
+            (
+                "9999-12-31T23:59:59+01:00",
+                "9999-12-31T22:59:59.000000000Z",
+            ),
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00.000000000Z"),
+            (
+                "0000-01-01T00:00:00-01:00",
+                "0000-01-01T01:00:00.000000000Z",
+            ),
+            // The fast path's own form, at the edge.
+            (
+                "9999-12-31T23:59:59.999999999Z",
+                "9999-12-31T23:59:59.999999999Z",
+            ),
+        ] {
+            let at = read_json(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let written = serde_json::to_string(&Stamped(at)).unwrap();
+            assert_eq!(written, format!("\"{back}\""), "{text}");
+        }
+        // A time built in code past 9999 (or before 0) is never written.
+        for far in ["+10000-01-01T00:59:59Z", "-0001-12-31T23:00:00Z"] {
+            let at: DateTime<Utc> = far.parse().unwrap();
+            let err = serde_json::to_string(&Stamped(at)).unwrap_err().to_string();
+            assert!(
+                err.contains("outside the years 0000 to 9999"),
+                "{far}: {err}"
+            );
+        }
+    }
 }

@@ -23,6 +23,7 @@ use crate::codec::FrameCodec;
 use crate::config::PacketLog;
 use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
+use crate::logging::Budget;
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayStore;
 use crate::sync::lock;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) received: AtomicBool,
     /// How much of each packet the log lines show.
     pub(crate) packet_log: PacketLog,
+    /// The packet lines this connection may still write this second.
+    pub(crate) packet_lines: Budget,
 }
 
 /// A message that waits for room in the outbox.
@@ -145,7 +148,7 @@ impl Shared {
             endpoint: endpoint.clone(),
             pending: Mutex::new(Some(PendingCalls::default())),
             call_slots: Semaphore::new(limits.max_in_flight_calls),
-            outbox: Outbox::new(codec, limits.outgoing_queue),
+            outbox: Outbox::new(codec, limits.outgoing_queue, limits.max_outbox_bytes),
             closing: AtomicBool::new(false),
             stop: Signal::default(),
             stop_reason: Mutex::new(None),
@@ -153,6 +156,24 @@ impl Shared {
             replay: endpoint.replay().cloned(),
             received: AtomicBool::new(false),
             packet_log: config.log_packets(),
+            packet_lines: Budget::new(super::PACKET_LINES_PER_SECOND),
+        }
+    }
+
+    /// What logs the packet lines a connection left out, once its second
+    /// is over.
+    pub(crate) fn packet_lines_left_out(&self) -> impl FnOnce(u64, Duration) + Send + 'static {
+        let protocol = self.protocol_name.clone();
+        let peer = self.own_id;
+        move |count, over| {
+            tracing::info!(
+                target: crate::logging::PACKETS_TARGET,
+                protocol = &*protocol,
+                peer = %peer,
+                "left out {count} packet lines in the last {:.1} s (at most {} a second per connection)",
+                over.as_secs_f64(),
+                super::PACKET_LINES_PER_SECOND
+            );
         }
     }
 
@@ -294,8 +315,12 @@ impl SessionHandle {
 
     /// Queues a message that found the outbox full, once there is room.
     async fn queue_when_room(&self, deferred: Deferred) -> Result<(), SendError> {
+        let size = match &deferred {
+            Deferred::Sealed(token, _) => token.len(),
+            Deferred::Unsealed(plain, _) => plain.len(),
+        };
         loop {
-            self.shared.outbox.room().await;
+            self.shared.outbox.room(size).await;
             let pushed = match &deferred {
                 Deferred::Sealed(token, fingerprint) => {
                     self.shared.outbox.push(token, *fingerprint)

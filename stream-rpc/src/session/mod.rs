@@ -21,25 +21,55 @@ macro_rules! session_log {
     };
 }
 
-/// Logs a packet sent or received (`what`: `Send` or `Received`), as the
-/// seed did, showing as much of it as the configuration says.
-macro_rules! packet_log {
-    ($shared:expr, $what:literal, $packet:expr) => {
-        match $shared.packet_log {
-            $crate::config::PacketLog::Off => {}
-            mode => tracing::info!(
-                target: $crate::logging::PACKETS_TARGET,
-                protocol = &*$shared.protocol_name,
-                peer = %$shared.own_id,
-                "{}: {}",
-                $what,
-                $packet.shown(mode == $crate::config::PacketLog::Full)
-            ),
+/// Logs a refusal (bad input, over a limit) at `WARN` with the session's
+/// fields, at most once a second per kind of refusal over the endpoint's
+/// connections; the rest are counted in a summary line.
+macro_rules! refusal_log {
+    ($shared:expr, $refusal:expr, $($rest:tt)+) => {
+        if $shared
+            .endpoint
+            .refusals()
+            .admit($refusal, &$shared.protocol_name, $shared.own_id)
+        {
+            $crate::session::session_log!(warn, $shared, $($rest)+)
         }
     };
 }
 
-pub(crate) use {packet_log, session_log};
+/// Logs a packet sent or received (`what`: `Send` or `Received`), as the
+/// seed did, showing as much of it as the configuration says: at most
+/// [`PACKET_LINES_PER_SECOND`](crate::session::PACKET_LINES_PER_SECOND)
+/// lines a second per connection, then one line saying how many were left
+/// out.
+macro_rules! packet_log {
+    ($shared:expr, $what:literal, $packet:expr) => {
+        match $shared.packet_log {
+            $crate::config::PacketLog::Off => {}
+            mode => {
+                if tracing::enabled!(
+                    target: $crate::logging::PACKETS_TARGET,
+                    tracing::Level::INFO
+                ) && $shared.packet_lines.admit(|| $shared.packet_lines_left_out())
+                {
+                    tracing::info!(
+                        target: $crate::logging::PACKETS_TARGET,
+                        protocol = &*$shared.protocol_name,
+                        peer = %$shared.own_id,
+                        "{}: {}",
+                        $what,
+                        $packet.shown(mode == $crate::config::PacketLog::Full)
+                    )
+                }
+            }
+        }
+    };
+}
+
+/// How many `Send:`/`Received:` lines one connection writes a second at
+/// most: a person can read them; a busy connection cannot fill a disk.
+pub(crate) const PACKET_LINES_PER_SECOND: u32 = 20;
+
+pub(crate) use {packet_log, refusal_log, session_log};
 
 mod handle;
 pub(crate) mod outbox;

@@ -34,10 +34,13 @@ pub(crate) enum Refused {
     Unframeable(CodecError),
 }
 
-/// Messages queued for the writer, at most `limit` of them.
+/// Messages queued for the writer, at most `limit` of them and at most
+/// `max_bytes` of them (but always one, however large, when none is
+/// queued).
 pub(crate) struct Outbox {
     queued: Mutex<Queued>,
     limit: usize,
+    max_bytes: usize,
     /// The writer, woken when the first frame of a batch arrives or the
     /// outbox closes.
     writer: AtomicWaker,
@@ -53,6 +56,17 @@ struct Queued {
     /// How many messages `batch` holds.
     messages: usize,
     closed: bool,
+    /// Whether a sender found no room since the writer last took a batch:
+    /// the next take wakes the senders waiting for room.
+    refused: bool,
+}
+
+impl Queued {
+    /// Whether a message of `size` bytes fits now.
+    fn fits(&self, size: usize, limit: usize, max_bytes: usize) -> bool {
+        self.messages == 0
+            || (self.messages < limit && self.batch.bytes.len().saturating_add(size) <= max_bytes)
+    }
 }
 
 /// Messages in the order they were queued: sealed frames, or plaintexts
@@ -95,15 +109,17 @@ pub(crate) enum Taken {
 }
 
 impl Outbox {
-    pub(crate) fn new(codec: FrameCodec, limit: usize) -> Self {
+    pub(crate) fn new(codec: FrameCodec, limit: usize, max_bytes: usize) -> Self {
         Outbox {
             queued: Mutex::new(Queued {
                 codec,
                 batch: Batch::default(),
                 messages: 0,
                 closed: false,
+                refused: false,
             }),
             limit,
+            max_bytes,
             writer: AtomicWaker::new(),
             room: Notify::new(),
         }
@@ -111,7 +127,7 @@ impl Outbox {
 
     /// Frames `token` into the outbox, with its replay fingerprint.
     pub(crate) fn push(&self, token: &[u8], fingerprint: Option<u64>) -> Result<(), Refused> {
-        self.push_with(|queued| {
+        self.push_with(token.len(), |queued| {
             let Queued { codec, batch, .. } = queued;
             codec
                 .encode(token, &mut batch.bytes)
@@ -125,17 +141,18 @@ impl Outbox {
     /// sender has checked that its token fits a frame (a Fernet token's
     /// length follows from the plaintext's, and never holds a terminator).
     pub(crate) fn push_unsealed(&self, plain: &[u8], unsealed: Unsealed) -> Result<(), Refused> {
-        self.push_with(|queued| {
+        self.push_with(plain.len(), |queued| {
             queued.batch.bytes.extend_from_slice(plain);
             queued.batch.unsealed.push(unsealed);
             Ok(())
         })
     }
 
-    /// Queues a message with `put`, unless the outbox is closed or full;
-    /// wakes the writer for the first message of a batch.
+    /// Queues a message of `size` bytes with `put`, unless the outbox is
+    /// closed or full; wakes the writer for the first message of a batch.
     fn push_with(
         &self,
+        size: usize,
         put: impl FnOnce(&mut Queued) -> Result<(), Refused>,
     ) -> Result<(), Refused> {
         let first = {
@@ -143,7 +160,8 @@ impl Outbox {
             if queued.closed {
                 return Err(Refused::Closed);
             }
-            if queued.messages >= self.limit {
+            if !queued.fits(size, self.limit, self.max_bytes) {
+                queued.refused = true;
                 return Err(Refused::Full);
             }
             put(&mut queued)?;
@@ -162,19 +180,29 @@ impl Outbox {
         lock(&self.queued).messages >= self.limit
     }
 
-    /// Waits for room: call [`push`](Self::push) again after. Returns at
-    /// once when the outbox has room or is closed by then.
-    pub(crate) async fn room(&self) {
+    /// The bytes queued (frames, or plaintexts to seal), not counting the
+    /// batch the writer is writing.
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
+        lock(&self.queued).batch.bytes.len()
+    }
+
+    /// Waits for room for a message of `size` bytes (the length of the
+    /// token or plaintext that was refused): push it again after. Returns
+    /// at once when it fits or the outbox is closed by then.
+    pub(crate) async fn room(&self, size: usize) {
         let notified = self.room.notified();
         tokio::pin!(notified);
         // Registered before looking, so that a batch taken in between still
         // wakes this sender.
         notified.as_mut().enable();
         {
-            let queued = lock(&self.queued);
-            if queued.closed || queued.messages < self.limit {
+            let mut queued = lock(&self.queued);
+            if queued.closed || queued.fits(size, self.limit, self.max_bytes) {
                 return;
             }
+            // The next take wakes this sender.
+            queued.refused = true;
         }
         notified.await;
     }
@@ -226,7 +254,7 @@ impl Outbox {
 
     /// Swaps the messages out; says whether senders may be waiting for room.
     fn take_locked(&self, queued: &mut Queued, batch: &mut Batch) -> bool {
-        let was_full = queued.messages >= self.limit;
+        let was_full = std::mem::take(&mut queued.refused);
         std::mem::swap(&mut queued.batch, batch);
         queued.messages = 0;
         was_full
@@ -240,7 +268,7 @@ mod tests {
     use std::time::Duration;
 
     fn outbox(limit: usize) -> Outbox {
-        Outbox::new(FrameCodec::new(b"\n", 16), limit)
+        Outbox::new(FrameCodec::new(b"\n", 16), limit, usize::MAX)
     }
 
     fn take(outbox: &Outbox) -> (BytesMut, Vec<u64>) {
@@ -321,7 +349,7 @@ mod tests {
         assert!(matches!(outbox.push(b"c", None), Err(Refused::Full)));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.room().await }
+            async move { outbox.room(1).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -334,12 +362,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_outbox_is_bounded_in_bytes_and_senders_wait_for_room() {
+        let outbox = std::sync::Arc::new(Outbox::new(FrameCodec::new(b"\n", 1 << 20), 1024, 100));
+        let now = std::time::SystemTime::now();
+        let plain = [b'x'; 40];
+        let unsealed = || Unsealed::new(plain.len(), now).unwrap();
+        outbox.push_unsealed(&plain, unsealed()).unwrap();
+        outbox.push_unsealed(&plain, unsealed()).unwrap();
+        // A third would make 120 bytes: refused, though far from the count.
+        assert!(matches!(
+            outbox.push_unsealed(&plain, unsealed()),
+            Err(Refused::Full)
+        ));
+        assert!(matches!(outbox.push(&[b't'; 30], None), Err(Refused::Full)));
+        // What still fits is taken.
+        outbox.push_unsealed(&plain[..20], unsealed()).unwrap();
+        assert_eq!(outbox.queued_bytes(), 100);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                outbox.room(40).await;
+                outbox.push_unsealed(
+                    &[b'y'; 40],
+                    Unsealed::new(40, std::time::SystemTime::now()).unwrap(),
+                )
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(take_batch(&outbox).bytes.len(), 100);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when the batch was taken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(outbox.queued_bytes(), 40);
+        take_batch(&outbox);
+        // One message larger than the bound is queued when nothing else is
+        // (a message that fits a frame can always be sent), and nothing
+        // after it.
+        outbox.push(&[b'z'; 500], None).unwrap();
+        assert!(matches!(outbox.push(b"a", None), Err(Refused::Full)));
+        assert_eq!(take(&outbox).0.len(), 501);
+    }
+
+    #[tokio::test]
     async fn closing_wakes_the_writer_and_waiting_senders() {
         let outbox = std::sync::Arc::new(outbox(1));
         outbox.push(b"a", None).unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.room().await }
+            async move { outbox.room(1).await }
         });
         tokio::task::yield_now().await;
         let mut batch = Batch::default();
