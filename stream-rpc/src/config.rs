@@ -237,7 +237,9 @@ pub struct Limits {
     /// every token for its whole time to live plus the clock skew (360 s),
     /// which the default covers up to about 11,600 tokens a second; above
     /// it the store fails closed, refusing tokens older than what it still
-    /// remembers (see [`MemoryReplayStore`](crate::MemoryReplayStore)).
+    /// remembers (see [`MemoryReplayStore`](crate::MemoryReplayStore)). A
+    /// burst that fills it in under two seconds may take it to twice this
+    /// for those seconds, rather than refuse the tokens of this second.
     pub replay_cache_entries: usize,
 }
 
