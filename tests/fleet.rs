@@ -172,8 +172,14 @@ impl Process {
             lines,
         });
         let streams: [Option<Box<dyn Read + Send>>; 2] = [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ];
         for stream in streams.into_iter().flatten() {
             let output = output.clone();
@@ -373,6 +379,8 @@ struct Ledger {
     handed: HashMap<(usize, u64, Uuid, u64), TaskKey>,
     handed_any: HashMap<(Uuid, u64), TaskKey>,
     captured: VecDeque<Captured>,
+    /// Requests answered, by proxy.
+    answered: HashMap<usize, u64>,
 }
 
 /// Requests remembered at most (a soak loses answers to cuts).
@@ -456,10 +464,10 @@ impl Ledger {
                 );
             }
             (Direction::ToClient, Some(to)) => {
-                let Some(request) = self.requests.remove(&(tag, connection, to.peer, to.id))
-                else {
+                let Some(request) = self.requests.remove(&(tag, connection, to.peer, to.id)) else {
                     return;
                 };
+                *self.answered.entry(tag).or_default() += 1;
                 if packet.method == "error" {
                     self.errors += 1;
                 }
@@ -688,15 +696,18 @@ impl Fleet {
         }
     }
 
-    /// The proxies a network fault hits, chosen at random, with their name.
-    fn pick_paths(&self, rng: &mut Rng) -> (Vec<&Proxy>, String) {
-        match rng.below(3) {
+    /// The proxies a network fault hits, chosen at random, with their
+    /// name; a server's link to Redis only `with_redis`.
+    fn pick_paths(&self, rng: &mut Rng, with_redis: bool) -> (Vec<&Proxy>, String) {
+        let pick = if with_redis {
+            rng.below(3)
+        } else {
+            1 + rng.below(2)
+        };
+        match pick {
             0 => {
                 let n = rng.below(SERVERS);
-                (
-                    vec![&self.redis_proxies[n]],
-                    format!("server {n} ↔ Redis"),
-                )
+                (vec![&self.redis_proxies[n]], format!("server {n} ↔ Redis"))
             }
             1 => {
                 let n = rng.below(SERVERS);
@@ -807,9 +818,11 @@ async fn produce(
                 match put(task.clone()).await {
                     Some(answer) => {
                         if answer.get("queued") == Some(&Value::Bool(true)) {
-                            produced
-                                .duplicates_queued
-                                .push(format!("{} (copy of {})", task_name(&task), task_name(original)));
+                            produced.duplicates_queued.push(format!(
+                                "{} (copy of {})",
+                                task_name(&task),
+                                task_name(original)
+                            ));
                         }
                         lock(&ledger).put_answered(&task, &answer, "the producer");
                         true
@@ -840,7 +853,11 @@ async fn produce(
                             let sent = Instant::now();
                             match put(second.clone()).await {
                                 Some(answer) => {
-                                    lock(&ledger).put_answered(&second, &answer, "the producer (collision)");
+                                    lock(&ledger).put_answered(
+                                        &second,
+                                        &answer,
+                                        "the producer (collision)",
+                                    );
                                     produced.collisions.push(Collision {
                                         first: TaskKey::of(&first),
                                         second: TaskKey::of(&second),
@@ -982,15 +999,14 @@ async fn attack(fleet: &mut Fleet, rng: &mut Rng, method: &str) -> Option<Replay
     let captured = {
         let ledger = lock(&fleet.ledger);
         let fresh = |c: &&Captured| c.answered.elapsed() < Duration::from_secs(30);
-        let found = ledger
+        ledger
             .captured
             .iter()
             .rev()
             .filter(fresh)
             .find(|c| c.method == method)
             .or_else(|| ledger.captured.iter().rev().find(fresh))
-            .cloned();
-        found
+            .cloned()
     }?;
     let from = fleet.proxies[captured.tag].server;
     let to = (from + 1 + rng.below(SERVERS - 1)) % SERVERS;
@@ -1081,7 +1097,11 @@ async fn inject_faults(
                     Direction::ToClient
                 };
                 let delay = rng.millis(20, 300);
-                let (proxies, what) = fleet.pick_paths(rng);
+                // Bytes thrown away inside a live connection are not a
+                // fault TCP makes; the workers' line framing recovers from
+                // it (a frame that does not open is skipped), Redis's
+                // protocol has no such resynchronisation: worker paths only.
+                let (proxies, what) = fleet.pick_paths(rng, fault != "discard");
                 let said = match fault {
                     "partition" => format!("partition {direction:?} on {what} for {hold:?}"),
                     "stall" => format!("stall {what} for {hold:?}"),
@@ -1124,45 +1144,84 @@ async fn inject_faults(
     Ok(())
 }
 
-/// What the drainer saw.
+/// What the drainers saw.
 #[derive(Default)]
 struct Drained {
     saved: u64,
-    /// Tasks leased to the drainer whose save, made at once, was refused.
+    /// Tasks leased to a drainer whose save, made at once, was refused.
     refused: BTreeMap<TaskKey, u32>,
-    left: Option<stream_rpc_queue::Stats>,
+    /// Calls that failed or were answered with an error (retried).
+    failed_calls: u64,
     seconds: f64,
 }
 
-/// Leases and saves every task left, through server 0, until nothing is
+/// How many drainers lease and save at once (spread over the servers).
+const DRAINERS: usize = 6;
+
+/// Leases and saves every task left, through the servers, until nothing is
 /// queued or leased (bounded: the leases of the killed workers end, and a
 /// task that cannot be saved dies after its attempts).
-async fn drain(fleet: &Fleet, queue: &RedisQueue) -> Result<Drained, String> {
+async fn drain(fleet: &Fleet, queue: &RedisQueue) -> Drained {
     let started = Instant::now();
-    let mut drained = Drained::default();
-    let bound = Duration::from_secs(LEASE_SECS * MAX_ATTEMPTS + 30);
-    let port = lock(&fleet.ports)[0];
-    let config = Config::builder()
-        .key(fleet.key.clone())
-        .host("127.0.0.1")
-        .port(port)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let client = Connector::new(config)
-        .connect_client()
-        .await
-        .map_err(|e| format!("the drainer cannot connect to server 0: {e}"))?;
-    let session = client.session().clone();
+    let deadline = started + Duration::from_secs(LEASE_SECS * MAX_ATTEMPTS + 40);
+    let drained = Arc::new(Mutex::new(Drained::default()));
+    let mut drainers = Vec::new();
+    for n in 0..DRAINERS {
+        let port = lock(&fleet.ports)[n % SERVERS];
+        let config = Config::builder()
+            .key(fleet.key.clone())
+            .host("127.0.0.1")
+            .port(port)
+            .build()
+            .expect("the drainer's config");
+        drainers.push(tokio::spawn(drainer(
+            Connector::new(config),
+            queue.clone(),
+            fleet.ledger.clone(),
+            drained.clone(),
+            deadline,
+        )));
+    }
+    for drainer in drainers {
+        let _ = drainer.await;
+    }
+    let mut drained = std::mem::take(&mut *lock(&drained));
+    drained.seconds = started.elapsed().as_secs_f64();
+    drained
+}
+
+/// One drainer: leases a task, saves it at once, again, until the queue
+/// holds nothing queued or leased or the deadline passes. A failed call
+/// (a server that just got Redis back, say) is counted and retried.
+async fn drainer(
+    connector: Connector,
+    queue: RedisQueue,
+    ledger: Arc<Mutex<Ledger>>,
+    drained: Arc<Mutex<Drained>>,
+    deadline: Instant,
+) {
     let limit = Duration::from_secs(5);
-    loop {
-        if started.elapsed() > bound {
-            drained.left = Some(queue.stats().await.map_err(|e| e.to_string())?);
-            break;
+    let mut client: Option<stream_rpc::Client> = None;
+    while Instant::now() < deadline {
+        if client.is_none() {
+            client = connector.connect_client().await.ok();
         }
-        let answer = session
+        let Some(session) = client.as_ref().map(|c| c.session().clone()) else {
+            lock(&drained).failed_calls += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let answer = match session
             .call_with_timeout("get_task_from_queue", json!(null), limit)
             .await
-            .map_err(|e| format!("the drainer's lease failed: {e}"))?;
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                lock(&drained).failed_calls += 1;
+                client = None;
+                continue;
+            }
+        };
         if answer.method == "parse_article" {
             let key = TaskKey::of(&answer);
             let saved = session
@@ -1170,21 +1229,29 @@ async fn drain(fleet: &Fleet, queue: &RedisQueue) -> Result<Drained, String> {
                     "save_parsed_article",
                     json!({
                         "task": {"peer": answer.peer, "id": answer.id},
-                        "article": {"article_id": answer.payload.get("article_id"), "by": "the drainer"},
+                        "article": {"article_id": answer.payload.get("article_id"), "by": "a drainer"},
                     }),
                     limit,
                 )
-                .await
-                .map_err(|e| format!("the drainer's save failed: {e}"))?;
-            let mut ledger = lock(&fleet.ledger);
-            ledger
-                .tasks
-                .entry(key.dedup.clone())
-                .or_insert_with(|| Packet {
-                    reply_to: None,
-                    ..answer.clone()
-                });
-            ledger.saved_answered(Some(key.clone()), &saved.payload);
+                .await;
+            let Ok(saved) = saved else {
+                // Its lease runs out and it comes back.
+                lock(&drained).failed_calls += 1;
+                client = None;
+                continue;
+            };
+            {
+                let mut ledger = lock(&ledger);
+                ledger
+                    .tasks
+                    .entry(key.dedup.clone())
+                    .or_insert_with(|| Packet {
+                        reply_to: None,
+                        ..answer.clone()
+                    });
+                ledger.saved_answered(Some(key.clone()), &saved.payload);
+            }
+            let mut drained = lock(&drained);
             if saved.payload.get("saved") == Some(&Value::Bool(true)) {
                 drained.saved += 1;
             } else {
@@ -1192,15 +1259,16 @@ async fn drain(fleet: &Fleet, queue: &RedisQueue) -> Result<Drained, String> {
             }
             continue;
         }
-        let stats = queue.stats().await.map_err(|e| e.to_string())?;
-        if stats.queued + stats.leased == 0 {
-            break;
+        if answer.method != "pong" {
+            lock(&drained).failed_calls += 1;
+        }
+        match queue.stats().await {
+            Ok(stats) if stats.queued + stats.leased == 0 => return,
+            _ => {}
         }
         // Leases of killed workers run out by Redis's clock: look again.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drained.seconds = started.elapsed().as_secs_f64();
-    Ok(drained)
 }
 
 #[test]
@@ -1236,7 +1304,11 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     let redis_url = redis.url();
     let mut redis_proxies = Vec::new();
     for _ in 0..SERVERS {
-        redis_proxies.push(Proxy::to_port(redis.port).await.map_err(|e| e.to_string())?);
+        redis_proxies.push(
+            Proxy::to_port(redis.port)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let (tap, mut tapped) = mpsc::unbounded_channel::<Tapped>();
@@ -1344,9 +1416,9 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     // A replay of each kind, with everything healed, if the random ones
     // came to nothing conclusive.
     for method in ["get_task_from_queue", "put_in_queue"] {
-        let conclusive = replays.iter().any(|r| {
-            r.method == method && !matches!(r.outcome, ReplayOutcome::Inconclusive(_))
-        });
+        let conclusive = replays
+            .iter()
+            .any(|r| r.method == method && !matches!(r.outcome, ReplayOutcome::Inconclusive(_)));
         if !conclusive {
             // Let the workers be answered again after the last fault.
             let deadline = Instant::now() + Duration::from_secs(15);
@@ -1387,14 +1459,19 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     let queue = RedisQueue::connect(RedisSettings::new(&redis_url))
         .await
         .map_err(|e| format!("the checker cannot reach Redis: {e}"))?;
-    let drained = drain(&fleet, &queue).await?;
+    let drained = drain(&fleet, &queue).await;
     fleet.supervise().await?;
-    let check = check(&fleet, &queue, &produced, &drained, &replays).await?;
+    // Nothing writes to the ledger any more: the taps and the drainers
+    // are done.
+    let ledger = std::mem::take(&mut *lock(&ledger));
+    let check = check(&fleet, &ledger, &queue, &produced, &drained, &replays).await?;
     let total = started.elapsed().as_secs_f64();
 
-    let ledger = lock(&ledger);
     let mut summary = String::new();
-    let _ = writeln!(summary, "Fleet summary (FLEET_SEED={seed}, {fault_seconds:.0} s of faults, {total:.0} s in all):");
+    let _ = writeln!(
+        summary,
+        "Fleet summary (FLEET_SEED={seed}, {fault_seconds:.0} s of faults, {total:.0} s in all):"
+    );
     let _ = writeln!(
         summary,
         "  faults: {}",
@@ -1409,12 +1486,38 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
         "  restarts: workers killed by faults or ended by themselves {}, stuck {}",
         fleet.worker_exits, fleet.stuck_restarts
     );
-    let _ = writeln!(summary, "  frames read at the proxies: {} ({} unreadable: cut mid-frame or discarded)", ledger.frames, ledger.unreadable);
-    let _ = writeln!(summary, "  tasks answered queued: {} (the producer's fresh ones: {})", ledger.acked.len(), produced.fresh);
+    let _ = writeln!(
+        summary,
+        "  frames read at the proxies: {} ({} unreadable: cut mid-frame or discarded)",
+        ledger.frames, ledger.unreadable
+    );
+    let _ = writeln!(
+        summary,
+        "  tasks answered queued: {} (the producer's fresh ones: {})",
+        ledger.acked.len(),
+        produced.fresh
+    );
     let _ = writeln!(summary, "  puts refused: {:?}", ledger.refused);
-    let _ = writeln!(summary, "  duplicates put by the producer: {}; collisions: {}; its failed calls: {}", produced.duplicates, produced.collisions.len(), produced.failed_calls);
-    let _ = writeln!(summary, "  leases seen: {}; saved: true answers: {}; saved: false: {}; error answers: {}", ledger.leases, ledger.saved.values().map(Vec::len).sum::<usize>(), ledger.saved_false, ledger.errors);
-    let _ = writeln!(summary, "  drained: {} saved by the drainer in {:.1} s", drained.saved, drained.seconds);
+    let _ = writeln!(
+        summary,
+        "  duplicates put by the producer: {}; collisions: {}; its failed calls: {}",
+        produced.duplicates,
+        produced.collisions.len(),
+        produced.failed_calls
+    );
+    let _ = writeln!(
+        summary,
+        "  leases seen: {}; saved: true answers: {}; saved: false: {}; error answers: {}",
+        ledger.leases,
+        ledger.saved.values().map(Vec::len).sum::<usize>(),
+        ledger.saved_false,
+        ledger.errors
+    );
+    let _ = writeln!(
+        summary,
+        "  drained: {} saved by {DRAINERS} drainers in {:.1} s ({} calls failed and were retried)",
+        drained.saved, drained.seconds, drained.failed_calls
+    );
     let _ = writeln!(summary, "  replays: {}", replays.len());
     summary.push_str(&check.summary);
     println!("{summary}");
@@ -1450,12 +1553,12 @@ fn some<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
 
 async fn check(
     fleet: &Fleet,
+    ledger: &Ledger,
     queue: &RedisQueue,
     produced: &Produced,
     drained: &Drained,
     replays: &[ReplayRecord],
 ) -> Result<Check, String> {
-    let ledger = lock(&fleet.ledger);
     let mut failures = Vec::new();
     let stats = queue.stats().await.map_err(|e| e.to_string())?;
     let dead: BTreeSet<TaskKey> = queue
@@ -1511,7 +1614,7 @@ async fn check(
     let left = stats.queued + stats.leased;
     if left > 0 {
         failures.push(format!(
-            "not drained: {} queued and {} leased after the drain's bound ({:.0} s); the acknowledged tasks neither saved nor dead below may be among them",
+            "not drained: {} queued and {} leased after the drain ({:.0} s, bounded); the acknowledged tasks neither saved nor dead below may be among them",
             stats.queued, stats.leased, drained.seconds
         ));
     }
@@ -1587,7 +1690,7 @@ async fn check(
     }
     if !drained.refused.is_empty() {
         failures.push(format!(
-            "unsavable: {} tasks leased to the drainer were answered {{\"saved\": false}} when it saved them at once (its name points at another task?): {}",
+            "unsavable: {} tasks leased to a drainer were answered {{\"saved\": false}} when it saved them at once (does its name point at another task?): {}",
             drained.refused.len(),
             some(drained.refused.iter().map(|(key, n)| format!("{} ({n} times)", describe(key))))
         ));
@@ -1633,7 +1736,19 @@ async fn check(
     if !alarms.is_empty() {
         failures.push(format!("panics: {}", some(alarms.iter())));
     }
-    // The run did work: otherwise the checks above prove nothing.
+    // The run did work, with both kinds of worker: otherwise the checks
+    // above prove little.
+    let mut by_kind = [0u64; 2];
+    for (&tag, &count) in &ledger.answered {
+        let kind = fleet.workers[fleet.proxies[tag].worker].kind;
+        by_kind[usize::from(kind == Kind::Python)] += count;
+    }
+    if by_kind.contains(&0) {
+        failures.push(format!(
+            "a kind of worker got no answer: Rust workers {}, Python workers {}",
+            by_kind[0], by_kind[1]
+        ));
+    }
     let saved_answers: usize = ledger.saved.values().map(Vec::len).sum();
     if ledger.acked.len() < 20 || saved_answers < 10 {
         failures.push(format!(
@@ -1643,12 +1758,33 @@ async fn check(
     }
     let mut summary = String::new();
     let _ = writeln!(summary, "Checked against Redis:");
-    let _ = writeln!(summary, "  acknowledged tasks:         {}", ledger.acked.len());
-    let _ = writeln!(summary, "  saved:                      {saved} ({saved_unanswered} whose answer no one saw)");
+    let _ = writeln!(
+        summary,
+        "  requests answered:          Rust workers {}, Python workers {}",
+        by_kind[0], by_kind[1]
+    );
+    let _ = writeln!(
+        summary,
+        "  acknowledged tasks:         {}",
+        ledger.acked.len()
+    );
+    let _ = writeln!(
+        summary,
+        "  saved:                      {saved} ({saved_unanswered} whose answer no one saw)"
+    );
     let _ = writeln!(summary, "  dead-lettered:              {dead_count}");
     let _ = writeln!(summary, "  saved twice:                {}", twice.len());
-    let _ = writeln!(summary, "  collisions refused:         {} of {collisions}", collisions - not_refused.len());
-    let _ = writeln!(summary, "  replays answered:           {} of {}", answered.len(), replays.len());
+    let _ = writeln!(
+        summary,
+        "  collisions refused:         {} of {collisions}",
+        collisions - not_refused.len()
+    );
+    let _ = writeln!(
+        summary,
+        "  replays answered:           {} of {}",
+        answered.len(),
+        replays.len()
+    );
     let _ = writeln!(summary, "  still queued or leased:     {left}");
     let _ = writeln!(summary, "  lost:                       {}", lost.len());
     let _ = writeln!(summary, "  queue stats: {stats:?}");

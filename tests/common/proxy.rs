@@ -132,11 +132,7 @@ impl Proxy {
             tap: None,
         });
         let accepted = Arc::new(AtomicU64::new(0));
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            settings.clone(),
-            accepted.clone(),
-        ));
+        let accept = tokio::spawn(accept_loop(listener, settings.clone(), accepted.clone()));
         Ok(Proxy {
             port,
             settings,
@@ -320,7 +316,10 @@ async fn connection(client: TcpStream, number: u64, mut settings: watch::Receive
 
 /// Waits until the bytes going `direction` are not stalled; `None` when
 /// the proxy is gone.
-async fn unstalled(settings: &mut watch::Receiver<Settings>, direction: Direction) -> Option<Fault> {
+async fn unstalled(
+    settings: &mut watch::Receiver<Settings>,
+    direction: Direction,
+) -> Option<Fault> {
     loop {
         let fault = settings.borrow_and_update().fault(direction);
         if fault != Fault::Stall {
