@@ -853,6 +853,11 @@ async fn produce(
                             let sent = Instant::now();
                             match put(second.clone()).await {
                                 Some(answer) => {
+                                    // Named in the report either way.
+                                    lock(&ledger)
+                                        .tasks
+                                        .entry(TaskKey::of(&second).dedup)
+                                        .or_insert_with(|| second.clone());
                                     lock(&ledger).put_answered(
                                         &second,
                                         &answer,
