@@ -1495,7 +1495,7 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     );
     let _ = writeln!(
         summary,
-        "  frames read at the proxies: {} ({} unreadable: cut mid-frame or discarded)",
+        "  frames read at the proxies: {} ({} that did not open with the key)",
         ledger.frames, ledger.unreadable
     );
     let _ = writeln!(
