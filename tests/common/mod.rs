@@ -2,6 +2,8 @@
 //! server on a free port, and a raw peer that speaks bytes, not packets.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
