@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use stream_rpc::{CallError, Cipher, CipherError, ConfigBuilder, Connector, Fernet, Value};
+use stream_rpc::{
+    CallError, Cipher, CipherError, ConfigBuilder, Connector, Endpoint, Fernet, Value,
+};
 use stream_rpc_queue::server::QueueServer;
-use stream_rpc_queue::{QueueConfig, QueueSettings, RedisTls, TaskQueue, TaskRef};
+use stream_rpc_queue::{
+    QueueConfig, QueueSettings, RedisTls, ReplaySharing, TaskQueue, TaskRef, replay_store_for,
+};
 
 /// Exit status of a call answered with an error packet, or of `decode` when
 /// a token did not open.
@@ -208,6 +212,11 @@ struct ServeArgs {
     /// A PEM file of the CAs trusted for Redis's certificate (rediss://).
     #[arg(long, value_name = "PATH")]
     queue_tls_ca: Option<PathBuf>,
+    /// Where tokens are remembered against replay: `auto` (shared through
+    /// the queue's Redis when the queue is on Redis), `local` (this server
+    /// only, with a warning) or `shared` [default: STREAM_RPC_REPLAY, else auto].
+    #[arg(long, value_name = "WHERE")]
+    replay: Option<String>,
     /// Connections served at once.
     #[arg(long)]
     max_connections: Option<usize>,
@@ -608,10 +617,21 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         queue_config.settings = queue_config.settings.with_max_attempts(attempts);
     }
     queue_config.tls = queue_tls(args.queue_tls_ca)?;
+    let sharing = match &args.replay {
+        Some(text) => text.parse().map_err(|e| format!("--replay: {e}"))?,
+        None => ReplaySharing::from_env()?,
+    };
     let queue = queue_config
         .open()
         .await
         .map_err(|e| format!("the task queue: {e}"))?;
+    let mut endpoint = Endpoint::builder(config.clone());
+    if let Some(store) = replay_store_for(&queue_config, sharing, &config)
+        .await
+        .map_err(|e| format!("the replay store: {e}"))?
+    {
+        endpoint = endpoint.replay_store(Arc::new(store));
+    }
     let server = Arc::new(QueueServer::new(queue, queue_config.lease));
     if args.metrics.is_some() {
         let server = server.clone();
@@ -623,7 +643,9 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
             }
         });
     }
-    Connector::new(config).run_server(server).await?;
+    Connector::with_endpoint(endpoint.build())
+        .run_server(server)
+        .await?;
     Ok(0)
 }
 

@@ -402,6 +402,14 @@ impl Config {
     pub fn replay_protection(&self) -> bool {
         self.replay_protection
     }
+    /// How long a token lives once sealed, as this configuration opens
+    /// them: the Fernet time to live ([`DEFAULT_TOKEN_TTL`] unless set);
+    /// `None` when tokens never expire, or for a custom cipher, which says
+    /// nothing of their age. A replay store shared by several endpoints
+    /// remembers tokens this long, plus the clock skew.
+    pub fn token_ttl(&self) -> Option<Duration> {
+        self.replay_ttl
+    }
     /// Resource bounds.
     pub fn limits(&self) -> &Limits {
         &self.limits
