@@ -513,13 +513,17 @@ impl ConfigBuilder {
         self
     }
     /// How old a Fernet token may be when it arrives (default 5 min);
-    /// `None` accepts any age. Ignored with a custom [`cipher`](Self::cipher).
+    /// `None` accepts any age. Ignored with a [`cipher`](Self::cipher),
+    /// a [`Fernet`] one included (its own time to live applies).
     pub fn token_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.token_ttl = Some(ttl);
         self
     }
     /// A custom cipher instead of Fernet, like the seed's `STREAM_RPC_CYPHER`;
-    /// the key is then not needed.
+    /// the key is then not needed. A [`Fernet`] given here is recognised:
+    /// its own time to live applies (5 min from [`Fernet::new`]), and it
+    /// takes Fernet's paths (tokens' times for the replay cache, sealing in
+    /// batches).
     pub fn cipher(mut self, cipher: Arc<dyn Cipher>) -> Self {
         self.cipher = Some(cipher);
         self
@@ -580,8 +584,11 @@ impl ConfigBuilder {
         let (cipher, sealer, ttl): (Arc<dyn Cipher>, Sealer, Option<Duration>) =
             match (self.cipher, self.key.as_deref()) {
                 // A custom cipher says nothing of token ages: the cache is then
-                // bounded by its size alone.
-                (Some(cipher), _) => (cipher.clone(), Sealer::Custom(cipher), None),
+                // bounded by its size alone. A Fernet is recognised.
+                (Some(cipher), _) => {
+                    let (sealer, ttl) = Sealer::of(cipher.clone());
+                    (cipher, sealer, ttl)
+                }
                 (None, Some(key)) => {
                     let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
                     let fernet = Fernet::new(key)
