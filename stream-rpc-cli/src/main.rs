@@ -5,7 +5,7 @@
 
 mod bench;
 
-use std::io::{BufRead, IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -509,20 +509,23 @@ fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
     let ttl = (!args.no_ttl).then(|| Duration::from_secs(args.ttl));
     let fernet = Fernet::new(key.trim())?.with_ttl(ttl);
     let mut status = 0;
-    let mut one = |token: &str| {
+    let mut out = std::io::stdout().lock();
+    // Whatever the input, nothing here panics: tokens are any text, and
+    // output that cannot be written (a closed pipe) ends the command.
+    let mut one = |token: &str| -> Result<(), Failure> {
         let token = token.trim();
         if token.is_empty() {
-            return;
+            return Ok(());
         }
-        let shown = &token[..token.len().min(16)];
         match fernet.decrypt(token.as_bytes()) {
             Ok(plain) => {
                 let packet: Value = serde_json::from_slice(&plain).unwrap_or_else(|_| {
                     Value::String(String::from_utf8_lossy(&plain).into_owned())
                 });
                 let time = token_time(token).map(|at| at.to_rfc3339());
-                let out = serde_json::json!({ "token_time": time, "packet": packet });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                let shown = serde_json::json!({ "token_time": time, "packet": packet });
+                let pretty = serde_json::to_string_pretty(&shown).unwrap_or_default();
+                writeln!(out, "{pretty}").map_err(|e| format!("cannot write stdout: {e}"))?;
             }
             Err(e) => {
                 let why = match e {
@@ -530,21 +533,35 @@ fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
                     CipherError::BadSignature => "wrong key or tampered (bad signature)".to_owned(),
                     other => other.to_string(),
                 };
-                eprintln!("{shown}…: does not open: {why}");
+                // The first 16 characters (not bytes: any text may come),
+                // with control characters escaped.
+                let shown: String = token
+                    .chars()
+                    .take(16)
+                    .flat_map(char::escape_debug)
+                    .collect();
+                let _ = writeln!(std::io::stderr(), "{shown}…: does not open: {why}");
                 status = REFUSED;
             }
         }
+        Ok(())
     };
     if args.tokens.is_empty() {
         if std::io::stdin().is_terminal() {
-            eprintln!("reading tokens from stdin, one per line (Ctrl-D ends)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "reading tokens from stdin, one per line (Ctrl-D ends)"
+            );
         }
-        for line in std::io::stdin().lock().lines() {
-            one(&line.map_err(|e| format!("cannot read stdin: {e}"))?);
+        // Lines of bytes: a line that is not UTF-8 is a token that does not
+        // open, not the end of the input.
+        for line in std::io::stdin().lock().split(b'\n') {
+            let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+            one(&String::from_utf8_lossy(&line))?;
         }
     } else {
         for token in &args.tokens {
-            one(token);
+            one(token)?;
         }
     }
     Ok(status)
