@@ -18,7 +18,8 @@
 //! `put_in_queue` a new task, `get_task_from_queue`, `save_parsed_article`
 //! the task it got: one round trip of the queue is those three calls. Redis
 //! is a `redis-server` from the PATH on a free loopback port (append-only
-//! file, fsync at every write, as the docs recommend). Medians of 3.
+//! file, fsync at every write, as the docs recommend). Servers on Redis
+//! share replay protection through it, as they do by default. Medians of 3.
 
 use stream_rpc_queue::server as queue_server;
 #[path = "../../stream-rpc-queue/tests/support/mod.rs"]
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant};
 use queue_server::QueueServer;
 use redis_support::RedisServer;
 use stream_rpc::{Config, Connector, Endpoint, Fernet, ShutdownHandle, json};
-use stream_rpc_queue::{QueueConfig, RedisReplayStore, RedisSettings};
+use stream_rpc_queue::{
+    QueueConfig, RedisReplayStore, RedisSettings, ReplaySharing, replay_store_for,
+};
 
 const WORKERS: usize = 12;
 
@@ -103,7 +106,19 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
             ..QueueConfig::default()
         };
         let queue = queue_config.open().await.expect("the queue");
-        let server = Connector::new(config(0)).bind().await.expect("a port");
+        // As the example server and `stream-rpc serve` do: replay
+        // protection shared through the queue's Redis when it is on Redis.
+        let mut endpoint = Endpoint::builder(config(0));
+        if let Some(store) = replay_store_for(&queue_config, ReplaySharing::Auto, &config(0))
+            .await
+            .expect("the replay store")
+        {
+            endpoint = endpoint.replay_store(Arc::new(store));
+        }
+        let server = Connector::with_endpoint(endpoint.build())
+            .bind()
+            .await
+            .expect("a port");
         ports.push(server.local_addr().port());
         stops.push(server.shutdown_handle());
         tokio::spawn(server.serve(QueueServer::new(queue, queue_config.lease)));
