@@ -10,16 +10,19 @@
 //! (8888; 0 picks a free port, shown in the log), `STREAM_RPC_LOG_LVL`
 //! (INFO); the queue: `STREAM_RPC_QUEUE` (`memory`, or `redis://host:port`
 //! to share one queue between servers), `STREAM_RPC_QUEUE_LEASE_SECS` (30),
-//! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5). Stops gracefully on Ctrl-C or
-//! SIGTERM.
+//! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5); replay protection:
+//! `STREAM_RPC_REPLAY` (`auto`: shared through the queue's Redis when the
+//! queue is on Redis, so that a token accepted by one server is refused by
+//! all; `local` keeps it in this server, with a warning). Stops gracefully
+//! on Ctrl-C or SIGTERM.
 
 use stream_rpc_queue::server as queue_server;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use stream_rpc::{Config, Connector, logging};
-use stream_rpc_queue::{QueueConfig, TaskQueue};
+use stream_rpc::{Config, Connector, Endpoint, logging};
+use stream_rpc_queue::{QueueConfig, ReplaySharing, TaskQueue, replay_store_for};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -34,13 +37,14 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let queue_config = match QueueConfig::from_env() {
-        Ok(queue_config) => queue_config,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (queue_config, sharing) =
+        match QueueConfig::from_env().and_then(|queue| Ok((queue, ReplaySharing::from_env()?))) {
+            Ok(settings) => settings,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let queue = match queue_config.open().await {
         Ok(queue) => queue,
         Err(e) => {
@@ -48,8 +52,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut endpoint = Endpoint::builder(config.clone());
+    match replay_store_for(&queue_config, sharing, &config).await {
+        Ok(Some(store)) => endpoint = endpoint.replay_store(Arc::new(store)),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("the replay store: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let server = Arc::new(queue_server::QueueServer::new(queue, queue_config.lease));
-    match Connector::new(config).run_server(server.clone()).await {
+    let connector = Connector::with_endpoint(endpoint.build());
+    match connector.run_server(server.clone()).await {
         Ok(()) => {
             // A queue in memory goes with the process: say what is lost.
             if !server.queue().is_shared()

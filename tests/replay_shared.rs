@@ -1,20 +1,27 @@
-//! Replay protection shared by two servers through Redis: a token accepted
-//! by one is refused by the other; while Redis is away each server goes on
-//! with its own memory. A real `redis-server` per test.
+//! Replay protection shared by servers through Redis: a token accepted by
+//! one is refused by the other, in process and between two `server`
+//! example processes on one Redis queue (the default there); while Redis
+//! is away every token is refused (or, by choice, each server goes on with
+//! its own memory); any other error of Redis refuses; keys expire by the
+//! token's own time. A real `redis-server` per test.
 
 mod common;
 
 #[path = "../stream-rpc-queue/tests/support/mod.rs"]
 mod redis_support;
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use redis_support::RedisServer;
 use serde_json::json;
-use stream_rpc::{Connector, Endpoint, ShutdownHandle};
-use stream_rpc_queue::{RedisReplayStore, RedisSettings, RedisTls};
+use stream_rpc::{Connector, Endpoint, ReceivedToken, ReplayStore, ShutdownHandle, Verdict};
+use stream_rpc_queue::{RedisReplayStore, RedisSettings, RedisTls, WhenUnreachable};
 use tokio::task::JoinHandle;
 
 struct Shared {
@@ -30,9 +37,15 @@ async fn server(redis: &RedisServer, key: &str) -> Shared {
 
 /// A server whose replay store is on the Redis of `redis`.
 async fn server_on(redis: RedisSettings, key: &str) -> Shared {
+    server_with(redis, key, WhenUnreachable::Refuse).await
+}
+
+/// A server whose replay store is on the Redis of `redis`, with `policy`.
+async fn server_with(redis: RedisSettings, key: &str, policy: WhenUnreachable) -> Shared {
     let store = RedisReplayStore::connect(&redis, Duration::from_secs(300), 1 << 16)
         .await
-        .expect("the test's redis-server");
+        .expect("the test's redis-server")
+        .when_unreachable(policy);
     let endpoint = Endpoint::builder(config(key, 0).build().unwrap())
         .replay_store(Arc::new(store))
         .build();
@@ -94,11 +107,16 @@ async fn a_token_accepted_by_one_server_is_refused_by_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_redis_is_away_a_server_goes_on_with_its_own_memory() {
+async fn while_redis_is_away_a_server_goes_on_with_its_own_memory_when_told_to() {
     let mut redis = RedisServer::start();
     bounded(async {
         let key = new_key();
-        let a = server(&redis, &key).await;
+        let a = server_with(
+            RedisSettings::new(redis.url()),
+            &key,
+            WhenUnreachable::Local,
+        )
+        .await;
         let mut raw = RawPeer::connect(a.port, &key).await;
         let (line, id) = sealed_ping(&mut raw, "before");
         raw.send_raw(line.as_bytes()).await;
@@ -155,4 +173,366 @@ async fn measure_the_cost_of_the_shared_store() {
         );
         stop.shutdown();
     }
+}
+
+/// The path of an example's binary, building the examples if this test was
+/// run on its own (`cargo test` builds them with everything else).
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--examples", "--quiet"])
+            .status()
+            .expect("cargo build --examples");
+        assert!(status.success(), "building the examples failed");
+    }
+    path
+}
+
+/// The `server` example as a process, with its log lines.
+struct ServerProcess {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    port: u16,
+}
+
+impl ServerProcess {
+    /// Starts the example on a free port with the queue on `queue` and
+    /// `extra` settings, and waits until it serves.
+    fn start(key: &str, queue: &str, extra: &[(&str, &str)]) -> ServerProcess {
+        let mut child = Command::new(example("server"))
+            .env_clear()
+            .envs([
+                ("CRYPTO_KEY", key),
+                ("STREAM_RPC_HOST", "127.0.0.1"),
+                ("STREAM_RPC_PORT", "0"),
+                ("STREAM_RPC_QUEUE", queue),
+            ])
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server example");
+        let (tx, lines) = mpsc::channel();
+        fn pump(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        pump(child.stdout.take().unwrap(), tx.clone());
+        pump(child.stderr.take().unwrap(), tx);
+        let mut server = ServerProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+            port: 0,
+        };
+        let line = server.wait_for("Serving on 127.0.0.1:", 1);
+        server.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        server
+    }
+
+    /// Waits (bounded) until `count` lines hold `needle`; returns the last.
+    fn wait_for(&mut self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let found: Vec<&String> = self.seen.iter().filter(|l| l.contains(needle)).collect();
+            if found.len() >= count {
+                return found[count - 1].clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::task::block_in_place(|| self.lines.recv_timeout(left)) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => panic!(
+                    "no {count} lines with {needle:?} in time; the log:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Stops it (SIGTERM) and reads its output to the end, so that every
+    /// line it wrote is seen.
+    fn finish(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::task::block_in_place(|| self.lines.recv_timeout(left)) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => panic!("did not stop in time"),
+            }
+        }
+    }
+
+    /// How many lines seen so far hold `needle`.
+    fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sent_to_one_server_process_is_refused_by_another_on_the_same_queue() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let key = new_key();
+        // Nothing but the queue's URL: the replay store is shared by default.
+        let mut a = ServerProcess::start(&key, &redis.url(), &[]);
+        let mut b = ServerProcess::start(&key, &redis.url(), &[]);
+        for server in [&mut a, &mut b] {
+            server.wait_for("replay protection is shared through the queue's Redis", 1);
+        }
+        // Three tasks queued, so that a lease answered twice would show.
+        let mut to_a = RawPeer::connect(a.port, &key).await;
+        for n in 0..3 {
+            let task = to_a.packet("parse_article", json!({ "article_id": n }));
+            let id = to_a
+                .request("put_in_queue", serde_json::to_value(&task).unwrap())
+                .await;
+            assert_eq!(to_a.recv_reply(id).await.payload, json!({"queued": true}));
+        }
+        // A worker's lease request, captured on its way to A.
+        let lease = to_a.packet("get_task_from_queue", json!(null));
+        let line = format!("{}\n", to_a.fernet.encrypt(&lease.to_json().unwrap()));
+        to_a.send_raw(line.as_bytes()).await;
+        assert_eq!(to_a.recv().await.method, "parse_article");
+        // Played verbatim to B: no answer, and B's log says why.
+        let mut to_b = RawPeer::connect(b.port, &key).await;
+        to_b.send_raw(line.as_bytes()).await;
+        ping_is_next(&mut to_b).await;
+        b.wait_for("dropped a replayed token (accepted before)", 1);
+        // The second task was not handed out to the replay: a worker gets it.
+        let mut worker = RawPeer::connect(b.port, &key).await;
+        let id = worker.request("get_task_from_queue", json!(null)).await;
+        let second = worker.recv_reply(id).await;
+        assert_eq!(second.payload, json!({ "article_id": 1 }), "{second}");
+        // STREAM_RPC_REPLAY=local turns sharing off, with a warning: the
+        // same token is then answered by a third server.
+        let mut c = ServerProcess::start(&key, &redis.url(), &[("STREAM_RPC_REPLAY", "local")]);
+        c.wait_for(
+            "STREAM_RPC_REPLAY=local: replay protection is this server's alone",
+            1,
+        );
+        let mut to_c = RawPeer::connect(c.port, &key).await;
+        to_c.send_raw(line.as_bytes()).await;
+        assert_eq!(to_c.recv().await.method, "parse_article");
+        // A value that means nothing stops the server at start.
+        let status = Command::new(example("server"))
+            .env_clear()
+            .envs([
+                ("CRYPTO_KEY", key.as_str()),
+                ("STREAM_RPC_HOST", "127.0.0.1"),
+                ("STREAM_RPC_PORT", "0"),
+                ("STREAM_RPC_REPLAY", "off"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success());
+    })
+    .await;
+}
+
+/// Sends three pings on a new connection to `port` and waits until the
+/// server closes it (three refused tokens in a row).
+async fn three_refused(port: u16, key: &str) {
+    let mut raw = RawPeer::connect(port, key).await;
+    for _ in 0..3 {
+        raw.request("ping", json!("refused")).await;
+    }
+    raw.expect_closed().await;
+}
+
+/// Pings on new connections until one is answered (bounded by the test's
+/// limit): Redis is back once the store has reconnected. Three pings a
+/// connection, so that one refused whole is closed by the server rather
+/// than left waiting.
+async fn answered_again(port: u16, key: &str) {
+    loop {
+        let mut raw = RawPeer::connect(port, key).await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(raw.request("ping", json!("back?")).await);
+        }
+        if let Some(line) = raw.recv_line().await {
+            let plain = raw.fernet.decrypt(&line).unwrap();
+            let reply = stream_rpc::Packet::from_json(&plain).unwrap();
+            assert!(ids.contains(&reply.reply_to.unwrap().id), "{reply}");
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_unreachable_a_server_refuses_every_token_and_says_so_once() {
+    let mut redis = RedisServer::start();
+    bounded(async {
+        let key = new_key();
+        let mut a = ServerProcess::start(&key, &redis.url(), &[]);
+        let mut raw = RawPeer::connect(a.port, &key).await;
+        let id = raw.request("ping", json!("before")).await;
+        assert_eq!(raw.recv_reply(id).await.method, "pong");
+        redis.kill();
+        // Every token refused, on two connections: one line says why.
+        three_refused(a.port, &key).await;
+        three_refused(a.port, &key).await;
+        a.wait_for("Redis is unreachable", 1);
+        redis.restart();
+        answered_again(a.port, &key).await;
+        a.finish();
+        let log = a.seen.join("\n");
+        assert_eq!(a.count("Redis is unreachable"), 1, "{log}");
+        assert_eq!(a.count("refusing every token until it is back"), 1, "{log}");
+        assert_eq!(a.count("Redis is reachable again"), 1, "{log}");
+    })
+    .await;
+}
+
+/// A client on the test's Redis, for settings and looks behind the store.
+async fn redis_client(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Makes every write of `redis` fail with OOM (`on`), or undoes it.
+async fn out_of_memory(connection: &mut redis::aio::MultiplexedConnection, on: bool) {
+    let (memory, policy) = if on {
+        ("1", "noeviction")
+    } else {
+        ("0", "noeviction")
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(memory)
+        .arg("maxmemory-policy")
+        .arg(policy)
+        .query_async(connection)
+        .await
+        .unwrap();
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_error_of_redis_refuses_even_in_local_mode_and_is_logged_as_what_it_is() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let mut control = redis_client(&redis).await;
+        // In process, with the policy that falls back to local memory when
+        // Redis cannot be reached: an OOM is not that, and refuses.
+        let store = RedisReplayStore::connect(
+            &RedisSettings::new(redis.url()),
+            Duration::from_secs(300),
+            1 << 10,
+        )
+        .await
+        .unwrap()
+        .when_unreachable(WhenUnreachable::Local);
+        let token = |n: u64| ReceivedToken {
+            fingerprint: store.fingerprint(&n.to_le_bytes()),
+            time: Some(now_secs()),
+        };
+        let mut verdicts = Vec::new();
+        out_of_memory(&mut control, true).await;
+        store.received(&[token(1), token(2)], &mut verdicts).await;
+        assert_eq!(verdicts, [Verdict::Unavailable, Verdict::Unavailable]);
+        out_of_memory(&mut control, false).await;
+        store.received(&[token(3)], &mut verdicts).await;
+        assert_eq!(verdicts, [Verdict::New]);
+        // A server process: refused, and one line (not one per frame) names
+        // the error.
+        let key = new_key();
+        let mut a = ServerProcess::start(&key, &redis.url(), &[]);
+        out_of_memory(&mut control, true).await;
+        three_refused(a.port, &key).await;
+        three_refused(a.port, &key).await;
+        let line = a.wait_for("replay store: Redis answered an error", 1);
+        assert!(line.contains("OOM"), "{line}");
+        out_of_memory(&mut control, false).await;
+        answered_again(a.port, &key).await;
+        a.finish();
+        let log = a.seen.join("\n");
+        assert_eq!(a.count("replay store: Redis answered an error"), 1, "{log}");
+        assert_eq!(a.count("Redis is unreachable"), 0, "{log}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_by_the_tokens_own_time_plus_the_ttl_and_the_skew() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let control = redis_client(&redis).await;
+        let store = RedisReplayStore::connect(
+            &RedisSettings::new(redis.url()),
+            Duration::from_secs(300),
+            1 << 10,
+        )
+        .await
+        .unwrap();
+        let expires = |fingerprint: u64| {
+            let mut control = control.clone();
+            async move {
+                let at: i64 = redis::cmd("PEXPIRETIME")
+                    .arg(format!("{{stream-rpc}}:replay:{fingerprint:016x}"))
+                    .query_async(&mut control)
+                    .await
+                    .unwrap();
+                at
+            }
+        };
+        // A token made 200 s ago is kept until its own time + 300 s TTL +
+        // 60 s skew (+ 1 s for the whole seconds of its time), not until
+        // Redis's now + the window.
+        let made = now_secs() - 200;
+        let old = ReceivedToken {
+            fingerprint: store.fingerprint(b"old"),
+            time: Some(made),
+        };
+        let mut verdicts = Vec::new();
+        store.received(&[old], &mut verdicts).await;
+        assert_eq!(verdicts, [Verdict::New]);
+        assert_eq!(expires(old.fingerprint).await, ((made + 361) * 1000) as i64);
+        // Sent tokens: by the time they were sealed by.
+        let sent = store.fingerprint(b"sent");
+        store.sent(&[sent], made + 5).await;
+        assert_eq!(expires(sent).await, ((made + 366) * 1000) as i64);
+        store.received(&[old], &mut verdicts).await;
+        assert_eq!(verdicts, [Verdict::Replay]);
+    })
+    .await;
 }

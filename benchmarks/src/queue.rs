@@ -5,13 +5,21 @@
 //! ```text
 //! cargo run --release -p stream-rpc-benchmarks --bin queue            # the full run
 //! cargo run -p stream-rpc-benchmarks --bin queue -- --smoke           # a quick check
+//! cargo run --release -p stream-rpc-benchmarks --bin queue -- --replay  # the replay store's cost
 //! ```
+//!
+//! `--replay` measures what the shared replay store costs one client
+//! making one call at a time: sequential calls (`ping`, then a
+//! `get_task_from_queue` on an empty queue) through one queue server on
+//! Redis, with the in-process replay store and with the Redis one
+//! (`RedisReplayStore`, what a server on a Redis queue uses by default).
 //!
 //! Each of 12 workers (a connection each, spread over the servers) loops:
 //! `put_in_queue` a new task, `get_task_from_queue`, `save_parsed_article`
 //! the task it got: one round trip of the queue is those three calls. Redis
 //! is a `redis-server` from the PATH on a free loopback port (append-only
-//! file, fsync at every write, as the docs recommend). Medians of 3.
+//! file, fsync at every write, as the docs recommend). Servers on Redis
+//! share replay protection through it, as they do by default. Medians of 3.
 
 use stream_rpc_queue::server as queue_server;
 #[path = "../../stream-rpc-queue/tests/support/mod.rs"]
@@ -23,8 +31,10 @@ use std::time::{Duration, Instant};
 
 use queue_server::QueueServer;
 use redis_support::RedisServer;
-use stream_rpc::{Config, Connector, Fernet, ShutdownHandle, json};
-use stream_rpc_queue::QueueConfig;
+use stream_rpc::{Config, Connector, Endpoint, Fernet, ShutdownHandle, json};
+use stream_rpc_queue::{
+    QueueConfig, RedisReplayStore, RedisSettings, ReplaySharing, replay_store_for,
+};
 
 const WORKERS: usize = 12;
 
@@ -33,6 +43,10 @@ static NEXT_ARTICLE: AtomicU64 = AtomicU64::new(0);
 
 fn main() {
     let smoke = std::env::args().any(|arg| arg == "--smoke");
+    if std::env::args().any(|arg| arg == "--replay") {
+        replay_cost(smoke);
+        return;
+    }
     let (reps, duration) = if smoke {
         (1, Duration::from_millis(500))
     } else {
@@ -92,7 +106,19 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
             ..QueueConfig::default()
         };
         let queue = queue_config.open().await.expect("the queue");
-        let server = Connector::new(config(0)).bind().await.expect("a port");
+        // As the example server and `stream-rpc serve` do: replay
+        // protection shared through the queue's Redis when it is on Redis.
+        let mut endpoint = Endpoint::builder(config(0));
+        if let Some(store) = replay_store_for(&queue_config, ReplaySharing::Auto, &config(0))
+            .await
+            .expect("the replay store")
+        {
+            endpoint = endpoint.replay_store(Arc::new(store));
+        }
+        let server = Connector::with_endpoint(endpoint.build())
+            .bind()
+            .await
+            .expect("a port");
         ports.push(server.local_addr().port());
         stops.push(server.shutdown_handle());
         tokio::spawn(server.serve(QueueServer::new(queue, queue_config.lease)));
@@ -144,4 +170,119 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
         stop.shutdown();
     }
     done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+}
+
+/// `--replay`: sequential calls through one queue server on Redis, with the
+/// in-process replay store and with the shared one; medians of 3 runs.
+fn replay_cost(smoke: bool) {
+    let (reps, calls) = if smoke { (1, 500) } else { (3, 5_000) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let redis = match RedisServer::try_start() {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "replay store cost: one client, {calls} sequential calls per run, {reps} run(s); µs per call"
+    );
+    println!("| method | replay store | µs per call (median) | runs | ratio |");
+    println!("|---|---|---|---|---|");
+    for fsync in ["always", "everysec"] {
+        set_fsync(&redis.url(), fsync);
+        for method in ["ping", "get_task_from_queue"] {
+            let mut memory = 0.0;
+            for shared in [false, true] {
+                let mut runs: Vec<f64> = (0..reps)
+                    .map(|_| runtime.block_on(sequential(&redis.url(), shared, method, calls)))
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                let median = runs[runs.len() / 2];
+                let all: Vec<String> = runs.iter().map(|r| format!("{r:.1}")).collect();
+                let (store, ratio) = if shared {
+                    (
+                        format!("Redis (appendfsync {fsync})"),
+                        format!("{:.2}×", median / memory),
+                    )
+                } else {
+                    memory = median;
+                    ("in-process".to_owned(), String::new())
+                };
+                println!(
+                    "| {method} | {store} | {median:.1} | {} | {ratio} |",
+                    all.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// Sets the benchmark Redis's `appendfsync` policy (with `redis-cli`).
+fn set_fsync(url: &str, policy: &str) {
+    let status = std::process::Command::new("redis-cli")
+        .args(["-u", url, "CONFIG", "SET", "appendfsync", policy])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|status| status.success()) {
+        eprintln!("error: redis-cli could not set appendfsync {policy}");
+        std::process::exit(2);
+    }
+}
+
+/// One run of `calls` sequential calls of `method` through a queue server
+/// on the Redis at `url`; µs per call.
+async fn sequential(url: &str, shared: bool, method: &str, calls: u32) -> f64 {
+    let key = Fernet::generate_key().expect("a key");
+    let config = |port| {
+        Config::builder()
+            .key(key.clone())
+            .host("127.0.0.1")
+            .port(port)
+            .log_packets(stream_rpc::PacketLog::Off)
+            .build()
+            .expect("a config")
+    };
+    let queue_config = QueueConfig {
+        queue: url.to_owned(),
+        ..QueueConfig::default()
+    };
+    let queue = queue_config.open().await.expect("the queue");
+    let mut endpoint = Endpoint::builder(config(0));
+    if shared {
+        let store = RedisReplayStore::connect(
+            &RedisSettings::new(url),
+            stream_rpc::env::DEFAULT_TOKEN_TTL,
+            1 << 22,
+        )
+        .await
+        .expect("the replay store");
+        endpoint = endpoint.replay_store(Arc::new(store));
+    }
+    let server = Connector::with_endpoint(endpoint.build())
+        .bind()
+        .await
+        .expect("a port");
+    let port = server.local_addr().port();
+    let stop = server.shutdown_handle();
+    tokio::spawn(server.serve(QueueServer::new(queue, queue_config.lease)));
+    let client = Connector::new(config(port))
+        .connect_client()
+        .await
+        .expect("the server");
+    let session = client.session();
+    // A few calls first: connections warm, the Lua scripts loaded.
+    for _ in 0..50 {
+        session.call(method, json!(null)).await.expect("a call");
+    }
+    let started = Instant::now();
+    for _ in 0..calls {
+        session.call(method, json!(null)).await.expect("a call");
+    }
+    let elapsed = started.elapsed();
+    stop.shutdown();
+    elapsed.as_secs_f64() * 1e6 / f64::from(calls)
 }

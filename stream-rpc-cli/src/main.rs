@@ -5,16 +5,20 @@
 
 mod bench;
 
-use std::io::{BufRead, IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use stream_rpc::{CallError, Cipher, CipherError, ConfigBuilder, Connector, Fernet, Value};
+use stream_rpc::{
+    CallError, Cipher, CipherError, ConfigBuilder, Connector, Endpoint, Fernet, Value,
+};
 use stream_rpc_queue::server::QueueServer;
-use stream_rpc_queue::{QueueConfig, QueueSettings, RedisTls, TaskQueue, TaskRef};
+use stream_rpc_queue::{
+    QueueConfig, QueueSettings, RedisTls, ReplaySharing, TaskQueue, TaskRef, replay_store_for,
+};
 
 /// Exit status of a call answered with an error packet, or of `decode` when
 /// a token did not open.
@@ -208,6 +212,11 @@ struct ServeArgs {
     /// A PEM file of the CAs trusted for Redis's certificate (rediss://).
     #[arg(long, value_name = "PATH")]
     queue_tls_ca: Option<PathBuf>,
+    /// Where tokens are remembered against replay: `auto` (shared through
+    /// the queue's Redis when the queue is on Redis), `local` (this server
+    /// only, with a warning) or `shared` [default: STREAM_RPC_REPLAY, else auto].
+    #[arg(long, value_name = "WHERE")]
+    replay: Option<String>,
     /// Connections served at once.
     #[arg(long)]
     max_connections: Option<usize>,
@@ -504,20 +513,23 @@ fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
     let ttl = (!args.no_ttl).then(|| Duration::from_secs(args.ttl));
     let fernet = Fernet::new(key.trim())?.with_ttl(ttl);
     let mut status = 0;
-    let mut one = |token: &str| {
+    let mut out = std::io::stdout().lock();
+    // Whatever the input, nothing here panics: tokens are any text, and
+    // output that cannot be written (a closed pipe) ends the command.
+    let mut one = |token: &str| -> Result<(), Failure> {
         let token = token.trim();
         if token.is_empty() {
-            return;
+            return Ok(());
         }
-        let shown = &token[..token.len().min(16)];
         match fernet.decrypt(token.as_bytes()) {
             Ok(plain) => {
                 let packet: Value = serde_json::from_slice(&plain).unwrap_or_else(|_| {
                     Value::String(String::from_utf8_lossy(&plain).into_owned())
                 });
                 let time = token_time(token).map(|at| at.to_rfc3339());
-                let out = serde_json::json!({ "token_time": time, "packet": packet });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                let shown = serde_json::json!({ "token_time": time, "packet": packet });
+                let pretty = serde_json::to_string_pretty(&shown).unwrap_or_default();
+                writeln!(out, "{pretty}").map_err(|e| format!("cannot write stdout: {e}"))?;
             }
             Err(e) => {
                 let why = match e {
@@ -525,21 +537,35 @@ fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
                     CipherError::BadSignature => "wrong key or tampered (bad signature)".to_owned(),
                     other => other.to_string(),
                 };
-                eprintln!("{shown}…: does not open: {why}");
+                // The first 16 characters (not bytes: any text may come),
+                // with control characters escaped.
+                let shown: String = token
+                    .chars()
+                    .take(16)
+                    .flat_map(char::escape_debug)
+                    .collect();
+                let _ = writeln!(std::io::stderr(), "{shown}…: does not open: {why}");
                 status = REFUSED;
             }
         }
+        Ok(())
     };
     if args.tokens.is_empty() {
         if std::io::stdin().is_terminal() {
-            eprintln!("reading tokens from stdin, one per line (Ctrl-D ends)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "reading tokens from stdin, one per line (Ctrl-D ends)"
+            );
         }
-        for line in std::io::stdin().lock().lines() {
-            one(&line.map_err(|e| format!("cannot read stdin: {e}"))?);
+        // Lines of bytes: a line that is not UTF-8 is a token that does not
+        // open, not the end of the input.
+        for line in std::io::stdin().lock().split(b'\n') {
+            let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+            one(&String::from_utf8_lossy(&line))?;
         }
     } else {
         for token in &args.tokens {
-            one(token);
+            one(token)?;
         }
     }
     Ok(status)
@@ -613,10 +639,21 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         queue_config.settings = queue_config.settings.with_max_attempts(attempts);
     }
     queue_config.tls = queue_tls(args.queue_tls_ca)?;
+    let sharing = match &args.replay {
+        Some(text) => text.parse().map_err(|e| format!("--replay: {e}"))?,
+        None => ReplaySharing::from_env()?,
+    };
     let queue = queue_config
         .open()
         .await
         .map_err(|e| format!("the task queue: {e}"))?;
+    let mut endpoint = Endpoint::builder(config.clone());
+    if let Some(store) = replay_store_for(&queue_config, sharing, &config)
+        .await
+        .map_err(|e| format!("the replay store: {e}"))?
+    {
+        endpoint = endpoint.replay_store(Arc::new(store));
+    }
     let server = Arc::new(QueueServer::new(queue, queue_config.lease));
     if args.metrics.is_some() {
         let server = server.clone();
@@ -628,7 +665,9 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
             }
         });
     }
-    Connector::new(config).run_server(server).await?;
+    Connector::with_endpoint(endpoint.build())
+        .run_server(server)
+        .await?;
     Ok(0)
 }
 

@@ -46,6 +46,9 @@ fn text(bytes: &[u8]) -> String {
 struct Serving {
     child: Child,
     addr: String,
+    /// Its output, line by line, and what was read of it so far.
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
 }
 
 impl Serving {
@@ -75,18 +78,29 @@ impl Serving {
         let mut serving = Serving {
             child,
             addr: String::new(),
+            lines: rx,
+            log: Vec::new(),
         };
-        let mut seen = Vec::new();
-        while serving.addr.is_empty() {
-            let line = rx
+        let line = serving.wait_for("Serving on ");
+        serving.addr = line.split("Serving on ").nth(1).unwrap().trim().to_owned();
+        serving
+    }
+
+    /// Waits (at most 20 s) for a line of its output holding `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|line| line.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
                 .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("serve said nothing of where it listens: {seen:?}"));
-            match line.split("Serving on ").nth(1) {
-                Some(addr) => serving.addr = addr.trim().to_owned(),
-                None => seen.push(line),
+                .unwrap_or_else(|_| panic!("serve said nothing of {needle:?}: {:?}", self.log));
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return line;
             }
         }
-        serving
     }
 }
 
@@ -242,6 +256,83 @@ fn decode_opens_what_it_can_and_says_why_not() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["packet"], "hello");
     assert_eq!(shown["token_time"], "1985-10-26T08:20:00+00:00");
+}
+
+#[test]
+fn serve_shares_replay_protection_when_the_queue_is_on_redis() {
+    let redis = redis_support::RedisServer::start();
+    let key = new_key();
+    let url = redis.url();
+    let mut a = Serving::start(&key, &["--queue", &url]);
+    let mut b = Serving::start(&key, &["--queue", &url]);
+    for server in [&mut a, &mut b] {
+        server.wait_for("replay protection is shared through the queue's Redis");
+    }
+    // A ping answered by A, played verbatim to B: refused there.
+    let fernet = Fernet::new(&key).unwrap();
+    let packet = stream_rpc::Packet::new(uuid::Uuid::new_v4(), 1, "ping", serde_json::json!(1));
+    let mut line = fernet.encrypt(&packet.to_json().unwrap()).unwrap();
+    line.push(b'\n');
+    let to_a = std::net::TcpStream::connect(&a.addr).unwrap();
+    (&to_a).write_all(&line).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&to_a).read_line(&mut reply).unwrap();
+    assert!(fernet.decrypt(reply.trim().as_bytes()).is_ok(), "{reply:?}");
+    let to_b = std::net::TcpStream::connect(&b.addr).unwrap();
+    (&to_b).write_all(&line).unwrap();
+    b.wait_for("dropped a replayed token (accepted before)");
+    // `--replay local` turns it off, with a warning; a bad value is refused.
+    let mut local = Serving::start(&key, &["--queue", &url, "--replay", "local"]);
+    local.wait_for("STREAM_RPC_REPLAY=local: replay protection is this server's alone");
+    let out = run(&key, &["serve", "--port", "0", "--replay", "off"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("STREAM_RPC_REPLAY"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn decode_never_panics_whatever_it_is_given() {
+    let key = new_key();
+    // Byte 16 falls inside a character; then control characters, a
+    // token made of one multi-byte character, and one of many.
+    let tokens = [
+        "aéééééééééééééé",
+        "gAAAAA\u{1b}[31m\u{7}ééééééééé",
+        "€",
+        &"日本".repeat(40),
+    ];
+    let mut args = vec!["decode"];
+    args.extend(tokens);
+    let out = run(&key, &args, "");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.matches("does not open").count(), 4, "{stderr}");
+    assert!(stderr.contains(&format!("{}…", tokens[0])), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "control characters are escaped: {stderr}"
+    );
+    // The same on stdin, with lines that are not UTF-8 at all.
+    let mut child = Command::new(BIN)
+        .args(["decode"])
+        .env("CRYPTO_KEY", &key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = tokens.join("\n").into_bytes();
+    input.extend_from_slice(b"\n\xff\xfe\xc3\n\xe6\x97\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.matches("does not open").count(), 6, "{stderr}");
 }
 
 #[test]

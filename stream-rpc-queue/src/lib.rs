@@ -50,7 +50,8 @@
 //!
 //! [`RedisReplayStore`] shares replay and reflection protection between
 //! the servers on one Redis, so that a token accepted by one is refused by
-//! all.
+//! all; a server whose queue is on Redis uses it by default
+//! ([`replay_store_for`], [`ENV_REPLAY`]).
 //!
 //! Both reach Redis at a `redis://` URL, or at a `rediss://` URL over TLS
 //! ([`RedisTls`]: the system's trust store or a CA file, and a client
@@ -84,7 +85,7 @@ pub use any::{
 pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};
 pub use memory::MemoryQueue;
 pub use redis_queue::{RedisQueue, RedisSettings};
-pub use replay::{RedisReplayStore, WhenUnreachable};
+pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).

@@ -438,6 +438,14 @@ impl Config {
     pub fn replay_protection(&self) -> bool {
         self.replay_protection
     }
+    /// How long a token lives once sealed, as this configuration opens
+    /// them: the Fernet time to live ([`DEFAULT_TOKEN_TTL`] unless set);
+    /// `None` when tokens never expire, or for a custom cipher, which says
+    /// nothing of their age. A replay store shared by several endpoints
+    /// remembers tokens this long, plus the clock skew.
+    pub fn token_ttl(&self) -> Option<Duration> {
+        self.replay_ttl
+    }
     /// Resource bounds.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -560,13 +568,17 @@ impl ConfigBuilder {
         self
     }
     /// How old a Fernet token may be when it arrives (default 5 min);
-    /// `None` accepts any age. Ignored with a custom [`cipher`](Self::cipher).
+    /// `None` accepts any age. Ignored with a [`cipher`](Self::cipher),
+    /// a [`Fernet`] one included (its own time to live applies).
     pub fn token_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.token_ttl = Some(ttl);
         self
     }
     /// A custom cipher instead of Fernet, like the seed's `STREAM_RPC_CYPHER`;
-    /// the key is then not needed.
+    /// the key is then not needed. A [`Fernet`] given here is recognised:
+    /// its own time to live applies (5 min from [`Fernet::new`]), and it
+    /// takes Fernet's paths (tokens' times for the replay cache, sealing in
+    /// batches).
     pub fn cipher(mut self, cipher: Arc<dyn Cipher>) -> Self {
         self.cipher = Some(cipher);
         self
@@ -642,8 +654,11 @@ impl ConfigBuilder {
         let (cipher, sealer, ttl): (Arc<dyn Cipher>, Sealer, Option<Duration>) =
             match (self.cipher, self.key.as_deref()) {
                 // A custom cipher says nothing of token ages: the cache is then
-                // bounded by its size alone.
-                (Some(cipher), _) => (cipher.clone(), Sealer::Custom(cipher), None),
+                // bounded by its size alone. A Fernet is recognised.
+                (Some(cipher), _) => {
+                    let (sealer, ttl) = Sealer::of(cipher.clone());
+                    (cipher, sealer, ttl)
+                }
                 (None, Some(key)) => {
                     let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
                     let fernet = Fernet::new(key)

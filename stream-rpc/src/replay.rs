@@ -33,8 +33,18 @@
 //! forget holds tokens of the last two seconds, a full current generation
 //! grows instead, to at most twice its share, so the store may hold up to
 //! twice its capacity for the two seconds a burst lasts, and fails closed
-//! only beyond that. The first time this happens the
-//! store logs a warning with the numbers. Tokens of a custom cipher carry no
+//! only beyond that. The first time this happens the store logs a warning
+//! with the numbers.
+//!
+//! The horizon never lands ahead of this endpoint's clock, or every peer's
+//! new tokens would be refused until the clock caught up (tokens may be
+//! stamped up to the 60 s skew ahead): the times of tokens that were stamped
+//! ahead of the clock when they came do not count for it while they may be
+//! after the generation that follows; those entries are kept a generation
+//! longer instead, up to half a generation of them (a flood of tokens
+//! stamped ahead beyond that is forgotten, logged once). So a flood, or a
+//! key holder stamping every token a minute ahead, shrinks the window as
+//! any flood does, and refuses no one. Tokens of a custom cipher carry no
 //! time the store can read: for them the store is bounded by its size alone.
 
 use std::fmt;
@@ -199,8 +209,13 @@ struct Generation {
     slots: Box<[u64]>,
     len: usize,
     opened: Instant,
-    /// The newest token time among its entries (seconds since the epoch).
+    /// The newest token time among its entries that were not stamped
+    /// ahead of this endpoint's clock when they came (seconds since the
+    /// epoch): never ahead of the clock.
     newest: u64,
+    /// The newest token time among its entries that were stamped ahead of
+    /// the clock when they came.
+    newest_ahead: u64,
 }
 
 /// Tokens stamped this many seconds before the receiver's clock, or later,
@@ -208,21 +223,25 @@ struct Generation {
 /// `MemoryReplayStore::defer_for_fresh_tokens`).
 const FRESH_SECONDS: u64 = 2;
 
-/// The receiver's clock, in whole seconds since the Unix epoch (0 before
-/// it, which defers nothing).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
-
 /// How many entries a generation starts with room for (16 KiB of slots);
 /// it doubles as it fills, up to half the store's capacity.
 const INITIAL_GENERATION: usize = 1024;
 
 const OCCUPIED: u64 = 1;
 const RECEIVED: u64 = 2;
-const MARKS: u64 = OCCUPIED | RECEIVED;
+/// A received token stamped ahead of this endpoint's clock when it came.
+const AHEAD: u64 = 4;
+const MARKS: u64 = OCCUPIED | RECEIVED | AHEAD;
+
+impl Origin {
+    /// The marks of a new entry of this origin.
+    fn mark(self) -> u64 {
+        match self {
+            Origin::Sent => OCCUPIED,
+            Origin::Received => OCCUPIED | RECEIVED,
+        }
+    }
+}
 
 impl Generation {
     /// A table for `cap` entries. The zeroed slots come from `calloc`, so
@@ -234,6 +253,7 @@ impl Generation {
             len: 0,
             opened,
             newest: 0,
+            newest_ahead: 0,
         }
     }
 
@@ -265,6 +285,11 @@ impl Generation {
     /// The origin recorded for `fingerprint`; with `insert`, records it
     /// with `origin` when it is not there.
     fn find(&mut self, fingerprint: u64, insert: Option<Origin>) -> Option<Origin> {
+        self.find_or_mark(fingerprint, insert.map(Origin::mark))
+    }
+
+    /// [`find`](Self::find), inserting with the marks `insert`.
+    fn find_or_mark(&mut self, fingerprint: u64, insert: Option<u64>) -> Option<Origin> {
         let key = fingerprint & !MARKS;
         let mask = self.slots.len() - 1;
         let mut index = self.start(fingerprint);
@@ -273,11 +298,7 @@ impl Generation {
         for _ in 0..self.slots.len() {
             let slot = self.slots[index];
             if slot == 0 {
-                if let Some(origin) = insert {
-                    let mark = match origin {
-                        Origin::Sent => OCCUPIED,
-                        Origin::Received => OCCUPIED | RECEIVED,
-                    };
+                if let Some(mark) = insert {
                     self.slots[index] = key | mark;
                     self.len += 1;
                 }
@@ -301,6 +322,7 @@ impl Generation {
         self.len = 0;
         self.opened = opened;
         self.newest = 0;
+        self.newest_ahead = 0;
     }
 }
 
@@ -330,6 +352,7 @@ pub struct MemoryReplayStore {
     /// A random key per endpoint, so fingerprints cannot be predicted.
     key: [u64; 2],
     warned_full: AtomicBool,
+    warned_ahead: AtomicBool,
 }
 
 impl MemoryReplayStore {
@@ -360,6 +383,7 @@ impl MemoryReplayStore {
             initial_cap,
             key,
             warned_full: AtomicBool::new(false),
+            warned_ahead: AtomicBool::new(false),
         }
     }
 
@@ -367,15 +391,24 @@ impl MemoryReplayStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The verdict on one received token, remembering it when it is new.
-    fn check_locked(&self, state: &mut State, token: ReceivedToken) -> Verdict {
+    /// The verdict on one received token, remembering it when it is new;
+    /// `now` is this endpoint's clock in seconds since the epoch.
+    fn check_locked(&self, state: &mut State, token: ReceivedToken, now: u64) -> Verdict {
         if let (Some(time), Some(horizon)) = (token.time, state.horizon)
             && time <= horizon
         {
             return Verdict::Forgotten;
         }
         let time = token.time.unwrap_or(0);
-        match self.record_locked(state, token.fingerprint, Origin::Received, true, time) {
+        let ahead = time > now;
+        match self.record_locked(
+            state,
+            token.fingerprint,
+            Origin::Received,
+            true,
+            time,
+            ahead,
+        ) {
             None => Verdict::New,
             Some(Origin::Received) => Verdict::Replay,
             Some(Origin::Sent) => Verdict::Reflection,
@@ -392,6 +425,7 @@ impl MemoryReplayStore {
         origin: Origin,
         search_previous: bool,
         time: u64,
+        ahead: bool,
     ) -> Option<Origin> {
         if search_previous && let Some(known) = state.previous.find(fingerprint, None) {
             return Some(known);
@@ -402,9 +436,15 @@ impl MemoryReplayStore {
             }
             self.open_generation(state, now);
         }
-        let known = state.current.find(fingerprint, Some(origin));
+        let mark = origin.mark() | if ahead { AHEAD } else { 0 };
+        let known = state.current.find_or_mark(fingerprint, Some(mark));
         if known.is_none() {
-            state.current.newest = state.current.newest.max(time);
+            let newest = if ahead {
+                &mut state.current.newest_ahead
+            } else {
+                &mut state.current.newest
+            };
+            *newest = (*newest).max(time);
         }
         known
     }
@@ -459,7 +499,11 @@ impl MemoryReplayStore {
 
     /// Forgets the previous generation and makes the current one previous.
     /// Tokens stamped no later than the newest it held are refused from
-    /// then on: the store no longer knows whether it saw them.
+    /// then on: the store no longer knows whether it saw them. The newest
+    /// of the entries that were stamped ahead of this clock when they came
+    /// does not count while it may be after the opening of the current
+    /// generation: those entries are kept instead, in the new generation,
+    /// so that the horizon never lands ahead of the clock.
     fn open_generation(&self, state: &mut State, now: Instant) {
         // Every entry of the previous generation is older than the opening
         // of the current one: if that was a window ago, none is forgotten
@@ -467,8 +511,29 @@ impl MemoryReplayStore {
         let early = self
             .window
             .is_none_or(|window| now.duration_since(state.current.opened) < window);
-        if state.previous.len > 0 && state.previous.newest > 0 {
-            state.horizon = Some(state.horizon.unwrap_or(0).max(state.previous.newest));
+        // The new current generation starts with room for what the last
+        // one held: a fresh table (pages untouched until used), so an
+        // endpoint whose traffic fell gives the memory back.
+        let room =
+            (state.current.len.saturating_mul(2)).clamp(self.initial_cap, self.generation_cap);
+        let mut fresh = Generation::new(room, now);
+        if state.previous.len > 0 {
+            // Tokens may be stamped up to the skew ahead of this clock: a
+            // horizon there would refuse every peer's new tokens until the
+            // clock caught up. Those stamped after the current generation
+            // opened are kept a generation longer instead (so about until
+            // their stamps pass), to be refused as replays.
+            let clock = unix_now();
+            let opened = clock.saturating_sub(now.duration_since(state.current.opened).as_secs());
+            let mut horizon = state.previous.newest;
+            if early && state.previous.newest_ahead > opened {
+                self.carry_ahead(&state.previous, &mut fresh);
+            } else {
+                horizon = horizon.max(state.previous.newest_ahead.min(clock));
+            }
+            if horizon > 0 {
+                state.horizon = Some(state.horizon.unwrap_or(0).max(horizon));
+            }
         }
         if early && state.previous.len > 0 && !self.warned_full.swap(true, Ordering::Relaxed) {
             let open_for = now.duration_since(state.previous.opened);
@@ -486,13 +551,39 @@ impl MemoryReplayStore {
                 ),
             }
         }
-        // The new current generation starts with room for what the last
-        // one held: a fresh table (pages untouched until used), so an
-        // endpoint whose traffic fell gives the memory back.
-        let room =
-            (state.current.len.saturating_mul(2)).clamp(self.initial_cap, self.generation_cap);
-        let fresh = Generation::new(room, now);
         state.previous = std::mem::replace(&mut state.current, fresh);
+    }
+
+    /// Copies the entries of `forgotten` that were stamped ahead of this
+    /// clock when they came into `fresh`, up to half a generation; the rest
+    /// (only a flood of tokens stamped ahead leaves any) are forgotten,
+    /// logged once.
+    fn carry_ahead(&self, forgotten: &Generation, fresh: &mut Generation) {
+        let most = self.generation_cap / 2;
+        let mut carried = 0;
+        let mut dropped = 0u64;
+        for &slot in forgotten.slots.iter().filter(|&&slot| slot & AHEAD != 0) {
+            if carried >= most {
+                dropped += 1;
+                continue;
+            }
+            if fresh.len >= fresh.capacity() {
+                fresh.grow();
+            }
+            if fresh.find_or_mark(slot, Some(slot & MARKS)).is_none() {
+                carried += 1;
+            }
+        }
+        if carried > 0 {
+            fresh.newest_ahead = fresh.newest_ahead.max(forgotten.newest_ahead);
+        }
+        if dropped > 0 && !self.warned_ahead.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the replay store forgot {dropped} tokens stamped ahead of this clock before \
+                 their stamps passed (a flood of tokens stamped ahead, beyond {most} kept): \
+                 those could be accepted once more"
+            );
+        }
     }
 
     #[cfg(test)]
@@ -509,7 +600,7 @@ impl MemoryReplayStore {
             time,
         };
         let mut state = self.lock();
-        self.check_locked(&mut state, token)
+        self.check_locked(&mut state, token, unix_now())
     }
 
     /// [`received_at`](Self::received_at) without a time.
@@ -541,7 +632,14 @@ impl ReplayStore for MemoryReplayStore {
         // generation is not searched for it: one look-up, in the current one.
         warm_generation(&state.current, fingerprints);
         for &fingerprint in fingerprints {
-            let _ = self.record_locked(&mut state, fingerprint, Origin::Sent, false, sealed_by);
+            let _ = self.record_locked(
+                &mut state,
+                fingerprint,
+                Origin::Sent,
+                false,
+                sealed_by,
+                false,
+            );
         }
         ReplayWork::done()
     }
@@ -552,14 +650,22 @@ impl ReplayStore for MemoryReplayStore {
         verdicts: &'a mut Vec<Verdict>,
     ) -> ReplayWork<'a> {
         verdicts.clear();
+        let now = unix_now();
         let mut state = self.lock();
         verdicts.extend(
             tokens
                 .iter()
-                .map(|&token| self.check_locked(&mut state, token)),
+                .map(|&token| self.check_locked(&mut state, token, now)),
         );
         ReplayWork::done()
     }
+}
+
+/// This clock, in seconds since the Unix epoch (0 before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Reads the first slot of each fingerprint in `generation` (see
@@ -755,6 +861,45 @@ mod tests {
             assert!(guard.len() <= 8, "never more than twice the capacity");
         }
         assert!(refused, "a flood beyond the bound still fails closed");
+    }
+
+    #[test]
+    fn a_flood_stamped_ahead_never_puts_the_horizon_ahead_of_the_clock() {
+        // Generations of 32: 200 tokens fill and rotate them six times.
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 64);
+        let now = unix_now();
+        for n in 0..200u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(now + 60)),
+                Verdict::New
+            );
+        }
+        let horizon = guard.lock().horizon;
+        assert!(horizon.is_none_or(|horizon| horizon <= now), "{horizon:?}");
+        // A peer's token made now is still accepted.
+        assert_eq!(guard.received_at(b"now", Some(unix_now())), Verdict::New);
+        assert_eq!(guard.received_at(b"now", Some(unix_now())), Verdict::Replay);
+    }
+
+    #[test]
+    fn a_token_stamped_ahead_is_still_refused_once_its_generation_is_forgotten() {
+        // Generations of 4.
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 8);
+        let now = unix_now();
+        assert_eq!(guard.received_at(b"ahead", Some(now + 30)), Verdict::New);
+        // Eight tokens of ten seconds ago: the generation of `ahead` is
+        // forgotten, early, with a horizon at their time, before `ahead`'s.
+        for n in 0..8u32 {
+            assert_eq!(
+                guard.received_at(&n.to_be_bytes(), Some(now - 10)),
+                Verdict::New
+            );
+        }
+        assert_eq!(guard.lock().horizon, Some(now - 10));
+        assert_eq!(guard.received_at(b"0", Some(now - 10)), Verdict::Forgotten);
+        // `ahead` was kept, and is refused as what it is.
+        assert_eq!(guard.received_at(b"ahead", Some(now + 30)), Verdict::Replay);
+        assert_eq!(guard.received_at(b"new", Some(now)), Verdict::New);
     }
 
     #[test]

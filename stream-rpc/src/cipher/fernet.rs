@@ -147,7 +147,10 @@ pub struct KeyError {
 
 impl Fernet {
     /// Parses one key, or several separated by commas (the first encrypts,
-    /// all decrypt). Tokens never expire until [`Fernet::with_ttl`] is set.
+    /// all decrypt). Tokens older than
+    /// [`DEFAULT_TOKEN_TTL`](crate::env::DEFAULT_TOKEN_TTL) (5 min) are
+    /// refused, as a [`Config`](crate::Config) does; [`Fernet::with_ttl`]
+    /// changes that (`None` accepts any age).
     pub fn new(keys: &str) -> Result<Self, KeyError> {
         let parts: Vec<&str> = keys.split(',').collect();
         let count = parts.len();
@@ -162,7 +165,10 @@ impl Fernet {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Fernet { keys, ttl: None })
+        Ok(Fernet {
+            keys,
+            ttl: Some(crate::config::DEFAULT_TOKEN_TTL),
+        })
     }
 
     /// Sets how old a token may be when it is opened; `None` accepts any age.

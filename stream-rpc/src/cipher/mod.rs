@@ -25,7 +25,11 @@ pub use fernet::{Fernet, KeyError, MAX_CLOCK_SKEW};
 /// and `Debug` must never show key material. With replay protection on (the
 /// default), a cipher must accept one spelling per token: the replay cache
 /// remembers a custom cipher's tokens as they are written.
-pub trait Cipher: Send + Sync + fmt::Debug + 'static {
+///
+/// A [`Fernet`] given as the cipher is recognised as Fernet: its own time
+/// to live applies, its tokens' times bound the replay cache, and the
+/// session seals its messages a batch at a time.
+pub trait Cipher: Send + Sync + fmt::Debug + std::any::Any + 'static {
     /// Seals `plaintext` into a token.
     fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError>;
 
@@ -93,6 +97,20 @@ impl fmt::Debug for Sealer {
 }
 
 impl Sealer {
+    /// The sealer of `cipher`: Fernet's fast paths when it is a [`Fernet`],
+    /// its two methods otherwise; and how long its tokens live, as far as
+    /// it says (a custom cipher says nothing).
+    pub(crate) fn of(cipher: Arc<dyn Cipher>) -> (Sealer, Option<std::time::Duration>) {
+        let any: Arc<dyn std::any::Any + Send + Sync> = cipher.clone();
+        match any.downcast::<Fernet>() {
+            Ok(fernet) => {
+                let ttl = fernet.ttl();
+                (Sealer::Fernet(fernet), ttl)
+            }
+            Err(_) => (Sealer::Custom(cipher), None),
+        }
+    }
+
     /// Seals `plaintext` and appends the token to `out`. `now` is the time
     /// the packet was stamped with (for a packet sent as it is, the time of
     /// sending): Fernet stamps the token with it instead of reading the
@@ -223,6 +241,55 @@ mod tests {
         );
         // Remembered whole.
         assert_eq!(sealer.identity(b"a-whole-token"), b"a-whole-token");
+    }
+
+    #[test]
+    fn fernet_refuses_tokens_older_than_five_minutes_by_default() {
+        let fernet = Fernet::new(&Fernet::generate_key().unwrap()).unwrap();
+        assert_eq!(fernet.ttl(), Some(crate::env::DEFAULT_TOKEN_TTL));
+        let mut old = Vec::new();
+        let made = SystemTime::now() - std::time::Duration::from_secs(301);
+        fernet.seal_at(b"x", made, &mut old).unwrap();
+        assert!(matches!(
+            fernet.decrypt(&old),
+            Err(CipherError::Expired { ttl_secs: 300, .. })
+        ));
+        assert_eq!(fernet.with_ttl(None).decrypt(&old).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_fernet_given_as_the_cipher_is_recognised_as_fernet() {
+        let key = Fernet::generate_key().unwrap();
+        let fernet = Fernet::new(&key).unwrap();
+        let config = crate::Config::builder()
+            .cipher(Arc::new(fernet))
+            .build()
+            .unwrap();
+        assert!(
+            matches!(config.sealer, Sealer::Fernet(_)),
+            "{:?}",
+            config.sealer
+        );
+        assert_eq!(config.token_ttl(), Some(crate::env::DEFAULT_TOKEN_TTL));
+        assert_eq!(
+            config.sealer.batch_sealer().map(Fernet::ttl),
+            Some(config.token_ttl())
+        );
+        // Its own time to live, whatever it is.
+        let forever = Fernet::new(&key).unwrap().with_ttl(None);
+        let config = crate::Config::builder()
+            .cipher(Arc::new(forever))
+            .build()
+            .unwrap();
+        assert!(matches!(config.sealer, Sealer::Fernet(_)));
+        assert_eq!(config.token_ttl(), None);
+        // Any other cipher goes through its two methods.
+        let config = crate::Config::builder()
+            .cipher(Arc::new(Reversed))
+            .build()
+            .unwrap();
+        assert!(matches!(config.sealer, Sealer::Custom(_)));
+        assert_eq!(config.token_ttl(), None);
     }
 
     #[test]
