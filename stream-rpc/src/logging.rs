@@ -321,6 +321,8 @@ pub(crate) enum Refusal {
     UnknownMethod,
     /// A request refused because the connection's handlers are all busy.
     Busy,
+    /// A frame the replay store could not check (its backing service is away).
+    Unchecked,
     /// A connection closed for sending too many bad frames in a row.
     TooManyBadFrames,
     /// A connection closed for sending no authentic frame in time.
@@ -328,7 +330,7 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    const ALL: usize = 10;
+    const ALL: usize = 11;
 
     fn index(self) -> usize {
         self as usize
@@ -345,6 +347,7 @@ impl Refusal {
             Refusal::InvalidPacket => "invalid packets",
             Refusal::UnknownMethod => "requests for unknown methods",
             Refusal::Busy => "requests while every handler slot was busy",
+            Refusal::Unchecked => "frames the replay store could not check",
             Refusal::TooManyBadFrames => "connections after too many bad frames",
             Refusal::NoFirstFrame => "connections with no authentic first frame in time",
         }

@@ -317,6 +317,20 @@ impl<P: Protocol> ReadLoop<P> {
                     .copied()
                     .unwrap_or(Verdict::Unavailable);
                 verdicts += 1;
+                if verdict == Verdict::Unavailable {
+                    // Not the peer's doing: the store could not check the
+                    // token. It is not run, nor counted against the peer; a
+                    // request is told so, to try again or elsewhere.
+                    crate::telemetry::bad_frame(crate::telemetry::replay_kind(verdict));
+                    refusal_log!(
+                        self.shared,
+                        Refusal::Unchecked,
+                        "dropped {}; a request is answered `unavailable`",
+                        verdict.describe()
+                    );
+                    self.answer_unchecked(&self.plains[index]).await;
+                    continue;
+                }
                 if verdict != Verdict::New {
                     crate::telemetry::bad_frame(crate::telemetry::replay_kind(verdict));
                     refusal_log!(
@@ -387,6 +401,25 @@ impl<P: Protocol> ReadLoop<P> {
             data: None,
         };
         send_error(&self.handle(), payload, reply_to).await;
+    }
+
+    /// Answers a request whose token the replay store could not check with
+    /// an `unavailable` error; a reply, an error packet or a plaintext that
+    /// is no packet gets nothing.
+    async fn answer_unchecked(&self, plain: &[u8]) {
+        let Ok(packet) = Packet::from_json(plain) else {
+            return;
+        };
+        if packet.is_reply() || packet.is_error() {
+            return;
+        }
+        let payload = HandlerError::new(
+            ErrorCode::Unavailable,
+            "replay protection is unavailable here for now: nothing was run; \
+             try again later or on another server",
+        )
+        .into_payload(&packet.method);
+        send_error(&self.handle(), payload, Some(packet.reply_address())).await;
     }
 
     fn handle(&self) -> SessionHandle {

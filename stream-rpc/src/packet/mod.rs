@@ -196,6 +196,10 @@ pub enum ErrorCode {
     HandlerPanicked,
     /// Too many handlers are already running on this connection.
     Busy,
+    /// The token could not be checked against replays (a shared replay
+    /// store's Redis is away): nothing was run; try again later, or on
+    /// another server.
+    Unavailable,
     /// A code this version does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -211,6 +215,7 @@ impl ErrorCode {
             ErrorCode::HandlerError => "handler_error",
             ErrorCode::HandlerPanicked => "handler_panicked",
             ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -658,6 +663,7 @@ mod tests {
             ErrorCode::HandlerError,
             ErrorCode::HandlerPanicked,
             ErrorCode::Busy,
+            ErrorCode::Unavailable,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
