@@ -10,7 +10,8 @@
 //! (8888; 0 picks a free port, shown in the log), `STREAM_RPC_LOG_LVL`
 //! (INFO); the queue: `STREAM_RPC_QUEUE` (`memory`, or `redis://host:port`
 //! to share one queue between servers), `STREAM_RPC_QUEUE_LEASE_SECS` (30),
-//! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5); replay protection:
+//! `STREAM_RPC_QUEUE_MAX_ATTEMPTS` (5), `STREAM_RPC_QUEUE_MAX_TASKS`
+//! (100000), `STREAM_RPC_QUEUE_MAX_RESULT_BYTES` (1 MiB); replay protection:
 //! `STREAM_RPC_REPLAY` (`auto`: shared through the queue's Redis when the
 //! queue is on Redis, so that a token accepted by one server is refused by
 //! all; `local` keeps it in this server, with a warning). Stops gracefully
