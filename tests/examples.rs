@@ -7,35 +7,18 @@
 //! with a time bound; a process still running when its test ends is killed.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+mod common;
 #[path = "../stream-rpc-queue/tests/support/mod.rs"]
 mod redis_support;
 
+use common::example;
+
 /// The bound on every wait.
 const BOUND: Duration = Duration::from_secs(30);
-
-/// The path of an example's binary, building the examples if this test was
-/// run on its own (`cargo test` builds them with everything else).
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .status()
-            .expect("cargo build --examples");
-        assert!(status.success(), "building the examples failed");
-    }
-    path
-}
 
 fn new_key() -> String {
     stream_rpc::Fernet::generate_key().unwrap()

@@ -52,6 +52,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::example;
 use common::proxy::{Direction, Proxy, Tapped};
 use redis_support::RedisServer;
 use serde_json::{Value, json};
@@ -275,25 +276,6 @@ impl Drop for Process {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The path of an example's binary, building the examples if this test
-/// runs on its own (`cargo test` builds them with everything else).
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .status()
-            .expect("cargo build --examples");
-        assert!(status.success(), "building the examples failed");
-    }
-    path
 }
 
 /// The project's Python (`target/python-venv`, made by `scripts/test`).

@@ -11,7 +11,6 @@ mod common;
 mod redis_support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -173,25 +172,6 @@ async fn measure_the_cost_of_the_shared_store() {
         );
         stop.shutdown();
     }
-}
-
-/// The path of an example's binary, building the examples if this test was
-/// run on its own (`cargo test` builds them with everything else).
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .status()
-            .expect("cargo build --examples");
-        assert!(status.success(), "building the examples failed");
-    }
-    path
 }
 
 /// The `server` example as a process, with its log lines.

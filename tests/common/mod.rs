@@ -5,6 +5,8 @@
 pub mod proxy;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -389,4 +391,23 @@ pub fn assert_error(packet: &Packet, code: ErrorCode) -> ErrorPayload {
     let error = error_of(packet);
     assert_eq!(error.code, code, "{error:?}");
     error
+}
+
+/// The path of an example's binary, building the examples if this test
+/// runs on its own (`cargo test` builds them with everything else).
+pub fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--examples", "--quiet"])
+            .status()
+            .expect("cargo build --examples");
+        assert!(status.success(), "building the examples failed");
+    }
+    path
 }
