@@ -140,6 +140,8 @@ pub fn rpc_config(
     let mut limits = stream_rpc::Limits::default();
     let mut timeouts = stream_rpc::Timeouts::default();
     limits.max_connections = 20_000;
+    // Every client of a benchmark is on 127.0.0.1: one address.
+    limits.max_connections_per_ip = 20_000;
     tune(&mut limits, &mut timeouts);
     Config::builder()
         .key(key())
