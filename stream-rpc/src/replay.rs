@@ -36,10 +36,11 @@
 //! only beyond that. The first time this happens the store logs a warning
 //! with the numbers.
 //!
-//! The horizon never lands ahead of this endpoint's clock, or every peer's
-//! new tokens would be refused until the clock caught up (tokens may be
-//! stamped up to the 60 s skew ahead): the times of tokens that were stamped
-//! ahead of the clock when they came do not count for it while they may be
+//! The horizon never lands more than two seconds ahead of this endpoint's
+//! clock, or every peer's new tokens would be refused until the clock caught
+//! up (tokens may be stamped up to the 60 s skew ahead): the times of tokens
+//! that were stamped further ahead of the clock when they came (a peer whose
+//! clock is a second fast is not) do not count for it while they may be
 //! after the generation that follows; those entries are kept a generation
 //! longer instead, up to half a generation of them (a flood of tokens
 //! stamped ahead beyond that is forgotten, logged once). So a flood, or a
@@ -211,7 +212,7 @@ struct Generation {
     opened: Instant,
     /// The newest token time among its entries that were not stamped
     /// ahead of this endpoint's clock when they came (seconds since the
-    /// epoch): never ahead of the clock.
+    /// epoch): never more than [`FRESH_SECONDS`] ahead of the clock.
     newest: u64,
     /// The newest token time among its entries that were stamped ahead of
     /// the clock when they came.
@@ -229,7 +230,8 @@ const INITIAL_GENERATION: usize = 1024;
 
 const OCCUPIED: u64 = 1;
 const RECEIVED: u64 = 2;
-/// A received token stamped ahead of this endpoint's clock when it came.
+/// A received token stamped more than [`FRESH_SECONDS`] ahead of this
+/// endpoint's clock when it came.
 const AHEAD: u64 = 4;
 const MARKS: u64 = OCCUPIED | RECEIVED | AHEAD;
 
@@ -400,7 +402,12 @@ impl MemoryReplayStore {
             return Verdict::Forgotten;
         }
         let time = token.time.unwrap_or(0);
-        let ahead = time > now;
+        // A peer whose clock is a second fast is not "ahead": its tokens
+        // count for the horizon as everyone's, which may then be up to
+        // FRESH_SECONDS past this clock for the seconds a flood beyond the
+        // store's bound lasts. Only tokens stamped further ahead are kept
+        // apart (and carried, a bounded number of them).
+        let ahead = time > now.saturating_add(FRESH_SECONDS);
         match self.record_locked(
             state,
             token.fingerprint,
@@ -879,6 +886,25 @@ mod tests {
         // A peer's token made now is still accepted.
         assert_eq!(guard.received_at(b"now", Some(unix_now())), Verdict::New);
         assert_eq!(guard.received_at(b"now", Some(unix_now())), Verdict::Replay);
+    }
+
+    #[test]
+    fn a_peer_a_second_fast_under_a_flood_gets_no_forgotten_token_accepted_again() {
+        // Generations of 4; forty tokens of a peer whose clock is a second
+        // fast overflow the store many times over. Whatever was forgotten
+        // is refused (as forgotten), never accepted again.
+        let guard = MemoryReplayStore::new(Some(Duration::from_secs(300)), 8);
+        let fast = unix_now() + 1;
+        for n in 0..40u32 {
+            let _ = guard.received_at(&n.to_be_bytes(), Some(fast));
+        }
+        for n in 0..40u32 {
+            assert_ne!(
+                guard.received_at(&n.to_be_bytes(), Some(fast)),
+                Verdict::New,
+                "token {n} accepted twice"
+            );
+        }
     }
 
     #[test]
