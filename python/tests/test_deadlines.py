@@ -201,3 +201,36 @@ def test_the_per_address_cap_is_a_setting(key, monkeypatch):
     monkeypatch.setattr(common, "STREAM_RPC_MAX_CONNECTIONS_PER_IP", "none")
     with pytest.raises(ValueError, match="STREAM_RPC_MAX_CONNECTIONS_PER_IP"):
         common.Connector(common.Protocol, cypher=Cypher(key))
+
+
+def test_bad_input_on_many_connections_is_logged_once_a_second_per_kind(key, caplog):
+    caplog.set_level(logging.WARNING)
+    wrong = Cypher(generate_key())
+
+    async def scenario():
+        server, port = await serving(key)
+        for _ in range(15):
+            raw = await Raw.connect(port, key)
+            for n in range(3):
+                await raw.send(wrong.encrypt(b"not under the key %d" % n) + b"\n")
+            assert await raw.closed(BOUND)
+        # The counts are said once the second is over.
+        for _ in range(int(BOUND / 0.05)):
+            if "more connections closed after bad frames" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        server.close()
+
+    run(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    undecryptable = [m for m in messages if "dropped a frame that failed to decrypt" in m]
+    closing = [m for m in messages if "closing after 3 bad frames in a row" in m]
+    assert 1 <= len(undecryptable) <= 2, undecryptable
+    assert 1 <= len(closing) <= 2, closing
+    counted = sum(
+        int(n)
+        for n in re.findall(
+            r"(\d+) more frames that failed to decrypt in the last 1 s", caplog.text
+        )
+    )
+    assert counted + len(undecryptable) == 45, caplog.text

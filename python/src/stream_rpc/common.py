@@ -559,10 +559,17 @@ class Protocol:
             self._lines.flush()
             self._closed.set()
 
+    def _refused(self, kind: str) -> bool:
+        """Whether a refusal of ``kind`` may be logged now: at most one a
+        second per kind for the whole connector, the rest counted (a flood of
+        bad input on many connections cannot flood the log)."""
+        return self.connector._refusals.allow(kind, logging.WARNING)
+
     def _bad_frame(self, bad_in_row: int) -> bool:
         """Whether ``bad_in_row`` bad frames close the connection (logged)."""
         if bad_in_row >= MAX_BAD_FRAMES:
-            self.logger.warning("closing after %d bad frames in a row", bad_in_row)
+            if self._refused("connections closed after bad frames"):
+                self.logger.warning("closing after %d bad frames in a row", bad_in_row)
             return True
         return False
 
@@ -595,7 +602,8 @@ class Protocol:
                         return
             if frames.over_long():
                 # Counted once, then discarded up to the next terminator.
-                self.logger.warning("dropped a frame longer than %d bytes", MAX_FRAME)
+                if self._refused("frames over the length limit"):
+                    self.logger.warning("dropped a frame longer than %d bytes", MAX_FRAME)
                 bad_in_row += 1
                 if self._bad_frame(bad_in_row):
                     return
@@ -607,10 +615,11 @@ class Protocol:
                 chunk = await asyncio.wait_for(reader.read(1 << 16), left)
             except asyncio.TimeoutError:
                 if first_deadline is not None:
-                    self.logger.warning(
-                        "no frame that opens under the key within %.0f s; closing",
-                        FIRST_FRAME_TIMEOUT,
-                    )
+                    if self._refused("connections with no frame under the key in time"):
+                        self.logger.warning(
+                            "no frame that opens under the key within %.0f s; closing",
+                            FIRST_FRAME_TIMEOUT,
+                        )
                     return
                 if self._handlers or self._pending or self._inbox:
                     idle_deadline = loop.time() + IDLE_TIMEOUT
@@ -630,18 +639,18 @@ class Protocol:
         try:
             plain, stamp = connector._open(frame)
         except TokenError as e:
-            if self._lines.allow("packet lines", logging.WARNING):
+            if self._refused("frames that failed to decrypt"):
                 self.logger.warning("dropped a frame that failed to decrypt: %s", e.reason)
             return False
         refused = connector._replay.received(_replay.fingerprint(frame, connector._fernet), stamp)
         if refused is not None:
-            if self._lines.allow("packet lines", logging.WARNING):
+            if self._refused("frames refused by the replay check"):
                 self.logger.warning("dropped %s", refused)
             return False
         try:
             packet, reply_to, timeout_ms = _wire.decode(plain)
         except InvalidPacket as e:
-            if self._lines.allow("packet lines", logging.WARNING):
+            if self._refused("invalid packets"):
                 self.logger.warning("received an invalid packet: %s", e.reason)
             if not e.is_reply and not e.is_error:
                 error = RemoteError("invalid_packet", e.reason, method=e.method)
