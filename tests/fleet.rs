@@ -1889,7 +1889,7 @@ mod proxy_tests {
             let (target, _) = echo("").await;
             let proxy = Proxy::start(target).await.unwrap();
             let (mut read, mut write) = connect(&proxy).await;
-            let delay = Duration::from_millis(250);
+            let delay = Duration::from_millis(400);
             proxy.set(Direction::ToServer, Fault::Delay(delay));
             let start = Instant::now();
             write.write_all(b"one\n").await.unwrap();

@@ -228,7 +228,9 @@ pub struct Limits {
     /// [`outgoing_queue`](Self::outgoing_queue), bounds what a peer that
     /// stops reading makes a connection hold. A message is queued whenever
     /// the queue is empty, even one larger than this; the writer holds at
-    /// most one more such batch while it writes it.
+    /// most one more such batch while it writes it. With Fernet the queue
+    /// holds plaintexts, counted as such: their sealed frames, made as they
+    /// are written, are about a third larger.
     pub max_outbox_bytes: usize,
     /// Token fingerprints (sent and received) the default replay store
     /// holds at most (4,194,304). Its tables start small and grow with the
