@@ -883,7 +883,8 @@ enum ReplayOutcome {
     Refused,
     /// Answered: what came back.
     Answered(String),
-    /// Nothing to conclude (the other server did not answer a fresh ping).
+    /// Nothing to conclude (the other server did not answer a fresh ping,
+    /// or could not check tokens then: its Redis was away).
     Inconclusive(String),
 }
 
@@ -938,6 +939,16 @@ async fn replay(key: &str, captured: &Captured, port: u16) -> ReplayOutcome {
         let Some(packet) = packet else {
             return ReplayOutcome::Answered(format!("a frame that does not open: {line:?}"));
         };
+        // A server whose replay store cannot reach Redis runs nothing and
+        // answers every request `unavailable`: a refusal, but not one that
+        // shows the shared store at work (the top-up after the faults
+        // replays again with everything healed).
+        if packet.is_error() && packet.payload["code"] == "unavailable" {
+            return ReplayOutcome::Inconclusive(
+                "the server could not check tokens then (answered `unavailable`, nothing run)"
+                    .into(),
+            );
+        }
         match packet.reply_to {
             Some(to) if to.peer == me && to.id == 1 => {
                 answered_ping = true;
