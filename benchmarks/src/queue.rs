@@ -52,17 +52,7 @@ fn main() {
     } else {
         (3, Duration::from_secs(4))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let redis = match RedisServer::try_start() {
-        Ok(redis) => redis,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let (runtime, redis) = runtime_and_redis();
     println!(
         "queue benchmark: {WORKERS} workers, {reps} run(s) of {duration:?} each; one round trip = put + lease + save"
     );
@@ -172,21 +162,27 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
     done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
 }
 
-/// `--replay`: sequential calls through one queue server on Redis, with the
-/// in-process replay store and with the shared one; medians of 3 runs.
-fn replay_cost(smoke: bool) {
-    let (reps, calls) = if smoke { (1, 500) } else { (3, 5_000) };
+/// A multi-threaded runtime and a Redis of the benchmark's own; exits with
+/// the reason when Redis cannot be started.
+fn runtime_and_redis() -> (tokio::runtime::Runtime, RedisServer) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let redis = match RedisServer::try_start() {
-        Ok(redis) => redis,
+    match RedisServer::try_start() {
+        Ok(redis) => (runtime, redis),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
-    };
+    }
+}
+
+/// `--replay`: sequential calls through one queue server on Redis, with the
+/// in-process replay store and with the shared one; medians of 3 runs.
+fn replay_cost(smoke: bool) {
+    let (reps, calls) = if smoke { (1, 500) } else { (3, 5_000) };
+    let (runtime, redis) = runtime_and_redis();
     println!(
         "replay store cost: one client, {calls} sequential calls per run, {reps} run(s); µs per call"
     );
