@@ -1,6 +1,5 @@
-//! [`Caller`]: anything that can make a call and send a notification, so
-//! that one typed client works over a session, a client connection or a
-//! reconnecting client.
+//! [`Caller`]: the one way to make a call or send a notification, over a
+//! connection, a client or a reconnecting client, typed or not.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,15 +13,17 @@ use crate::packet::Packet;
 use crate::reconnect::ReconnectingClient;
 use crate::session::SessionHandle;
 
-/// Something that can make a call and send a notification to a peer:
-/// [`SessionHandle`] (one connection, also `ctx.session()` in a handler),
-/// [`Client`], [`ReconnectingClient`], and references and `Arc`s of them.
+/// Makes calls and sends notifications to a peer: the one way to do both.
 ///
-/// The typed clients that `#[stream_rpc::service]` generates are generic
-/// over it, so a typed client rides any of them:
+/// Implemented by [`SessionHandle`] (one connection, also `ctx.session()`
+/// in a handler), [`Client`], [`ReconnectingClient`], and references and
+/// `Arc`s of them. Bring it into scope (`use stream_rpc::Caller;`) to call
+/// by method name; the typed clients that `#[stream_rpc::service]`
+/// generates are generic over it, so a typed client rides any of them:
 ///
 /// ```no_run
-/// # use stream_rpc::{Connector, Reconnect};
+/// use stream_rpc::{Caller, Connector, Reconnect, json};
+///
 /// #[stream_rpc::service]
 /// pub trait Calculator {
 ///     async fn add(&self, a: i64, b: i64) -> i64;
@@ -31,11 +32,17 @@ use crate::session::SessionHandle;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let connector = Connector::from_env()?;
 /// let reconnecting = connector.connect_reconnecting((), Reconnect::default())?;
+/// // Typed:
 /// let calculator = CalculatorClient::new(&reconnecting);
 /// assert_eq!(calculator.add(2, 40).await?, 42);
+/// // By name, with a JSON payload:
+/// let reply = reconnecting.call("add", json!({"a": 2, "b": 40})).await?;
+/// assert_eq!(reply.payload, json!(42));
 /// # Ok(())
 /// # }
 /// ```
+///
+/// What each failure means, and when a retry is safe, is on [`CallError`].
 pub trait Caller: Send + Sync {
     /// Sends a request and waits for its reply, for at most `limit` in all
     /// (waiting for a call slot, a connection or room to send included). An
@@ -69,19 +76,86 @@ pub trait Caller: Send + Sync {
     }
 }
 
-/// Implements [`Caller`] for `$ty` by calling the methods of the same names
-/// on `$target` (the type's own inherent methods, or another caller's).
-macro_rules! caller_through {
-    ($(impl$([$($generics:tt)*])? for $ty:ty => |$this:ident| $target:expr;)*) => {$(
-        impl$(<$($generics)*>)? Caller for $ty {
+impl Caller for SessionHandle {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.send_new(method, payload, None)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.shared.call_timeout
+    }
+}
+
+impl Caller for Client {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.handle().request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.handle().send_new(method, payload, None)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.handle().call_timeout()
+    }
+}
+
+impl Caller for ReconnectingClient {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.send_notification(method, payload)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.call_timeout_setting()
+    }
+}
+
+/// Implements [`Caller`] for a type that dereferences to a caller.
+macro_rules! caller_through_deref {
+    ($($ty:ty),*) => {$(
+        impl<C: Caller + ?Sized> Caller for $ty {
             fn call_with_timeout(
                 &self,
                 method: &str,
                 payload: Value,
                 limit: Duration,
             ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-                let $this = self;
-                $target.call_with_timeout(method, payload, limit)
+                C::call_with_timeout(self, method, payload, limit)
             }
 
             fn notify(
@@ -89,24 +163,14 @@ macro_rules! caller_through {
                 method: &str,
                 payload: Value,
             ) -> impl Future<Output = Result<(), SendError>> + Send {
-                let $this = self;
-                $target.notify(method, payload)
+                C::notify(self, method, payload)
             }
 
             fn call_timeout(&self) -> Duration {
-                let $this = self;
-                $target.call_timeout()
+                C::call_timeout(self)
             }
         }
     )*};
 }
 
-// The inherent methods of these types take precedence over the trait's
-// in method calls, so `this.call_with_timeout` is theirs, not a recursion.
-caller_through! {
-    impl for SessionHandle => |this| this;
-    impl for Client => |this| this.session();
-    impl for ReconnectingClient => |this| this;
-    impl[C: Caller] for &C => |this| (**this);
-    impl[C: Caller] for Arc<C> => |this| (**this);
-}
+caller_through_deref!(&C, Arc<C>);

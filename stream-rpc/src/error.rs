@@ -48,6 +48,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The connector's [on-connect hook](crate::Connector::on_connect)
+    /// failed on a new connection, which was closed.
+    #[error("on-connect hook failed on the connection to {target}: {source}")]
+    OnConnect {
+        /// The `host:port` the client connected to.
+        target: String,
+        /// What the hook returned.
+        #[source]
+        source: crate::hooks::HookError,
+    },
     /// The hello packet could not be sent.
     #[error("could not send the hello packet: {0}")]
     Hello(#[source] SendError),
@@ -79,30 +89,73 @@ pub enum SendError {
     },
 }
 
-/// A call got no usable answer.
+/// A call got no usable answer, and what the caller may do about it.
+///
+/// Each variant says whether the request can have run on the peer
+/// ([`may_have_run`](CallError::may_have_run)), which is what decides
+/// whether a retry is safe for a method that must not run twice:
+///
+/// | Variant | Sent? | May have run? | Retry |
+/// |---|---|---|---|
+/// | [`NotSent`](CallError::NotSent) | no | no | safe |
+/// | [`Unreachable`](CallError::Unreachable) | no | no | safe, later or elsewhere |
+/// | [`ConnectionLost`](CallError::ConnectionLost) | yes | yes | only if running twice is harmless |
+/// | [`Timeout`](CallError::Timeout) | maybe | yes | only if running twice is harmless |
+/// | [`Remote`](CallError::Remote), a code that [did not run](ErrorCode::did_not_run) (`busy`, `unavailable`, `unknown_method`, `invalid_payload`, `invalid_packet`) | yes | no | safe (`busy`, `unavailable`: later); the others fail again |
+/// | [`Remote`](CallError::Remote), any other code (`handler_error`, `handler_panicked`, …) | yes | yes, and failed | the method's own answer |
+/// | [`InvalidReply`](CallError::InvalidReply) | yes | yes, and answered | no: the two sides disagree on the type |
+///
+/// A typed method's own error (the `E` of a method returning
+/// `Result<T, E>`) is never a `CallError`: the generated client returns it
+/// as `Ok(Err(e))`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The request could not be sent.
-    #[error(transparent)]
-    Send(#[from] SendError),
-    /// No reply came in time.
-    #[error("no reply to `{method}` within {after:?}")]
+    /// The request was not sent (the connection was closed or closing, the
+    /// payload could not be encoded or sealed, the packet is too large):
+    /// nothing reached the peer.
+    #[error("`{method}` was not sent: {reason}")]
+    NotSent {
+        /// The called method.
+        method: String,
+        /// Why it was not sent.
+        #[source]
+        reason: SendError,
+    },
+    /// There was no connection to send the request on within the call's
+    /// time limit (a [`ReconnectingClient`](crate::ReconnectingClient)
+    /// whose servers are all unreachable or refused by the on-connect
+    /// hook, or one that gave up): nothing was sent.
+    #[error("`{method}` was not sent: no connection within {}: {reason}", crate::human::ShortDuration(*.after))]
+    Unreachable {
+        /// The called method.
+        method: String,
+        /// The time limit the caller set.
+        after: Duration,
+        /// Why there was no connection (the last attempt's error).
+        reason: String,
+    },
+    /// No reply came within the time limit the caller set. The request may
+    /// have been sent and may have run.
+    #[error("no reply to `{method}` within {}", crate::human::ShortDuration(*.after))]
     Timeout {
         /// The called method.
         method: String,
-        /// How long the call waited.
+        /// The time limit the caller set (not what was left of it).
         after: Duration,
     },
-    /// The connection closed before the reply came.
+    /// The connection closed after the request was handed to it and before
+    /// the reply came: it may or may not have run.
     #[error("connection lost before the reply to `{method}` came")]
     ConnectionLost {
         /// The called method.
         method: String,
     },
-    /// The peer answered with an error packet. Its message is the peer's
-    /// text: shown escaped and cut (at 512 characters), so that logging the
-    /// error cannot let the peer start a log line of its own.
+    /// The peer answered with an error packet: it refused the request
+    /// (a code that [did not run](ErrorCode::did_not_run)) or the method
+    /// failed. Its message is the peer's text: shown escaped and cut (at
+    /// 512 characters), so that logging the error cannot let the peer start
+    /// a log line of its own.
     #[error(
         "peer answered `{method}` with {code}: {}",
         crate::logging::Escaped::new(.message, 512)
@@ -129,18 +182,60 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// `method` got no reply within `after`.
-    pub(crate) fn timed_out(method: &str, after: Duration) -> Self {
-        CallError::Timeout {
-            method: method.to_owned(),
-            after,
+    /// The method the call was to.
+    pub fn method(&self) -> &str {
+        match self {
+            CallError::NotSent { method, .. }
+            | CallError::Unreachable { method, .. }
+            | CallError::Timeout { method, .. }
+            | CallError::ConnectionLost { method }
+            | CallError::Remote { method, .. }
+            | CallError::InvalidReply { method, .. } => method,
         }
     }
 
-    /// The connection of the call to `method` closed first.
+    /// Whether the request may have run on the peer: `false` only when it
+    /// certainly did not (not sent, no connection, or refused with a code
+    /// that [did not run](ErrorCode::did_not_run)), so that sending it again
+    /// cannot run it twice.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            CallError::NotSent { .. } | CallError::Unreachable { .. } => false,
+            CallError::Remote { code, .. } => !code.did_not_run(),
+            CallError::Timeout { .. }
+            | CallError::ConnectionLost { .. }
+            | CallError::InvalidReply { .. } => true,
+        }
+    }
+
+    /// The error packet's code, for [`Remote`](CallError::Remote).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// `method` got no reply within the caller's `limit`.
+    pub(crate) fn timed_out(method: &str, limit: Duration) -> Self {
+        CallError::Timeout {
+            method: method.to_owned(),
+            after: limit,
+        }
+    }
+
+    /// The connection of the call to `method` closed after it was sent.
     pub(crate) fn lost(method: &str) -> Self {
         CallError::ConnectionLost {
             method: method.to_owned(),
+        }
+    }
+
+    /// The call to `method` was not sent.
+    pub(crate) fn not_sent(method: &str, reason: SendError) -> Self {
+        CallError::NotSent {
+            method: method.to_owned(),
+            reason,
         }
     }
 }

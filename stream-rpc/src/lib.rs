@@ -69,7 +69,10 @@ mod connector;
 mod endpoint;
 mod engine;
 mod error;
+mod hooks;
 pub mod logging;
+mod human;
+mod lifecycle;
 mod packet;
 mod protocol;
 mod reconnect;
@@ -95,16 +98,17 @@ pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW};
 pub use config::{
     Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, PacketLog, Timeouts,
 };
-pub use connector::{Client, Connector, Server, ShutdownHandle};
+pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
-pub use engine::Session;
 pub use error::{CallError, Error, SendError};
+pub use hooks::HookError;
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, Shown};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
-pub use session::{EndReason, Role, SessionHandle};
+pub use lifecycle::{EndReason, Role};
+pub use session::SessionHandle;
 pub use stream_rpc_macros::service;
 
 #[doc(hidden)]

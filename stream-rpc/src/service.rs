@@ -263,7 +263,8 @@ pub mod __private {
     pub fn encode_argument<T: SendableArgument + ReadableArgument>(
         value: &T,
     ) -> Result<Value, CallError> {
-        serde_json::to_value(value).map_err(|e| CallError::Send(SendError::Encode(e.to_string())))
+        serde_json::to_value(value)
+            .map_err(|e| CallError::not_sent("", SendError::Encode(e.to_string())))
     }
 
     /// A new empty payload object.

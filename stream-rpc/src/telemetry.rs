@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::cipher::CipherError;
 use crate::replay::Verdict;
-use crate::session::Role;
+use crate::lifecycle::Role;
 
 /// Distinct `method` label values kept; later ones are counted as `other`.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]

@@ -1,12 +1,15 @@
-//! The connector: runs a server (listens) or a client (connects and says
-//! hello), one [`Session`] per connection.
+//! The connector: runs servers (listens) and clients (connects), one
+//! engine session per connection, with the connector's hooks.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, lookup_host};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -14,17 +17,22 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::caller::Caller;
 use crate::config::Config;
 use crate::endpoint::Endpoint;
+use crate::engine::Session;
 use crate::error::Error;
+use crate::hooks::{HookError, Hooks};
+use crate::lifecycle::{EndReason, Role};
 use crate::logging::Refusal;
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
+use crate::session::SessionHandle;
 use crate::sync::lock;
 
-mod supervisor;
-use crate::engine::Session;
-use crate::session::{EndReason, Role, SessionHandle};
+/// How long `accept` failures (out of file descriptors and the like) pause
+/// the accept loop, instead of spinning.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Stops a server or client gracefully from anywhere: it stops accepting,
 /// lets running handlers finish within the grace period, flushes replies and
@@ -45,77 +53,91 @@ impl ShutdownHandle {
         self.token.is_cancelled()
     }
 
-    /// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a
-    /// future that starts the graceful shutdown when either arrives: spawn
-    /// it. Registering before the first poll means a signal sent right after
-    /// this call is not missed. [`Connector::run_server`] and
-    /// [`Connector::run_client`] do this themselves; a
-    /// [`ReconnectingClient`] or a server from [`Connector::bind`] can use
-    /// it:
-    ///
-    /// ```no_run
-    /// # async fn example(connector: stream_rpc::Connector) {
-    /// tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
-    /// # }
-    /// ```
-    ///
-    /// # Panics
-    ///
-    /// On Unix, when called outside a Tokio runtime (as `tokio::spawn`
-    /// does).
-    pub fn shutdown_on_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let handle = self.clone();
+}
+
+/// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future
+/// that completes when either arrives: the one-line graceful shutdown of a
+/// server ([`Server::with_graceful_shutdown`]) or of anything else.
+/// Registering happens in this call, before the first poll, so a signal sent
+/// right after it is not missed.
+///
+/// ```no_run
+/// # async fn example(connector: stream_rpc::Connector, protocol: ()) -> Result<(), stream_rpc::Error> {
+/// connector
+///     .bind()
+///     .await?
+///     .with_graceful_shutdown(stream_rpc::shutdown_signal())
+///     .serve(protocol)
+///     .await
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// On Unix, when called outside a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
         #[cfg(unix)]
-        let signals = {
-            use tokio::signal::unix::{SignalKind, signal};
-            (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            )
-        };
-        async move {
-            #[cfg(unix)]
-            {
-                let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
-                    match registered {
-                        Ok(mut signal) => {
-                            signal.recv().await;
-                        }
-                        Err(_) => std::future::pending::<()>().await,
+        {
+            let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
+                match registered {
+                    Ok(mut signal) => {
+                        signal.recv().await;
                     }
-                };
-                let (interrupt, terminate) = signals;
-                tokio::select! {
-                    () = wait(interrupt) => {}
-                    () = wait(terminate) => {}
+                    Err(_) => std::future::pending::<()>().await,
                 }
+            };
+            let (interrupt, terminate) = signals;
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
             }
-            #[cfg(not(unix))]
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tracing::info!("shutdown signal received");
-            handle.shutdown();
         }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutdown signal received");
     }
 }
 
-/// Runs servers and clients with one [`Config`], like the seed's connector.
+/// Runs servers and clients with one [`Config`]: the one way to serve and
+/// to connect.
+///
+/// - Serve: [`bind`](Connector::bind), then [`Server::serve`], with
+///   [`Server::with_graceful_shutdown`] to stop on a signal or any future.
+/// - Connect: [`connect`](Connector::connect) for one connection, or
+///   [`connect_reconnecting`](Connector::connect_reconnecting) for a client
+///   that reconnects and fails over by itself; both with the protocol this
+///   side serves to the peer (`()` for none).
+/// - Call: through [`Caller`] on the [`Client`], the
+///   [`ReconnectingClient`] or a connection.
+/// - Any other byte stream (a Unix socket, an in-memory pipe):
+///   [`attach`](Connector::attach).
+///
+/// [`on_connect`](Connector::on_connect) and
+/// [`on_disconnect`](Connector::on_disconnect) run on every connection the
+/// connector opens or accepts. [`run_server`](Connector::run_server) and
+/// [`run_client`](Connector::run_client) are thin wrappers in the shape of
+/// the Python `stream_rpc` connector.
 ///
 /// A connector is one [`Endpoint`]: every server it runs and every
 /// connection it opens share its peer id, its packet numbering and its
 /// replay cache. Clones of a connector are the same endpoint; make another
 /// connector (from the same `Config` if you like) for another endpoint.
-///
-/// [`run_server`](Connector::run_server) and
-/// [`run_client`](Connector::run_client) also shut down gracefully on Ctrl-C
-/// and SIGTERM; [`bind`](Connector::bind) and
-/// [`connect`](Connector::connect) leave signals to the caller
-/// ([`ShutdownHandle::shutdown_on_signal`]).
 #[derive(Debug, Clone)]
 pub struct Connector {
     endpoint: Endpoint,
     shutdown: ShutdownHandle,
+    hooks: Hooks,
 }
 
 impl Connector {
@@ -131,12 +153,73 @@ impl Connector {
         Connector {
             endpoint,
             shutdown: ShutdownHandle::default(),
+            hooks: Hooks::default(),
         }
     }
 
     /// A connector configured from the environment.
     pub fn from_env() -> Result<Self, Error> {
         Ok(Connector::new(Config::from_env()?))
+    }
+
+    /// Runs `hook` on every new connection this connector opens or accepts,
+    /// before anything else is sent on it by this side: the typed "hello".
+    /// The hook gets the connection and may make calls on it (typed, with a
+    /// generated client). When it fails, the connection is closed and the
+    /// failure is reported: [`connect`](Self::connect) returns
+    /// [`Error::OnConnect`]; a [`ReconnectingClient`] logs it, counts it as a
+    /// failed attempt and tries again (its waiting calls fail with
+    /// [`CallError::Unreachable`](crate::CallError::Unreachable) naming it);
+    /// a server logs it at `WARN`. Calls on a reconnecting client wait until
+    /// the hook has succeeded.
+    ///
+    /// ```no_run
+    /// use stream_rpc::{Connector, Reconnect};
+    ///
+    /// #[stream_rpc::service]
+    /// pub trait Hub {
+    ///     async fn register(&self, worker: String) -> bool;
+    /// }
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let connector = Connector::from_env()?.on_connect(|connection| async move {
+    ///     let hub = HubClient::new(&connection);
+    ///     match hub.register("worker-1".to_owned()).await? {
+    ///         true => Ok(()),
+    ///         false => Err("the hub refused this worker".into()),
+    ///     }
+    /// });
+    /// let client = connector.connect_reconnecting((), Reconnect::default())?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_connect<F, Fut, E>(mut self, hook: F) -> Self
+    where
+        F: Fn(SessionHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<HookError>,
+    {
+        self.hooks.set_on_connect(hook);
+        self
+    }
+
+    /// Runs `hook` when a connection this connector opened or accepted has
+    /// ended, with why it ended (for a [`ReconnectingClient`]: before it
+    /// reconnects). Keep it short: it runs on the connection's task.
+    ///
+    /// ```
+    /// # fn example(connector: stream_rpc::Connector) -> stream_rpc::Connector {
+    /// connector.on_disconnect(|connection, end| {
+    ///     eprintln!("{:?} ended: {end}", connection.remote_addr());
+    /// })
+    /// # }
+    /// ```
+    pub fn on_disconnect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&SessionHandle, &EndReason) + Send + Sync + 'static,
+    {
+        self.hooks.set_on_disconnect(hook);
+        self
     }
 
     /// The configuration.
@@ -173,34 +256,46 @@ impl Connector {
             local_addr: listener.local_addr()?,
             listener,
             endpoint: self.endpoint.clone(),
-            shutdown: self.shutdown.clone(),
+            hooks: self.hooks.clone(),
+            shutdown: ShutdownHandle {
+                token: self.shutdown.token.child_token(),
+            },
+            graceful: None,
         })
     }
 
-    /// Listens and serves `protocol` until Ctrl-C, SIGTERM or
-    /// [`ShutdownHandle::shutdown`], then shuts down gracefully.
+    /// A thin wrapper in the shape of the Python `stream_rpc` connector:
+    /// [`bind`](Self::bind), then [`Server::serve`] until Ctrl-C, SIGTERM
+    /// ([`shutdown_signal`]) or [`ShutdownHandle::shutdown`].
     pub async fn run_server<P: Protocol>(&self, protocol: P) -> Result<(), Error> {
-        let server = self.bind().await?;
-        let signals = tokio::spawn(self.shutdown.shutdown_on_signal());
-        let result = server.serve(protocol).await;
-        signals.abort();
-        result
+        self.bind()
+            .await?
+            .with_graceful_shutdown(shutdown_signal())
+            .serve(protocol)
+            .await
     }
 
-    /// Connects to the configured host and port and starts a session driven
-    /// by `protocol`. Use the returned [`Client`]'s session to send packets
-    /// and make calls.
+    /// Connects to the configured host and port, runs the
+    /// [`on_connect`](Self::on_connect) hook, and returns the connection,
+    /// on which `protocol` serves what the server sends (`()` for a client
+    /// that serves nothing: a request from the server is then answered with
+    /// `unknown_method`).
+    ///
+    /// ```no_run
+    /// use stream_rpc::{Caller, Connector, json};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Connector::from_env()?.connect(()).await?;
+    /// let pong = client.call("ping", json!(null)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Fails with [`Error::Unreachable`] when no server answers, and with
+    /// [`Error::OnConnect`] when the hook fails.
     pub async fn connect<P: Protocol>(&self, protocol: P) -> Result<Client, Error> {
         let (host, port) = (self.config().host(), self.config().port());
         self.connect_shared(host, port, Arc::new(protocol)).await
-    }
-
-    /// Connects to the configured host and port, for a program that only
-    /// makes calls: it serves nothing, and a request the server sends on
-    /// this connection is answered with `unknown_method` (the `()`
-    /// protocol).
-    pub async fn connect_client(&self) -> Result<Client, Error> {
-        self.connect(()).await
     }
 
     /// [`connect`](Self::connect) with a protocol shared with other
@@ -216,7 +311,13 @@ impl Connector {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
             match timeout(self.config().timeouts().connect, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(self.start_client(stream, protocol)),
+                Ok(Ok(stream)) => {
+                    let remote = stream.peer_addr().ok();
+                    let _ = stream.set_nodelay(true);
+                    let (reader, writer) = stream.into_split();
+                    let client = self.start(reader, writer, protocol, Role::Client, remote);
+                    return self.say_hello(client, target).await;
+                }
                 Ok(Err(e)) => last = e,
                 Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             }
@@ -227,14 +328,72 @@ impl Connector {
         })
     }
 
-    fn start_client<P: Protocol>(&self, stream: TcpStream, protocol: Arc<P>) -> Client {
-        let remote = stream.peer_addr().ok();
-        let _ = stream.set_nodelay(true);
-        let session = Session::new(protocol, &self.endpoint, Role::Client, remote);
+    /// Runs the on-connect hook on a new client connection; closes it when
+    /// the hook fails.
+    async fn say_hello(&self, client: Client, target: String) -> Result<Client, Error> {
+        match self.hooks.connected(client.handle()).await {
+            Ok(()) => Ok(client),
+            Err(source) => {
+                client.handle().close();
+                client.join().await;
+                Err(Error::OnConnect { target, source })
+            }
+        }
+    }
+
+    /// Runs a connection over any byte stream (a Unix socket, an in-memory
+    /// pipe, a TLS stream), as `role`, with `protocol` serving what the
+    /// other end sends. The [`on_connect`](Self::on_connect) hook is not run
+    /// (there is no address to report it against): call what it would do
+    /// on the returned client. Needs a Tokio runtime.
+    ///
+    /// ```
+    /// use stream_rpc::{Caller, Config, Connector, Fernet, Role, json};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let connector = Connector::new(Config::builder().key(Fernet::generate_key()?).build()?);
+    /// let (a, b) = tokio::io::duplex(64 * 1024);
+    /// let _server = connector.attach(a, (), Role::Server);
+    /// let client = connector.attach(b, (), Role::Client);
+    /// let refused = client.call("ping", json!(null)).await;
+    /// assert!(refused.is_err()); // `()` serves nothing: unknown_method
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn attach<S, P>(&self, stream: S, protocol: P, role: Role) -> Client
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+        P: Protocol,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        self.start(reader, writer, Arc::new(protocol), role, None)
+    }
+
+    /// Starts a session over `reader` and `writer`; the on-disconnect hook
+    /// runs when it ends.
+    fn start<P, R, W>(
+        &self,
+        reader: R,
+        writer: W,
+        protocol: Arc<P>,
+        role: Role,
+        remote: Option<SocketAddr>,
+    ) -> Client
+    where
+        P: Protocol,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let session = Session::new(protocol, &self.endpoint, role, remote);
         let handle = session.handle();
-        let (reader, writer) = stream.into_split();
         let shutdown = self.shutdown.token.clone();
-        let task = tokio::spawn(session.run(reader, writer, shutdown));
+        let (hooks, ended) = (self.hooks.clone(), handle.clone());
+        let task = tokio::spawn(async move {
+            let end = session.run(reader, writer, shutdown).await;
+            hooks.disconnected(&ended, &end);
+            end
+        });
         Client {
             handle,
             task: Some(task),
@@ -245,23 +404,41 @@ impl Connector {
     /// (or to [`Reconnect::servers`](crate::Reconnect::servers), in turn),
     /// and keeps connecting again whenever the connection breaks (but not
     /// after [`ReconnectingClient::close`] or the connector's shutdown),
-    /// waiting between attempts as `reconnect` says.
+    /// waiting between attempts as `reconnect` says. The
+    /// [`on_connect`](Self::on_connect) hook runs on every new connection,
+    /// before calls are let through.
     ///
     /// Returns at once; the first connection is made in the background, and
     /// calls wait for it. `protocol` handles what the server sends on every
     /// connection (`()` for a client that serves nothing). Fails only when
     /// `reconnect` is not valid.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use stream_rpc::{Caller, Connector, Reconnect, json};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Connector::from_env()?.connect_reconnecting(
+    ///     (),
+    ///     Reconnect::default().with_servers([("10.0.0.1", 8888), ("10.0.0.2", 8888)]),
+    /// )?;
+    /// let pong = client.call_with_timeout("ping", json!(null), Duration::from_secs(3)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect_reconnecting<P: Protocol>(
         &self,
         protocol: P,
         reconnect: Reconnect,
     ) -> Result<ReconnectingClient, Error> {
-        supervisor::start(self, protocol, reconnect)
+        crate::reconnect::start(self, protocol, reconnect)
     }
 
-    /// The seed's client: connects, sends the hello packet (`method` with
-    /// `payload`), then lets `protocol` drive the conversation until the
-    /// connection ends, Ctrl-C, SIGTERM or [`ShutdownHandle::shutdown`].
+    /// A thin wrapper in the shape of the Python `stream_rpc` client:
+    /// [`connect`](Self::connect), send the hello packet (`method` with
+    /// `payload`), then let `protocol` drive the conversation until the
+    /// connection ends, Ctrl-C, SIGTERM ([`shutdown_signal`]) or
+    /// [`ShutdownHandle::shutdown`].
     ///
     /// Fails with [`Error::Unreachable`] when no server answers.
     pub async fn run_client<P: Protocol>(
@@ -271,10 +448,14 @@ impl Connector {
         payload: Value,
     ) -> Result<EndReason, Error> {
         let client = self.connect(protocol).await?;
-        let signals = tokio::spawn(self.shutdown.shutdown_on_signal());
-        let hello = client.session().notify(method, payload).await;
-        if let Err(e) = hello {
-            client.session().close();
+        let shutdown = self.shutdown.clone();
+        let signal = shutdown_signal();
+        let signals = tokio::spawn(async move {
+            signal.await;
+            shutdown.shutdown();
+        });
+        if let Err(e) = client.notify(method, payload).await {
+            client.handle().close();
             signals.abort();
             return Err(Error::Hello(e));
         }
@@ -285,12 +466,23 @@ impl Connector {
 }
 
 /// A listening server; see [`Connector::bind`].
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     endpoint: Endpoint,
+    hooks: Hooks,
     shutdown: ShutdownHandle,
+    graceful: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("endpoint", &self.endpoint)
+            .field("graceful_shutdown", &self.graceful.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -299,9 +491,22 @@ impl Server {
         self.local_addr
     }
 
-    /// A handle that stops this server gracefully.
+    /// A handle that stops this server gracefully (the connector's
+    /// [`ShutdownHandle`] stops it too).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// Shuts the server down gracefully when `signal` completes (for
+    /// example [`shutdown_signal`], for Ctrl-C and SIGTERM): it stops
+    /// accepting, lets running handlers finish within the grace period,
+    /// flushes replies and closes its connections.
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.graceful = Some(Box::pin(signal));
+        self
     }
 
     /// Accepts connections, one session task each, up to
@@ -310,15 +515,24 @@ impl Server {
     /// from one remote address; a connection beyond either is closed at
     /// once, and the refusals are logged at most once a second per limit,
     /// with a count. Returns after shutdown, once every session has ended.
-    pub async fn serve<P: Protocol>(self, protocol: P) -> Result<(), Error> {
+    pub async fn serve<P: Protocol>(mut self, protocol: P) -> Result<(), Error> {
         let protocol = Arc::new(protocol);
-        let name = protocol.name().to_owned();
+        let name: Arc<str> = protocol.name().into();
         let peer = self.endpoint.peer_id();
         let limits = self.endpoint.config().limits();
         let max = limits.max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let addresses = Arc::new(AddressSlots::new(limits.max_connections_per_ip));
         let token = self.shutdown.token.clone();
+        if let Some(signal) = self.graceful.take() {
+            let token = token.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = signal => token.cancel(),
+                    () = token.cancelled() => {}
+                }
+            });
+        }
         tracing::info!(
             target: crate::logging::LISTENING_TARGET,
             protocol = %name,
@@ -335,10 +549,8 @@ impl Server {
             let (stream, remote) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning.
                     tracing::warn!(protocol = %name, peer = %peer, "accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
@@ -352,7 +564,6 @@ impl Server {
                         addresses.cap
                     );
                 }
-                drop(stream);
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -363,38 +574,19 @@ impl Server {
                         "connection limit of {max} reached: refused {remote}"
                     );
                 }
-                drop(stream);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
-            let session =
-                Session::new(protocol.clone(), &self.endpoint, Role::Server, Some(remote));
-            let token = token.clone();
-            let (name, peer) = (name.clone(), peer);
-            let endpoint = self.endpoint.clone();
+            let connection = Accepted {
+                stream,
+                remote,
+                name: name.clone(),
+                endpoint: self.endpoint.clone(),
+                hooks: self.hooks.clone(),
+                token: token.clone(),
+            };
+            let protocol = protocol.clone();
             tokio::spawn(async move {
-                tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
-                let (reader, writer) = stream.into_split();
-                let end = session.run(reader, writer, token).await;
-                // Closed for bad input: a flood of those is a flood of lines.
-                let refusal = match end {
-                    EndReason::TooManyBadFrames => Some(Refusal::TooManyBadFrames),
-                    EndReason::FirstFrameTimeout => Some(Refusal::NoFirstFrame),
-                    _ => None,
-                };
-                match refusal {
-                    None => tracing::info!(
-                        protocol = %name, peer = %peer, "connection from {remote} ended: {end}"
-                    ),
-                    Some(refusal) => {
-                        if endpoint.refusals().admit(refusal, &name, peer) {
-                            tracing::warn!(
-                                protocol = %name, peer = %peer,
-                                "connection from {remote} closed: {end}"
-                            );
-                        }
-                    }
-                }
+                connection.serve(protocol).await;
                 drop(slot);
                 drop(address_slot);
             });
@@ -405,6 +597,68 @@ impl Server {
         let _ = slots.acquire_many(all).await;
         tracing::info!(protocol = %name, peer = %peer, "stopped");
         Ok(())
+    }
+}
+
+/// An accepted connection, about to be served.
+struct Accepted {
+    stream: TcpStream,
+    remote: SocketAddr,
+    name: Arc<str>,
+    endpoint: Endpoint,
+    hooks: Hooks,
+    token: CancellationToken,
+}
+
+impl Accepted {
+    /// Serves the connection until it ends, running the hooks, and logs how
+    /// it ended.
+    async fn serve<P: Protocol>(self, protocol: Arc<P>) {
+        let Accepted {
+            stream,
+            remote,
+            name,
+            endpoint,
+            hooks,
+            token,
+        } = self;
+        let peer = endpoint.peer_id();
+        tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
+        let _ = stream.set_nodelay(true);
+        let session = Session::new(protocol, &endpoint, Role::Server, Some(remote));
+        let handle = session.handle();
+        let (reader, writer) = stream.into_split();
+        let running = session.run(reader, writer, token);
+        let hook = async {
+            if let Err(e) = hooks.connected(&handle).await {
+                tracing::warn!(
+                    protocol = %name, peer = %peer,
+                    "on-connect hook failed for {remote}: {e}; closing the connection"
+                );
+                handle.close();
+            }
+        };
+        let (end, ()) = tokio::join!(running, hook);
+        hooks.disconnected(&handle, &end);
+        // Closed for bad input: a flood of those is a flood of lines.
+        let refusal = match end {
+            EndReason::TooManyBadFrames => Some(Refusal::TooManyBadFrames),
+            EndReason::FirstFrameTimeout => Some(Refusal::NoFirstFrame),
+            _ => None,
+        };
+        match refusal {
+            None => tracing::info!(
+                protocol = %name, peer = %peer, "connection from {remote} ended: {end}"
+            ),
+            Some(refusal) => {
+                if endpoint.refusals().admit(refusal, &name, peer) {
+                    tracing::warn!(
+                        protocol = %name, peer = %peer,
+                        "connection from {remote} closed: {end}"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -464,10 +718,14 @@ impl Drop for AddressSlot {
     }
 }
 
-/// A connected client; see [`Connector::connect`].
+/// A connection this side opened; see [`Connector::connect`]. Calls go
+/// through [`Caller`].
 ///
-/// Dropping it closes the connection gracefully (as
-/// [`SessionHandle::close`] does), unless [`Client::join`] took it over.
+/// [`connection`](Self::connection), [`connected`](Self::connected) and
+/// [`is_connected`](Self::is_connected) answer as a
+/// [`ReconnectingClient`]'s do. Dropping it closes the connection
+/// gracefully (as [`SessionHandle::close`] does), unless
+/// [`Client::join`] took it over.
 #[derive(Debug)]
 pub struct Client {
     handle: SessionHandle,
@@ -475,13 +733,37 @@ pub struct Client {
 }
 
 impl Client {
-    /// The session: send packets and make calls to the server.
-    pub fn session(&self) -> &SessionHandle {
+    /// The connection, while it is open: to send packets, to hand to other
+    /// tasks, to see when it closes.
+    pub fn connection(&self) -> Option<SessionHandle> {
+        (!self.handle.is_closed()).then(|| self.handle.clone())
+    }
+
+    /// Whether the connection is open.
+    pub fn is_connected(&self) -> bool {
+        !self.handle.is_closed()
+    }
+
+    /// The connection, while it is open; `None` once it has closed (a
+    /// [`Client`] never reconnects). Answers at once; it is `async` to
+    /// match [`ReconnectingClient::connected`].
+    pub async fn connected(&self) -> Option<SessionHandle> {
+        self.connection()
+    }
+
+    /// The connection's handle, open or not.
+    pub(crate) fn handle(&self) -> &SessionHandle {
         &self.handle
     }
 
-    /// Waits until the session ends and says why; the connection stays open
-    /// until then.
+    /// Closes the connection gracefully: it stops reading, lets running
+    /// handlers finish within the shutdown grace period, flushes and closes.
+    pub fn close(&self) {
+        self.handle.close();
+    }
+
+    /// Waits until the connection ends and says why; it stays open until
+    /// then.
     pub async fn join(mut self) -> EndReason {
         let Some(task) = self.task.take() else {
             return EndReason::Closed;
@@ -539,8 +821,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn sigterm_starts_the_graceful_shutdown() {
-        let handle = ShutdownHandle::default();
-        let waiting = handle.shutdown_on_signal();
+        let waiting = shutdown_signal();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])
             .status()
@@ -549,7 +830,6 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
             .await
             .expect("the signal was not seen");
-        assert!(handle.is_shutting_down());
     }
 
     #[test]

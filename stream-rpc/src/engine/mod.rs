@@ -183,6 +183,7 @@ async fn linger<R: AsyncRead + Unpin>(reader: &mut R, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Caller;
     use crate::cipher::Fernet;
     use crate::error::{CallError, SendError};
     use crate::packet::{Packet, ReplyTo};
@@ -332,8 +333,13 @@ mod tests {
         assert_eq!(task.await.unwrap(), EndReason::PeerClosed);
         handle.closed().await;
         assert!(handle.is_closed());
+        // Never sent, so certainly not run: safe to retry elsewhere.
         let err = handle.call("ask", json!(null)).await.unwrap_err();
-        assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        assert!(
+            matches!(&err, CallError::NotSent { reason: SendError::Closed, .. }),
+            "{err}"
+        );
+        assert!(!err.may_have_run());
         assert_eq!(
             handle.notify("x", json!(null)).await,
             Err(SendError::Closed)

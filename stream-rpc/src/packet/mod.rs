@@ -206,6 +206,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Whether the code says the request did not run: refused before any
+    /// handler ran (`unknown_method`, `invalid_payload`, `invalid_packet`,
+    /// `busy`, `unavailable`), so sending it again cannot run it twice.
+    pub fn did_not_run(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnknownMethod
+                | ErrorCode::InvalidPayload
+                | ErrorCode::InvalidPacket
+                | ErrorCode::Busy
+                | ErrorCode::Unavailable
+        )
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

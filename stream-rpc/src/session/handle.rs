@@ -263,12 +263,6 @@ impl SessionHandle {
         self.shared.remote_addr
     }
 
-    /// How long [`call`](Self::call) waits for a reply: the configured
-    /// [`Timeouts::call`](crate::Timeouts::call).
-    pub fn call_timeout(&self) -> Duration {
-        self.shared.call_timeout
-    }
-
     /// Whether the session is closing or closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)
@@ -394,23 +388,11 @@ impl SessionHandle {
         })
     }
 
-    /// Sends a new packet with this method and payload, expecting no reply.
-    pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
-        self.send_new(method, payload, None).await
-    }
-
-    /// Sends a request and waits for its reply, up to the configured
-    /// [`Timeouts::call`](crate::Timeouts::call).
-    ///
-    /// An error packet in reply becomes [`CallError::Remote`].
-    pub async fn call(&self, method: &str, payload: Value) -> Result<Packet, CallError> {
-        self.call_with_timeout(method, payload, self.shared.call_timeout)
-            .await
-    }
-
-    /// [`call`](Self::call) with its own time limit. The limit covers waiting
-    /// for a call slot, sending, and waiting for the reply.
-    pub async fn call_with_timeout(
+    /// Sends a request and waits for its reply, for at most `limit` in all
+    /// (waiting for a call slot and for room to send included); the
+    /// [`Caller`](crate::Caller) methods of a connection. An error packet
+    /// in reply becomes [`CallError::Remote`].
+    pub(crate) async fn request(
         &self,
         method: &str,
         payload: Value,
@@ -419,17 +401,18 @@ impl SessionHandle {
         let deadline = Instant::now() + limit;
         let timed_out = || CallError::timed_out(method, limit);
         let lost = || CallError::lost(method);
+        let closed = || CallError::not_sent(method, SendError::Closed);
         // A free slot and room in the outbox are the common case: they are
         // taken without setting up a timer.
         // `left` is what is left of the limit once a slot is held: the whole
         // limit when a slot was free, so the common case reads the clock once.
         let (_slot, left) = match self.shared.call_slots.try_acquire() {
             Ok(slot) => (slot, limit),
-            Err(TryAcquireError::Closed) => return Err(lost()),
+            Err(TryAcquireError::Closed) => return Err(closed()),
             Err(TryAcquireError::NoPermits) => {
                 match within(deadline, self.shared.call_slots.acquire()).await {
                     Err(_) => return Err(timed_out()),
-                    Ok(Err(_)) => return Err(lost()),
+                    Ok(Err(_)) => return Err(closed()),
                     Ok(Ok(slot)) => (slot, deadline.saturating_duration_since(Instant::now())),
                 }
             }
@@ -443,7 +426,7 @@ impl SessionHandle {
         let (tx, rx) = oneshot::channel();
         match lock(&self.shared.pending).as_mut() {
             Some(pending) => pending.insert(packet.id, tx),
-            None => return Err(lost()),
+            None => return Err(closed()),
         };
         let mut guard = PendingGuard {
             shared: &self.shared,
@@ -459,11 +442,8 @@ impl SessionHandle {
             },
             Err(e) => Err(e),
         };
-        match queued {
-            Err(SendError::Closed) => return Err(lost()),
-            Err(e) => return Err(CallError::Send(e)),
-            Ok(()) => {}
-        }
+        // A refused send never reached the peer.
+        queued.map_err(|e| CallError::not_sent(method, e))?;
         let reply = match timeout_at(deadline, rx).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(_)) => return Err(lost()),

@@ -1,6 +1,7 @@
-//! The task behind a [`ReconnectingClient`]: connects, says hello, waits
-//! for the connection to end, and connects again (to the next server) after
-//! the wait the [`Reconnect`] policy gives.
+//! The task behind a [`ReconnectingClient`]: connects (the connector runs
+//! its on-connect hook), says hello, waits for the connection to end, and
+//! connects again (to the next server) after the wait the [`Reconnect`]
+//! policy gives.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,20 +9,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Connector;
+use super::client::Link;
+use super::{Jitter, Reconnect, ReconnectingClient};
+use crate::caller::Caller;
+use crate::connector::Connector;
 use crate::error::{Error, SendError};
+use crate::lifecycle::EndReason;
 use crate::protocol::Protocol;
-use crate::reconnect::{Jitter, Link, Reconnect, ReconnectingClient};
-use crate::session::{EndReason, SessionHandle};
+use crate::session::SessionHandle;
 
 /// Starts the supervising task; see [`Connector::connect_reconnecting`].
-pub(super) fn start<P: Protocol>(
+pub(crate) fn start<P: Protocol>(
     connector: &Connector,
     protocol: P,
     reconnect: Reconnect,
 ) -> Result<ReconnectingClient, Error> {
     reconnect.check()?;
-    let (tx, rx) = watch::channel(Link::Connecting);
+    let (tx, rx) = watch::channel(Link::Connecting { last_error: None });
     let stop = connector.shutdown_handle().token.child_token();
     let connections = Arc::new(AtomicU64::new(0));
     let config = connector.config();
@@ -65,7 +69,8 @@ struct Supervisor<P> {
 impl<P: Protocol> Supervisor<P> {
     async fn run(mut self) -> Result<(), Error> {
         let result = self.connect_and_reconnect().await;
-        self.link.send_replace(Link::Stopped);
+        let error = result.as_ref().err().map(|e| e.to_string().into());
+        self.link.send_replace(Link::Stopped { error });
         result
     }
 
@@ -84,7 +89,7 @@ impl<P: Protocol> Supervisor<P> {
             let failure = match attempt {
                 Ok(client) => {
                     let count = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-                    let session = client.session().clone();
+                    let session = client.handle().clone();
                     tracing::info!(
                         peer = %session.peer_id(),
                         "connected to {} (connection {count})",
@@ -102,7 +107,7 @@ impl<P: Protocol> Supervisor<P> {
                                 }
                                 () = session.closed() => client.join().await,
                             };
-                            self.link.send_replace(Link::Connecting);
+                            self.link.send_replace(Link::Connecting { last_error: None });
                             if matches!(end, EndReason::Closed | EndReason::Shutdown) {
                                 return Ok(());
                             }
@@ -134,6 +139,9 @@ impl<P: Protocol> Supervisor<P> {
                 tracing::error!("giving up after {failures} failed attempts in a row: {failure}");
                 return Err(failure);
             }
+            self.link.send_replace(Link::Connecting {
+                last_error: Some(failure.to_string().into()),
+            });
             let delay = self.reconnect.delay(failures, self.jitter.next());
             tracing::warn!("{failure}; reconnecting in {delay:?} (failure {failures} in a row)");
             tokio::select! {

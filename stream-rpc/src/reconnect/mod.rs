@@ -1,21 +1,17 @@
 //! Clients that reconnect by themselves, with capped exponential backoff
 //! and jitter; see [`Connector::connect_reconnecting`](crate::Connector::connect_reconnecting).
 
-use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout_at};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
-use crate::error::{CallError, Error, SendError};
-use crate::packet::Packet;
-use crate::session::SessionHandle;
+
+mod client;
+mod supervisor;
+
+pub use client::ReconnectingClient;
+pub(crate) use supervisor::start;
 
 /// When and how a [`ReconnectingClient`] reconnects.
 ///
@@ -58,8 +54,10 @@ pub struct Reconnect {
     /// How many attempts in a row may fail before the client gives up;
     /// `None` (the default) tries forever.
     pub max_attempts: Option<u32>,
-    /// A packet (method and payload) sent first on every new connection, as
-    /// the seed's client sends its hello. Default none.
+    /// An untyped packet (method and payload) sent first on every new
+    /// connection, as the Python `stream_rpc` client sends its hello.
+    /// Default none. A typed first call, which can refuse the connection,
+    /// is [`Connector::on_connect`](crate::Connector::on_connect).
     pub hello: Option<(String, Value)>,
     /// The servers to connect to, as host and port, tried in turn; empty
     /// (the default) means the connector's configured host and port.
@@ -100,7 +98,10 @@ impl Reconnect {
         self
     }
 
-    /// Sends this hello packet first on every new connection.
+    /// Sends this untyped hello packet first on every new connection (after
+    /// the connector's [`on_connect`](crate::Connector::on_connect) hook, if
+    /// any). Prefer the hook: a typed call there is checked by the compiler,
+    /// and its failure is seen.
     pub fn hello(mut self, method: impl Into<String>, payload: Value) -> Self {
         self.hello = Some((method.into(), payload));
         self
@@ -165,189 +166,12 @@ impl Reconnect {
     }
 }
 
-/// Where a [`ReconnectingClient`] is.
-#[derive(Clone)]
-pub(crate) enum Link {
-    Connecting,
-    Up(SessionHandle),
-    Stopped,
-}
-
-/// A client that keeps a connection to its server, reconnecting by itself
-/// when the connection breaks, and failing over between servers when it
-/// has several; see [`Connector::connect_reconnecting`](crate::Connector::connect_reconnecting).
-///
-/// Calls and sends go to the current connection, waiting for one (within
-/// the call timeout) while the client reconnects. What is retried:
-///
-/// - a call or notification that found no connection has not been sent:
-///   it waits for the next connection, to whichever server, within its
-///   time limit, and is sent there;
-/// - a call **in flight** when its connection breaks fails with
-///   [`CallError::ConnectionLost`] and is **not** retried: it may or may not
-///   have run on the server, and only the caller knows whether running it
-///   twice is safe;
-/// - a notification handed to a connection that then breaks is not sent
-///   again either (it may have been delivered).
-///
-/// Dropping it closes the current connection gracefully and stops
-/// reconnecting, as [`close`](Self::close) does.
-pub struct ReconnectingClient {
-    link: watch::Receiver<Link>,
-    stop: CancellationToken,
-    connections: Arc<AtomicU64>,
-    call_timeout: Duration,
-    task: Option<JoinHandle<Result<(), Error>>>,
-}
-
-impl fmt::Debug for ReconnectingClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &*self.link.borrow() {
-            Link::Connecting => "connecting",
-            Link::Up(_) => "connected",
-            Link::Stopped => "stopped",
-        };
-        f.debug_struct("ReconnectingClient")
-            .field("state", &state)
-            .field("connections", &self.connections())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReconnectingClient {
-    /// The current connection's session, if connected now.
-    pub fn session(&self) -> Option<SessionHandle> {
-        if self.stop.is_cancelled() {
-            return None;
-        }
-        match &*self.link.borrow() {
-            Link::Up(session) if !session.is_closed() => Some(session.clone()),
-            _ => None,
-        }
-    }
-
-    /// Waits for a connection and returns its session; `None` once the
-    /// client has stopped for good (closed, shut down, or out of attempts:
-    /// [`join`](Self::join) says which).
-    pub async fn connected(&self) -> Option<SessionHandle> {
-        let mut link = self.link.clone();
-        loop {
-            if self.stop.is_cancelled() {
-                return None;
-            }
-            match &*link.borrow_and_update() {
-                Link::Up(session) if !session.is_closed() => return Some(session.clone()),
-                Link::Stopped => return None,
-                Link::Up(_) | Link::Connecting => {}
-            }
-            tokio::select! {
-                changed = link.changed() => if changed.is_err() {
-                    return None;
-                },
-                () = self.stop.cancelled() => return None,
-            }
-        }
-    }
-
-    /// How long [`call`](Self::call) waits (for a connection and a reply):
-    /// the configured [`Timeouts::call`](crate::Timeouts::call).
-    pub fn call_timeout(&self) -> Duration {
-        self.call_timeout
-    }
-
-    /// How many connections were made so far (the first one included).
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// Calls `method` on the current connection, as [`SessionHandle::call`]
-    /// does, first waiting for a connection if there is none. The call
-    /// timeout covers the wait.
-    pub async fn call(&self, method: &str, payload: Value) -> Result<Packet, CallError> {
-        self.call_with_timeout(method, payload, self.call_timeout)
-            .await
-    }
-
-    /// [`call`](Self::call) with its own time limit, which covers waiting
-    /// for a connection too.
-    pub async fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> Result<Packet, CallError> {
-        let deadline = Instant::now() + limit;
-        let session = match timeout_at(deadline, self.connected()).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return Err(CallError::lost(method)),
-            Err(_) => return Err(CallError::timed_out(method, limit)),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        session.call_with_timeout(method, payload, left).await
-    }
-
-    /// Sends a packet that expects no reply on the current connection,
-    /// first waiting (up to the call timeout) for a connection if there is
-    /// none; [`SendError::Closed`] if none came.
-    pub async fn notify(&self, method: &str, payload: Value) -> Result<(), SendError> {
-        match timeout_at(Instant::now() + self.call_timeout, self.connected()).await {
-            Ok(Some(session)) => session.notify(method, payload).await,
-            Ok(None) | Err(_) => Err(SendError::Closed),
-        }
-    }
-
-    /// Closes the current connection gracefully and stops reconnecting.
-    pub fn close(&self) {
-        self.stop.cancel();
-    }
-
-    /// Waits until the client has stopped for good: `Ok` after
-    /// [`close`](Self::close) or shutdown, the last connection error
-    /// after [`Reconnect::max_attempts`] failed attempts in a row.
-    pub async fn join(mut self) -> Result<(), Error> {
-        let Some(task) = self.task.take() else {
-            return Ok(());
-        };
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::Io(std::io::Error::other(format!(
-                "the reconnecting task failed: {e}"
-            )))),
-        }
-    }
-}
-
-impl Drop for ReconnectingClient {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl ReconnectingClient {
-    /// A client fed by a supervising task (`crate::connector`'s).
-    pub(crate) fn new(
-        link: watch::Receiver<Link>,
-        stop: CancellationToken,
-        connections: Arc<AtomicU64>,
-        call_timeout: Duration,
-        task: JoinHandle<Result<(), Error>>,
-    ) -> Self {
-        ReconnectingClient {
-            link,
-            stop,
-            connections,
-            call_timeout,
-            task: Some(task),
-        }
-    }
-}
-
 /// A small pseudo-random source for jitter (SplitMix64), seeded from the OS.
 /// Jitter needs spread, not secrecy.
-pub(crate) struct Jitter(u64);
+struct Jitter(u64);
 
 impl Jitter {
-    pub(crate) fn from_os() -> Self {
+    fn from_os() -> Self {
         let mut seed = [0u8; 8];
         if getrandom::getrandom(&mut seed).is_err() {
             // Any varying seed will do.
@@ -360,7 +184,7 @@ impl Jitter {
     }
 
     /// The next value, uniform in `[0, 1)`.
-    pub(crate) fn next(&mut self) -> f64 {
+    fn next(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
