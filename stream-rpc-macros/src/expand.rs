@@ -804,7 +804,10 @@ fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
             quote! {
                 #krate::Caller::notify(&self.caller, #wire, __payload)
                     .await
-                    .map_err(#krate::CallError::Send)
+                    .map_err(|__reason| #krate::CallError::NotSent {
+                        method: ::std::string::String::from(#wire),
+                        reason: __reason,
+                    })
             },
             format!("Sends a notification to the peer's `{wire_name}`; returns once it is sent."),
         ),

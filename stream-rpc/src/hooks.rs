@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::lifecycle::EndReason;
 use crate::session::SessionHandle;
 
-/// The error an on-connect hook returns: anything that is an error.
+/// The error an on-connect hook returns: any error (`?` converts a
+/// [`CallError`](crate::CallError) into it, and `"text".into()` makes one).
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 type OnConnect = dyn Fn(SessionHandle) -> Pin<Box<dyn Future<Output = Result<(), HookError>> + Send>>
@@ -34,16 +35,12 @@ impl fmt::Debug for Hooks {
 }
 
 impl Hooks {
-    pub(crate) fn set_on_connect<F, Fut, E>(&mut self, hook: F)
+    pub(crate) fn set_on_connect<F, Fut>(&mut self, hook: F)
     where
         F: Fn(SessionHandle) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<HookError>,
+        Fut: Future<Output = Result<(), HookError>> + Send + 'static,
     {
-        self.on_connect = Some(Arc::new(move |connection| {
-            let running = hook(connection);
-            Box::pin(async move { running.await.map_err(Into::into) })
-        }));
+        self.on_connect = Some(Arc::new(move |connection| Box::pin(hook(connection))));
     }
 
     pub(crate) fn set_on_disconnect<F>(&mut self, hook: F)

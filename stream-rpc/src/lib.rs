@@ -8,9 +8,25 @@
 //! clients with settings from the environment (`CRYPTO_KEY`,
 //! `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_LOG_LVL`) or from code.
 //!
+//! One way to do each thing:
+//!
+//! | Job | How |
+//! |---|---|
+//! | Serve | [`Connector::bind`], [`Server::serve`]; stop with [`Server::with_graceful_shutdown`] ([`shutdown_signal`] for Ctrl-C and SIGTERM) |
+//! | Connect | [`Connector::connect`], or [`Connector::connect_reconnecting`] to reconnect and fail over |
+//! | Call | [`Caller`] (`call`, `call_with_timeout`, `notify`) on a client or a connection, or a typed client from [`macro@service`] |
+//! | Know why a call failed, and whether to retry | [`CallError`], [`CallError::may_have_run`] |
+//! | Act when a connection opens or ends | [`Connector::on_connect`], [`Connector::on_disconnect`] |
+//! | Run over another byte stream | [`Connector::attach`] |
+//!
+//! [`Connector::run_server`] and [`Connector::run_client`] are thin
+//! wrappers in the shape of the Python `stream_rpc` connector.
+//!
 //! ```
 //! use serde_json::json;
-//! use stream_rpc::{Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply};
+//! use stream_rpc::{
+//!     Caller, Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply,
+//! };
 //!
 //! struct Pinger;
 //!
@@ -31,16 +47,20 @@
 //! // A server on a free loopback port.
 //! let server = Connector::new(config(0)?).bind().await?;
 //! let port = server.local_addr().port();
-//! let stop = server.shutdown_handle();
-//! let serving = tokio::spawn(server.serve(Pinger));
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let serving = tokio::spawn(
+//!     server
+//!         .with_graceful_shutdown(async move { stopped.await.unwrap_or(()) })
+//!         .serve(Pinger),
+//! );
 //!
 //! // A client calls it.
-//! let client = Connector::new(config(port)?).connect(Pinger).await?;
-//! let reply = client.session().call("ping", json!(1)).await?;
+//! let client = Connector::new(config(port)?).connect(()).await?;
+//! let reply = client.call("ping", json!(1)).await?;
 //! assert_eq!(reply.method, "pong");
 //! assert_eq!(reply.payload, json!({"got": 1}));
 //!
-//! stop.shutdown();
+//! stop.send(()).unwrap();
 //! serving.await??;
 //! # Ok(())
 //! # }
@@ -70,9 +90,9 @@ mod endpoint;
 mod engine;
 mod error;
 mod hooks;
-pub mod logging;
 mod human;
 mod lifecycle;
+pub mod logging;
 mod packet;
 mod protocol;
 mod reconnect;
@@ -102,12 +122,12 @@ pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, SendError};
 pub use hooks::HookError;
+pub use lifecycle::{EndReason, Role};
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, Shown};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
-pub use lifecycle::{EndReason, Role};
 pub use session::SessionHandle;
 pub use stream_rpc_macros::service;
 

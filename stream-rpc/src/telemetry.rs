@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use crate::cipher::CipherError;
-use crate::replay::Verdict;
 use crate::lifecycle::Role;
+use crate::replay::Verdict;
 
 /// Distinct `method` label values kept; later ones are counted as `other`.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]

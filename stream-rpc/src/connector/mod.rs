@@ -52,7 +52,6 @@ impl ShutdownHandle {
     pub fn is_shutting_down(&self) -> bool {
         self.token.is_cancelled()
     }
-
 }
 
 /// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future
@@ -193,11 +192,10 @@ impl Connector {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn on_connect<F, Fut, E>(mut self, hook: F) -> Self
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(SessionHandle) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<HookError>,
+        Fut: Future<Output = Result<(), HookError>> + Send + 'static,
     {
         self.hooks.set_on_connect(hook);
         self
@@ -352,10 +350,12 @@ impl Connector {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let connector = Connector::new(Config::builder().key(Fernet::generate_key()?).build()?);
+    /// let config = Config::builder().key(Fernet::generate_key()?).build()?;
+    /// // Two endpoints (an endpoint refuses its own tokens coming back).
+    /// let (server, client) = (Connector::new(config.clone()), Connector::new(config));
     /// let (a, b) = tokio::io::duplex(64 * 1024);
-    /// let _server = connector.attach(a, (), Role::Server);
-    /// let client = connector.attach(b, (), Role::Client);
+    /// let _server = server.attach(a, (), Role::Server);
+    /// let client = client.attach(b, (), Role::Client);
     /// let refused = client.call("ping", json!(null)).await;
     /// assert!(refused.is_err()); // `()` serves nothing: unknown_method
     /// # Ok(())

@@ -336,7 +336,13 @@ mod tests {
         // Never sent, so certainly not run: safe to retry elsewhere.
         let err = handle.call("ask", json!(null)).await.unwrap_err();
         assert!(
-            matches!(&err, CallError::NotSent { reason: SendError::Closed, .. }),
+            matches!(
+                &err,
+                CallError::NotSent {
+                    reason: SendError::Closed,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(!err.may_have_run());

@@ -131,7 +131,9 @@ impl ReconnectingClient {
                 Link::Up(session) if !session.is_closed() => return Ok(session.clone()),
                 Link::Stopped { error: None } => return Err(NoConnection::Closed),
                 Link::Stopped { error: Some(e) } => {
-                    return Err(NoConnection::Unreachable(format!("gave up reconnecting: {e}")));
+                    return Err(NoConnection::Unreachable(format!(
+                        "gave up reconnecting: {e}"
+                    )));
                 }
                 Link::Up(_) | Link::Connecting { .. } => {}
             }

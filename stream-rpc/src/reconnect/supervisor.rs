@@ -107,7 +107,8 @@ impl<P: Protocol> Supervisor<P> {
                                 }
                                 () = session.closed() => client.join().await,
                             };
-                            self.link.send_replace(Link::Connecting { last_error: None });
+                            self.link
+                                .send_replace(Link::Connecting { last_error: None });
                             if matches!(end, EndReason::Closed | EndReason::Shutdown) {
                                 return Ok(());
                             }

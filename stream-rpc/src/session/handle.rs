@@ -263,8 +263,16 @@ impl SessionHandle {
         self.shared.remote_addr
     }
 
-    /// Whether the session is closing or closed.
+    /// Whether the connection is closing or closed ([`close`](Self::close)
+    /// was called, or it is ending for another reason): new calls on it are
+    /// not sent.
     pub fn is_closed(&self) -> bool {
+        self.shared.stop.is_raised() || self.sends_refused()
+    }
+
+    /// Whether sends fail at once (replies of running handlers still go out
+    /// while a closing connection winds down, until this is so).
+    fn sends_refused(&self) -> bool {
         self.shared.closing.load(Ordering::Acquire)
     }
 
@@ -341,7 +349,7 @@ impl SessionHandle {
         packet: &Packet,
         now: SystemTime,
     ) -> Result<Option<Deferred>, SendError> {
-        if self.is_closed() {
+        if self.sends_refused() {
             return Err(SendError::Closed);
         }
         with_scratch(|json, token| {
@@ -402,6 +410,9 @@ impl SessionHandle {
         let timed_out = || CallError::timed_out(method, limit);
         let lost = || CallError::lost(method);
         let closed = || CallError::not_sent(method, SendError::Closed);
+        if self.is_closed() {
+            return Err(closed());
+        }
         // A free slot and room in the outbox are the common case: they are
         // taken without setting up a timer.
         // `left` is what is left of the limit once a slot is held: the whole
