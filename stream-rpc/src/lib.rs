@@ -123,7 +123,7 @@ pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, SendError};
 pub use hooks::HookError;
 pub use lifecycle::{EndReason, Role};
-pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, Shown};
+pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, LogLine, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};

@@ -11,7 +11,7 @@ const LOG_PAYLOAD_BYTES: usize = 512;
 /// correlation, and the payload (cut at 512 bytes) unless it is left out.
 /// Written without allocating.
 #[derive(Debug, Clone, Copy)]
-pub struct Shown<'a> {
+pub struct LogLine<'a> {
     packet: &'a Packet,
     payload: bool,
 }
@@ -19,24 +19,24 @@ pub struct Shown<'a> {
 impl Packet {
     /// How a log line shows this packet: with its payload (cut at 512
     /// bytes), or without.
-    pub fn shown(&self, payload: bool) -> Shown<'_> {
-        Shown {
+    pub fn log_line(&self, payload: bool) -> LogLine<'_> {
+        LogLine {
             packet: self,
             payload,
         }
     }
 }
 
-/// Shows the packet readably for logs, payload included (see [`Shown`]). A
+/// Shows the packet readably for logs, payload included (see [`LogLine`]). A
 /// long payload is cut while it is being rendered, so a log line costs the
 /// same for a 1 MiB payload as for a small one.
 impl fmt::Display for Packet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.shown(true).fmt(f)
+        self.log_line(true).fmt(f)
     }
 }
 
-impl fmt::Display for Shown<'_> {
+impl fmt::Display for LogLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let packet = self.packet;
         // The method is the peer's text: escaped, so that it cannot start a

@@ -245,7 +245,7 @@ mod json;
 mod log;
 pub(crate) mod time;
 
-pub use log::Shown;
+pub use log::LogLine;
 
 #[cfg(test)]
 mod tests {

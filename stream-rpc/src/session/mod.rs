@@ -56,7 +56,7 @@ macro_rules! packet_log {
                         peer = %$shared.own_id,
                         "{}: {}",
                         $what,
-                        $packet.shown(mode == $crate::config::PacketLog::Full)
+                        $packet.log_line(mode == $crate::config::PacketLog::Full)
                     )
                 }
             }
