@@ -103,7 +103,7 @@ impl Endpoint {
     }
 
     /// A new packet from this endpoint with the next request number,
-    /// created now: the seed's `create_message_packet`.
+    /// created now (the Python package's `create_message_packet`).
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
         self.packet_at(method, payload, SystemTime::now())
     }

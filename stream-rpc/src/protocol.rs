@@ -1,4 +1,4 @@
-//! The seed's `Protocol`: what a side does with each incoming packet.
+//! [`Protocol`]: what a side does with each incoming packet.
 //!
 //! Servers and workers are both protocols. Write one by hand by implementing
 //! [`Protocol::process_message`], or let `#[stream_rpc::service]` generate it
@@ -263,7 +263,7 @@ impl Context {
     }
 
     /// Builds a packet from this side with the next request number, the
-    /// session's version of the seed's `create_message_packet`.
+    /// connection's version of the Python package's `create_message_packet`.
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
         self.session.packet(method, payload)
     }

@@ -1,20 +1,17 @@
 //! The connector: runs servers (listens) and clients (connects), one
-//! engine session per connection, with the connector's hooks.
+//! engine session per connection, with the connector's hooks. The server's
+//! accept loop is in `server.rs`, the client's handle in `client.rs`, the
+//! shutdown signals in `shutdown.rs`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, lookup_host};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::caller::Caller;
@@ -24,89 +21,17 @@ use crate::engine::Session;
 use crate::error::Error;
 use crate::hooks::{HookError, Hooks};
 use crate::lifecycle::{EndReason, Role};
-use crate::logging::Refusal;
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
 use crate::session::SessionHandle;
-use crate::sync::lock;
 
-/// How long `accept` failures (out of file descriptors and the like) pause
-/// the accept loop, instead of spinning.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+mod client;
+mod server;
+mod shutdown;
 
-/// Stops a server or client gracefully from anywhere: it stops accepting,
-/// lets running handlers finish within the grace period, flushes replies and
-/// closes. Cloneable.
-#[derive(Debug, Clone, Default)]
-pub struct ShutdownHandle {
-    pub(crate) token: CancellationToken,
-}
-
-impl ShutdownHandle {
-    /// Starts the graceful shutdown.
-    pub fn shutdown(&self) {
-        self.token.cancel();
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_shutting_down(&self) -> bool {
-        self.token.is_cancelled()
-    }
-}
-
-/// Registers for Ctrl-C and (on Unix) SIGTERM at once, and returns a future
-/// that completes when either arrives: the one-line graceful shutdown of a
-/// server ([`Server::with_graceful_shutdown`]) or of anything else.
-/// Registering happens in this call, before the first poll, so a signal sent
-/// right after it is not missed.
-///
-/// ```no_run
-/// # async fn example(connector: stream_rpc::Connector, protocol: ()) -> Result<(), stream_rpc::Error> {
-/// connector
-///     .bind()
-///     .await?
-///     .with_graceful_shutdown(stream_rpc::shutdown_signal())
-///     .serve(protocol)
-///     .await
-/// # }
-/// ```
-///
-/// # Panics
-///
-/// On Unix, when called outside a Tokio runtime.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        {
-            let wait = |registered: io::Result<tokio::signal::unix::Signal>| async move {
-                match registered {
-                    Ok(mut signal) => {
-                        signal.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            let (interrupt, terminate) = signals;
-            tokio::select! {
-                () = wait(interrupt) => {}
-                () = wait(terminate) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tracing::info!("shutdown signal received");
-    }
-}
+pub use client::Client;
+pub use server::Server;
+pub use shutdown::{ShutdownHandle, shutdown_signal};
 
 /// Runs servers and clients with one [`Config`]: the one way to serve and
 /// to connect.
@@ -465,324 +390,6 @@ impl Connector {
     }
 }
 
-/// A listening server; see [`Connector::bind`].
-pub struct Server {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    endpoint: Endpoint,
-    hooks: Hooks,
-    shutdown: ShutdownHandle,
-    graceful: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
-            .field("endpoint", &self.endpoint)
-            .field("graceful_shutdown", &self.graceful.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Server {
-    /// The address it listens on (with the real port when 0 was configured).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// A handle that stops this server gracefully (the connector's
-    /// [`ShutdownHandle`] stops it too).
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.shutdown.clone()
-    }
-
-    /// Shuts the server down gracefully when `signal` completes (for
-    /// example [`shutdown_signal`], for Ctrl-C and SIGTERM): it stops
-    /// accepting, lets running handlers finish within the grace period,
-    /// flushes replies and closes its connections.
-    pub fn with_graceful_shutdown(
-        mut self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> Self {
-        self.graceful = Some(Box::pin(signal));
-        self
-    }
-
-    /// Accepts connections, one session task each, up to
-    /// [`Limits::max_connections`](crate::Limits::max_connections) at once
-    /// and [`Limits::max_connections_per_ip`](crate::Limits::max_connections_per_ip)
-    /// from one remote address; a connection beyond either is closed at
-    /// once, and the refusals are logged at most once a second per limit,
-    /// with a count. Returns after shutdown, once every session has ended.
-    pub async fn serve<P: Protocol>(mut self, protocol: P) -> Result<(), Error> {
-        let protocol = Arc::new(protocol);
-        let name: Arc<str> = protocol.name().into();
-        let peer = self.endpoint.peer_id();
-        let limits = self.endpoint.config().limits();
-        let max = limits.max_connections;
-        let slots = Arc::new(Semaphore::new(max));
-        let addresses = Arc::new(AddressSlots::new(limits.max_connections_per_ip));
-        let token = self.shutdown.token.clone();
-        if let Some(signal) = self.graceful.take() {
-            let token = token.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = signal => token.cancel(),
-                    () = token.cancelled() => {}
-                }
-            });
-        }
-        tracing::info!(
-            target: crate::logging::LISTENING_TARGET,
-            protocol = %name,
-            peer = %peer,
-            "Serving on {}",
-            self.local_addr
-        );
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = token.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, remote) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(protocol = %name, peer = %peer, "accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let refusals = self.endpoint.refusals();
-            let Some(address_slot) = addresses.take(remote.ip()) else {
-                crate::telemetry::connection_refused("per_address");
-                if refusals.admit(Refusal::AddressLimit, &name, peer) {
-                    tracing::warn!(
-                        protocol = %name, peer = %peer,
-                        "per-address connection limit of {} reached: refused {remote}",
-                        addresses.cap
-                    );
-                }
-                continue;
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                crate::telemetry::connection_refused("total");
-                if refusals.admit(Refusal::ConnectionLimit, &name, peer) {
-                    tracing::warn!(
-                        protocol = %name, peer = %peer,
-                        "connection limit of {max} reached: refused {remote}"
-                    );
-                }
-                continue;
-            };
-            let connection = Accepted {
-                stream,
-                remote,
-                name: name.clone(),
-                endpoint: self.endpoint.clone(),
-                hooks: self.hooks.clone(),
-                token: token.clone(),
-            };
-            let protocol = protocol.clone();
-            tokio::spawn(async move {
-                connection.serve(protocol).await;
-                drop(slot);
-                drop(address_slot);
-            });
-        }
-        drop(self.listener);
-        tracing::info!(protocol = %name, peer = %peer, "shutting down: waiting for open sessions");
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let _ = slots.acquire_many(all).await;
-        tracing::info!(protocol = %name, peer = %peer, "stopped");
-        Ok(())
-    }
-}
-
-/// An accepted connection, about to be served.
-struct Accepted {
-    stream: TcpStream,
-    remote: SocketAddr,
-    name: Arc<str>,
-    endpoint: Endpoint,
-    hooks: Hooks,
-    token: CancellationToken,
-}
-
-impl Accepted {
-    /// Serves the connection until it ends, running the hooks, and logs how
-    /// it ended.
-    async fn serve<P: Protocol>(self, protocol: Arc<P>) {
-        let Accepted {
-            stream,
-            remote,
-            name,
-            endpoint,
-            hooks,
-            token,
-        } = self;
-        let peer = endpoint.peer_id();
-        tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
-        let _ = stream.set_nodelay(true);
-        let session = Session::new(protocol, &endpoint, Role::Server, Some(remote));
-        let handle = session.handle();
-        let (reader, writer) = stream.into_split();
-        let running = session.run(reader, writer, token);
-        let hook = async {
-            if let Err(e) = hooks.connected(&handle).await {
-                tracing::warn!(
-                    protocol = %name, peer = %peer,
-                    "on-connect hook failed for {remote}: {e}; closing the connection"
-                );
-                handle.close();
-            }
-        };
-        let (end, ()) = tokio::join!(running, hook);
-        hooks.disconnected(&handle, &end);
-        // Closed for bad input: a flood of those is a flood of lines.
-        let refusal = match end {
-            EndReason::TooManyBadFrames => Some(Refusal::TooManyBadFrames),
-            EndReason::FirstFrameTimeout => Some(Refusal::NoFirstFrame),
-            _ => None,
-        };
-        match refusal {
-            None => tracing::info!(
-                protocol = %name, peer = %peer, "connection from {remote} ended: {end}"
-            ),
-            Some(refusal) => {
-                if endpoint.refusals().admit(refusal, &name, peer) {
-                    tracing::warn!(
-                        protocol = %name, peer = %peer,
-                        "connection from {remote} closed: {end}"
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// How many connections each remote address has open, up to a cap.
-struct AddressSlots {
-    cap: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl AddressSlots {
-    fn new(cap: usize) -> Self {
-        AddressSlots {
-            cap,
-            open: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// One of `ip`'s slots, given back when dropped; `None` when it holds
-    /// all of them. An IPv4-mapped IPv6 address counts as its IPv4 address.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let ip = ip.to_canonical();
-        let mut open = lock(&self.open);
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            slots: self.clone(),
-            ip,
-        })
-    }
-
-    /// How many connections `ip` has open.
-    #[cfg(test)]
-    fn open(&self, ip: IpAddr) -> usize {
-        lock(&self.open).get(&ip).copied().unwrap_or(0)
-    }
-}
-
-/// A connection's slot of its remote address.
-struct AddressSlot {
-    slots: Arc<AddressSlots>,
-    ip: IpAddr,
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut open = lock(&self.slots.open);
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            // The table holds only addresses with connections open.
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// A connection this side opened; see [`Connector::connect`]. Calls go
-/// through [`Caller`].
-///
-/// [`connection`](Self::connection), [`connected`](Self::connected) and
-/// [`is_connected`](Self::is_connected) answer as a
-/// [`ReconnectingClient`]'s do. Dropping it closes the connection
-/// gracefully (as [`SessionHandle::close`] does), unless
-/// [`Client::join`] took it over.
-#[derive(Debug)]
-pub struct Client {
-    handle: SessionHandle,
-    task: Option<JoinHandle<EndReason>>,
-}
-
-impl Client {
-    /// The connection, while it is open: to send packets, to hand to other
-    /// tasks, to see when it closes.
-    pub fn connection(&self) -> Option<SessionHandle> {
-        (!self.handle.is_closed()).then(|| self.handle.clone())
-    }
-
-    /// Whether the connection is open.
-    pub fn is_connected(&self) -> bool {
-        !self.handle.is_closed()
-    }
-
-    /// The connection, while it is open; `None` once it has closed (a
-    /// [`Client`] never reconnects). Answers at once; it is `async` to
-    /// match [`ReconnectingClient::connected`].
-    pub async fn connected(&self) -> Option<SessionHandle> {
-        self.connection()
-    }
-
-    /// The connection's handle, open or not.
-    pub(crate) fn handle(&self) -> &SessionHandle {
-        &self.handle
-    }
-
-    /// Closes the connection gracefully: it stops reading, lets running
-    /// handlers finish within the shutdown grace period, flushes and closes.
-    pub fn close(&self) {
-        self.handle.close();
-    }
-
-    /// Waits until the connection ends and says why; it stays open until
-    /// then.
-    pub async fn join(mut self) -> EndReason {
-        let Some(task) = self.task.take() else {
-            return EndReason::Closed;
-        };
-        match task.await {
-            Ok(end) => end,
-            Err(e) => EndReason::ReadFailed(format!("session task failed: {e}")),
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if self.task.is_some() {
-            self.handle.close();
-        }
-    }
-}
-
 /// The addresses `host:port` resolves to; at least one.
 async fn addresses_of(host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
     let resolve_error = |source| Error::Resolve {
@@ -830,25 +437,6 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
             .await
             .expect("the signal was not seen");
-    }
-
-    #[test]
-    fn address_slots_are_counted_per_address_and_given_back() {
-        let slots = Arc::new(AddressSlots::new(2));
-        let v4: IpAddr = "10.0.0.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let v6: IpAddr = "::1".parse().unwrap();
-        let first = slots.take(v4).unwrap();
-        // The mapped form is the same address.
-        let second = slots.take(mapped).unwrap();
-        assert!(slots.take(v4).is_none());
-        assert!(slots.take(mapped).is_none());
-        let other = slots.take(v6).unwrap();
-        drop(first);
-        let third = slots.take(v4).unwrap();
-        drop((second, third, other));
-        assert_eq!(slots.open(v4), 0);
-        assert!(lock(&slots.open).is_empty());
     }
 
     #[tokio::test]

@@ -62,7 +62,7 @@ pub struct ReplyTo {
 }
 
 impl Packet {
-    /// Builds a packet stamped with the current time, like the seed's
+    /// Builds a packet stamped with the current time, like the Python package's
     /// `create_message_packet(peer_id, request_number, method, payload)`.
     ///
     /// Inside a handler prefer [`Context::packet`](crate::Context::packet) or

@@ -9,7 +9,8 @@ use std::task::Poll;
 use tokio::time::error::Elapsed;
 use tokio::time::{Instant, timeout_at};
 
-/// Logs with the two fields the seed's format shows: protocol name and own peer id.
+/// Logs with the two fields every line of the default format shows: protocol
+/// name and this side's peer id.
 macro_rules! session_log {
     ($level:ident, $shared:expr, $($rest:tt)+) => {
         tracing::$level!(
@@ -36,7 +37,7 @@ macro_rules! refusal_log {
 }
 
 /// Logs a packet sent or received (`what`: `Send` or `Received`), as the
-/// seed did, showing as much of it as the configuration says: at most
+/// Python `stream_rpc` did, showing as much of it as the configuration says: at most
 /// [`PACKET_LINES_PER_SECOND`](crate::session::PACKET_LINES_PER_SECOND)
 /// lines a second per connection, then one line saying how many were left
 /// out.

@@ -1,0 +1,76 @@
+//! [`Client`]: a connection this side opened.
+
+use tokio::task::JoinHandle;
+
+use crate::lifecycle::EndReason;
+use crate::session::SessionHandle;
+
+#[cfg(doc)]
+use super::Connector;
+#[cfg(doc)]
+use crate::{Caller, ReconnectingClient};
+
+/// A connection this side opened; see [`Connector::connect`]. Calls go
+/// through [`Caller`].
+///
+/// [`connection`](Self::connection), [`connected`](Self::connected) and
+/// [`is_connected`](Self::is_connected) answer as a
+/// [`ReconnectingClient`]'s do. Dropping it closes the connection
+/// gracefully (as [`SessionHandle::close`] does), unless
+/// [`Client::join`] took it over.
+#[derive(Debug)]
+pub struct Client {
+    pub(super) handle: SessionHandle,
+    pub(super) task: Option<JoinHandle<EndReason>>,
+}
+
+impl Client {
+    /// The connection, while it is open: to send packets, to hand to other
+    /// tasks, to see when it closes.
+    pub fn connection(&self) -> Option<SessionHandle> {
+        (!self.handle.is_closed()).then(|| self.handle.clone())
+    }
+
+    /// Whether the connection is open.
+    pub fn is_connected(&self) -> bool {
+        !self.handle.is_closed()
+    }
+
+    /// The connection, while it is open; `None` once it has closed (a
+    /// [`Client`] never reconnects). Answers at once; it is `async` to
+    /// match [`ReconnectingClient::connected`].
+    pub async fn connected(&self) -> Option<SessionHandle> {
+        self.connection()
+    }
+
+    /// The connection's handle, open or not.
+    pub(crate) fn handle(&self) -> &SessionHandle {
+        &self.handle
+    }
+
+    /// Closes the connection gracefully: it stops reading, lets running
+    /// handlers finish within the shutdown grace period, flushes and closes.
+    pub fn close(&self) {
+        self.handle.close();
+    }
+
+    /// Waits until the connection ends and says why; it stays open until
+    /// then.
+    pub async fn join(mut self) -> EndReason {
+        let Some(task) = self.task.take() else {
+            return EndReason::Closed;
+        };
+        match task.await {
+            Ok(end) => end,
+            Err(e) => EndReason::ReadFailed(format!("session task failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.close();
+        }
+    }
+}
