@@ -170,6 +170,29 @@ impl Connector {
     }
 
     /// Listens on the configured host and port; serve with [`Server::serve`].
+    ///
+    /// ```no_run
+    /// use stream_rpc::{Connector, shutdown_signal};
+    ///
+    /// struct Calculator;
+    ///
+    /// #[stream_rpc::service]
+    /// impl Calculator {
+    ///     async fn add(&self, a: i64, b: i64) -> i64 {
+    ///         a + b
+    ///     }
+    /// }
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Connector::from_env()?.bind().await?;
+    /// println!("listening on {}", server.local_addr());
+    /// server
+    ///     .with_graceful_shutdown(shutdown_signal())
+    ///     .serve(Calculator)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn bind(&self) -> Result<Server, Error> {
         let addr = self.addresses().await?[0];
         let listener = TcpListener::bind(addr)
@@ -190,6 +213,12 @@ impl Connector {
     /// A thin wrapper in the shape of the Python `stream_rpc` connector:
     /// [`bind`](Self::bind), then [`Server::serve`] until Ctrl-C, SIGTERM
     /// ([`shutdown_signal`]) or [`ShutdownHandle::shutdown`].
+    ///
+    /// ```no_run
+    /// # async fn run(protocol: ()) -> Result<(), stream_rpc::Error> {
+    /// stream_rpc::Connector::from_env()?.run_server(protocol).await
+    /// # }
+    /// ```
     pub async fn run_server<P: Protocol>(&self, protocol: P) -> Result<(), Error> {
         self.bind()
             .await?
@@ -364,6 +393,16 @@ impl Connector {
     /// `payload`), then let `protocol` drive the conversation until the
     /// connection ends, Ctrl-C, SIGTERM ([`shutdown_signal`]) or
     /// [`ShutdownHandle::shutdown`].
+    ///
+    /// ```no_run
+    /// # async fn run(worker: ()) -> Result<(), stream_rpc::Error> {
+    /// let end = stream_rpc::Connector::from_env()?
+    ///     .run_client(worker, "ping", stream_rpc::json!(null))
+    ///     .await?;
+    /// println!("connection ended: {end}");
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// Fails with [`Error::Unreachable`] when no server answers.
     pub async fn run_client<P: Protocol>(
