@@ -10,14 +10,15 @@ use serde_json::Value;
 use crate::connector::Client;
 use crate::error::{CallError, SendError};
 use crate::packet::Packet;
+use crate::protocol::Context;
 use crate::reconnect::ReconnectingClient;
 use crate::session::SessionHandle;
 
 /// Makes calls and sends notifications to a peer: the one way to do both.
 ///
-/// Implemented by [`SessionHandle`] (one connection, also `ctx.session()`
-/// in a handler), [`Client`], [`ReconnectingClient`], and references and
-/// `Arc`s of them. Bring it into scope (`use stream_rpc::Caller;`) to call
+/// Implemented by [`SessionHandle`] (one connection), [`Client`],
+/// [`ReconnectingClient`], a handler's [`Context`] (calls back the peer that
+/// sent the packet, on its connection), and references and `Arc`s of them. Bring it into scope (`use stream_rpc::Caller;`) to call
 /// by method name; the typed clients that `#[stream_rpc::service]`
 /// generates are generic over it, so a typed client rides any of them:
 ///
@@ -145,10 +146,33 @@ impl Caller for ReconnectingClient {
     }
 }
 
+impl Caller for Context {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.session().request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.session().send_new(method, payload, None)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.session().call_timeout()
+    }
+}
+
 /// Implements [`Caller`] for a type that dereferences to a caller.
 macro_rules! caller_through_deref {
     ($($ty:ty),*) => {$(
-        impl<C: Caller + ?Sized> Caller for $ty {
+        impl<C: Caller> Caller for $ty {
             fn call_with_timeout(
                 &self,
                 method: &str,
