@@ -277,7 +277,7 @@ mod tests {
     use std::pin::Pin;
     use std::task::Context;
 
-    use crate::cipher::Unsealed;
+    use crate::cipher::{Cipher, Unsealed};
     use crate::endpoint::Endpoint;
     use crate::{Config, Fernet};
 
@@ -359,6 +359,149 @@ mod tests {
         let replay = shared.replay.as_ref().expect("replay protection is on");
         let back = crate::replay::ReceivedToken {
             fingerprint: replay.fingerprint(config.cipher().identity(&frames[22])),
+            time: None,
+        };
+        let mut verdicts = Vec::new();
+        replay.received(&[back], &mut verdicts).await;
+        assert_eq!(verdicts, [crate::replay::Verdict::Reflection]);
+    }
+
+    /// Tokens are the plaintext reversed, sealed one at a time through
+    /// `encrypt` (the default batch); a plaintext that says `boom` cannot be
+    /// sealed. Sealed by the writer when it tells its tokens' length.
+    #[derive(Debug)]
+    struct Reversed {
+        tells_length: bool,
+    }
+
+    impl Cipher for Reversed {
+        fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
+            if memchr::memmem::find(plaintext, b"boom").is_some() {
+                return Err(CipherError::Other("boom refused".into()));
+            }
+            Ok(plaintext.iter().rev().copied().collect())
+        }
+        fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
+            Ok(token.iter().rev().copied().collect())
+        }
+        fn token_len(&self, plaintext_len: usize) -> Option<usize> {
+            self.tells_length.then_some(plaintext_len)
+        }
+    }
+
+    fn reversed(tells_length: bool) -> (Config, Shared) {
+        let config = Config::builder()
+            .cipher(Arc::new(Reversed { tells_length }))
+            .build()
+            .unwrap();
+        let shared = Shared::new(&Endpoint::new(config.clone()), "test", None);
+        (config, shared)
+    }
+
+    fn take(shared: &Shared) -> Batch {
+        let mut batch = Batch::default();
+        let waker = std::task::Waker::noop();
+        let taken = shared
+            .outbox
+            .poll_take(&mut Context::from_waker(waker), &mut batch);
+        assert!(matches!(taken, Poll::Ready(Taken::Messages)));
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_custom_cipher_that_tells_its_token_length_is_sealed_by_the_writer() {
+        let (_config, shared) = reversed(true);
+        let now = SystemTime::now();
+        for plain in [&b"abc"[..], b"de"] {
+            let unsealed = Unsealed::new(plain.len(), now);
+            shared.outbox.push_plaintext(plain, unsealed).unwrap();
+        }
+        let batch = take(&shared);
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let written = write_batch(&mut writes, &shared, b"\r\n", &batch, &mut framed, deadline);
+        assert!(written.await.is_ok());
+        assert_eq!(writes.bytes, b"cba\r\ned\r\n");
+        // Remembered as sent, whole (the default identity).
+        let replay = shared.replay.as_ref().expect("replay protection is on");
+        let back = crate::replay::ReceivedToken {
+            fingerprint: replay.fingerprint(b"ed"),
+            time: None,
+        };
+        let mut verdicts = Vec::new();
+        replay.received(&[back], &mut verdicts).await;
+        assert_eq!(verdicts, [crate::replay::Verdict::Reflection]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_writer_cannot_seal_ends_the_writing() {
+        let (_config, shared) = reversed(true);
+        let plain = b"{\"boom\":1}";
+        let unsealed = Unsealed::new(plain.len(), SystemTime::now());
+        shared.outbox.push_plaintext(plain, unsealed).unwrap();
+        let batch = take(&shared);
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let written = write_batch(&mut writes, &shared, b"\n", &batch, &mut framed, deadline);
+        let Err(failure) = written.await else {
+            panic!("a batch that cannot be sealed was written");
+        };
+        assert_eq!(failure.to_string(), "could not seal: boom refused");
+        assert!(writes.bytes.is_empty());
+    }
+
+    /// Answers nothing.
+    struct Silent;
+
+    impl crate::Protocol for Silent {
+        async fn process_message(
+            &self,
+            _ctx: crate::Context,
+            packet: crate::Packet,
+        ) -> Result<crate::Reply, crate::HandlerError> {
+            Err(crate::HandlerError::unknown_method(&packet.method))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_ciphers_error_reaches_its_sender() {
+        let (config, _) = reversed(false);
+        let endpoint = Endpoint::new(config);
+        let session = super::super::Session::new(
+            Arc::new(Silent),
+            &endpoint,
+            crate::session::Role::Client,
+            None,
+        );
+        let handle = session.handle();
+        let refused = handle.notify("boom", serde_json::Value::Null).await;
+        assert!(
+            matches!(&refused, Err(crate::SendError::Cipher(CipherError::Other(text))) if text == "boom refused"),
+            "{refused:?}"
+        );
+        // Another message is sealed by its sender: its token is queued.
+        handle
+            .notify("fine", serde_json::Value::Null)
+            .await
+            .unwrap();
+        let batch = take(&handle.shared);
+        assert!(matches!(batch.messages[..], [Message::Token(_)]));
+        let token = batch.bytes.to_vec();
+        let plain: Vec<u8> = token.iter().rev().copied().collect();
+        assert!(memchr::memmem::find(&plain, b"\"fine\"").is_some());
+        // The writer frames it as it is, and remembers it as sent.
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let shared = &handle.shared;
+        let written = write_batch(&mut writes, shared, b"\n", &batch, &mut framed, deadline);
+        assert!(written.await.is_ok());
+        assert_eq!(writes.bytes, [&token[..], b"\n"].concat());
+        let replay = shared.replay.as_ref().expect("replay protection is on");
+        let back = crate::replay::ReceivedToken {
+            fingerprint: replay.fingerprint(&token),
             time: None,
         };
         let mut verdicts = Vec::new();

@@ -87,15 +87,18 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, value: u64) {
-        // 2^64 divided by the golden ratio: consecutive numbers land far
-        // apart in the high bits, which the table uses.
-        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = value.wrapping_mul(GOLDEN_RATIO_64);
     }
 
     fn finish(&self) -> u64 {
         self.0
     }
 }
+
+/// 2^64 divided by the golden ratio, rounded to an odd number: multiplied
+/// by it, consecutive numbers land far apart in the high bits, which the
+/// table uses.
+const GOLDEN_RATIO_64: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The error for a frame the outbox refused (other than for being full).
 fn refused_error(refused: Refused) -> SendError {
@@ -107,16 +110,17 @@ fn refused_error(refused: Refused) -> SendError {
     }
 }
 
-/// The largest sealing buffer a thread keeps between messages.
+/// The largest JSON or token buffer a thread keeps between messages.
 const KEEP_SCRATCH: usize = 64 * 1024;
 
 thread_local! {
-    /// Each thread's buffers for the JSON and the token of the packet it is
-    /// sealing (never held across an await).
+    /// Each thread's buffers for the JSON of the packet it is queuing and,
+    /// for a cipher sealed by its senders, its token (never held across an
+    /// await).
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Runs `seal` with this thread's two sealing buffers, emptied.
+/// Runs `seal` with this thread's two buffers (JSON, token), emptied.
 fn with_scratch<R>(seal: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
     crate::scratch::with_taken(
         &SCRATCH,
@@ -286,13 +290,17 @@ impl SessionHandle {
         self.shared.endpoint.packet_at(method, payload, now)
     }
 
-    /// Seals and queues a packet. Waits while the outgoing queue is full.
+    /// Queues a packet for the connection's writer, which seals and writes
+    /// it (a custom cipher that cannot tell its tokens' length is sealed
+    /// here, so that its errors are returned). Waits while the outgoing
+    /// queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
         self.send_at(&packet, SystemTime::now()).await
     }
 
     /// Sends a new packet from this side with this method, payload and
-    /// `reply_to`, stamped and sealed with one reading of the clock.
+    /// `reply_to`: the packet and its token are stamped with one reading of
+    /// the clock.
     pub(crate) async fn send_new(
         &self,
         method: impl Into<String>,
@@ -305,7 +313,7 @@ impl SessionHandle {
         self.send_at(&packet, now).await
     }
 
-    /// [`send`](Self::send), sealing the token as of `now`.
+    /// [`send`](Self::send), the token stamped as of `now`.
     async fn send_at(&self, packet: &Packet, now: SystemTime) -> Result<(), SendError> {
         match self.seal_and_queue(packet, now)? {
             None => Ok(()),
