@@ -9,7 +9,6 @@ use cbc::cipher::{BlockEncryptMut as _, InnerIvInit as _};
 use chrono::DateTime;
 use serde_json::Value;
 
-use super::iv::{fork, random_iv};
 use super::lanes::LANES;
 use super::token::{
     B64, HEADER_LEN, IDENTITY_LEN, MAC_LEN, Stamped, VERSION, token_len, unix_secs,
@@ -482,74 +481,6 @@ fn opening_a_token_tells_its_time() {
             .open_at(b"!!!!!!!!!!!!!!!!", now, &mut plain)
             .is_err()
     );
-}
-
-/// A forked child takes IVs of its own, never the ones left in the
-/// parent's buffer.
-#[cfg(unix)]
-#[test]
-fn a_forked_child_never_reuses_the_parents_ivs() {
-    // Fill this thread's buffer and take one IV, so that the buffer
-    // holds unused IVs when the process forks.
-    random_iv().unwrap();
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for the two descriptors.
-    #[allow(unsafe_code)]
-    let piped = unsafe { libc::pipe(pipe.as_mut_ptr()) };
-    assert_eq!(piped, 0);
-    // SAFETY: the child only takes IVs (no allocation: the buffer
-    // exists, refilling it is a system call into it), writes them to the
-    // pipe and leaves with `_exit`, so it never touches a lock another
-    // thread of the test harness may have held at the fork.
-    #[allow(unsafe_code)]
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork failed");
-    if child == 0 {
-        let mut ivs = [0u8; 64];
-        for chunk in ivs.chunks_exact_mut(16) {
-            match random_iv() {
-                Ok(iv) => chunk.copy_from_slice(&iv),
-                // SAFETY: leaving the child at once.
-                #[allow(unsafe_code)]
-                Err(_) => unsafe { libc::_exit(2) },
-            }
-        }
-        // SAFETY: writes the 64 bytes of `ivs` to the pipe, then leaves.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::write(pipe[1], ivs.as_ptr().cast(), ivs.len());
-            libc::_exit(0);
-        }
-    }
-    let parent: Vec<[u8; 16]> = (0..4).map(|_| random_iv().unwrap()).collect();
-    let mut from_child = [0u8; 64];
-    let mut got = 0;
-    while got < from_child.len() {
-        // SAFETY: reads into the unfilled rest of `from_child`.
-        #[allow(unsafe_code)]
-        let read = unsafe {
-            libc::read(
-                pipe[0],
-                from_child[got..].as_mut_ptr().cast(),
-                from_child.len() - got,
-            )
-        };
-        assert!(read > 0, "the child wrote no IVs");
-        got += read as usize;
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child made above; closes our descriptors.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::waitpid(child, &mut status, 0);
-        libc::close(pipe[0]);
-        libc::close(pipe[1]);
-    }
-    let child_ivs: Vec<&[u8]> = from_child.chunks_exact(16).collect();
-    for iv in &parent {
-        assert!(!child_ivs.contains(&&iv[..]), "the child reused {iv:?}");
-    }
-    assert_eq!(fork::count(), 0, "the parent's count never moves");
 }
 
 #[test]
