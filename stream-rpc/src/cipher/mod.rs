@@ -21,8 +21,8 @@ pub use fernet::{Fernet, KeyError, MAX_CLOCK_SKEW};
 /// [`ConfigBuilder::cipher`](crate::ConfigBuilder::cipher), as
 /// `STREAM_RPC_CYPHER` does in the Python package. A token must never
 /// contain the frame terminator (a send whose token does fails with
-/// [`SendError::Cipher`](crate::SendError::Cipher)), and `Debug` must never
-/// show key material. With replay protection on (the default), a cipher must
+/// [`SendError::Cipher`](crate::SendError::Cipher) when its sender sealed
+/// it), and `Debug` must never show key material. With replay protection on (the default), a cipher must
 /// accept one spelling per token: the replay cache remembers a token by its
 /// [`identity`](Cipher::identity), by default the whole token.
 ///
