@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::cipher::{Cipher, Fernet, Sealer};
+use crate::cipher::{Cipher, Fernet};
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, DEFAULT_TERMINATOR};
 
 /// The environment variable holding the Fernet key(s).
@@ -354,8 +354,6 @@ pub struct Config {
     pub(crate) port: u16,
     pub(crate) terminator: Box<[u8]>,
     pub(crate) cipher: Arc<dyn Cipher>,
-    /// The same cipher, as the session uses it.
-    pub(crate) sealer: Sealer,
     pub(crate) log_level: LogLevel,
     pub(crate) log_format: LogFormat,
     pub(crate) log_packets: PacketLog,
@@ -390,8 +388,7 @@ impl Config {
     /// session's tests.
     #[cfg(test)]
     pub(crate) fn with_recording(mut self, recording: Arc<crate::cipher::Recording>) -> Config {
-        self.cipher = recording.fernet.clone();
-        self.sealer = Sealer::Recording(recording);
+        self.cipher = recording;
         self
     }
 
@@ -653,21 +650,21 @@ impl ConfigBuilder {
         check_limits(&limits)?;
         let timeouts = self.timeouts.unwrap_or_default();
         check_timeouts(&timeouts)?;
-        let (cipher, sealer, ttl): (Arc<dyn Cipher>, Sealer, Option<Duration>) =
+        let (cipher, ttl): (Arc<dyn Cipher>, Option<Duration>) =
             match (self.cipher, self.key.as_deref()) {
-                // A custom cipher says nothing of token ages: the cache is then
-                // bounded by its size alone. A Fernet is recognised.
+                // A cipher given whole tells its tokens' time to live (a
+                // custom one by default none: the cache is then bounded by
+                // its size alone).
                 (Some(cipher), _) => {
-                    let (sealer, ttl) = Sealer::of(cipher.clone());
-                    (cipher, sealer, ttl)
+                    let ttl = cipher.time_to_live();
+                    (cipher, ttl)
                 }
                 (None, Some(key)) => {
                     let ttl = self.token_ttl.unwrap_or(Some(DEFAULT_TOKEN_TTL));
                     let fernet = Fernet::new(key)
                         .map_err(|e| ConfigError::invalid(ENV_KEY, e.to_string()))?
                         .with_ttl(ttl);
-                    let fernet = Arc::new(fernet);
-                    (fernet.clone(), Sealer::Fernet(fernet), ttl)
+                    (Arc::new(fernet), ttl)
                 }
                 (None, None) => return Err(ConfigError::MissingKey),
             };
@@ -676,7 +673,6 @@ impl ConfigBuilder {
             port: self.port.unwrap_or(DEFAULT_PORT),
             terminator: terminator.into(),
             cipher,
-            sealer,
             log_level: self.log_level.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
             log_packets: self.log_packets.unwrap_or_default(),

@@ -74,7 +74,7 @@
 //! `docs/SCALING.md`.
 
 #![warn(missing_docs)]
-// The only `unsafe` is in `cipher/fernet.rs` (fork detection, key wiping),
+// The only `unsafe` is in `cipher/fernet/` (fork detection, key wiping),
 // each allowed where it stands with its reasoning.
 #![deny(unsafe_code)]
 
@@ -114,7 +114,7 @@ pub mod env {
 }
 
 pub use caller::Caller;
-pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW};
+pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW, Unsealed};
 pub use config::{
     Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, PacketLog, Timeouts,
 };

@@ -11,9 +11,12 @@
 //!   at once, run [`Protocol::process_message`] and send what it returns.
 //!   A handler is first polled on the read loop itself; only one that has
 //!   to wait becomes a task of its own, watched for cancellation;
-//! - the **writer task** writes the sealed frames queued in the session's
-//!   outbox (bounded), everything queued in one write. Senders frame their
-//!   tokens straight into the outbox; the writer swaps it out whole.
+//! - the **writer task** takes everything queued in the session's outbox
+//!   (bounded) at once, seals it into tokens (a batch at a time; a custom
+//!   cipher that cannot tell its tokens' length is sealed by each sender
+//!   instead), frames them and writes them a 64 KiB slice at a time.
+//!   Senders queue their packet's JSON straight into the outbox; the writer
+//!   swaps it out whole.
 //!
 //! Everything is a loop over frames: memory per connection stays flat however
 //! long a conversation runs. [`SessionHandle`](crate::SessionHandle) is the cheap, cloneable way to

@@ -47,7 +47,7 @@ pub(super) struct ReadLoop<P> {
     /// The plaintexts of a turn's frames, reused from turn to turn.
     plains: Vec<Vec<u8>>,
     /// Whether each of a turn's frames opened, and if so the time its
-    /// token says it was made (see `Sealer::open_at`).
+    /// token says it was made (see `Cipher::open_at`).
     opened: Vec<Result<Option<u64>, CipherError>>,
     /// The turn's tokens that opened, for the replay store.
     tokens: Vec<ReceivedToken>,

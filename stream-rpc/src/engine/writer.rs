@@ -1,5 +1,10 @@
-//! The writer task: messages from the outbox, sealed (a batch at once, with
-//! Fernet), to the socket.
+//! The writer task: messages from the outbox, sealed into tokens and framed,
+//! to the socket.
+//!
+//! The layers of the way out: a packet's JSON (the sender), a token (the
+//! cipher: here a batch at a time, or by the sender for a cipher that
+//! cannot tell its tokens' length), a frame (the token and the terminator,
+//! added here), and the socket, written a slice of frames at a time.
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -9,15 +14,15 @@ use std::{fmt, io};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
-use crate::cipher::Fernet;
-use crate::session::outbox::{Batch, KEEP_BUFFER, Taken};
+use crate::cipher::{CipherError, Unsealed};
+use crate::session::outbox::{Batch, KEEP_BUFFER, Message, Taken};
 use crate::session::signal::Signal;
 use crate::session::{EndReason, Shared, session_log, within_by};
 
 /// Writes the messages queued in the session's outbox, a batch (everything
-/// queued) per write, until stopped; then writes what is still queued, closes
-/// the outbox and shuts the stream down. Plaintexts are sealed here, each
-/// token followed by `terminator`.
+/// queued) at a time, until stopped; then writes what is still queued,
+/// closes the outbox and shuts the stream down. Plaintexts are sealed here,
+/// and every token is followed by `terminator`.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     deadline: Duration,
@@ -27,8 +32,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     // Swapped with the outbox's for every batch.
     let mut batch = Batch::default();
-    // The frames of a batch of plaintexts, once sealed.
-    let mut sealed: Vec<u8> = Vec::new();
+    // The frames of a slice of the batch, and their tokens' fingerprints.
+    let mut framed = Framed::default();
     let result: Result<(), WriteFailure> = async {
         loop {
             let taken = std::future::poll_fn(|cx| {
@@ -48,8 +53,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 &mut writer,
                 &shared,
                 &terminator,
-                &mut batch,
-                &mut sealed,
+                &batch,
+                &mut framed,
                 deadline,
             )
             .await?;
@@ -57,7 +62,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 break;
             }
             batch.recycle();
-            recycle(&mut sealed);
+            framed.recycle();
         }
         timeout(deadline, writer.shutdown())
             .await
@@ -89,62 +94,120 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes a taken batch: a batch of frames as it was queued; a batch of
-/// plaintexts sealed into `sealed` and written a slice at a time (see
-/// [`SEAL_SLICE`]). Tokens are recorded as sent before any of them reaches
-/// the wire, so that a reflection is always recognised.
+/// The frames of a slice of a batch, with what it takes to make them.
+#[derive(Default)]
+struct Framed {
+    /// The frames, terminators included.
+    frames: Vec<u8>,
+    /// Their tokens' replay fingerprints, when replay protection is on.
+    fingerprints: Vec<u64>,
+    /// The plaintexts' [`Unsealed`], handed to the cipher.
+    items: Vec<Unsealed>,
+}
+
+impl Framed {
+    /// Emptied for the next batch, letting go of the frames' buffer if a
+    /// burst made it large.
+    fn recycle(&mut self) {
+        if self.frames.capacity() > KEEP_BUFFER {
+            self.frames = Vec::new();
+        } else {
+            self.frames.clear();
+        }
+        self.fingerprints.clear();
+        self.items.clear();
+    }
+}
+
+/// Writes a taken batch a slice at a time (see [`SEAL_SLICE`]): its
+/// plaintexts sealed by the cipher, its tokens as they are, each framed.
+/// Tokens are recorded as sent before any of them reaches the wire, so that
+/// a reflection is always recognised.
 async fn write_batch<W: AsyncWrite + Unpin>(
     writer: &mut W,
     shared: &Shared,
     terminator: &[u8],
-    batch: &mut Batch,
-    sealed: &mut Vec<u8>,
+    batch: &Batch,
+    framed: &mut Framed,
     deadline: Duration,
 ) -> Result<(), WriteFailure> {
-    let Batch {
-        bytes,
-        fingerprints,
-        unsealed,
-    } = batch;
-    let Some(fernet) = shared
-        .cipher
-        .batch_sealer()
-        .filter(|_| !unsealed.is_empty())
-    else {
-        record_sent(shared, fingerprints).await;
-        return write_frames(writer, bytes, deadline).await;
-    };
-    let (mut plains, mut items) = (&bytes[..], &unsealed[..]);
-    while !items.is_empty() {
-        // At least one message, then as many as fit the slice.
-        let mut count = 1;
-        let mut len = items[0].len();
-        while let Some(next) = items.get(count)
-            && len + next.len() <= SEAL_SLICE
-        {
-            len += next.len();
-            count += 1;
-        }
-        let ((slice, rest), (these, others)) = (plains.split_at(len), items.split_at(count));
-        sealed.clear();
-        fingerprints.clear();
-        fernet.seal_batch(slice, these, terminator, sealed, |token| {
-            if let Some(replay) = &shared.replay {
-                fingerprints.push(replay.fingerprint(Fernet::identity(token)));
-            }
-        });
-        record_sent(shared, fingerprints).await;
-        write_frames(writer, sealed, deadline).await?;
-        (plains, items) = (rest, others);
+    let (mut bytes, mut messages) = (&batch.bytes[..], &batch.messages[..]);
+    while !messages.is_empty() {
+        let (len, count) = next_slice(messages);
+        let ((slice, rest), (these, others)) = (bytes.split_at(len), messages.split_at(count));
+        frame_slice(shared, terminator, slice, these, framed).map_err(WriteFailure::Seal)?;
+        record_sent(shared, &framed.fingerprints).await;
+        write_frames(writer, &framed.frames, deadline).await?;
+        (bytes, messages) = (rest, others);
     }
     Ok(())
 }
 
-/// How much plaintext the writer seals before it writes: a batch larger
-/// than this (many large messages queued while the socket was slow) goes
-/// out in slices, so that the first bytes leave without waiting for the
-/// whole batch to be sealed, and the sealed frames held at once stay
-/// bounded (a message larger than a slice is a slice of its own).
+/// The next slice of `messages`: at least one, then as many more of the
+/// same kind as fit [`SEAL_SLICE`]; its length in bytes and in messages.
+fn next_slice(messages: &[Message]) -> (usize, usize) {
+    let plaintext = |message: &Message| matches!(message, Message::Plaintext(_));
+    let first = plaintext(&messages[0]);
+    let mut count = 1;
+    let mut len = messages[0].len();
+    while let Some(next) = messages.get(count)
+        && plaintext(next) == first
+        && len + next.len() <= SEAL_SLICE
+    {
+        len += next.len();
+        count += 1;
+    }
+    (len, count)
+}
+
+/// Makes the frames of a slice of messages of one kind (their bytes end to
+/// end in `bytes`) into `framed`: plaintexts sealed by the cipher a batch
+/// at a time, tokens as their senders sealed them; each followed by
+/// `terminator`, and fingerprinted for the replay cache.
+fn frame_slice(
+    shared: &Shared,
+    terminator: &[u8],
+    bytes: &[u8],
+    messages: &[Message],
+    framed: &mut Framed,
+) -> Result<(), CipherError> {
+    let Framed {
+        frames,
+        fingerprints,
+        items,
+    } = framed;
+    frames.clear();
+    fingerprints.clear();
+    items.clear();
+    let cipher = &*shared.cipher;
+    let mut remember = |token: &[u8]| {
+        if let Some(replay) = &shared.replay {
+            fingerprints.push(replay.fingerprint(cipher.identity(token)));
+        }
+    };
+    if let Message::Plaintext(_) = messages[0] {
+        items.extend(messages.iter().filter_map(|message| match message {
+            Message::Plaintext(unsealed) => Some(*unsealed),
+            Message::Token(_) => None,
+        }));
+        return cipher.seal_batch(bytes, items, terminator, frames, &mut remember);
+    }
+    let mut rest = bytes;
+    for message in messages {
+        let (token, after) = rest.split_at(message.len());
+        frames.extend_from_slice(token);
+        frames.extend_from_slice(terminator);
+        remember(token);
+        rest = after;
+    }
+    Ok(())
+}
+
+/// How many bytes of messages the writer seals (or frames) before it
+/// writes: a batch larger than this (many large messages queued while the
+/// socket was slow) goes out in slices, so that the first bytes leave
+/// without waiting for the whole batch to be sealed, and the frames held at
+/// once stay bounded (a message larger than a slice is a slice of its own).
 const SEAL_SLICE: usize = 64 * 1024;
 
 /// Remembers tokens about to be written as sent, for reflection protection.
@@ -171,20 +234,13 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Empties a written batch's frames for the next one, letting go of the
-/// buffer if a burst made it large.
-fn recycle(sealed: &mut Vec<u8>) {
-    if sealed.capacity() > KEEP_BUFFER {
-        *sealed = Vec::new();
-    } else {
-        sealed.clear();
-    }
-}
-
 /// Why writing stopped.
 enum WriteFailure {
     Deadline(Duration),
     Io(io::Error),
+    /// The cipher could not seal a batch (for Fernet, no randomness for
+    /// the IVs): nothing more can be sent.
+    Seal(CipherError),
 }
 
 impl fmt::Display for WriteFailure {
@@ -192,6 +248,7 @@ impl fmt::Display for WriteFailure {
         match self {
             WriteFailure::Deadline(deadline) => write!(f, "missed the {deadline:?} write deadline"),
             WriteFailure::Io(e) => e.fmt(f),
+            WriteFailure::Seal(e) => write!(f, "could not seal: {e}"),
         }
     }
 }
@@ -220,9 +277,9 @@ mod tests {
     use std::pin::Pin;
     use std::task::Context;
 
-    use crate::Config;
-    use crate::cipher::Unsealed;
+    use crate::cipher::{Cipher, Unsealed};
     use crate::endpoint::Endpoint;
+    use crate::{Config, Fernet};
 
     /// Takes every write whole, noting how long each was.
     #[derive(Default)]
@@ -265,8 +322,8 @@ mod tests {
             .collect();
         let now = SystemTime::now();
         for plain in &plains {
-            let unsealed = Unsealed::new(plain.len(), now).unwrap();
-            shared.outbox.push_unsealed(plain, unsealed).unwrap();
+            let unsealed = Unsealed::new(plain.len(), now);
+            shared.outbox.push_plaintext(plain, unsealed).unwrap();
         }
         let mut batch = Batch::default();
         let waker = std::task::Waker::noop();
@@ -275,16 +332,9 @@ mod tests {
             .poll_take(&mut Context::from_waker(waker), &mut batch);
         assert!(matches!(taken, Poll::Ready(Taken::Messages)));
         let mut writes = Writes::default();
-        let mut sealed = Vec::new();
+        let mut framed = Framed::default();
         let deadline = Duration::from_secs(5);
-        let written = write_batch(
-            &mut writes,
-            &shared,
-            b"\n",
-            &mut batch,
-            &mut sealed,
-            deadline,
-        );
+        let written = write_batch(&mut writes, &shared, b"\n", &batch, &mut framed, deadline);
         assert!(written.await.is_ok());
         assert_eq!(writes.lengths.len(), 3, "{:?}", writes.lengths);
         // Each write ends on a whole frame, and the frames are the
@@ -308,7 +358,150 @@ mod tests {
         // The tokens were recorded as sent: one coming back is refused.
         let replay = shared.replay.as_ref().expect("replay protection is on");
         let back = crate::replay::ReceivedToken {
-            fingerprint: replay.fingerprint(Fernet::identity(&frames[22])),
+            fingerprint: replay.fingerprint(config.cipher().identity(&frames[22])),
+            time: None,
+        };
+        let mut verdicts = Vec::new();
+        replay.received(&[back], &mut verdicts).await;
+        assert_eq!(verdicts, [crate::replay::Verdict::Reflection]);
+    }
+
+    /// Tokens are the plaintext reversed, sealed one at a time through
+    /// `encrypt` (the default batch); a plaintext that says `boom` cannot be
+    /// sealed. Sealed by the writer when it tells its tokens' length.
+    #[derive(Debug)]
+    struct Reversed {
+        tells_length: bool,
+    }
+
+    impl Cipher for Reversed {
+        fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
+            if memchr::memmem::find(plaintext, b"boom").is_some() {
+                return Err(CipherError::Other("boom refused".into()));
+            }
+            Ok(plaintext.iter().rev().copied().collect())
+        }
+        fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, CipherError> {
+            Ok(token.iter().rev().copied().collect())
+        }
+        fn token_len(&self, plaintext_len: usize) -> Option<usize> {
+            self.tells_length.then_some(plaintext_len)
+        }
+    }
+
+    fn reversed(tells_length: bool) -> (Config, Shared) {
+        let config = Config::builder()
+            .cipher(Arc::new(Reversed { tells_length }))
+            .build()
+            .unwrap();
+        let shared = Shared::new(&Endpoint::new(config.clone()), "test", None);
+        (config, shared)
+    }
+
+    fn take(shared: &Shared) -> Batch {
+        let mut batch = Batch::default();
+        let waker = std::task::Waker::noop();
+        let taken = shared
+            .outbox
+            .poll_take(&mut Context::from_waker(waker), &mut batch);
+        assert!(matches!(taken, Poll::Ready(Taken::Messages)));
+        batch
+    }
+
+    #[tokio::test]
+    async fn a_custom_cipher_that_tells_its_token_length_is_sealed_by_the_writer() {
+        let (_config, shared) = reversed(true);
+        let now = SystemTime::now();
+        for plain in [&b"abc"[..], b"de"] {
+            let unsealed = Unsealed::new(plain.len(), now);
+            shared.outbox.push_plaintext(plain, unsealed).unwrap();
+        }
+        let batch = take(&shared);
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let written = write_batch(&mut writes, &shared, b"\r\n", &batch, &mut framed, deadline);
+        assert!(written.await.is_ok());
+        assert_eq!(writes.bytes, b"cba\r\ned\r\n");
+        // Remembered as sent, whole (the default identity).
+        let replay = shared.replay.as_ref().expect("replay protection is on");
+        let back = crate::replay::ReceivedToken {
+            fingerprint: replay.fingerprint(b"ed"),
+            time: None,
+        };
+        let mut verdicts = Vec::new();
+        replay.received(&[back], &mut verdicts).await;
+        assert_eq!(verdicts, [crate::replay::Verdict::Reflection]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_writer_cannot_seal_ends_the_writing() {
+        let (_config, shared) = reversed(true);
+        let plain = b"{\"boom\":1}";
+        let unsealed = Unsealed::new(plain.len(), SystemTime::now());
+        shared.outbox.push_plaintext(plain, unsealed).unwrap();
+        let batch = take(&shared);
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let written = write_batch(&mut writes, &shared, b"\n", &batch, &mut framed, deadline);
+        let Err(failure) = written.await else {
+            panic!("a batch that cannot be sealed was written");
+        };
+        assert_eq!(failure.to_string(), "could not seal: boom refused");
+        assert!(writes.bytes.is_empty());
+    }
+
+    /// Answers nothing.
+    struct Silent;
+
+    impl crate::Protocol for Silent {
+        async fn process_message(
+            &self,
+            _ctx: crate::Context,
+            packet: crate::Packet,
+        ) -> Result<crate::Reply, crate::HandlerError> {
+            Err(crate::HandlerError::unknown_method(&packet.method))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_ciphers_error_reaches_its_sender() {
+        let (config, _) = reversed(false);
+        let endpoint = Endpoint::new(config);
+        let session = super::super::Session::new(
+            Arc::new(Silent),
+            &endpoint,
+            crate::session::Role::Client,
+            None,
+        );
+        let handle = session.handle();
+        let refused = handle.notify("boom", serde_json::Value::Null).await;
+        assert!(
+            matches!(&refused, Err(crate::SendError::Cipher(CipherError::Other(text))) if text == "boom refused"),
+            "{refused:?}"
+        );
+        // Another message is sealed by its sender: its token is queued.
+        handle
+            .notify("fine", serde_json::Value::Null)
+            .await
+            .unwrap();
+        let batch = take(&handle.shared);
+        assert!(matches!(batch.messages[..], [Message::Token(_)]));
+        let token = batch.bytes.to_vec();
+        let plain: Vec<u8> = token.iter().rev().copied().collect();
+        assert!(memchr::memmem::find(&plain, b"\"fine\"").is_some());
+        // The writer frames it as it is, and remembers it as sent.
+        let mut writes = Writes::default();
+        let mut framed = Framed::default();
+        let deadline = Duration::from_secs(5);
+        let shared = &handle.shared;
+        let written = write_batch(&mut writes, shared, b"\n", &batch, &mut framed, deadline);
+        assert!(written.await.is_ok());
+        assert_eq!(writes.bytes, [&token[..], b"\n"].concat());
+        let replay = shared.replay.as_ref().expect("replay protection is on");
+        let back = crate::replay::ReceivedToken {
+            fingerprint: replay.fingerprint(&token),
             time: None,
         };
         let mut verdicts = Vec::new();

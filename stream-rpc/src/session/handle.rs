@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::outbox::{Outbox, Refused};
 use super::signal::Signal;
 use super::{EndReason, within};
-use crate::cipher::{CipherError, Fernet, Sealer, Unsealed};
+use crate::cipher::{Cipher, CipherError, Unsealed};
 use crate::codec::FrameCodec;
 use crate::config::PacketLog;
 use crate::endpoint::Endpoint;
@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) own_id: Uuid,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol_name: Box<str>,
-    pub(crate) cipher: Sealer,
+    pub(crate) cipher: Arc<dyn Cipher>,
     pub(crate) max_frame_len: usize,
     pub(crate) call_timeout: Duration,
     /// The endpoint this session belongs to: it numbers the packets.
@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     /// Calls awaiting replies, by request number; `None` once the session ended.
     pub(crate) pending: Mutex<Option<PendingCalls>>,
     pub(crate) call_slots: Semaphore,
-    /// Sealed frames waiting for the writer.
+    /// Messages waiting for the writer, which seals (or frames) them.
     pub(crate) outbox: Outbox,
     /// Set when the session winds down: no more sends are accepted.
     pub(crate) closing: AtomicBool,
@@ -62,10 +62,10 @@ pub(crate) struct Shared {
 
 /// A message that waits for room in the outbox.
 enum Deferred {
-    /// A custom cipher's token, and its replay fingerprint.
-    Sealed(Vec<u8>, Option<u64>),
     /// A plaintext for the writer to seal.
-    Unsealed(Vec<u8>, Unsealed),
+    Plaintext(Vec<u8>, Unsealed),
+    /// A token its sender sealed.
+    Token(Vec<u8>),
 }
 
 /// The calls awaiting replies, by the request number this side gave them.
@@ -87,15 +87,18 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, value: u64) {
-        // 2^64 divided by the golden ratio: consecutive numbers land far
-        // apart in the high bits, which the table uses.
-        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = value.wrapping_mul(GOLDEN_RATIO_64);
     }
 
     fn finish(&self) -> u64 {
         self.0
     }
 }
+
+/// 2^64 divided by the golden ratio, rounded to an odd number: multiplied
+/// by it, consecutive numbers land far apart in the high bits, which the
+/// table uses.
+const GOLDEN_RATIO_64: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The error for a frame the outbox refused (other than for being full).
 fn refused_error(refused: Refused) -> SendError {
@@ -107,16 +110,17 @@ fn refused_error(refused: Refused) -> SendError {
     }
 }
 
-/// The largest sealing buffer a thread keeps between messages.
+/// The largest JSON or token buffer a thread keeps between messages.
 const KEEP_SCRATCH: usize = 64 * 1024;
 
 thread_local! {
-    /// Each thread's buffers for the JSON and the token of the packet it is
-    /// sealing (never held across an await).
+    /// Each thread's buffers for the JSON of the packet it is queuing and,
+    /// for a cipher sealed by its senders, its token (never held across an
+    /// await).
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Runs `seal` with this thread's two sealing buffers, emptied.
+/// Runs `seal` with this thread's two buffers (JSON, token), emptied.
 fn with_scratch<R>(seal: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
     crate::scratch::with_taken(
         &SCRATCH,
@@ -142,7 +146,7 @@ impl Shared {
             own_id: endpoint.peer_id(),
             remote_addr,
             protocol_name: protocol_name.into(),
-            cipher: config.sealer.clone(),
+            cipher: config.cipher.clone(),
             max_frame_len: limits.max_frame_len,
             call_timeout: config.timeouts().call,
             endpoint: endpoint.clone(),
@@ -288,13 +292,17 @@ impl SessionHandle {
         self.shared.endpoint.packet_at(method, payload, now)
     }
 
-    /// Seals and queues a packet. Waits while the outgoing queue is full.
+    /// Queues a packet for the connection's writer, which seals and writes
+    /// it (a custom cipher that cannot tell its tokens' length is sealed
+    /// here, so that its errors are returned). Waits while the outgoing
+    /// queue is full.
     pub async fn send(&self, packet: Packet) -> Result<(), SendError> {
         self.send_at(&packet, SystemTime::now()).await
     }
 
     /// Sends a new packet from this side with this method, payload and
-    /// `reply_to`, stamped and sealed with one reading of the clock.
+    /// `reply_to`: the packet and its token are stamped with one reading of
+    /// the clock.
     pub(crate) async fn send_new(
         &self,
         method: impl Into<String>,
@@ -307,7 +315,7 @@ impl SessionHandle {
         self.send_at(&packet, now).await
     }
 
-    /// [`send`](Self::send), sealing the token as of `now`.
+    /// [`send`](Self::send), the token stamped as of `now`.
     async fn send_at(&self, packet: &Packet, now: SystemTime) -> Result<(), SendError> {
         match self.seal_and_queue(packet, now)? {
             None => Ok(()),
@@ -318,18 +326,16 @@ impl SessionHandle {
     /// Queues a message that found the outbox full, once there is room.
     async fn queue_when_room(&self, deferred: Deferred) -> Result<(), SendError> {
         let size = match &deferred {
-            Deferred::Sealed(token, _) => token.len(),
-            Deferred::Unsealed(plain, _) => plain.len(),
+            Deferred::Plaintext(plain, _) => plain.len(),
+            Deferred::Token(token) => token.len(),
         };
         loop {
             self.shared.outbox.room(size).await;
             let pushed = match &deferred {
-                Deferred::Sealed(token, fingerprint) => {
-                    self.shared.outbox.push(token, *fingerprint)
+                Deferred::Plaintext(plain, unsealed) => {
+                    self.shared.outbox.push_plaintext(plain, *unsealed)
                 }
-                Deferred::Unsealed(plain, unsealed) => {
-                    self.shared.outbox.push_unsealed(plain, *unsealed)
-                }
+                Deferred::Token(token) => self.shared.outbox.push_token(token),
             };
             match pushed {
                 Ok(()) => return Ok(()),
@@ -339,11 +345,15 @@ impl SessionHandle {
         }
     }
 
-    /// Encodes a packet, logs it, and queues it for the writer, which
-    /// seals it (with a custom cipher, seals it here and queues the token);
-    /// when the queue is full, returns the message to queue later. The JSON
-    /// (and a custom cipher's token) are written in per-thread buffers, so a
-    /// message costs no allocation of its own.
+    /// Encodes a packet, logs it, and queues it for the writer; when the
+    /// queue is full, returns the message to queue later.
+    ///
+    /// A cipher that tells its tokens' length (Fernet) is sealed by the
+    /// writer, a batch at a time: the plaintext is queued with the time
+    /// `now`, once its token is known to fit a frame. Any other cipher is
+    /// sealed here, a batch of one, so that its errors reach this sender,
+    /// and its token is queued. The JSON (and the token) are written in
+    /// per-thread buffers, so a message costs no allocation of its own.
     fn seal_and_queue(
         &self,
         packet: &Packet,
@@ -352,45 +362,37 @@ impl SessionHandle {
         if self.sends_refused() {
             return Err(SendError::Closed);
         }
+        let shared = &*self.shared;
+        let too_large = |len| SendError::TooLarge {
+            len,
+            max: shared.max_frame_len,
+        };
         with_scratch(|json, token| {
             packet
                 .write_json(json)
                 .map_err(|e| SendError::Encode(e.to_string()))?;
-            if self.shared.cipher.batch_sealer().is_some() {
-                // Sealed by the writer, with this time and IV.
-                let len = Fernet::token_len(json.len());
-                if len > self.shared.max_frame_len {
-                    return Err(SendError::TooLarge {
-                        len,
-                        max: self.shared.max_frame_len,
-                    });
+            let unsealed = Unsealed::new(json.len(), now);
+            if let Some(len) = shared.cipher.token_len(json.len()) {
+                if len > shared.max_frame_len {
+                    return Err(too_large(len));
                 }
-                let unsealed = Unsealed::new(json.len(), now)?;
-                #[cfg(test)]
-                self.shared.cipher.note_sealed_at(now);
-                packet_log!(self.shared, "Send", packet);
-                return match self.shared.outbox.push_unsealed(json, unsealed) {
+                packet_log!(shared, "Send", packet);
+                return match shared.outbox.push_plaintext(json, unsealed) {
                     Ok(()) => Ok(None),
-                    Err(Refused::Full) => Ok(Some(Deferred::Unsealed(json.clone(), unsealed))),
+                    Err(Refused::Full) => Ok(Some(Deferred::Plaintext(json.clone(), unsealed))),
                     Err(refused) => Err(refused_error(refused)),
                 };
             }
-            self.shared.cipher.seal_at(json, now, token)?;
-            if token.len() > self.shared.max_frame_len {
-                return Err(SendError::TooLarge {
-                    len: token.len(),
-                    max: self.shared.max_frame_len,
-                });
+            shared
+                .cipher
+                .seal_batch(json, &[unsealed], b"", token, &mut |_| {})?;
+            if token.len() > shared.max_frame_len {
+                return Err(too_large(token.len()));
             }
-            packet_log!(self.shared, "Send", packet);
-            let fingerprint = self
-                .shared
-                .replay
-                .as_ref()
-                .map(|replay| replay.fingerprint(self.shared.cipher.identity(token)));
-            match self.shared.outbox.push(token, fingerprint) {
+            packet_log!(shared, "Send", packet);
+            match shared.outbox.push_token(token) {
                 Ok(()) => Ok(None),
-                Err(Refused::Full) => Ok(Some(Deferred::Sealed(token.clone(), fingerprint))),
+                Err(Refused::Full) => Ok(Some(Deferred::Token(token.clone()))),
                 Err(refused) => Err(refused_error(refused)),
             }
         })

@@ -6,10 +6,12 @@
 //! is woken once per batch (by the message that finds the outbox empty)
 //! rather than once per message.
 //!
-//! With Fernet, senders queue plaintexts (with the time and IV to seal them
-//! with) and the writer seals a batch at once, several CBC chains side by
-//! side ([`Fernet::seal_batch`](crate::cipher::Fernet)); a custom cipher's
-//! tokens are sealed and framed by their senders.
+//! What is queued is a message on its way to becoming a frame: with a
+//! cipher that tells its tokens' length in advance (Fernet), a plaintext
+//! with the time of sending, which the writer seals a batch at a time
+//! ([`Cipher::seal_batch`](crate::Cipher::seal_batch)); with any other
+//! cipher, the token its sender sealed (so that the cipher's errors reach
+//! the sender). The writer frames both.
 
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -17,7 +19,6 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio_util::codec::Encoder;
 
 use crate::cipher::Unsealed;
 use crate::codec::{CodecError, FrameCodec};
@@ -30,7 +31,7 @@ pub(crate) enum Refused {
     Full,
     /// The session no longer sends.
     Closed,
-    /// The codec refused the token (too long, or it contains the terminator).
+    /// The token cannot be framed (too long, or it contains the terminator).
     Unframeable(CodecError),
 }
 
@@ -49,7 +50,8 @@ pub(crate) struct Outbox {
 }
 
 struct Queued {
-    /// Frames tokens (only its encoding side is used).
+    /// The frames' terminator and longest token, which a token its sender
+    /// sealed is checked against.
     codec: FrameCodec,
     /// What the writer takes next.
     batch: Batch,
@@ -69,18 +71,34 @@ impl Queued {
     }
 }
 
-/// Messages in the order they were queued: sealed frames, or plaintexts
-/// for the writer to seal.
+/// Messages in the order they were queued, each on its way to becoming a
+/// frame: their bytes end to end, and what each is.
 #[derive(Default)]
 pub(crate) struct Batch {
-    /// The frames (terminators included), or the plaintexts end to end.
+    /// The messages' bytes (plaintexts and tokens, no terminators), end to
+    /// end.
     pub(crate) bytes: BytesMut,
-    /// The replay fingerprints of the frames' tokens, when replay
-    /// protection is on (the writer adds those of the tokens it seals).
-    pub(crate) fingerprints: Vec<u64>,
-    /// How to seal each plaintext in `bytes`; empty when `bytes` holds
-    /// frames.
-    pub(crate) unsealed: Vec<Unsealed>,
+    /// One per message, in order.
+    pub(crate) messages: Vec<Message>,
+}
+
+/// A queued message: its bytes are the next ones of its [`Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    /// A plaintext for the writer to seal: its length and time of sending.
+    Plaintext(Unsealed),
+    /// A token of this length that its sender sealed: the writer frames it.
+    Token(usize),
+}
+
+impl Message {
+    /// How many bytes of the batch it holds.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Message::Plaintext(unsealed) => unsealed.len(),
+            Message::Token(len) => *len,
+        }
+    }
 }
 
 impl Batch {
@@ -91,8 +109,7 @@ impl Batch {
         } else {
             self.bytes.clear();
         }
-        self.fingerprints.clear();
-        self.unsealed.clear();
+        self.messages.clear();
     }
 }
 
@@ -125,25 +142,23 @@ impl Outbox {
         }
     }
 
-    /// Frames `token` into the outbox, with its replay fingerprint.
-    pub(crate) fn push(&self, token: &[u8], fingerprint: Option<u64>) -> Result<(), Refused> {
+    /// Queues a token its sender sealed, if it can be framed.
+    pub(crate) fn push_token(&self, token: &[u8]) -> Result<(), Refused> {
         self.push_with(token.len(), |queued| {
-            let Queued { codec, batch, .. } = queued;
-            codec
-                .encode(token, &mut batch.bytes)
-                .map_err(Refused::Unframeable)?;
-            batch.fingerprints.extend(fingerprint);
+            check_frame(&queued.codec, token).map_err(Refused::Unframeable)?;
+            queued.batch.bytes.extend_from_slice(token);
+            queued.batch.messages.push(Message::Token(token.len()));
             Ok(())
         })
     }
 
     /// Queues a plaintext for the writer to seal as `unsealed` says. The
-    /// sender has checked that its token fits a frame (a Fernet token's
-    /// length follows from the plaintext's, and never holds a terminator).
-    pub(crate) fn push_unsealed(&self, plain: &[u8], unsealed: Unsealed) -> Result<(), Refused> {
+    /// sender has checked that its token fits a frame (the cipher told the
+    /// token's length, and promises it never holds a terminator).
+    pub(crate) fn push_plaintext(&self, plain: &[u8], unsealed: Unsealed) -> Result<(), Refused> {
         self.push_with(plain.len(), |queued| {
             queued.batch.bytes.extend_from_slice(plain);
-            queued.batch.unsealed.push(unsealed);
+            queued.batch.messages.push(Message::Plaintext(unsealed));
             Ok(())
         })
     }
@@ -180,7 +195,7 @@ impl Outbox {
         lock(&self.queued).messages >= self.limit
     }
 
-    /// The bytes queued (frames, or plaintexts to seal), not counting the
+    /// The bytes queued (plaintexts and tokens), not counting the
     /// batch the writer is writing.
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
@@ -188,7 +203,7 @@ impl Outbox {
     }
 
     /// Waits for room for a message of `size` bytes (the length of the
-    /// token or plaintext that was refused): push it again after. Returns
+    /// plaintext or token that was refused): push it again after. Returns
     /// at once when it fits or the outbox is closed by then.
     pub(crate) async fn room(&self, size: usize) {
         let notified = self.room.notified();
@@ -261,6 +276,24 @@ impl Outbox {
     }
 }
 
+/// Whether `token` can be framed by `codec`: no longer than its longest
+/// frame, and without its terminator.
+fn check_frame(codec: &FrameCodec, token: &[u8]) -> Result<(), CodecError> {
+    if token.len() > codec.max_len() {
+        return Err(CodecError::FrameTooLong {
+            max: codec.max_len(),
+        });
+    }
+    let splits = match codec.terminator() {
+        [byte] => memchr::memchr(*byte, token).is_some(),
+        many => memchr::memmem::find(token, many).is_some(),
+    };
+    if splits {
+        return Err(CodecError::TerminatorInFrame);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,10 +304,9 @@ mod tests {
         Outbox::new(FrameCodec::new(b"\n", 16), limit, usize::MAX)
     }
 
-    fn take(outbox: &Outbox) -> (BytesMut, Vec<u64>) {
+    fn take(outbox: &Outbox) -> (BytesMut, Vec<Message>) {
         let batch = take_batch(outbox);
-        assert!(batch.unsealed.is_empty());
-        (batch.bytes, batch.fingerprints)
+        (batch.bytes, batch.messages)
     }
 
     fn take_batch(outbox: &Outbox) -> Batch {
@@ -288,17 +320,20 @@ mod tests {
     }
 
     #[test]
-    fn frames_come_out_in_order_with_their_fingerprints() {
+    fn tokens_come_out_in_order_with_their_lengths() {
         let outbox = outbox(8);
-        outbox.push(b"one", Some(1)).unwrap();
-        outbox.push(b"two", None).unwrap();
-        outbox.push(b"three", Some(3)).unwrap();
-        let (bytes, fingerprints) = take(&outbox);
-        assert_eq!(&bytes[..], b"one\ntwo\nthree\n");
-        assert_eq!(fingerprints, [1, 3]);
+        outbox.push_token(b"one").unwrap();
+        outbox.push_token(b"two").unwrap();
+        outbox.push_token(b"three").unwrap();
+        let (bytes, messages) = take(&outbox);
+        assert_eq!(&bytes[..], b"onetwothree");
+        assert_eq!(
+            messages,
+            [Message::Token(3), Message::Token(3), Message::Token(5)]
+        );
         // Taken whole: the next batch starts empty.
-        outbox.push(b"four", None).unwrap();
-        assert_eq!(&take(&outbox).0[..], b"four\n");
+        outbox.push_token(b"four").unwrap();
+        assert_eq!(&take(&outbox).0[..], b"four");
     }
 
     #[test]
@@ -307,22 +342,25 @@ mod tests {
         let now = std::time::SystemTime::now();
         for plain in [&b"{}"[..], b"", b"{\"a\":1}"] {
             outbox
-                .push_unsealed(plain, Unsealed::new(plain.len(), now).unwrap())
+                .push_plaintext(plain, Unsealed::new(plain.len(), now))
                 .unwrap();
         }
         // Plaintexts count against the limit as frames do.
-        let refused = outbox.push_unsealed(b"x", Unsealed::new(1, now).unwrap());
+        let refused = outbox.push_plaintext(b"x", Unsealed::new(1, now));
         assert!(matches!(refused, Err(Refused::Full)));
         let mut batch = take_batch(&outbox);
         assert_eq!(&batch.bytes[..], b"{}{\"a\":1}");
-        let lengths: Vec<usize> = batch.unsealed.iter().map(Unsealed::len).collect();
+        let lengths: Vec<usize> = batch.messages.iter().map(Message::len).collect();
         assert_eq!(lengths, [2, 0, 7]);
-        assert!(batch.fingerprints.is_empty());
+        assert!(
+            batch
+                .messages
+                .iter()
+                .all(|message| *message == Message::Plaintext(Unsealed::new(message.len(), now)))
+        );
         batch.recycle();
-        assert!(batch.bytes.is_empty() && batch.unsealed.is_empty());
-        outbox
-            .push_unsealed(b"y", Unsealed::new(1, now).unwrap())
-            .unwrap();
+        assert!(batch.bytes.is_empty() && batch.messages.is_empty());
+        outbox.push_plaintext(b"y", Unsealed::new(1, now)).unwrap();
         assert_eq!(&take_batch(&outbox).bytes[..], b"y");
     }
 
@@ -330,35 +368,35 @@ mod tests {
     fn unframeable_tokens_are_refused_and_nothing_is_queued() {
         let outbox = outbox(8);
         assert!(matches!(
-            outbox.push(b"a\nb", None),
+            outbox.push_token(b"a\nb"),
             Err(Refused::Unframeable(CodecError::TerminatorInFrame))
         ));
         assert!(matches!(
-            outbox.push(&[b'x'; 17], None),
+            outbox.push_token(&[b'x'; 17]),
             Err(Refused::Unframeable(CodecError::FrameTooLong { .. }))
         ));
-        outbox.push(b"ok", None).unwrap();
-        assert_eq!(&take(&outbox).0[..], b"ok\n");
+        outbox.push_token(b"ok").unwrap();
+        assert_eq!(&take(&outbox).0[..], b"ok");
     }
 
     #[tokio::test]
     async fn a_full_outbox_refuses_until_the_writer_takes_the_batch() {
         let outbox = std::sync::Arc::new(outbox(2));
-        outbox.push(b"a", None).unwrap();
-        outbox.push(b"b", None).unwrap();
-        assert!(matches!(outbox.push(b"c", None), Err(Refused::Full)));
+        outbox.push_token(b"a").unwrap();
+        outbox.push_token(b"b").unwrap();
+        assert!(matches!(outbox.push_token(b"c"), Err(Refused::Full)));
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.room(1).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        assert_eq!(&take(&outbox).0[..], b"a\nb\n");
+        assert_eq!(&take(&outbox).0[..], b"ab");
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken when the batch was taken")
             .unwrap();
-        outbox.push(b"c", None).unwrap();
+        outbox.push_token(b"c").unwrap();
     }
 
     #[tokio::test]
@@ -366,26 +404,23 @@ mod tests {
         let outbox = std::sync::Arc::new(Outbox::new(FrameCodec::new(b"\n", 1 << 20), 1024, 100));
         let now = std::time::SystemTime::now();
         let plain = [b'x'; 40];
-        let unsealed = || Unsealed::new(plain.len(), now).unwrap();
-        outbox.push_unsealed(&plain, unsealed()).unwrap();
-        outbox.push_unsealed(&plain, unsealed()).unwrap();
+        let unsealed = || Unsealed::new(plain.len(), now);
+        outbox.push_plaintext(&plain, unsealed()).unwrap();
+        outbox.push_plaintext(&plain, unsealed()).unwrap();
         // A third would make 120 bytes: refused, though far from the count.
         assert!(matches!(
-            outbox.push_unsealed(&plain, unsealed()),
+            outbox.push_plaintext(&plain, unsealed()),
             Err(Refused::Full)
         ));
-        assert!(matches!(outbox.push(&[b't'; 30], None), Err(Refused::Full)));
+        assert!(matches!(outbox.push_token(&[b't'; 30]), Err(Refused::Full)));
         // What still fits is taken.
-        outbox.push_unsealed(&plain[..20], unsealed()).unwrap();
+        outbox.push_plaintext(&plain[..20], unsealed()).unwrap();
         assert_eq!(outbox.queued_bytes(), 100);
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move {
                 outbox.room(40).await;
-                outbox.push_unsealed(
-                    &[b'y'; 40],
-                    Unsealed::new(40, std::time::SystemTime::now()).unwrap(),
-                )
+                outbox.push_plaintext(&[b'y'; 40], Unsealed::new(40, std::time::SystemTime::now()))
             }
         });
         tokio::task::yield_now().await;
@@ -401,15 +436,15 @@ mod tests {
         // One message larger than the bound is queued when nothing else is
         // (a message that fits a frame can always be sent), and nothing
         // after it.
-        outbox.push(&[b'z'; 500], None).unwrap();
-        assert!(matches!(outbox.push(b"a", None), Err(Refused::Full)));
-        assert_eq!(take(&outbox).0.len(), 501);
+        outbox.push_token(&[b'z'; 500]).unwrap();
+        assert!(matches!(outbox.push_token(b"a"), Err(Refused::Full)));
+        assert_eq!(take(&outbox).0.len(), 500);
     }
 
     #[tokio::test]
     async fn closing_wakes_the_writer_and_waiting_senders() {
         let outbox = std::sync::Arc::new(outbox(1));
-        outbox.push(b"a", None).unwrap();
+        outbox.push_token(b"a").unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.room(1).await }
@@ -417,13 +452,13 @@ mod tests {
         tokio::task::yield_now().await;
         let mut batch = Batch::default();
         outbox.close_and_take(&mut batch);
-        assert_eq!(&batch.bytes[..], b"a\n");
-        assert!(batch.fingerprints.is_empty());
+        assert_eq!(&batch.bytes[..], b"a");
+        assert_eq!(batch.messages, [Message::Token(1)]);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the close")
             .unwrap();
-        assert!(matches!(outbox.push(b"b", None), Err(Refused::Closed)));
+        assert!(matches!(outbox.push_token(b"b"), Err(Refused::Closed)));
         let mut batch = Batch::default();
         let taken = poll_fn(|cx| outbox.poll_take(cx, &mut batch)).await;
         assert!(matches!(taken, Taken::Closed));
@@ -443,11 +478,11 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!writer.is_finished());
-        outbox.push(b"hello", None).unwrap();
+        outbox.push_token(b"hello").unwrap();
         let bytes = tokio::time::timeout(Duration::from_secs(5), writer)
             .await
             .expect("woken")
             .unwrap();
-        assert_eq!(&bytes[..], b"hello\n");
+        assert_eq!(&bytes[..], b"hello");
     }
 }
