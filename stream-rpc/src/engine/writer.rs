@@ -274,6 +274,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Caller;
     use std::pin::Pin;
     use std::task::Context;
 
