@@ -4,6 +4,7 @@
 //! ...), which flags override; never prints a key except from `keygen`.
 
 mod bench;
+mod duration;
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
-    CallError, Cipher, CipherError, ConfigBuilder, Connector, Endpoint, Fernet, Value,
+    CallError, Cipher, CipherError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value,
+    logging,
 };
 use stream_rpc_queue::server::QueueServer;
 use stream_rpc_queue::{
@@ -31,9 +33,10 @@ const FAILED: u8 = 2;
 #[command(
     name = "stream-rpc",
     version,
-    about = "Talk to stream-rpc services from a shell: keys, calls, token decoding, the queue server",
+    about = "Talk to stream-rpc services from a shell: keys, calls, sealing and decoding tokens, the queue server",
     after_help = "Settings come from the environment (CRYPTO_KEY, STREAM_RPC_HOST, \
                   STREAM_RPC_PORT, STREAM_RPC_QUEUE, ...); flags override them.\n\
+                  Durations are a number and a unit (500ms, 3s, 2m, 1h) or a bare number of seconds.\n\
                   Examples:\n  stream-rpc keygen > key && chmod 600 key\n  \
                   stream-rpc --key-file key call ping\n  \
                   stream-rpc --key-file key serve --port 8888"
@@ -53,15 +56,12 @@ enum Command {
     #[command(after_help = "Example:\n  stream-rpc keygen > key && chmod 600 key")]
     Keygen,
     /// Send one request and print the reply's payload as JSON.
-    #[command(
-        after_help = "Exit status: 0 answered, 1 answered with an error packet \
-                            (its code and message on stderr), 2 no answer (unreachable, \
-                            timed out, wrong key) or bad arguments.\n\
-                            Examples:\n  stream-rpc call ping\n  \
-                            stream-rpc call put_in_queue @task.json\n  \
-                            echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify"
-    )]
+    #[command(after_help = CALL_HELP)]
     Call(CallArgs),
+    /// Make a token of a packet (arguments, or one per line on stdin): the
+    /// pair of `decode`.
+    #[command(after_help = SEAL_HELP)]
+    Seal(SealArgs),
     /// Open tokens (arguments, or one per line on stdin) and print each
     /// packet with its token's time.
     #[command(
@@ -80,12 +80,12 @@ enum Command {
                             --rate, open loop: calls start at that rate whatever the answers \
                             do, and latency counts from each call's scheduled start.\n\
                             Examples:\n  stream-rpc bench --calls 100000 --connections 4 --concurrency 16\n  \
-                            stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30 --json"
+                            stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30s --json"
     )]
     Bench(BenchArgs),
     /// Run the ping/queue server (the `server` example), every setting a flag.
     #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
-                            stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease-secs 60")]
+                            stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease 1m")]
     Serve(ServeArgs),
     /// Look at and mend a task queue: stats, dead letters, requeue, purge.
     #[command(
@@ -129,9 +129,9 @@ struct CallArgs {
     payload: Option<String>,
     #[command(flatten)]
     target: Target,
-    /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    /// How long to wait for the reply (500ms, 3s, 2m, or seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Duration,
     /// Print the whole reply packet, not just its payload.
     #[arg(long)]
     packet: bool,
@@ -159,15 +159,15 @@ struct BenchArgs {
     /// Stop after this many calls [default: run for --duration].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     calls: Option<u64>,
-    /// Seconds to run (with --calls: at most).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    duration: f64,
+    /// How long to run (with --calls: at most); 30s, 2m, or seconds.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    duration: Duration,
     /// Calls per second in all, open loop [default: closed loop].
     #[arg(long)]
     rate: Option<f64>,
-    /// Seconds each call may take.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    /// How long each call may take (500ms, 3s, or seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Duration,
     /// Print the summary as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -180,15 +180,53 @@ struct DecodeArgs {
     /// Open tokens of any age (a capture from long ago).
     #[arg(long, conflicts_with = "ttl")]
     no_ttl: bool,
-    /// Refuse tokens older than this many seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
-    ttl: u64,
+    /// Refuse tokens older than this (5m, 300s, or seconds).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration::parse)]
+    ttl: Duration,
 }
+
+#[derive(Args)]
+struct SealArgs {
+    /// Packets as JSON (`@FILE` reads one from a file); without any, one
+    /// per line is read from stdin. `decode`'s output is taken too.
+    packets: Vec<String>,
+}
+
+/// The help after `call`'s options.
+const CALL_HELP: &str = "\
+Exit status: 0 answered, 1 answered with an error packet (its code and message \
+on stderr), 2 no answer (unreachable, timed out, wrong key) or bad arguments.
+
+Examples:
+  stream-rpc call ping
+  stream-rpc call put_in_queue @task.json
+  echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify
+
+put_in_queue (the server of `stream-rpc serve`) takes a task packet, so \
+task.json holds one: its creator's peer id, its number, its time, and the \
+task's method and payload (the example workers take parse_article tasks):
+  {\"peer\": \"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41\", \"id\": 1,
+   \"created_at\": \"2024-05-01T12:00:00Z\",
+   \"method\": \"parse_article\", \"payload\": {\"article_id\": 7}}";
+
+/// The help after `seal`'s options.
+const SEAL_HELP: &str = "\
+Each packet is checked (peer, id, created_at and method are needed) and \
+sealed as it is, under the key, at the current time; the token is printed, \
+one per line. `decode` opens it again.
+
+Examples:
+  stream-rpc seal '{\"peer\": \"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41\", \"id\": 1, \"created_at\": \"2024-05-01T12:00:00Z\", \"method\": \"ping\"}'
+  stream-rpc seal @packet.json | stream-rpc decode";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
-    Seed,
+    /// Lines of text: `time - protocol - LEVEL - [peer] message`.
+    #[value(alias = "seed")]
+    Text,
+    /// One JSON object a line.
     Json,
+    /// tracing's compact lines.
     Compact,
 }
 
@@ -203,9 +241,10 @@ struct ServeArgs {
     /// `memory`, or a redis:// or rediss:// URL [default: STREAM_RPC_QUEUE, else memory].
     #[arg(long)]
     queue: Option<String>,
-    /// Seconds a task is leased to a worker [default: STREAM_RPC_QUEUE_LEASE_SECS, else 30].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    lease_secs: Option<u64>,
+    /// How long a task is leased to a worker, at most a day (30s, 5m, or
+    /// seconds) [default: STREAM_RPC_QUEUE_LEASE_SECS, else 30s].
+    #[arg(long, alias = "lease-secs", value_name = "DURATION", value_parser = lease)]
+    lease: Option<Duration>,
     /// Hand-outs before a task becomes a dead letter [default: STREAM_RPC_QUEUE_MAX_ATTEMPTS, else 5].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: Option<u32>,
@@ -230,7 +269,7 @@ struct ServeArgs {
     #[arg(long)]
     log_level: Option<String>,
     /// Log format.
-    #[arg(long, value_enum, default_value = "seed")]
+    #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormatArg,
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics
     /// (docs/METRICS.md lists them).
@@ -272,6 +311,18 @@ enum QueueAction {
     /// Drop every dead letter.
     #[command(after_help = "Example:\n  stream-rpc queue purge-dead")]
     PurgeDead,
+}
+
+/// The longest lease `serve` takes.
+const MOST_LEASE: Duration = Duration::from_secs(86_400);
+
+/// A lease: a duration of at most a day.
+fn lease(text: &str) -> Result<Duration, String> {
+    let lease = duration::parse(text)?;
+    if lease > MOST_LEASE {
+        return Err(format!("{text:?}: a lease may be at most a day"));
+    }
+    Ok(lease)
 }
 
 /// A failure that ends the command, with its exit status.
@@ -335,18 +386,44 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Call(args) => call(cli.key_file, args).await,
         Command::Bench(args) => load(cli.key_file, args).await,
         Command::Decode(args) => decode(cli.key_file, args),
+        Command::Seal(args) => seal(cli.key_file, args),
         Command::Serve(args) => serve(cli.key_file, args).await,
         Command::Queue(args) => queue(args).await,
     }
 }
 
+/// What the command says when there is no key.
+const NO_KEY: &str = "CRYPTO_KEY is not set: make a key with `stream-rpc keygen > key` \
+                      (then `chmod 600 key`) and give `--key-file key`, or \
+                      `export CRYPTO_KEY=$(stream-rpc keygen)`";
+
 /// The settings of the environment, with the key from `key_file` when given.
 fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
-    let builder = ConfigBuilder::from_env()?;
+    let builder = ConfigBuilder::from_env().map_err(config_failure)?;
     Ok(match key_file {
         Some(path) => builder.key(read_key_file(&path)?),
         None => builder,
     })
+}
+
+/// A setting that could not be used, said as the command says it.
+fn config_failure(e: ConfigError) -> Failure {
+    match e {
+        ConfigError::MissingKey => Failure(FAILED, NO_KEY.to_owned()),
+        other => Failure(FAILED, other.to_string()),
+    }
+}
+
+/// The key, from `key_file` or CRYPTO_KEY.
+fn key(key_file: Option<PathBuf>) -> Result<String, Failure> {
+    let key = match key_file {
+        Some(path) => read_key_file(&path)?,
+        None => std::env::var(stream_rpc::env::ENV_KEY).unwrap_or_default(),
+    };
+    if key.trim().is_empty() {
+        return Err(Failure(FAILED, NO_KEY.to_owned()));
+    }
+    Ok(key.trim().to_owned())
 }
 
 /// The key (or keys) in `path`, without the line end.
@@ -366,10 +443,13 @@ fn address(target: &Target) -> Result<(String, u16), Failure> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         return Ok((host.to_owned(), port));
     }
-    let host = std::env::var(stream_rpc::env::ENV_HOST)
-        .ok()
-        .filter(|host| !host.trim().is_empty() && host.trim() != "0.0.0.0")
-        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    // A listening address (0.0.0.0) stands for this machine.
+    let host = match std::env::var(stream_rpc::env::ENV_HOST) {
+        Ok(host) if !host.trim().is_empty() => {
+            stream_rpc::env::connect_host(host.trim()).to_owned()
+        }
+        _ => stream_rpc::env::DEFAULT_CONNECT_HOST.to_owned(),
+    };
     let port = match std::env::var(stream_rpc::env::ENV_PORT) {
         Ok(port) if !port.trim().is_empty() => port
             .trim()
@@ -402,13 +482,24 @@ fn payload(argument: Option<&str>) -> Result<Value, Failure> {
 async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> {
     let (host, port) = address(&args.target)?;
     let body = payload(args.payload.as_deref())?;
-    let limit = seconds("--timeout", args.timeout)?;
-    let config = settings(key_file)?.host(host.clone()).port(port).build()?;
+    if args.method == TASK_METHOD {
+        check_task(&body)?;
+    }
+    let limit = args.timeout;
+    let config = settings(key_file)?
+        .host(host.clone())
+        .port(port)
+        .build()
+        .map_err(config_failure)?;
     let connector = Connector::new(config);
     let client = tokio::time::timeout(limit, connector.connect_client())
         .await
         .map_err(|_| format!("cannot connect to {host}:{port} within {limit:?}"))?
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        .map_err(|e| match e {
+            // It names the address already.
+            unreachable @ stream_rpc::Error::Unreachable { .. } => unreachable.to_string(),
+            other => format!("cannot connect to {host}:{port}: {other}"),
+        })?;
     let session = client.session();
     if args.notify {
         session.notify(&args.method, body).await?;
@@ -447,21 +538,52 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
     }
 }
 
-/// Seconds given on the command line, as a duration.
-fn seconds(flag: &str, value: f64) -> Result<Duration, Failure> {
-    if value > 0.0 && value.is_finite() && value < 1e9 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(Failure(
+/// The method of the queue server (`stream-rpc serve`) that takes a task
+/// packet.
+const TASK_METHOD: &str = "put_in_queue";
+
+/// The fields a packet must have (`payload` may be left out: `null`).
+const PACKET_FIELDS: [&str; 4] = ["peer", "id", "created_at", "method"];
+
+/// The fields of [`PACKET_FIELDS`] that `value` lacks.
+fn missing_fields(value: &Value) -> Vec<&'static str> {
+    PACKET_FIELDS
+        .into_iter()
+        .filter(|field| value.get(field).is_none())
+        .collect()
+}
+
+/// Refuses, before anything is sent, a task that is not a packet, naming
+/// every field it lacks (the server's answer names the first only).
+fn check_task(task: &Value) -> Result<(), Failure> {
+    let shape = "a task packet: {\"peer\": UUID, \"id\": N, \"created_at\": \"2024-05-01T12:00:00Z\", \
+                 \"method\": M, \"payload\": ...} (see `stream-rpc call --help`)";
+    if !task.is_object() {
+        return Err(Failure(
             FAILED,
-            format!("{flag} must be a positive number of seconds"),
-        ))
+            format!("the payload of {TASK_METHOD} is {shape}, not {task}"),
+        ));
     }
+    let missing = missing_fields(task);
+    if !missing.is_empty() {
+        return Err(Failure(
+            FAILED,
+            format!(
+                "the task lacks {}: the payload of {TASK_METHOD} is {shape}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure> {
     let (host, port) = address(&args.target)?;
-    let config = settings(key_file)?.host(host).port(port).build()?;
+    let config = settings(key_file)?
+        .host(host)
+        .port(port)
+        .build()
+        .map_err(config_failure)?;
     if let Some(rate) = args.rate
         && !(rate > 0.0 && rate.is_finite())
     {
@@ -476,9 +598,9 @@ async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure>
         connections: args.connections as usize,
         concurrency: args.concurrency as usize,
         calls: args.calls,
-        duration: seconds("--duration", args.duration)?,
+        duration: args.duration,
         rate: args.rate,
-        timeout: seconds("--timeout", args.timeout)?,
+        timeout: args.timeout,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
     let outcome = bench::run(config, plan).await?;
@@ -505,18 +627,14 @@ fn token_time(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
-    let key = match key_file {
-        Some(path) => read_key_file(&path)?,
-        None => std::env::var(stream_rpc::env::ENV_KEY)
-            .map_err(|_| "CRYPTO_KEY is not set (or give --key-file)".to_owned())?,
-    };
-    let ttl = (!args.no_ttl).then(|| Duration::from_secs(args.ttl));
-    let fernet = Fernet::new(key.trim())?.with_ttl(ttl);
+    let key = key(key_file)?;
+    let ttl = (!args.no_ttl).then_some(args.ttl);
+    let fernet = Fernet::new(&key)?.with_ttl(ttl);
     let mut status = 0;
     let mut out = std::io::stdout().lock();
     // Whatever the input, nothing here panics: tokens are any text, and
     // output that cannot be written (a closed pipe) ends the command.
-    let mut one = |token: &str| -> Result<(), Failure> {
+    let one = |token: &str| -> Result<(), Failure> {
         let token = token.trim();
         if token.is_empty() {
             return Ok(());
@@ -550,25 +668,94 @@ fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
         }
         Ok(())
     };
-    if args.tokens.is_empty() {
-        if std::io::stdin().is_terminal() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "reading tokens from stdin, one per line (Ctrl-D ends)"
-            );
-        }
-        // Lines of bytes: a line that is not UTF-8 is a token that does not
-        // open, not the end of the input.
-        for line in std::io::stdin().lock().split(b'\n') {
-            let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
-            one(&String::from_utf8_lossy(&line))?;
-        }
-    } else {
-        for token in &args.tokens {
-            one(token)?;
-        }
-    }
+    // Lines of bytes: a line that is not UTF-8 is a token that does not
+    // open, not the end of the input.
+    each_input(&args.tokens, "tokens", one)?;
     Ok(status)
+}
+
+/// Reads lines of stdin, or takes `arguments` when there are any, and
+/// gives each to `one`.
+fn each_input(
+    arguments: &[String],
+    what: &str,
+    mut one: impl FnMut(&str) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    if !arguments.is_empty() {
+        return arguments.iter().try_for_each(|argument| one(argument));
+    }
+    if std::io::stdin().is_terminal() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "reading {what} from stdin, one per line (Ctrl-D ends)"
+        );
+    }
+    for line in std::io::stdin().lock().split(b'\n') {
+        let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+        one(&String::from_utf8_lossy(&line))?;
+    }
+    Ok(())
+}
+
+/// Seals packets into tokens: the pair of [`decode`].
+fn seal(key_file: Option<PathBuf>, args: SealArgs) -> Result<u8, Failure> {
+    let fernet = Fernet::new(&key(key_file)?)?;
+    let mut out = std::io::stdout().lock();
+    each_input(&args.packets, "packets", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let text = match text.strip_prefix('@') {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the packet file {file}: {e}"))?,
+            None => text.to_owned(),
+        };
+        let mut packet: Value = serde_json::from_str(&text)
+            .map_err(|e| Failure(FAILED, format!("the packet is not JSON: {e}")))?;
+        // What `decode` prints: the packet is inside.
+        if let Some(inner) = packet
+            .get_mut("packet")
+            .filter(|_| packet_is_wrapped(&text))
+        {
+            packet = inner.take();
+        }
+        let missing = missing_fields(&packet);
+        if !packet.is_object() || !missing.is_empty() {
+            return Err(Failure(
+                FAILED,
+                format!(
+                    "not a packet: it lacks {} (a packet is {{\"peer\": UUID, \"id\": N, \
+                     \"created_at\": TIME, \"method\": M, \"payload\": ...}})",
+                    if packet.is_object() {
+                        missing.join(", ")
+                    } else {
+                        "every field".into()
+                    }
+                ),
+            ));
+        }
+        // Checked as a packet, sealed as it was given.
+        serde_json::from_value::<stream_rpc::Packet>(packet.clone())
+            .map_err(|e| Failure(FAILED, format!("not a packet: {e}")))?;
+        let plain = serde_json::to_vec(&packet)?;
+        let token = fernet.encrypt(&plain)?;
+        out.write_all(&token)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| format!("cannot write stdout: {e}"))?;
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+/// Whether `text` is `decode`'s output: an object of `token_time` and
+/// `packet`.
+fn packet_is_wrapped(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, Value>>(text).is_ok_and(|object| {
+        object
+            .keys()
+            .all(|key| key == "packet" || key == "token_time")
+    })
 }
 
 /// The queue's TLS settings: the environment's, with `ca` when given.
@@ -588,15 +775,14 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     if let Some(port) = args.port {
         builder = builder.port(port);
     }
-    if let Some(level) = &args.log_level {
-        let level: stream_rpc::LogLevel = level.parse()?;
-        builder = builder.log_level(level.0);
-    }
-    builder = builder.log_format(match args.log_format {
-        LogFormatArg::Seed => stream_rpc::LogFormat::Seed,
-        LogFormatArg::Json => stream_rpc::LogFormat::Json,
-        LogFormatArg::Compact => stream_rpc::LogFormat::Compact,
+    let mut logs = logging::Settings::from_env()?.with_format(match args.log_format {
+        LogFormatArg::Text => logging::LogFormat::Text,
+        LogFormatArg::Json => logging::LogFormat::Json,
+        LogFormatArg::Compact => logging::LogFormat::Compact,
     });
+    if let Some(level) = &args.log_level {
+        logs = logs.with_level(level.parse::<logging::LogLevel>()?.0);
+    }
     // The environment's limits (STREAM_RPC_MAX_CONNECTIONS_PER_IP) kept.
     let mut limits = builder.current_limits();
     if let Some(max) = args.max_connections {
@@ -608,8 +794,8 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     if let Some(max) = args.max_handlers {
         limits.max_concurrent_handlers = max;
     }
-    let config = builder.limits(limits).build()?;
-    stream_rpc::logging::init(&config)?;
+    let config = builder.limits(limits).build().map_err(config_failure)?;
+    logging::init(&logs)?;
     // Before anything is recorded: the runtime keeps its handles.
     if let Some(addr) = args.metrics {
         use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -632,8 +818,8 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     if let Some(queue) = args.queue {
         queue_config.queue = queue;
     }
-    if let Some(secs) = args.lease_secs {
-        queue_config.lease = Duration::from_secs(secs);
+    if let Some(lease) = args.lease {
+        queue_config.lease = lease;
     }
     if let Some(attempts) = args.max_attempts {
         queue_config.settings = queue_config.settings.with_max_attempts(attempts);
