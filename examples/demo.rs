@@ -1,4 +1,4 @@
-//! The whole seed example in one process: a queue server and two workers
+//! The whole example of the Python original in one process: a queue server and two workers
 //! over loopback, for a bounded time, then a summary.
 //!
 //! ```text

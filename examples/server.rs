@@ -1,4 +1,4 @@
-//! The seed's server: `ping` answers `pong`, `put_in_queue` stores a task,
+//! The example server (the Python original's): `ping` answers `pong`, `put_in_queue` stores a task,
 //! `get_task_from_queue` hands the oldest task back unchanged.
 //!
 //! ```text
