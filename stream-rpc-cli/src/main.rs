@@ -5,8 +5,9 @@
 
 mod bench;
 mod duration;
+mod tokens;
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,8 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
-    CallError, Cipher, CipherError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value,
-    logging,
+    CallError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value, logging,
 };
 use stream_rpc_queue::server::QueueServer;
 use stream_rpc_queue::{
@@ -385,8 +385,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Call(args) => call(cli.key_file, args).await,
         Command::Bench(args) => load(cli.key_file, args).await,
-        Command::Decode(args) => decode(cli.key_file, args),
-        Command::Seal(args) => seal(cli.key_file, args),
+        Command::Decode(args) => tokens::decode(cli.key_file, args),
+        Command::Seal(args) => tokens::seal(cli.key_file, args),
         Command::Serve(args) => serve(cli.key_file, args).await,
         Command::Queue(args) => queue(args).await,
     }
@@ -542,17 +542,6 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
 /// packet.
 const TASK_METHOD: &str = "put_in_queue";
 
-/// The fields a packet must have (`payload` may be left out: `null`).
-const PACKET_FIELDS: [&str; 4] = ["peer", "id", "created_at", "method"];
-
-/// The fields of [`PACKET_FIELDS`] that `value` lacks.
-fn missing_fields(value: &Value) -> Vec<&'static str> {
-    PACKET_FIELDS
-        .into_iter()
-        .filter(|field| value.get(field).is_none())
-        .collect()
-}
-
 /// Refuses, before anything is sent, a task that is not a packet, naming
 /// every field it lacks (the server's answer names the first only).
 fn check_task(task: &Value) -> Result<(), Failure> {
@@ -564,7 +553,7 @@ fn check_task(task: &Value) -> Result<(), Failure> {
             format!("the payload of {TASK_METHOD} is {shape}, not {task}"),
         ));
     }
-    let missing = missing_fields(task);
+    let missing = tokens::missing_fields(task);
     if !missing.is_empty() {
         return Err(Failure(
             FAILED,
@@ -612,152 +601,6 @@ async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure>
     Ok(0)
 }
 
-/// The time a Fernet token was sealed: its bytes 1 to 8, the first 12
-/// characters of its text (9 bytes).
-fn token_time(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = 0;
-    for byte in token.as_bytes().get(..12)? {
-        let value = ALPHABET.iter().position(|c| c == byte)?;
-        bits = (bits << 6) | value as u128;
-    }
-    // 72 bits: the version byte, then the 8-byte timestamp.
-    let seconds = (bits & u128::from(u64::MAX)) as u64;
-    chrono::DateTime::from_timestamp(i64::try_from(seconds).ok()?, 0)
-}
-
-fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
-    let key = key(key_file)?;
-    let ttl = (!args.no_ttl).then_some(args.ttl);
-    let fernet = Fernet::new(&key)?.with_ttl(ttl);
-    let mut status = 0;
-    let mut out = std::io::stdout().lock();
-    // Whatever the input, nothing here panics: tokens are any text, and
-    // output that cannot be written (a closed pipe) ends the command.
-    let one = |token: &str| -> Result<(), Failure> {
-        let token = token.trim();
-        if token.is_empty() {
-            return Ok(());
-        }
-        match fernet.decrypt(token.as_bytes()) {
-            Ok(plain) => {
-                let packet: Value = serde_json::from_slice(&plain).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&plain).into_owned())
-                });
-                let time = token_time(token).map(|at| at.to_rfc3339());
-                let shown = serde_json::json!({ "token_time": time, "packet": packet });
-                let pretty = serde_json::to_string_pretty(&shown).unwrap_or_default();
-                writeln!(out, "{pretty}").map_err(|e| format!("cannot write stdout: {e}"))?;
-            }
-            Err(e) => {
-                let why = match e {
-                    CipherError::Malformed(what) => format!("malformed ({what})"),
-                    CipherError::BadSignature => "wrong key or tampered (bad signature)".to_owned(),
-                    other => other.to_string(),
-                };
-                // The first 16 characters (not bytes: any text may come),
-                // with control characters escaped.
-                let shown: String = token
-                    .chars()
-                    .take(16)
-                    .flat_map(char::escape_debug)
-                    .collect();
-                let _ = writeln!(std::io::stderr(), "{shown}…: does not open: {why}");
-                status = REFUSED;
-            }
-        }
-        Ok(())
-    };
-    // Lines of bytes: a line that is not UTF-8 is a token that does not
-    // open, not the end of the input.
-    each_input(&args.tokens, "tokens", one)?;
-    Ok(status)
-}
-
-/// Reads lines of stdin, or takes `arguments` when there are any, and
-/// gives each to `one`.
-fn each_input(
-    arguments: &[String],
-    what: &str,
-    mut one: impl FnMut(&str) -> Result<(), Failure>,
-) -> Result<(), Failure> {
-    if !arguments.is_empty() {
-        return arguments.iter().try_for_each(|argument| one(argument));
-    }
-    if std::io::stdin().is_terminal() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "reading {what} from stdin, one per line (Ctrl-D ends)"
-        );
-    }
-    for line in std::io::stdin().lock().split(b'\n') {
-        let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
-        one(&String::from_utf8_lossy(&line))?;
-    }
-    Ok(())
-}
-
-/// Seals packets into tokens: the pair of [`decode`].
-fn seal(key_file: Option<PathBuf>, args: SealArgs) -> Result<u8, Failure> {
-    let fernet = Fernet::new(&key(key_file)?)?;
-    let mut out = std::io::stdout().lock();
-    each_input(&args.packets, "packets", |text| {
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(());
-        }
-        let text = match text.strip_prefix('@') {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read the packet file {file}: {e}"))?,
-            None => text.to_owned(),
-        };
-        let mut packet: Value = serde_json::from_str(&text)
-            .map_err(|e| Failure(FAILED, format!("the packet is not JSON: {e}")))?;
-        // What `decode` prints: the packet is inside.
-        if let Some(inner) = packet
-            .get_mut("packet")
-            .filter(|_| packet_is_wrapped(&text))
-        {
-            packet = inner.take();
-        }
-        let missing = missing_fields(&packet);
-        if !packet.is_object() || !missing.is_empty() {
-            return Err(Failure(
-                FAILED,
-                format!(
-                    "not a packet: it lacks {} (a packet is {{\"peer\": UUID, \"id\": N, \
-                     \"created_at\": TIME, \"method\": M, \"payload\": ...}})",
-                    if packet.is_object() {
-                        missing.join(", ")
-                    } else {
-                        "every field".into()
-                    }
-                ),
-            ));
-        }
-        // Checked as a packet, sealed as it was given.
-        serde_json::from_value::<stream_rpc::Packet>(packet.clone())
-            .map_err(|e| Failure(FAILED, format!("not a packet: {e}")))?;
-        let plain = serde_json::to_vec(&packet)?;
-        let token = fernet.encrypt(&plain)?;
-        out.write_all(&token)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(|e| format!("cannot write stdout: {e}"))?;
-        Ok(())
-    })?;
-    Ok(0)
-}
-
-/// Whether `text` is `decode`'s output: an object of `token_time` and
-/// `packet`.
-fn packet_is_wrapped(text: &str) -> bool {
-    serde_json::from_str::<serde_json::Map<String, Value>>(text).is_ok_and(|object| {
-        object
-            .keys()
-            .all(|key| key == "packet" || key == "token_time")
-    })
-}
-
 /// The queue's TLS settings: the environment's, with `ca` when given.
 fn queue_tls(ca: Option<PathBuf>) -> Result<RedisTls, Failure> {
     let tls = RedisTls::from_lookup(|name| std::env::var(name).ok())?;
@@ -798,21 +641,7 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     logging::init(&logs)?;
     // Before anything is recorded: the runtime keeps its handles.
     if let Some(addr) = args.metrics {
-        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-        // Handler times as a histogram (buckets from 50 µs to 10 s).
-        let buckets = [
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0, 2.5, 10.0,
-        ];
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(
-                Matcher::Full("stream_rpc_handler_duration_seconds".to_owned()),
-                &buckets,
-            )
-            .map_err(|e| format!("--metrics: {e}"))?
-            .install()
-            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        serve_metrics(addr)?;
     }
     let mut queue_config = QueueConfig::from_env()?;
     if let Some(queue) = args.queue {
@@ -847,7 +676,7 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
             loop {
                 // A failure is logged by the queue; the next round tries again.
                 let _ = server.record_stats().await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(STATS_INTERVAL).await;
             }
         });
     }
@@ -855,6 +684,30 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         .run_server(server)
         .await?;
     Ok(0)
+}
+
+/// How often `serve --metrics` records the queue's counts.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Handler times' histogram buckets, in seconds: 50 µs to 10 s.
+const HANDLER_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Serves the metrics in the Prometheus text format at `addr`.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("stream_rpc_handler_duration_seconds".to_owned()),
+            &HANDLER_BUCKETS,
+        )
+        .map_err(|e| format!("--metrics: {e}"))?
+        .install()
+        .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    Ok(())
 }
 
 /// PEER:ID of a task packet.

@@ -25,6 +25,19 @@ pub const MAX_OUTBOX_BYTES_LIMIT: usize = 1 << 32;
 /// bytes an entry).
 pub const MAX_REPLAY_CACHE_ENTRIES: usize = 1 << 24;
 
+/// The default of [`Limits::max_concurrent_handlers`].
+const DEFAULT_MAX_CONCURRENT_HANDLERS: usize = 256;
+/// The default of [`Limits::max_in_flight_calls`].
+const DEFAULT_MAX_IN_FLIGHT_CALLS: usize = 1024;
+/// The default of [`Limits::max_bad_frames_in_row`].
+const DEFAULT_MAX_BAD_FRAMES_IN_ROW: u32 = 3;
+/// The default of [`Limits::outgoing_queue`].
+const DEFAULT_OUTGOING_QUEUE: usize = 1024;
+/// The default of [`Limits::max_outbox_bytes`] (4 MiB).
+const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 << 20;
+/// The default of [`Limits::replay_cache_entries`] (64 MiB of tables).
+const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1 << 22;
+
 /// Bounds on what one process and one connection may hold.
 ///
 /// Build one from the defaults in one expression:
@@ -94,12 +107,12 @@ impl Default for Limits {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            max_concurrent_handlers: 256,
-            max_in_flight_calls: 1024,
-            max_bad_frames_in_row: 3,
-            outgoing_queue: 1024,
-            max_outbox_bytes: 4 << 20,
-            replay_cache_entries: 1 << 22,
+            max_concurrent_handlers: DEFAULT_MAX_CONCURRENT_HANDLERS,
+            max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
+            max_bad_frames_in_row: DEFAULT_MAX_BAD_FRAMES_IN_ROW,
+            outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+            max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
+            replay_cache_entries: DEFAULT_REPLAY_CACHE_ENTRIES,
         }
     }
 }
