@@ -59,7 +59,9 @@ fn main() -> ExitCode {
 /// One server: the example queue server on the shared queue.
 async fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    logging::init(&config).map_err(|e| e.to_string())?;
+    logging::Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|e| e.to_string()))?;
     let queue_config = QueueConfig::from_env().map_err(|e| e.to_string())?;
     let queue = queue_config.open().await.map_err(|e| e.to_string())?;
     let server = queue_server::QueueServer::new(queue, queue_config.lease);
@@ -78,19 +80,24 @@ async fn work() -> Result<(), String> {
     let config = ConfigBuilder::from_env()
         .and_then(|builder| builder.timeouts(timeouts).build())
         .map_err(|e| e.to_string())?;
-    logging::init(&config).map_err(|e| e.to_string())?;
+    logging::Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|e| e.to_string()))?;
     let reconnect = Reconnect::default()
         .hello("ping", json!(null))
         .with_max_delay(Duration::from_secs(1))
         .with_servers(servers);
     let connector = Connector::new(config);
     tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
-    let worker = Worker::new(settings);
+    let worker = Worker::new(settings).with_stop(connector.shutdown_handle());
     worker.count_hello();
+    let stats = worker.stats.clone();
     let client = connector
         .connect_reconnecting(CheckingWorker(worker), reconnect)
         .map_err(|e| e.to_string())?;
-    client.join().await.map_err(|e| e.to_string())
+    let end = client.join().await;
+    tracing::info!("{}", stats.summary());
+    end.map_err(|e| e.to_string())
 }
 
 /// A child process whose output lines are collected.

@@ -1,4 +1,4 @@
-//! The whole seed example in one process: a queue server and two workers
+//! The whole example of the Python original in one process: a queue server and two workers
 //! over loopback, for a bounded time, then a summary.
 //!
 //! ```text
@@ -53,23 +53,18 @@ async fn run() -> Result<(), String> {
     let mut timeouts = Timeouts::default();
     timeouts.shutdown_grace = settings.parse_delay + Duration::from_secs(1);
     let config = |port: u16| {
-        let mut builder = Config::builder()
+        Config::builder()
             .key(key.clone())
             .host("127.0.0.1")
             .port(port)
-            .timeouts(timeouts.clone());
-        if let Ok(Some(level)) = std::env::var("STREAM_RPC_LOG_LVL")
-            .ok()
-            .map(|level| level.parse::<stream_rpc::LogLevel>().map(|l| l.0))
-            .transpose()
-        {
-            builder = builder.log_level(level);
-        }
-        builder.build().map_err(|e| e.to_string())
+            .timeouts(timeouts.clone())
+            .build()
+            .map_err(|e| e.to_string())
     };
 
     let server_config = config(0)?;
-    logging::init(&server_config).map_err(|e| e.to_string())?;
+    let log_settings = logging::Settings::from_env().map_err(|e| e.to_string())?;
+    logging::init(&log_settings).map_err(|e| e.to_string())?;
     if generated {
         tracing::info!("CRYPTO_KEY is not set: generated a fresh key for this demo");
     }
@@ -85,7 +80,7 @@ async fn run() -> Result<(), String> {
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let connector = Connector::new(config(port)?);
-        let worker = Worker::new(settings.clone());
+        let worker = Worker::new(settings.clone()).with_stop(connector.shutdown_handle());
         worker.count_hello();
         let stats = worker.stats.clone();
         let stop = connector.shutdown_handle();

@@ -1,5 +1,5 @@
 //! Prints a new Fernet key for `CRYPTO_KEY`: the one-line replacement for
-//! the seed's Python key step.
+//! the Python original's key step.
 //!
 //! ```text
 //! export CRYPTO_KEY=$(cargo run -q --example keygen)

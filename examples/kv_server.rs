@@ -55,7 +55,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = logging::init(&config) {
+    let logs = logging::Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|e| e.to_string()));
+    if let Err(e) = logs {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

@@ -1,4 +1,4 @@
-//! The seed's server: `ping` answers `pong`, `put_in_queue` stores a task,
+//! The example server (the Python original's): `ping` answers `pong`, `put_in_queue` stores a task,
 //! `get_task_from_queue` hands the oldest task back unchanged.
 //!
 //! ```text
@@ -34,7 +34,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = logging::init(&config) {
+    let logs = logging::Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|e| e.to_string()));
+    if let Err(e) = logs {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

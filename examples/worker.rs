@@ -1,4 +1,4 @@
-//! The seed's worker: says hello with `ping`, then on every answer sends its
+//! The example worker (the Python original's): says hello with `ping`, then on every answer sends its
 //! next request (a task every second request, a request for a task every
 //! fifth), parses the tasks it gets and saves each parsed article with the
 //! server (`save_parsed_article`), which acknowledges the task.
@@ -52,9 +52,12 @@ async fn run() -> Result<ExitCode, String> {
     let config = ConfigBuilder::from_env()
         .and_then(|builder| builder.timeouts(timeouts).build())
         .map_err(|e| e.to_string())?;
-    logging::init(&config).map_err(|e| e.to_string())?;
+    logging::Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|settings| logging::init(&settings).map_err(|e| e.to_string()))?;
 
-    let worker = Worker::new(settings);
+    let connector = Connector::new(config);
+    let worker = Worker::new(settings).with_stop(connector.shutdown_handle());
     worker.count_hello();
     let stats = worker.stats.clone();
     // Every new connection says hello, so the conversation goes on with
@@ -64,19 +67,12 @@ async fn run() -> Result<ExitCode, String> {
         .with_max_delay(Duration::from_secs(5))
         .with_max_attempts(Some(u32::try_from(attempts).unwrap_or(u32::MAX)))
         .with_servers(servers);
-    let connector = Connector::new(config);
     tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
     let client = connector
         .connect_reconnecting(CheckingWorker(worker), reconnect)
         .map_err(|e| e.to_string())?;
     let end = client.join().await;
-    tracing::info!(
-        "Worker stopped: {} requests, {} tasks put, {} tasks parsed, {} saved",
-        stats.requests.load(Ordering::Relaxed),
-        stats.tasks_put.load(Ordering::Relaxed),
-        stats.tasks_parsed.load(Ordering::Relaxed),
-        stats.tasks_saved.load(Ordering::Relaxed),
-    );
+    tracing::info!("{}", stats.summary());
     match end {
         // Done (its request limit) or stopped by a signal.
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -483,19 +483,63 @@ fn the_worker_says_when_the_server_is_unreachable() {
     let status = worker.wait_exit();
     assert!(!status.success());
     assert!(worker.has("server is unreachable"), "{}", worker.output());
+    // Nothing was answered, and the summary says so.
+    assert!(
+        worker.has("Worker stopped: 0 requests answered (of 1 sent)"),
+        "{}",
+        worker.output()
+    );
+}
+
+#[test]
+fn a_worker_with_no_host_set_looks_for_its_server_on_this_machine() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port().to_string()
+    };
+    // STREAM_RPC_HOST unset: the listening default, 0.0.0.0, is no address
+    // to connect to; the worker tries 127.0.0.1.
+    let mut worker = Process::start(
+        "worker",
+        &[
+            ("CRYPTO_KEY", new_key().as_str()),
+            ("STREAM_RPC_PORT", &port),
+        ],
+    );
+    assert!(!worker.wait_exit().success());
+    let expected = format!("server is unreachable at 127.0.0.1:{port}");
+    assert!(worker.has(&expected), "{}", worker.output());
+    assert!(!worker.has("0.0.0.0"), "{}", worker.output());
 }
 
 #[test]
 fn ctrl_c_and_sigterm_stop_worker_and_server_cleanly() {
     let key = new_key();
     let (mut server, port) = server(&key);
-    let mut worker = worker(&key, &port, &[]);
+    // A second between requests: the signal comes while the worker waits
+    // to send its next one.
+    let mut worker = worker(&key, &port, &[("WORKER_REQUEST_DELAY_MS", "1000")]);
     worker.wait_for("a pong", |line| {
         line.contains("Received: {method: \"pong\"")
     });
     worker.signal("-INT");
     assert!(worker.wait_exit().success(), "{}", worker.output());
     assert!(worker.has("Worker stopped"), "{}", worker.output());
+    // Once the signal is received, no new request is sent.
+    let lines = &worker.seen;
+    let signal = lines
+        .iter()
+        .position(|line| line.contains("shutdown signal received"))
+        .unwrap_or_else(|| panic!("no signal line in:\n{}", worker.output()));
+    let sent_after: Vec<&String> = lines[signal..]
+        .iter()
+        .filter(|line| line.contains("Send: "))
+        .collect();
+    assert!(
+        sent_after.is_empty(),
+        "{sent_after:?} in:\n{}",
+        worker.output()
+    );
     server.signal("-TERM");
     assert!(server.wait_exit().success(), "{}", server.output());
     assert!(server.has("shutting down"), "{}", server.output());

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::json;
 use stream_rpc::ErrorCode;
-use stream_rpc::logging::SeedFormat;
+use stream_rpc::logging::{PacketLog, TextFormat};
 use tracing_subscriber::filter::LevelFilter;
 
 #[derive(Clone, Default)]
@@ -46,11 +46,32 @@ impl Captured {
         (out, guard)
     }
 
+    /// [`Captured::install`], with the packet lines as `packets` says
+    /// (through the filter of the logging settings).
+    fn install_packets(
+        level: tracing::Level,
+        packets: PacketLog,
+    ) -> (Captured, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let out = Captured::default();
+        let settings = stream_rpc::logging::Settings::default()
+            .with_level(level)
+            .with_packets(packets);
+        let sink = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .event_format(TextFormat)
+            .with_writer(move || sink.clone())
+            .with_filter(settings.filter());
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        (out, guard)
+    }
+
     /// A subscriber in the seed's format, up to `level`, writing here.
     fn subscriber(&self, level: LevelFilter) -> impl tracing::Subscriber + Send + Sync + use<> {
         let sink = self.clone();
         tracing_subscriber::fmt()
-            .event_format(SeedFormat)
+            .event_format(TextFormat)
             .with_max_level(level)
             .with_writer(move || sink.clone())
             .finish()
@@ -286,10 +307,10 @@ async fn a_method_name_cannot_start_a_log_line_of_its_own() {
 
 /// Sends what quotes `secret` in serde errors and error packets, and
 /// returns the log with `packets` set on the server.
-async fn secrets_logged(packets: stream_rpc::PacketLog) -> String {
-    let (out, _guard) = Captured::install(LevelFilter::DEBUG);
+async fn secrets_logged(packets: PacketLog) -> String {
+    let (out, _guard) = Captured::install_packets(tracing::Level::DEBUG, packets);
     bounded(async {
-        let server = TestServer::with(|c| c.log_packets(packets)).await;
+        let server = TestServer::with(|c| c).await;
         let mut raw = server.raw().await;
         // A payload of the wrong type: serde's error quotes it.
         let id = raw.request("add", json!({"a": "s3cr3t-payload", "b": 1})).await;
@@ -314,7 +335,7 @@ async fn secrets_logged(packets: stream_rpc::PacketLog) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn serde_errors_and_error_payloads_stay_out_of_the_default_logs() {
-    let text = secrets_logged(stream_rpc::PacketLog::default()).await;
+    let text = secrets_logged(PacketLog::default()).await;
     assert!(!text.contains("s3cr3t"), "a secret in the log:\n{text}");
     // The lines are still there, saying what happened and how to see more.
     for needle in [
@@ -325,7 +346,7 @@ async fn serde_errors_and_error_payloads_stay_out_of_the_default_logs() {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
     // With full packet logs, they are shown.
-    let text = secrets_logged(stream_rpc::PacketLog::Full).await;
+    let text = secrets_logged(PacketLog::Full).await;
     for secret in ["s3cr3t-payload", "s3cr3t-id", "s3cr3t-error"] {
         assert!(
             text.lines()
@@ -406,19 +427,14 @@ async fn a_handler_cut_off_by_the_end_of_its_session_is_logged_as_cancelled() {
 }
 
 /// Makes one call with `packets` set on both ends, and returns the log.
-async fn one_call_logged(packets: stream_rpc::PacketLog) -> String {
-    let (out, _guard) = Captured::install(LevelFilter::INFO);
+async fn one_call_logged(packets: PacketLog) -> String {
+    let (out, _guard) = Captured::install_packets(tracing::Level::INFO, packets);
     bounded(async {
-        let server = TestServer::with(|c| c.log_packets(packets)).await;
-        let client = stream_rpc::Connector::new(
-            config(&server.key, server.port)
-                .log_packets(packets)
-                .build()
-                .unwrap(),
-        )
-        .connect_client()
-        .await
-        .unwrap();
+        let server = TestServer::with(|c| c).await;
+        let client = stream_rpc::Connector::new(config(&server.key, server.port).build().unwrap())
+            .connect_client()
+            .await
+            .unwrap();
         let reply = client
             .session()
             .call("ping", json!({"secret": "s3cr3t"}))
@@ -433,7 +449,7 @@ async fn one_call_logged(packets: stream_rpc::PacketLog) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn packet_lines_leave_payloads_out_by_default_and_can_show_them_or_go() {
-    let headers = one_call_logged(stream_rpc::PacketLog::default()).await;
+    let headers = one_call_logged(PacketLog::default()).await;
     let sent = headers
         .lines()
         .find(|line| line.contains("Send: {method: \"ping\", id: 0, peer: "))
@@ -448,13 +464,13 @@ async fn packet_lines_leave_payloads_out_by_default_and_can_show_them_or_go() {
         "a payload in the log:\n{headers}"
     );
 
-    let full = one_call_logged(stream_rpc::PacketLog::Full).await;
+    let full = one_call_logged(PacketLog::Full).await;
     assert!(
         full.contains("payload: {\"secret\":\"s3cr3t\"}}"),
         "no payload in:\n{full}"
     );
 
-    let off = one_call_logged(stream_rpc::PacketLog::Off).await;
+    let off = one_call_logged(PacketLog::Off).await;
     assert!(
         !off.contains("Send: ") && !off.contains("Received: "),
         "{off}"

@@ -178,6 +178,10 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
+    // `--log LEVEL` installs a subscriber once every option is read, with
+    // `--log-packets MODE` wherever it comes.
+    let mut log: Option<stream_rpc::logging::Settings> = None;
+    let mut packets = stream_rpc::logging::PacketLog::default();
     let mut options = Options {
         reps: 3,
         calls: 20_000,
@@ -246,25 +250,19 @@ fn options() -> Result<Options, String> {
             "--log" => {
                 // A real subscriber in the seed's format, writing to stderr
                 // (send it to a file or /dev/null): what logging costs.
-                let level: stream_rpc::LogLevel = args
+                let level: stream_rpc::logging::LogLevel = args
                     .next()
                     .unwrap_or_default()
                     .parse()
                     .map_err(|e| format!("--log: {e}"))?;
-                let config = stream_rpc::Config::builder()
-                    .key(stream_rpc::Fernet::generate_key().map_err(|e| e.to_string())?)
-                    .log_level(level.0)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                stream_rpc::logging::init(&config).map_err(|e| e.to_string())?;
+                log = Some(stream_rpc::logging::Settings::default().with_level(level.0));
             }
             "--log-packets" => {
-                let mode: stream_rpc::PacketLog = args
+                packets = args
                     .next()
                     .unwrap_or_default()
                     .parse()
                     .map_err(|e| format!("--log-packets: {e}"))?;
-                *systems::LOG_PACKETS.lock().map_err(|e| e.to_string())? = mode;
             }
             "--smoke" => {
                 options.smoke = true;
@@ -277,6 +275,9 @@ fn options() -> Result<Options, String> {
                 ));
             }
         }
+    }
+    if let Some(settings) = log {
+        stream_rpc::logging::init(&settings.with_packets(packets)).map_err(|e| e.to_string())?;
     }
     Ok(options)
 }

@@ -84,7 +84,6 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
             .key(key.clone())
             .host("127.0.0.1")
             .port(port)
-            .log_packets(stream_rpc::PacketLog::Off)
             .build()
             .expect("a config")
     };
@@ -238,7 +237,6 @@ async fn sequential(url: &str, shared: bool, method: &str, calls: u32) -> f64 {
             .key(key.clone())
             .host("127.0.0.1")
             .port(port)
-            .log_packets(stream_rpc::PacketLog::Off)
             .build()
             .expect("a config")
     };

@@ -113,10 +113,6 @@ pub fn install_metrics() {
     let _ = metrics::set_global_recorder(recorder);
 }
 
-/// How much the packet log lines show (`--log-packets`).
-pub static LOG_PACKETS: std::sync::Mutex<stream_rpc::PacketLog> =
-    std::sync::Mutex::new(stream_rpc::PacketLog::Headers);
-
 /// The variable that hands the key to a server process.
 pub const KEY_VAR: &str = "STREAM_RPC_BENCH_KEY";
 
@@ -150,7 +146,6 @@ pub fn rpc_config(
         .limits(limits)
         .timeouts(timeouts)
         .replay_protection(!NO_REPLAY.load(std::sync::atomic::Ordering::Relaxed))
-        .log_packets(*LOG_PACKETS.lock().unwrap_or_else(|e| e.into_inner()))
         .build()
         .expect("benchmark config")
 }

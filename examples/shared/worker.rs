@@ -1,4 +1,5 @@
-//! The seed's worker, shared by the `worker` and `demo` examples.
+//! The example worker (the Python original's), shared by the `worker` and
+//! `demo` examples.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stream_rpc::{Context, ErrorPayload, Packet, Reply, Value, json};
+use stream_rpc::{Context, ErrorPayload, Packet, Reply, ShutdownHandle, Value, json};
 
 /// The task's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +20,9 @@ pub struct Article {
 /// How the worker paces itself.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Sleep between requests (the seed: 2 s).
+    /// Sleep between requests (the original's 2 s).
     pub request_delay: Duration,
-    /// Simulated work per article (the seed: 5 s).
+    /// Simulated work per article (the original's 5 s).
     pub parse_delay: Duration,
     /// Stop after this many requests; `None` runs until stopped.
     pub max_requests: Option<u64>,
@@ -73,14 +74,34 @@ pub fn env_number(name: &str) -> Result<Option<u64>, String> {
 pub struct WorkerStats {
     /// Requests sent, the hello included.
     pub requests: AtomicU64,
+    /// Requests answered: packets received from a server (answers, error
+    /// packets and tasks handed out); none means no server ever answered.
+    pub answers: AtomicU64,
     /// Tasks put in the queue.
     pub tasks_put: AtomicU64,
     /// Tasks parsed.
     pub tasks_parsed: AtomicU64,
     /// Parsed tasks the server confirmed saved (`{"saved": true}`).
     pub tasks_saved: AtomicU64,
-    /// Packets received from a server: none means no server ever answered.
-    pub answers: AtomicU64,
+}
+
+impl WorkerStats {
+    /// The summary line a worker ends with: what was answered and done.
+    #[allow(
+        dead_code,
+        reason = "the demo sums up from the server's counts instead"
+    )]
+    pub fn summary(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        format!(
+            "Worker stopped: {} requests answered (of {} sent), {} tasks put, {} tasks parsed, {} saved",
+            load(&self.answers),
+            load(&self.requests),
+            load(&self.tasks_put),
+            load(&self.tasks_parsed),
+            load(&self.tasks_saved),
+        )
+    }
 }
 
 /// The most tasks a worker remembers to check when they come back.
@@ -99,6 +120,8 @@ pub struct Worker {
     /// The article of the last task put, until the server's answer says
     /// whether it was queued.
     last_put: Mutex<Option<u32>>,
+    /// Once this is shutting down, no new request is sent.
+    stop: Option<ShutdownHandle>,
 }
 
 impl Worker {
@@ -109,7 +132,15 @@ impl Worker {
             stats: Default::default(),
             sent: Mutex::new(HashMap::new()),
             last_put: Mutex::new(None),
+            stop: None,
         }
+    }
+
+    /// Sends no new request once `stop` is shutting down (work in hand,
+    /// a parsed article to save, is still finished).
+    pub fn with_stop(mut self, stop: ShutdownHandle) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Counts the hello, which the connector sends.
@@ -117,9 +148,18 @@ impl Worker {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sleeps between requests, then builds the next one.
+    /// Sleeps between requests, then builds the next one, unless a
+    /// shutdown was asked for meanwhile.
     async fn next_request(&self, ctx: &Context) -> Reply {
         tokio::time::sleep(self.settings.request_delay).await;
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(ShutdownHandle::is_shutting_down)
+        {
+            tracing::info!(protocol = "Worker", peer = %ctx.peer_id(), "Shutting down: no new request");
+            return Reply::Nothing;
+        }
         let n = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.settings.max_requests.is_some_and(|max| n > max) {
             tracing::info!(protocol = "Worker", peer = %ctx.peer_id(), "Done: {} requests made", n - 1);

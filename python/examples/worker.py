@@ -2,7 +2,8 @@
 ``parse_article`` task every second request, asks for a task every fifth, and
 pings otherwise; a task it gets is parsed and saved with ``save_parsed_article``.
 It waits ``WORKER_REQUEST_DELAY_MS`` (2000, the original's 2 s) before each
-request and while parsing.
+request and ``WORKER_PARSE_DELAY_MS`` (5000, the original's 5 s) to parse an
+article, as the Rust example worker does.
 
     CRYPTO_KEY=... STREAM_RPC_HOST=127.0.0.1 python examples/worker.py
 """
@@ -14,8 +15,10 @@ import random
 from stream_rpc.common import Connector, Protocol, create_message_packet
 
 MAX_REQUESTS = int(os.environ.get("WORKER_MAX_REQUESTS", "0")) or None
-#: Seconds between requests, and to parse an article: the original's 2 s.
+#: Seconds between requests: the original's 2 s.
 DELAY = float(os.environ.get("WORKER_REQUEST_DELAY_MS", "2000")) / 1000
+#: Seconds to parse an article: the original's 5 s.
+PARSE_DELAY = float(os.environ.get("WORKER_PARSE_DELAY_MS", "5000")) / 1000
 
 
 class Worker(Protocol):
@@ -23,7 +26,7 @@ class Worker(Protocol):
         if message_packet.method == "parse_article":
             article_id = message_packet.payload["article_id"]
             self.logger.info("Start parsing article: %r", article_id)
-            await asyncio.sleep(DELAY)
+            await asyncio.sleep(PARSE_DELAY)
             self.logger.info("Finished parsing article: %r", article_id)
             article = {"article_id": article_id, "title": f"Article {article_id}"}
             task = {"peer": message_packet.peer, "id": message_packet.id}

@@ -103,12 +103,27 @@ def test_keygen_prints_a_key():
     import subprocess
     import sys
 
-    out = subprocess.run(
-        [sys.executable, "-m", "stream_rpc.crypto"],
+    # Every warning an error: `-m` of a module the package had imported
+    # warned of it in `sys.modules`.
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "stream_rpc.crypto"],
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "CRYPTO_KEY": ""},
-    ).stdout.strip()
+    )
+    assert run.stderr == ""
+    out = run.stdout.strip()
     assert len(out) == 44
     Cypher(out)
+
+
+def test_the_package_names_are_the_modules_names():
+    import stream_rpc
+    from stream_rpc import common
+
+    assert stream_rpc.Connector is common.Connector
+    assert stream_rpc.generate_key is crypto.generate_key
+    assert "Cypher" in dir(stream_rpc)
+    with pytest.raises(AttributeError):
+        stream_rpc.no_such_name  # noqa: B018

@@ -75,8 +75,11 @@ def test_the_example_server_answers_the_reason(key, monkeypatch):
     assert leased.payload == {"article_id": 10}
 
 
-def test_the_example_worker_waits_the_originals_2_s(monkeypatch):
+def test_the_example_worker_waits_the_originals_2_s_and_parses_5_s(monkeypatch):
     monkeypatch.delenv("WORKER_REQUEST_DELAY_MS", raising=False)
+    monkeypatch.delenv("WORKER_PARSE_DELAY_MS", raising=False)
     import worker
 
-    assert importlib.reload(worker).DELAY == 2.0
+    reloaded = importlib.reload(worker)
+    # As the Rust example worker (examples/shared/worker.rs) and the original.
+    assert (reloaded.DELAY, reloaded.PARSE_DELAY) == (2.0, 5.0)

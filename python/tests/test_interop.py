@@ -71,6 +71,7 @@ def test_the_python_worker_example_converses_with_the_rust_server(key, processes
             "STREAM_RPC_PORT": str(port),
             "WORKER_MAX_REQUESTS": "12",
             "WORKER_REQUEST_DELAY_MS": "10",
+            "WORKER_PARSE_DELAY_MS": "10",
             "STREAM_RPC_LOG_PACKETS": "full",
         },
     )

@@ -4,8 +4,10 @@
 //! ...), which flags override; never prints a key except from `keygen`.
 
 mod bench;
+mod duration;
+mod tokens;
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
-    CallError, Cipher, CipherError, ConfigBuilder, Connector, Endpoint, Fernet, Value,
+    CallError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value, logging,
 };
 use stream_rpc_queue::server::QueueServer;
 use stream_rpc_queue::{
@@ -31,9 +33,10 @@ const FAILED: u8 = 2;
 #[command(
     name = "stream-rpc",
     version,
-    about = "Talk to stream-rpc services from a shell: keys, calls, token decoding, the queue server",
+    about = "Talk to stream-rpc services from a shell: keys, calls, sealing and decoding tokens, the queue server",
     after_help = "Settings come from the environment (CRYPTO_KEY, STREAM_RPC_HOST, \
                   STREAM_RPC_PORT, STREAM_RPC_QUEUE, ...); flags override them.\n\
+                  Durations are a number and a unit (500ms, 3s, 2m, 1h) or a bare number of seconds.\n\
                   Examples:\n  stream-rpc keygen > key && chmod 600 key\n  \
                   stream-rpc --key-file key call ping\n  \
                   stream-rpc --key-file key serve --port 8888"
@@ -53,15 +56,12 @@ enum Command {
     #[command(after_help = "Example:\n  stream-rpc keygen > key && chmod 600 key")]
     Keygen,
     /// Send one request and print the reply's payload as JSON.
-    #[command(
-        after_help = "Exit status: 0 answered, 1 answered with an error packet \
-                            (its code and message on stderr), 2 no answer (unreachable, \
-                            timed out, wrong key) or bad arguments.\n\
-                            Examples:\n  stream-rpc call ping\n  \
-                            stream-rpc call put_in_queue @task.json\n  \
-                            echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify"
-    )]
+    #[command(after_help = CALL_HELP)]
     Call(CallArgs),
+    /// Make a token of a packet (arguments, or one per line on stdin): the
+    /// pair of `decode`.
+    #[command(after_help = SEAL_HELP)]
+    Seal(SealArgs),
     /// Open tokens (arguments, or one per line on stdin) and print each
     /// packet with its token's time.
     #[command(
@@ -80,12 +80,12 @@ enum Command {
                             --rate, open loop: calls start at that rate whatever the answers \
                             do, and latency counts from each call's scheduled start.\n\
                             Examples:\n  stream-rpc bench --calls 100000 --connections 4 --concurrency 16\n  \
-                            stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30 --json"
+                            stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30s --json"
     )]
     Bench(BenchArgs),
     /// Run the ping/queue server (the `server` example), every setting a flag.
     #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
-                            stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease-secs 60")]
+                            stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease 1m")]
     Serve(ServeArgs),
     /// Look at and mend a task queue: stats, dead letters, requeue, purge.
     #[command(
@@ -129,9 +129,9 @@ struct CallArgs {
     payload: Option<String>,
     #[command(flatten)]
     target: Target,
-    /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    /// How long to wait for the reply (500ms, 3s, 2m, or seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Duration,
     /// Print the whole reply packet, not just its payload.
     #[arg(long)]
     packet: bool,
@@ -159,15 +159,15 @@ struct BenchArgs {
     /// Stop after this many calls [default: run for --duration].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     calls: Option<u64>,
-    /// Seconds to run (with --calls: at most).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    duration: f64,
+    /// How long to run (with --calls: at most); 30s, 2m, or seconds.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    duration: Duration,
     /// Calls per second in all, open loop [default: closed loop].
     #[arg(long)]
     rate: Option<f64>,
-    /// Seconds each call may take.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    timeout: f64,
+    /// How long each call may take (500ms, 3s, or seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Duration,
     /// Print the summary as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -180,15 +180,53 @@ struct DecodeArgs {
     /// Open tokens of any age (a capture from long ago).
     #[arg(long, conflicts_with = "ttl")]
     no_ttl: bool,
-    /// Refuse tokens older than this many seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
-    ttl: u64,
+    /// Refuse tokens older than this (5m, 300s, or seconds).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration::parse)]
+    ttl: Duration,
 }
+
+#[derive(Args)]
+struct SealArgs {
+    /// Packets as JSON (`@FILE` reads one from a file); without any, one
+    /// per line is read from stdin. `decode`'s output is taken too.
+    packets: Vec<String>,
+}
+
+/// The help after `call`'s options.
+const CALL_HELP: &str = "\
+Exit status: 0 answered, 1 answered with an error packet (its code and message \
+on stderr), 2 no answer (unreachable, timed out, wrong key) or bad arguments.
+
+Examples:
+  stream-rpc call ping
+  stream-rpc call put_in_queue @task.json
+  echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify
+
+put_in_queue (the server of `stream-rpc serve`) takes a task packet, so \
+task.json holds one: its creator's peer id, its number, its time, and the \
+task's method and payload (the example workers take parse_article tasks):
+  {\"peer\": \"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41\", \"id\": 1,
+   \"created_at\": \"2024-05-01T12:00:00Z\",
+   \"method\": \"parse_article\", \"payload\": {\"article_id\": 7}}";
+
+/// The help after `seal`'s options.
+const SEAL_HELP: &str = "\
+Each packet is checked (peer, id, created_at and method are needed) and \
+sealed as it is, under the key, at the current time; the token is printed, \
+one per line. `decode` opens it again.
+
+Examples:
+  stream-rpc seal '{\"peer\": \"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41\", \"id\": 1, \"created_at\": \"2024-05-01T12:00:00Z\", \"method\": \"ping\"}'
+  stream-rpc seal @packet.json | stream-rpc decode";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
-    Seed,
+    /// Lines of text: `time - protocol - LEVEL - [peer] message`.
+    #[value(alias = "seed")]
+    Text,
+    /// One JSON object a line.
     Json,
+    /// tracing's compact lines.
     Compact,
 }
 
@@ -203,9 +241,10 @@ struct ServeArgs {
     /// `memory`, or a redis:// or rediss:// URL [default: STREAM_RPC_QUEUE, else memory].
     #[arg(long)]
     queue: Option<String>,
-    /// Seconds a task is leased to a worker [default: STREAM_RPC_QUEUE_LEASE_SECS, else 30].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    lease_secs: Option<u64>,
+    /// How long a task is leased to a worker, at most a day (30s, 5m, or
+    /// seconds) [default: STREAM_RPC_QUEUE_LEASE_SECS, else 30s].
+    #[arg(long, alias = "lease-secs", value_name = "DURATION", value_parser = lease)]
+    lease: Option<Duration>,
     /// Hand-outs before a task becomes a dead letter [default: STREAM_RPC_QUEUE_MAX_ATTEMPTS, else 5].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: Option<u32>,
@@ -230,7 +269,7 @@ struct ServeArgs {
     #[arg(long)]
     log_level: Option<String>,
     /// Log format.
-    #[arg(long, value_enum, default_value = "seed")]
+    #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormatArg,
     /// Serve metrics in the Prometheus text format at http://ADDR/metrics
     /// (docs/METRICS.md lists them).
@@ -272,6 +311,18 @@ enum QueueAction {
     /// Drop every dead letter.
     #[command(after_help = "Example:\n  stream-rpc queue purge-dead")]
     PurgeDead,
+}
+
+/// The longest lease `serve` takes.
+const MOST_LEASE: Duration = Duration::from_secs(86_400);
+
+/// A lease: a duration of at most a day.
+fn lease(text: &str) -> Result<Duration, String> {
+    let lease = duration::parse(text)?;
+    if lease > MOST_LEASE {
+        return Err(format!("{text:?}: a lease may be at most a day"));
+    }
+    Ok(lease)
 }
 
 /// A failure that ends the command, with its exit status.
@@ -334,19 +385,45 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Call(args) => call(cli.key_file, args).await,
         Command::Bench(args) => load(cli.key_file, args).await,
-        Command::Decode(args) => decode(cli.key_file, args),
+        Command::Decode(args) => tokens::decode(cli.key_file, args),
+        Command::Seal(args) => tokens::seal(cli.key_file, args),
         Command::Serve(args) => serve(cli.key_file, args).await,
         Command::Queue(args) => queue(args).await,
     }
 }
 
+/// What the command says when there is no key.
+const NO_KEY: &str = "CRYPTO_KEY is not set: make a key with `stream-rpc keygen > key` \
+                      (then `chmod 600 key`) and give `--key-file key`, or \
+                      `export CRYPTO_KEY=$(stream-rpc keygen)`";
+
 /// The settings of the environment, with the key from `key_file` when given.
 fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
-    let builder = ConfigBuilder::from_env()?;
+    let builder = ConfigBuilder::from_env().map_err(config_failure)?;
     Ok(match key_file {
         Some(path) => builder.key(read_key_file(&path)?),
         None => builder,
     })
+}
+
+/// A setting that could not be used, said as the command says it.
+fn config_failure(e: ConfigError) -> Failure {
+    match e {
+        ConfigError::MissingKey => Failure(FAILED, NO_KEY.to_owned()),
+        other => Failure(FAILED, other.to_string()),
+    }
+}
+
+/// The key, from `key_file` or CRYPTO_KEY.
+fn key(key_file: Option<PathBuf>) -> Result<String, Failure> {
+    let key = match key_file {
+        Some(path) => read_key_file(&path)?,
+        None => std::env::var(stream_rpc::env::ENV_KEY).unwrap_or_default(),
+    };
+    if key.trim().is_empty() {
+        return Err(Failure(FAILED, NO_KEY.to_owned()));
+    }
+    Ok(key.trim().to_owned())
 }
 
 /// The key (or keys) in `path`, without the line end.
@@ -366,10 +443,13 @@ fn address(target: &Target) -> Result<(String, u16), Failure> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         return Ok((host.to_owned(), port));
     }
-    let host = std::env::var(stream_rpc::env::ENV_HOST)
-        .ok()
-        .filter(|host| !host.trim().is_empty() && host.trim() != "0.0.0.0")
-        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    // A listening address (0.0.0.0) stands for this machine.
+    let host = match std::env::var(stream_rpc::env::ENV_HOST) {
+        Ok(host) if !host.trim().is_empty() => {
+            stream_rpc::env::connect_host(host.trim()).to_owned()
+        }
+        _ => stream_rpc::env::DEFAULT_CONNECT_HOST.to_owned(),
+    };
     let port = match std::env::var(stream_rpc::env::ENV_PORT) {
         Ok(port) if !port.trim().is_empty() => port
             .trim()
@@ -402,13 +482,24 @@ fn payload(argument: Option<&str>) -> Result<Value, Failure> {
 async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> {
     let (host, port) = address(&args.target)?;
     let body = payload(args.payload.as_deref())?;
-    let limit = seconds("--timeout", args.timeout)?;
-    let config = settings(key_file)?.host(host.clone()).port(port).build()?;
+    if args.method == TASK_METHOD {
+        check_task(&body)?;
+    }
+    let limit = args.timeout;
+    let config = settings(key_file)?
+        .host(host.clone())
+        .port(port)
+        .build()
+        .map_err(config_failure)?;
     let connector = Connector::new(config);
     let client = tokio::time::timeout(limit, connector.connect_client())
         .await
         .map_err(|_| format!("cannot connect to {host}:{port} within {limit:?}"))?
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        .map_err(|e| match e {
+            // It names the address already.
+            unreachable @ stream_rpc::Error::Unreachable { .. } => unreachable.to_string(),
+            other => format!("cannot connect to {host}:{port}: {other}"),
+        })?;
     let session = client.session();
     if args.notify {
         session.notify(&args.method, body).await?;
@@ -447,21 +538,41 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
     }
 }
 
-/// Seconds given on the command line, as a duration.
-fn seconds(flag: &str, value: f64) -> Result<Duration, Failure> {
-    if value > 0.0 && value.is_finite() && value < 1e9 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(Failure(
+/// The method of the queue server (`stream-rpc serve`) that takes a task
+/// packet.
+const TASK_METHOD: &str = "put_in_queue";
+
+/// Refuses, before anything is sent, a task that is not a packet, naming
+/// every field it lacks (the server's answer names the first only).
+fn check_task(task: &Value) -> Result<(), Failure> {
+    let shape = "a task packet: {\"peer\": UUID, \"id\": N, \"created_at\": \"2024-05-01T12:00:00Z\", \
+                 \"method\": M, \"payload\": ...} (see `stream-rpc call --help`)";
+    if !task.is_object() {
+        return Err(Failure(
             FAILED,
-            format!("{flag} must be a positive number of seconds"),
-        ))
+            format!("the payload of {TASK_METHOD} is {shape}, not {task}"),
+        ));
     }
+    let missing = tokens::missing_fields(task);
+    if !missing.is_empty() {
+        return Err(Failure(
+            FAILED,
+            format!(
+                "the task lacks {}: the payload of {TASK_METHOD} is {shape}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure> {
     let (host, port) = address(&args.target)?;
-    let config = settings(key_file)?.host(host).port(port).build()?;
+    let config = settings(key_file)?
+        .host(host)
+        .port(port)
+        .build()
+        .map_err(config_failure)?;
     if let Some(rate) = args.rate
         && !(rate > 0.0 && rate.is_finite())
     {
@@ -476,9 +587,9 @@ async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure>
         connections: args.connections as usize,
         concurrency: args.concurrency as usize,
         calls: args.calls,
-        duration: seconds("--duration", args.duration)?,
+        duration: args.duration,
         rate: args.rate,
-        timeout: seconds("--timeout", args.timeout)?,
+        timeout: args.timeout,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
     let outcome = bench::run(config, plan).await?;
@@ -488,87 +599,6 @@ async fn load(key_file: Option<PathBuf>, args: BenchArgs) -> Result<u8, Failure>
         print!("{}", outcome.to_text());
     }
     Ok(0)
-}
-
-/// The time a Fernet token was sealed: its bytes 1 to 8, the first 12
-/// characters of its text (9 bytes).
-fn token_time(token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = 0;
-    for byte in token.as_bytes().get(..12)? {
-        let value = ALPHABET.iter().position(|c| c == byte)?;
-        bits = (bits << 6) | value as u128;
-    }
-    // 72 bits: the version byte, then the 8-byte timestamp.
-    let seconds = (bits & u128::from(u64::MAX)) as u64;
-    chrono::DateTime::from_timestamp(i64::try_from(seconds).ok()?, 0)
-}
-
-fn decode(key_file: Option<PathBuf>, args: DecodeArgs) -> Result<u8, Failure> {
-    let key = match key_file {
-        Some(path) => read_key_file(&path)?,
-        None => std::env::var(stream_rpc::env::ENV_KEY)
-            .map_err(|_| "CRYPTO_KEY is not set (or give --key-file)".to_owned())?,
-    };
-    let ttl = (!args.no_ttl).then(|| Duration::from_secs(args.ttl));
-    let fernet = Fernet::new(key.trim())?.with_ttl(ttl);
-    let mut status = 0;
-    let mut out = std::io::stdout().lock();
-    // Whatever the input, nothing here panics: tokens are any text, and
-    // output that cannot be written (a closed pipe) ends the command.
-    let mut one = |token: &str| -> Result<(), Failure> {
-        let token = token.trim();
-        if token.is_empty() {
-            return Ok(());
-        }
-        match fernet.decrypt(token.as_bytes()) {
-            Ok(plain) => {
-                let packet: Value = serde_json::from_slice(&plain).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&plain).into_owned())
-                });
-                let time = token_time(token).map(|at| at.to_rfc3339());
-                let shown = serde_json::json!({ "token_time": time, "packet": packet });
-                let pretty = serde_json::to_string_pretty(&shown).unwrap_or_default();
-                writeln!(out, "{pretty}").map_err(|e| format!("cannot write stdout: {e}"))?;
-            }
-            Err(e) => {
-                let why = match e {
-                    CipherError::Malformed(what) => format!("malformed ({what})"),
-                    CipherError::BadSignature => "wrong key or tampered (bad signature)".to_owned(),
-                    other => other.to_string(),
-                };
-                // The first 16 characters (not bytes: any text may come),
-                // with control characters escaped.
-                let shown: String = token
-                    .chars()
-                    .take(16)
-                    .flat_map(char::escape_debug)
-                    .collect();
-                let _ = writeln!(std::io::stderr(), "{shown}…: does not open: {why}");
-                status = REFUSED;
-            }
-        }
-        Ok(())
-    };
-    if args.tokens.is_empty() {
-        if std::io::stdin().is_terminal() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "reading tokens from stdin, one per line (Ctrl-D ends)"
-            );
-        }
-        // Lines of bytes: a line that is not UTF-8 is a token that does not
-        // open, not the end of the input.
-        for line in std::io::stdin().lock().split(b'\n') {
-            let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
-            one(&String::from_utf8_lossy(&line))?;
-        }
-    } else {
-        for token in &args.tokens {
-            one(token)?;
-        }
-    }
-    Ok(status)
 }
 
 /// The queue's TLS settings: the environment's, with `ca` when given.
@@ -588,15 +618,14 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     if let Some(port) = args.port {
         builder = builder.port(port);
     }
-    if let Some(level) = &args.log_level {
-        let level: stream_rpc::LogLevel = level.parse()?;
-        builder = builder.log_level(level.0);
-    }
-    builder = builder.log_format(match args.log_format {
-        LogFormatArg::Seed => stream_rpc::LogFormat::Seed,
-        LogFormatArg::Json => stream_rpc::LogFormat::Json,
-        LogFormatArg::Compact => stream_rpc::LogFormat::Compact,
+    let mut logs = logging::Settings::from_env()?.with_format(match args.log_format {
+        LogFormatArg::Text => logging::LogFormat::Text,
+        LogFormatArg::Json => logging::LogFormat::Json,
+        LogFormatArg::Compact => logging::LogFormat::Compact,
     });
+    if let Some(level) = &args.log_level {
+        logs = logs.with_level(level.parse::<logging::LogLevel>()?.0);
+    }
     // The environment's limits (STREAM_RPC_MAX_CONNECTIONS_PER_IP) kept.
     let mut limits = builder.current_limits();
     if let Some(max) = args.max_connections {
@@ -608,32 +637,18 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
     if let Some(max) = args.max_handlers {
         limits.max_concurrent_handlers = max;
     }
-    let config = builder.limits(limits).build()?;
-    stream_rpc::logging::init(&config)?;
+    let config = builder.limits(limits).build().map_err(config_failure)?;
+    logging::init(&logs)?;
     // Before anything is recorded: the runtime keeps its handles.
     if let Some(addr) = args.metrics {
-        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-        // Handler times as a histogram (buckets from 50 µs to 10 s).
-        let buckets = [
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0, 2.5, 10.0,
-        ];
-        PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(
-                Matcher::Full("stream_rpc_handler_duration_seconds".to_owned()),
-                &buckets,
-            )
-            .map_err(|e| format!("--metrics: {e}"))?
-            .install()
-            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        serve_metrics(addr)?;
     }
     let mut queue_config = QueueConfig::from_env()?;
     if let Some(queue) = args.queue {
         queue_config.queue = queue;
     }
-    if let Some(secs) = args.lease_secs {
-        queue_config.lease = Duration::from_secs(secs);
+    if let Some(lease) = args.lease {
+        queue_config.lease = lease;
     }
     if let Some(attempts) = args.max_attempts {
         queue_config.settings = queue_config.settings.with_max_attempts(attempts);
@@ -661,7 +676,7 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
             loop {
                 // A failure is logged by the queue; the next round tries again.
                 let _ = server.record_stats().await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(STATS_INTERVAL).await;
             }
         });
     }
@@ -669,6 +684,30 @@ async fn serve(key_file: Option<PathBuf>, args: ServeArgs) -> Result<u8, Failure
         .run_server(server)
         .await?;
     Ok(0)
+}
+
+/// How often `serve --metrics` records the queue's counts.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Handler times' histogram buckets, in seconds: 50 µs to 10 s.
+const HANDLER_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Serves the metrics in the Prometheus text format at `addr`.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), Failure> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("stream_rpc_handler_duration_seconds".to_owned()),
+            &HANDLER_BUCKETS,
+        )
+        .map_err(|e| format!("--metrics: {e}"))?
+        .install()
+        .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    Ok(())
 }
 
 /// PEER:ID of a task packet.

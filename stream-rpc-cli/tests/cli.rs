@@ -453,6 +453,7 @@ fn completions_and_help_for_every_subcommand() {
         "call",
         "bench",
         "decode",
+        "seal",
         "serve",
         "queue",
         "completions",
@@ -637,4 +638,203 @@ fn the_metrics_endpoint_counts_what_was_done() {
     assert!(value(&scraped, "stream_rpc_received_bytes_total") > 1000.0);
     assert!(value(&scraped, "stream_rpc_sent_bytes_total") > 1000.0);
     drop(raw);
+}
+
+/// Runs the command with these environment variables set (and CRYPTO_KEY
+/// as given).
+fn run_with(key: &str, vars: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("CRYPTO_KEY", key)
+        .env_remove("STREAM_RPC_QUEUE")
+        .env_remove("STREAM_RPC_HOST")
+        .env_remove("STREAM_RPC_PORT");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn seal_makes_tokens_that_decode_opens() {
+    let key = new_key();
+    let packet = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":4,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":7}}"#;
+    let out = run(&key, &["seal", packet], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    assert!(token.starts_with("gAAAAA"), "{token}");
+    assert_eq!(token.lines().count(), 1);
+    // The library opens it under the key.
+    let plain = Fernet::new(&key)
+        .unwrap()
+        .decrypt(token.as_bytes())
+        .unwrap();
+    let opened: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    let given: serde_json::Value = serde_json::from_str(packet).unwrap();
+    assert_eq!(opened, given);
+    // `decode` opens it, and its output seals again (one per line on stdin).
+    let out = run(&key, &["decode", &token], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let decoded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decoded["packet"], given);
+    let line = serde_json::to_string(&decoded).unwrap();
+    let out = run(&key, &["seal"], &format!("{line}\n{packet}\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tokens = text(&out.stdout);
+    assert_eq!(tokens.lines().count(), 2, "{tokens}");
+    let out = run(&key, &["decode"], &tokens);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).matches("\"parse_article\"").count(), 2);
+
+    // Not a packet: every missing field named, nothing printed.
+    let out = run(&key, &["seal", r#"{"method":"ping"}"#], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("lacks peer, id, created_at"), "{stderr}");
+    let out = run(&key, &["seal", "not json"], "");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_task_that_is_no_packet_is_refused_naming_every_missing_field() {
+    // Refused before anything is sent: no server needed.
+    let key = new_key();
+    let out = run(
+        &key,
+        &[
+            "call",
+            "put_in_queue",
+            r#"{"method":"parse_article","payload":{}}"#,
+            "--addr",
+            "127.0.0.1:9",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("lacks peer, id, created_at:"), "{stderr}");
+    assert!(
+        stderr.contains("\"created_at\": \"2024-05-01T12:00:00Z\""),
+        "{stderr}"
+    );
+    // The help shows what task.json holds.
+    let out = run("", &["call", "--help"], "");
+    let help = text(&out.stdout);
+    assert!(help.contains("task.json holds"), "{help}");
+    assert!(help.contains("\"method\": \"parse_article\""), "{help}");
+}
+
+#[test]
+fn the_missing_key_message_names_the_command() {
+    for args in [
+        vec!["call", "ping", "--addr", "127.0.0.1:9"],
+        vec!["decode", "gAAAAA"],
+        vec!["seal", "{}"],
+    ] {
+        let out = run_with("", &[], &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("`stream-rpc keygen > key`"), "{stderr}");
+        assert!(!stderr.contains("cargo run"), "{stderr}");
+    }
+}
+
+#[test]
+fn nobody_listening_is_said_once_with_the_address_and_the_default_host_is_this_machine() {
+    let key = new_key();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    // STREAM_RPC_HOST=0.0.0.0, where a server listens, means this machine.
+    let out = run_with(
+        &key,
+        &[("STREAM_RPC_HOST", "0.0.0.0"), ("STREAM_RPC_PORT", &port)],
+        &["call", "ping"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(stderr.matches(&addr).count(), 1, "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(!stderr.contains("0.0.0.0"), "{stderr}");
+
+    // And with a server there, the call is answered.
+    let server = Serving::start(&key, &[]);
+    let port = server.addr.rsplit_once(':').unwrap().1.to_owned();
+    let out = run_with(
+        &key,
+        &[("STREAM_RPC_HOST", "0.0.0.0"), ("STREAM_RPC_PORT", &port)],
+        &["call", "ping"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn durations_take_a_unit_or_a_bare_number_of_seconds() {
+    let key = new_key();
+    let server = Serving::start(&key, &["--lease", "2m", "--log-level", "warn"]);
+    let addr = server.addr.as_str();
+    for timeout in ["3s", "500ms", "2m", "5", "1.5"] {
+        let out = run(
+            &key,
+            &["call", "ping", "--addr", addr, "--timeout", timeout],
+            "",
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{timeout}: {}",
+            text(&out.stderr)
+        );
+    }
+    for bad in ["0", "3x", "-1s", "soon"] {
+        let flag = format!("--timeout={bad}");
+        let out = run(&key, &["call", "ping", "--addr", addr, &flag], "");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            text(&out.stderr).contains("--timeout"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = run(
+        &key,
+        &[
+            "bench",
+            "--addr",
+            addr,
+            "--duration",
+            "300ms",
+            "--timeout",
+            "2s",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A token of 1985 is older than a minute.
+    let old_key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+    let old = "gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVmpU4IwqDA==";
+    let out = run(old_key, &["decode", "--ttl", "1m", old], "");
+    assert!(
+        text(&out.stderr).contains("expired"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A lease longer than a day is refused before anything starts.
+    let out = run(&key, &["serve", "--port", "0", "--lease", "2d"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(
+        &key,
+        &["serve", "--port", "0", "--lease-secs", "100000"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at most a day"),
+        "{}",
+        text(&out.stderr)
+    );
 }

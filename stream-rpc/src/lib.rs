@@ -107,17 +107,18 @@ mod telemetry;
 /// and the reader of server lists.
 pub mod env {
     pub use crate::config::{
-        DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_PORT, DEFAULT_TOKEN_TTL, ENV_HOST,
-        ENV_KEY, ENV_LOG_LEVEL, ENV_LOG_PACKETS, ENV_MAX_CONNECTIONS_PER_IP, ENV_PORT, ENV_SERVERS,
-        MAX_CONNECTIONS_LIMIT, parse_servers,
+        DEFAULT_CONNECT_HOST, DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_PORT, DEFAULT_TOKEN_TTL, ENV_HOST, ENV_KEY,
+        ENV_LOG_LEVEL, ENV_LOG_PACKETS, ENV_MAX_CONNECTIONS_PER_IP, ENV_PORT, ENV_SERVERS,
+        MAX_CONNECTIONS_LIMIT, MAX_FRAME_LEN_LIMIT, MAX_OUTBOX_BYTES_LIMIT,
+        MAX_PER_CONNECTION_LIMIT, MAX_REPLAY_CACHE_ENTRIES, MAX_TERMINATOR_LEN, MIN_FRAME_LEN,
+        connect_host, parse_servers,
     };
 }
 
 pub use caller::Caller;
 pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW, Unsealed};
-pub use config::{
-    Config, ConfigBuilder, ConfigError, Limits, LogFormat, LogLevel, PacketLog, Timeouts,
-};
+pub use config::{Config, ConfigBuilder, ConfigError, Limits, Timeouts};
 pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, SendError};

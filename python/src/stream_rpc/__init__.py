@@ -3,10 +3,34 @@ of ``docs/PROTOCOL.md``, so Python and Rust peers talk to each other.
 
 Import from :mod:`stream_rpc.common` and :mod:`stream_rpc.crypto` as with the
 original; the main names are also here.
+
+The names here are loaded when first used (PEP 562), so that importing the
+package imports none of its modules: ``python -m stream_rpc.crypto`` then
+runs the module once, as ``__main__``, without the warning of a module found
+in ``sys.modules`` before it ran.
 """
 
-from .common import Connector, MessagePacket, Protocol, RemoteError, create_message_packet
-from .crypto import CryptoKeyError, Cypher, TokenError, generate_key
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the type checkers see; at run time, __getattr__
+    from .common import Connector, MessagePacket, Protocol, RemoteError, create_message_packet
+    from .crypto import CryptoKeyError, Cypher, TokenError, generate_key
+
+#: Each name of the package, and the module that defines it.
+_WHERE = {
+    "Connector": "common",
+    "MessagePacket": "common",
+    "Protocol": "common",
+    "RemoteError": "common",
+    "create_message_packet": "common",
+    "CryptoKeyError": "crypto",
+    "Cypher": "crypto",
+    "TokenError": "crypto",
+    "generate_key": "crypto",
+}
 
 __all__ = [
     "Connector",
@@ -20,3 +44,16 @@ __all__ = [
     "generate_key",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stream_rpc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

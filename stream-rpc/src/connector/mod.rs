@@ -258,6 +258,8 @@ impl Connector {
         port: u16,
         protocol: Arc<P>,
     ) -> Result<Client, Error> {
+        // A listening address (0.0.0.0, ::) stands for this machine.
+        let host = crate::config::connect_host(host);
         let target = format!("{host}:{port}");
         let addrs = addresses_of(host, port).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");

@@ -20,10 +20,10 @@ use super::signal::Signal;
 use super::{EndReason, within};
 use crate::cipher::{Cipher, CipherError, Unsealed};
 use crate::codec::FrameCodec;
-use crate::config::PacketLog;
 use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::logging::Budget;
+use crate::logging::PacketLog;
 use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayStore;
 use crate::sync::lock;
@@ -159,7 +159,7 @@ impl Shared {
             ended: CancellationToken::new(),
             replay: endpoint.replay().cloned(),
             received: AtomicBool::new(false),
-            packet_log: config.log_packets(),
+            packet_log: PacketLog::current(),
             packet_lines: Budget::new(super::PACKET_LINES_PER_SECOND),
         }
     }
