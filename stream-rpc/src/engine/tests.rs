@@ -34,9 +34,21 @@ fn start(
     DuplexStream,
     tokio::task::JoinHandle<EndReason>,
 ) {
+    start_with(config, Pong)
+}
+
+/// [`start`] with another protocol.
+fn start_with<P: Protocol>(
+    config: &Arc<Config>,
+    protocol: P,
+) -> (
+    SessionHandle,
+    DuplexStream,
+    tokio::task::JoinHandle<EndReason>,
+) {
     let (ours, theirs) = duplex(64 * 1024);
     let session = Session::new(
-        Arc::new(Pong),
+        Arc::new(protocol),
         &Endpoint::new((**config).clone()),
         Role::Client,
         None,
@@ -474,4 +486,71 @@ async fn every_round_of_a_long_conversation_is_answered_in_order() {
         let pong = read_packet(&config, &mut read).await;
         assert_eq!(pong.reply_to, Some(ping.reply_address()));
     }
+}
+
+/// Answers `ping` with `pong`, and notes the method of every other packet
+/// it is handed.
+#[derive(Default, Clone)]
+struct Noting(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Protocol for Noting {
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        if packet.method == "ping" {
+            return Ok(Reply::message("pong", packet.payload));
+        }
+        self.0.lock().unwrap().push(packet.method);
+        Ok(Reply::Nothing)
+    }
+}
+
+#[tokio::test]
+async fn a_reply_after_its_call_gave_up_is_dropped_and_a_reply_to_a_notification_is_handled() {
+    let config = config();
+    let noting = Noting::default();
+    let (handle, theirs, _task) = start_with(&config, noting.clone());
+    let (read, mut write) = tokio::io::split(theirs);
+    let mut read = BufReader::new(read);
+    let peer = Uuid::new_v4();
+
+    // A call that times out, then its reply.
+    let caller = handle.clone();
+    let late = tokio::spawn(async move { call_times_out(&caller, "slow").await });
+    let request = read_packet(&config, &mut read).await;
+    late.await.unwrap();
+    let mut reply = Packet::new(peer, 1, "late_answer", json!("too late"));
+    reply.reply_to = Some(request.reply_address());
+    write_packet(&config, &mut write, &reply).await;
+    // Its error packet, as late: dropped too.
+    let mut error = Packet::new(
+        peer,
+        2,
+        crate::ERROR_METHOD,
+        json!({"code": "busy", "message": "x"}),
+    );
+    error.reply_to = Some(request.reply_address());
+    write_packet(&config, &mut write, &error).await;
+
+    // A call dropped by its caller, then its reply.
+    let caller = handle.clone();
+    let dropped = tokio::spawn(async move { caller.call("dropped", json!(null)).await });
+    let request = read_packet(&config, &mut read).await;
+    dropped.abort();
+    let _ = dropped.await;
+    let mut reply = Packet::new(peer, 3, "dropped_answer", json!(null));
+    reply.reply_to = Some(request.reply_address());
+    write_packet(&config, &mut write, &reply).await;
+
+    // A reply to a notification (the conversation style) is no late reply:
+    // it goes to the handler.
+    handle.notify("note", json!(null)).await.unwrap();
+    let note = read_packet(&config, &mut read).await;
+    let mut reply = Packet::new(peer, 4, "note_answer", json!(null));
+    reply.reply_to = Some(note.reply_address());
+    write_packet(&config, &mut write, &reply).await;
+
+    // Packets are handled in order: once the ping is answered, all of the
+    // above have been.
+    write_packet(&config, &mut write, &Packet::new(peer, 5, "ping", json!(0))).await;
+    assert_eq!(read_packet(&config, &mut read).await.method, "pong");
+    assert_eq!(*noting.0.lock().unwrap(), ["note_answer"]);
 }
