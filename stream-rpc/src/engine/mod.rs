@@ -1,16 +1,21 @@
 //! The session engine: one per connection, the same for servers and workers.
 //!
 //! A session has three parts:
-//! - the **read loop** (the task that runs [`Session::run`]) reads frames,
-//!   decrypts and parses them, completes pending calls with replies and
-//!   starts a handler for every other packet. It handles at most 16 frames
-//!   before it lets the session's other tasks run, so that replies go out
-//!   while a long burst is still being read;
-//! - **handlers**, at most
+//! - the **read loop** (the task that runs [`Session::run`]) reads frames
+//!   (`reader.rs`), opens them and checks them against the replay store a
+//!   turn of at most 16 frames at a time (`opening.rs`), and dispatches
+//!   each packet (`dispatch.rs`): a reply completes its pending call, a
+//!   late reply to a call that gave up is dropped, and every other packet
+//!   starts a handler. After each full turn it lets the session's other
+//!   tasks run, so that replies go out while a long burst is still being
+//!   read;
+//! - **handlers** (`handler.rs`), at most
 //!   [`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers)
-//!   at once, run [`Protocol::process_message`] and send what it returns.
-//!   A handler is first polled on the read loop itself; only one that has
-//!   to wait becomes a task of its own, watched for cancellation;
+//!   at once, run [`Protocol::process_message`] under their
+//!   [`Context`](crate::Context) and send what it returns. A handler is
+//!   first polled on the read loop itself; only one that has to wait
+//!   becomes a task of its own, dropped when its caller's deadline passes
+//!   or when the session ends (after the shutdown grace period);
 //! - the **writer task** writes the sealed frames queued in the session's
 //!   outbox (bounded), everything queued in one write. Senders frame their
 //!   tokens straight into the outbox; the writer swaps it out whole.
@@ -34,8 +39,10 @@ use crate::protocol::Protocol;
 use crate::session::signal::Signal;
 use crate::session::{EndReason, Role, SessionHandle, Shared, session_log};
 
-/// How much the read buffer grows by when it is full.
+/// How much the read buffer grows by when it is (nearly) full.
 const READ_CHUNK: usize = 16 * 1024;
+/// How much a lingering session reads, and discards, at a time.
+const DISCARD_CHUNK: usize = 4096;
 /// The longest a session that stopped reading keeps discarding what the
 /// peer still sends, after its last reply, before it closes.
 const LINGER: Duration = Duration::from_secs(1);
@@ -96,7 +103,8 @@ impl<P: Protocol> Session<P> {
     /// pending calls fail with [`CallError::ConnectionLost`](crate::CallError::ConnectionLost),
     /// queued replies are flushed and the writer is shut down. When this side
     /// stopped first (shutdown or close), it then reads and discards what the
-    /// peer still sends, for at most 1 s, so that closing does not reset the
+    /// peer still sends, for at most 1 s (or the shutdown grace period, if
+    /// shorter), so that closing does not reset the
     /// connection under replies still in flight.
     pub async fn run<R, W>(self, mut reader: R, writer: W, shutdown: CancellationToken) -> EndReason
     where
@@ -177,7 +185,7 @@ impl<P: Protocol> Session<P> {
 
 /// Reads and discards until end of stream, an error, or `limit`.
 async fn linger<R: AsyncRead + Unpin>(reader: &mut R, limit: Duration) {
-    let mut sink = [0u8; 4096];
+    let mut sink = [0u8; DISCARD_CHUNK];
     let _ = tokio::time::timeout(limit, async {
         while let Ok(1..) = reader.read(&mut sink).await {}
     })
