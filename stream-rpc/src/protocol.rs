@@ -132,6 +132,12 @@ impl Reply {
 ///
 /// The `code`, `message` and `data` are sent; the
 /// [`detail`](Self::detail) stays in this side's log.
+///
+/// A `handler_error` a handler returns is the method's own answer (a
+/// typed service error, a validation failure): it is logged at DEBUG,
+/// without its message or data. One with a [`detail`](Self::detail), a
+/// panic, or a reply that cannot be sent is a failure of this side, logged
+/// at WARNING (a panic at ERROR).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct HandlerError {
@@ -164,7 +170,8 @@ impl HandlerError {
     }
 
     /// The same error with a text for this side's log only: the peer never
-    /// sees it.
+    /// sees it. It marks the error as a failure of this side, logged at
+    /// WARNING with the detail.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self

@@ -35,7 +35,7 @@ impl<P: Protocol> ReadLoop<P> {
                 return;
             }
             if self.shared.gave_up_on(to.id) {
-                self.drop_late(&packet);
+                self.drop_late(&packet, to.id);
                 return;
             }
         }
@@ -57,18 +57,17 @@ impl<P: Protocol> ReadLoop<P> {
         self.start_handler(packet, deadline).await;
     }
 
-    /// Drops the reply (or error packet) to one of this side's calls that
-    /// already gave up, timed out or dropped: it is not a new request
-    /// (PROTOCOL.md §5).
-    fn drop_late(&self, packet: &Packet) {
+    /// Drops the reply (or error packet) to `call`, one of this side's
+    /// calls that already gave up (timed out, or dropped by its caller): it
+    /// is not a new request (PROTOCOL.md §5).
+    fn drop_late(&self, packet: &Packet, call: u64) {
         crate::telemetry::late_reply();
         packet_log!(self.shared, "Received", packet);
         session_log!(
             debug,
             self.shared,
-            "dropped a late `{}`: its call {} had already given up",
+            "dropped a late `{}`: its call {call} had already given up",
             Escaped::method(&packet.method),
-            packet.reply_to.map_or(0, |to| to.id)
         );
     }
 
