@@ -114,7 +114,11 @@ async fn answer<P: Protocol>(
         .is_error()
         .then(|| error_packet_text(&packet, full_logs));
     let started = crate::telemetry::TIMED.then(Instant::now);
-    let work = ctx.clone().scope(protocol.process_message(ctx, packet));
+    // Inside the scope also the part of `process_message` that runs before
+    // it returns its future (a hand-written protocol's), sees its context.
+    let work = ctx
+        .clone()
+        .scope(async move { protocol.process_message(ctx, packet).await });
     let outcome = AssertUnwindSafe(work).catch_unwind().await;
     let took = started.map(|at| at.elapsed()).unwrap_or_default();
     let code = match &outcome {
