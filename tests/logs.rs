@@ -1,5 +1,6 @@
-//! What the logs show: the seed's shape for the conversation, a line for
-//! every bad input, and never the key.
+//! What the logs show: the line format shared with the Python package
+//! (time, protocol, level, peer), a line for every bad input, the level
+//! each failure deserves, and never the key.
 //!
 //! The runtime is single-threaded so that the thread-local subscriber set
 //! by the test sees every task of the server and the clients.
@@ -46,7 +47,7 @@ impl Captured {
         (out, guard)
     }
 
-    /// A subscriber in the seed's format, up to `level`, writing here.
+    /// A subscriber in that line format, up to `level`, writing here.
     fn subscriber(&self, level: LevelFilter) -> impl tracing::Subscriber + Send + Sync + use<> {
         let sink = self.clone();
         tracing_subscriber::fmt()
