@@ -1,5 +1,6 @@
-//! What the logs show: the seed's shape for the conversation, a line for
-//! every bad input, and never the key.
+//! What the logs show: the line format shared with the Python package
+//! (time, protocol, level, peer), a line for every bad input, the level
+//! each failure deserves, and never the key.
 //!
 //! The runtime is single-threaded so that the thread-local subscriber set
 //! by the test sees every task of the server and the clients.
@@ -67,7 +68,7 @@ impl Captured {
         (out, guard)
     }
 
-    /// A subscriber in the seed's format, up to `level`, writing here.
+    /// A subscriber in that line format, up to `level`, writing here.
     fn subscriber(&self, level: LevelFilter) -> impl tracing::Subscriber + Send + Sync + use<> {
         let sink = self.clone();
         tracing_subscriber::fmt()
@@ -477,4 +478,70 @@ async fn packet_lines_leave_payloads_out_by_default_and_can_show_them_or_go() {
     );
     // The other lines are still there.
     assert!(off.contains("Serving on 127.0.0.1:"), "{off}");
+}
+
+/// A method's own typed error.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum SubmitError {
+    InvalidUrl { url: String },
+}
+
+/// A service whose methods fail: by answering with their own error, or
+/// because this side failed.
+struct Jobs;
+
+#[stream_rpc::service]
+impl Jobs {
+    async fn submit(&self, url: String) -> Result<u32, SubmitError> {
+        Err(SubmitError::InvalidUrl { url })
+    }
+
+    async fn broken(&self) -> Result<u32, stream_rpc::HandlerError> {
+        Err(stream_rpc::HandlerError::failed("could not save").with_detail("the disk is full"))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_methods_own_error_is_logged_at_debug_without_its_data_and_a_failure_at_warning() {
+    let (out, _guard) = Captured::install(LevelFilter::DEBUG);
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(Jobs, config(&key, 0), &key).await;
+        let mut raw = server.raw().await;
+        let id = raw.request("submit", json!("ftp://s3cr3t-url")).await;
+        let error = assert_error(&raw.recv_reply(id).await, ErrorCode::HandlerError);
+        // The peer is told everything.
+        assert_eq!(
+            error.data,
+            Some(json!({"InvalidUrl": {"url": "ftp://s3cr3t-url"}}))
+        );
+        let id = raw.request("broken", json!(null)).await;
+        assert_error(&raw.recv_reply(id).await, ErrorCode::HandlerError);
+        server.stop().await;
+    })
+    .await;
+
+    let text = out.text();
+    assert!(
+        !text.contains("s3cr3t"),
+        "the error's data in the log:\n{text}"
+    );
+    let answered = text
+        .lines()
+        .find(|line| line.contains("`submit` answered with its own error (handler_error"))
+        .unwrap_or_else(|| panic!("no line for `submit` in:\n{text}"));
+    assert!(answered.contains(" - Jobs - DEBUG - ["), "{answered}");
+    assert!(
+        !text
+            .lines()
+            .any(|line| line.contains("`submit`") && line.contains(" - WARNING - ")),
+        "a warning for `submit` in:\n{text}"
+    );
+    let failed = text
+        .lines()
+        .find(|line| {
+            line.contains("`broken` failed: handler_error: could not save (the disk is full)")
+        })
+        .unwrap_or_else(|| panic!("no line for `broken` in:\n{text}"));
+    assert!(failed.contains(" - Jobs - WARNING - ["), "{failed}");
 }

@@ -1,4 +1,5 @@
-//! [`Protocol`]: what a side does with each incoming packet.
+//! [`Protocol`]: what a side does with each incoming packet, and the
+//! [`Context`] its handlers run in.
 //!
 //! Servers and workers are both protocols. Write one by hand by implementing
 //! [`Protocol::process_message`], or let `#[stream_rpc::service]` generate it
@@ -6,8 +7,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
@@ -79,7 +83,7 @@ impl<P: Protocol> Protocol for std::sync::Arc<P> {
 }
 
 /// The protocol of a program that only makes calls
-/// (`connector.connect(())`): it
+/// ([`Connector::connect_client`](crate::Connector::connect_client)): it
 /// serves nothing, so every request the peer sends gets `unknown_method`
 /// (replies and error packets that complete no call are dropped, as
 /// always).
@@ -128,6 +132,12 @@ impl Reply {
 ///
 /// The `code`, `message` and `data` are sent; the
 /// [`detail`](Self::detail) stays in this side's log.
+///
+/// A `handler_error` a handler returns is the method's own answer (a
+/// typed service error, a validation failure): it is logged at DEBUG,
+/// without its message or data. One with a [`detail`](Self::detail), a
+/// panic, or a reply that cannot be sent is a failure of this side, logged
+/// at WARNING (a panic at ERROR).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct HandlerError {
@@ -160,7 +170,8 @@ impl HandlerError {
     }
 
     /// The same error with a text for this side's log only: the peer never
-    /// sees it.
+    /// sees it. It marks the error as a failure of this side, logged at
+    /// WARNING with the detail.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
@@ -203,14 +214,42 @@ impl HandlerError {
     }
 }
 
+/// The most warning [`Context::cancelled`] gives before a request's
+/// deadline (less for short calls: see [`cleanup_margin`]).
+const CLEANUP_MARGIN: Duration = Duration::from_millis(100);
+
+/// [`Context::cancelled`] gives at most this share (one part in ten) of a
+/// call's time limit as warning.
+const CLEANUP_SHARE: u32 = 10;
+
+/// How long before its deadline a handler of a call with time limit
+/// `limit` is told to wrap up: a tenth of the limit, at most
+/// [`CLEANUP_MARGIN`].
+pub(crate) fn cleanup_margin(limit: Duration) -> Duration {
+    (limit / CLEANUP_SHARE).min(CLEANUP_MARGIN)
+}
+
+tokio::task_local! {
+    /// The context of the handler being polled, for [`Context::current`].
+    static CURRENT: Context;
+}
+
 /// What a handler knows about the packet it handles, and a way to talk to
 /// the peer.
+///
+/// A handler gets it as an argument ([`Protocol::process_message`], or a
+/// service method that takes a `Context`), or, in any handler, from
+/// [`Context::current`].
 #[derive(Debug, Clone)]
 pub struct Context {
     session: SessionHandle,
     sender: Uuid,
     request_id: u64,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Instant>,
+    /// How long before `deadline` [`Context::cancelled`] resolves.
+    margin: Duration,
+    /// Cancelled when the connection starts to close.
+    closing: CancellationToken,
 }
 
 impl Context {
@@ -218,22 +257,204 @@ impl Context {
         session: SessionHandle,
         sender: Uuid,
         request_id: u64,
-        deadline: Option<tokio::time::Instant>,
+        deadline: Option<(Instant, Duration)>,
+        closing: CancellationToken,
     ) -> Self {
         Context {
             session,
             sender,
             request_id,
-            deadline,
+            deadline: deadline.map(|(at, _)| at),
+            margin: deadline.map_or(Duration::ZERO, |(_, margin)| margin),
+            closing,
         }
     }
 
-    /// When the caller gives up on this request, when it said (its
-    /// `timeout_ms`, counted from when the request arrived). A handler still
-    /// running then is dropped and nothing is sent back; a long handler can
-    /// look at this to stop early by itself.
-    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+    /// Runs `handler` with this context as the [current](Self::current)
+    /// one.
+    pub(crate) fn scope<F: Future>(self, handler: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, handler)
+    }
+
+    /// The context of the handler running now, when called from inside one
+    /// (from its future, not from a task it spawned); `None` elsewhere.
+    ///
+    /// It is how a handler that takes no `Context` argument (a method of a
+    /// `#[stream_rpc::service]` trait or impl without one) learns its
+    /// [deadline](Self::deadline), who called, or the connection. It costs
+    /// a clone of the context (two reference counts).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stream_rpc::Context;
+    ///
+    /// #[stream_rpc::service]
+    /// trait Search {
+    ///     async fn search(&self, query: String) -> Vec<String>;
+    /// }
+    ///
+    /// struct Index;
+    ///
+    /// impl Search for Index {
+    ///     async fn search(&self, query: String) -> Vec<String> {
+    ///         // How long the caller waits, though the method has no `Context`.
+    ///         let left = Context::current()
+    ///             .and_then(|ctx| ctx.deadline())
+    ///             .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+    ///         let budget = left.unwrap_or(Duration::from_secs(1));
+    ///         vec![format!("{query}: searched for at most {budget:?}")]
+    ///     }
+    /// }
+    ///
+    /// // Outside a handler there is no current context.
+    /// assert!(Context::current().is_none());
+    /// ```
+    pub fn current() -> Option<Context> {
+        CURRENT.try_with(Context::clone).ok()
+    }
+
+    /// When the caller gives up on this request, as it said (its
+    /// `timeout_ms`, counted from when the request arrived); `None` for a
+    /// notification, a reply, or a request that said nothing.
+    ///
+    /// # Deadlines
+    ///
+    /// A handler still running at its deadline is **dropped** (its future
+    /// is not polled again) and nothing is sent back: the caller has given
+    /// up, and the reply would complete nothing. It is dropped at an
+    /// `.await`, so code after that `.await` never runs. A handler that
+    /// must clean up can:
+    ///
+    /// - stop by itself before then, looking at this deadline;
+    /// - wait for [`cancelled`](Self::cancelled) beside its work (it
+    ///   resolves shortly *before* the deadline, or when the connection
+    ///   starts to close) and clean up then, with `.await`s of its own;
+    /// - keep what must be undone in a guard whose `Drop` undoes it: a
+    ///   dropped future drops its locals, so `Drop` runs however the
+    ///   handler ends (it cannot `.await`).
+    ///
+    /// A handler that takes no `Context` finds its own with
+    /// [`Context::current`].
+    ///
+    /// The guard idiom:
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// /// Counts the jobs running; a dropped handler still counts itself out.
+    /// struct Running(Arc<AtomicUsize>);
+    ///
+    /// impl Running {
+    ///     fn start(count: &Arc<AtomicUsize>) -> Running {
+    ///         count.fetch_add(1, Ordering::Relaxed);
+    ///         Running(count.clone())
+    ///     }
+    /// }
+    ///
+    /// impl Drop for Running {
+    ///     fn drop(&mut self) {
+    ///         self.0.fetch_sub(1, Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// struct Jobs {
+    ///     running: Arc<AtomicUsize>,
+    /// }
+    ///
+    /// #[stream_rpc::service]
+    /// impl Jobs {
+    ///     async fn run(&self, seconds: u64) -> u64 {
+    ///         let _running = Running::start(&self.running);
+    ///         // If the caller's deadline passes here, the handler is
+    ///         // dropped at this `.await`, and `_running` with it.
+    ///         tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    ///         seconds
+    ///     }
+    /// }
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Resolves when the handler should wrap up: shortly before its
+    /// [deadline](Self::deadline) (a tenth of the call's time limit
+    /// before it, at most 100 ms), or when the connection starts to close
+    /// (the peer left, the server shuts down, the connection was closed:
+    /// handlers then have the shutdown grace period before they are
+    /// dropped). Without a deadline, only the latter.
+    ///
+    /// Wait for it beside the work, and clean up when it comes first:
+    ///
+    /// ```
+    /// use stream_rpc::{Context, HandlerError};
+    ///
+    /// struct Uploads;
+    ///
+    /// #[stream_rpc::service]
+    /// impl Uploads {
+    ///     async fn upload(&self, ctx: Context, name: String) -> Result<String, HandlerError> {
+    ///         let work = async {
+    ///             tokio::task::yield_now().await; // ... writes a temporary file ...
+    ///             format!("{name} stored")
+    ///         };
+    ///         tokio::select! {
+    ///             stored = work => Ok(stored),
+    ///             () = ctx.cancelled() => {
+    ///                 // ... removes the temporary file (may `.await`) ...
+    ///                 Err(HandlerError::failed("gave up before the caller's deadline"))
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn cancelled(&self) {
+        let wrap_up = async {
+            match self.wrap_up_at() {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.closing.cancelled() => {}
+            () = wrap_up => {}
+        }
+    }
+
+    /// Whether [`cancelled`](Self::cancelled) would resolve at once: the
+    /// handler should wrap up. For handlers that work in steps and look
+    /// between them.
+    ///
+    /// ```
+    /// use stream_rpc::Context;
+    ///
+    /// struct Batch;
+    ///
+    /// #[stream_rpc::service]
+    /// impl Batch {
+    ///     async fn sum(&self, numbers: Vec<u64>) -> Option<u64> {
+    ///         let ctx = Context::current()?;
+    ///         let mut sum = 0u64;
+    ///         for chunk in numbers.chunks(1000) {
+    ///             if ctx.is_cancelled() {
+    ///                 return None;
+    ///             }
+    ///             sum += chunk.iter().sum::<u64>();
+    ///             tokio::task::yield_now().await;
+    ///         }
+    ///         Some(sum)
+    ///     }
+    /// }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.closing.is_cancelled() || self.wrap_up_at().is_some_and(|at| at <= Instant::now())
+    }
+
+    /// When [`cancelled`](Self::cancelled) resolves unless the connection
+    /// closes first.
+    fn wrap_up_at(&self) -> Option<Instant> {
+        self.deadline
+            .map(|deadline| deadline.checked_sub(self.margin).unwrap_or(deadline))
     }
 
     /// The session of this connection: send packets or make calls to the
@@ -262,8 +483,8 @@ impl Context {
         self.session.remote_addr()
     }
 
-    /// Builds a packet from this side with the next request number, the
-    /// connection's version of the Python package's `create_message_packet`.
+    /// Builds a packet from this side with the next request number (the
+    /// `create_message_packet` of the Python package, for this session).
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
         self.session.packet(method, payload)
     }

@@ -203,6 +203,13 @@ pub(crate) fn bad_frame(kind: &'static str) {
     let _ = kind;
 }
 
+/// A reply came after its call had given up, and was dropped.
+#[inline]
+pub(crate) fn late_reply() {
+    #[cfg(feature = "metrics")]
+    kept!(counter, metrics::Counter, "stream_rpc_late_replies_total").increment(1);
+}
+
 /// A handler of `method` ran for `took` and succeeded, or failed with
 /// `error` (an error code: `unknown_method`, `handler_error`, ...).
 #[inline]

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) endpoint: Endpoint,
     /// Calls awaiting replies, by request number; `None` once the session ended.
     pub(crate) pending: Mutex<Option<PendingCalls>>,
+    /// The latest calls that gave up waiting, so that their late replies
+    /// are dropped rather than handled as new packets.
+    gave_up: Mutex<GaveUp>,
     pub(crate) call_slots: Semaphore,
     /// Messages waiting for the writer, which seals (or frames) them.
     pub(crate) outbox: Outbox,
@@ -70,6 +73,28 @@ enum Deferred {
 
 /// The calls awaiting replies, by the request number this side gave them.
 pub(crate) type PendingCalls = HashMap<u64, oneshot::Sender<Packet>, BuildHasherDefault<IdHasher>>;
+
+/// How many of the calls that gave up a session remembers (the latest).
+const GAVE_UP_KEPT: usize = 1024;
+
+/// The request numbers of the latest calls that gave up waiting (timed
+/// out, or dropped by their caller) before their reply came: at most
+/// [`GAVE_UP_KEPT`], the oldest forgotten first.
+#[derive(Default)]
+struct GaveUp(std::collections::VecDeque<u64>);
+
+impl GaveUp {
+    fn note(&mut self, id: u64) {
+        if self.0.len() == GAVE_UP_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(id);
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0.contains(&id)
+    }
+}
 
 /// Hashes a request number with one multiplication (Fibonacci hashing)
 /// instead of SipHash. The keys are this side's own request numbers, so
@@ -151,6 +176,7 @@ impl Shared {
             call_timeout: config.timeouts().call,
             endpoint: endpoint.clone(),
             pending: Mutex::new(Some(PendingCalls::default())),
+            gave_up: Mutex::new(GaveUp::default()),
             call_slots: Semaphore::new(limits.max_in_flight_calls),
             outbox: Outbox::new(codec, limits.outgoing_queue, limits.max_outbox_bytes),
             closing: AtomicBool::new(false),
@@ -202,6 +228,19 @@ impl Shared {
         lock(&self.pending).as_mut()?.remove(&id)
     }
 
+    /// The call `id` stops waiting for its reply: a reply that still comes
+    /// is late (see [`gave_up_on`](Self::gave_up_on)).
+    pub(crate) fn give_up(&self, id: u64) {
+        if self.take_pending(id).is_some() {
+            lock(&self.gave_up).note(id);
+        }
+    }
+
+    /// Whether `id` is one of the latest calls that gave up waiting.
+    pub(crate) fn gave_up_on(&self, id: u64) -> bool {
+        lock(&self.gave_up).contains(id)
+    }
+
     /// Notes that an authentic packet arrived.
     pub(crate) fn note_received(&self) {
         // Read first: after the first packet this is a read of a shared line,
@@ -247,7 +286,7 @@ struct PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.take_pending(self.id);
+            self.shared.give_up(self.id);
         }
     }
 }
