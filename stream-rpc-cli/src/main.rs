@@ -15,7 +15,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
     CallError, Cipher, CipherError, ConfigBuilder, Connector, Endpoint, Fernet, Value,
 };
-use stream_rpc_queue::server::QueueServer;
+use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{
     QueueConfig, QueueSettings, RedisTls, ReplaySharing, TaskQueue, TaskRef, replay_store_for,
 };
