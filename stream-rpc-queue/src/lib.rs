@@ -63,8 +63,9 @@
 //! The queue knows no method of any service: a server built on it (like the
 //! `stream-rpc serve` command's) decides what its peers call.
 //!
-//! With the `testing` feature, [`testing`] is the conformance suite both
-//! queues pass, for a queue of your own to run as well.
+//! With the `testing` feature, `stream_rpc_queue::testing` is the
+//! conformance suite both queues pass, for a queue of your own to run as
+//! well (`conformance_tests!`).
 
 #![warn(missing_docs)]
 
