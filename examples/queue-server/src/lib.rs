@@ -84,13 +84,13 @@ pub struct ArticleRef {
     pub article_id: u64,
 }
 
-/// Answers `ping`, queues tasks and hands them out, oldest first, each to
-/// one worker at a time for the lease time; a task whose worker did not
-/// save it in time goes to another.
+/// Answers `ping`, queues tasks and hands them out, oldest first (as the
+/// Python example's server does), each to one worker at a time for the
+/// lease time; a task whose worker did not save it in time goes to
+/// another.
 ///
-/// Like the Python example's server, it hands out the oldest task first
-/// (FIFO): fair to tasks, and what "queue" promises. One queue serves all connections (the connector shares the
-/// service between them) and, on Redis, every server that uses it.
+/// One queue serves all connections (the connector shares the service
+/// between them) and, on Redis, every server that uses it.
 #[derive(Debug)]
 pub struct QueueServer {
     queue: AnyQueue,
