@@ -13,7 +13,7 @@
 //! It re-runs its own binary as each server (`cluster --server PORT`) and
 //! each worker (`cluster --worker`), with the settings in the environment.
 
-use stream_rpc_queue::server as queue_server;
+use stream_rpc_example_queue as queue_server;
 #[path = "shared/worker.rs"]
 mod worker;
 

@@ -10,7 +10,7 @@
 //! `DEMO_PARSE_DELAY_MS` (700) pace the workers. It listens on a free port
 //! of 127.0.0.1, whatever `STREAM_RPC_HOST` and `STREAM_RPC_PORT` say.
 
-use stream_rpc_queue::server as queue_server;
+use stream_rpc_example_queue as queue_server;
 #[path = "shared/worker.rs"]
 mod worker;
 

@@ -17,7 +17,7 @@
 //! all; `local` keeps it in this server, with a warning). Stops gracefully
 //! on Ctrl-C or SIGTERM.
 
-use stream_rpc_queue::server as queue_server;
+use stream_rpc_example_queue as queue_server;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -6,142 +6,12 @@
 //! Every wait is on an event (a log line, the end of a process's output)
 //! with a time bound; a process still running when its test ends is killed.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-mod common;
-#[path = "../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
-
-use common::example;
-
-/// The bound on every wait.
-const BOUND: Duration = Duration::from_secs(30);
+use stream_rpc_test_support::{BOUND, Process, RedisServer, free_port, tls_file};
 
 fn new_key() -> String {
     stream_rpc::Fernet::generate_key().unwrap()
-}
-
-/// A running example with its output, line by line, from both streams.
-struct Process {
-    name: &'static str,
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Process {
-    fn start(name: &'static str, env: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(example(name))
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (tx, lines) = mpsc::channel();
-        fn pump(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        pump(child.stdout.take().unwrap(), tx.clone());
-        pump(child.stderr.take().unwrap(), tx);
-        Process {
-            name,
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn output(&self) -> String {
-        self.seen.join("\n")
-    }
-
-    /// Waits for a line that satisfies `wanted` and returns it.
-    fn wait_for(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|line| wanted(line)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "{}: no line with {what} in time; output:\n{}",
-                        self.name,
-                        self.output()
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "{}: ended without a line with {what}; output:\n{}",
-                        self.name,
-                        self.output()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Waits until the process has closed its output and exited.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "{}: did not exit in time; output:\n{}",
-                        self.name,
-                        self.output()
-                    )
-                }
-            }
-        }
-        self.child.wait().expect("wait for the process")
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn still_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn has(&self, needle: &str) -> bool {
-        self.seen.iter().any(|line| line.contains(needle))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A server on a free port; returns it and its port.
@@ -151,7 +21,7 @@ fn server(key: &str) -> (Process, String) {
 
 /// The example server `name` on a free port; returns it and its port.
 fn serve(name: &'static str, key: &str) -> (Process, String) {
-    let mut server = Process::start(
+    let mut server = Process::example(
         name,
         &[
             ("CRYPTO_KEY", key),
@@ -159,10 +29,7 @@ fn serve(name: &'static str, key: &str) -> (Process, String) {
             ("STREAM_RPC_PORT", "0"),
         ],
     );
-    let line = server.wait_for("\"Serving on\"", |line| {
-        line.contains("Serving on 127.0.0.1:")
-    });
-    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    let port = server.serving_port().to_string();
     (server, port)
 }
 
@@ -175,14 +42,14 @@ fn worker(key: &str, port: &str, extra: &[(&str, &str)]) -> Process {
         ("WORKER_PARSE_DELAY_MS", "20"),
     ];
     env.extend_from_slice(extra);
-    Process::start("worker", &env)
+    Process::example("worker", &env)
 }
 
 #[test]
 fn the_kv_client_calls_the_kv_server_through_the_trait_crate() {
     let key = new_key();
     let (mut server, port) = serve("kv_server", &key);
-    let mut client = Process::start(
+    let mut client = Process::example(
         "kv_client",
         &[
             ("CRYPTO_KEY", &key),
@@ -207,7 +74,7 @@ fn the_kv_client_calls_the_kv_server_through_the_trait_crate() {
 #[test]
 fn a_server_on_port_0_says_where_it_listens_at_any_log_level() {
     let key = new_key();
-    let mut server = Process::start(
+    let mut server = Process::example(
         "server",
         &[
             ("CRYPTO_KEY", &key),
@@ -226,7 +93,7 @@ fn a_server_on_port_0_says_where_it_listens_at_any_log_level() {
 fn the_cluster_loses_no_acknowledged_task_through_kills_and_a_redis_restart() {
     // redis-server is found on the PATH.
     let path = std::env::var("PATH").unwrap_or_default();
-    let mut cluster = Process::start("cluster", &[("CLUSTER_SECONDS", "6"), ("PATH", &path)]);
+    let mut cluster = Process::example("cluster", &[("CLUSTER_SECONDS", "6"), ("PATH", &path)]);
     let status = cluster.wait_exit();
     let output = cluster.output();
     assert!(status.success(), "cluster failed:\n{output}");
@@ -247,7 +114,7 @@ fn the_cluster_loses_no_acknowledged_task_through_kills_and_a_redis_restart() {
 
 /// A `server` on the Redis at `url`, leasing for `lease_secs`; and its port.
 fn redis_server(key: &str, url: &str, lease_secs: &str) -> (Process, String) {
-    let mut server = Process::start(
+    let mut server = Process::example(
         "server",
         &[
             ("CRYPTO_KEY", key),
@@ -257,22 +124,19 @@ fn redis_server(key: &str, url: &str, lease_secs: &str) -> (Process, String) {
             ("STREAM_RPC_QUEUE_LEASE_SECS", lease_secs),
         ],
     );
-    let line = server.wait_for("\"Serving on\"", |line| {
-        line.contains("Serving on 127.0.0.1:")
-    });
-    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    let port = server.serving_port().to_string();
     (server, port)
 }
 
 #[test]
 fn the_server_reaches_redis_over_tls() {
-    let redis = redis_support::RedisServer::start_tls(false);
+    let redis = RedisServer::start_tls(false);
     let key = new_key();
-    let ca = redis_support::tls_file("ca.pem");
+    let ca = tls_file("ca.pem");
     let ca = ca.to_str().unwrap();
     // Without the CA, Redis's certificate is not trusted: a clear error at
     // startup, not a server that fails every call.
-    let mut untrusting = Process::start(
+    let mut untrusting = Process::example(
         "server",
         &[
             ("CRYPTO_KEY", &key),
@@ -287,7 +151,7 @@ fn the_server_reaches_redis_over_tls() {
         untrusting.output()
     );
     // With it, the seed's worker works through the server on that Redis.
-    let mut server = Process::start(
+    let mut server = Process::example(
         "server",
         &[
             ("CRYPTO_KEY", &key),
@@ -297,10 +161,7 @@ fn the_server_reaches_redis_over_tls() {
             ("STREAM_RPC_QUEUE_TLS_CA", ca),
         ],
     );
-    let line = server.wait_for("\"Serving on\"", |line| {
-        line.contains("Serving on 127.0.0.1:")
-    });
-    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    let port = server.serving_port().to_string();
     let mut worker = worker(&key, &port, &[("WORKER_MAX_REQUESTS", "12")]);
     assert!(worker.wait_exit().success(), "{}", worker.output());
     // A task went into the queue on Redis and came back out of it.
@@ -316,7 +177,7 @@ fn the_server_reaches_redis_over_tls() {
 
 #[test]
 fn a_server_killed_holding_a_lease_loses_no_task() {
-    let redis = redis_support::RedisServer::start();
+    let redis = RedisServer::start();
     let key = new_key();
     let (mut first, first_port) = redis_server(&key, &redis.url(), "1");
     let (_second, second_port) = redis_server(&key, &redis.url(), "1");
@@ -475,10 +336,7 @@ fn a_worker_with_the_wrong_key_gets_no_service_and_others_do() {
 
 #[test]
 fn the_worker_says_when_the_server_is_unreachable() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port().to_string()
-    };
+    let port = free_port().to_string();
     let mut worker = worker(&new_key(), &port, &[]);
     let status = worker.wait_exit();
     assert!(!status.success());
@@ -547,7 +405,7 @@ fn ctrl_c_and_sigterm_stop_worker_and_server_cleanly() {
 
 #[test]
 fn a_missing_key_is_a_clear_startup_error() {
-    let mut server = Process::start("server", &[]);
+    let mut server = Process::example("server", &[]);
     assert!(!server.wait_exit().success());
     assert!(server.has("CRYPTO_KEY is not set"), "{}", server.output());
     assert!(server.has("keygen"), "{}", server.output());
@@ -555,16 +413,16 @@ fn a_missing_key_is_a_clear_startup_error() {
 
 #[test]
 fn keygen_prints_a_usable_key() {
-    let mut keygen = Process::start("keygen", &[]);
+    let mut keygen = Process::example("keygen", &[]);
     assert!(keygen.wait_exit().success());
-    let key = keygen.seen.first().cloned().unwrap_or_default();
+    let key = keygen.seen().first().cloned().unwrap_or_default();
     assert_eq!(key.len(), 44, "{key}");
     stream_rpc::Fernet::new(&key).expect("the printed key is a valid Fernet key");
 }
 
 #[test]
 fn the_demo_runs_and_summarizes() {
-    let mut demo = Process::start(
+    let mut demo = Process::example(
         "demo",
         &[
             ("DEMO_SECONDS", "2"),
@@ -581,7 +439,7 @@ fn the_demo_runs_and_summarizes() {
     );
     let count = |label: &str| -> u64 {
         let line = demo
-            .seen
+            .seen()
             .iter()
             .find(|line| line.contains(label))
             .unwrap_or_else(|| panic!("no {label} in:\n{}", demo.output()));

@@ -40,8 +40,6 @@
 //! The unit tests of the proxy are in `mod proxy_tests` below.
 
 mod common;
-#[path = "../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -54,10 +52,10 @@ use std::time::Duration;
 
 use common::example;
 use common::proxy::{Direction, Proxy, Tapped};
-use redis_support::RedisServer;
 use serde_json::{Value, json};
 use stream_rpc::{Config, Connector, Packet, Timeouts};
 use stream_rpc_queue::{RedisQueue, RedisSettings, TaskQueue, dedup_key};
+use stream_rpc_test_support::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};

@@ -1,23 +1,18 @@
 //! The example queue server on a shared Redis queue, over loopback: its
 //! methods as a peer in any language calls them, two servers sharing one
 //! queue, a server that goes away holding leases, a worker that never
-//! saves. A real `redis-server` per test (the queue crate's harness).
+//! saves. A real `redis-server` per test (`stream-rpc-test-support`).
 
 mod common;
-
-use stream_rpc_queue::server as queue_server;
-
-#[path = "../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
 
 use std::time::Duration;
 
 use common::{TestServer, bounded, config, new_key};
-use queue_server::QueueServer;
-use redis_support::RedisServer;
 use serde_json::json;
 use stream_rpc::{Connector, Packet, SessionHandle};
+use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{QueueConfig, QueueSettings};
+use stream_rpc_test_support::RedisServer;
 
 /// A queue server on the test's Redis, leasing tasks for `lease`.
 async fn server_on(redis: &RedisServer, key: &str, lease: Duration) -> TestServer {

@@ -7,20 +7,15 @@
 
 mod common;
 
-#[path = "../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
-
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use redis_support::RedisServer;
 use serde_json::json;
 use stream_rpc::{Connector, Endpoint, ReceivedToken, ReplayStore, ShutdownHandle, Verdict};
 use stream_rpc_queue::{RedisReplayStore, RedisSettings, RedisTls, WhenUnreachable};
+use stream_rpc_test_support::{Process, RedisServer, tls_file};
 use tokio::task::JoinHandle;
 
 struct Shared {
@@ -78,7 +73,7 @@ async fn a_token_accepted_by_one_server_is_refused_by_the_other() {
         let key = new_key();
         let a = server(&redis, &key).await;
         // The other server reaches the same Redis over TLS.
-        let tls = RedisTls::new().with_ca_file(redis_support::tls_file("ca.pem"));
+        let tls = RedisTls::new().with_ca_file(tls_file("ca.pem"));
         let b = server_on(RedisSettings::new(redis.tls_url()).with_tls(tls), &key).await;
         let mut to_a = RawPeer::connect(a.port, &key).await;
         let (line, id) = sealed_ping(&mut to_a, "captured");
@@ -174,11 +169,10 @@ async fn measure_the_cost_of_the_shared_store() {
     }
 }
 
-/// The `server` example as a process, with its log lines.
+/// The `server` example as a process ([`Process`]), waited for from async
+/// tests: each blocking wait leaves the runtime's other tasks running.
 struct ServerProcess {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    process: Process,
     port: u16,
 }
 
@@ -186,92 +180,38 @@ impl ServerProcess {
     /// Starts the example on a free port with the queue on `queue` and
     /// `extra` settings, and waits until it serves.
     fn start(key: &str, queue: &str, extra: &[(&str, &str)]) -> ServerProcess {
-        let mut child = Command::new(example("server"))
-            .env_clear()
-            .envs([
-                ("CRYPTO_KEY", key),
-                ("STREAM_RPC_HOST", "127.0.0.1"),
-                ("STREAM_RPC_PORT", "0"),
-                ("STREAM_RPC_QUEUE", queue),
-            ])
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the server example");
-        let (tx, lines) = mpsc::channel();
-        fn pump(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        pump(child.stdout.take().unwrap(), tx.clone());
-        pump(child.stderr.take().unwrap(), tx);
-        let mut server = ServerProcess {
-            child,
-            lines,
-            seen: Vec::new(),
-            port: 0,
-        };
-        let line = server.wait_for("Serving on 127.0.0.1:", 1);
-        server.port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        server
+        let mut env = vec![
+            ("CRYPTO_KEY", key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", "0"),
+            ("STREAM_RPC_QUEUE", queue),
+        ];
+        env.extend_from_slice(extra);
+        let mut process = Process::example("server", &env);
+        let port = tokio::task::block_in_place(|| process.serving_port());
+        ServerProcess { process, port }
     }
 
     /// Waits (bounded) until `count` lines hold `needle`; returns the last.
     fn wait_for(&mut self, needle: &str, count: usize) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let found: Vec<&String> = self.seen.iter().filter(|l| l.contains(needle)).collect();
-            if found.len() >= count {
-                return found[count - 1].clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::task::block_in_place(|| self.lines.recv_timeout(left)) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => panic!(
-                    "no {count} lines with {needle:?} in time; the log:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        tokio::task::block_in_place(|| self.process.wait_for_count(needle, count))
     }
 
     /// Stops it (SIGTERM) and reads its output to the end, so that every
     /// line it wrote is seen.
     fn finish(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::task::block_in_place(|| self.lines.recv_timeout(left)) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => panic!("did not stop in time"),
-            }
-        }
+        self.process.signal("-TERM");
+        tokio::task::block_in_place(|| self.process.wait_exit());
+    }
+
+    /// Every line seen so far.
+    fn log(&self) -> String {
+        self.process.output()
     }
 
     /// How many lines seen so far hold `needle`.
     fn count(&self, needle: &str) -> usize {
-        self.seen.iter().filter(|l| l.contains(needle)).count()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.count(needle)
     }
 }
 
@@ -387,7 +327,7 @@ async fn while_redis_is_unreachable_a_server_refuses_every_token_and_says_so_onc
         redis.restart();
         answered_again(a.port, &key).await;
         a.finish();
-        let log = a.seen.join("\n");
+        let log = a.log();
         assert_eq!(a.count("Redis is unreachable"), 1, "{log}");
         assert_eq!(a.count("refusing every token until it is back"), 1, "{log}");
         assert_eq!(a.count("Redis is reachable again"), 1, "{log}");
@@ -467,7 +407,7 @@ async fn another_error_of_redis_refuses_even_in_local_mode_and_is_logged_as_what
         out_of_memory(&mut control, false).await;
         answered_again(a.port, &key).await;
         a.finish();
-        let log = a.seen.join("\n");
+        let log = a.log();
         assert_eq!(a.count("replay store: Redis answered an error"), 1, "{log}");
         assert_eq!(a.count("Redis is unreachable"), 0, "{log}");
     })

@@ -3,7 +3,7 @@
 
 mod common;
 
-use stream_rpc_queue::server as queue_server;
+use stream_rpc_example_queue as queue_server;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -21,20 +21,16 @@
 //! file, fsync at every write, as the docs recommend). Servers on Redis
 //! share replay protection through it, as they do by default. Medians of 3.
 
-use stream_rpc_queue::server as queue_server;
-#[path = "../../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use queue_server::QueueServer;
-use redis_support::RedisServer;
 use stream_rpc::{Config, Connector, Endpoint, Fernet, ShutdownHandle, json};
+use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{
     QueueConfig, RedisReplayStore, RedisSettings, ReplaySharing, replay_store_for,
 };
+use stream_rpc_test_support::RedisServer;
 
 const WORKERS: usize = 12;
 

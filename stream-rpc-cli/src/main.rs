@@ -17,7 +17,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
     CallError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value, logging,
 };
-use stream_rpc_queue::server::QueueServer;
+use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{
     QueueConfig, QueueSettings, RedisTls, ReplaySharing, TaskQueue, TaskRef, replay_store_for,
 };

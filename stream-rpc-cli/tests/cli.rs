@@ -1,16 +1,13 @@
 //! The `stream-rpc` command as a real process, against a real server (its
 //! own `serve`) on a free loopback port, and a real Redis for `queue`.
 
-#[path = "../../stream-rpc-queue/tests/support/mod.rs"]
-mod redis_support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use stream_rpc::{Cipher, Fernet};
+use stream_rpc_test_support::{Process, RedisServer, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stream-rpc");
 
@@ -44,70 +41,26 @@ fn text(bytes: &[u8]) -> String {
 
 /// `stream-rpc serve` on a free port; killed when dropped.
 struct Serving {
-    child: Child,
+    process: Process,
     addr: String,
-    /// Its output, line by line, and what was read of it so far.
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
 }
 
 impl Serving {
     fn start(key: &str, extra: &[&str]) -> Serving {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(extra)
-            .env("CRYPTO_KEY", key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        // Killed when dropped, should it never say where it listens.
-        let mut serving = Serving {
-            child,
-            addr: String::new(),
-            lines: rx,
-            log: Vec::new(),
-        };
-        let line = serving.wait_for("Serving on ");
-        serving.addr = line.split("Serving on ").nth(1).unwrap().trim().to_owned();
-        serving
+            .env("CRYPTO_KEY", key);
+        let mut process = Process::spawn("stream-rpc serve", command);
+        let addr = format!("127.0.0.1:{}", process.serving_port());
+        Serving { process, addr }
     }
 
-    /// Waits (at most 20 s) for a line of its output holding `needle`.
+    /// Waits (bounded) for a line of its output holding `needle`.
     fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.log.iter().find(|line| line.contains(needle)) {
-            return line.clone();
-        }
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("serve said nothing of {needle:?}: {:?}", self.log));
-            self.log.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process
+            .wait_for(&format!("{needle:?}"), |line| line.contains(needle))
     }
 }
 
@@ -177,9 +130,7 @@ fn call_prints_the_answer_and_exits_by_outcome() {
     );
 
     // Nobody listening, a payload that is not JSON, a bad address: exit 2.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nobody = closed.local_addr().unwrap().to_string();
-    drop(closed);
+    let nobody = format!("127.0.0.1:{}", free_port());
     for args in [
         vec!["call", "ping", "--addr", nobody.as_str()],
         vec!["call", "ping", "{not json", "--addr", addr],
@@ -260,7 +211,7 @@ fn decode_opens_what_it_can_and_says_why_not() {
 
 #[test]
 fn serve_shares_replay_protection_when_the_queue_is_on_redis() {
-    let redis = redis_support::RedisServer::start();
+    let redis = RedisServer::start();
     let key = new_key();
     let url = redis.url();
     let mut a = Serving::start(&key, &["--queue", &url]);
@@ -337,7 +288,7 @@ fn decode_never_panics_whatever_it_is_given() {
 
 #[test]
 fn queue_looks_at_the_queue_on_redis() {
-    let redis = redis_support::RedisServer::start();
+    let redis = RedisServer::start();
     let url = redis.url();
     let key = new_key();
     let server = Serving::start(
@@ -570,12 +521,7 @@ fn value(scraped: &str, series: &str) -> f64 {
 #[test]
 fn the_metrics_endpoint_counts_what_was_done() {
     let key = new_key();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", free_port());
     let server = Serving::start(&key, &["--log-level", "warn", "--metrics", &metrics]);
     for _ in 0..5 {
         let out = run(&key, &["call", "ping", "--addr", &server.addr], "");

@@ -27,6 +27,17 @@ pub const ENV_MAX_TASKS: &str = "STREAM_RPC_QUEUE_MAX_TASKS";
 /// string).
 pub const ENV_MAX_RESULT_BYTES: &str = "STREAM_RPC_QUEUE_MAX_RESULT_BYTES";
 
+/// The lease time of [`QueueConfig::default`] and of a server that sets
+/// none: 30 s.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The longest lease [`ENV_LEASE_SECS`] may set, in seconds: a day.
+const MAX_LEASE_SECS: u64 = 24 * 60 * 60;
+/// The most [`ENV_MAX_TASKS`] may set.
+const MAX_MAX_TASKS: u64 = 1_000_000_000;
+/// The most [`ENV_MAX_RESULT_BYTES`] may set: 512 MiB, Redis's largest
+/// string.
+const MAX_MAX_RESULT_BYTES: u64 = 512 << 20;
+
 /// Where the queue is and how it leases, as a server reads it from the
 /// environment ([`QueueConfig::from_env`]) or a command line. Its `Debug`
 /// does not show a password in the URL.
@@ -58,7 +69,7 @@ impl Default for QueueConfig {
         QueueConfig {
             queue: "memory".to_owned(),
             tls: RedisTls::default(),
-            lease: Duration::from_secs(30),
+            lease: DEFAULT_LEASE,
             settings: QueueSettings::default(),
         }
     }
@@ -87,10 +98,12 @@ impl QueueConfig {
                 .trim()
                 .parse()
                 .ok()
-                .filter(|secs| (1..=86_400).contains(secs))
+                .filter(|secs| (1..=MAX_LEASE_SECS).contains(secs))
                 .ok_or_else(|| QueueError::Invalid {
                     setting: ENV_LEASE_SECS,
-                    reason: format!("expected whole seconds from 1 to 86400, got {text:?}"),
+                    reason: format!(
+                        "expected whole seconds from 1 to {MAX_LEASE_SECS}, got {text:?}"
+                    ),
                 })?;
             config.lease = Duration::from_secs(secs);
         }
@@ -123,10 +136,10 @@ impl QueueConfig {
                 })
                 .transpose()
         };
-        if let Some(max_tasks) = whole(ENV_MAX_TASKS, 1_000_000_000)? {
+        if let Some(max_tasks) = whole(ENV_MAX_TASKS, MAX_MAX_TASKS)? {
             config.settings = config.settings.with_max_tasks(max_tasks);
         }
-        if let Some(bytes) = whole(ENV_MAX_RESULT_BYTES, 512 << 20)? {
+        if let Some(bytes) = whole(ENV_MAX_RESULT_BYTES, MAX_MAX_RESULT_BYTES)? {
             config.settings = config
                 .settings
                 .with_max_result_bytes(usize::try_from(bytes).unwrap_or(usize::MAX));

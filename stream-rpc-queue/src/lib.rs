@@ -1,10 +1,9 @@
 //! A task queue for stream-rpc servers, shared by many servers when it lives
 //! on Redis.
 //!
-//! The seed's queue server keeps `put_in_queue` tasks in one process's
-//! memory: a second server cannot share them, and a crash loses them all.
-//! [`TaskQueue`] is that queue with the guarantees a fleet of servers and
-//! workers needs, in two implementations with the same semantics:
+//! A queue kept in one process's memory cannot be shared by a second
+//! server, and a crash loses it all. [`TaskQueue`] is a queue of task
+//! packets with the guarantees a fleet of servers and workers needs, in two implementations with the same semantics:
 //! [`MemoryQueue`] (embedded, the default) and [`RedisQueue`] (Redis Streams
 //! with a consumer group, shared by every server that points at it).
 //!
@@ -57,10 +56,16 @@
 //! ([`RedisTls`]: the system's trust store or a CA file, and a client
 //! certificate when Redis asks; the `tls` feature, on by default).
 //!
-//! Tasks are stream-rpc [`Packet`]s (the seed's task is a packet carried as
-//! the payload of `put_in_queue`) and are named in acks by their own `peer`
-//! and `id` ([`TaskRef`]); a worker is named by a string of the caller's
-//! choosing (the example server uses the worker's peer id).
+//! Tasks are stream-rpc [`Packet`]s (the article example's task is a packet
+//! carried as the payload of `put_in_queue`) and are named in acks by their
+//! own `peer` and `id` ([`TaskRef`]); a worker is named by a string of the
+//! caller's choosing (the example queue server uses the worker's peer id).
+//! The queue knows no method of any service: a server built on it (like the
+//! `stream-rpc serve` command's) decides what its peers call.
+//!
+//! With the `testing` feature, `stream_rpc_queue::testing` is the
+//! conformance suite both queues pass, for a queue of your own to run as
+//! well (`conformance_tests!`).
 
 #![warn(missing_docs)]
 
@@ -76,7 +81,8 @@ mod connect;
 mod memory;
 mod redis_queue;
 mod replay;
-pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use any::{
     AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS, ENV_QUEUE,
@@ -245,8 +251,9 @@ pub struct DeadLetters {
     pub skipped: u64,
 }
 
-/// Names a task by its packet's own `peer` and `id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Names a task by its packet's own `peer` and `id`; on the wire (as in
+/// an acknowledgement's payload) `{"peer": P, "id": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TaskRef {
     /// The task packet's `peer`.
     pub peer: Uuid,
@@ -294,13 +301,51 @@ pub struct Stats {
     pub redeliveries: u64,
 }
 
+#[cfg(feature = "metrics")]
+impl Stats {
+    /// Records these counts through the `metrics` facade (the `metrics`
+    /// feature; `docs/METRICS.md` lists the names): the tasks in each state
+    /// as gauges, the events since the queue was created as counters set to
+    /// their absolute values. Read a queue's counts with
+    /// [`TaskQueue::stats`] now and then and record them; on Redis they are
+    /// the whole queue's, shared by every server.
+    ///
+    /// ```
+    /// use stream_rpc_queue::{MemoryQueue, TaskQueue};
+    ///
+    /// # async fn run() -> Result<(), stream_rpc_queue::QueueError> {
+    /// let queue = MemoryQueue::new();
+    /// queue.stats().await?.record();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn record(&self) {
+        for (state, count) in [
+            ("queued", self.queued),
+            ("leased", self.leased),
+            ("dead", self.dead),
+        ] {
+            metrics::gauge!("stream_rpc_queue_tasks", "state" => state).set(count as f64);
+        }
+        for (name, count) in [
+            ("stream_rpc_queue_done_total", self.done),
+            ("stream_rpc_queue_duplicates_total", self.duplicates),
+            ("stream_rpc_queue_redeliveries_total", self.redeliveries),
+        ] {
+            metrics::counter!(name).absolute(count);
+        }
+    }
+}
+
 /// Settings shared by both implementations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueSettings {
-    /// How many times a task is handed out before it is a dead letter (5).
+    /// How many times a task is handed out before it is a dead letter
+    /// ([`DEFAULT_MAX_ATTEMPTS`]).
     pub max_attempts: u32,
-    /// How long a done task's content name and result are kept (1 h).
+    /// How long a done task's content name and result are kept
+    /// ([`DEFAULT_RETENTION`]).
     pub retention: Duration,
     /// How many tasks the queue holds at most, queued, leased and dead
     /// together ([`DEFAULT_MAX_TASKS`]); a put beyond is [`Put::Full`].
@@ -311,6 +356,10 @@ pub struct QueueSettings {
     pub max_result_bytes: usize,
 }
 
+/// The default [`QueueSettings::max_attempts`]: 5.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// The default [`QueueSettings::retention`]: 1 h.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
 /// The default [`QueueSettings::max_tasks`]: 100,000.
 pub const DEFAULT_MAX_TASKS: u64 = 100_000;
 /// The default [`QueueSettings::max_result_bytes`]: 1 MiB.
@@ -319,8 +368,8 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 1 << 20;
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            max_attempts: 5,
-            retention: Duration::from_secs(3600),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retention: DEFAULT_RETENTION,
             max_tasks: DEFAULT_MAX_TASKS,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }

@@ -92,18 +92,27 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
+/// The key prefix of [`RedisSettings::new`].
+const DEFAULT_PREFIX: &str = "stream-rpc";
+/// The [`RedisSettings::response_timeout`] of [`RedisSettings::new`].
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The [`RedisSettings::connect_timeout`] of [`RedisSettings::new`].
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The [`RedisSettings::consumer_idle`] of [`RedisSettings::new`]: 10 min.
+const DEFAULT_CONSUMER_IDLE: Duration = Duration::from_secs(10 * 60);
+
 impl RedisSettings {
     /// Settings for the Redis at `url`, with the prefix `stream-rpc` and
     /// the default queue settings.
     pub fn new(url: impl Into<String>) -> Self {
         RedisSettings {
             url: url.into(),
-            prefix: "stream-rpc".to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
             tls: RedisTls::default(),
             queue: QueueSettings::default(),
-            response_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            consumer_idle: Duration::from_secs(600),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            consumer_idle: DEFAULT_CONSUMER_IDLE,
         }
     }
 
@@ -256,27 +265,40 @@ local function held(tasks, refs, group, ref, worker)
 end
 "#;
 
+/// The answers of the [`PUT`] script (the same numbers as its Lua locals
+/// of the same names; a unit test holds them together).
+mod put_answer {
+    pub(super) const QUEUED: i64 = 1;
+    pub(super) const DUPLICATE: i64 = 0;
+    pub(super) const NAME_TAKEN: i64 = 2;
+    pub(super) const FULL: i64 = 3;
+}
+
+/// What the scripts that answer yes or no (ack, nack, extend, requeue)
+/// answer for yes; anything else is no.
+const YES: i64 = 1;
+
 const PUT: &str = r#"
 -- KEYS: tasks, refs, dedup key, stats, deadrefs, dead.
 -- ARGV: group, task, ref, key, max tasks.
--- Answers 1 queued, 0 duplicate, 2 name taken, 3 full.
+local QUEUED, DUPLICATE, NAME_TAKEN, FULL = 1, 0, 2, 3
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
-  return 0
+  return DUPLICATE
 end
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[4], 'names_taken', 1)
-  return 2
+  return NAME_TAKEN
 end
 if redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[5]) then
   redis.call('HINCRBY', KEYS[4], 'full', 1)
-  return 3
+  return FULL
 end
 local id = redis.call('XADD', KEYS[1], '*', 'task', ARGV[2], 'ref', ARGV[3], 'key', ARGV[4])
 redis.call('SET', KEYS[3], id)
 redis.call('HSET', KEYS[2], ARGV[3], id)
-return 1
+return QUEUED
 "#;
 
 const LEASE: &str = r#"
@@ -288,9 +310,11 @@ local now = now_ms()
 local ends = now + tonumber(ARGV[3])
 -- Now and then, the consumers that hold nothing and have been idle long
 -- are removed (a consumer is made again by its next read or claim).
+-- At most once a minute (or once per idle time, if shorter).
+local SWEEP_EVERY_MS = 60000
 local idle = tonumber(ARGV[5])
 local swept = tonumber(redis.call('HGET', KEYS[5], 'swept')) or 0
-if now - swept >= math.min(idle, 60000) then
+if now - swept >= math.min(idle, SWEEP_EVERY_MS) then
   redis.call('HSET', KEYS[5], 'swept', now)
   local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
   if ok then
@@ -307,8 +331,10 @@ if now - swept >= math.min(idle, 60000) then
     end
   end
 end
--- A lease that ended first: those tasks are older than any new one.
-for _ = 1, 100 do
+-- A lease that ended first: those tasks are older than any new one. At
+-- most this many ended leases are looked at (made dead letters) per call.
+local MAX_ENDED_LEASES = 100
+for _ = 1, MAX_ENDED_LEASES do
   local id = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1)[1]
   if not id then break end
   local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)[1]
@@ -597,12 +623,16 @@ fn dead_letter(entry: &redis::Value) -> Result<DeadTask, (String, String)> {
 }
 
 fn flag(value: i64) -> Acked {
-    if value == 1 {
+    if value == YES {
         Acked::Done
     } else {
         Acked::Stale
     }
 }
+
+/// How many stored tasks that cannot be decoded one [`TaskQueue::lease`]
+/// moves to the dead letters before it gives up for this call.
+const MAX_UNDECODABLE_PER_LEASE: usize = 16;
 
 impl TaskQueue for RedisQueue {
     async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
@@ -629,10 +659,10 @@ impl TaskQueue for RedisQueue {
             )
             .await?;
         match queued {
-            1 => Ok(Put::Queued),
-            0 => Ok(Put::Duplicate),
-            2 => Ok(Put::NameTaken),
-            3 => Ok(Put::Full),
+            put_answer::QUEUED => Ok(Put::Queued),
+            put_answer::DUPLICATE => Ok(Put::Duplicate),
+            put_answer::NAME_TAKEN => Ok(Put::NameTaken),
+            put_answer::FULL => Ok(Put::Full),
             other => Err(QueueError::Protocol(format!(
                 "put: unexpected answer {other}"
             ))),
@@ -643,7 +673,7 @@ impl TaskQueue for RedisQueue {
         // A stored task that cannot be decoded (an older version's, or one
         // written by hand) is made a dead letter at once, and the next one
         // is leased instead; a bounded number of times per call.
-        for _ in 0..16 {
+        for _ in 0..MAX_UNDECODABLE_PER_LEASE {
             let Some((task, attempt, id)) = self.lease_once(worker, lease).await? else {
                 return Ok(None);
             };
@@ -672,7 +702,8 @@ impl TaskQueue for RedisQueue {
             }
         }
         tracing::warn!(
-            "redis queue: 16 tasks in a row could not be decoded; none leased this time"
+            "redis queue: {MAX_UNDECODABLE_PER_LEASE} tasks in a row could not be decoded; \
+             none leased this time"
         );
         Ok(None)
     }
@@ -696,7 +727,7 @@ impl TaskQueue for RedisQueue {
                     .arg(millis(lease)),
             )
             .await?;
-        Ok(extended == 1)
+        Ok(extended == YES)
     }
 
     async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
@@ -800,7 +831,7 @@ impl TaskQueue for RedisQueue {
                     .arg(&self.keys.base),
             )
             .await?;
-        Ok(requeued == 1)
+        Ok(requeued == YES)
     }
 
     async fn purge_dead(&self) -> Result<u64, QueueError> {
@@ -835,9 +866,12 @@ impl TaskQueue for RedisQueue {
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0)
         };
-        if counts.len() != 8 {
+        // queued, leased, done, dead, duplicates, redeliveries, names
+        // taken, full: the fields of `Stats`, in the script's order.
+        const COUNTS: usize = 8;
+        if counts.len() != COUNTS {
             return Err(QueueError::Protocol(format!(
-                "stats: expected 8 counts, got {counts:?}"
+                "stats: expected {COUNTS} counts, got {counts:?}"
             )));
         }
         Ok(Stats {
@@ -850,5 +884,22 @@ impl TaskQueue for RedisQueue {
             names_taken: count(6),
             full: count(7),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_put_scripts_answers_are_the_ones_read() {
+        let locals = format!(
+            "local QUEUED, DUPLICATE, NAME_TAKEN, FULL = {}, {}, {}, {}\n",
+            put_answer::QUEUED,
+            put_answer::DUPLICATE,
+            put_answer::NAME_TAKEN,
+            put_answer::FULL
+        );
+        assert!(PUT.contains(&locals), "{PUT}");
     }
 }

@@ -1,40 +1,35 @@
-//! One conformance suite, run on both queues: `MemoryQueue`, and
-//! `RedisQueue` on a real `redis-server` of each test's own. Each check is
-//! a generic function; the macro at the bottom makes a test of it for each
-//! implementation.
+//! The conformance suite (`stream_rpc_queue::testing`), run on both queues
+//! through its public API, as a third-party queue runs it: `MemoryQueue`,
+//! and `RedisQueue` on a real `redis-server` of each test's own. One test
+//! per check and implementation: `memory::name` and `redis::name`.
 
-mod support;
-
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
+use stream_rpc::Packet;
+use stream_rpc_queue::testing::QueueFactory;
 use stream_rpc_queue::{
-    Acked, MemoryQueue, Put, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
+    Acked, DeadLetters, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
+    RedisSettings, Stats, TaskQueue, TaskRef,
 };
-use support::{RedisServer, task};
-use uuid::Uuid;
+use stream_rpc_test_support::RedisServer;
 
-/// Makes queues of one implementation.
-trait Fixture {
-    type Queue: TaskQueue;
-    async fn queue(&self, settings: QueueSettings) -> Self::Queue;
-}
+mod memory {
+    use super::*;
 
-struct Memory;
-
-impl Fixture for Memory {
-    type Queue = MemoryQueue;
-    async fn queue(&self, settings: QueueSettings) -> MemoryQueue {
+    stream_rpc_queue::conformance_tests!(|settings: QueueSettings| async move {
         MemoryQueue::with_settings(settings)
-    }
+    });
 }
 
-struct Redis(RedisServer);
+/// Queues on a Redis of their own, which lives as long as the factory (one
+/// test).
+struct OnRedis(RedisServer);
 
-impl Fixture for Redis {
+impl QueueFactory for OnRedis {
     type Queue = RedisQueue;
+
     async fn queue(&self, settings: QueueSettings) -> RedisQueue {
         // Queues of one test share nothing: a prefix each.
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -49,578 +44,81 @@ impl Fixture for Redis {
     }
 }
 
-const LEASE: Duration = Duration::from_secs(30);
-/// A lease short enough to run out within a test.
-const SHORT: Duration = Duration::from_millis(300);
+mod redis {
+    use super::*;
 
-async fn wait_past(lease: Duration) {
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    stream_rpc_queue::conformance_tests!(OnRedis(RedisServer::start()));
 }
 
-async fn a_task_is_put_leased_and_acked_with_its_result_kept(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let put = task(3249);
-    assert_eq!(queue.put(&put).await.unwrap(), Put::Queued);
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased), (1, 0));
-    let leased = queue.lease("w1", LEASE).await.unwrap().expect("a task");
-    assert_eq!(leased.task, put, "the task comes back as it was put");
-    assert_eq!(leased.attempt, 1);
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased), (0, 1));
-    assert!(queue.lease("w2", LEASE).await.unwrap().is_none());
-    let article = json!({"title": "On queues", "words": 1200});
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w1", &article).await.unwrap(),
-        Acked::Done
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 3249}))
-            .await
-            .unwrap(),
-        Some(article)
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 1}))
-            .await
-            .unwrap(),
-        None
-    );
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 1));
-    // Done is done: a second ack changes nothing.
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w1", &json!(0)).await.unwrap(),
-        Acked::Stale
-    );
+/// The whole suite in one call, as a third party may run it from one test
+/// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_suite_in_one_call() {
+    stream_rpc_queue::testing::run_all(&|settings: QueueSettings| async move {
+        MemoryQueue::with_settings(settings)
+    })
+    .await;
 }
 
-async fn the_oldest_task_is_handed_out_first(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    for id in [1, 2, 3] {
-        queue.put(&task(id)).await.unwrap();
-    }
-    for id in [1, 2, 3] {
-        let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
-        assert_eq!(leased.task.id, id);
-    }
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-}
+/// A queue that says it queued a duplicate (and does not queue it): the
+/// suite must fail on it.
+struct AcceptsDuplicates(MemoryQueue);
 
-async fn a_duplicate_is_refused_while_queued_leased_and_done(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let first = task(7);
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Queued);
-    // Another peer's task for the same article: the same task.
-    let mut again = task(7);
-    again.payload = json!({"article_id": 7});
-    assert_eq!(queue.put(&again).await.unwrap(), Put::Duplicate);
-    queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
-    queue
-        .ack(TaskRef::of(&first), "w", &json!("parsed"))
-        .await
-        .unwrap();
-    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
-    // Another article is another task.
-    assert_eq!(queue.put(&task(8)).await.unwrap(), Put::Queued);
-    assert_eq!(queue.stats().await.unwrap().duplicates, 3);
-}
-
-async fn a_done_tasks_name_and_result_expire_after_the_retention(fixture: impl Fixture) {
-    let retention = Duration::from_millis(300);
-    let queue = fixture
-        .queue(QueueSettings::default().with_retention(retention))
-        .await;
-    let put = task(11);
-    queue.put(&put).await.unwrap();
-    queue.lease("w", LEASE).await.unwrap().unwrap();
-    queue.ack(TaskRef::of(&put), "w", &json!(1)).await.unwrap();
-    assert_eq!(queue.put(&task(11)).await.unwrap(), Put::Duplicate);
-    wait_past(retention).await;
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 11}))
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(queue.put(&task(11)).await.unwrap(), Put::Queued);
-}
-
-async fn concurrent_puts_of_one_task_queue_it_once(fixture: impl Fixture) {
-    let queue = Arc::new(fixture.queue(QueueSettings::default()).await);
-    let puts: Vec<_> = (0..16)
-        .map(|_| {
-            let queue = queue.clone();
-            tokio::spawn(async move { queue.put(&task(42)).await.unwrap() })
+impl TaskQueue for AcceptsDuplicates {
+    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
+        Ok(match self.0.put(task).await? {
+            Put::Duplicate => Put::Queued,
+            put => put,
         })
-        .collect();
-    let mut queued = 0;
-    for put in puts {
-        if put.await.unwrap() == Put::Queued {
-            queued += 1;
-        }
     }
-    assert_eq!(queued, 1);
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.duplicates), (1, 15));
-}
-
-async fn a_lease_that_runs_out_is_handed_out_again(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let put = task(5);
-    queue.put(&put).await.unwrap();
-    let first = queue.lease("crashed", SHORT).await.unwrap().unwrap();
-    assert_eq!(first.attempt, 1);
-    assert!(queue.lease("other", SHORT).await.unwrap().is_none());
-    wait_past(SHORT).await;
-    let second = queue.lease("other", LEASE).await.unwrap().unwrap();
-    assert_eq!((second.task.id, second.attempt), (5, 2));
-    assert_eq!(queue.stats().await.unwrap().redeliveries, 1);
-    // The first worker's ack comes too late: stale, and changes nothing.
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&put), "crashed", &json!("late"))
-            .await
-            .unwrap(),
-        Acked::Stale
-    );
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&put), "other", &json!("on time"))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 5}))
-            .await
-            .unwrap(),
-        Some(json!("on time"))
-    );
-}
-
-async fn a_lease_runs_out_but_an_ack_before_the_next_lease_is_taken(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let put = task(6);
-    queue.put(&put).await.unwrap();
-    queue.lease("slow", SHORT).await.unwrap().unwrap();
-    wait_past(SHORT).await;
-    // Nobody took it in the meantime: the slow worker's ack still counts.
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&put), "slow", &json!(1))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    assert!(queue.lease("other", LEASE).await.unwrap().is_none());
-}
-
-async fn an_extended_lease_is_not_handed_out(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let put = task(9);
-    queue.put(&put).await.unwrap();
-    queue.lease("w", SHORT).await.unwrap().unwrap();
-    tokio::time::sleep(SHORT * 2 / 3).await;
-    assert!(queue.extend(TaskRef::of(&put), "w", SHORT).await.unwrap());
-    assert!(
-        !queue
-            .extend(TaskRef::of(&put), "not-w", SHORT)
-            .await
-            .unwrap()
-    );
-    tokio::time::sleep(SHORT * 2 / 3).await;
-    // Past the first lease, within the extension.
-    assert!(queue.lease("other", SHORT).await.unwrap().is_none());
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w", &json!(1)).await.unwrap(),
-        Acked::Done
-    );
-}
-
-async fn a_nack_gives_the_task_back_at_once(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let put = task(12);
-    queue.put(&put).await.unwrap();
-    queue.lease("w1", LEASE).await.unwrap().unwrap();
-    assert_eq!(
-        queue.nack(TaskRef::of(&put), "w2").await.unwrap(),
-        Acked::Stale
-    );
-    assert_eq!(
-        queue.nack(TaskRef::of(&put), "w1").await.unwrap(),
-        Acked::Done
-    );
-    let again = queue
-        .lease("w2", LEASE)
-        .await
-        .unwrap()
-        .expect("given back at once");
-    assert_eq!((again.task.id, again.attempt), (12, 2));
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w1", &json!(1)).await.unwrap(),
-        Acked::Stale
-    );
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w2", &json!(1)).await.unwrap(),
-        Acked::Done
-    );
-}
-
-async fn a_poison_task_becomes_a_dead_letter_and_can_be_requeued(fixture: impl Fixture) {
-    let queue = fixture
-        .queue(QueueSettings::default().with_max_attempts(3))
-        .await;
-    let poison = task(13);
-    queue.put(&poison).await.unwrap();
-    for attempt in 1..=3 {
-        let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
-        assert_eq!(leased.attempt, attempt);
-        queue.nack(TaskRef::of(&poison), "w").await.unwrap();
+    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
+        self.0.lease(worker, lease).await
     }
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    let dead = queue.dead().await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        (dead[0].task.clone(), dead[0].attempts),
-        (poison.clone(), 3)
-    );
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased, stats.dead), (0, 0, 1));
-    // While dead, its name is held.
-    assert_eq!(queue.put(&task(13)).await.unwrap(), Put::Duplicate);
-    assert!(queue.requeue(TaskRef::of(&poison)).await.unwrap());
-    assert!(!queue.requeue(TaskRef::of(&poison)).await.unwrap());
-    let back = queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!((back.task.id, back.attempt), (13, 1));
-    queue.nack(TaskRef::of(&poison), "w").await.unwrap();
-    // Purged, its name is free again.
-    for _ in 0..2 {
-        queue.lease("w", LEASE).await.unwrap().unwrap();
-        queue.nack(TaskRef::of(&poison), "w").await.unwrap();
+    async fn extend(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
+        self.0.extend(task, worker, lease).await
     }
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    assert_eq!(queue.purge_dead().await.unwrap(), 1);
-    assert!(queue.dead().await.unwrap().is_empty());
-    assert_eq!(queue.put(&task(13)).await.unwrap(), Put::Queued);
-}
-
-async fn an_unknown_task_is_stale(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let nobody = TaskRef {
-        peer: Uuid::new_v4(),
-        id: 1,
-    };
-    assert_eq!(
-        queue.ack(nobody, "w", &Value::Null).await.unwrap(),
-        Acked::Stale
-    );
-    assert_eq!(queue.nack(nobody, "w").await.unwrap(), Acked::Stale);
-    assert!(!queue.extend(nobody, "w", LEASE).await.unwrap());
-    assert!(!queue.requeue(nobody).await.unwrap());
-}
-
-async fn many_tasks_put_and_acked_leave_nothing_queued(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    for id in 0..500 {
-        assert_eq!(queue.put(&task(id)).await.unwrap(), Put::Queued);
+    async fn ack(&self, task: TaskRef, worker: &str, result: &Value) -> Result<Acked, QueueError> {
+        self.0.ack(task, worker, result).await
     }
-    let mut done = 0;
-    while let Some(leased) = queue.lease("w", LEASE).await.unwrap() {
-        let acked = queue
-            .ack(TaskRef::of(&leased.task), "w", &json!(leased.task.id))
-            .await
-            .unwrap();
-        assert_eq!(acked, Acked::Done);
-        done += 1;
+    async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
+        self.0.nack(task, worker).await
     }
-    assert_eq!(done, 500);
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 500));
-}
-
-/// A `parse_article` task for `article_id` named `peer`:`id`.
-fn named(peer: Uuid, id: u64, article_id: u64) -> stream_rpc::Packet {
-    stream_rpc::Packet::new(peer, id, "parse_article", json!({"article_id": article_id}))
-}
-
-async fn a_different_task_under_a_held_name_is_refused_while_queued_leased_and_dead(
-    fixture: impl Fixture,
-) {
-    let queue = fixture
-        .queue(QueueSettings::default().with_max_attempts(1))
-        .await;
-    let peer = Uuid::new_v4();
-    let first = named(peer, 1, 100);
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Queued);
-    // Queued: another article under the same peer and id is refused.
-    assert_eq!(
-        queue.put(&named(peer, 1, 101)).await.unwrap(),
-        Put::NameTaken
-    );
-    // The same task again is a duplicate, not a collision (a put may be
-    // repeated when its answer was lost).
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
-    // Leased.
-    let leased = queue.lease("w", SHORT).await.unwrap().unwrap();
-    assert_eq!(leased.task, first);
-    assert_eq!(
-        queue.put(&named(peer, 1, 102)).await.unwrap(),
-        Put::NameTaken
-    );
-    // Dead (one attempt allowed; the lease ran out).
-    wait_past(SHORT).await;
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    assert_eq!(queue.dead().await.unwrap().len(), 1);
-    assert_eq!(
-        queue.put(&named(peer, 1, 103)).await.unwrap(),
-        Put::NameTaken
-    );
-    // Nothing of the refused tasks was kept: the requeued name is the
-    // first task's, and no other was queued.
-    assert!(queue.requeue(TaskRef::of(&first)).await.unwrap());
-    let back = queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(back.task, first);
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.names_taken, stats.duplicates), (3, 1));
-    // Done, the name is free again (its content stays held).
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&first), "w", &json!("parsed"))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
-    let reused = named(peer, 1, 104);
-    assert_eq!(queue.put(&reused).await.unwrap(), Put::Queued);
-    let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(leased.task, reused);
-}
-
-async fn dead_lettering_a_task_does_not_break_another(fixture: impl Fixture) {
-    let queue = fixture
-        .queue(QueueSettings::default().with_max_attempts(1))
-        .await;
-    let peer = Uuid::new_v4();
-    let poison = named(peer, 1, 200);
-    let refused = named(peer, 1, 201);
-    let other = named(peer, 2, 202);
-    assert_eq!(queue.put(&poison).await.unwrap(), Put::Queued);
-    assert_eq!(queue.put(&refused).await.unwrap(), Put::NameTaken);
-    assert_eq!(queue.put(&other).await.unwrap(), Put::Queued);
-    // The poison task is leased, its lease runs out, and it dies at the
-    // next lease, which hands out the other task.
-    assert_eq!(
-        queue.lease("w1", SHORT).await.unwrap().unwrap().task,
-        poison
-    );
-    wait_past(SHORT).await;
-    let leased = queue.lease("w2", LEASE).await.unwrap().unwrap();
-    assert_eq!(leased.task, other);
-    let dead = queue.dead().await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].task, poison);
-    // The other task is whole: extended, acked under its own name.
-    assert!(
-        queue
-            .extend(TaskRef::of(&other), "w2", LEASE)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&other), "w2", &json!("other"))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    // Purged, the name is free, and the task refused before can be put,
-    // leased and acked under it.
-    assert_eq!(queue.purge_dead().await.unwrap(), 1);
-    assert_eq!(queue.put(&refused).await.unwrap(), Put::Queued);
-    assert_eq!(
-        queue.lease("w3", LEASE).await.unwrap().unwrap().task,
-        refused
-    );
-    assert_eq!(
-        queue
-            .ack(TaskRef::of(&refused), "w3", &json!("refused, then put"))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 201}))
-            .await
-            .unwrap(),
-        Some(json!("refused, then put"))
-    );
-}
-
-async fn an_ack_of_a_name_acks_the_task_that_holds_it(fixture: impl Fixture) {
-    let queue = fixture.queue(QueueSettings::default()).await;
-    let peer = Uuid::new_v4();
-    let holder = named(peer, 7, 300);
-    let intruder = named(peer, 7, 301);
-    assert_eq!(queue.put(&holder).await.unwrap(), Put::Queued);
-    assert_eq!(queue.put(&intruder).await.unwrap(), Put::NameTaken);
-    let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(leased.task, holder);
-    assert_eq!(
-        queue
-            .ack(TaskRef { peer, id: 7 }, "w", &json!("holder's"))
-            .await
-            .unwrap(),
-        Acked::Done
-    );
-    // The result is the holder's; the intruder was never queued.
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 300}))
-            .await
-            .unwrap(),
-        Some(json!("holder's"))
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 301}))
-            .await
-            .unwrap(),
-        None
-    );
-    assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.leased, stats.done), (0, 0, 1));
-}
-
-async fn a_full_queue_refuses_puts(fixture: impl Fixture) {
-    let queue = fixture
-        .queue(
-            QueueSettings::default()
-                .with_max_tasks(3)
-                .with_max_attempts(1),
-        )
-        .await;
-    let tasks: Vec<_> = (0..3).map(task).collect();
-    for put in &tasks {
-        assert_eq!(queue.put(put).await.unwrap(), Put::Queued);
+    async fn result(&self, method: &str, payload: &Value) -> Result<Option<Value>, QueueError> {
+        self.0.result(method, payload).await
     }
-    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
-    // A duplicate is still named as one.
-    assert_eq!(queue.put(&task(0)).await.unwrap(), Put::Duplicate);
-    // Leased tasks count.
-    let first = queue.lease("w", SHORT).await.unwrap().unwrap();
-    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
-    // Dead letters count too.
-    wait_past(SHORT).await;
-    let second = queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(queue.dead().await.unwrap()[0].task, first.task);
-    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
-    // A task done makes room for one.
-    queue
-        .ack(TaskRef::of(&second.task), "w", &json!(1))
-        .await
-        .unwrap();
-    assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Queued);
-    assert_eq!(queue.put(&task(4)).await.unwrap(), Put::Full);
-    // And so does a dead letter purged.
-    assert_eq!(queue.purge_dead().await.unwrap(), 1);
-    assert_eq!(queue.put(&task(4)).await.unwrap(), Put::Queued);
-    assert_eq!(queue.stats().await.unwrap().full, 4);
+    async fn dead_letters(&self) -> Result<DeadLetters, QueueError> {
+        self.0.dead_letters().await
+    }
+    async fn requeue(&self, task: TaskRef) -> Result<bool, QueueError> {
+        self.0.requeue(task).await
+    }
+    async fn purge_dead(&self) -> Result<u64, QueueError> {
+        self.0.purge_dead().await
+    }
+    async fn stats(&self) -> Result<Stats, QueueError> {
+        self.0.stats().await
+    }
 }
 
-async fn a_result_too_large_is_refused_and_the_task_stays_leased(fixture: impl Fixture) {
-    let queue = fixture
-        .queue(QueueSettings::default().with_max_result_bytes(100))
-        .await;
-    let put = task(21);
-    queue.put(&put).await.unwrap();
-    queue.lease("w", LEASE).await.unwrap().unwrap();
-    // 100 bytes of JSON pass; 101 do not.
-    let fits = json!("x".repeat(98));
-    let too_large = json!("x".repeat(99));
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w", &too_large).await.unwrap(),
-        Acked::TooLarge
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 21}))
-            .await
-            .unwrap(),
-        None
-    );
-    let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.leased, stats.done), (1, 0), "still leased, not done");
-    assert!(queue.lease("other", LEASE).await.unwrap().is_none());
-    assert_eq!(
-        queue.ack(TaskRef::of(&put), "w", &fits).await.unwrap(),
-        Acked::Done
-    );
-    assert_eq!(
-        queue
-            .result("parse_article", &json!({"article_id": 21}))
-            .await
-            .unwrap(),
-        Some(fits)
+#[test]
+#[should_panic(expected = "left: Queued")]
+fn a_queue_that_breaks_a_rule_fails_the_suite() {
+    stream_rpc_queue::testing::run_check_blocking(
+        "a_duplicate_is_refused_while_queued_leased_and_done",
+        |settings: QueueSettings| async move { AcceptsDuplicates(MemoryQueue::with_settings(settings)) },
     );
 }
 
-/// One test per check and implementation: `memory::name` and `redis::name`.
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::bounded(super::$check(super::Memory)).await;
-                }
-            )*
-        }
-
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let server = super::RedisServer::start();
-                    super::bounded(super::$check(super::Redis(server))).await;
-                }
-            )*
-        }
-    };
+#[test]
+#[should_panic(expected = "no conformance check is named")]
+fn an_unknown_check_is_refused() {
+    stream_rpc_queue::testing::run_check_blocking(
+        "no_such_check",
+        |settings: QueueSettings| async move { MemoryQueue::with_settings(settings) },
+    );
 }
-
-/// Every test is bounded by this.
-async fn bounded<F: std::future::Future>(test: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), test)
-        .await
-        .expect("the test exceeded its time bound")
-}
-
-conformance!(
-    a_task_is_put_leased_and_acked_with_its_result_kept,
-    the_oldest_task_is_handed_out_first,
-    a_duplicate_is_refused_while_queued_leased_and_done,
-    a_done_tasks_name_and_result_expire_after_the_retention,
-    concurrent_puts_of_one_task_queue_it_once,
-    a_lease_that_runs_out_is_handed_out_again,
-    a_lease_runs_out_but_an_ack_before_the_next_lease_is_taken,
-    an_extended_lease_is_not_handed_out,
-    a_nack_gives_the_task_back_at_once,
-    a_poison_task_becomes_a_dead_letter_and_can_be_requeued,
-    an_unknown_task_is_stale,
-    many_tasks_put_and_acked_leave_nothing_queued,
-    a_different_task_under_a_held_name_is_refused_while_queued_leased_and_dead,
-    dead_lettering_a_task_does_not_break_another,
-    an_ack_of_a_name_acks_the_task_that_holds_it,
-    a_full_queue_refuses_puts,
-    a_result_too_large_is_refused_and_the_task_stays_leased,
-);

@@ -1,16 +1,15 @@
 //! What only Redis can do to the queue: die and come back, be shared by
 //! several servers, hold many tasks. A real `redis-server` per test.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
 use stream_rpc::Packet;
+use stream_rpc_queue::testing::task;
 use stream_rpc_queue::{
     Acked, Put, QueueError, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
 };
-use support::{RedisServer, task};
+use stream_rpc_test_support::{RedisServer, free_port};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -253,11 +252,7 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
 
 #[tokio::test]
 async fn an_unreachable_redis_is_a_typed_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let settings = RedisSettings::new(format!("redis://127.0.0.1:{port}/"));
     let err = RedisQueue::connect(settings).await.unwrap_err();
     assert!(matches!(err, QueueError::Unavailable(_)), "{err}");
@@ -512,15 +507,15 @@ async fn idle_consumers_that_hold_nothing_are_removed() {
     .await;
 }
 
-/// Redis over TLS (`rediss://`), with the certificates of `tests/tls`.
+/// Redis over TLS (`rediss://`), with the test support's certificates.
 #[cfg(feature = "tls")]
 mod tls {
     use super::*;
     use stream_rpc_queue::RedisTls;
-    use support::tls_file;
+    use stream_rpc_test_support::tls_file;
 
     /// Settings for the TLS port of `server`, trusting `ca` (a file of
-    /// `tests/tls`).
+    /// [`tls_file`]).
     fn over_tls(server: &RedisServer, ca: &str) -> RedisSettings {
         RedisSettings::new(server.tls_url())
             .with_tls(RedisTls::new().with_ca_file(tls_file(ca)))

@@ -68,7 +68,9 @@ use crate::cipher::MAX_CLOCK_SKEW;
 /// The session hands a store a read turn's worth of tokens at a time (up to
 /// 16 frames), so a store across the network answers a whole turn in one
 /// round trip. A call returns [`ReplayWork`]: done at once, or a future the
-/// session awaits before it handles the turn's packets.
+/// session awaits before it handles the turn's packets (a type rather than
+/// `impl Future`, so that the trait stays usable as `dyn ReplayStore`
+/// without an allocation per call: see [`ReplayWork`]).
 pub trait ReplayStore: Send + Sync + fmt::Debug + 'static {
     /// The fingerprint of a token's identity (the part of the token that
     /// names it) under this store's key. Stores that are shared must use
@@ -147,6 +149,58 @@ impl Verdict {
 
 /// The work of a [`ReplayStore`] call: done at once, or a future to await.
 /// Awaiting a done one costs nothing.
+///
+/// Why a type of its own rather than `impl Future` (or `async fn`) in the
+/// trait: an endpoint holds its store as `Arc<dyn ReplayStore>`, so that
+/// one [`Endpoint`](crate::Endpoint), server and session type serve with
+/// whichever store the settings pick at run time (in memory, or on the
+/// queue's Redis); a trait method returning `impl Future` cannot be called
+/// through `dyn`. The ways around that cost more on the read path, which
+/// consults the store once per read turn:
+///
+/// - a boxed future per call (what a `dyn`-compatible wrapper trait, or
+///   `async_trait`, makes) is an allocation per turn even for the
+///   in-process store, whose work is always done at once;
+/// - a store type parameter instead of `dyn` would spread through the
+///   endpoint, the connector, the server and every session handle.
+///
+/// `ReplayWork` keeps the trait `dyn`-compatible and the default store
+/// free of allocations: [`done`](Self::done) is no allocation and its
+/// await one branch; only a store across the network, which waits for a
+/// round trip anyway, boxes its future ([`pending`](Self::pending)).
+///
+/// ```
+/// use stream_rpc::{ReceivedToken, ReplayStore, ReplayWork, Verdict};
+///
+/// /// A store that refuses every token (a stand-in for one across the
+/// /// network, whose checks would await a round trip in `pending`).
+/// #[derive(Debug)]
+/// struct RefuseAll;
+///
+/// impl ReplayStore for RefuseAll {
+///     fn fingerprint(&self, identity: &[u8]) -> u64 {
+///         identity.iter().fold(0, |hash, byte| hash.rotate_left(5) ^ u64::from(*byte))
+///     }
+///
+///     fn sent<'a>(&'a self, _: &'a [u64], _: u64) -> ReplayWork<'a> {
+///         ReplayWork::done()
+///     }
+///
+///     fn received<'a>(
+///         &'a self,
+///         tokens: &'a [ReceivedToken],
+///         verdicts: &'a mut Vec<Verdict>,
+///     ) -> ReplayWork<'a> {
+///         ReplayWork::pending(async move {
+///             verdicts.clear();
+///             verdicts.extend(tokens.iter().map(|_| Verdict::Unavailable));
+///         })
+///     }
+/// }
+///
+/// let store: std::sync::Arc<dyn ReplayStore> = std::sync::Arc::new(RefuseAll);
+/// # let _ = store;
+/// ```
 #[must_use = "the store's work is done only once this is awaited"]
 pub struct ReplayWork<'a>(Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>);
 

@@ -5,8 +5,6 @@
 pub mod proxy;
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -393,21 +391,7 @@ pub fn assert_error(packet: &Packet, code: ErrorCode) -> ErrorPayload {
     error
 }
 
-/// The path of an example's binary, building the examples if this test
-/// runs on its own (`cargo test` builds them with everything else).
-pub fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--examples", "--quiet"])
-            .status()
-            .expect("cargo build --examples");
-        assert!(status.success(), "building the examples failed");
-    }
-    path
-}
+/// The path of an example's binary (from the test support crate, which
+/// also runs examples as processes: `stream_rpc_test_support::Process`).
+#[allow(unused_imports)]
+pub use stream_rpc_test_support::example;

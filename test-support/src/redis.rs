@@ -1,56 +1,48 @@
 //! A real `redis-server` per test, on a free loopback port, with a
 //! temporary directory of its own; stopped (and the directory removed) when
 //! dropped. Append-only file on, fsync at every write, as a deployment that
-//! must lose nothing acknowledged runs it. The queue benchmark starts its
-//! Redis with this too.
-#![allow(dead_code)]
+//! must lose nothing acknowledged runs it.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::try_free_port as free_port;
+
+/// How long a starting `redis-server` has to answer PING.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How often a starting `redis-server` is asked whether it is ready.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// How long one PING may wait for its answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A running `redis-server` of the test's own.
 pub struct RedisServer {
     child: Option<Child>,
+    /// The plain (`redis://`) port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
     tls: Option<Tls>,
 }
 
-/// A TLS port beside the plain one, with the certificates of `tests/tls`.
+/// A TLS port beside the plain one, with the certificates of [`tls_file`].
 struct Tls {
     port: u16,
     /// Whether clients must show a certificate of the test CA.
     require_client_cert: bool,
 }
 
-/// A file of `stream-rpc-queue/tests/tls` (the test CA, Redis's
-/// certificate for localhost and 127.0.0.1, a client's, and a CA that
-/// signed neither).
-/// Found from the crate that includes this file: the queue crate, the
-/// workspace root or a sibling crate.
+/// A file of this crate's `tls` directory: the test CA (`ca.pem`), Redis's
+/// certificate for localhost and 127.0.0.1 (`server.pem`, `server.key`), a
+/// client's (`client.pem`, `client.key`), and a CA that signed neither
+/// (`other-ca.pem`). Test certificates: never trust them anywhere else.
 pub fn tls_file(name: &str) -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        "tests/tls",
-        "stream-rpc-queue/tests/tls",
-        "../stream-rpc-queue/tests/tls",
-    ]
-    .iter()
-    .map(|dir| manifest.join(dir))
-    .find(|dir| dir.is_dir())
-    .expect("stream-rpc-queue/tests/tls beside the tests")
-    .join(name)
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| format!("no free loopback port: {e}"))
-        .map(|address| address.port())
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tls")
+        .join(name)
 }
 
 impl RedisServer {
@@ -150,18 +142,19 @@ impl RedisServer {
         self.wait_ready()
     }
 
-    /// Waits until it answers PING (bounded).
+    /// Waits until it answers PING (bounded by [`READY_WITHIN`]). Another
+    /// process gives no event to wait on: it is asked every [`READY_POLL`].
     fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + READY_WITHIN;
         while !self.ping() {
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "redis-server on port {} did not answer within 10 s; its log: {:?}",
+                    "redis-server on port {} did not answer within {READY_WITHIN:?}; its log: {:?}",
                     self.port,
                     std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(READY_POLL);
         }
         Ok(())
     }
@@ -170,12 +163,13 @@ impl RedisServer {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.set_read_timeout(Some(PING_TIMEOUT));
         let mut answer = [0u8; 16];
         stream.write_all(b"PING\r\n").is_ok()
             && matches!(stream.read(&mut answer), Ok(n) if answer[..n].starts_with(b"+PONG"))
     }
 
+    /// Its `redis://` URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -208,14 +202,4 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A `parse_article` task, as a worker creates it.
-pub fn task(article_id: u64) -> stream_rpc::Packet {
-    stream_rpc::Packet::new(
-        uuid::Uuid::new_v4(),
-        article_id,
-        "parse_article",
-        serde_json::json!({"article_id": article_id}),
-    )
 }

@@ -1,9 +1,11 @@
-//! [`QueueServer`]: the seed's queue server as a service, on a task queue in
-//! memory or on Redis, so that several servers can share one queue. The
-//! `server`, `demo` and `cluster` examples and the `stream-rpc serve`
-//! command run it.
+//! [`QueueServer`]: the queue server of the article example (workers put
+//! `parse_article` tasks, take them, and save the parsed articles) as a
+//! service on a [`stream_rpc_queue`] task queue, in memory or on Redis so
+//! that several servers can share one queue. The `server`, `demo` and
+//! `cluster` examples, the `stream-rpc serve` command, the queue benchmark
+//! and the loopback tests run it; it is not part of any published crate.
 //!
-//! Methods (PROTOCOL.md, typed services, has their payloads):
+//! Methods (PROTOCOL.md, "The example queue server", has their payloads):
 //! - `ping` answers `pong`;
 //! - `put_in_queue` (a task packet) answers `pong` with `{"queued": true}`,
 //!   or `{"queued": false, "reason": R}` where R is `duplicate` (the same
@@ -18,15 +20,40 @@
 //!   "too_large", "max_bytes": N}` for an article longer than the queue's
 //!   maximum result size (the task stays leased);
 //! - `get_parsed_article` (`{"article_id": N}`) answers the article saved
-//!   for that `parse_article` task, or `null`.
+//!   for that [`ARTICLE_METHOD`] task, or `null`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use stream_rpc::{Config, Connector};
+//! use stream_rpc_example_queue::QueueServer;
+//! use stream_rpc_queue::{AnyQueue, MemoryQueue};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = QueueServer::new(
+//!     AnyQueue::Memory(MemoryQueue::new()),
+//!     Duration::from_secs(30),
+//! );
+//! let config = Config::builder().key(std::env::var("CRYPTO_KEY")?).build()?;
+//! Connector::new(config).bind().await?.serve(server).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
 use serde::{Deserialize, Serialize};
 use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Value, json};
-use uuid::Uuid;
+use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
+
+/// The method of the tasks whose saved articles `get_parsed_article` looks
+/// up: a task `{"method": "parse_article", "payload": {"article_id": N}}`.
+pub const ARTICLE_METHOD: &str = "parse_article";
+
+/// How long a task stays leased to a worker by [`QueueServer::default`].
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// What the server did, for the demo's summary.
 #[derive(Debug, Default)]
@@ -50,15 +77,6 @@ pub struct ServerStats {
     pub tasks_saved: AtomicU64,
 }
 
-/// A task named by its packet's own `peer` and `id`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct TaskName {
-    /// The task packet's `peer`.
-    pub peer: Uuid,
-    /// The task packet's `id`.
-    pub id: u64,
-}
-
 /// `{"article_id": N}`: which article.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ArticleRef {
@@ -66,14 +84,13 @@ pub struct ArticleRef {
     pub article_id: u64,
 }
 
-/// Answers `ping`, queues tasks and hands them out, oldest first, each to
-/// one worker at a time for the lease time; a task whose worker did not
-/// save it in time goes to another.
+/// Answers `ping`, queues tasks and hands them out, oldest first (as the
+/// Python example's server does), each to one worker at a time for the
+/// lease time; a task whose worker did not save it in time goes to
+/// another.
 ///
-/// The Python example pops the newest task; a queue that hands out the
-/// oldest first is fairer to tasks and what "queue" promises, so this one
-/// is FIFO. One queue serves all connections (the connector shares the
-/// service between them) and, on Redis, every server that uses it.
+/// One queue serves all connections (the connector shares the service
+/// between them) and, on Redis, every server that uses it.
 #[derive(Debug)]
 pub struct QueueServer {
     queue: AnyQueue,
@@ -83,12 +100,9 @@ pub struct QueueServer {
 }
 
 impl Default for QueueServer {
-    /// A server with its queue in memory and 30 s leases.
+    /// A server with its queue in memory and [`DEFAULT_LEASE`] leases.
     fn default() -> Self {
-        QueueServer::new(
-            AnyQueue::Memory(MemoryQueue::new()),
-            Duration::from_secs(30),
-        )
+        QueueServer::new(AnyQueue::Memory(MemoryQueue::new()), DEFAULT_LEASE)
     }
 }
 
@@ -107,32 +121,13 @@ impl QueueServer {
         &self.queue
     }
 
-    /// Reads the queue's [`Stats`](crate::Stats) and records them through the
-    /// `metrics` facade (the `metrics` feature; `docs/METRICS.md` lists the
-    /// names): call it now and then (`stream-rpc serve --metrics` does every
-    /// 5 s). On Redis the numbers are the whole queue's, shared by every
-    /// server.
+    /// Reads the queue's [`Stats`](stream_rpc_queue::Stats) and records
+    /// them through the `metrics` facade ([`Stats::record`](stream_rpc_queue::Stats::record);
+    /// `docs/METRICS.md` lists the names): call it now and then
+    /// (`stream-rpc serve --metrics` does every 5 s). On Redis the numbers
+    /// are the whole queue's, shared by every server.
     pub async fn record_stats(&self) -> Result<(), QueueError> {
-        let stats = self.queue.stats().await?;
-        #[cfg(feature = "metrics")]
-        {
-            for (state, count) in [
-                ("queued", stats.queued),
-                ("leased", stats.leased),
-                ("dead", stats.dead),
-            ] {
-                metrics::gauge!("stream_rpc_queue_tasks", "state" => state).set(count as f64);
-            }
-            for (name, count) in [
-                ("stream_rpc_queue_done_total", stats.done),
-                ("stream_rpc_queue_duplicates_total", stats.duplicates),
-                ("stream_rpc_queue_redeliveries_total", stats.redeliveries),
-            ] {
-                metrics::counter!(name).absolute(count);
-            }
-        }
-        #[cfg(not(feature = "metrics"))]
-        let _ = stats;
+        self.queue.stats().await?.record();
         Ok(())
     }
 
@@ -210,17 +205,13 @@ impl QueueServer {
     async fn save_parsed_article(
         &self,
         ctx: Context,
-        task: TaskName,
+        task: TaskRef,
         article: Value,
     ) -> Result<Message<Value>, HandlerError> {
         let worker = ctx.sender().to_string();
-        let name = TaskRef {
-            peer: task.peer,
-            id: task.id,
-        };
         let acked = self
             .queue
-            .ack(name, &worker, &article)
+            .ack(task, &worker, &article)
             .await
             .map_err(unavailable)?;
         self.answered();
@@ -241,15 +232,12 @@ impl QueueServer {
         }))
     }
 
-    /// The article saved for the `parse_article` task of `article_id`, or
-    /// `null`.
+    /// The article saved for the [`ARTICLE_METHOD`] task of `article_id`,
+    /// or `null`.
     async fn get_parsed_article(&self, article: ArticleRef) -> Result<Option<Value>, HandlerError> {
         let saved = self
             .queue
-            .result(
-                "parse_article",
-                &json!({ "article_id": article.article_id }),
-            )
+            .result(ARTICLE_METHOD, &json!({ "article_id": article.article_id }))
             .await
             .map_err(unavailable)?;
         self.answered();
