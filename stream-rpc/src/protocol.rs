@@ -83,7 +83,7 @@ impl<P: Protocol> Protocol for std::sync::Arc<P> {
 }
 
 /// The protocol of a program that only makes calls
-/// ([`Connector::connect_client`](crate::Connector::connect_client)): it
+/// (`connector.connect(())`): it
 /// serves nothing, so every request the peer sends gets `unknown_method`
 /// (replies and error packets that complete no call are dropped, as
 /// always).
