@@ -10,8 +10,11 @@
 use proc_macro::TokenStream;
 
 mod attr;
+mod client;
+mod dispatch;
 mod errors;
 mod expand;
+mod fallback;
 mod model;
 mod validate;
 

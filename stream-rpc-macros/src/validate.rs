@@ -7,7 +7,7 @@ use crate::errors::Errors;
 use crate::model::{Kind, Service};
 
 /// Names the attribute generates on the service type (impl-block form).
-pub const GENERATED: [&str; 2] = ["client", "METHODS"];
+pub const GENERATED: [&str; 1] = ["METHODS"];
 
 /// Names the attribute generates on the typed client, besides the methods.
 pub const CLIENT_ITEMS: [&str; 3] = ["new", "caller", "with_timeout"];

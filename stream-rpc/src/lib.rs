@@ -74,6 +74,7 @@ mod packet;
 mod protocol;
 mod reconnect;
 mod replay;
+mod router;
 mod scratch;
 mod service;
 mod session;
@@ -103,7 +104,8 @@ pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, Shown};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
-pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
+pub use router::{DuplicateMethod, Service, Services};
+pub use service::{Argument, IntoReply, Message, MethodError, REPLY_SUFFIX};
 pub use session::{EndReason, Role, SessionHandle};
 pub use stream_rpc_macros::service;
 

@@ -173,14 +173,14 @@ impl<T: DeserializeOwned> ReadableArgument for T {}
     message = "`{Self}` cannot be the error of a stream_rpc service method",
     label = "the error must implement `Serialize` and `Deserialize` (sent as itself), `Display` (logged, not sent), or be a `stream_rpc::HandlerError`"
 )]
-pub trait ErrorType {
+pub trait MethodError {
     /// The error as sent to the peer: `handler_error`, "`method` failed",
     /// with the error's text kept for this side's log.
     #[doc(hidden)]
     fn to_handler_error(&self, method: &str) -> HandlerError;
 }
 
-impl<E: std::fmt::Display> ErrorType for E {
+impl<E: std::fmt::Display> MethodError for E {
     fn to_handler_error(&self, method: &str) -> HandlerError {
         HandlerError::failed(format!("`{method}` failed")).with_detail(self.to_string())
     }
@@ -195,7 +195,7 @@ pub mod __private {
 
     use serde::de::DeserializeOwned;
 
-    pub use super::{Argument, ErrorType, IntoReply, ReadableArgument, SendableArgument};
+    pub use super::{Argument, IntoReply, MethodError, ReadableArgument, SendableArgument};
     use crate::error::{CallError, SendError};
     use crate::protocol::HandlerError;
     pub use serde_json;
@@ -319,18 +319,18 @@ pub mod __private {
 
     /// The fallback conversion, for any `Display` error. The bound sits on
     /// the method, not the impl, so that a wrong error type fails the
-    /// `ErrorType` check once instead of failing method lookup.
+    /// `MethodError` check once instead of failing method lookup.
     pub trait ViaDisplay<E> {
         /// Converts.
         fn into_handler_error(self, method: &str) -> HandlerError
         where
-            E: ErrorType;
+            E: MethodError;
     }
 
     impl<E> ViaDisplay<E> for &ErrorWrap<E> {
         fn into_handler_error(self, method: &str) -> HandlerError
         where
-            E: ErrorType,
+            E: MethodError,
         {
             self.0.to_handler_error(method)
         }
@@ -351,7 +351,9 @@ pub mod __private {
         }
     }
 
-    /// The first choice: every error packet is a [`HandlerError`].
+    /// The first choice: an error packet with the code `handler_error` is
+    /// the method's own [`HandlerError`]; every other code (the request was
+    /// not run, or the handler panicked) is the call's error.
     pub trait DecodeHandlerError {
         /// The method's own error, or the call's error.
         fn decode_error(self, error: CallError) -> Result<HandlerError, CallError>;
@@ -361,7 +363,7 @@ pub mod __private {
         fn decode_error(self, error: CallError) -> Result<HandlerError, CallError> {
             match error {
                 CallError::Remote {
-                    code,
+                    code: code @ crate::packet::ErrorCode::HandlerError,
                     message,
                     data,
                     ..
@@ -504,11 +506,27 @@ mod tests {
                 Err(other)
             );
         }
-        // A `HandlerError` method reads every error packet as its own.
-        let busy = (&&&ErrorDecode::<HandlerError>::new())
-            .decode_error(remote(ErrorCode::Busy, None))
+        // A `HandlerError` method reads only `handler_error` packets as its
+        // own; a request that was not run, or a panic, is the call's error.
+        let own = (&&&ErrorDecode::<HandlerError>::new())
+            .decode_error(remote(ErrorCode::HandlerError, None))
             .unwrap();
-        assert_eq!(busy, HandlerError::new(ErrorCode::Busy, "m"));
+        assert_eq!(own, HandlerError::failed("m"));
+        for code in [
+            ErrorCode::Busy,
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidPayload,
+            ErrorCode::InvalidPacket,
+            ErrorCode::Unavailable,
+            ErrorCode::HandlerPanicked,
+            ErrorCode::Unknown,
+        ] {
+            let error = remote(code, None);
+            assert_eq!(
+                (&&&ErrorDecode::<HandlerError>::new()).decode_error(error.clone()),
+                Err(error)
+            );
+        }
         // A `Display`-only error cannot be read back.
         struct Opaque;
         assert!(
