@@ -327,14 +327,22 @@ async fn a_client_built_from_the_old_definition_calls_a_server_built_from_the_ne
         // A new `Option` argument: `None` on the server.
         assert_eq!(old.retry(7, 3).await.unwrap(), "7 x3 after None");
         // A new `#[serde(default)]` field: its default on the server.
-        let spec = v1::Spec { name: "nightly".into() };
+        let spec = v1::Spec {
+            name: "nightly".into(),
+        };
         assert_eq!(old.describe(spec).await.unwrap(), "nightly at 0");
         // A second argument added to a one-argument method breaks: the
         // server refuses the old payload (before running anything), and
         // that comes back as the call's error, not as the method's own.
         let err = old.rename("x".into()).await.unwrap_err();
         assert!(
-            matches!(&err, CallError::Remote { code: ErrorCode::InvalidPayload, .. }),
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::InvalidPayload,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains("`rename`"), "{err}");
@@ -354,13 +362,25 @@ async fn refusals_of_a_request_that_did_not_run_are_the_calls_error_never_the_me
         // whose own error type is `HandlerError`, is still the call's error.
         let err = new.cancel(1).await.unwrap_err();
         assert!(
-            matches!(&err, CallError::Remote { code: ErrorCode::UnknownMethod, .. }),
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::UnknownMethod,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         // A payload the old server cannot read: `invalid_payload`, likewise.
         let err = new.rename("x".into(), Some(true)).await.unwrap_err();
         assert!(
-            matches!(&err, CallError::Remote { code: ErrorCode::InvalidPayload, .. }),
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::InvalidPayload,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         // The new client still calls what did not change.

@@ -129,8 +129,10 @@ fn generate_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
         Some(&name),
         &body,
     );
-    let service_trait =
-        service_impl(quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where));
+    let service_trait = service_impl(
+        quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where),
+        &service_methods(),
+    );
     let vis: syn::Visibility = parse_quote!(pub);
     let methods: Vec<_> = service
         .methods
@@ -208,8 +210,10 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
         Some(&name),
         &body,
     );
-    let service_trait =
-        service_impl(quote!(impl<#param: #trait_ident> #krate::Service for #server<#param>));
+    let service_trait = service_impl(
+        quote!(impl<#param: #trait_ident> #krate::Service for #server<#param>),
+        &service_methods(),
+    );
 
     quote! {
         #item
@@ -280,15 +284,21 @@ pub fn protocol_impl(
     }
 }
 
-/// An `impl Service` with `header`: the methods are the type's `METHODS`.
-pub fn service_impl(header: TokenStream) -> TokenStream {
+/// An `impl Service` with `header` and `body` as `methods`' (the type's
+/// `METHODS`, by [`service_methods`]).
+pub fn service_impl(header: TokenStream, body: &TokenStream) -> TokenStream {
     quote! {
         #header {
             fn methods(&self) -> &[&'static str] {
-                Self::METHODS
+                #body
             }
         }
     }
+}
+
+/// The body of `Service::methods` of a generated server.
+fn service_methods() -> TokenStream {
+    quote!(Self::METHODS)
 }
 
 /// The trait form's server: the struct holding the implementation, its

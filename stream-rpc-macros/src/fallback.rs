@@ -42,8 +42,10 @@ pub fn fallback_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
         None,
         &unreachable,
     );
-    let service_trait =
-        service_impl(quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where));
+    let service_trait = service_impl(
+        quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where),
+        &unreachable,
+    );
     // What the user's impl already defines (an error of its own) is not
     // defined again.
     let taken = |name: &str| service.all_fns.iter().any(|ident| ident == name);
@@ -106,8 +108,10 @@ pub fn fallback_trait(service: &Service, args: &ServiceArgs, item: &ItemTrait) -
             None,
             &unreachable,
         );
-        let service_trait =
-            service_impl(quote!(impl<#param> #krate::Service for #server<#param> #bounds));
+        let service_trait = service_impl(
+            quote!(impl<#param> #krate::Service for #server<#param> #bounds),
+            &unreachable,
+        );
         quote!(#protocol #service_trait)
     });
     quote! {

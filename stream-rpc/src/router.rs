@@ -166,6 +166,8 @@ impl Services {
 
     /// Adds `service`, or refuses it if it declares a method that a service
     /// added before declares (or declares one method twice).
+    // Not `std::ops::Add`: adding a service may fail, and takes no `Services`.
+    #[allow(clippy::should_implement_trait)]
     pub fn add<S: Service>(mut self, service: S) -> Result<Self, DuplicateMethod> {
         let index = self.services.len();
         let second = Protocol::name(&service).to_owned();
