@@ -74,7 +74,8 @@ impl QueueServer {
                 "division by zero",
             ));
         }
-        Ok(a / b)
+        a.checked_div(b)
+            .ok_or_else(|| HandlerError::failed("overflow"))
     }
 
     async fn note(&self, text: String) {
@@ -85,7 +86,7 @@ impl QueueServer {
 
     /// Calls back into the worker that called it, during the handler.
     async fn echo_via_worker(&self, ctx: Context, text: String) -> Result<String, CallError> {
-        Worker::client(ctx.session()).shout(text).await
+        WorkerClient::new(ctx.session()).shout(text).await
     }
 
     async fn who_am_i(&self, ctx: Context) -> String {
@@ -227,7 +228,7 @@ async fn a_worker_gets_back_the_task_it_put_unchanged_and_parses_it() {
     bounded(async {
         let (port, key, stop) = serve().await;
         let (_client, session) = client_of(port, &key).await;
-        let server = QueueServer::client(&session);
+        let server = QueueServerClient::new(session.clone());
         let task = session.packet("parse_article", json!({"article_id": 4242}));
         server.put_in_queue(task.clone()).await.unwrap().unwrap();
         let back = server.get_task_from_queue().await.unwrap();
@@ -261,7 +262,7 @@ async fn typed_calls_round_trip() {
     bounded(async {
         let (port, key, stop) = serve().await;
         let (_client, session) = client_of(port, &key).await;
-        let server = QueueServer::client(&session);
+        let server = QueueServerClient::new(session.clone());
         assert_eq!(server.add(2, 40).await.unwrap(), 42);
         assert_eq!(server.negate(5).await.unwrap(), -5);
         assert_eq!(server.divide(9, 3).await.unwrap(), Ok(3));
@@ -289,13 +290,20 @@ async fn errors_come_back_as_error_packets() {
     bounded(async {
         let (port, key, stop) = serve().await;
         let (_client, session) = client_of(port, &key).await;
-        let server = QueueServer::client(&session);
+        let server = QueueServerClient::new(session.clone());
 
-        // A `HandlerError` comes back as the method's own error, code kept.
-        let err = server.divide(1, 0).await.unwrap().unwrap_err();
-        assert_eq!(
-            err,
-            HandlerError::new(ErrorCode::InvalidPayload, "division by zero")
+        // A `HandlerError` with the code `handler_error` comes back as the
+        // method's own error.
+        let err = server.divide(i64::MIN, -1).await.unwrap().unwrap_err();
+        assert_eq!(err, HandlerError::failed("overflow"));
+        // One with a code that says the request was not run (here the
+        // handler's own `invalid_payload`) is the call's error, never the
+        // method's: `Ok(Err(..))` is only ever an error the method returned.
+        let err = server.divide(1, 0).await.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Remote { code: ErrorCode::InvalidPayload, message, .. }
+                if message == "division by zero"),
+            "{err}"
         );
         for n in 0..3 {
             let task = session.packet("parse_article", json!({"article_id": n}));
@@ -344,7 +352,7 @@ async fn notifications_are_sent_without_waiting() {
         tokio::spawn(server.serve(Shared(service.clone())));
         let (_client, session) = client_of(port, &key).await;
         let noted = service.noted.notified();
-        QueueServer::client(&session)
+        QueueServerClient::new(session.clone())
             .note("hello".into())
             .await
             .unwrap();
@@ -370,7 +378,7 @@ async fn a_server_handler_calls_back_into_the_worker() {
     bounded(async {
         let (port, key, stop) = serve().await;
         let (_client, session) = client_of(port, &key).await;
-        let echoed = QueueServer::client(&session)
+        let echoed = QueueServerClient::new(session.clone())
             .echo_via_worker("quiet".into())
             .await
             .unwrap();
@@ -385,7 +393,7 @@ async fn sixty_four_concurrent_typed_calls_on_one_connection() {
     bounded(async {
         let (port, key, stop) = serve().await;
         let (_client, session) = client_of(port, &key).await;
-        let server = QueueServer::client(&session);
+        let server = QueueServerClient::new(session.clone());
         let calls = (0..64i64).map(|n| {
             let server = server.clone();
             tokio::spawn(async move { (n, server.add(n, n).await) })

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TestServer, bounded, config, new_key};
-use stream_rpc::{CallError, Config, Connector, Context, Reconnect, SessionHandle};
+use stream_rpc::{CallError, Config, Connector, Context, ErrorCode, Reconnect, SessionHandle};
 use stream_rpc_example_kv::{Kv, KvClient, KvError, KvServer};
 use tokio::sync::Notify;
 
@@ -223,6 +223,169 @@ async fn two_connectors_from_one_config_are_two_endpoints_that_talk() {
         stop.shutdown();
         drop((probe, second));
         task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// The first version of a service, as an old client was built from it.
+mod v1 {
+    use serde::{Deserialize, Serialize};
+    use stream_rpc::HandlerError;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Spec {
+        pub name: String,
+    }
+
+    #[stream_rpc::service(name = "Jobs")]
+    pub trait Jobs {
+        /// One argument: the whole payload.
+        async fn submit(&self, name: String) -> Result<u64, HandlerError>;
+        /// Two arguments: an object `{"id": .., "times": ..}`.
+        async fn retry(&self, id: u64, times: u32) -> String;
+        /// One struct argument: the payload is the struct's object.
+        async fn describe(&self, spec: Spec) -> String;
+        /// Changed in `v2` in a way that breaks old clients.
+        async fn rename(&self, name: String) -> Result<String, HandlerError>;
+    }
+
+    pub struct Old;
+
+    impl Jobs for Old {
+        async fn submit(&self, name: String) -> Result<u64, HandlerError> {
+            Ok(name.len() as u64)
+        }
+        async fn retry(&self, id: u64, times: u32) -> String {
+            format!("{id} x{times}")
+        }
+        async fn describe(&self, spec: Spec) -> String {
+            spec.name
+        }
+        async fn rename(&self, name: String) -> Result<String, HandlerError> {
+            Ok(name)
+        }
+    }
+}
+
+/// The next version, served by a new server, with every change that keeps
+/// `v1`'s clients working, and one that does not.
+mod v2 {
+    use serde::{Deserialize, Serialize};
+    use stream_rpc::HandlerError;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Spec {
+        pub name: String,
+        /// A new field: an old client does not send it.
+        #[serde(default)]
+        pub priority: u8,
+    }
+
+    #[stream_rpc::service(name = "Jobs")]
+    pub trait Jobs {
+        async fn submit(&self, name: String) -> Result<u64, HandlerError>;
+        /// A new `Option` argument: an old client leaves it out.
+        async fn retry(&self, id: u64, times: u32, delay: Option<u64>) -> String;
+        async fn describe(&self, spec: Spec) -> String;
+        /// A second argument where there was one: the payload turns from
+        /// the argument itself into an object, which old clients do not send.
+        async fn rename(&self, name: String, force: Option<bool>) -> Result<String, HandlerError>;
+        /// A new method: old clients do not call it.
+        async fn cancel(&self, id: u64) -> Result<bool, HandlerError>;
+    }
+
+    pub struct New;
+
+    impl Jobs for New {
+        async fn submit(&self, name: String) -> Result<u64, HandlerError> {
+            Ok(name.len() as u64)
+        }
+        async fn retry(&self, id: u64, times: u32, delay: Option<u64>) -> String {
+            format!("{id} x{times} after {delay:?}")
+        }
+        async fn describe(&self, spec: Spec) -> String {
+            format!("{} at {}", spec.name, spec.priority)
+        }
+        async fn rename(&self, name: String, force: Option<bool>) -> Result<String, HandlerError> {
+            Ok(format!("{name} {force:?}"))
+        }
+        async fn cancel(&self, id: u64) -> Result<bool, HandlerError> {
+            Ok(id > 0)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_built_from_the_old_definition_calls_a_server_built_from_the_new() {
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(v2::JobsServer::new(v2::New), config(&key, 0), &key).await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let old = v1::JobsClient::new(connector.connect_client().await.unwrap());
+        // A method beside a new one.
+        assert_eq!(old.submit("build".into()).await.unwrap(), Ok(5));
+        // A new `Option` argument: `None` on the server.
+        assert_eq!(old.retry(7, 3).await.unwrap(), "7 x3 after None");
+        // A new `#[serde(default)]` field: its default on the server.
+        let spec = v1::Spec {
+            name: "nightly".into(),
+        };
+        assert_eq!(old.describe(spec).await.unwrap(), "nightly at 0");
+        // A second argument added to a one-argument method breaks: the
+        // server refuses the old payload (before running anything), and
+        // that comes back as the call's error, not as the method's own.
+        let err = old.rename("x".into()).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::InvalidPayload,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`rename`"), "{err}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refusals_of_a_request_that_did_not_run_are_the_calls_error_never_the_methods() {
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(v1::JobsServer::new(v1::Old), config(&key, 0), &key).await;
+        let connector = Connector::new(config(&key, server.port).build().unwrap());
+        let new = v2::JobsClient::new(connector.connect_client().await.unwrap());
+        // A method the old server lacks: `unknown_method`, for a method
+        // whose own error type is `HandlerError`, is still the call's error.
+        let err = new.cancel(1).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::UnknownMethod,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A payload the old server cannot read: `invalid_payload`, likewise.
+        let err = new.rename("x".into(), Some(true)).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CallError::Remote {
+                    code: ErrorCode::InvalidPayload,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The new client still calls what did not change.
+        assert_eq!(new.submit("ab".into()).await.unwrap(), Ok(2));
+        server.stop().await;
     })
     .await;
 }

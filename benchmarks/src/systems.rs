@@ -480,7 +480,7 @@ impl Client {
                     .await
                     .expect("connect");
                 Client::StreamRpc {
-                    client: Bench::client(client.session()),
+                    client: BenchClient::new(client.session().clone()),
                     _connection: Arc::new(client),
                 }
             }

@@ -10,8 +10,11 @@
 use proc_macro::TokenStream;
 
 mod attr;
+mod client;
+mod dispatch;
 mod errors;
 mod expand;
+mod fallback;
 mod model;
 mod validate;
 
@@ -78,11 +81,11 @@ mod validate;
 /// # }
 /// ```
 ///
-/// On a trait the attribute generates the trait itself (each method's
-/// future `Send`, the trait `Send + Sync + 'static`), `KvServer<T: Kv>` (a
-/// `Protocol`: `KvServer::new(implementation)`), `KvClient<C: Caller>` and
-/// the wire names (`KvClient::METHODS`, `KvServer::<T>::METHODS`). Every
-/// argument and return form below works the same; trait methods may not
+/// On a trait the attribute also rewrites the trait itself (each method's
+/// future `Send`, the trait `Send + Sync + 'static`) so that
+/// implementations write plain `async fn`s. Every argument and return form
+/// below works the same in both forms, and both generate the same items
+/// (see [What is generated](#what-is-generated)); trait methods may not
 /// have default bodies, generics, `&mut self`, associated types or consts.
 ///
 /// # On an impl block
@@ -173,10 +176,33 @@ mod validate;
 ///   (`r#type` is `type`); a missing key reads as `null`, so `Option`
 ///   arguments may be left out.
 ///
-/// Argument types implement `Serialize` and `Deserialize` (the typed client
-/// sends them). A payload that does not fit is answered with an
-/// `invalid_payload` error naming the method and the serde error; an unknown
-/// method with `unknown_method`.
+/// Argument types are owned and implement `Serialize` and `Deserialize`
+/// (the typed client sends them): take `String`, not `&str`. A payload that
+/// does not fit is answered with an `invalid_payload` error naming the
+/// method and the serde error; an unknown method with `unknown_method`.
+///
+/// # Evolution: which changes keep old clients working
+///
+/// The payload's shape follows the number of payload arguments: **one
+/// argument is the whole payload, two or more are an object** keyed by
+/// their names. (The one-argument form is what the Python peers and the
+/// queue's `put_in_queue` send: a task packet as the payload, not wrapped.)
+/// So, between a client built from an old definition and a server built
+/// from a new one:
+///
+/// | change on the server | old clients |
+/// |---|---|
+/// | a new method | keep working (they do not call it) |
+/// | a new `Option` argument to a method of two or more | keep working: it reads as `None` |
+/// | a new `#[serde(default)]` field in an argument's struct | keep working: it reads as its default |
+/// | a second argument added to a method of one | **break**: the payload turns from the argument into an object; answered `invalid_payload` |
+/// | a renamed method, argument or field; a changed type | **break** |
+///
+/// A method that may grow arguments later takes one struct argument from
+/// the start, and grows by `#[serde(default)]` fields (or takes two
+/// arguments from the start). A refused request comes back to the old
+/// client as `CallError::Remote` with the code `invalid_payload` or
+/// `unknown_method`: nothing was run (`ErrorCode::did_not_run`).
 ///
 /// # Return types
 ///
@@ -186,7 +212,7 @@ mod validate;
 /// | `T: Serialize + Deserialize` | a reply with method `<method>.reply`, payload `T` | `Result<T, CallError>` |
 /// | `Message<T>` | a reply with the method you choose | `Result<T, CallError>` |
 /// | `Reply` | what it says: a message, a forwarded packet, or nothing | `Result<Packet, CallError>` |
-/// | `Result<R, E>` | `Ok` as above (`Ok(())` is a reply with `null`); `Err` is an error packet | the same, with `Err` as `CallError::Remote` |
+/// | `Result<R, E>` | `Ok` as above (`Ok(())` is a reply with `null`); `Err` is an error packet | see below |
 ///
 /// `E` travels by what it is: a serializable error as the error packet's
 /// `data`, read back by the typed client as itself; a `HandlerError` with
@@ -194,9 +220,17 @@ mod validate;
 /// the message "`method` failed", its text logged on the serving side and
 /// never sent. The typed client of a `Result<T, E>` method returns
 /// `Result<Result<T, E>, CallError>`: the outer error is the call's, the
-/// inner one the method's own. A `Result` alias such as `Result<T>` works
-/// (its client returns `Result<T, CallError>`); `Reply` and `Message` must
-/// be written by those names.
+/// inner one the method's own. **The method's own error is an error packet
+/// with the code `handler_error`** (for a typed `E`, one whose `data` reads
+/// as `E`); every other error packet is the call's error,
+/// `CallError::Remote` with its code, even for a `HandlerError` method: a
+/// request refused as `busy`, `unknown_method`, `invalid_payload`,
+/// `invalid_packet` or `unavailable` was not run (`ErrorCode::did_not_run`),
+/// and `handler_panicked` is the server's failure, not an answer. A handler
+/// that returns a `HandlerError` with one of those codes says the same
+/// thing, and its caller sees it the same way. A `Result` alias such as
+/// `Result<T>` works (its client returns `Result<T, CallError>`); `Reply`
+/// and `Message` must be written by those names.
 ///
 /// On a worker, what a handler returns for a reply is the next message of the
 /// conversation: a `pong` handler that returns `Reply::message("ping", ..)`
@@ -214,16 +248,30 @@ mod validate;
 ///
 /// # What is generated
 ///
-/// - `impl stream_rpc::Protocol for QueueServer`: hand the value to
-///   `Connector::run_server` or `run_client`.
-/// - `QueueServer::METHODS`: the wire names, for logs and introspection.
-/// - `QueueServerClient<C = SessionHandle>`, the typed client: one async
-///   method per service method with the same arguments (without the
-///   context), each method as visible as the service method, over any
-///   `Caller` (`QueueServerClient::new(caller)`), with `with_timeout(limit)`
-///   for a time limit of its own. `QueueServer::client(&session)` makes one
-///   over a session: a client connection, or `ctx.session()` inside a
-///   handler to call back into the peer.
+/// The same items in both forms. The server is the type itself on an impl
+/// block (`QueueServer`), and the generated `KvServer<T: Kv>` on a trait
+/// (`KvServer::new(implementation)`, with `get_ref` and `into_inner`):
+///
+/// - `impl stream_rpc::Protocol` for the server: hand it to
+///   `Server::serve`, `Connector::connect` or `run_client`.
+/// - `impl stream_rpc::Service` for the server, which lists its methods, so
+///   that it composes with other services on one listener or one
+///   connection in `stream_rpc::Services` (routed by method name, a method
+///   name served twice refused when composed).
+/// - `QueueServer::METHODS` / `KvServer::<T>::METHODS`: the wire names, for
+///   logs and introspection.
+/// - `QueueServerClient` / `KvClient`, the typed client, generic over any
+///   `Caller` (a `SessionHandle` by default): `new(caller)`, `caller()`,
+///   `with_timeout(limit)` for a time limit of its own, `METHODS` (the same
+///   list, without naming the server's parameter), and one async method per
+///   service method with the same arguments (without the context), as
+///   visible as the service method. Over a connection:
+///   `KvClient::new(client.session())`; inside a handler, to call back into
+///   the peer: `KvClient::new(ctx.session())`.
+///
+/// The generated code's generic parameters have names no user code writes
+/// (a service may be called `S`, `C`, `Result`, `Context`...), and it names
+/// everything else by absolute path.
 ///
 /// ```
 /// # use stream_rpc::{Config, Connector, Fernet};
@@ -245,7 +293,7 @@ mod validate;
 /// # let stop = server.shutdown_handle();
 /// # let serving = tokio::spawn(server.serve(Calculator));
 /// let client = Connector::new(config(port)?).connect(Calculator).await?;
-/// let calculator = Calculator::client(client.session());
+/// let calculator = CalculatorClient::new(client.session());
 /// assert_eq!(calculator.add(2, 40).await?, 42);
 /// # stop.shutdown();
 /// # drop(client);
@@ -254,19 +302,33 @@ mod validate;
 /// # }
 /// ```
 ///
+/// # Deadlines
+///
+/// A caller gives each request a deadline (its call timeout). **When the
+/// deadline passes, the handler's future is dropped**: it stops at the
+/// `.await` it is waiting on, code after that `.await` does not run, and
+/// nothing is sent back. So a handler must not leave state half-changed
+/// across an `.await` (keep the change after the last one, or undo it in
+/// a guard's `Drop`). A handler that takes the context reads the deadline
+/// with `Context::deadline`, to stop early by itself or to give up on work
+/// the caller will not wait for.
+///
 /// # Mistakes are compile errors
 ///
 /// Each misuse is reported once, on the offending token, and the generated
 /// items are still emitted (with bodies that never run), so code that uses
 /// the service adds no errors of its own: a fn that is not
 /// `async`; a receiver other than `&self`; a generic method; `impl Trait`,
-/// pattern or `_` arguments; argument, return or error types that are not
-/// serializable (or `Display`); two methods with one wire name; an empty
-/// wire name or one with whitespace; unknown, repeated or mistyped attribute
-/// arguments; the attribute on something other than an inherent impl; an
-/// impl with no service method; a fn named like a generated item (`client`,
-/// `METHODS`); a context argument that is not first, or more than one;
-/// `const` or `type` items in the impl.
+/// pattern or `_` arguments; borrowed arguments (`&str`: take `String`);
+/// argument, return or error types that are not serializable (or
+/// `Display`), one error per type written; two methods with one wire name;
+/// an empty wire name or one with whitespace; unknown, repeated or mistyped
+/// attribute arguments; the attribute on something other than an inherent
+/// impl block or a trait definition (a trait impl, a struct, a fn); an impl
+/// or trait with no service method; a fn named like a generated item
+/// (`METHODS` on an impl block; the client's `new`, `caller` and
+/// `with_timeout`); a context argument that is not first, or more than one;
+/// `const` or `type` items.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::service(args.into(), input.into()).into()

@@ -132,7 +132,7 @@ pub fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Option<Service> {
     if let Some((path, _)) = &item.trait_ {
         errors.spanned(
             path,
-            "#[stream_rpc::service] goes on an inherent impl (`impl Type`), not on a trait impl",
+            "#[stream_rpc::service] goes on an inherent impl (`impl Type`) or on a trait definition (`trait Kv { ... }`), not on a trait impl: put it on the definition of the trait",
         );
         strip_method_attrs(item);
         return None;
@@ -307,6 +307,40 @@ fn method(
 ) -> Option<Method> {
     let ident = &sig.ident;
     let mut errors_here = Errors::default();
+    check_signature(sig, &mut errors_here);
+    let (context, payload_args) = payload_args(sig, &mut errors_here);
+
+    let ret = match &sig.output {
+        ReturnType::Default => Ret::Unit,
+        ReturnType::Type(_, ty) => return_type(ty, &mut errors_here),
+    };
+
+    let (wire, wire_span) = match &args.rename {
+        Some(rename) => (rename.value(), rename.span()),
+        None => (ident.unraw().to_string(), ident.span()),
+    };
+    let failed = !errors_here.is_empty();
+    errors.merge(errors_here);
+    if failed {
+        return None;
+    }
+    Some(Method {
+        ident: ident.clone(),
+        wire,
+        wire_span,
+        vis,
+        cfgs: attrs_named(attrs, "cfg"),
+        docs: attrs_named(attrs, "doc"),
+        context,
+        args: payload_args,
+        ret,
+    })
+}
+
+/// Checks what a service method's signature must be: `async`, safe, no
+/// ABI, not generic, `&self` first.
+fn check_signature(sig: &Signature, errors_here: &mut Errors) {
+    let ident = &sig.ident;
     if sig.asyncness.is_none() {
         errors_here.spanned(
             ident,
@@ -345,7 +379,11 @@ fn method(
             "stream_rpc service methods take `&self` as their first argument; mark associated functions with `#[stream_rpc(skip)]`",
         ),
     }
+}
 
+/// Reads the arguments after `&self`: whether the context comes first, and
+/// the payload arguments.
+fn payload_args(sig: &Signature, errors_here: &mut Errors) -> (bool, Vec<Arg>) {
     let mut context = false;
     let mut payload_args = Vec::new();
     let typed = sig.inputs.iter().filter_map(|input| match input {
@@ -374,6 +412,10 @@ fn method(
             errors_here.spanned(&input.ty, "take the context by value: `ctx: Context`");
             continue;
         }
+        if let Type::Reference(reference) = &*input.ty {
+            errors_here.spanned(&input.ty, borrowed_argument(reference));
+            continue;
+        }
         if let Type::ImplTrait(_) = &*input.ty {
             errors_here.spanned(
                 &input.ty,
@@ -399,32 +441,25 @@ fn method(
             ),
         }
     }
+    (context, payload_args)
+}
 
-    let ret = match &sig.output {
-        ReturnType::Default => Ret::Unit,
-        ReturnType::Type(_, ty) => return_type(ty, &mut errors_here),
+/// The error for a borrowed argument, naming the owned type to take.
+fn borrowed_argument(reference: &syn::TypeReference) -> String {
+    let owned = match &*reference.elem {
+        Type::Path(path) if path.qself.is_none() && path.path.is_ident("str") => {
+            "String".to_owned()
+        }
+        Type::Slice(slice) => {
+            let elem = &slice.elem;
+            format!("Vec<{}>", quote::quote!(#elem)).replace(' ', "")
+        }
+        elem => quote::quote!(#elem).to_string().replace(' ', ""),
     };
-
-    let (wire, wire_span) = match &args.rename {
-        Some(rename) => (rename.value(), rename.span()),
-        None => (ident.unraw().to_string(), ident.span()),
-    };
-    let failed = !errors_here.is_empty();
-    errors.merge(errors_here);
-    if failed {
-        return None;
-    }
-    Some(Method {
-        ident: ident.clone(),
-        wire,
-        wire_span,
-        vis,
-        cfgs: attrs_named(attrs, "cfg"),
-        docs: attrs_named(attrs, "doc"),
-        context,
-        args: payload_args,
-        ret,
-    })
+    let written = quote::quote!(#reference).to_string().replace(' ', "");
+    format!(
+        "service method arguments are owned values, read from the payload: take `{owned}` instead of `{written}`"
+    )
 }
 
 fn return_type(ty: &Type, errors: &mut Errors) -> Ret {

@@ -7,10 +7,10 @@ use crate::errors::Errors;
 use crate::model::{Kind, Service};
 
 /// Names the attribute generates on the service type (impl-block form).
-pub const GENERATED: [&str; 2] = ["client", "METHODS"];
+pub const GENERATED: [&str; 1] = ["METHODS"];
 
 /// Names the attribute generates on the typed client, besides the methods.
-pub const CLIENT_ITEMS: [&str; 3] = ["new", "caller", "with_timeout"];
+pub const CLIENT_ITEMS: [&str; 4] = ["new", "caller", "with_timeout", "METHODS"];
 
 /// Checks the service as a whole.
 pub fn check(service: &Service, errors: &mut Errors) {
@@ -59,13 +59,19 @@ pub fn check(service: &Service, errors: &mut Errors) {
             seen.insert(wire, &method.ident);
         }
     }
+    // A service method named like one of them is reported above, as a clash
+    // with the client's item; a helper here.
     let impl_form = matches!(service.kind, Kind::Impl { .. });
-    for ident in service.all_fns.iter().filter(|_| impl_form) {
+    let helpers = service
+        .all_fns
+        .iter()
+        .filter(|ident| impl_form && !service.methods.iter().any(|m| m.ident == **ident));
+    for ident in helpers {
         if let Some(name) = GENERATED.iter().find(|name| ident == *name) {
             errors.spanned(
                 ident,
                 format!(
-                    "`{name}` clashes with the `{}::{name}` that #[stream_rpc::service] generates: rename the fn (keep its wire name with `#[stream_rpc(rename = \"{name}\")]`)",
+                    "`{name}` clashes with the `{}::{name}` that #[stream_rpc::service] generates: rename the helper",
                     service.ident
                 ),
             );

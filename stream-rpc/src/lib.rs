@@ -97,6 +97,7 @@ mod packet;
 mod protocol;
 mod reconnect;
 mod replay;
+mod router;
 mod scratch;
 mod service;
 mod session;
@@ -128,7 +129,8 @@ pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, LogLine, Packet, ReplyTo
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
-pub use service::{Argument, ErrorType, IntoReply, Message, REPLY_SUFFIX};
+pub use router::{DuplicateMethod, Service, Services};
+pub use service::{Argument, IntoReply, Message, MethodError, REPLY_SUFFIX};
 pub use session::SessionHandle;
 pub use stream_rpc_macros::service;
 

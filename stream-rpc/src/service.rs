@@ -15,14 +15,25 @@
 //!
 //! | `E` | error packet | the typed client's `Err` |
 //! |---|---|---|
-//! | [`HandlerError`] | its code, message and data | `Ok(Err(HandlerError))` for every error packet |
+//! | [`HandlerError`] | its code, message and data | `Ok(Err(HandlerError))` for a `handler_error` packet |
 //! | `Serialize` (+ `Deserialize` for the client) | `handler_error` with `data`: the error as JSON | `Ok(Err(E))`, decoded from `data` |
 //! | only `Display` | `handler_error` with the message "`method` failed"; its text is logged on the server, never sent | [`CallError::Remote`] |
 //!
 //! So the typed client of a method returning `Result<T, E>` returns
-//! `Result<Result<T, E>, CallError>`: the outer error for the call itself
-//! (sending, time-out, connection, a failure that is not the method's own
-//! error), the inner one the method's own error.
+//! `Result<Result<T, E>, CallError>`: the outer error for the call itself,
+//! the inner one the method's own error. The rule that separates them:
+//! **the method's own error is an error packet with the code
+//! `handler_error`** (and, for a typed `E`, `data` that reads as `E`).
+//! Everything else is the call's error, in [`CallError`]: not sent, lost,
+//! timed out, and every error packet with another code, in particular the
+//! codes that say the request was not run ([`ErrorCode::did_not_run`]:
+//! `busy`, `unknown_method`, `invalid_payload`, `invalid_packet`,
+//! `unavailable`), and `handler_panicked`. A handler that returns a
+//! [`HandlerError`] with such a code (`HandlerError::invalid_payload`, say)
+//! tells the caller that it did not run, and its caller sees it as
+//! [`CallError::Remote`] with that code, never as `Ok(Err(..))`.
+//!
+//! [`ErrorCode::did_not_run`]: crate::ErrorCode::did_not_run
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,7 +44,7 @@ use crate::packet::Packet;
 use crate::protocol::{HandlerError, Reply};
 
 /// A reply with a method name of the handler's choosing and a typed payload,
-/// like the seed's server answering `ping` with `pong`.
+/// like a queue server answering `ping` with `pong`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<T> {
     /// The reply's method.
@@ -129,39 +140,18 @@ impl IntoReply for Reply {
     }
 }
 
-/// The types a service method can take as arguments.
+/// The types a service method can take as arguments: owned values that
+/// the typed client sends (`Serialize`) and the service reads from the
+/// payload (`Deserialize`). The generated code checks every argument type
+/// against it, which reports one error per argument that does not fit.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be an argument of a stream_rpc service method",
-    label = "arguments must implement `Serialize` and `Deserialize` (owned, no borrowed data)"
+    label = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}` (owned, no borrowed data): the typed client sends it, the service reads it from the payload"
 )]
 pub trait Argument: Serialize + DeserializeOwned {}
 
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> Argument for T {}
-
-/// An argument type that can be sent: the generated code's check, which
-/// names the missing derive (one error per derive, without listing every
-/// type that has it).
-#[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an argument of a stream_rpc service method: it is not `Serialize`",
-    label = "add `#[derive(serde::Serialize)]` to `{Self}`: the typed client sends it"
-)]
-pub trait SendableArgument: Serialize {}
-
-#[diagnostic::do_not_recommend]
-impl<T: Serialize> SendableArgument for T {}
-
-/// An argument type that can be read from a payload (see
-/// [`SendableArgument`]).
-#[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an argument of a stream_rpc service method: it is not `Deserialize`",
-    label = "add `#[derive(serde::Deserialize)]` to `{Self}` (owned, no borrowed data): the service reads it from the payload"
-)]
-pub trait ReadableArgument: DeserializeOwned {}
-
-#[diagnostic::do_not_recommend]
-impl<T: DeserializeOwned> ReadableArgument for T {}
 
 /// The error types of `Result`-returning service methods that are neither a
 /// [`HandlerError`] nor serializable: their text is logged on the serving
@@ -173,14 +163,14 @@ impl<T: DeserializeOwned> ReadableArgument for T {}
     message = "`{Self}` cannot be the error of a stream_rpc service method",
     label = "the error must implement `Serialize` and `Deserialize` (sent as itself), `Display` (logged, not sent), or be a `stream_rpc::HandlerError`"
 )]
-pub trait ErrorType {
+pub trait MethodError {
     /// The error as sent to the peer: `handler_error`, "`method` failed",
     /// with the error's text kept for this side's log.
     #[doc(hidden)]
     fn to_handler_error(&self, method: &str) -> HandlerError;
 }
 
-impl<E: std::fmt::Display> ErrorType for E {
+impl<E: std::fmt::Display> MethodError for E {
     fn to_handler_error(&self, method: &str) -> HandlerError {
         HandlerError::failed(format!("`{method}` failed")).with_detail(self.to_string())
     }
@@ -195,21 +185,18 @@ pub mod __private {
 
     use serde::de::DeserializeOwned;
 
-    pub use super::{Argument, ErrorType, IntoReply, ReadableArgument, SendableArgument};
+    pub use super::{Argument, IntoReply, MethodError};
     use crate::error::{CallError, SendError};
     use crate::protocol::HandlerError;
     pub use serde_json;
 
     /// Checks at compile time, spanned on the user's type.
-    pub fn assert_argument<T: SendableArgument + ReadableArgument>() {}
+    pub fn assert_argument<T: Argument>() {}
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_reply<T: IntoReply>() {}
 
     /// The whole payload as the one argument.
-    pub fn decode_whole<T: SendableArgument + ReadableArgument>(
-        payload: Value,
-        method: &str,
-    ) -> Result<T, HandlerError> {
+    pub fn decode_whole<T: Argument>(payload: Value, method: &str) -> Result<T, HandlerError> {
         T::deserialize(payload).map_err(|e| HandlerError::invalid_payload(method, e))
     }
 
@@ -237,7 +224,7 @@ pub mod __private {
 
     /// One argument out of the payload object; a missing key reads as
     /// `null`, so `Option` arguments may be left out.
-    pub fn decode_field<T: SendableArgument + ReadableArgument>(
+    pub fn decode_field<T: Argument>(
         map: &mut Map<String, Value>,
         key: &str,
         method: &str,
@@ -260,11 +247,9 @@ pub mod __private {
     }
 
     /// Encodes one argument on the caller's side.
-    pub fn encode_argument<T: SendableArgument + ReadableArgument>(
-        value: &T,
-    ) -> Result<Value, CallError> {
+    pub fn encode_argument<T: Argument>(method: &str, value: &T) -> Result<Value, CallError> {
         serde_json::to_value(value)
-            .map_err(|e| CallError::not_sent("", SendError::Encode(e.to_string())))
+            .map_err(|e| CallError::not_sent(method, SendError::Encode(e.to_string())))
     }
 
     /// A new empty payload object.
@@ -273,12 +258,13 @@ pub mod __private {
     }
 
     /// Encodes one of several arguments into the payload object.
-    pub fn insert_argument<T: SendableArgument + ReadableArgument>(
+    pub fn insert_argument<T: Argument>(
+        method: &str,
         object: &mut Map<String, Value>,
         key: &str,
         value: &T,
     ) -> Result<(), CallError> {
-        object.insert(key.to_owned(), encode_argument(value)?);
+        object.insert(key.to_owned(), encode_argument(method, value)?);
         Ok(())
     }
 
@@ -320,18 +306,18 @@ pub mod __private {
 
     /// The fallback conversion, for any `Display` error. The bound sits on
     /// the method, not the impl, so that a wrong error type fails the
-    /// `ErrorType` check once instead of failing method lookup.
+    /// `MethodError` check once instead of failing method lookup.
     pub trait ViaDisplay<E> {
         /// Converts.
         fn into_handler_error(self, method: &str) -> HandlerError
         where
-            E: ErrorType;
+            E: MethodError;
     }
 
     impl<E> ViaDisplay<E> for &ErrorWrap<E> {
         fn into_handler_error(self, method: &str) -> HandlerError
         where
-            E: ErrorType,
+            E: MethodError,
         {
             self.0.to_handler_error(method)
         }
@@ -352,7 +338,9 @@ pub mod __private {
         }
     }
 
-    /// The first choice: every error packet is a [`HandlerError`].
+    /// The first choice: an error packet with the code `handler_error` is
+    /// the method's own [`HandlerError`]; every other code (the request was
+    /// not run, or the handler panicked) is the call's error.
     pub trait DecodeHandlerError {
         /// The method's own error, or the call's error.
         fn decode_error(self, error: CallError) -> Result<HandlerError, CallError>;
@@ -362,7 +350,7 @@ pub mod __private {
         fn decode_error(self, error: CallError) -> Result<HandlerError, CallError> {
             match error {
                 CallError::Remote {
-                    code,
+                    code: code @ crate::packet::ErrorCode::HandlerError,
                     message,
                     data,
                     ..
@@ -505,11 +493,27 @@ mod tests {
                 Err(other)
             );
         }
-        // A `HandlerError` method reads every error packet as its own.
-        let busy = (&&&ErrorDecode::<HandlerError>::new())
-            .decode_error(remote(ErrorCode::Busy, None))
+        // A `HandlerError` method reads only `handler_error` packets as its
+        // own; a request that was not run, or a panic, is the call's error.
+        let own = (&&&ErrorDecode::<HandlerError>::new())
+            .decode_error(remote(ErrorCode::HandlerError, None))
             .unwrap();
-        assert_eq!(busy, HandlerError::new(ErrorCode::Busy, "m"));
+        assert_eq!(own, HandlerError::failed("m"));
+        for code in [
+            ErrorCode::Busy,
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidPayload,
+            ErrorCode::InvalidPacket,
+            ErrorCode::Unavailable,
+            ErrorCode::HandlerPanicked,
+            ErrorCode::Unknown,
+        ] {
+            let error = remote(code, None);
+            assert_eq!(
+                (&&&ErrorDecode::<HandlerError>::new()).decode_error(error.clone()),
+                Err(error)
+            );
+        }
         // A `Display`-only error cannot be read back.
         struct Opaque;
         assert!(

@@ -206,20 +206,6 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Whether the code says the request did not run: refused before any
-    /// handler ran (`unknown_method`, `invalid_payload`, `invalid_packet`,
-    /// `busy`, `unavailable`), so sending it again cannot run it twice.
-    pub fn did_not_run(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::UnknownMethod
-                | ErrorCode::InvalidPayload
-                | ErrorCode::InvalidPacket
-                | ErrorCode::Busy
-                | ErrorCode::Unavailable
-        )
-    }
-
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -231,6 +217,31 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// Whether an error packet with this code says that the request was
+    /// not run: no handler took it (`unknown_method`), its payload or
+    /// packet was refused before any handler ran (`invalid_payload`,
+    /// `invalid_packet`), or the peer had no room or could not check it
+    /// (`busy`, `unavailable`). Such a request is safe to send again. Every
+    /// other code (`handler_error`, `handler_panicked`, and `unknown`, a code
+    /// of a newer peer) may come from a handler that ran.
+    ///
+    /// ```
+    /// use stream_rpc::ErrorCode;
+    ///
+    /// assert!(ErrorCode::Busy.did_not_run());
+    /// assert!(!ErrorCode::HandlerError.did_not_run());
+    /// ```
+    pub fn did_not_run(self) -> bool {
+        match self {
+            ErrorCode::UnknownMethod
+            | ErrorCode::InvalidPayload
+            | ErrorCode::InvalidPacket
+            | ErrorCode::Busy
+            | ErrorCode::Unavailable => true,
+            ErrorCode::HandlerError | ErrorCode::HandlerPanicked | ErrorCode::Unknown => false,
         }
     }
 }

@@ -34,7 +34,6 @@
 //! any flood does, and refuses no one. Tokens of a custom cipher carry no
 //! time the store can read: for them the store is bounded by its size alone.
 
-
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -22,7 +22,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-
 /// Where an endpoint remembers the tokens it sent and accepted, so that it
 /// accepts each token at most once: the in-process [`MemoryReplayStore`] by
 /// default, or a store shared by several servers (plugged in with

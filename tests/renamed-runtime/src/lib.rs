@@ -32,9 +32,10 @@ mod tests {
 
     #[test]
     fn the_generated_items_use_the_renamed_crate() {
-        fn assert_protocol<P: rpc::Protocol>(_: &P) {}
-        assert_protocol(&Geometry);
+        fn assert_service<P: rpc::Service>(_: &P) {}
+        assert_service(&Geometry);
         assert_eq!(Geometry::METHODS, ["shift"]);
-        let _: fn(&rpc::SessionHandle) -> GeometryClient = Geometry::client;
+        assert_eq!(GeometryClient::METHODS, ["shift"]);
+        let _: fn(rpc::SessionHandle) -> GeometryClient = GeometryClient::new;
     }
 }

@@ -29,7 +29,7 @@ fn assert_protocol<P: stream_rpc::Protocol>(_: &P) {}
 async fn use_them(session: &stream_rpc::SessionHandle) -> Result<(), stream_rpc::CallError> {
     assert_protocol(&Calculator);
     let _: &[&str] = Calculator::METHODS;
-    let calculator = Calculator::client(session);
+    let calculator = CalculatorClient::new(session.clone());
     let _: i64 = calculator.add(1, 2).await?;
     let _: i64 = calculator.negate(3).await?;
     let store = StoreClient::new(session.clone());

@@ -32,5 +32,6 @@ impl Service {
 
 fn main() {
     let _ = Service::METHODS;
-    let _ = Service::client;
+    let _ = ServiceClient::<::stream_rpc::SessionHandle>::new;
+    let _ = ServiceClient::METHODS;
 }

@@ -75,14 +75,14 @@ impl Worker {
 fn assert_protocol<P: stream_rpc::Protocol>(_: &P) {}
 
 async fn use_clients(session: &stream_rpc::SessionHandle) -> Result<(), stream_rpc::CallError> {
-    let server = QueueServer::client(session);
+    let server = QueueServerClient::new(session.clone());
     let _: () = server.ping().await?;
     let _: Packet = server.get_task_from_queue().await?;
     let _: i64 = server.add(1, 2).await?;
     let _: Result<u32, stream_rpc::HandlerError> = server.checked(3).await?;
     let _: Result<(), std::num::ParseIntError> = server.fallible("7".into()).await?;
     let _: () = server.log_line("hello".into()).await?;
-    let worker: WorkerClient = Worker::client(session);
+    let worker: WorkerClient = WorkerClient::new(session.clone());
     let _: Packet = worker.parse_article(Article { article_id: 1 }).await?;
     Ok(())
 }
