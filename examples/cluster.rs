@@ -88,7 +88,9 @@ async fn work() -> Result<(), String> {
         .with_max_delay(Duration::from_secs(1))
         .with_servers(servers);
     let connector = Connector::new(config);
-    tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
+    connector
+        .shutdown_handle()
+        .shutdown_on(stream_rpc::shutdown_signal());
     let worker = Worker::new(settings).with_stop(connector.shutdown_handle());
     worker.count_hello();
     let stats = worker.stats.clone();

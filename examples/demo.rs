@@ -10,6 +10,7 @@
 //! `DEMO_PARSE_DELAY_MS` (700) pace the workers. It listens on a free port
 //! of 127.0.0.1, whatever `STREAM_RPC_HOST` and `STREAM_RPC_PORT` say.
 
+use stream_rpc::Caller;
 use stream_rpc_example_queue as queue_server;
 #[path = "shared/worker.rs"]
 mod worker;
@@ -89,7 +90,6 @@ async fn run() -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         client
-            .session()
             .notify("ping", json!(null))
             .await
             .map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@ use stream_rpc_example_kv::{KvClient, KvError};
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let connector = Connector::from_env()?;
-    let kv = KvClient::new(connector.connect_client().await?);
+    let kv = KvClient::new(connector.connect(()).await?);
     kv.set("greeting".into(), "hello".into()).await?;
     println!("get greeting: {:?}", kv.get("greeting".into()).await?);
     println!("stored values: {}", kv.count().await?);

@@ -67,7 +67,9 @@ async fn run() -> Result<ExitCode, String> {
         .with_max_delay(Duration::from_secs(5))
         .with_max_attempts(Some(u32::try_from(attempts).unwrap_or(u32::MAX)))
         .with_servers(servers);
-    tokio::spawn(connector.shutdown_handle().shutdown_on_signal());
+    connector
+        .shutdown_handle()
+        .shutdown_on(stream_rpc::shutdown_signal());
     let client = connector
         .connect_reconnecting(CheckingWorker(worker), reconnect)
         .map_err(|e| e.to_string())?;

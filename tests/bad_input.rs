@@ -10,6 +10,7 @@
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -343,14 +344,11 @@ async fn a_bad_peer_never_disturbs_another_connection() {
         let mut bad = server.raw().await;
         for _ in 0..3 {
             bad.send_raw(b"junk\n").await;
-            let reply = good.session().call("ping", json!("fine")).await.unwrap();
+            let reply = good.call("ping", json!("fine")).await.unwrap();
             assert_eq!(reply.payload, json!("fine"));
         }
         bad.expect_closed().await;
-        assert_eq!(
-            good.session().call("ping", json!(1)).await.unwrap().payload,
-            json!(1)
-        );
+        assert_eq!(good.call("ping", json!(1)).await.unwrap().payload, json!(1));
         server.stop().await;
     })
     .await;

@@ -60,11 +60,11 @@ impl Jobs for Scheduler {
 
     async fn who_is_there(&self, ctx: Context) -> Result<String, HandlerError> {
         let failed = |e: CallError| HandlerError::failed(e.to_string());
-        let name = NamerClient::new(ctx.session())
+        let name = NamerClient::new(ctx.connection())
             .name()
             .await
             .map_err(failed)?;
-        let count = CounterClient::new(ctx.session())
+        let count = CounterClient::new(ctx.connection())
             .count()
             .await
             .map_err(failed)?;
@@ -124,7 +124,7 @@ async fn one_listener_serves_several_services_routed_by_method() {
         assert_eq!(services.name(), "Jobs+Hub+Clock+Health");
         let server = TestServer::start(services, config(&key, 0), &key).await;
         let client = Connector::new(config(&key, server.port).build().unwrap())
-            .connect_client()
+            .connect(())
             .await
             .unwrap();
         assert_eq!(

@@ -4,6 +4,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -25,7 +26,7 @@ impl Protocol for Worker {
         let seen = self.pongs.fetch_add(1, Ordering::SeqCst) + 1;
         assert_eq!(packet.payload, json!(seen - 1), "pongs come back in order");
         if seen == self.rounds {
-            ctx.session().close();
+            ctx.connection().close();
             return Ok(Reply::Nothing);
         }
         Ok(Reply::message("ping", json!(seen)))
@@ -59,7 +60,7 @@ async fn calls_get_their_own_replies_and_errors() {
     bounded(async {
         let server = TestServer::new().await;
         let client = server.client().await;
-        let session = client.session();
+        let session = client.connection().expect("connected");
 
         let sum = session.call("add", json!({"a": 2, "b": 40})).await.unwrap();
         assert_eq!((sum.method.as_str(), sum.payload), ("sum", json!(42)));
@@ -104,7 +105,7 @@ async fn sixty_four_concurrent_calls_on_one_connection() {
         let server = TestServer::new().await;
         let client = server.client().await;
         let calls = (0..64i64).map(|n| {
-            let session = client.session().clone();
+            let session = client.connection().expect("connected");
             tokio::spawn(async move { session.call("add", json!({"a": n, "b": 1000})).await })
         });
         for (n, call) in calls.enumerate() {
@@ -124,7 +125,7 @@ async fn calls_flow_both_ways_at_once() {
         // Each `callback` makes the server call back into the client while
         // the client has calls of its own in flight.
         let calls = (0..16).map(|n| {
-            let session = client.session().clone();
+            let session = client.connection().expect("connected");
             tokio::spawn(async move {
                 let method = if n % 2 == 0 { "callback" } else { "ping" };
                 (method, n, session.call(method, json!(n)).await)
@@ -245,11 +246,11 @@ async fn calls_in_flight_fail_promptly_when_the_connection_is_lost() {
     bounded(async {
         let (server, probe) = TestServer::probed(|c| c).await;
         let client = server.client().await;
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let started = probe.started.notified();
         let call = tokio::spawn(async move { session.call("wait", json!(null)).await });
         started.await;
-        client.session().close();
+        client.close();
         // The client closes without waiting for the server's handler: the
         // call fails as lost rather than waiting for its timeout.
         let err = call.await.unwrap().unwrap_err();
@@ -306,11 +307,11 @@ async fn a_handler_that_waits_does_not_hold_up_the_connection() {
         let key = new_key();
         let server = TestServer::start(Gate::default(), config(&key, 0), &key).await;
         let client = server.client().await;
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let waiting = tokio::spawn(async move { session.call("wait", json!(null)).await });
         // Several quick calls go through while `wait` is still waiting.
         for _ in 0..3 {
-            let reply = client.session().call("ping", json!(null)).await;
+            let reply = client.call("ping", json!(null)).await;
             assert!(
                 matches!(
                     reply,
@@ -323,7 +324,7 @@ async fn a_handler_that_waits_does_not_hold_up_the_connection() {
             );
         }
         assert!(!waiting.is_finished());
-        let released = client.session().call("release", json!(null)).await.unwrap();
+        let released = client.call("release", json!(null)).await.unwrap();
         assert_eq!(released.method, "released");
         assert_eq!(waiting.await.unwrap().unwrap().method, "waited");
         server.stop().await;

@@ -70,9 +70,9 @@ async fn a_method_without_a_context_argument_reads_its_deadline() {
     bounded(async {
         let (server, _state, key) = start().await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let client = connector.connect_client().await.unwrap();
+        let client = connector.connect(()).await.unwrap();
         let limit = Duration::from_secs(20);
-        let jobs = JobsClient::new(client.session().clone()).with_timeout(limit);
+        let jobs = JobsClient::new(client.connection().expect("connected")).with_timeout(limit);
         let left = jobs.time_left().await.unwrap().expect("a deadline");
         assert!(left > 0 && left <= 20_000, "{left} ms left");
         // Outside a handler, there is none.
@@ -87,9 +87,9 @@ async fn a_handler_cleans_up_before_its_callers_deadline() {
     bounded(async {
         let (server, state, key) = start().await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let client = connector.connect_client().await.unwrap();
+        let client = connector.connect(()).await.unwrap();
         let limit = Duration::from_millis(300);
-        let jobs = JobsClient::new(client.session().clone()).with_timeout(limit);
+        let jobs = JobsClient::new(client.connection().expect("connected")).with_timeout(limit);
         let cleaned = state.cleaned.notified();
         // The handler is told a little before the deadline, and its
         // cleanup, `.await` and all, runs: its answer makes it in time
@@ -109,15 +109,15 @@ async fn a_handler_cleans_up_when_its_connection_closes() {
     bounded(async {
         let (server, state, key) = start().await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let client = connector.connect_client().await.unwrap();
-        let jobs = JobsClient::new(client.session().clone());
+        let client = connector.connect(()).await.unwrap();
+        let jobs = JobsClient::new(client.connection().expect("connected"));
         let started = state.started.notified();
         let cleaned = state.cleaned.notified();
         let call = tokio::spawn(async move { jobs.hold().await });
         started.await;
         // The client leaves: the server's handler is told at once, and has
         // the shutdown grace period to clean up.
-        client.session().close();
+        client.close();
         cleaned.await;
         assert!(call.await.unwrap().is_err());
         server.stop().await;

@@ -7,6 +7,7 @@
 //! with a time bound; a process still running when its test ends is killed.
 
 use std::time::{Duration, Instant};
+use stream_rpc::Caller;
 
 use stream_rpc_test_support::{BOUND, Process, RedisServer, free_port, tls_file};
 
@@ -191,9 +192,9 @@ fn a_server_killed_holding_a_lease_loses_no_task() {
                 .build()
                 .unwrap();
             let connector = stream_rpc::Connector::new(config);
-            async move { connector.connect_client().await }
+            async move { connector.connect(()).await }
         };
-        let call = |session: stream_rpc::SessionHandle, method: &'static str, payload| async move {
+        let call = |session: stream_rpc::Connection, method: &'static str, payload| async move {
             tokio::time::timeout(BOUND, session.call(method, payload))
                 .await
                 .expect("an answer in time")
@@ -202,17 +203,18 @@ fn a_server_killed_holding_a_lease_loses_no_task() {
         // A worker puts a task and takes it through the first server...
         let doomed = connect(&first_port).await.unwrap();
         let task = doomed
-            .session()
+            .connection()
+            .expect("connected")
             .packet("parse_article", stream_rpc::json!({"article_id": 4242}));
         let put = call(
-            doomed.session().clone(),
+            doomed.connection().expect("connected"),
             "put_in_queue",
             stream_rpc::json!(task),
         )
         .await;
         assert_eq!(put.payload, stream_rpc::json!({"queued": true}));
         let leased = call(
-            doomed.session().clone(),
+            doomed.connection().expect("connected"),
             "get_task_from_queue",
             stream_rpc::json!(null),
         )
@@ -225,7 +227,7 @@ fn a_server_killed_holding_a_lease_loses_no_task() {
         // lasts, then the task, and its save is kept.
         let other = connect(&second_port).await.unwrap();
         let early = call(
-            other.session().clone(),
+            other.connection().expect("connected"),
             "get_task_from_queue",
             stream_rpc::json!(null),
         )
@@ -235,7 +237,7 @@ fn a_server_killed_holding_a_lease_loses_no_task() {
         let again = loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let reply = call(
-                other.session().clone(),
+                other.connection().expect("connected"),
                 "get_task_from_queue",
                 stream_rpc::json!(null),
             )
@@ -247,14 +249,14 @@ fn a_server_killed_holding_a_lease_loses_no_task() {
         };
         assert_eq!((again.peer, again.id), (task.peer, task.id));
         let saved = call(
-            other.session().clone(),
+            other.connection().expect("connected"),
             "save_parsed_article",
             stream_rpc::json!({"task": {"peer": task.peer, "id": task.id}, "article": "parsed"}),
         )
         .await;
         assert_eq!(saved.payload, stream_rpc::json!({"saved": true}));
         let article = call(
-            other.session().clone(),
+            other.connection().expect("connected"),
             "get_parsed_article",
             stream_rpc::json!({"article_id": 4242}),
         )
@@ -357,7 +359,7 @@ fn a_worker_with_no_host_set_looks_for_its_server_on_this_machine() {
     };
     // STREAM_RPC_HOST unset: the listening default, 0.0.0.0, is no address
     // to connect to; the worker tries 127.0.0.1.
-    let mut worker = Process::start(
+    let mut worker = Process::example(
         "worker",
         &[
             ("CRYPTO_KEY", new_key().as_str()),
@@ -384,7 +386,7 @@ fn ctrl_c_and_sigterm_stop_worker_and_server_cleanly() {
     assert!(worker.wait_exit().success(), "{}", worker.output());
     assert!(worker.has("Worker stopped"), "{}", worker.output());
     // Once the signal is received, no new request is sent.
-    let lines = &worker.seen;
+    let lines = worker.seen();
     let signal = lines
         .iter()
         .position(|line| line.contains("shutdown signal received"))

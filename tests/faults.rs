@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -154,19 +155,11 @@ async fn frames_sliced_into_single_bytes_still_make_calls() {
         let (port, _) = proxy(server.port, Fault::OneByteWrites).await;
         let client = server.client_at(port).await;
         for n in 0..20 {
-            let reply = client
-                .session()
-                .call("add", json!({"a": n, "b": 1}))
-                .await
-                .unwrap();
+            let reply = client.call("add", json!({"a": n, "b": 1})).await.unwrap();
             assert_eq!(reply.payload, json!(n + 1));
         }
         // Both directions at once, through the slicing proxy.
-        let echoed = client
-            .session()
-            .call("callback", json!("sliced"))
-            .await
-            .unwrap();
+        let echoed = client.call("callback", json!("sliced")).await.unwrap();
         assert_eq!(echoed.payload, json!("sliced"));
         server.stop().await;
     })
@@ -189,12 +182,12 @@ async fn a_reset_mid_frame_fails_calls_in_flight_promptly_and_runs_none_twice() 
         let (port, events) = proxy(server.port, Fault::ResetAfter(first_frame + 40)).await;
         let client = server.client_at(port).await;
         let started = probe.started.notified();
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let waiting = tokio::spawn(async move { session.call("wait", json!(0)).await });
         started.await;
         // The second request is cut in the middle of its frame.
         let cut_off = events.cut.notified();
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let second = tokio::spawn(async move { session.call("wait", json!(1)).await });
         cut_off.await;
         let cut_at = Instant::now();
@@ -245,11 +238,7 @@ async fn executions_are_counted_once_per_request_under_slicing() {
         let client = server.client_at(port).await;
         for _ in 0..10 {
             let noted = probe.noted.notified();
-            client
-                .session()
-                .notify("note", json!("once"))
-                .await
-                .unwrap();
+            client.notify("note", json!("once")).await.unwrap();
             noted.await;
         }
         assert_eq!(probe.notes.load(Ordering::SeqCst), 10);
@@ -265,7 +254,7 @@ async fn delayed_frames_still_make_calls_and_late_replies_complete_nothing() {
         let delay = Duration::from_millis(100);
         let (port, _) = proxy(server.port, Fault::Delay(delay)).await;
         let client = server.client_at(port).await;
-        let session = client.session();
+        let session = client.connection().expect("connected");
         // The round trip takes at least two delays: a shorter limit expires.
         let err = session
             .call_with_timeout("add", json!({"a": 1, "b": 1}), delay / 2)
@@ -299,13 +288,12 @@ async fn a_stalled_reader_is_closed_at_the_write_deadline_and_learns_it_when_the
         let client = server.client_at(port).await;
         // A call in flight on the connection that will stall.
         let started = probe.started.notified();
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let waiting = tokio::spawn(async move { session.call("wait", json!("stalled")).await });
         started.await;
         // Far more than the proxy reads before it stalls.
         let cut = probe.flood_cut.notified();
         client
-            .session()
             .notify("flood", json!({"count": 100_000, "size": 64 * 1024}))
             .await
             .unwrap();

@@ -49,6 +49,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use common::example;
 use common::proxy::{Direction, Proxy, Tapped};
@@ -764,9 +765,9 @@ async fn produce(
                 .timeouts(Timeouts::default().with_idle(None))
                 .build()
                 .expect("the producer's config");
-            client = Connector::new(config).connect_client().await.ok();
+            client = Connector::new(config).connect(()).await.ok();
         }
-        if let Some(session) = client.as_ref().map(|c| c.session().clone()) {
+        if let Some(session) = client.as_ref().map(|c| c.connection().expect("connected")) {
             let put = |task: Packet| {
                 let session = session.clone();
                 async move {
@@ -1200,9 +1201,9 @@ async fn drainer(
     let mut client: Option<stream_rpc::Client> = None;
     while Instant::now() < deadline {
         if client.is_none() {
-            client = connector.connect_client().await.ok();
+            client = connector.connect(()).await.ok();
         }
-        let Some(session) = client.as_ref().map(|c| c.session().clone()) else {
+        let Some(session) = client.as_ref().map(|c| c.connection().expect("connected")) else {
             lock(&drained).failed_calls += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;

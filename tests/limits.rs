@@ -4,6 +4,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -100,7 +101,7 @@ async fn connections_beyond_the_limit_are_refused_promptly() {
         let first = server.client().await;
         let second = server.client().await;
         for client in [&first, &second] {
-            client.session().call("ping", json!(1)).await.unwrap();
+            client.call("ping", json!(1)).await.unwrap();
         }
         // A third is closed at once, well before any timeout.
         let mut third = server.raw().await;
@@ -109,8 +110,8 @@ async fn connections_beyond_the_limit_are_refused_promptly() {
         assert!(third.recv_line().await.is_none());
         assert!(refused_at.elapsed() < Duration::from_secs(5));
         // The two still work; when one leaves, a new one gets its slot.
-        first.session().call("ping", json!(2)).await.unwrap();
-        second.session().close();
+        first.call("ping", json!(2)).await.unwrap();
+        second.close();
         second.join().await;
         // The server frees the slot when its side of the session has ended,
         // a moment after the client's: a connection refused before then is
@@ -169,7 +170,7 @@ async fn graceful_shutdown_answers_calls_already_accepted() {
     bounded(async {
         let (server, probe) = TestServer::probed(|c| c.timeouts(short_timeouts())).await;
         let client = server.client().await;
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let started = probe.started.notified();
         let call = tokio::spawn(async move { session.call("wait", json!("accepted")).await });
         started.await;
@@ -201,18 +202,12 @@ async fn a_call_without_reply_times_out_and_frees_its_slot() {
         let client = server.client().await;
         // `note` never answers.
         let err = client
-            .session()
             .call_with_timeout("note", json!(null), Duration::from_millis(200))
             .await
             .unwrap_err();
         assert!(matches!(err, CallError::Timeout { .. }), "{err}");
         assert_eq!(
-            client
-                .session()
-                .call("ping", json!(3))
-                .await
-                .unwrap()
-                .payload,
+            client.call("ping", json!(3)).await.unwrap().payload,
             json!(3)
         );
         server.stop().await;
@@ -245,24 +240,21 @@ async fn packets_larger_than_the_frame_limit_are_errors_not_lost_frames() {
         .await
         .unwrap();
         let err = client
-            .session()
             .call("ping", json!("z".repeat(5_000)))
             .await
             .unwrap_err();
         assert!(
             matches!(
                 err,
-                CallError::Send(stream_rpc::SendError::TooLarge { max: 4096, .. })
+                CallError::NotSent {
+                    reason: stream_rpc::SendError::TooLarge { max: 4096, .. },
+                    ..
+                }
             ),
             "{err}"
         );
         assert_eq!(
-            client
-                .session()
-                .call("ping", json!(1))
-                .await
-                .unwrap()
-                .payload,
+            client.call("ping", json!(1)).await.unwrap().payload,
             json!(1)
         );
         server.stop().await;
@@ -356,7 +348,7 @@ async fn connections_beyond_the_per_address_limit_are_closed_at_once() {
         let first = server.client().await;
         let second = server.client().await;
         for client in [&first, &second] {
-            client.session().call("ping", json!(1)).await.unwrap();
+            client.call("ping", json!(1)).await.unwrap();
         }
         // Every further one from 127.0.0.1 is closed at once, though the
         // global limit (1024) is far.
@@ -369,8 +361,8 @@ async fn connections_beyond_the_per_address_limit_are_closed_at_once() {
         }
         // The two still work; when one leaves, its slot is given back (a
         // moment after the client's side ends: try until a time bound).
-        first.session().call("ping", json!(2)).await.unwrap();
-        second.session().close();
+        first.call("ping", json!(2)).await.unwrap();
+        second.close();
         second.join().await;
         let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {

@@ -9,6 +9,7 @@ mod common;
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -179,7 +180,7 @@ async fn refusals_counted(limits: stream_rpc::Limits, detail: &str, what: &str) 
     bounded(async {
         let server = TestServer::with(|c| c.limits(limits)).await;
         let kept = server.client().await;
-        kept.session().call("ping", json!(0)).await.unwrap();
+        kept.call("ping", json!(0)).await.unwrap();
         let started = tokio::time::Instant::now();
         for _ in 0..FLOOD {
             let mut refused = server.raw().await;
@@ -188,7 +189,7 @@ async fn refusals_counted(limits: stream_rpc::Limits, detail: &str, what: &str) 
         }
         let took = started.elapsed();
         // The one within the limit is still served.
-        kept.session().call("ping", json!(1)).await.unwrap();
+        kept.call("ping", json!(1)).await.unwrap();
         // Every refusal is counted: in a line of its own, or in a summary
         // once its second is over.
         out.wait_until(|text| {
@@ -408,7 +409,7 @@ async fn a_handler_cut_off_by_the_end_of_its_session_is_logged_as_cancelled() {
         let (server, probe) = TestServer::probed(|c| c.timeouts(timeouts)).await;
         let client = server.client().await;
         let started = probe.started.notified();
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         let waiting = tokio::spawn(async move { session.call("wait", json!(null)).await });
         started.await;
         // The handler waits for a release that never comes; the grace period
@@ -433,13 +434,10 @@ async fn one_call_logged(packets: PacketLog) -> String {
     bounded(async {
         let server = TestServer::with(|c| c).await;
         let client = stream_rpc::Connector::new(config(&server.key, server.port).build().unwrap())
-            .connect_client()
+            .connect(())
             .await
             .unwrap();
-        let reply = client
-            .session()
-            .call("ping", json!({"secret": "s3cr3t"}))
-            .await;
+        let reply = client.call("ping", json!({"secret": "s3cr3t"})).await;
         assert_eq!(reply.unwrap().payload, json!({"secret": "s3cr3t"}));
         drop(client);
         server.stop().await;

@@ -9,11 +9,10 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use stream_rpc::codec::{CodecError, FrameCodec};
 use stream_rpc::{
-    Cipher, Config, Context, Endpoint, Fernet, HandlerError, Packet, Protocol, Reply, Role, Session,
+    Cipher, Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply, Role,
 };
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes drawn mostly from the characters that matter to framing.
 fn wire_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -240,9 +239,8 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let end = runtime.block_on(async move {
             let (ours, theirs) = tokio::io::duplex(1 << 20);
-            let (reader, writer) = tokio::io::split(ours);
-            let session = Session::new(Arc::new(Echo), &Endpoint::new((*config).clone()), Role::Server, None);
-            let running = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+            let session = Connector::new((*config).clone()).attach(ours, Echo, Role::Server);
+            let running = tokio::spawn(session.join());
             let (_their_reader, mut their_writer) = tokio::io::split(theirs);
             // The session may close first (bad frames in a row): then the
             // rest cannot be written, which is fine.

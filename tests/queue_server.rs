@@ -6,10 +6,11 @@
 mod common;
 
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use common::{TestServer, bounded, config, new_key};
 use serde_json::json;
-use stream_rpc::{Connector, Packet, SessionHandle};
+use stream_rpc::{Connection, Connector, Packet};
 use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{QueueConfig, QueueSettings};
 use stream_rpc_test_support::RedisServer;
@@ -39,16 +40,16 @@ async fn server_with(
 }
 
 /// A worker's connection to `server`: a client that serves nothing.
-async fn worker(server: &TestServer) -> (stream_rpc::Client, SessionHandle) {
+async fn worker(server: &TestServer) -> (stream_rpc::Client, Connection) {
     let client = Connector::new(config(&server.key, server.port).build().unwrap())
-        .connect_client()
+        .connect(())
         .await
         .unwrap();
-    let session = client.session().clone();
+    let session = client.connection().expect("connected");
     (client, session)
 }
 
-async fn put(session: &SessionHandle, task: &Packet) -> serde_json::Value {
+async fn put(session: &Connection, task: &Packet) -> serde_json::Value {
     let reply = session
         .call("put_in_queue", serde_json::to_value(task).unwrap())
         .await
@@ -57,7 +58,7 @@ async fn put(session: &SessionHandle, task: &Packet) -> serde_json::Value {
     reply.payload
 }
 
-async fn take(session: &SessionHandle) -> Option<Packet> {
+async fn take(session: &Connection) -> Option<Packet> {
     let reply = session
         .call("get_task_from_queue", json!(null))
         .await
@@ -69,13 +70,13 @@ async fn take(session: &SessionHandle) -> Option<Packet> {
     })
 }
 
-async fn save(session: &SessionHandle, task: &Packet, article: serde_json::Value) -> bool {
+async fn save(session: &Connection, task: &Packet, article: serde_json::Value) -> bool {
     save_answer(session, task, article).await["saved"] == json!(true)
 }
 
 /// The payload of the answer to `save_parsed_article`.
 async fn save_answer(
-    session: &SessionHandle,
+    session: &Connection,
     task: &Packet,
     article: serde_json::Value,
 ) -> serde_json::Value {

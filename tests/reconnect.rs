@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -286,14 +287,14 @@ async fn a_client_given_several_servers_fails_over_when_its_server_goes_away() {
             .unwrap();
         let reply = client.call("ping", json!(1)).await.unwrap();
         assert_eq!(reply.payload, json!(1));
-        let session = client.session().expect("connected");
+        let session = client.connection().expect("connected");
         assert_eq!(session.remote_addr().unwrap().port(), first.port);
 
         first.stop().await;
         session.closed().await;
         let reply = client.call("ping", json!(2)).await.unwrap();
         assert_eq!(reply.payload, json!(2));
-        let now = client.session().expect("connected again");
+        let now = client.connection().expect("connected again");
         assert_eq!(now.remote_addr().unwrap().port(), second.port);
         assert_eq!(client.connections(), 2);
         client.close();

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use stream_rpc::Caller;
 
 /// A ping token, sealed once, and its id.
 fn sealed_ping(raw: &mut RawPeer) -> (String, u64) {
@@ -122,7 +123,7 @@ async fn a_forwarded_task_is_a_new_token_and_passes() {
     bounded(async {
         let server = TestServer::new().await;
         let client = server.client().await;
-        let session = client.session();
+        let session = client.connection().expect("connected");
         // The client's own packet comes back through the server, resealed.
         let task = session.packet("parse_article", json!({"article_id": 7}));
         let back = session

@@ -10,6 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -147,12 +148,12 @@ async fn measure_the_cost_of_the_shared_store() {
             (s.port, s.shutdown)
         };
         let client = Connector::new(config(&key, port).build().unwrap())
-            .connect_client()
+            .connect(())
             .await
             .unwrap();
         let started = std::time::Instant::now();
         for n in 0..calls {
-            client.session().call("ping", json!(n)).await.unwrap();
+            client.call("ping", json!(n)).await.unwrap();
         }
         let elapsed = started.elapsed();
         println!(

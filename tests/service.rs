@@ -6,13 +6,14 @@ mod common;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use stream_rpc::Caller;
 
 use common::{bounded, config, new_key};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stream_rpc::{
-    CallError, Connector, Context, ErrorCode, ErrorPayload, HandlerError, Message, Packet, Reply,
-    SessionHandle,
+    CallError, Connection, Connector, Context, ErrorCode, ErrorPayload, HandlerError, Message,
+    Packet, Reply,
 };
 use tokio::sync::Notify;
 
@@ -86,11 +87,11 @@ impl QueueServer {
 
     /// Calls back into the worker that called it, during the handler.
     async fn echo_via_worker(&self, ctx: Context, text: String) -> Result<String, CallError> {
-        WorkerClient::new(ctx.session()).shout(text).await
+        WorkerClient::new(ctx.connection()).shout(text).await
     }
 
     async fn who_am_i(&self, ctx: Context) -> String {
-        ctx.sender().to_string()
+        ctx.peer().to_string()
     }
 
     #[stream_rpc(skip)]
@@ -129,7 +130,7 @@ impl Worker {
     fn next(&self, ctx: &Context) -> Reply {
         let n = self.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if n > self.rounds {
-            ctx.session().close();
+            ctx.connection().close();
             return Reply::Nothing;
         }
         if n.is_multiple_of(5) {
@@ -165,7 +166,7 @@ impl Worker {
             );
         if !full {
             self.stats.unexpected.lock().unwrap().push(error);
-            ctx.session().close();
+            ctx.connection().close();
             return Reply::Nothing;
         }
         self.stats.errors.fetch_add(1, Ordering::SeqCst);
@@ -189,12 +190,12 @@ async fn serve() -> (u16, String, stream_rpc::ShutdownHandle) {
     (port, key, stop)
 }
 
-async fn client_of(port: u16, key: &str) -> (stream_rpc::Client, SessionHandle) {
+async fn client_of(port: u16, key: &str) -> (stream_rpc::Client, Connection) {
     let client = Connector::new(config(key, port).build().unwrap())
         .connect(Worker::new(0))
         .await
         .unwrap();
-    let session = client.session().clone();
+    let session = client.connection().expect("connected");
     (client, session)
 }
 
@@ -268,7 +269,7 @@ async fn typed_calls_round_trip() {
         assert_eq!(server.divide(9, 3).await.unwrap(), Ok(3));
         server.ping().await.unwrap();
         let me = server.who_am_i().await.unwrap();
-        assert_eq!(me, session.peer_id().to_string());
+        assert_eq!(me, session.local_id().to_string());
         // What went over the wire: the renamed method and the typed reply's method.
         let raw = session.call("math.negate", json!(7)).await.unwrap();
         assert_eq!(

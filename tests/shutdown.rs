@@ -3,6 +3,7 @@
 
 mod common;
 
+use stream_rpc::Caller;
 use stream_rpc_example_queue as queue_server;
 
 use std::collections::HashSet;
@@ -11,9 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use serde_json::json;
-use stream_rpc::{
-    CallError, Client, Context, HandlerError, Packet, Protocol, Reply, SessionHandle,
-};
+use stream_rpc::{CallError, Client, Connection, Context, HandlerError, Packet, Protocol, Reply};
 use stream_rpc_queue::TaskQueue;
 use tokio::sync::Notify;
 
@@ -51,7 +50,7 @@ struct Tally {
 
 /// Calls `work` until the connection goes; any error but a lost
 /// connection fails the test.
-async fn keep_calling(session: SessionHandle, caller: u64) -> Tally {
+async fn keep_calling(session: Connection, caller: u64) -> Tally {
     let mut tally = Tally::default();
     for n in 0.. {
         match session.call("work", json!([caller, n])).await {
@@ -59,7 +58,7 @@ async fn keep_calling(session: SessionHandle, caller: u64) -> Tally {
                 assert_eq!(reply.payload, json!([caller, n]), "another call's answer");
                 tally.answered += 1;
             }
-            Err(CallError::ConnectionLost { .. } | CallError::Send(_)) => {
+            Err(CallError::ConnectionLost { .. } | CallError::NotSent { .. }) => {
                 tally.lost += 1;
                 break;
             }
@@ -84,7 +83,7 @@ async fn shutdown_under_load_answers_every_call_it_executed() {
         for client_no in 0..6u64 {
             let client = server.client().await;
             for lane in 0..8 {
-                let session = client.session().clone();
+                let session = client.connection().expect("connected");
                 callers.push(tokio::spawn(keep_calling(session, client_no * 8 + lane)));
             }
             clients.push(client);
@@ -115,7 +114,7 @@ async fn shutdown_under_load_answers_every_call_it_executed() {
 
 /// One worker of the queue test: puts tasks and takes tasks until the
 /// connection goes; returns the tasks acknowledged and the tasks received.
-async fn queue_worker(session: SessionHandle, worker: u64) -> (Vec<u64>, Vec<u64>) {
+async fn queue_worker(session: Connection, worker: u64) -> (Vec<u64>, Vec<u64>) {
     let (mut acknowledged, mut received) = (Vec::new(), Vec::new());
     for n in 0.. {
         let task_no = worker * 1_000_000 + n;
@@ -129,7 +128,7 @@ async fn queue_worker(session: SessionHandle, worker: u64) -> (Vec<u64>, Vec<u64
                 assert_eq!(reply.payload, json!({"queued": true}));
                 acknowledged.push(task_no);
             }
-            Err(CallError::ConnectionLost { .. } | CallError::Send(_)) => break,
+            Err(CallError::ConnectionLost { .. } | CallError::NotSent { .. }) => break,
             Err(other) => panic!("put_in_queue failed with {other}"),
         }
         // Take one every other put, so the queue keeps some.
@@ -139,7 +138,7 @@ async fn queue_worker(session: SessionHandle, worker: u64) -> (Vec<u64>, Vec<u64
                     received.push(reply.payload.as_u64().expect("a task number"));
                 }
                 Ok(reply) => assert_eq!(reply.method, "pong", "{reply}"),
-                Err(CallError::ConnectionLost { .. } | CallError::Send(_)) => break,
+                Err(CallError::ConnectionLost { .. } | CallError::NotSent { .. }) => break,
                 Err(other) => panic!("get_task_from_queue failed with {other}"),
             }
         }
@@ -157,7 +156,10 @@ async fn the_queue_loses_no_acknowledged_task_when_shut_down_under_load() {
         let mut workers = Vec::new();
         for worker in 0..8u64 {
             let client = server.client().await;
-            workers.push(tokio::spawn(queue_worker(client.session().clone(), worker)));
+            workers.push(tokio::spawn(queue_worker(
+                client.connection().expect("connected"),
+                worker,
+            )));
             clients.push(client);
         }
         // Under load until a good number of tasks went through.

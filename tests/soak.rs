@@ -14,6 +14,7 @@
 mod common;
 
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use common::*;
 use serde_json::json;
@@ -91,14 +92,14 @@ async fn cycle(server: &TestServer, n: u64) {
         ),
         1 => {
             let client = server.client().await;
-            client.session().notify("ping", json!(n)).await.unwrap();
+            client.notify("ping", json!(n)).await.unwrap();
             drop(client);
         }
         _ => {
             let client = server.client().await;
-            let reply = client.session().call("ping", json!(n)).await.unwrap();
+            let reply = client.call("ping", json!(n)).await.unwrap();
             assert_eq!(reply.payload, json!(n));
-            client.session().close();
+            client.close();
             client.join().await;
         }
     }
@@ -150,7 +151,7 @@ async fn many_calls_over_one_connection_keep_memory_flat() {
     let server = TestServer::with(|c| c.limits(soak_limits())).await;
     let client = small_cache_client(&server).await;
     let run = |count: u64| {
-        let session = client.session().clone();
+        let session = client.connection().expect("connected");
         async move {
             let mut callers = Vec::new();
             for lane in 0..lanes {
@@ -183,7 +184,7 @@ async fn many_calls_over_one_connection_keep_memory_flat() {
     let grown = after.rss_kib.saturating_sub(before.rss_kib);
     assert!(grown < 2 * 1024, "resident memory grew by {grown} KiB");
     assert!(after.tasks <= before.tasks);
-    client.session().close();
+    client.close();
     client.join().await;
     server.stop().await;
 }

@@ -7,9 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use common::{TestServer, bounded, config, new_key};
-use stream_rpc::{CallError, Config, Connector, Context, ErrorCode, Reconnect, SessionHandle};
+use stream_rpc::{CallError, Config, Connection, Connector, Context, ErrorCode, Reconnect};
 use stream_rpc_example_kv::{Kv, KvClient, KvError, KvServer};
 use tokio::sync::Notify;
 
@@ -52,7 +53,7 @@ async fn a_client_that_serves_nothing_calls_a_trait_service() {
     bounded(async {
         let (server, key) = kv_server().await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let kv = KvClient::new(connector.connect_client().await.unwrap());
+        let kv = KvClient::new(connector.connect(()).await.unwrap());
         kv.set("a".into(), "1".into()).await.unwrap();
         // The notification is sent before the call on one connection, so it
         // has been handled when the call is.
@@ -85,8 +86,8 @@ async fn a_typed_client_rides_a_reconnecting_client() {
         kv.set("k".into(), "v".into()).await.unwrap();
         assert_eq!(kv.get("k".into()).await.unwrap(), Some("v".into()));
         // Through the connection it has now, and through an `Arc`.
-        let session = reconnecting.session().expect("connected");
-        let by_session: KvClient<SessionHandle> = KvClient::new(session);
+        let session = reconnecting.connection().expect("connected");
+        let by_session: KvClient<Connection> = KvClient::new(session);
         assert_eq!(by_session.count().await.unwrap(), 1);
         let shared = KvClient::new(std::sync::Arc::new(reconnecting));
         assert_eq!(shared.get("k".into()).await.unwrap(), Some("v".into()));
@@ -136,11 +137,7 @@ impl Probe for Probing {
     }
 
     async fn call_back(&self, ctx: Context) -> String {
-        match ctx
-            .session()
-            .call("anything", stream_rpc::json!(null))
-            .await
-        {
+        match ctx.call("anything", stream_rpc::json!(null)).await {
             Err(CallError::Remote { code, .. }) => code.to_string(),
             other => format!("unexpected: {other:?}"),
         }
@@ -156,9 +153,9 @@ async fn a_typed_call_can_have_its_own_time_limit_and_the_server_drops_the_work_
             TestServer::start(ProbeServer::new(Probing(state.clone())), config(&key, 0), &key)
                 .await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let client = connector.connect_client().await.unwrap();
+        let client = connector.connect(()).await.unwrap();
         let limit = Duration::from_millis(100);
-        let probe = ProbeClient::new(client.session().clone()).with_timeout(limit);
+        let probe = ProbeClient::new(client.connection().expect("connected")).with_timeout(limit);
         let err = probe.hold().await.unwrap_err();
         assert!(
             matches!(&err, CallError::Timeout { method, after } if method == "hold" && *after == limit),
@@ -170,7 +167,7 @@ async fn a_typed_call_can_have_its_own_time_limit_and_the_server_drops_the_work_
         state.dropped.notified().await;
         // Without it, the configured call timeout (30 s) applies: the call
         // waits until released.
-        let patient = ProbeClient::new(client.session().clone());
+        let patient = ProbeClient::new(client.connection().expect("connected"));
         assert_eq!(patient.caller().call_timeout(), Duration::from_secs(30));
         server.stop().await;
     })
@@ -184,7 +181,7 @@ async fn a_request_to_a_program_that_serves_nothing_gets_unknown_method() {
         let server =
             TestServer::start(ProbeServer::new(Probing::default()), config(&key, 0), &key).await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let probe = ProbeClient::new(connector.connect_client().await.unwrap());
+        let probe = ProbeClient::new(connector.connect(()).await.unwrap());
         assert_eq!(probe.call_back().await.unwrap(), "unknown_method");
         server.stop().await;
     })
@@ -208,12 +205,12 @@ async fn two_connectors_from_one_config_are_two_endpoints_that_talk() {
         let task = tokio::spawn(server.serve(ProbeServer::new(Probing::default())));
 
         let calling = Connector::new(shared);
-        assert_ne!(calling.peer_id(), serving.peer_id());
-        let probe = ProbeClient::new(calling.connect_client().await.unwrap());
+        assert_ne!(calling.local_id(), serving.local_id());
+        let probe = ProbeClient::new(calling.connect(()).await.unwrap());
         assert_eq!(probe.id_of().await.unwrap(), 0);
 
         // One endpoint numbers its packets across its connections.
-        let second = ProbeClient::new(calling.connect_client().await.unwrap());
+        let second = ProbeClient::new(calling.connect(()).await.unwrap());
         let ids = [
             second.id_of().await.unwrap(),
             probe.id_of().await.unwrap(),
@@ -321,7 +318,7 @@ async fn a_client_built_from_the_old_definition_calls_a_server_built_from_the_ne
         let key = new_key();
         let server = TestServer::start(v2::JobsServer::new(v2::New), config(&key, 0), &key).await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let old = v1::JobsClient::new(connector.connect_client().await.unwrap());
+        let old = v1::JobsClient::new(connector.connect(()).await.unwrap());
         // A method beside a new one.
         assert_eq!(old.submit("build".into()).await.unwrap(), Ok(5));
         // A new `Option` argument: `None` on the server.
@@ -357,7 +354,7 @@ async fn refusals_of_a_request_that_did_not_run_are_the_calls_error_never_the_me
         let key = new_key();
         let server = TestServer::start(v1::JobsServer::new(v1::Old), config(&key, 0), &key).await;
         let connector = Connector::new(config(&key, server.port).build().unwrap());
-        let new = v2::JobsClient::new(connector.connect_client().await.unwrap());
+        let new = v2::JobsClient::new(connector.connect(()).await.unwrap());
         // A method the old server lacks: `unknown_method`, for a method
         // whose own error type is `HandlerError`, is still the call's error.
         let err = new.cancel(1).await.unwrap_err();

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use stream_rpc::Caller;
 
 use stream_rpc::{Config, Connector, Endpoint, Fernet, ShutdownHandle, json};
 use stream_rpc_example_queue::QueueServer;
@@ -116,8 +117,8 @@ async fn run(url: &str, servers: usize, duration: Duration) -> f64 {
             let connector = Connector::new(config(port));
             let done = done.clone();
             tokio::spawn(async move {
-                let client = connector.connect_client().await.expect("a server");
-                let session = client.session();
+                let client = connector.connect(()).await.expect("a server");
+                let session = client.connection().expect("connected");
                 while started.elapsed() < duration {
                     // Unique articles, over all runs: no duplicate is refused.
                     let id = NEXT_ARTICLE.fetch_add(1, Ordering::Relaxed);
@@ -260,10 +261,10 @@ async fn sequential(url: &str, shared: bool, method: &str, calls: u32) -> f64 {
     let stop = server.shutdown_handle();
     tokio::spawn(server.serve(QueueServer::new(queue, queue_config.lease)));
     let client = Connector::new(config(port))
-        .connect_client()
+        .connect(())
         .await
         .expect("the server");
-    let session = client.session();
+    let session = client.connection().expect("connected");
     // A few calls first: connections warm, the Lua scripts loaded.
     for _ in 0..50 {
         session.call(method, json!(null)).await.expect("a call");

@@ -480,7 +480,7 @@ impl Client {
                     .await
                     .expect("connect");
                 Client::StreamRpc {
-                    client: BenchClient::new(client.session().clone()),
+                    client: BenchClient::new(client.connection().expect("connected")),
                     _connection: Arc::new(client),
                 }
             }

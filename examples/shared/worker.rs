@@ -157,13 +157,13 @@ impl Worker {
             .as_ref()
             .is_some_and(ShutdownHandle::is_shutting_down)
         {
-            tracing::info!(protocol = "Worker", peer = %ctx.peer_id(), "Shutting down: no new request");
+            tracing::info!(protocol = "Worker", peer = %ctx.local_id(), "Shutting down: no new request");
             return Reply::Nothing;
         }
         let n = self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.settings.max_requests.is_some_and(|max| n > max) {
-            tracing::info!(protocol = "Worker", peer = %ctx.peer_id(), "Done: {} requests made", n - 1);
-            ctx.session().close();
+            tracing::info!(protocol = "Worker", peer = %ctx.local_id(), "Done: {} requests made", n - 1);
+            ctx.connection().close();
             return Reply::Nothing;
         }
         if n.is_multiple_of(5) {
@@ -188,7 +188,7 @@ impl Worker {
 
     /// Checks a task this worker put against what came back.
     fn check_own_task(&self, ctx: &Context, task: &Packet) {
-        if task.peer != ctx.peer_id() {
+        if task.peer != ctx.local_id() {
             return;
         }
         let sent = self
@@ -200,9 +200,9 @@ impl Worker {
         let mut back = task.clone();
         back.reply_to = None;
         if back == sent {
-            tracing::info!(protocol = "Worker", peer = %ctx.peer_id(), "Task #{} came back unchanged", task.id);
+            tracing::info!(protocol = "Worker", peer = %ctx.local_id(), "Task #{} came back unchanged", task.id);
         } else {
-            tracing::error!(protocol = "Worker", peer = %ctx.peer_id(), "Task #{} came back changed: sent {sent}, got {back}", task.id);
+            tracing::error!(protocol = "Worker", peer = %ctx.local_id(), "Task #{} came back changed: sent {sent}, got {back}", task.id);
         }
     }
 }
@@ -225,7 +225,7 @@ impl Worker {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
         {
-            let peer = ctx.peer_id();
+            let peer = ctx.local_id();
             if queued == &Value::Bool(true) {
                 tracing::info!(protocol = "Worker", peer = %peer, "Queued article: {article}");
             } else {
@@ -240,7 +240,7 @@ impl Worker {
     /// it, so it is not handed to another worker.
     async fn parse_article(&self, ctx: Context, article: Article) -> Reply {
         self.stats.answers.fetch_add(1, Ordering::Relaxed);
-        let peer = ctx.peer_id();
+        let peer = ctx.local_id();
         tracing::info!(protocol = "Worker", peer = %peer, "Start parsing article: {}", article.article_id);
         tokio::time::sleep(self.settings.parse_delay).await;
         self.stats.tasks_parsed.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +253,7 @@ impl Worker {
         Reply::message(
             "save_parsed_article",
             json!({
-                "task": {"peer": ctx.sender(), "id": ctx.request_id()},
+                "task": {"peer": ctx.peer(), "id": ctx.request_id()},
                 "article": parsed,
             }),
         )
@@ -262,7 +262,7 @@ impl Worker {
     /// An error packet from the server: log it and go on.
     async fn error(&self, ctx: Context, error: ErrorPayload) -> Reply {
         self.stats.answers.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(protocol = "Worker", peer = %ctx.peer_id(), "The server refused a request: {}", error.message);
+        tracing::warn!(protocol = "Worker", peer = %ctx.local_id(), "The server refused a request: {}", error.message);
         self.next_request(&ctx).await
     }
 }

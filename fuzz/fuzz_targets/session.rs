@@ -6,18 +6,16 @@
 //! bound once its input ends; memory stays within libFuzzer's RSS limit.
 #![no_main]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use stream_rpc::{
-    Cipher, Config, Context, Endpoint, Fernet, HandlerError, Limits, Packet, Protocol, Reply,
-    ReplyTo, Role, Session, Timeouts,
+    Caller, Cipher, Config, Connector, Context, Fernet, HandlerError, Limits, Packet, Protocol,
+    Reply, ReplyTo, Role, Timeouts,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
 const METHODS: [&str; 6] = ["ping", "error", "call_back", "slow", "unknown", ""];
@@ -58,7 +56,7 @@ impl Protocol for Target {
             "call_back" => {
                 // Nobody answers: bounded by the call timeout, cut short when
                 // the session ends.
-                let _ = ctx.session().call("ping", json!(null)).await;
+                let _ = ctx.call("ping", json!(null)).await;
                 Ok(Reply::Nothing)
             }
             "slow" => {
@@ -120,9 +118,8 @@ fuzz_target!(|input: Input| {
         .expect("a runtime");
     runtime.block_on(async move {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let (reader, writer) = tokio::io::split(ours);
-        let session = Session::new(Arc::new(Target), &Endpoint::new(config), Role::Server, None);
-        let running = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+        let session = Connector::new(config).attach(ours, Target, Role::Server);
+        let running = tokio::spawn(session.join());
         let (mut their_reader, mut their_writer) = tokio::io::split(theirs);
         // Drain what the session sends, so that it never waits on us.
         let drain = tokio::spawn(async move {

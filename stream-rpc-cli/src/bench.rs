@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use hdrhistogram::Histogram;
-use stream_rpc::{CallError, Config, Connector, SessionHandle, Value};
+use stream_rpc::{CallError, Config, Connection, Connector, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -180,7 +181,7 @@ pub async fn run(config: Config, plan: Plan) -> Result<Outcome, String> {
     let connector = Connector::new(config);
     let mut clients = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
-        let client = tokio::time::timeout(plan.timeout, connector.connect_client())
+        let client = tokio::time::timeout(plan.timeout, connector.connect(()))
             .await
             .map_err(|_| "cannot connect within the call timeout".to_owned())?
             .map_err(|e| format!("cannot connect: {e}"))?;
@@ -216,7 +217,7 @@ pub async fn run(config: Config, plan: Plan) -> Result<Outcome, String> {
     let mut callers = Vec::new();
     for client in &clients {
         for _ in 0..shared.plan.concurrency {
-            let (shared, session) = (shared.clone(), client.session().clone());
+            let (shared, session) = (shared.clone(), client.connection().expect("connected"));
             callers.push(tokio::spawn(caller(shared, session)));
         }
     }
@@ -227,7 +228,7 @@ pub async fn run(config: Config, plan: Plan) -> Result<Outcome, String> {
     ticker.abort();
     bar.finish_and_clear();
     for client in &clients {
-        client.session().close();
+        client.close();
     }
     let (latencies, errors) = std::mem::replace(
         &mut *shared.outcome.lock().await,
@@ -245,7 +246,7 @@ pub async fn run(config: Config, plan: Plan) -> Result<Outcome, String> {
 
 /// One caller: calls one at a time until the plan is done; open loop, each
 /// call waits for its scheduled time and counts its latency from it.
-async fn caller(shared: Arc<Shared>, session: SessionHandle) {
+async fn caller(shared: Arc<Shared>, session: Connection) {
     let mut latencies =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();

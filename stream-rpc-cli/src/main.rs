@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
@@ -492,7 +493,7 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
         .build()
         .map_err(config_failure)?;
     let connector = Connector::new(config);
-    let client = tokio::time::timeout(limit, connector.connect_client())
+    let client = tokio::time::timeout(limit, connector.connect(()))
         .await
         .map_err(|_| format!("cannot connect to {host}:{port} within {limit:?}"))?
         .map_err(|e| match e {
@@ -500,15 +501,14 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
             unreachable @ stream_rpc::Error::Unreachable { .. } => unreachable.to_string(),
             other => format!("cannot connect to {host}:{port}: {other}"),
         })?;
-    let session = client.session();
     if args.notify {
-        session.notify(&args.method, body).await?;
+        client.notify(&args.method, body).await?;
         // Closing writes what is queued first.
-        session.close();
+        client.close();
         client.join().await;
         return Ok(0);
     }
-    match session.call_with_timeout(&args.method, body, limit).await {
+    match client.call_with_timeout(&args.method, body, limit).await {
         Ok(reply) => {
             let shown = if args.packet {
                 serde_json::to_value(&reply)?

@@ -19,7 +19,7 @@ pub fn client_ident(service: &Service) -> Ident {
     format_ident!("{}Client", service.ident.unraw())
 }
 
-/// The typed client over a `SessionHandle` (the caller parameter's
+/// The typed client over a `Connection` (the caller parameter's
 /// default), with the service type's generics.
 pub fn session_client(
     client: &Ident,
@@ -40,7 +40,7 @@ pub fn session_client(
             quote!(#ident)
         }
     });
-    quote!(#client<#(#args,)* #krate::SessionHandle>)
+    quote!(#client<#(#args,)* #krate::Connection>)
 }
 
 /// Everything the typed client is made of, in both forms.
@@ -64,13 +64,13 @@ pub fn client_items(service: &Service, krate: &TokenStream, parts: &ClientParts)
     let client = client_ident(service);
     let caller = Ident::new(CALLER_PARAM, Span::call_site());
     let client_doc = format!(
-        "A typed client of [`{}`]: one method per service method, over any [`Caller`](trait@::stream_rpc::Caller) to a peer that serves it (a `SessionHandle`, a `Client`, a `ReconnectingClient`, or a reference to one).",
+        "A typed client of [`{}`]: one method per service method, over any [`Caller`](trait@::stream_rpc::Caller) to a peer that serves it (a `Connection`, a `Client`, a `ReconnectingClient`, or a reference to one).",
         service.ident.unraw()
     );
     let mut generics = parts.generics.clone();
     generics
         .params
-        .push(parse_quote!(#caller = #krate::SessionHandle));
+        .push(parse_quote!(#caller = #krate::Connection));
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let marker_field = parts
         .service_ty

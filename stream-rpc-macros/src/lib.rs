@@ -68,7 +68,7 @@ mod validate;
 ///
 /// // A client that serves nothing calls it through the generated `KvClient`,
 /// // over any `Caller` (here a `Client`; a `ReconnectingClient` as well).
-/// let kv = KvClient::new(Connector::new(config(port)?).connect_client().await?);
+/// let kv = KvClient::new(Connector::new(config(port)?).connect(()).await?);
 /// kv.set("a".into(), "1".into()).await?;
 /// assert_eq!(kv.take("a".into()).await?, Ok("1".to_owned()));
 /// // The method's own error comes back as itself.
@@ -141,7 +141,7 @@ mod validate;
 ///     /// The handler context first: who sent the packet, and the session to
 ///     /// send packets or make calls back to that peer.
 ///     async fn whoami(&self, ctx: Context) -> String {
-///         ctx.sender().to_string()
+///         ctx.peer().to_string()
 ///     }
 ///
 ///     /// Another name on the wire.
@@ -261,13 +261,13 @@ mod validate;
 /// - `QueueServer::METHODS` / `KvServer::<T>::METHODS`: the wire names, for
 ///   logs and introspection.
 /// - `QueueServerClient` / `KvClient`, the typed client, generic over any
-///   `Caller` (a `SessionHandle` by default): `new(caller)`, `caller()`,
+///   `Caller` (a `Connection` by default): `new(caller)`, `caller()`,
 ///   `with_timeout(limit)` for a time limit of its own, `METHODS` (the same
 ///   list, without naming the server's parameter), and one async method per
 ///   service method with the same arguments (without the context), as
 ///   visible as the service method. Over a connection:
-///   `KvClient::new(client.session())`; inside a handler, to call back into
-///   the peer: `KvClient::new(ctx.session())`.
+///   `KvClient::new(client.connection())`; inside a handler, to call back into
+///   the peer: `KvClient::new(ctx.connection())`.
 ///
 /// The generated code's generic parameters have names no user code writes
 /// (a service may be called `S`, `C`, `Result`, `Context`...), and it names
@@ -293,7 +293,7 @@ mod validate;
 /// # let stop = server.shutdown_handle();
 /// # let serving = tokio::spawn(server.serve(Calculator));
 /// let client = Connector::new(config(port)?).connect(Calculator).await?;
-/// let calculator = CalculatorClient::new(client.session());
+/// let calculator = CalculatorClient::new(client.connection());
 /// assert_eq!(calculator.add(2, 40).await?, 42);
 /// # stop.shutdown();
 /// # drop(client);

@@ -12,11 +12,11 @@ use crate::error::{CallError, SendError};
 use crate::packet::Packet;
 use crate::protocol::Context;
 use crate::reconnect::ReconnectingClient;
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 /// Makes calls and sends notifications to a peer: the one way to do both.
 ///
-/// Implemented by [`SessionHandle`] (one connection), [`Client`],
+/// Implemented by [`Connection`] (one connection), [`Client`],
 /// [`ReconnectingClient`], a handler's [`Context`] (calls back the peer that
 /// sent the packet, on its connection), and references and `Arc`s of them. Bring it into scope (`use stream_rpc::Caller;`) to call
 /// by method name; the typed clients that `#[stream_rpc::service]`
@@ -77,7 +77,7 @@ pub trait Caller: Send + Sync {
     }
 }
 
-impl Caller for SessionHandle {
+impl Caller for Connection {
     fn call_with_timeout(
         &self,
         method: &str,
@@ -153,7 +153,7 @@ impl Caller for Context {
         payload: Value,
         limit: Duration,
     ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.session().request(method, payload, limit)
+        self.connection().request(method, payload, limit)
     }
 
     fn notify(
@@ -161,11 +161,11 @@ impl Caller for Context {
         method: &str,
         payload: Value,
     ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.session().send_new(method, payload, None)
+        self.connection().send_new(method, payload, None)
     }
 
     fn call_timeout(&self) -> Duration {
-        self.session().call_timeout()
+        self.connection().call_timeout()
     }
 }
 

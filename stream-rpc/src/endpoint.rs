@@ -32,7 +32,7 @@ use crate::replay::{MemoryReplayStore, ReplayStore};
 ///
 /// let config = Config::builder().key(Fernet::generate_key()?).build()?;
 /// let (a, b) = (Endpoint::new(config.clone()), Endpoint::new(config));
-/// assert_ne!(a.peer_id(), b.peer_id());
+/// assert_ne!(a.local_id(), b.local_id());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -66,14 +66,14 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// A new endpoint with a new random peer id.
     pub fn new(config: Config) -> Self {
-        Endpoint::with_peer_id(config, Uuid::new_v4())
+        Endpoint::with_local_id(config, Uuid::new_v4())
     }
 
     /// A new endpoint with this peer id (for a process that keeps its
     /// identity across restarts). Its packets are numbered from 0 again, so
     /// two endpoints that live at the same time should never share an id.
-    pub fn with_peer_id(config: Config, peer_id: Uuid) -> Self {
-        Endpoint::builder(config).peer_id(peer_id).build()
+    pub fn with_local_id(config: Config, peer_id: Uuid) -> Self {
+        Endpoint::builder(config).local_id(peer_id).build()
     }
 
     /// A builder, for an endpoint with a peer id of its own choosing or a
@@ -92,7 +92,7 @@ impl Endpoint {
     }
 
     /// Its peer id, the `peer` of every packet it creates.
-    pub fn peer_id(&self) -> Uuid {
+    pub fn local_id(&self) -> Uuid {
         self.inner.peer_id
     }
 
@@ -156,7 +156,7 @@ impl fmt::Debug for EndpointBuilder {
 
 impl EndpointBuilder {
     /// The peer id (default: a new random UUID).
-    pub fn peer_id(mut self, peer_id: Uuid) -> Self {
+    pub fn local_id(mut self, peer_id: Uuid) -> Self {
         self.peer_id = Some(peer_id);
         self
     }
@@ -221,14 +221,14 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [0, 1, 2, 3]);
-        assert_eq!(clone.packet("m", json!(null)).peer, endpoint.peer_id());
+        assert_eq!(clone.packet("m", json!(null)).peer, endpoint.local_id());
     }
 
     #[test]
     fn two_endpoints_of_one_config_are_two_peers() {
         let config = config();
         let (a, b) = (Endpoint::new(config.clone()), Endpoint::new(config));
-        assert_ne!(a.peer_id(), b.peer_id());
+        assert_ne!(a.local_id(), b.local_id());
         let (ra, rb) = (a.replay().unwrap(), b.replay().unwrap());
         assert!(!Arc::ptr_eq(ra, rb));
         // A store can be shared on purpose.
@@ -239,7 +239,7 @@ mod tests {
         assert!(Arc::ptr_eq(c.replay().unwrap(), &shared));
         let fixed = Uuid::new_v4();
         assert_eq!(
-            Endpoint::with_peer_id(a.config().clone(), fixed).peer_id(),
+            Endpoint::with_local_id(a.config().clone(), fixed).local_id(),
             fixed
         );
     }

@@ -7,16 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::lifecycle::EndReason;
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 /// The error an on-connect hook returns: any error (`?` converts a
 /// [`CallError`](crate::CallError) into it, and `"text".into()` makes one).
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
-type OnConnect = dyn Fn(SessionHandle) -> Pin<Box<dyn Future<Output = Result<(), HookError>> + Send>>
-    + Send
-    + Sync;
-type OnDisconnect = dyn Fn(&SessionHandle, &EndReason) + Send + Sync;
+type OnConnect =
+    dyn Fn(Connection) -> Pin<Box<dyn Future<Output = Result<(), HookError>> + Send>> + Send + Sync;
+type OnDisconnect = dyn Fn(&Connection, &EndReason) + Send + Sync;
 
 /// The hooks of a connector; cheap to clone.
 #[derive(Clone, Default)]
@@ -37,7 +36,7 @@ impl fmt::Debug for Hooks {
 impl Hooks {
     pub(crate) fn set_on_connect<F, Fut>(&mut self, hook: F)
     where
-        F: Fn(SessionHandle) -> Fut + Send + Sync + 'static,
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HookError>> + Send + 'static,
     {
         self.on_connect = Some(Arc::new(move |connection| Box::pin(hook(connection))));
@@ -45,13 +44,13 @@ impl Hooks {
 
     pub(crate) fn set_on_disconnect<F>(&mut self, hook: F)
     where
-        F: Fn(&SessionHandle, &EndReason) + Send + Sync + 'static,
+        F: Fn(&Connection, &EndReason) + Send + Sync + 'static,
     {
         self.on_disconnect = Some(Arc::new(hook));
     }
 
     /// Runs the on-connect hook, if any, on a new connection.
-    pub(crate) async fn connected(&self, connection: &SessionHandle) -> Result<(), HookError> {
+    pub(crate) async fn connected(&self, connection: &Connection) -> Result<(), HookError> {
         match &self.on_connect {
             Some(hook) => hook(connection.clone()).await,
             None => Ok(()),
@@ -59,7 +58,7 @@ impl Hooks {
     }
 
     /// Runs the on-disconnect hook, if any, on a connection that ended.
-    pub(crate) fn disconnected(&self, connection: &SessionHandle, end: &EndReason) {
+    pub(crate) fn disconnected(&self, connection: &Connection, end: &EndReason) {
         if let Some(hook) = &self.on_disconnect {
             hook(connection, end);
         }

@@ -4,7 +4,7 @@
 //! `payload`), each sealed into a Fernet token under one shared key and sent
 //! as one line. Each side runs a [`Protocol`] that handles incoming packets
 //! and may answer them; both sides can send packets and make calls at any
-//! time through a [`SessionHandle`]. The [`Connector`] runs servers and
+//! time through a [`Connection`]. The [`Connector`] runs servers and
 //! clients with settings from the environment (`CRYPTO_KEY`,
 //! `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_LOG_LVL`) or from code.
 //!
@@ -131,7 +131,7 @@ pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 pub use router::{DuplicateMethod, Service, Services};
 pub use service::{Argument, IntoReply, Message, MethodError, REPLY_SUFFIX};
-pub use session::SessionHandle;
+pub use session::Connection;
 pub use stream_rpc_macros::service;
 
 #[doc(hidden)]

@@ -22,7 +22,7 @@ pub enum EndReason {
     PeerClosed,
     /// The server or client was shut down.
     Shutdown,
-    /// [`SessionHandle::close`](crate::SessionHandle::close) was called.
+    /// [`Connection::close`](crate::Connection::close) was called.
     Closed,
     /// A server's peer sent no frame in time after connecting.
     FirstFrameTimeout,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 /// Processes each incoming packet of a connection and may answer it.
 ///
@@ -242,7 +242,7 @@ tokio::task_local! {
 /// [`Context::current`].
 #[derive(Debug, Clone)]
 pub struct Context {
-    session: SessionHandle,
+    session: Connection,
     sender: Uuid,
     request_id: u64,
     deadline: Option<Instant>,
@@ -254,7 +254,7 @@ pub struct Context {
 
 impl Context {
     pub(crate) fn new(
-        session: SessionHandle,
+        session: Connection,
         sender: Uuid,
         request_id: u64,
         deadline: Option<(Instant, Duration)>,
@@ -459,17 +459,17 @@ impl Context {
 
     /// The session of this connection: send packets or make calls to the
     /// peer at any time, also after the handler returns.
-    pub fn session(&self) -> &SessionHandle {
+    pub fn connection(&self) -> &Connection {
         &self.session
     }
 
     /// This side's own peer id.
-    pub fn peer_id(&self) -> Uuid {
-        self.session.peer_id()
+    pub fn local_id(&self) -> Uuid {
+        self.session.local_id()
     }
 
     /// The `peer` of the packet being handled (its creator).
-    pub fn sender(&self) -> Uuid {
+    pub fn peer(&self) -> Uuid {
         self.sender
     }
 

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use stream_rpc::Caller;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -127,7 +128,6 @@ impl Protocol for TestService {
             }
             "callback" => {
                 let answer = ctx
-                    .session()
                     .call("ping", packet.payload)
                     .await
                     .map_err(|e| HandlerError::failed(e.to_string()))?;
@@ -148,7 +148,7 @@ impl Protocol for TestService {
                 };
                 let mut sent = 0;
                 while sent < args.count {
-                    if ctx.session().notify("blob", json!(blob)).await.is_err() {
+                    if ctx.notify("blob", json!(blob)).await.is_err() {
                         break;
                     }
                     sent += 1;
@@ -237,9 +237,9 @@ impl TestServer {
     /// The server still answers a fresh, well-behaved client.
     pub async fn assert_healthy(&self) {
         let client = self.client().await;
-        let reply = client.session().call("ping", json!("still there?")).await;
+        let reply = client.call("ping", json!("still there?")).await;
         assert_eq!(reply.unwrap().payload, json!("still there?"));
-        client.session().close();
+        client.close();
         client.join().await;
     }
 

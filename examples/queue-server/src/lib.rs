@@ -180,7 +180,7 @@ impl QueueServer {
     /// peer) and sends it as it was put (its own peer, id, created_at,
     /// method and payload), or `pong` when there is none.
     async fn get_task_from_queue(&self, ctx: Context) -> Result<Reply, HandlerError> {
-        let worker = ctx.sender().to_string();
+        let worker = ctx.peer().to_string();
         let leased = self
             .queue
             .lease(&worker, self.lease)
@@ -208,7 +208,7 @@ impl QueueServer {
         task: TaskRef,
         article: Value,
     ) -> Result<Message<Value>, HandlerError> {
-        let worker = ctx.sender().to_string();
+        let worker = ctx.peer().to_string();
         let acked = self
             .queue
             .ack(task, &worker, &article)

@@ -3,7 +3,7 @@
 use tokio::task::JoinHandle;
 
 use crate::lifecycle::EndReason;
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 #[cfg(doc)]
 use super::Connector;
@@ -16,18 +16,18 @@ use crate::{Caller, ReconnectingClient};
 /// [`connection`](Self::connection), [`connected`](Self::connected) and
 /// [`is_connected`](Self::is_connected) answer as a
 /// [`ReconnectingClient`]'s do. Dropping it closes the connection
-/// gracefully (as [`SessionHandle::close`] does), unless
+/// gracefully (as [`Connection::close`] does), unless
 /// [`Client::join`] took it over.
 #[derive(Debug)]
 pub struct Client {
-    pub(super) handle: SessionHandle,
+    pub(super) handle: Connection,
     pub(super) task: Option<JoinHandle<EndReason>>,
 }
 
 impl Client {
     /// The connection, while it is open: to send packets, to hand to other
     /// tasks, to see when it closes.
-    pub fn connection(&self) -> Option<SessionHandle> {
+    pub fn connection(&self) -> Option<Connection> {
         (!self.handle.is_closed()).then(|| self.handle.clone())
     }
 
@@ -39,12 +39,12 @@ impl Client {
     /// The connection, while it is open; `None` once it has closed (a
     /// [`Client`] never reconnects). Answers at once; it is `async` to
     /// match [`ReconnectingClient::connected`].
-    pub async fn connected(&self) -> Option<SessionHandle> {
+    pub async fn connected(&self) -> Option<Connection> {
         self.connection()
     }
 
     /// The connection's handle, open or not.
-    pub(crate) fn handle(&self) -> &SessionHandle {
+    pub(crate) fn handle(&self) -> &Connection {
         &self.handle
     }
 

@@ -23,7 +23,7 @@ use crate::hooks::{HookError, Hooks};
 use crate::lifecycle::{EndReason, Role};
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 mod client;
 mod server;
@@ -72,7 +72,7 @@ impl Connector {
     }
 
     /// A connector for an endpoint made beforehand (one with a peer id of
-    /// its own choosing: [`Endpoint::with_peer_id`]).
+    /// its own choosing: [`Endpoint::with_local_id`]).
     pub fn with_endpoint(endpoint: Endpoint) -> Self {
         Connector {
             endpoint,
@@ -119,7 +119,7 @@ impl Connector {
     /// ```
     pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
     where
-        F: Fn(SessionHandle) -> Fut + Send + Sync + 'static,
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HookError>> + Send + 'static,
     {
         self.hooks.set_on_connect(hook);
@@ -139,7 +139,7 @@ impl Connector {
     /// ```
     pub fn on_disconnect<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&SessionHandle, &EndReason) + Send + Sync + 'static,
+        F: Fn(&Connection, &EndReason) + Send + Sync + 'static,
     {
         self.hooks.set_on_disconnect(hook);
         self
@@ -156,8 +156,8 @@ impl Connector {
     }
 
     /// This endpoint's peer id, the `peer` of every packet it creates.
-    pub fn peer_id(&self) -> Uuid {
-        self.endpoint.peer_id()
+    pub fn local_id(&self) -> Uuid {
+        self.endpoint.local_id()
     }
 
     /// A handle that shuts down everything this connector runs.
@@ -414,19 +414,20 @@ impl Connector {
         payload: Value,
     ) -> Result<EndReason, Error> {
         let client = self.connect(protocol).await?;
-        let shutdown = self.shutdown.clone();
         let signal = shutdown_signal();
-        let signals = tokio::spawn(async move {
-            signal.await;
-            shutdown.shutdown();
-        });
         if let Err(e) = client.notify(method, payload).await {
-            client.handle().close();
-            signals.abort();
+            client.close();
             return Err(Error::Hello(e));
         }
-        let end = client.join().await;
-        signals.abort();
+        let joined = client.join();
+        tokio::pin!(signal, joined);
+        let end = tokio::select! {
+            end = &mut joined => end,
+            () = &mut signal => {
+                self.shutdown.shutdown();
+                joined.await
+            }
+        };
         Ok(end)
     }
 }

@@ -83,20 +83,14 @@ impl Server {
     pub async fn serve<P: Protocol>(mut self, protocol: P) -> Result<(), Error> {
         let protocol = Arc::new(protocol);
         let name: Arc<str> = protocol.name().into();
-        let peer = self.endpoint.peer_id();
+        let peer = self.endpoint.local_id();
         let limits = self.endpoint.config().limits();
         let max = limits.max_connections;
         let slots = Arc::new(Semaphore::new(max));
         let addresses = Arc::new(AddressSlots::new(limits.max_connections_per_ip));
         let token = self.shutdown.token.clone();
         if let Some(signal) = self.graceful.take() {
-            let token = token.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = signal => token.cancel(),
-                    () = token.cancelled() => {}
-                }
-            });
+            self.shutdown.shutdown_on(signal);
         }
         tracing::info!(
             target: crate::logging::LISTENING_TARGET,
@@ -187,7 +181,7 @@ impl Accepted {
             hooks,
             token,
         } = self;
-        let peer = endpoint.peer_id();
+        let peer = endpoint.local_id();
         tracing::debug!(protocol = %name, peer = %peer, "connection from {remote}");
         let _ = stream.set_nodelay(true);
         let session = Session::new(protocol, &endpoint, Role::Server, Some(remote));

@@ -23,6 +23,30 @@ impl ShutdownHandle {
         self.token.cancel();
     }
 
+    /// Starts the graceful shutdown when `signal` completes (for example
+    /// [`shutdown_signal`], for Ctrl-C and SIGTERM), from a task of its
+    /// own: the way to stop clients, or everything a connector runs, on a
+    /// signal ([`Server::with_graceful_shutdown`] does it for one server).
+    ///
+    /// ```no_run
+    /// # fn example(connector: stream_rpc::Connector) {
+    /// connector.shutdown_handle().shutdown_on(stream_rpc::shutdown_signal());
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime.
+    pub fn shutdown_on(&self, signal: impl Future<Output = ()> + Send + 'static) {
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = signal => token.cancel(),
+                () = token.cancelled() => {}
+            }
+        });
+    }
+
     /// Whether shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.token.is_cancelled()

@@ -16,11 +16,11 @@ use super::reader::ReadLoop;
 use crate::logging::{Escaped, Refusal};
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{HandlerError, Protocol, cleanup_margin};
-use crate::session::{SessionHandle, packet_log, refusal_log, session_log};
+use crate::session::{Connection, packet_log, refusal_log, session_log};
 
 impl<P: Protocol> ReadLoop<P> {
-    pub(super) fn handle(&self) -> SessionHandle {
-        SessionHandle::from_shared(self.shared.clone())
+    pub(super) fn handle(&self) -> Connection {
+        Connection::from_shared(self.shared.clone())
     }
 
     /// Hands a packet to the call it answers or to the protocol.
@@ -203,7 +203,7 @@ impl<P: Protocol> ReadLoop<P> {
 
 /// Sends an error packet; failures to send it are only logged.
 pub(super) async fn send_error(
-    handle: &SessionHandle,
+    handle: &Connection,
     payload: ErrorPayload,
     reply_to: Option<ReplyTo>,
 ) {

@@ -18,7 +18,7 @@ use crate::error::SendError;
 use crate::logging::{Escaped, Refusal};
 use crate::packet::{ErrorCode, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
-use crate::session::{SessionHandle, refusal_log, session_log};
+use crate::session::{Connection, refusal_log, session_log};
 
 /// The most characters of an error message (or a panic's) a log line shows.
 pub(super) const LOG_ERROR_CHARS: usize = 512;
@@ -28,7 +28,7 @@ pub(super) const LOG_ERROR_CHARS: usize = 512;
 /// to wrap up.
 pub(super) async fn run_handler<P: Protocol>(
     protocol: Arc<P>,
-    handle: SessionHandle,
+    handle: Connection,
     packet: Packet,
     deadline: Option<(Instant, Duration)>,
     winding_down: CancellationToken,
@@ -53,7 +53,7 @@ pub(super) async fn run_handler<P: Protocol>(
 /// Logs that a handler was dropped before it finished (its caller gave up,
 /// or the session closed) when its future is dropped before the end.
 struct Unfinished<'a> {
-    handle: &'a SessionHandle,
+    handle: &'a Connection,
     method: String,
     deadline: Option<Instant>,
     armed: bool,
@@ -99,7 +99,7 @@ enum Origin {
 /// Runs the handler of `packet` under `ctx` and sends its reply or error.
 async fn answer<P: Protocol>(
     protocol: Arc<P>,
-    handle: &SessionHandle,
+    handle: &Connection,
     ctx: Context,
     packet: Packet,
     method: &str,
@@ -165,7 +165,7 @@ fn error_packet_text(packet: &Packet, full_logs: bool) -> String {
 /// Sends what a handler returned; the failure to report when it could not
 /// be sent (a closed session is no failure: nobody waits any more).
 async fn send_reply(
-    handle: &SessionHandle,
+    handle: &Connection,
     reply: Reply,
     reply_to: Option<ReplyTo>,
 ) -> Option<HandlerError> {
@@ -186,7 +186,7 @@ async fn send_reply(
 }
 
 /// Logs the panic of the handler of `method`; the error the peer is sent.
-fn panicked(handle: &SessionHandle, method: &str, panic: &(dyn Any + Send)) -> HandlerError {
+fn panicked(handle: &Connection, method: &str, panic: &(dyn Any + Send)) -> HandlerError {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -216,7 +216,7 @@ fn panicked(handle: &SessionHandle, method: &str, panic: &(dyn Any + Send)) -> H
 ///   message of `invalid_payload`, serde's text quoting the payload, only
 ///   with full packet logs).
 fn log_failure(
-    handle: &SessionHandle,
+    handle: &Connection,
     method: &str,
     failure: &HandlerError,
     origin: Origin,

@@ -24,7 +24,7 @@
 //!   swaps it out whole.
 //!
 //! Everything is a loop over frames: memory per connection stays flat however
-//! long a conversation runs. [`SessionHandle`](crate::SessionHandle) is the cheap, cloneable way to
+//! long a conversation runs. [`Connection`](crate::Connection) is the cheap, cloneable way to
 //! send packets and make calls on a session from anywhere.
 
 use std::fmt;
@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::protocol::Protocol;
 use crate::session::signal::Signal;
-use crate::session::{EndReason, Role, SessionHandle, Shared, session_log};
+use crate::session::{Connection, EndReason, Role, Shared, session_log};
 
 /// How much the read buffer grows by when it is (nearly) full.
 const READ_CHUNK: usize = 16 * 1024;
@@ -96,8 +96,8 @@ impl<P: Protocol> Session<P> {
     }
 
     /// A handle to this session, usable before and while it runs.
-    pub fn handle(&self) -> SessionHandle {
-        SessionHandle::from_shared(self.shared.clone())
+    pub fn handle(&self) -> Connection {
+        Connection::from_shared(self.shared.clone())
     }
 
     /// Runs the session until the peer leaves, `shutdown` is cancelled, a

@@ -28,13 +28,7 @@ fn config() -> Arc<Config> {
 }
 
 /// A session on one end of an in-memory pipe; the test holds the other end.
-fn start(
-    config: &Arc<Config>,
-) -> (
-    SessionHandle,
-    DuplexStream,
-    tokio::task::JoinHandle<EndReason>,
-) {
+fn start(config: &Arc<Config>) -> (Connection, DuplexStream, tokio::task::JoinHandle<EndReason>) {
     start_with(config, Pong)
 }
 
@@ -42,11 +36,7 @@ fn start(
 fn start_with<P: Protocol>(
     config: &Arc<Config>,
     protocol: P,
-) -> (
-    SessionHandle,
-    DuplexStream,
-    tokio::task::JoinHandle<EndReason>,
-) {
+) -> (Connection, DuplexStream, tokio::task::JoinHandle<EndReason>) {
     let (ours, theirs) = duplex(64 * 1024);
     let session = Session::new(
         Arc::new(protocol),
@@ -290,7 +280,7 @@ async fn the_frames_of_a_turn_are_opened_at_one_reading_of_the_clock() {
 
 /// Calls `method` with a 100 ms limit, and checks that the call fails
 /// as that call's timeout, by its own limit.
-async fn call_times_out(handle: &SessionHandle, method: &str) {
+async fn call_times_out(handle: &Connection, method: &str) {
     let limit = Duration::from_millis(100);
     let call = handle.call_with_timeout(method, json!(null), limit);
     let err = tokio::time::timeout(Duration::from_secs(10), call)
@@ -473,7 +463,7 @@ fn consecutive_request_numbers_hash_apart_in_the_bits_the_table_uses() {
 #[tokio::test]
 async fn request_numbers_count_up_across_the_sessions_of_an_endpoint() {
     let endpoint = Endpoint::new((*config()).clone());
-    let handles: Vec<SessionHandle> = (0..2)
+    let handles: Vec<Connection> = (0..2)
         .map(|_| Session::new(Arc::new(Pong), &endpoint, Role::Client, None).handle())
         .collect();
     let ids: Vec<u64> = (0..6)
@@ -481,7 +471,7 @@ async fn request_numbers_count_up_across_the_sessions_of_an_endpoint() {
         .collect();
     assert_eq!(ids, [0, 1, 2, 3, 4, 5]);
     for handle in &handles {
-        assert_eq!(handle.packet("m", json!(null)).peer, endpoint.peer_id());
+        assert_eq!(handle.packet("m", json!(null)).peer, endpoint.local_id());
     }
 }
 

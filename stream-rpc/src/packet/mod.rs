@@ -66,7 +66,7 @@ impl Packet {
     /// `create_message_packet(peer_id, request_number, method, payload)`.
     ///
     /// Inside a handler prefer [`Context::packet`](crate::Context::packet) or
-    /// [`SessionHandle::packet`](crate::SessionHandle::packet), which fill in
+    /// [`Connection::packet`](crate::Connection::packet), which fill in
     /// the session's own peer id and next request number.
     pub fn new(peer: Uuid, id: u64, method: impl Into<String>, payload: Value) -> Self {
         Packet::new_at(peer, id, method, payload, SystemTime::now())

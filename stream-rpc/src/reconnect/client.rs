@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{CallError, Error, SendError};
 use crate::packet::Packet;
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 /// Where a [`ReconnectingClient`] is.
 #[derive(Clone)]
@@ -22,7 +22,7 @@ pub(super) enum Link {
     /// Between connections; with why the last attempt failed, if one did.
     Connecting { last_error: Option<Arc<str>> },
     /// Connected, the on-connect hook and the hello done.
-    Up(SessionHandle),
+    Up(Connection),
     /// Stopped for good; with the error it gave up on, if it did.
     Stopped { error: Option<Arc<str>> },
 }
@@ -99,7 +99,7 @@ impl ReconnectingClient {
     }
 
     /// The current connection, if connected now (its on-connect hook done).
-    pub fn connection(&self) -> Option<SessionHandle> {
+    pub fn connection(&self) -> Option<Connection> {
         if self.stop.is_cancelled() {
             return None;
         }
@@ -117,11 +117,11 @@ impl ReconnectingClient {
     /// Waits for a connection and returns it; `None` once the client has
     /// stopped for good (closed, shut down, or out of attempts:
     /// [`join`](Self::join) says which).
-    pub async fn connected(&self) -> Option<SessionHandle> {
+    pub async fn connected(&self) -> Option<Connection> {
         self.wait_for_connection().await.ok()
     }
 
-    async fn wait_for_connection(&self) -> Result<SessionHandle, NoConnection> {
+    async fn wait_for_connection(&self) -> Result<Connection, NoConnection> {
         let mut link = self.link.clone();
         loop {
             if self.stop.is_cancelled() {

@@ -16,7 +16,7 @@ use crate::connector::Connector;
 use crate::error::{Error, SendError};
 use crate::lifecycle::EndReason;
 use crate::protocol::Protocol;
-use crate::session::SessionHandle;
+use crate::session::Connection;
 
 /// Starts the supervising task; see [`Connector::connect_reconnecting`].
 pub(crate) fn start<P: Protocol>(
@@ -91,7 +91,7 @@ impl<P: Protocol> Supervisor<P> {
                     let count = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
                     let session = client.handle().clone();
                     tracing::info!(
-                        peer = %session.peer_id(),
+                        peer = %session.local_id(),
                         "connected to {} (connection {count})",
                         session.remote_addr().map_or_else(String::new, |a| a.to_string()),
                     );
@@ -153,7 +153,7 @@ impl<P: Protocol> Supervisor<P> {
         }
     }
 
-    async fn hello(&self, session: &SessionHandle) -> Result<(), SendError> {
+    async fn hello(&self, session: &Connection) -> Result<(), SendError> {
         match &self.reconnect.hello {
             Some((method, payload)) => session.notify(method, payload.clone()).await,
             None => Ok(()),

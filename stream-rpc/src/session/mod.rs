@@ -1,4 +1,4 @@
-//! A connection's shared state and [`SessionHandle`], the cheap, cloneable
+//! A connection's shared state and [`Connection`], the cheap, cloneable
 //! way to send packets and make calls on it from anywhere: handlers, other
 //! tasks, other connections. The engine that reads and writes the
 //! connection and runs the protocol is `crate::engine`; this module knows
@@ -71,14 +71,14 @@ pub(crate) const PACKET_LINES_PER_SECOND: u32 = 20;
 
 pub(crate) use {packet_log, refusal_log, session_log};
 
-mod handle;
+mod connection;
 pub(crate) mod outbox;
 pub(crate) mod signal;
 
+pub use connection::Connection;
 #[cfg(test)]
-pub(crate) use handle::IdHasher;
-pub use handle::SessionHandle;
-pub(crate) use handle::Shared;
+pub(crate) use connection::IdHasher;
+pub(crate) use connection::Shared;
 
 pub use crate::lifecycle::{EndReason, Role};
 

@@ -36,6 +36,6 @@ mod tests {
         assert_service(&Geometry);
         assert_eq!(Geometry::METHODS, ["shift"]);
         assert_eq!(GeometryClient::METHODS, ["shift"]);
-        let _: fn(rpc::SessionHandle) -> GeometryClient = GeometryClient::new;
+        let _: fn(rpc::Connection) -> GeometryClient = GeometryClient::new;
     }
 }

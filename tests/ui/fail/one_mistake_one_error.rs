@@ -26,7 +26,7 @@ pub trait Store {
 
 fn assert_protocol<P: stream_rpc::Protocol>(_: &P) {}
 
-async fn use_them(session: &stream_rpc::SessionHandle) -> Result<(), stream_rpc::CallError> {
+async fn use_them(session: &stream_rpc::Connection) -> Result<(), stream_rpc::CallError> {
     assert_protocol(&Calculator);
     let _: &[&str] = Calculator::METHODS;
     let calculator = CalculatorClient::new(session.clone());

@@ -21,5 +21,5 @@ impl Documented {
 
 fn main() {
     let _ = Documented::METHODS;
-    let _: fn(stream_rpc::SessionHandle) -> DocumentedClient = DocumentedClient::new;
+    let _: fn(stream_rpc::Connection) -> DocumentedClient = DocumentedClient::new;
 }

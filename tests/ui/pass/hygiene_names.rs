@@ -33,7 +33,7 @@ macro_rules! service_named {
                 }
             }
 
-            pub fn check(session: stream_rpc::SessionHandle) {
+            pub fn check(session: stream_rpc::Connection) {
                 super::assert_service(&$server::new(Implementation));
                 let _ = $client::new(session);
                 let _: &[&str] = $client::METHODS;
@@ -74,7 +74,7 @@ mod impl_form {
         }
     }
 
-    pub fn check(session: stream_rpc::SessionHandle) {
+    pub fn check(session: stream_rpc::Connection) {
         super::assert_service(&S);
         super::assert_service(&C(1u8));
         let _ = SClient::new(session.clone());
@@ -118,7 +118,7 @@ mod method_names {
         }
     }
 
-    pub async fn check(session: stream_rpc::SessionHandle) -> Result<(), stream_rpc::CallError> {
+    pub async fn check(session: stream_rpc::Connection) -> Result<(), stream_rpc::CallError> {
         super::assert_service(&Server);
         assert_eq!(stream_rpc::Protocol::name(&Server), "Server");
         assert_eq!(

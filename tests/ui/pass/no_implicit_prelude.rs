@@ -32,6 +32,6 @@ impl Service {
 
 fn main() {
     let _ = Service::METHODS;
-    let _ = ServiceClient::<::stream_rpc::SessionHandle>::new;
+    let _ = ServiceClient::<::stream_rpc::Connection>::new;
     let _ = ServiceClient::METHODS;
 }

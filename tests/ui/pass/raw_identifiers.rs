@@ -13,7 +13,7 @@ impl Service {
     }
 }
 
-async fn call(session: &stream_rpc::SessionHandle) -> Result<u32, stream_rpc::CallError> {
+async fn call(session: &stream_rpc::Connection) -> Result<u32, stream_rpc::CallError> {
     ServiceClient::new(session.clone()).r#type(1, 2).await
 }
 

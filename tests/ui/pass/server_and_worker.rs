@@ -39,7 +39,7 @@ impl QueueServer {
     }
 
     async fn checked(&self, ctx: stream_rpc::Context, value: u32) -> Result<u32, HandlerError> {
-        let _ = ctx.sender();
+        let _ = ctx.peer();
         value.checked_mul(2).ok_or_else(|| HandlerError::failed("too large"))
     }
 
@@ -63,7 +63,7 @@ struct Worker;
 #[stream_rpc::service(name = "ArticleWorker")]
 impl Worker {
     async fn pong(&self, ctx: Context) -> Reply {
-        Reply::message("ping", stream_rpc::json!({"from": ctx.peer_id()}))
+        Reply::message("ping", stream_rpc::json!({"from": ctx.local_id()}))
     }
 
     async fn parse_article(&self, ctx: Context, article: Article) -> Reply {
@@ -74,7 +74,7 @@ impl Worker {
 
 fn assert_protocol<P: stream_rpc::Protocol>(_: &P) {}
 
-async fn use_clients(session: &stream_rpc::SessionHandle) -> Result<(), stream_rpc::CallError> {
+async fn use_clients(session: &stream_rpc::Connection) -> Result<(), stream_rpc::CallError> {
     let server = QueueServerClient::new(session.clone());
     let _: () = server.ping().await?;
     let _: Packet = server.get_task_from_queue().await?;

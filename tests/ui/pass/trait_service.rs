@@ -47,7 +47,7 @@ impl Store for Memory {
         a + b
     }
     async fn who(&self, ctx: Context) -> String {
-        ctx.sender().to_string()
+        ctx.peer().to_string()
     }
     async fn forward(&self) -> Reply {
         Reply::Nothing
@@ -97,7 +97,7 @@ fn main() {
     );
     assert_eq!(StoreServer::<Memory>::METHODS, StoreClient::METHODS);
     let _: &Memory = server.get_ref();
-    let _ = use_client::<stream_rpc::SessionHandle>;
+    let _ = use_client::<stream_rpc::Connection>;
     let _ = use_client::<&stream_rpc::ReconnectingClient>;
     let _ = use_client::<stream_rpc::Client>;
 }

@@ -1,4 +1,4 @@
-//! [`SessionHandle`]: sending packets and making calls on a session.
+//! [`Connection`]: sending packets and making calls on a session.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::replay::ReplayStore;
 use crate::sync::lock;
 
-/// State shared by the session's tasks and every [`SessionHandle`].
+/// State shared by the session's tasks and every [`Connection`].
 pub(crate) struct Shared {
     pub(crate) own_id: Uuid,
     pub(crate) remote_addr: Option<SocketAddr>,
@@ -168,7 +168,7 @@ impl Shared {
         let limits = config.limits();
         let codec = FrameCodec::new(config.terminator(), limits.max_frame_len);
         Shared {
-            own_id: endpoint.peer_id(),
+            own_id: endpoint.local_id(),
             remote_addr,
             protocol_name: protocol_name.into(),
             cipher: config.cipher.clone(),
@@ -260,13 +260,13 @@ impl Shared {
 /// A cloneable handle to one session: send packets and make calls to the
 /// peer, from handlers or from anywhere else.
 #[derive(Clone)]
-pub struct SessionHandle {
+pub struct Connection {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl fmt::Debug for SessionHandle {
+impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionHandle")
+        f.debug_struct("Connection")
             .field("peer_id", &self.shared.own_id)
             .field("remote_addr", &self.shared.remote_addr)
             .field("closed", &self.is_closed())
@@ -291,13 +291,13 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-impl SessionHandle {
+impl Connection {
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
-        SessionHandle { shared }
+        Connection { shared }
     }
 
     /// This side's peer id.
-    pub fn peer_id(&self) -> Uuid {
+    pub fn local_id(&self) -> Uuid {
         self.shared.own_id
     }
 
