@@ -753,6 +753,10 @@ async fn produce(
     let mut client: Option<stream_rpc::Client> = None;
     let limit = Duration::from_secs(5);
     while !*stop.borrow() {
+        // A connection that closed is made again.
+        if client.as_ref().is_some_and(|c| !c.is_connected()) {
+            client = None;
+        }
         if client.is_none() {
             let port = {
                 let ports = lock(&ports);
@@ -767,7 +771,7 @@ async fn produce(
                 .expect("the producer's config");
             client = Connector::new(config).connect(()).await.ok();
         }
-        if let Some(session) = client.as_ref().map(|c| c.connection().expect("connected")) {
+        if let Some(session) = client.as_ref().and_then(|c| c.connection()) {
             let put = |task: Packet| {
                 let session = session.clone();
                 async move {
@@ -1200,10 +1204,14 @@ async fn drainer(
     let limit = Duration::from_secs(5);
     let mut client: Option<stream_rpc::Client> = None;
     while Instant::now() < deadline {
+        // A connection that closed is made again.
+        if client.as_ref().is_some_and(|c| !c.is_connected()) {
+            client = None;
+        }
         if client.is_none() {
             client = connector.connect(()).await.ok();
         }
-        let Some(session) = client.as_ref().map(|c| c.connection().expect("connected")) else {
+        let Some(session) = client.as_ref().and_then(|c| c.connection()) else {
             lock(&drained).failed_calls += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;

@@ -193,8 +193,13 @@ async fn it_gives_up_after_the_attempt_limit_with_the_last_error() {
         let client = Connector::new(config)
             .connect_reconnecting(TestService::default(), reconnect)
             .unwrap();
+        // It never connected: the call was not sent, and says why.
         let err = client.call("ping", json!(null)).await.unwrap_err();
-        assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        assert!(
+            matches!(&err, CallError::Unreachable { reason, .. } if reason.contains("gave up")),
+            "{err}"
+        );
+        assert!(!err.may_have_run());
         assert!(client.connected().await.is_none());
         assert_eq!(client.connections(), 0);
         let err = client.join().await.unwrap_err();
@@ -243,8 +248,18 @@ async fn close_and_shutdown_stop_reconnecting() {
         client.call("ping", json!(1)).await.unwrap();
         client.close();
         assert!(client.connected().await.is_none());
+        // Closed by this side: not sent.
         let err = client.call("ping", json!(2)).await.unwrap_err();
-        assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
+        assert!(
+            matches!(
+                &err,
+                CallError::NotSent {
+                    reason: stream_rpc::SendError::Closed,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         client.join().await.unwrap();
 
         // Shutting the connector down stops its reconnecting clients too.

@@ -257,7 +257,7 @@ fn answer(method: &Method, krate: &TokenStream) -> Answer {
                 #krate::Caller::notify(&self.caller, #wire, __payload)
                     .await
                     .map_err(|__reason| #krate::CallError::NotSent {
-                        method: ::std::string::String::from(#wire),
+                        method: ::std::string::ToString::to_string(#wire),
                         reason: __reason,
                     })
             },

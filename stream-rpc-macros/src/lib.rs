@@ -265,9 +265,9 @@ mod validate;
 ///   `with_timeout(limit)` for a time limit of its own, `METHODS` (the same
 ///   list, without naming the server's parameter), and one async method per
 ///   service method with the same arguments (without the context), as
-///   visible as the service method. Over a connection:
-///   `KvClient::new(client.connection())`; inside a handler, to call back into
-///   the peer: `KvClient::new(ctx.connection())`.
+///   visible as the service method. Over a client: `KvClient::new(&client)`
+///   (a `Client` or a `ReconnectingClient`); inside a handler, to call back
+///   into the peer: `KvClient::new(&ctx)` or `KvClient::new(ctx.connection())`.
 ///
 /// The generated code's generic parameters have names no user code writes
 /// (a service may be called `S`, `C`, `Result`, `Context`...), and it names
@@ -293,7 +293,7 @@ mod validate;
 /// # let stop = server.shutdown_handle();
 /// # let serving = tokio::spawn(server.serve(Calculator));
 /// let client = Connector::new(config(port)?).connect(Calculator).await?;
-/// let calculator = CalculatorClient::new(client.connection());
+/// let calculator = CalculatorClient::new(&client);
 /// assert_eq!(calculator.add(2, 40).await?, 42);
 /// # stop.shutdown();
 /// # drop(client);

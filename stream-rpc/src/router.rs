@@ -141,7 +141,7 @@ impl<S: Service> Routed for S {
 /// # let stop = server.shutdown_handle();
 /// let serving = tokio::spawn(server.serve(services));
 ///
-/// let client = Connector::new(config(port)?).connect_client().await?;
+/// let client = Connector::new(config(port)?).connect(()).await?;
 /// assert_eq!(JobsClient::new(&client).submit("build".into()).await?, 5);
 /// assert!(HubClient::new(&client).register("w1".into()).await?);
 /// # stop.shutdown();
