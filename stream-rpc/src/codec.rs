@@ -14,7 +14,7 @@ use std::io;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The default frame terminator, as in the seed (`STREAM_RPC_TERM`).
+/// The default frame terminator, as in the Python package (`STREAM_RPC_TERM`).
 pub const DEFAULT_TERMINATOR: &[u8] = b"\n";
 /// The default maximum frame length: 1 MiB, terminator excluded.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;

@@ -46,8 +46,6 @@ pub use timeouts::Timeouts;
 
 /// Where the engine looked for the packet log setting before it moved to
 /// [`logging`](crate::logging).
-pub(crate) use crate::logging::PacketLog;
-
 use crate::cipher::Cipher;
 
 /// A setting that could not be used. Never contains the key.

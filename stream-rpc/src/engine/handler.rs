@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::send_error;
-use crate::config::{ENV_LOG_PACKETS, PacketLog};
+use crate::config::ENV_LOG_PACKETS;
 use crate::error::SendError;
+use crate::logging::PacketLog;
 use crate::logging::{Escaped, Refusal};
 use crate::packet::{ErrorCode, Packet, ReplyTo};
 use crate::protocol::{Context, HandlerError, Protocol, Reply};

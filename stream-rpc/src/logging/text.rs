@@ -99,7 +99,7 @@ impl TextFields {
     fn write_line(&self, writer: &mut Writer<'_>, meta: &tracing::Metadata<'_>) -> fmt::Result {
         let now = chrono::Utc::now();
         let mut stamp = [0u8; 23];
-        match crate::packet::time::write_seed(&now, &mut stamp) {
+        match crate::packet::time::write_log_time(&now, &mut stamp) {
             Some(text) => writer.write_str(text)?,
             None => write!(writer, "{}", now.format("%Y-%m-%d %H:%M:%S,%3f"))?,
         }

@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn wire_form_has_exactly_the_seed_fields_and_a_z_timestamp() {
+    fn wire_form_has_exactly_the_original_fields_and_a_z_timestamp() {
         let packet = sample();
         let value: Value = serde_json::from_slice(&packet.to_json().unwrap()).unwrap();
         let object = value.as_object().unwrap();

@@ -122,9 +122,9 @@ pub(crate) fn write_millis<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 24]) -> Opt
     std::str::from_utf8(buf).ok()
 }
 
-/// Writes `YYYY-MM-DD HH:MM:SS,mmm`, the seed's log time (Python's
-/// `asctime`), without allocating; `None` where [`write`] gives up.
-pub(crate) fn write_seed<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 23]) -> Option<&'b str> {
+/// Writes `YYYY-MM-DD HH:MM:SS,mmm`, the log line's time as the Python
+/// original writes it (Python's `asctime`), without allocating; `None` where [`write`] gives up.
+pub(crate) fn write_log_time<'b>(at: &DateTime<Utc>, buf: &'b mut [u8; 23]) -> Option<&'b str> {
     let mut full = [0u8; 30];
     let full = write(at, &mut full)?;
     buf.copy_from_slice(&full[..23]);

@@ -44,7 +44,7 @@ macro_rules! refusal_log {
 macro_rules! packet_log {
     ($shared:expr, $what:literal, $packet:expr) => {
         match $shared.packet_log {
-            $crate::config::PacketLog::Off => {}
+            $crate::logging::PacketLog::Off => {}
             mode => {
                 if tracing::enabled!(
                     target: $crate::logging::PACKETS_TARGET,
@@ -57,7 +57,7 @@ macro_rules! packet_log {
                         peer = %$shared.own_id,
                         "{}: {}",
                         $what,
-                        $packet.log_line(mode == $crate::config::PacketLog::Full)
+                        $packet.log_line(mode == $crate::logging::PacketLog::Full)
                     )
                 }
             }
