@@ -144,7 +144,10 @@ impl<P: Protocol> Supervisor<P> {
                 last_error: Some(failure.to_string().into()),
             });
             let delay = self.reconnect.delay(failures, self.jitter.next());
-            tracing::warn!("{failure}; reconnecting in {delay:?} (failure {failures} in a row)");
+            tracing::warn!(
+                "{failure}; reconnecting in {} (failure {failures} in a row)",
+                crate::human::ShortDuration(delay)
+            );
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return Ok(()),
