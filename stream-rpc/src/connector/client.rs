@@ -18,6 +18,22 @@ use crate::{Caller, ReconnectingClient};
 /// [`ReconnectingClient`]'s do. Dropping it closes the connection
 /// gracefully (as [`Connection::close`] does), unless
 /// [`Client::join`] took it over.
+///
+/// ```no_run
+/// use stream_rpc::{Caller, Connector, json};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Connector::from_env()?.connect(()).await?;
+/// let pong = client.call("ping", json!(null)).await?;
+/// if let Some(connection) = client.connection() {
+///     // A handle to give to other tasks; it calls as the client does.
+///     tokio::spawn(async move { connection.notify("bye", json!(null)).await });
+/// }
+/// client.close();
+/// println!("ended: {}", client.join().await);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Client {
     pub(super) handle: Connection,

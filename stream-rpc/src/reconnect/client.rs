@@ -50,6 +50,21 @@ pub(super) enum Link {
 /// [`is_connected`](Self::is_connected) answer as a [`Client`](crate::Client)'s
 /// do. Dropping it closes the current connection gracefully and stops
 /// reconnecting, as [`close`](Self::close) does.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use stream_rpc::{CallError, Caller, Connector, Reconnect, json};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Connector::from_env()?.connect_reconnecting((), Reconnect::default())?;
+/// match client.call_with_timeout("ping", json!(null), Duration::from_secs(2)).await {
+///     Ok(pong) => println!("{}", pong.method),
+///     Err(CallError::Unreachable { reason, .. }) => println!("no server: {reason}"),
+///     Err(e) => println!("{e} (may have run: {})", e.may_have_run()),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct ReconnectingClient {
     link: watch::Receiver<Link>,
     stop: CancellationToken,
