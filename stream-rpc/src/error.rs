@@ -9,6 +9,10 @@ use crate::config::ConfigError;
 use crate::logging::LoggingError;
 use crate::packet::ErrorCode;
 
+/// The error an on-connect hook returns: any error (`?` converts a
+/// [`CallError`] into it, and `"text".into()` makes one).
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Starting or running a server or client failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -56,7 +60,7 @@ pub enum Error {
         target: String,
         /// What the hook returned.
         #[source]
-        source: crate::hooks::HookError,
+        source: HookError,
     },
     /// The hello packet could not be sent.
     #[error("could not send the hello packet: {0}")]
@@ -79,6 +83,15 @@ pub enum SendError {
     /// The cipher refused.
     #[error(transparent)]
     Cipher(#[from] CipherError),
+    /// The connection's call slots
+    /// ([`Limits::max_in_flight_calls`](crate::Limits::max_in_flight_calls))
+    /// or its outgoing queue stayed full for the whole time limit of the
+    /// call: nothing was sent.
+    #[error("no room to send within {}: the connection's calls or outgoing queue stayed full", crate::human::ShortDuration(*.waited))]
+    NoRoom {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The sealed packet is longer than the maximum frame length.
     #[error("packet is {len} bytes sealed, more than the maximum frame length of {max}")]
     TooLarge {
@@ -97,10 +110,10 @@ pub enum SendError {
 ///
 /// | Variant | Sent? | May have run? | Retry |
 /// |---|---|---|---|
-/// | [`NotSent`](CallError::NotSent) | no | no | safe |
+/// | [`NotSent`](CallError::NotSent) (closed, too large, unencodable, or no room within the limit) | no | no | safe |
 /// | [`Unreachable`](CallError::Unreachable) | no | no | safe, later or elsewhere |
 /// | [`ConnectionLost`](CallError::ConnectionLost) | yes | yes | only if running twice is harmless |
-/// | [`Timeout`](CallError::Timeout) | maybe | yes | only if running twice is harmless |
+/// | [`Timeout`](CallError::Timeout) | yes | yes | only if running twice is harmless |
 /// | [`Remote`](CallError::Remote), a code that [did not run](ErrorCode::did_not_run) (`busy`, `unavailable`, `unknown_method`, `invalid_payload`, `invalid_packet`) | yes | no | safe (`busy`, `unavailable`: later); the others fail again |
 /// | [`Remote`](CallError::Remote), any other code (`handler_error`, `handler_panicked`, …) | yes | yes, and failed | the method's own answer |
 /// | [`InvalidReply`](CallError::InvalidReply) | yes | yes, and answered | no: the two sides disagree on the type |
@@ -112,8 +125,9 @@ pub enum SendError {
 #[non_exhaustive]
 pub enum CallError {
     /// The request was not sent (the connection was closed or closing, the
-    /// payload could not be encoded or sealed, the packet is too large):
-    /// nothing reached the peer.
+    /// payload could not be encoded or sealed, the packet is too large, or
+    /// the connection had no call slot or no room to send for the whole
+    /// limit): nothing reached the peer.
     #[error("`{method}` was not sent: {reason}")]
     NotSent {
         /// The called method.
@@ -135,8 +149,8 @@ pub enum CallError {
         /// Why there was no connection (the last attempt's error).
         reason: String,
     },
-    /// No reply came within the time limit the caller set. The request may
-    /// have been sent and may have run.
+    /// No reply came within the time limit the caller set. The request was
+    /// handed to the connection and may have run.
     #[error("no reply to `{method}` within {}", crate::human::ShortDuration(*.after))]
     Timeout {
         /// The called method.

@@ -5,13 +5,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::error::HookError;
 use crate::lifecycle::EndReason;
 use crate::session::Connection;
-
-/// The error an on-connect hook returns: any error (`?` converts a
-/// [`CallError`](crate::CallError) into it, and `"text".into()` makes one).
-pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 type OnConnect =
     dyn Fn(Connection) -> Pin<Box<dyn Future<Output = Result<(), HookError>> + Send>> + Send + Sync;
@@ -49,11 +47,30 @@ impl Hooks {
         self.on_disconnect = Some(Arc::new(hook));
     }
 
-    /// Runs the on-connect hook, if any, on a new connection.
-    pub(crate) async fn connected(&self, connection: &Connection) -> Result<(), HookError> {
-        match &self.on_connect {
-            Some(hook) => hook(connection.clone()).await,
-            None => Ok(()),
+    /// Runs the on-connect hook, if any, on a new connection, for at most
+    /// `limit`: on a task of its own, so that a hook that panics fails like
+    /// one that returns an error, and one that hangs fails when the limit
+    /// passes.
+    pub(crate) async fn connected(
+        &self,
+        connection: &Connection,
+        limit: Duration,
+    ) -> Result<(), HookError> {
+        let Some(hook) = &self.on_connect else {
+            return Ok(());
+        };
+        // Aborted however this ends: by the limit, or by being dropped (the
+        // connection ended first).
+        let mut running = AbortOnDrop(tokio::spawn(hook(connection.clone())));
+        match tokio::time::timeout(limit, &mut running.0).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) if e.is_panic() => Err("the on-connect hook panicked".into()),
+            Ok(Err(e)) => Err(format!("the on-connect hook did not finish: {e}").into()),
+            Err(_) => Err(format!(
+                "the on-connect hook did not finish within {}",
+                crate::human::ShortDuration(limit)
+            )
+            .into()),
         }
     }
 
@@ -62,5 +79,14 @@ impl Hooks {
         if let Some(hook) = &self.on_disconnect {
             hook(connection, end);
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -122,8 +122,7 @@ pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW, Unsealed
 pub use config::{Config, ConfigBuilder, ConfigError, Limits, Timeouts};
 pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
-pub use error::{CallError, Error, SendError};
-pub use hooks::HookError;
+pub use error::{CallError, Error, HookError, SendError};
 pub use lifecycle::{EndReason, Role};
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, LogLine, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};

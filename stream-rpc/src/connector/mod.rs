@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::endpoint::Endpoint;
 use crate::engine::Session;
 use crate::error::Error;
-use crate::hooks::{HookError, Hooks};
+use crate::error::HookError;
+use crate::hooks::Hooks;
 use crate::lifecycle::{EndReason, Role};
 use crate::protocol::Protocol;
 use crate::reconnect::{Reconnect, ReconnectingClient};
@@ -285,7 +286,8 @@ impl Connector {
     /// Runs the on-connect hook on a new client connection; closes it when
     /// the hook fails.
     async fn say_hello(&self, client: Client, target: String) -> Result<Client, Error> {
-        match self.hooks.connected(client.handle()).await {
+        let limit = self.config().timeouts().call;
+        match self.hooks.connected(client.handle(), limit).await {
             Ok(()) => Ok(client),
             Err(source) => {
                 client.handle().close();

@@ -188,16 +188,26 @@ impl Accepted {
         let handle = session.handle();
         let (reader, writer) = stream.into_split();
         let running = session.run(reader, writer, token);
-        let hook = async {
-            if let Err(e) = hooks.connected(&handle).await {
-                tracing::warn!(
-                    protocol = %name, peer = %peer,
-                    "on-connect hook failed for {remote}: {e}; closing the connection"
-                );
-                handle.close();
+        tokio::pin!(running);
+        // The hook runs beside the session, for at most the call timeout,
+        // and is dropped if the connection ends first.
+        let limit = endpoint.config().timeouts().call;
+        let end = tokio::select! {
+            end = &mut running => end,
+            hooked = hooks.connected(&handle, limit) => {
+                if let Err(e) = hooked {
+                    crate::telemetry::connection_refused("on_connect");
+                    if endpoint.refusals().admit(Refusal::HookFailed, &name, peer) {
+                        tracing::warn!(
+                            protocol = %name, peer = %peer,
+                            "on-connect hook failed for {remote}: {e}; closing the connection"
+                        );
+                    }
+                    handle.close();
+                }
+                running.await
             }
         };
-        let (end, ()) = tokio::join!(running, hook);
         hooks.disconnected(&handle, &end);
         // Closed for bad input: a flood of those is a flood of lines.
         let refusal = match end {

@@ -298,7 +298,7 @@ impl Timers {
 
     /// When the sleep first fires.
     fn first_deadline(&self) -> Instant {
-        self.last_frame + self.first_frame.or(self.idle).unwrap_or(NEVER)
+        self.last_frame + self.first_frame.or(self.idle).unwrap_or(NEVER).min(NEVER)
     }
 
     /// An authentic frame arrived: the first one turns the first-frame
@@ -309,7 +309,7 @@ impl Timers {
             self.waiting_first = false;
             self.armed = self.idle.is_some();
             if let Some(idle) = self.idle {
-                deadline.reset(self.last_frame + idle);
+                deadline.reset(self.last_frame + idle.min(NEVER));
             }
         }
     }
@@ -328,14 +328,14 @@ impl Timers {
         let Some(idle) = self.idle else {
             return Some(EndReason::IdleTimeout);
         };
-        if self.last_frame + idle > Instant::now() {
-            deadline.reset(self.last_frame + idle);
+        if self.last_frame + idle.min(NEVER) > Instant::now() {
+            deadline.reset(self.last_frame + idle.min(NEVER));
             return None;
         }
         if !busy() {
             return Some(EndReason::IdleTimeout);
         }
-        deadline.reset(Instant::now() + idle);
+        deadline.reset(crate::session::deadline_in(idle));
         None
     }
 }

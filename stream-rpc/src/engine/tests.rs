@@ -278,6 +278,22 @@ async fn the_frames_of_a_turn_are_opened_at_one_reading_of_the_clock() {
     assert!(opened[4] > opened[3], "{opened:?}");
 }
 
+/// Calls `method` with a 100 ms limit, and checks that the call was not
+/// sent: it found no call slot or no room to send for its whole limit.
+async fn call_finds_no_room(handle: &Connection, method: &str) {
+    let limit = Duration::from_millis(100);
+    let call = handle.call_with_timeout(method, json!(null), limit);
+    let err = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ends by its own limit")
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::NotSent { method: called, reason: SendError::NoRoom { waited } } if called == method && *waited == limit),
+        "{err}"
+    );
+    assert!(!err.may_have_run());
+}
+
 /// Calls `method` with a 100 ms limit, and checks that the call fails
 /// as that call's timeout, by its own limit.
 async fn call_times_out(handle: &Connection, method: &str) {
@@ -325,7 +341,7 @@ async fn a_call_waits_for_a_call_slot_within_its_time_limit() {
     let request = read_packet(&config, &mut read).await;
     assert_eq!(request.method, "first");
     // The one slot is taken: this call times out without being sent.
-    call_times_out(&handle, "second").await;
+    call_finds_no_room(&handle, "second").await;
     // This one waits for the slot (one thread runs every task here: a
     // yield lets it run until it waits), and is sent once the first is
     // answered.
@@ -377,7 +393,7 @@ async fn a_call_that_finds_the_outgoing_queue_full_waits_for_room_within_its_tim
     }
     assert!(handle.shared.outbox.is_full() && !filler.is_finished());
     // Full, and nobody reads: this call times out and is never sent.
-    call_times_out(&handle, "late").await;
+    call_finds_no_room(&handle, "late").await;
     // This one waits for room, and is sent once the peer reads.
     let caller = handle.clone();
     let ask = tokio::spawn(async move { caller.call("ask", json!(null)).await });

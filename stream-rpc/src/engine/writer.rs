@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{fmt, io};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 use crate::cipher::{CipherError, Unsealed};
 use crate::session::outbox::{Batch, KEEP_BUFFER, Message, Taken};
@@ -265,7 +265,7 @@ async fn write_within<W: AsyncWrite + Unpin>(
         }
         writer.flush().await
     };
-    match within_by(|| Instant::now() + deadline, write).await {
+    match within_by(|| crate::session::deadline_in(deadline), write).await {
         Err(_) => Err(WriteFailure::Deadline(deadline)),
         Ok(result) => result.map_err(WriteFailure::Io),
     }

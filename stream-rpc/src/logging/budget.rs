@@ -139,10 +139,12 @@ pub(crate) enum Refusal {
     TooManyBadFrames,
     /// A connection closed for sending no authentic frame in time.
     NoFirstFrame,
+    /// A connection closed because the on-connect hook failed on it.
+    HookFailed,
 }
 
 impl Refusal {
-    const ALL: usize = 11;
+    const ALL: usize = 12;
 
     fn index(self) -> usize {
         self as usize
@@ -162,6 +164,7 @@ impl Refusal {
             Refusal::Unchecked => "frames the replay store could not check",
             Refusal::TooManyBadFrames => "connections after too many bad frames",
             Refusal::NoFirstFrame => "connections with no authentic first frame in time",
+            Refusal::HookFailed => "connections the on-connect hook refused",
         }
     }
 }

@@ -191,7 +191,7 @@ impl ReconnectingClient {
         payload: Value,
         limit: Duration,
     ) -> Result<Packet, CallError> {
-        let deadline = Instant::now() + limit;
+        let deadline = crate::session::deadline_in(limit);
         let session = match timeout_at(deadline, self.wait_for_connection()).await {
             Ok(Ok(session)) => session,
             Ok(Err(NoConnection::Closed)) => {
@@ -225,7 +225,12 @@ impl ReconnectingClient {
         method: &str,
         payload: Value,
     ) -> Result<(), SendError> {
-        match timeout_at(Instant::now() + self.call_timeout, self.connected()).await {
+        match timeout_at(
+            crate::session::deadline_in(self.call_timeout),
+            self.connected(),
+        )
+        .await
+        {
             Ok(Some(session)) => session.send_new(method, payload, None).await,
             Ok(None) | Err(_) => Err(SendError::Closed),
         }

@@ -447,10 +447,12 @@ impl Connection {
         payload: Value,
         limit: Duration,
     ) -> Result<Packet, CallError> {
-        let deadline = Instant::now() + limit;
+        let deadline = super::deadline_in(limit);
         let timed_out = || CallError::timed_out(method, limit);
         let lost = || CallError::lost(method);
         let closed = || CallError::not_sent(method, SendError::Closed);
+        // No slot or no room for the whole limit: nothing was sent.
+        let no_room = || CallError::not_sent(method, SendError::NoRoom { waited: limit });
         if self.is_closed() {
             return Err(closed());
         }
@@ -463,7 +465,7 @@ impl Connection {
             Err(TryAcquireError::Closed) => return Err(closed()),
             Err(TryAcquireError::NoPermits) => {
                 match within(deadline, self.shared.call_slots.acquire()).await {
-                    Err(_) => return Err(timed_out()),
+                    Err(_) => return Err(no_room()),
                     Ok(Err(_)) => return Err(closed()),
                     Ok(Ok(slot)) => (slot, deadline.saturating_duration_since(Instant::now())),
                 }
@@ -489,7 +491,7 @@ impl Connection {
         let queued = match self.seal_and_queue(&packet, now) {
             Ok(None) => Ok(()),
             Ok(Some(deferred)) => match within(deadline, self.queue_when_room(deferred)).await {
-                Err(_) => return Err(timed_out()),
+                Err(_) => return Err(no_room()),
                 Ok(queued) => queued,
             },
             Err(e) => Err(e),

@@ -82,6 +82,15 @@ pub(crate) use connection::Shared;
 
 pub use crate::lifecycle::{EndReason, Role};
 
+/// The most a deadline lies ahead: a limit beyond it (`Duration::MAX`, for
+/// "no limit") means this, so that no deadline overflows the clock.
+const FARTHEST: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `limit` from now, or [`FARTHEST`] from now for a longer one.
+pub(crate) fn deadline_in(limit: std::time::Duration) -> Instant {
+    Instant::now() + limit.min(FARTHEST)
+}
+
 /// [`timeout_at`], except that a future ready at its first poll (a free
 /// call slot, room in the outgoing queue) costs no timer.
 pub(crate) async fn within<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
