@@ -282,6 +282,9 @@ async fn a_client_that_gave_up_says_unreachable_at_once() {
     };
     assert!(reason.starts_with("gave up reconnecting"), "{reason}");
     assert!(!error.may_have_run());
+    // The application can ask why, without a call.
+    let last = client.last_error().expect("the error it gave up on");
+    assert!(last.contains("unreachable"), "{last}");
     assert!(client.join().await.is_err());
 }
 
@@ -399,4 +402,33 @@ async fn a_connection_runs_over_any_stream() {
         bounded("the server's end", server.join()).await,
         EndReason::PeerClosed
     );
+}
+
+#[tokio::test]
+async fn a_connection_closed_through_its_handle_is_made_again() {
+    let key = Fernet::generate_key().unwrap();
+    let (port, _hub, _server) = hub_server(&key).await;
+    let client = Connector::new(config(&key, port))
+        .connect_reconnecting(
+            (),
+            Reconnect::default()
+                .with_initial_delay(Duration::from_millis(10))
+                .with_max_delay(Duration::from_millis(20)),
+        )
+        .unwrap();
+    let first = bounded("the first connection", client.connected())
+        .await
+        .unwrap();
+    assert!(client.last_error().is_none());
+    // Closing the connection (not the client) does not stop the client.
+    first.close();
+    bounded("the first connection's end", first.closed()).await;
+    let answer = bounded(
+        "a call on the next connection",
+        client.call_with_timeout("slow", stream_rpc::json!(1), BOUND),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.payload, stream_rpc::json!(1));
+    assert_eq!(client.connections(), 2);
 }

@@ -153,6 +153,9 @@ impl<P: Protocol> Session<P> {
             .run(&mut reader, &shutdown, first_frame, timeouts.idle)
             .await;
         watch_shutdown.abort();
+        // The connection is closing from here on, whoever ended it: new
+        // calls on it are not sent (replies of running handlers still are).
+        shared.request_stop(reason.clone());
         session_log!(debug, shared, "session ending: {reason}");
         read_loop.wind_down();
 

@@ -174,6 +174,19 @@ impl ReconnectingClient {
         }
     }
 
+    /// Why the last attempt to connect failed (unreachable, refused by the
+    /// [on-connect hook](crate::Connector::on_connect), the connection
+    /// lost), while the client is between connections or has given up;
+    /// `None` while connected or before any attempt failed. For a program
+    /// that wants to report a refusal without waiting for a call to fail.
+    pub fn last_error(&self) -> Option<String> {
+        match &*self.link.borrow() {
+            Link::Connecting { last_error } => last_error.as_deref().map(str::to_owned),
+            Link::Stopped { error } => error.as_deref().map(str::to_owned),
+            Link::Up(_) => None,
+        }
+    }
+
     /// How many connections were made so far (the first one included).
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
@@ -203,6 +216,10 @@ impl ReconnectingClient {
             Err(_) => return Err(self.unreachable(method, limit, self.why_not_connected())),
         };
         let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // The connection came as the time ran out: not sent.
+            return Err(self.unreachable(method, limit, "the connection came too late".to_owned()));
+        }
         match session.request(method, payload, left).await {
             // The limit the caller set, not what was left of it.
             Err(CallError::Timeout { .. }) => Err(CallError::timed_out(method, limit)),

@@ -14,7 +14,6 @@ use super::{Jitter, Reconnect, ReconnectingClient};
 use crate::caller::Caller;
 use crate::connector::Connector;
 use crate::error::{Error, SendError};
-use crate::lifecycle::EndReason;
 use crate::protocol::Protocol;
 use crate::session::Connection;
 
@@ -109,7 +108,10 @@ impl<P: Protocol> Supervisor<P> {
                             };
                             self.link
                                 .send_replace(Link::Connecting { last_error: None });
-                            if matches!(end, EndReason::Closed | EndReason::Shutdown) {
+                            // Only the client's close or the connector's
+                            // shutdown stop it; a connection closed through
+                            // its handle is made again.
+                            if self.stop.is_cancelled() {
                                 return Ok(());
                             }
                             format!("connection lost: {end}")
