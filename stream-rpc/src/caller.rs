@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::connector::Client;
 use crate::error::{CallError, SendError};
 use crate::packet::Packet;
-use crate::protocol::Context;
-use crate::reconnect::ReconnectingClient;
 use crate::session::Connection;
+
+#[cfg(doc)]
+use crate::{Client, Context, ReconnectingClient};
 
 /// Makes calls and sends notifications to a peer: the one way to do both.
 ///
@@ -97,75 +97,6 @@ impl Caller for Connection {
 
     fn call_timeout(&self) -> Duration {
         self.shared.call_timeout
-    }
-}
-
-impl Caller for Client {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.handle().request(method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.handle().send_new(method, payload, None)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        self.handle().call_timeout()
-    }
-}
-
-impl Caller for ReconnectingClient {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.request(method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.send_notification(method, payload)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        self.call_timeout_setting()
-    }
-}
-
-impl Caller for Context {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.connection().request(method, payload, limit)
-    }
-
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.connection().send_new(method, payload, None)
-    }
-
-    fn call_timeout(&self) -> Duration {
-        self.connection().call_timeout()
     }
 }
 

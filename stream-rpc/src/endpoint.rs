@@ -42,7 +42,7 @@ pub struct Endpoint {
 
 struct Inner {
     config: Arc<Config>,
-    peer_id: Uuid,
+    local_id: Uuid,
     next_id: AtomicU64,
     replay: Option<Arc<dyn ReplayStore>>,
     /// The log budgets of its refusals, shared by all its connections.
@@ -52,7 +52,7 @@ struct Inner {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("peer_id", &self.inner.peer_id)
+            .field("local_id", &self.inner.local_id)
             .field(
                 "packets_created",
                 &self.inner.next_id.load(Ordering::Relaxed),
@@ -72,8 +72,8 @@ impl Endpoint {
     /// A new endpoint with this peer id (for a process that keeps its
     /// identity across restarts). Its packets are numbered from 0 again, so
     /// two endpoints that live at the same time should never share an id.
-    pub fn with_local_id(config: Config, peer_id: Uuid) -> Self {
-        Endpoint::builder(config).local_id(peer_id).build()
+    pub fn with_local_id(config: Config, local_id: Uuid) -> Self {
+        Endpoint::builder(config).local_id(local_id).build()
     }
 
     /// A builder, for an endpoint with a peer id of its own choosing or a
@@ -81,7 +81,7 @@ impl Endpoint {
     pub fn builder(config: Config) -> EndpointBuilder {
         EndpointBuilder {
             config,
-            peer_id: None,
+            local_id: None,
             replay_store: None,
         }
     }
@@ -93,7 +93,7 @@ impl Endpoint {
 
     /// Its peer id, the `peer` of every packet it creates.
     pub fn local_id(&self) -> Uuid {
-        self.inner.peer_id
+        self.inner.local_id
     }
 
     /// Takes the next request number: each packet this endpoint creates, on
@@ -116,7 +116,7 @@ impl Endpoint {
         now: SystemTime,
     ) -> Packet {
         Packet::new_at(
-            self.inner.peer_id,
+            self.inner.local_id,
             self.next_request_number(),
             method,
             payload,
@@ -141,14 +141,14 @@ impl Endpoint {
 /// Builds an [`Endpoint`]; see [`Endpoint::builder`].
 pub struct EndpointBuilder {
     config: Config,
-    peer_id: Option<Uuid>,
+    local_id: Option<Uuid>,
     replay_store: Option<Arc<dyn ReplayStore>>,
 }
 
 impl fmt::Debug for EndpointBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointBuilder")
-            .field("peer_id", &self.peer_id)
+            .field("local_id", &self.local_id)
             .field("replay_store", &self.replay_store)
             .finish_non_exhaustive()
     }
@@ -156,8 +156,8 @@ impl fmt::Debug for EndpointBuilder {
 
 impl EndpointBuilder {
     /// The peer id (default: a new random UUID).
-    pub fn local_id(mut self, peer_id: Uuid) -> Self {
-        self.peer_id = Some(peer_id);
+    pub fn local_id(mut self, local_id: Uuid) -> Self {
+        self.local_id = Some(local_id);
         self
     }
 
@@ -174,7 +174,7 @@ impl EndpointBuilder {
     pub fn build(self) -> Endpoint {
         let EndpointBuilder {
             config,
-            peer_id,
+            local_id,
             replay_store,
         } = self;
         let replay = config.replay_protection.then(|| {
@@ -188,7 +188,7 @@ impl EndpointBuilder {
         Endpoint {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
-                peer_id: peer_id.unwrap_or_else(Uuid::new_v4),
+                local_id: local_id.unwrap_or_else(Uuid::new_v4),
                 next_id: AtomicU64::new(0),
                 replay,
                 refusals: Refusals::default(),

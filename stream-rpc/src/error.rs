@@ -140,7 +140,7 @@ pub enum CallError {
     /// time limit (a [`ReconnectingClient`](crate::ReconnectingClient)
     /// whose servers are all unreachable or refused by the on-connect
     /// hook, or one that gave up): nothing was sent.
-    #[error("`{method}` was not sent: no connection within {}: {reason}", crate::human::ShortDuration(*.after))]
+    #[error("`{method}` was not sent, as there was no connection: {reason}")]
     Unreachable {
         /// The called method.
         method: String,

@@ -13,7 +13,17 @@ impl fmt::Display for ShortDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const MINUTE: u64 = 60;
         const HOUR: u64 = 60 * MINUTE;
-        let d = self.0;
+        // Rounded to three significant digits first, so that the unit is
+        // chosen for what is shown (999.6 ms shows as 1s, not 1000ms).
+        let d = if self.0.as_secs() >= MINUTE {
+            // Whole seconds from a minute on.
+            let half_up = u64::from(self.0.subsec_nanos() >= 500_000_000);
+            Duration::from_secs(self.0.as_secs().saturating_add(half_up))
+        } else {
+            // Under a minute the nanoseconds fit a u64 whole.
+            let rounded = round_to_3_digits(self.0.as_nanos());
+            Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+        };
         let secs = d.as_secs();
         if secs >= HOUR {
             let minutes = (secs % HOUR) / MINUTE;
@@ -37,22 +47,19 @@ impl fmt::Display for ShortDuration {
         } else {
             (d.as_secs_f64() * 1e9, "ns")
         };
-        // Three significant digits, trailing zeros dropped.
-        let decimals = if value >= 100.0 {
-            0
-        } else if value >= 10.0 {
-            1
-        } else {
-            2
-        };
-        let text = format!("{value:.decimals$}");
-        let text = if text.contains('.') {
-            text.trim_end_matches('0').trim_end_matches('.')
-        } else {
-            &text
-        };
+        let text = format!("{value:.2}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
         write!(f, "{text}{unit}")
     }
+}
+
+/// `n` rounded to its three most significant digits (half up).
+fn round_to_3_digits(n: u128) -> u128 {
+    let mut factor = 1u128;
+    while n / factor >= 1000 {
+        factor *= 10;
+    }
+    (n + factor / 2) / factor * factor
 }
 
 #[cfg(test)]
@@ -75,5 +82,10 @@ mod tests {
         assert_eq!(shown(Duration::from_micros(80)), "80µs");
         assert_eq!(shown(Duration::from_micros(12_340)), "12.3ms");
         assert_eq!(shown(Duration::ZERO), "0ns");
+        // The unit is chosen after rounding.
+        assert_eq!(shown(Duration::from_micros(999_600)), "1s");
+        assert_eq!(shown(Duration::from_millis(59_970)), "1m");
+        assert_eq!(shown(Duration::from_nanos(999_700)), "1ms");
+        assert!(shown(Duration::MAX).starts_with("5124095576030431h"));
     }
 }

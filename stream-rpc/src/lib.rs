@@ -6,7 +6,8 @@
 //! and may answer them; both sides can send packets and make calls at any
 //! time through a [`Connection`]. The [`Connector`] runs servers and
 //! clients with settings from the environment (`CRYPTO_KEY`,
-//! `STREAM_RPC_HOST`, `STREAM_RPC_PORT`, `STREAM_RPC_LOG_LVL`) or from code.
+//! `STREAM_RPC_HOST`, `STREAM_RPC_PORT`) or from code; the logs are set up
+//! by [`logging::init`] with [`logging::Settings`] (`STREAM_RPC_LOG_LVL`).
 //!
 //! One way to do each thing:
 //!
@@ -124,7 +125,7 @@ pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, HookError, SendError};
 pub use lifecycle::{EndReason, Role};
-pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, LogLine, Packet, ReplyTo};
+pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};

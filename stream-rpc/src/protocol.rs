@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::caller::Caller;
+use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
 use crate::session::Connection;
 
@@ -457,7 +459,7 @@ impl Context {
             .map(|deadline| deadline.checked_sub(self.margin).unwrap_or(deadline))
     }
 
-    /// The session of this connection: send packets or make calls to the
+    /// The connection the packet came on: send packets or make calls to the
     /// peer at any time, also after the handler returns.
     pub fn connection(&self) -> &Connection {
         &self.session
@@ -487,5 +489,28 @@ impl Context {
     /// `create_message_packet` of the Python package, for this session).
     pub fn packet(&self, method: impl Into<String>, payload: Value) -> Packet {
         self.session.packet(method, payload)
+    }
+}
+
+impl Caller for Context {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.connection().request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.connection().send_new(method, payload, None)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.connection().call_timeout()
     }
 }

@@ -2,13 +2,21 @@
 
 use tokio::task::JoinHandle;
 
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::caller::Caller;
+use crate::error::{CallError, SendError};
 use crate::lifecycle::EndReason;
+use crate::packet::Packet;
 use crate::session::Connection;
 
 #[cfg(doc)]
 use super::Connector;
 #[cfg(doc)]
-use crate::{Caller, ReconnectingClient};
+use crate::ReconnectingClient;
 
 /// A connection this side opened; see [`Connector::connect`]. Calls go
 /// through [`Caller`].
@@ -88,5 +96,28 @@ impl Drop for Client {
         if self.task.is_some() {
             self.handle.close();
         }
+    }
+}
+
+impl Caller for Client {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.handle().request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.handle().send_new(method, payload, None)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.handle().call_timeout()
     }
 }

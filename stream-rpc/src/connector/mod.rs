@@ -23,8 +23,10 @@ use crate::error::HookError;
 use crate::hooks::Hooks;
 use crate::lifecycle::{EndReason, Role};
 use crate::protocol::Protocol;
-use crate::reconnect::{Reconnect, ReconnectingClient};
 use crate::session::Connection;
+
+#[cfg(doc)]
+use crate::ReconnectingClient;
 
 mod client;
 mod server;
@@ -87,16 +89,25 @@ impl Connector {
         Ok(Connector::new(Config::from_env()?))
     }
 
-    /// Runs `hook` on every new connection this connector opens or accepts,
-    /// before anything else is sent on it by this side: the typed "hello".
-    /// The hook gets the connection and may make calls on it (typed, with a
-    /// generated client). When it fails, the connection is closed and the
+    /// Runs `hook` on every new connection this connector opens or accepts:
+    /// the typed "hello". The hook gets the connection and may make calls on
+    /// it (typed, with a generated client); it has the call timeout
+    /// ([`Timeouts::call`](crate::Timeouts::call)) to finish, and a panic
+    /// counts as a failure. When it fails, the connection is closed and the
     /// failure is reported: [`connect`](Self::connect) returns
     /// [`Error::OnConnect`]; a [`ReconnectingClient`] logs it, counts it as a
-    /// failed attempt and tries again (its waiting calls fail with
-    /// [`CallError::Unreachable`](crate::CallError::Unreachable) naming it);
-    /// a server logs it at `WARN`. Calls on a reconnecting client wait until
-    /// the hook has succeeded.
+    /// failed attempt, tries again, and tells it through
+    /// [`ReconnectingClient::last_error`] and to its waiting calls
+    /// ([`CallError::Unreachable`](crate::CallError::Unreachable));
+    /// a server logs it (at most once a second, with a count).
+    ///
+    /// On a client, [`connect`](Self::connect) returns and a reconnecting
+    /// client lets calls through only once the hook has succeeded. On a
+    /// server it runs beside the connection: the peer's requests are served
+    /// while it runs, so it is not an admission check (the key is). It runs
+    /// on the connections a connector accepts and on those it opens alike:
+    /// give a program that serves and connects two connectors if their
+    /// hooks differ.
     ///
     /// ```no_run
     /// use stream_rpc::{Connector, Reconnect};
@@ -301,7 +312,8 @@ impl Connector {
     /// pipe, a TLS stream), as `role`, with `protocol` serving what the
     /// other end sends. The [`on_connect`](Self::on_connect) hook is not run
     /// (there is no address to report it against): call what it would do
-    /// on the returned client. Needs a Tokio runtime.
+    /// on the returned client; the [`on_disconnect`](Self::on_disconnect)
+    /// hook runs when it ends. Needs a Tokio runtime.
     ///
     /// ```
     /// use stream_rpc::{Caller, Config, Connector, Fernet, Role, json};
@@ -356,40 +368,6 @@ impl Connector {
             handle,
             task: Some(task),
         }
-    }
-
-    /// Connects to the configured host and port like [`connect`](Self::connect)
-    /// (or to [`Reconnect::servers`](crate::Reconnect::servers), in turn),
-    /// and keeps connecting again whenever the connection breaks (but not
-    /// after [`ReconnectingClient::close`] or the connector's shutdown),
-    /// waiting between attempts as `reconnect` says. The
-    /// [`on_connect`](Self::on_connect) hook runs on every new connection,
-    /// before calls are let through.
-    ///
-    /// Returns at once; the first connection is made in the background, and
-    /// calls wait for it. `protocol` handles what the server sends on every
-    /// connection (`()` for a client that serves nothing). Fails only when
-    /// `reconnect` is not valid.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use stream_rpc::{Caller, Connector, Reconnect, json};
-    ///
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = Connector::from_env()?.connect_reconnecting(
-    ///     (),
-    ///     Reconnect::default().with_servers([("10.0.0.1", 8888), ("10.0.0.2", 8888)]),
-    /// )?;
-    /// let pong = client.call_with_timeout("ping", json!(null), Duration::from_secs(3)).await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn connect_reconnecting<P: Protocol>(
-        &self,
-        protocol: P,
-        reconnect: Reconnect,
-    ) -> Result<ReconnectingClient, Error> {
-        crate::reconnect::start(self, protocol, reconnect)
     }
 
     /// A thin wrapper in the shape of the Python `stream_rpc` client:

@@ -70,7 +70,7 @@ pub struct Session<P> {
 impl<P> fmt::Debug for Session<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("peer_id", &self.shared.own_id)
+            .field("local_id", &self.shared.own_id)
             .field("remote_addr", &self.shared.remote_addr)
             .field("role", &self.role)
             .finish_non_exhaustive()

@@ -33,17 +33,20 @@
 //! [`PAYLOADS_TARGET`] is enabled at `TRACE` (a global `TRACE` level
 //! enables it).
 //!
-//! The files: `text.rs` the text format, `budget.rs` the bounded logging
-//! of refusals, `escaped.rs` text a peer chose, made safe for a line.
+//! The files: `text.rs` the text format, `line.rs` how a packet shows in
+//! a line, `budget.rs` the bounded logging of refusals, `escaped.rs` text a
+//! peer chose, made safe for a line.
 
 mod budget;
 mod escaped;
+mod line;
 mod text;
 
 use std::env::VarError;
 
 pub(crate) use budget::{Budget, Refusal, Refusals};
 pub(crate) use escaped::Escaped;
+pub use line::LogLine;
 pub use text::TextFormat;
 
 use crate::config::{ConfigError, ENV_LOG_LEVEL, ENV_LOG_PACKETS, read_env, with_setters};

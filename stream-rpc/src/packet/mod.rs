@@ -253,10 +253,7 @@ impl fmt::Display for ErrorCode {
 }
 
 mod json;
-mod log;
 pub(crate) mod time;
-
-pub use log::LogLine;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! supervising task keeps up.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use crate::caller::Caller;
 use crate::error::{CallError, Error, SendError};
 use crate::packet::Packet;
 use crate::session::Connection;
@@ -38,7 +40,9 @@ pub(super) enum Link {
 /// - a call or notification that found no connection has not been sent:
 ///   it waits for the next connection, to whichever server, within its
 ///   time limit, and is sent there; when none came in time the call fails
-///   with [`CallError::Unreachable`], with the last attempt's error;
+///   with [`CallError::Unreachable`], with the last attempt's error (one
+///   that finds its connection closing just as it is sent fails with
+///   [`CallError::NotSent`]: not sent either, safe to send again);
 /// - a call **in flight** when its connection breaks fails with
 ///   [`CallError::ConnectionLost`] and is **not** retried: it may or may not
 ///   have run on the server, and only the caller knows whether running it
@@ -278,5 +282,28 @@ impl ReconnectingClient {
 impl Drop for ReconnectingClient {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+impl Caller for ReconnectingClient {
+    fn call_with_timeout(
+        &self,
+        method: &str,
+        payload: Value,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.request(method, payload, limit)
+    }
+
+    fn notify(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.send_notification(method, payload)
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.call_timeout_setting()
     }
 }

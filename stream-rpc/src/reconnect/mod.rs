@@ -11,7 +11,49 @@ mod client;
 mod supervisor;
 
 pub use client::ReconnectingClient;
-pub(crate) use supervisor::start;
+use supervisor::start;
+
+use crate::connector::Connector;
+use crate::error::Error;
+use crate::protocol::Protocol;
+
+/// The reconnecting client is built on the connector (not the other way
+/// round), so its constructor lives here.
+impl Connector {
+    /// Connects to the configured host and port like [`connect`](Self::connect)
+    /// (or to [`Reconnect::servers`](crate::Reconnect::servers), in turn),
+    /// and keeps connecting again whenever the connection breaks (but not
+    /// after [`ReconnectingClient::close`] or the connector's shutdown),
+    /// waiting between attempts as `reconnect` says. The
+    /// [`on_connect`](Self::on_connect) hook runs on every new connection,
+    /// before calls are let through.
+    ///
+    /// Returns at once; the first connection is made in the background, and
+    /// calls wait for it. `protocol` handles what the server sends on every
+    /// connection (`()` for a client that serves nothing). Fails only when
+    /// `reconnect` is not valid.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use stream_rpc::{Caller, Connector, Reconnect, json};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Connector::from_env()?.connect_reconnecting(
+    ///     (),
+    ///     Reconnect::default().with_servers([("10.0.0.1", 8888), ("10.0.0.2", 8888)]),
+    /// )?;
+    /// let pong = client.call_with_timeout("ping", json!(null), Duration::from_secs(3)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connect_reconnecting<P: Protocol>(
+        &self,
+        protocol: P,
+        reconnect: Reconnect,
+    ) -> Result<ReconnectingClient, Error> {
+        start(self, protocol, reconnect)
+    }
+}
 
 /// When and how a [`ReconnectingClient`] reconnects.
 ///

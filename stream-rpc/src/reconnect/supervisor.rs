@@ -18,7 +18,7 @@ use crate::protocol::Protocol;
 use crate::session::Connection;
 
 /// Starts the supervising task; see [`Connector::connect_reconnecting`].
-pub(crate) fn start<P: Protocol>(
+pub(super) fn start<P: Protocol>(
     connector: &Connector,
     protocol: P,
     reconnect: Reconnect,

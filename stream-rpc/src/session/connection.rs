@@ -267,7 +267,7 @@ pub struct Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("peer_id", &self.shared.own_id)
+            .field("local_id", &self.shared.own_id)
             .field("remote_addr", &self.shared.remote_addr)
             .field("closed", &self.is_closed())
             .finish()

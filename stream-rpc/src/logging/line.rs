@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Packet, time};
+use crate::packet::{Packet, time};
 
 /// The most payload bytes a log line shows before it is cut.
 const LOG_PAYLOAD_BYTES: usize = 512;
@@ -44,7 +44,7 @@ impl fmt::Display for LogLine<'_> {
         write!(
             f,
             "{{method: {:?}, id: {}, peer: {}, created_at: ",
-            crate::logging::Escaped::method(&packet.method),
+            super::Escaped::method(&packet.method),
             packet.id,
             packet.peer
         )?;
