@@ -410,7 +410,7 @@ async fn a_connection_runs_over_any_stream() {
 }
 
 #[tokio::test]
-async fn a_connection_closed_through_its_handle_is_made_again() {
+async fn closing_the_connection_through_its_handle_stops_the_client() {
     let key = Fernet::generate_key().unwrap();
     let (port, _hub, _server) = hub_server(&key).await;
     let client = Connector::new(config(&key, port))
@@ -425,15 +425,25 @@ async fn a_connection_closed_through_its_handle_is_made_again() {
         .await
         .unwrap();
     assert!(client.last_error().is_none());
-    // Closing the connection (not the client) does not stop the client.
+    // A worker that is done closes its connection from a handler: the
+    // client stops, as its own close() would, and tells calls so.
     first.close();
-    bounded("the first connection's end", first.closed()).await;
-    let answer = bounded(
-        "a call on the next connection",
-        client.call_with_timeout("slow", stream_rpc::json!(1), BOUND),
-    )
-    .await
-    .unwrap();
-    assert_eq!(answer.payload, stream_rpc::json!(1));
-    assert_eq!(client.connections(), 2);
+    assert!(
+        bounded("the client's stop", client.connected())
+            .await
+            .is_none()
+    );
+    let error = client.call("slow", stream_rpc::json!(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            CallError::NotSent {
+                reason: SendError::Closed,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(client.connections(), 1);
+    bounded("the client's end", client.join()).await.unwrap();
 }

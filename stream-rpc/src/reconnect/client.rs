@@ -118,6 +118,10 @@ impl ReconnectingClient {
     }
 
     /// The current connection, if connected now (its on-connect hook done).
+    /// Closing it ([`Connection::close`](crate::Connection::close), as a
+    /// handler that is done with the server does) stops the client for good,
+    /// as [`close`](Self::close) does; a connection that breaks or that the
+    /// server closes is made again.
     pub fn connection(&self) -> Option<Connection> {
         if self.stop.is_cancelled() {
             return None;

@@ -14,6 +14,7 @@ use super::{Jitter, Reconnect, ReconnectingClient};
 use crate::caller::Caller;
 use crate::connector::Connector;
 use crate::error::{Error, SendError};
+use crate::lifecycle::EndReason;
 use crate::protocol::Protocol;
 use crate::session::Connection;
 
@@ -108,10 +109,12 @@ impl<P: Protocol> Supervisor<P> {
                             };
                             self.link
                                 .send_replace(Link::Connecting { last_error: None });
-                            // Only the client's close or the connector's
-                            // shutdown stop it; a connection closed through
-                            // its handle is made again.
-                            if self.stop.is_cancelled() {
+                            // Closed by this side (through the client, the
+                            // connection's handle, as a worker that is done
+                            // does, or the shutdown): it stops.
+                            if self.stop.is_cancelled()
+                                || matches!(end, EndReason::Closed | EndReason::Shutdown)
+                            {
                                 return Ok(());
                             }
                             format!("connection lost: {end}")
