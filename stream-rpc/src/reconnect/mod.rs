@@ -23,7 +23,8 @@ impl Connector {
     /// Connects to the configured host and port like [`connect`](Self::connect)
     /// (or to [`Reconnect::servers`](crate::Reconnect::servers), in turn),
     /// and keeps connecting again whenever the connection breaks (but not
-    /// after [`ReconnectingClient::close`] or the connector's shutdown),
+    /// after [`ReconnectingClient::close`], a close of its connection
+    /// through the handle, or the connector's shutdown),
     /// waiting between attempts as `reconnect` says. The
     /// [`on_connect`](Self::on_connect) hook runs on every new connection,
     /// before calls are let through.
