@@ -164,10 +164,15 @@ async fn retries_back_off_exponentially_up_to_the_cap_then_connect() {
         // reachable again the client connects and calls succeed.
         gate.refusing.store(false, Ordering::SeqCst);
         // The client may be on a refused connection it has not yet seen
-        // closed; a call on it fails as lost, so try until one succeeds.
+        // closed: a call on it is not sent (the connection is closing as it
+        // is handed over) or is lost, so try until one succeeds.
         let reply = loop {
             match client.call("ping", json!("back")).await {
                 Err(CallError::ConnectionLost { .. }) => continue,
+                Err(CallError::NotSent {
+                    reason: stream_rpc::SendError::Closed,
+                    ..
+                }) => continue,
                 other => break other.unwrap(),
             }
         };
