@@ -27,9 +27,9 @@ pub const ENV_MAX_TASKS: &str = "STREAM_RPC_QUEUE_MAX_TASKS";
 /// string).
 pub const ENV_MAX_RESULT_BYTES: &str = "STREAM_RPC_QUEUE_MAX_RESULT_BYTES";
 
-/// The lease time of [`QueueConfig::default`] and of a server that sets
-/// none: 30 s.
-const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How long a task stays leased to a worker when nothing else is set: the
+/// lease of [`QueueConfig::default`] and of a server that sets none (30 s).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// The longest lease [`ENV_LEASE_SECS`] may set, in seconds: a day.
 const MAX_LEASE_SECS: u64 = 24 * 60 * 60;
 /// The most [`ENV_MAX_TASKS`] may set.

@@ -85,8 +85,8 @@ mod replay;
 pub mod testing;
 
 pub use any::{
-    AnyQueue, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS, ENV_QUEUE,
-    QueueConfig,
+    AnyQueue, DEFAULT_LEASE, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS,
+    ENV_QUEUE, QueueConfig,
 };
 pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};
 pub use memory::MemoryQueue;

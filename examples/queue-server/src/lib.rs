@@ -52,8 +52,9 @@ use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue,
 /// up: a task `{"method": "parse_article", "payload": {"article_id": N}}`.
 pub const ARTICLE_METHOD: &str = "parse_article";
 
-/// How long a task stays leased to a worker by [`QueueServer::default`].
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How long a task stays leased to a worker by [`QueueServer::default`]:
+/// the queue crate's default lease.
+pub use stream_rpc_queue::DEFAULT_LEASE;
 
 /// What the server did, for the demo's summary.
 #[derive(Debug, Default)]
