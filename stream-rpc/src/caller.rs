@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{CallError, SendError};
+use crate::metadata::{Metadata, MetadataError};
 use crate::packet::Packet;
 use crate::session::Connection;
 
@@ -43,56 +44,150 @@ use crate::{Client, Context, ReconnectingClient};
 /// # }
 /// ```
 ///
+/// A call with [metadata](Metadata) or its own time limit is a [`Call`]
+/// given to [`call_with`](Self::call_with) (or
+/// [`notify_with`](Self::notify_with)); the other methods are shorthands
+/// for it. Layers (`tower::Layer`s) wrap any caller into another one:
+/// see [`layer::Layered`](crate::layer::Layered).
+///
 /// What each failure means, and when a retry is safe, is on [`CallError`].
 pub trait Caller: Send + Sync {
-    /// Sends a request and waits for its reply, for at most `limit` in all
-    /// (waiting for a call slot, a connection or room to send included). An
-    /// error packet in reply is [`CallError::Remote`].
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send;
+    /// Sends the call's request and waits for its reply, for at most its
+    /// [time limit](Call::timeout) in all (the
+    /// [`call_timeout`](Self::call_timeout) when it sets none; waiting for
+    /// a call slot, a connection or room to send included), the call's
+    /// [metadata](Call::meta) in the request's `meta`. An error packet in
+    /// reply is [`CallError::Remote`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use stream_rpc::{Call, Caller, Connector, json};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Connector::from_env()?.connect(()).await?;
+    /// let call = Call::new("get", json!({"key": "a"}))
+    ///     .with_meta("authorization", "token-1")?
+    ///     .timeout(Duration::from_secs(2));
+    /// let reply = client.call_with(call).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn call_with(&self, call: Call) -> impl Future<Output = Result<Packet, CallError>> + Send;
 
-    /// Sends a packet that expects no reply.
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send;
+    /// Sends the call's request as a notification: a packet that expects
+    /// no reply, with the call's metadata. A reconnecting client waits for
+    /// a connection for at most the call's time limit.
+    fn notify_with(&self, call: Call) -> impl Future<Output = Result<(), SendError>> + Send;
 
-    /// The time limit of [`call`](Self::call): the configured
+    /// The time limit of a call that sets none: the configured
     /// [`Timeouts::call`](crate::Timeouts::call).
     fn call_timeout(&self) -> Duration;
 
-    /// [`call_with_timeout`](Self::call_with_timeout) with the
-    /// [`call_timeout`](Self::call_timeout).
-    fn call(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.call_with_timeout(method, payload, self.call_timeout())
-    }
-}
-
-impl Caller for Connection {
+    /// [`call_with`](Self::call_with) a call of this method and payload,
+    /// for at most `limit` in all, without metadata.
     fn call_with_timeout(
         &self,
         method: &str,
         payload: Value,
         limit: Duration,
     ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.request(method, payload, limit)
+        self.call_with(Call::new(method, payload).timeout(limit))
     }
 
+    /// [`notify_with`](Self::notify_with) a call of this method and
+    /// payload, without metadata.
     fn notify(
         &self,
         method: &str,
         payload: Value,
     ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.send_new(method, payload, None)
+        self.notify_with(Call::new(method, payload))
+    }
+
+    /// [`call_with`](Self::call_with) a call of this method and payload,
+    /// with the [`call_timeout`](Self::call_timeout), without metadata.
+    fn call(
+        &self,
+        method: &str,
+        payload: Value,
+    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.call_with(Call::new(method, payload))
+    }
+}
+
+/// One call (or notification) to make: the method, its payload, the
+/// [metadata](Metadata) its request carries and its time limit. What
+/// [`Caller::call_with`] and [`Caller::notify_with`] send, and what the
+/// layers of a [layered caller](crate::layer::Layered) see and may change.
+///
+/// ```
+/// use std::time::Duration;
+/// use stream_rpc::{Call, json};
+///
+/// let call = Call::new("put", json!({"key": "a", "value": 1}))
+///     .with_meta("tenant", "acme")?
+///     .timeout(Duration::from_millis(500));
+/// assert_eq!(call.meta.get("tenant"), Some("acme"));
+/// assert_eq!(call.timeout, Some(Duration::from_millis(500)));
+/// # Ok::<(), stream_rpc::MetadataError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Call {
+    /// The method called.
+    pub method: String,
+    /// Its payload.
+    pub payload: Value,
+    /// What the request carries in its `meta` field (nothing when empty).
+    pub meta: Metadata,
+    /// How long the caller waits in all; `None`: the caller's
+    /// [`call_timeout`](Caller::call_timeout).
+    pub timeout: Option<Duration>,
+}
+
+impl Call {
+    /// A call of `method` with `payload`, no metadata, the caller's time
+    /// limit.
+    pub fn new(method: impl Into<String>, payload: Value) -> Call {
+        Call {
+            method: method.into(),
+            payload,
+            meta: Metadata::new(),
+            timeout: None,
+        }
+    }
+
+    /// The same call with its time limit set.
+    pub fn timeout(mut self, limit: Duration) -> Call {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// The same call carrying this metadata (in place of what it had).
+    pub fn meta(mut self, meta: Metadata) -> Call {
+        self.meta = meta;
+        self
+    }
+
+    /// The same call with one more metadata entry; refused when the entry
+    /// breaks a limit of [`Metadata`].
+    pub fn with_meta(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Call, MetadataError> {
+        self.meta.insert(key, value)?;
+        Ok(self)
+    }
+}
+
+impl Caller for Connection {
+    fn call_with(&self, call: Call) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.request(call)
+    }
+
+    fn notify_with(&self, call: Call) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.notify_call(call)
     }
 
     fn call_timeout(&self) -> Duration {
@@ -104,21 +199,18 @@ impl Caller for Connection {
 macro_rules! caller_through_deref {
     ($($ty:ty),*) => {$(
         impl<C: Caller> Caller for $ty {
-            fn call_with_timeout(
+            fn call_with(
                 &self,
-                method: &str,
-                payload: Value,
-                limit: Duration,
+                call: Call,
             ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-                C::call_with_timeout(self, method, payload, limit)
+                C::call_with(self, call)
             }
 
-            fn notify(
+            fn notify_with(
                 &self,
-                method: &str,
-                payload: Value,
+                call: Call,
             ) -> impl Future<Output = Result<(), SendError>> + Send {
-                C::notify(self, method, payload)
+                C::notify_with(self, call)
             }
 
             fn call_timeout(&self) -> Duration {

@@ -94,6 +94,7 @@ mod hooks;
 mod human;
 mod lifecycle;
 pub mod logging;
+mod metadata;
 mod packet;
 mod protocol;
 mod reconnect;
@@ -118,13 +119,17 @@ pub mod env {
     };
 }
 
-pub use caller::Caller;
+pub use caller::{Call, Caller};
 pub use cipher::{Cipher, CipherError, Fernet, KeyError, MAX_CLOCK_SKEW, Unsealed};
 pub use config::{Config, ConfigBuilder, ConfigError, Limits, Timeouts};
 pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, HookError, SendError};
 pub use lifecycle::{EndReason, Role};
+pub use metadata::{
+    MAX_META_BYTES, MAX_META_ENTRIES, MAX_META_KEY_LEN, MAX_META_VALUE_LEN, Metadata,
+    MetadataError, TRACEPARENT, TRACESTATE,
+};
 pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};

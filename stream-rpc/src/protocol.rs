@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,8 +15,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::caller::Caller;
+use crate::caller::{Call, Caller};
 use crate::error::{CallError, SendError};
+use crate::metadata::Metadata;
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
 use crate::session::Connection;
 
@@ -252,6 +254,8 @@ pub struct Context {
     margin: Duration,
     /// Cancelled when the connection starts to close.
     closing: CancellationToken,
+    /// The request's `meta`, shared by the clones of the context.
+    meta: Option<Arc<Metadata>>,
 }
 
 impl Context {
@@ -269,7 +273,37 @@ impl Context {
             deadline: deadline.map(|(at, _)| at),
             margin: deadline.map_or(Duration::ZERO, |(_, margin)| margin),
             closing,
+            meta: None,
         }
+    }
+
+    /// The same context with the metadata of the request it handles.
+    pub(crate) fn with_meta(mut self, meta: Option<&Metadata>) -> Self {
+        self.meta = meta.map(|meta| Arc::new(meta.clone()));
+        self
+    }
+
+    /// The metadata of the request being handled (its `meta` field):
+    /// empty when it carried none. What layers and handlers read auth
+    /// tokens, tenant ids and trace context from.
+    ///
+    /// ```
+    /// use stream_rpc::{Context, ErrorCode, HandlerError};
+    ///
+    /// struct Tenants;
+    ///
+    /// #[stream_rpc::service]
+    /// impl Tenants {
+    ///     async fn whoami(&self, ctx: Context) -> Result<String, HandlerError> {
+    ///         match ctx.meta().get("tenant") {
+    ///             Some(tenant) => Ok(tenant.to_owned()),
+    ///             None => Err(HandlerError::new(ErrorCode::InvalidPayload, "no tenant")),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn meta(&self) -> &Metadata {
+        self.meta.as_deref().unwrap_or(&crate::metadata::EMPTY)
     }
 
     /// Runs `handler` with this context as the [current](Self::current)
@@ -493,21 +527,12 @@ impl Context {
 }
 
 impl Caller for Context {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.connection().request(method, payload, limit)
+    fn call_with(&self, call: Call) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.connection().request(call)
     }
 
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.connection().send_new(method, payload, None)
+    fn notify_with(&self, call: Call) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.connection().notify_call(call)
     }
 
     fn call_timeout(&self) -> Duration {

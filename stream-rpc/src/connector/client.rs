@@ -5,9 +5,7 @@ use tokio::task::JoinHandle;
 use std::future::Future;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::caller::Caller;
+use crate::caller::{Call, Caller};
 use crate::error::{CallError, SendError};
 use crate::lifecycle::EndReason;
 use crate::packet::Packet;
@@ -100,21 +98,12 @@ impl Drop for Client {
 }
 
 impl Caller for Client {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.handle().request(method, payload, limit)
+    fn call_with(&self, call: Call) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.handle().request(call)
     }
 
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.handle().send_new(method, payload, None)
+    fn notify_with(&self, call: Call) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.handle().notify_call(call)
     }
 
     fn call_timeout(&self) -> Duration {

@@ -46,7 +46,8 @@ pub(super) async fn run_handler<P: Protocol>(
         packet.id,
         deadline,
         winding_down,
-    );
+    )
+    .with_meta(packet.meta.as_ref());
     answer(protocol, &handle, ctx, packet, &unfinished.method).await;
     unfinished.armed = false;
 }

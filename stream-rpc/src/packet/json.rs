@@ -42,8 +42,27 @@ pub(super) fn write(packet: &Packet, json: &mut Vec<u8>) -> Result<(), serde_jso
         json.extend_from_slice(b",\"timeout_ms\":");
         push_u64(json, timeout);
     }
+    if let Some(meta) = packet.meta.as_ref().filter(|meta| !meta.is_empty()) {
+        json.extend_from_slice(b",\"meta\":");
+        push_meta(json, meta);
+    }
     json.push(b'}');
     Ok(())
+}
+
+/// Writes `meta` as an object of strings, keys in order, as serde_json
+/// writes it.
+fn push_meta(json: &mut Vec<u8>, meta: &crate::metadata::Metadata) {
+    json.push(b'{');
+    for (index, (key, value)) in meta.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        push_str(json, key);
+        json.push(b':');
+        push_str(json, value);
+    }
+    json.push(b'}');
 }
 
 /// Writes `value` as serde_json writes it (the same bytes), with strings
@@ -249,6 +268,7 @@ mod canonical {
     use serde_json::Value;
     use uuid::Uuid;
 
+    use crate::metadata::Metadata;
     use crate::packet::time;
     use crate::packet::{Packet, ReplyTo};
 
@@ -278,6 +298,14 @@ mod canonical {
         } else {
             None
         };
+        let meta = if input.literal(b",\"meta\":").is_some() {
+            // A `meta` that breaks a limit is left to the general path,
+            // which refuses it with the reason; an empty one is not this
+            // layout (it is never written).
+            Some(input.parsed::<Metadata>().filter(|meta| !meta.is_empty())?)
+        } else {
+            None
+        };
         input.literal(b"}")?;
         input.0.is_empty().then_some(Packet {
             peer,
@@ -287,6 +315,7 @@ mod canonical {
             payload,
             reply_to,
             timeout_ms,
+            meta,
         })
     }
 
@@ -338,6 +367,18 @@ mod canonical {
             let text = std::str::from_utf8(text).ok()?.to_owned();
             self.0 = &self.0[end + 1..];
             Some(text)
+        }
+
+        /// A `T` by serde, read from its JSON text without spaces before
+        /// it; `None` when it is not one.
+        fn parsed<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+            if self.0.first().is_some_and(u8::is_ascii_whitespace) {
+                return None;
+            }
+            let mut values = serde_json::Deserializer::from_slice(self.0).into_iter::<T>();
+            let value = values.next()?.ok()?;
+            self.0 = self.0.get(values.byte_offset()..)?;
+            Some(value)
         }
 
         /// One JSON value, by serde_json, inside the packet object: a

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::metadata::Metadata;
+
 /// The method name of an error packet. An error packet that completes no
 /// pending call goes to the protocol's handler of this name, if it has one;
 /// it is never answered with another error packet.
@@ -46,6 +48,17 @@ pub struct Packet {
     /// so that the peers' clocks need not agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Per-call metadata (auth tokens, tenant ids, trace context) on a
+    /// request: the `meta` field, absent when `None` or empty, and read
+    /// as `None` when absent, `null` or `{}`. A `meta` that breaks a limit
+    /// of [`Metadata`] makes the packet invalid. Handlers read it through
+    /// [`Context::meta`](crate::Context::meta).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::metadata::is_absent",
+        deserialize_with = "crate::metadata::read_option"
+    )]
+    pub meta: Option<Metadata>,
 }
 
 /// Names the packet a reply answers: its creator and its request number.
@@ -89,6 +102,7 @@ impl Packet {
             payload,
             reply_to: None,
             timeout_ms: None,
+            meta: None,
         }
     }
 
@@ -662,6 +676,85 @@ mod tests {
         assert_eq!(
             time::write(&now, &mut buf).unwrap(),
             now.to_rfc3339_opts(SecondsFormat::Nanos, true).as_bytes()
+        );
+    }
+
+    #[test]
+    fn meta_is_written_after_timeout_ms_in_key_order_and_read_by_both_paths() {
+        let mut packet = sample();
+        packet.timeout_ms = Some(5);
+        let mut meta = Metadata::new();
+        meta.insert("tenant", "acme \"quoted\" \n é").unwrap();
+        meta.insert("authorization", "t").unwrap();
+        packet.meta = Some(meta);
+        let ours = String::from_utf8(packet.to_json().unwrap()).unwrap();
+        assert_eq!(ours, serde_json::to_string(&packet).unwrap());
+        assert!(
+            ours.ends_with(
+                r#""timeout_ms":5,"meta":{"authorization":"t","tenant":"acme \"quoted\" \n é"}}"#
+            ),
+            "{ours}"
+        );
+        // Read directly, and through serde when the layout differs.
+        assert_eq!(json::read(ours.as_bytes()), Some(packet.clone()));
+        let spaced = ours.replace(r#""meta":{"#, r#""meta": {"#);
+        assert_eq!(json::read(spaced.as_bytes()), None);
+        assert_eq!(Packet::from_json(spaced.as_bytes()).unwrap(), packet);
+        // Empty or none: not written; `{}` and `null` read as none.
+        packet.meta = Some(Metadata::new());
+        let empty = String::from_utf8(packet.to_json().unwrap()).unwrap();
+        assert!(!empty.contains("meta"), "{empty}");
+        for absent in [r#","meta":{}}"#, r#","meta":null}"#] {
+            let text = format!("{}{absent}", &empty[..empty.len() - 1]);
+            assert_eq!(
+                Packet::from_json(text.as_bytes()).unwrap().meta,
+                None,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_meta_that_breaks_a_limit_is_no_packet_and_the_error_says_why() {
+        let [canonical, _] = both_layouts("null");
+        let with_meta =
+            |meta: &str| format!("{},\"meta\":{meta}}}", &canonical[..canonical.len() - 1]);
+        let many: Vec<String> = (0..33).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let big: Vec<String> = (0..9)
+            .map(|i| format!(r#""k{i}":"{}""#, "x".repeat(1000)))
+            .collect();
+        for (meta, reason) in [
+            (r#"{"Upper":"v"}"#.to_owned(), "is not 1 to 64 bytes"),
+            (
+                format!(r#"{{"{}":"v"}}"#, "k".repeat(65)),
+                "is not 1 to 64 bytes",
+            ),
+            (
+                format!(r#"{{"k":"{}"}}"#, "x".repeat(1025)),
+                "more than 1024",
+            ),
+            (format!("{{{}}}", many.join(",")), "more than 32 entries"),
+            (format!("{{{}}}", big.join(",")), "more than 8192"),
+            (r#"{"k":1}"#.to_owned(), "expected a string"),
+            (r#""k""#.to_owned(), "an object of strings"),
+            (r#"{"k":"a","k":"b"}"#.to_owned(), "given twice"),
+        ] {
+            let text = with_meta(&meta);
+            let err = Packet::from_json(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(reason), "{meta}: {err}");
+        }
+        // At the limits: a packet.
+        let at: Vec<String> = (0..32)
+            .map(|i| format!(r#""k{i:02}":"{}""#, "x".repeat(250)))
+            .collect();
+        let text = with_meta(&format!("{{{}}}", at.join(",")));
+        assert_eq!(
+            Packet::from_json(text.as_bytes())
+                .unwrap()
+                .meta
+                .unwrap()
+                .len(),
+            32
         );
     }
 

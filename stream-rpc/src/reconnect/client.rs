@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::caller::Caller;
+use crate::caller::{Call, Caller};
 use crate::error::{CallError, Error, SendError};
 use crate::packet::Packet;
 use crate::session::Connection;
@@ -206,13 +205,10 @@ impl ReconnectingClient {
     }
 
     /// A call on the current connection, first waiting for one.
-    pub(crate) async fn request(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> Result<Packet, CallError> {
+    pub(crate) async fn request(&self, mut call: Call) -> Result<Packet, CallError> {
+        let limit = *call.timeout.get_or_insert(self.call_timeout);
         let deadline = crate::session::deadline_in(limit);
+        let method = &*call.method;
         let session = match timeout_at(deadline, self.wait_for_connection()).await {
             Ok(Ok(session)) => session,
             Ok(Err(NoConnection::Closed)) => {
@@ -228,9 +224,13 @@ impl ReconnectingClient {
             // The connection came as the time ran out: not sent.
             return Err(self.unreachable(method, limit, "the connection came too late".to_owned()));
         }
-        match session.request(method, payload, left).await {
+        call.timeout = Some(left);
+        match session.request(call).await {
             // The limit the caller set, not what was left of it.
-            Err(CallError::Timeout { .. }) => Err(CallError::timed_out(method, limit)),
+            Err(CallError::Timeout { method, .. }) => Err(CallError::Timeout {
+                method,
+                after: limit,
+            }),
             other => other,
         }
     }
@@ -244,19 +244,12 @@ impl ReconnectingClient {
     }
 
     /// A notification on the current connection, first waiting (up to the
-    /// call timeout) for one; [`SendError::Closed`] if none came.
-    pub(crate) async fn send_notification(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> Result<(), SendError> {
-        match timeout_at(
-            crate::session::deadline_in(self.call_timeout),
-            self.connected(),
-        )
-        .await
-        {
-            Ok(Some(session)) => session.send_new(method, payload, None).await,
+    /// call's time limit, the call timeout when it sets none) for one;
+    /// [`SendError::Closed`] if none came.
+    pub(crate) async fn send_notification(&self, call: Call) -> Result<(), SendError> {
+        let limit = call.timeout.unwrap_or(self.call_timeout);
+        match timeout_at(crate::session::deadline_in(limit), self.connected()).await {
+            Ok(Some(session)) => session.notify_call(call).await,
             Ok(None) | Err(_) => Err(SendError::Closed),
         }
     }
@@ -290,21 +283,12 @@ impl Drop for ReconnectingClient {
 }
 
 impl Caller for ReconnectingClient {
-    fn call_with_timeout(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> impl Future<Output = Result<Packet, CallError>> + Send {
-        self.request(method, payload, limit)
+    fn call_with(&self, call: Call) -> impl Future<Output = Result<Packet, CallError>> + Send {
+        self.request(call)
     }
 
-    fn notify(
-        &self,
-        method: &str,
-        payload: Value,
-    ) -> impl Future<Output = Result<(), SendError>> + Send {
-        self.send_notification(method, payload)
+    fn notify_with(&self, call: Call) -> impl Future<Output = Result<(), SendError>> + Send {
+        self.send_notification(call)
     }
 
     fn call_timeout(&self) -> Duration {

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::outbox::{Outbox, Refused};
 use super::signal::Signal;
 use super::{EndReason, within};
+use crate::caller::Call;
 use crate::cipher::{Cipher, CipherError, Unsealed};
 use crate::codec::FrameCodec;
 use crate::endpoint::Endpoint;
@@ -354,6 +355,15 @@ impl Connection {
         self.send_at(&packet, now).await
     }
 
+    /// Sends a notification: a new packet from this side with the call's
+    /// method, payload and metadata, expecting no reply.
+    pub(crate) async fn notify_call(&self, call: Call) -> Result<(), SendError> {
+        let now = SystemTime::now();
+        let mut packet = self.packet_at(call.method, call.payload, now);
+        packet.meta = (!call.meta.is_empty()).then_some(call.meta);
+        self.send_at(&packet, now).await
+    }
+
     /// [`send`](Self::send), the token stamped as of `now`.
     async fn send_at(&self, packet: &Packet, now: SystemTime) -> Result<(), SendError> {
         match self.seal_and_queue(packet, now)? {
@@ -437,24 +447,26 @@ impl Connection {
         })
     }
 
-    /// Sends a request and waits for its reply, for at most `limit` in all
-    /// (waiting for a call slot and for room to send included); the
+    /// Sends a request and waits for its reply, for at most the call's time
+    /// limit in all (the connection's call timeout when it sets none;
+    /// waiting for a call slot and for room to send included); the
     /// [`Caller`](crate::Caller) methods of a connection. An error packet
     /// in reply becomes [`CallError::Remote`].
-    pub(crate) async fn request(
-        &self,
-        method: &str,
-        payload: Value,
-        limit: Duration,
-    ) -> Result<Packet, CallError> {
+    pub(crate) async fn request(&self, call: Call) -> Result<Packet, CallError> {
+        let Call {
+            method,
+            payload,
+            meta,
+            timeout,
+        } = call;
+        let limit = timeout.unwrap_or(self.shared.call_timeout);
         let deadline = super::deadline_in(limit);
-        let timed_out = || CallError::timed_out(method, limit);
-        let lost = || CallError::lost(method);
-        let closed = || CallError::not_sent(method, SendError::Closed);
+        let closed = |method: &str| CallError::not_sent(method, SendError::Closed);
         // No slot or no room for the whole limit: nothing was sent.
-        let no_room = || CallError::not_sent(method, SendError::NoRoom { waited: limit });
+        let no_room =
+            |method: &str| CallError::not_sent(method, SendError::NoRoom { waited: limit });
         if self.is_closed() {
-            return Err(closed());
+            return Err(closed(&method));
         }
         // A free slot and room in the outbox are the common case: they are
         // taken without setting up a timer.
@@ -462,17 +474,20 @@ impl Connection {
         // limit when a slot was free, so the common case reads the clock once.
         let (_slot, left) = match self.shared.call_slots.try_acquire() {
             Ok(slot) => (slot, limit),
-            Err(TryAcquireError::Closed) => return Err(closed()),
+            Err(TryAcquireError::Closed) => return Err(closed(&method)),
             Err(TryAcquireError::NoPermits) => {
                 match within(deadline, self.shared.call_slots.acquire()).await {
-                    Err(_) => return Err(no_room()),
-                    Ok(Err(_)) => return Err(closed()),
+                    Err(_) => return Err(no_room(&method)),
+                    Ok(Err(_)) => return Err(closed(&method)),
                     Ok(Ok(slot)) => (slot, deadline.saturating_duration_since(Instant::now())),
                 }
             }
         };
         let now = SystemTime::now();
+        // The method's text moves into the packet: no copy of it is made.
         let mut packet = self.packet_at(method, payload, now);
+        packet.meta = (!meta.is_empty()).then_some(meta);
+        let method = &*packet.method;
         // The peer may drop the work once `left` (rounded up) has passed, as
         // this call will have given up by then.
         packet.timeout_ms =
@@ -480,7 +495,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         match lock(&self.shared.pending).as_mut() {
             Some(pending) => pending.insert(packet.id, tx),
-            None => return Err(closed()),
+            None => return Err(closed(method)),
         };
         let mut guard = PendingGuard {
             shared: &self.shared,
@@ -491,7 +506,7 @@ impl Connection {
         let queued = match self.seal_and_queue(&packet, now) {
             Ok(None) => Ok(()),
             Ok(Some(deferred)) => match within(deadline, self.queue_when_room(deferred)).await {
-                Err(_) => return Err(no_room()),
+                Err(_) => return Err(no_room(method)),
                 Ok(queued) => queued,
             },
             Err(e) => Err(e),
@@ -499,8 +514,8 @@ impl Connection {
         // A refused send never reached the peer.
         queued.map_err(|e| CallError::not_sent(method, e))?;
         let reply = match timeout_at(deadline, rx).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(_)) => return Err(lost()),
+            Err(_) => return Err(CallError::timed_out(method, limit)),
+            Ok(Err(_)) => return Err(CallError::lost(method)),
             Ok(Ok(reply)) => reply,
         };
         // The read loop took the entry out to answer it.
