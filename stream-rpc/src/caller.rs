@@ -48,7 +48,7 @@ use crate::{Client, Context, ReconnectingClient};
 /// given to [`call_with`](Self::call_with) (or
 /// [`notify_with`](Self::notify_with)); the other methods are shorthands
 /// for it. Layers (`tower::Layer`s) wrap any caller into another one:
-/// see [`layer::Layered`](crate::layer::Layered).
+/// see [`layer::LayeredCaller`](crate::layer::LayeredCaller).
 ///
 /// What each failure means, and when a retry is safe, is on [`CallError`].
 pub trait Caller: Send + Sync {
@@ -143,6 +143,8 @@ pub struct Call {
     /// How long the caller waits in all; `None`: the caller's
     /// [`call_timeout`](Caller::call_timeout).
     pub timeout: Option<Duration>,
+    /// Set by a layered caller's `notify_with`.
+    pub(crate) notification: bool,
 }
 
 impl Call {
@@ -154,7 +156,16 @@ impl Call {
             payload,
             meta: Metadata::new(),
             timeout: None,
+            notification: false,
         }
+    }
+
+    /// Whether this is a notification (it expects no reply): what a layer
+    /// of a [layered caller](crate::layer::LayeredCaller) sees for
+    /// [`notify_with`](Caller::notify_with). Its time limit, if any, is
+    /// how long a reconnecting client waits for a connection to send it.
+    pub fn is_notification(&self) -> bool {
+        self.notification
     }
 
     /// The same call with its time limit set.

@@ -100,6 +100,12 @@ pub enum SendError {
         /// The configured maximum.
         max: usize,
     },
+    /// A layer of a [layered caller](crate::layer::LayeredCaller) failed
+    /// the notification with an error of its own (not a [`CallError`] it
+    /// returned nor one of tower's errors that have a meaning here): it
+    /// may or may not have been sent.
+    #[error("a layer failed the notification: {0}")]
+    Layer(String),
 }
 
 /// A call got no usable answer, and what the caller may do about it.
@@ -114,9 +120,10 @@ pub enum SendError {
 /// | [`Unreachable`](CallError::Unreachable) | no | no | safe, later or elsewhere |
 /// | [`ConnectionLost`](CallError::ConnectionLost) | yes | yes | only if running twice is harmless |
 /// | [`Timeout`](CallError::Timeout) | yes | yes | only if running twice is harmless |
-/// | [`Remote`](CallError::Remote), a code that [did not run](ErrorCode::did_not_run) (`busy`, `unavailable`, `unknown_method`, `invalid_payload`, `invalid_packet`) | yes | no | safe (`busy`, `unavailable`: later); the others fail again |
+/// | [`Remote`](CallError::Remote), a code that [did not run](ErrorCode::did_not_run) (`busy`, `unavailable`, `unknown_method`, `invalid_payload`, `invalid_packet`, `unauthenticated`, `permission_denied`) | yes | no | safe (`busy`, `unavailable`: later); the others fail again |
 /// | [`Remote`](CallError::Remote), any other code (`handler_error`, `handler_panicked`, …) | yes | yes, and failed | the method's own answer |
 /// | [`InvalidReply`](CallError::InvalidReply) | yes | yes, and answered | no: the two sides disagree on the type |
+/// | [`Layer`](CallError::Layer) | unknown | yes | only if running twice is harmless |
 ///
 /// A typed method's own error (the `E` of a method returning
 /// `Result<T, E>`) is never a `CallError`: the generated client returns it
@@ -193,6 +200,19 @@ pub enum CallError {
         /// The deserialisation error.
         reason: String,
     },
+    /// A layer of a [layered caller](crate::layer::LayeredCaller) failed
+    /// the call with an error of its own: not a `CallError` it returned,
+    /// nor one of tower's errors that have a meaning here (tower's time
+    /// limit is [`Timeout`](CallError::Timeout), its load shedding
+    /// [`NotSent`](CallError::NotSent) with [`SendError::NoRoom`]). The
+    /// request may or may not have been sent.
+    #[error("`{method}` failed in a layer of this side: {reason}")]
+    Layer {
+        /// The called method.
+        method: String,
+        /// The layer's error, as text.
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -204,7 +224,8 @@ impl CallError {
             | CallError::Timeout { method, .. }
             | CallError::ConnectionLost { method }
             | CallError::Remote { method, .. }
-            | CallError::InvalidReply { method, .. } => method,
+            | CallError::InvalidReply { method, .. }
+            | CallError::Layer { method, .. } => method,
         }
     }
 
@@ -218,7 +239,8 @@ impl CallError {
             CallError::Remote { code, .. } => !code.did_not_run(),
             CallError::Timeout { .. }
             | CallError::ConnectionLost { .. }
-            | CallError::InvalidReply { .. } => true,
+            | CallError::InvalidReply { .. }
+            | CallError::Layer { .. } => true,
         }
     }
 

@@ -92,6 +92,7 @@ mod engine;
 mod error;
 mod hooks;
 mod human;
+pub mod layer;
 mod lifecycle;
 pub mod logging;
 mod metadata;

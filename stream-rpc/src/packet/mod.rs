@@ -214,6 +214,12 @@ pub enum ErrorCode {
     /// store's Redis is away): nothing was run; try again later, or on
     /// another server.
     Unavailable,
+    /// The request carried no credentials in its metadata, or unknown
+    /// ones: an auth layer refused it, nothing was run.
+    Unauthenticated,
+    /// The request's credentials may not call this method: an auth layer
+    /// refused it, nothing was run.
+    PermissionDenied,
     /// A code this version does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -230,6 +236,8 @@ impl ErrorCode {
             ErrorCode::HandlerPanicked => "handler_panicked",
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -237,8 +245,10 @@ impl ErrorCode {
     /// Whether an error packet with this code says that the request was
     /// not run: no handler took it (`unknown_method`), its payload or
     /// packet was refused before any handler ran (`invalid_payload`,
-    /// `invalid_packet`), or the peer had no room or could not check it
-    /// (`busy`, `unavailable`). Such a request is safe to send again. Every
+    /// `invalid_packet`), the peer had no room or could not check it
+    /// (`busy`, `unavailable`), or an auth layer refused it
+    /// (`unauthenticated`, `permission_denied`). Such a request is safe to
+    /// send again. Every
     /// other code (`handler_error`, `handler_panicked`, and `unknown`, a code
     /// of a newer peer) may come from a handler that ran.
     ///
@@ -254,7 +264,9 @@ impl ErrorCode {
             | ErrorCode::InvalidPayload
             | ErrorCode::InvalidPacket
             | ErrorCode::Busy
-            | ErrorCode::Unavailable => true,
+            | ErrorCode::Unavailable
+            | ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied => true,
             ErrorCode::HandlerError | ErrorCode::HandlerPanicked | ErrorCode::Unknown => false,
         }
     }
@@ -779,6 +791,8 @@ mod tests {
             ErrorCode::HandlerPanicked,
             ErrorCode::Busy,
             ErrorCode::Unavailable,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

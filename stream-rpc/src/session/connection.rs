@@ -458,6 +458,7 @@ impl Connection {
             payload,
             meta,
             timeout,
+            ..
         } = call;
         let limit = timeout.unwrap_or(self.shared.call_timeout);
         let deadline = super::deadline_in(limit);
