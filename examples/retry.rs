@@ -92,17 +92,20 @@ pub fn retrying<C: Caller + 'static>(caller: C, tries: usize, per_try: Duration)
 }
 
 /// The example's server: `reserve` is refused `busy` (nothing run) until
-/// its third try; `charge` runs and then fails.
+/// its third try; `charge` runs and then fails; `stall` answers only when
+/// the connection closes.
 #[derive(Default)]
 pub struct Flaky {
     /// Tries of `reserve` that reached the server.
     pub reserve_tries: AtomicUsize,
     /// Runs of `charge`.
     pub charges: AtomicUsize,
+    /// Runs of `stall`.
+    pub stalls: AtomicUsize,
 }
 
 impl Protocol for Flaky {
-    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+    async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
         match packet.method.as_str() {
             "reserve" => {
                 let tries = self.reserve_tries.fetch_add(1, Ordering::SeqCst) + 1;
@@ -114,6 +117,11 @@ impl Protocol for Flaky {
             "charge" => {
                 self.charges.fetch_add(1, Ordering::SeqCst);
                 Err(HandlerError::failed("card declined"))
+            }
+            "stall" => {
+                self.stalls.fetch_add(1, Ordering::SeqCst);
+                ctx.cancelled().await;
+                Err(HandlerError::failed("stalled until the connection closed"))
             }
             other => Err(HandlerError::unknown_method(other)),
         }
