@@ -404,3 +404,49 @@ mod otel {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_traceparent_is_read_as_the_w3c_text_says_and_written_back() {
+        let parent = TraceParent::parse(GOOD).unwrap();
+        assert_eq!(parent.parent_id, [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(parent.flags, 1);
+        assert_eq!(parent.to_string(), GOOD);
+        // A later version: its first four fields, more after a dash.
+        let later = GOOD.replacen("00", "cc", 1);
+        assert!(TraceParent::parse(&later).is_some());
+        assert!(TraceParent::parse(&format!("{later}-what-comes")).is_some());
+        assert!(TraceParent::parse(&format!("{later}x")).is_none());
+        for bad in [
+            GOOD.replacen("00", "ff", 1),
+            format!("{GOOD}-"),
+            GOOD.to_uppercase(),
+            GOOD.replace("4bf92f3577b34da6a3ce929d0e0e4736", &"0".repeat(32)),
+            GOOD.replace("00f067aa0ba902b7", &"0".repeat(16)),
+            GOOD.replace('-', "_"),
+            GOOD[..54].to_owned(),
+            GOOD.replacen('4', "g", 1),
+            String::new(),
+        ] {
+            assert_eq!(TraceParent::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_flags_with_a_fresh_non_zero_parent() {
+        let parent = TraceParent::parse(GOOD).unwrap();
+        let children: Vec<_> = (0..100).map(|_| parent.child()).collect();
+        for child in &children {
+            assert_eq!((child.trace_id, child.flags), (parent.trace_id, parent.flags));
+            assert_ne!(child.parent_id, [0; 8]);
+            assert_eq!(TraceParent::parse(&child.to_string()), Some(*child));
+        }
+        let ids: std::collections::HashSet<_> = children.iter().map(|c| c.parent_id).collect();
+        assert_eq!(ids.len(), children.len());
+    }
+}
