@@ -414,7 +414,10 @@ mod tests {
     #[test]
     fn a_traceparent_is_read_as_the_w3c_text_says_and_written_back() {
         let parent = TraceParent::parse(GOOD).unwrap();
-        assert_eq!(parent.parent_id, [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(
+            parent.parent_id,
+            [0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
         assert_eq!(parent.flags, 1);
         assert_eq!(parent.to_string(), GOOD);
         // A later version: its first four fields, more after a dash.
@@ -442,7 +445,10 @@ mod tests {
         let parent = TraceParent::parse(GOOD).unwrap();
         let children: Vec<_> = (0..100).map(|_| parent.child()).collect();
         for child in &children {
-            assert_eq!((child.trace_id, child.flags), (parent.trace_id, parent.flags));
+            assert_eq!(
+                (child.trace_id, child.flags),
+                (parent.trace_id, parent.flags)
+            );
             assert_ne!(child.parent_id, [0; 8]);
             assert_eq!(TraceParent::parse(&child.to_string()), Some(*child));
         }
