@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use stream_rpc::layer::{LayeredCaller, LayeredProtocol, TraceParent, Tracing};
+use stream_rpc::layer::{BoxFuture, LayeredCaller, LayeredProtocol, TraceParent, Tracing};
 use stream_rpc::{
     Call, CallError, Caller, Client, Context, ErrorCode, HandlerError, Metadata, Packet, Protocol,
     Reply, SendError,
@@ -295,10 +295,11 @@ async fn the_auth_layer_refuses_missing_unknown_and_unpermitted_tokens() {
 /// with what it answered; `traceparent` answers with the `traceparent` and
 /// `tracestate` the request carried.
 struct Relay {
-    next: Option<
-        Box<dyn Fn(Call) -> stream_rpc::layer::BoxFuture<Result<Packet, CallError>> + Send + Sync>,
-    >,
+    next: Option<Onward>,
 }
+
+/// How a relay calls on.
+type Onward = Box<dyn Fn(Call) -> BoxFuture<Result<Packet, CallError>> + Send + Sync>;
 
 impl Protocol for Relay {
     async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
@@ -322,7 +323,7 @@ impl Protocol for Relay {
 /// layer, itself under the tracing layer.
 async fn relay_to(last: &TestServer) -> TestServer {
     let onward = Arc::new(LayeredCaller::new(client_of(last).await, Tracing::new()));
-    let next = move |call: Call| -> stream_rpc::layer::BoxFuture<Result<Packet, CallError>> {
+    let next = move |call: Call| -> BoxFuture<Result<Packet, CallError>> {
         let onward = Arc::clone(&onward);
         Box::pin(async move { onward.call_with(call).await })
     };

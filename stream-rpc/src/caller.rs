@@ -118,7 +118,7 @@ pub trait Caller: Send + Sync {
 /// One call (or notification) to make: the method, its payload, the
 /// [metadata](Metadata) its request carries and its time limit. What
 /// [`Caller::call_with`] and [`Caller::notify_with`] send, and what the
-/// layers of a [layered caller](crate::layer::Layered) see and may change.
+/// layers of a [layered caller](crate::layer::LayeredCaller) see and may change.
 ///
 /// ```
 /// use std::time::Duration;

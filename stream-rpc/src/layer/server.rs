@@ -16,6 +16,52 @@ use crate::protocol::{Context, HandlerError, Protocol, Reply};
 /// called, the deadline, the connection, the request's
 /// [metadata](Context::meta)) and the request [`Packet`] (method and
 /// payload). Layers may read and change both before the call goes on.
+///
+/// A layer's service takes it as its request; one that refuses calls
+/// without a tenant:
+///
+/// ```
+/// use std::task::{Context, Poll};
+/// use stream_rpc::layer::{BoxError, BoxFuture, LayeredProtocol, ServerCall};
+/// use stream_rpc::{ErrorCode, HandlerError, Reply};
+/// use tower::Service;
+///
+/// #[derive(Clone)]
+/// struct NeedsTenant<S>(S);
+///
+/// impl<S> Service<ServerCall> for NeedsTenant<S>
+/// where
+///     S: Service<ServerCall, Response = Reply>,
+///     S::Error: Into<BoxError>,
+///     S::Future: Send + 'static,
+/// {
+///     type Response = Reply;
+///     type Error = BoxError;
+///     type Future = BoxFuture<Result<Reply, BoxError>>;
+///
+///     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+///         self.0.poll_ready(cx).map_err(Into::into)
+///     }
+///
+///     fn call(&mut self, call: ServerCall) -> Self::Future {
+///         if call.meta().get("tenant").is_none() {
+///             let refused = HandlerError::new(ErrorCode::PermissionDenied, "no tenant");
+///             return Box::pin(async move { Err(refused.into()) });
+///         }
+///         let work = self.0.call(call);
+///         Box::pin(async move { work.await.map_err(Into::into) })
+///     }
+/// }
+///
+/// # struct Echo;
+/// # impl stream_rpc::Protocol for Echo {
+/// #     async fn process_message(&self, _: stream_rpc::Context, p: stream_rpc::Packet) -> Result<Reply, HandlerError> {
+/// #         Ok(Reply::message("echoed", p.payload))
+/// #     }
+/// # }
+/// let protocol = LayeredProtocol::new(Echo, tower::layer::layer_fn(NeedsTenant));
+/// # let _ = protocol;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ServerCall {
