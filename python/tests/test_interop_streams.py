@@ -13,7 +13,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import run, target_dir
+from conftest import REPO, run, target_dir
 
 from stream_rpc import current_meta
 from stream_rpc.common import (
@@ -225,5 +225,30 @@ def test_a_python_handler_reads_the_meta_a_rust_caller_set(key):
         expected = {"tenant": "acme", "traceparent": traceparent}
         assert json.loads(out) == expected and Producer.meta == expected
         server.close()
+
+    run(scenario())
+
+
+def test_the_rust_command_watches_the_python_example_servers_stats(key):
+    import sys
+
+    sys.path.insert(0, str(REPO / "python" / "examples"))
+    import server  # python/examples/server.py
+
+    async def scenario():
+        server.QUEUE = server.TaskQueue()
+        connector = Connector(server.QueueServer, "127.0.0.1", 0, cypher=Cypher(key))
+        listening = await connector.start_server()
+        port = listening.sockets[0].getsockname()[1]
+        argv = ("call", "--stream", "watch_stats", '{"every_ms": 10}', "--max-items", "2")
+        code, out, err = await command(key, port, *argv)
+        assert code == 0, err
+        items = [json.loads(line) for line in out.splitlines()]
+        assert len(items) == 2 and all(item["queued"] == 0 for item in items)
+        code, _, err = await command(
+            key, port, "call", "--stream", "watch_stats", '{"every_ms": 1}'
+        )
+        assert code == 1 and "invalid_payload" in err
+        listening.close()
 
     run(scenario())

@@ -423,8 +423,13 @@ class Stream:
         nothing if it already ended. Items not yet taken are dropped."""
         self._closed = True
         state = self._state
+        if state is not None and not state.ended:
+            state.finish(StreamCancelled("cancelled by this side"))
+            try:  # written before this returns: what is sent next comes after it
+                await self._protocol._send_stream(CANCEL, state.address(), None)
+            except (ConnectionError, ValueError):
+                pass
         if state is not None:
-            self._cancel(state)
             state.out.buffer.clear()
 
     async def finish(self) -> Any:
@@ -606,6 +611,7 @@ class _Accepted:
         finally:
             self.ended = True
             self.table.forget_accepted(self)
+            protocol.logger.debug("stream `%s` #%d ended", method[:64], self.key[1])
 
     async def _serve(self) -> Any:
         protocol = self.table.protocol
@@ -774,6 +780,9 @@ class StreamTable:
         state = _Accepted(self, packet, spec, credit if spec.returns_output else 0)
         self.accepted[state.key] = state
         self.counts["accepted"] += 1
+        protocol.logger.debug(
+            "stream `%s` #%d from %s accepted", packet.method[:64], packet.id, packet.peer
+        )
         loop = asyncio.get_running_loop()
         state.task = context.run(loop.create_task, state.run(limit))
 
