@@ -172,23 +172,45 @@ def test_a_slow_consumer_bounds_the_producer_to_its_window(key):
 
 
 def test_the_bytes_window_stops_credit_while_items_are_held(key, monkeypatch):
-    monkeypatch.setattr(_streams, "STREAM_WINDOW_BYTES", 1000)
-
     async def scenario():
         server, port = await serving(key)
+        Streams.seen.reach = 8
         peer = await client(key, port)
         stream = peer.stream("forever", window=8)
-        assert await stream.__anext__() == 1
+        await stream._open()
+        await asyncio.wait_for(Streams.seen.reached.wait(), 5)
         await settle(peer)
-        state = stream._state
-        # Each item's frame is a few hundred bytes: held items reach 1000 bytes,
-        # so taking more grants nothing until they are taken.
-        assert state.out.bytes >= 1000
-        granted = state.out.granted
-        for _ in range(3):
-            await stream.__anext__()
-        assert state.out.granted == granted or state.out.bytes < 1000
+        out = stream._state.out
+        assert len(out.buffer) == 8 and out.granted == 8
+        size = out.bytes / 8
+        # Room for 3.5 items' bytes: while 4 are held, taking half the window
+        # grants nothing; once 3 are, it grants the window again.
+        monkeypatch.setattr(_streams, "STREAM_WINDOW_BYTES", int(size * 3.5))
+        assert [await stream.__anext__() for _ in range(4)] == [1, 2, 3, 4]
+        assert out.granted == 8
+        assert await stream.__anext__() == 5
+        assert out.granted == 13
         await stream.aclose()
+        await peer.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_the_whole_streams_timeout_cuts_it_with_items_still_held(key):
+    async def scenario():
+        server, port = await serving(key)
+        Streams.seen.reach = 4
+        peer = await client(key, port)
+        stream = peer.stream("forever", window=4, timeout=0.2)
+        await stream._open()
+        await asyncio.wait_for(Streams.seen.reached.wait(), 5)
+        await settle(peer)
+        assert len(stream._state.out.buffer) == 4
+        await asyncio.sleep(0.25)  # the stream's limit passes (time, not a sync)
+        with pytest.raises(StreamTimeout):
+            await stream.__anext__()
+        await asyncio.wait_for(Streams.seen.closed.wait(), 5)
         await peer.close()
         server.close()
 
