@@ -355,9 +355,12 @@ def test_ends_failed_crashed_cancelled(key):
                 pass
         assert crashed.value.code == "handler_error"
         assert "internal" not in crashed.value.message
-        with pytest.raises(StreamCancelled):
+        with pytest.raises(StreamCancelled) as cancelled:
             async for _ in peer.stream("cancel_me"):
                 pass
+        # An error packet too, as the Rust side reads it.
+        assert isinstance(cancelled.value, RemoteError)
+        assert (cancelled.value.code, cancelled.value.message) == ("cancelled", "shutting down")
         await peer.close()
         server.close()
 
@@ -379,6 +382,11 @@ def test_the_connection_closing_ends_streams_both_ways(key):
                 got.append(item)
         # The items received before are handed out first; last_seq counts them.
         assert got == [2, 3, 4, 5] and ended.value.last_seq == 5 == stream.last_seq
+        # A stream opened on the closed connection: disconnected, nothing received.
+        await peer.wait_closed()
+        with pytest.raises(StreamDisconnected) as late:
+            await peer.stream("count", {"n": 1}).__anext__()
+        assert late.value.last_seq == 0
         await asyncio.wait_for(Streams.seen.closed.wait(), 5)
         # The opener going away drops the acceptor's handler too.
         Streams.seen.closed.clear()

@@ -59,8 +59,12 @@ class StreamError(Exception):
     """Why a stream ended other than cleanly (a clean end stops the iteration)."""
 
 
-class StreamCancelled(StreamError):
-    """The other side cancelled the stream (an error packet ``cancelled``)."""
+class StreamCancelled(StreamError, RemoteError):
+    """The stream was cancelled: by the other side, an error packet of code
+    ``cancelled`` (so it is a :class:`RemoteError` too), or by this side."""
+
+    def __init__(self, message: str = "the stream was cancelled", method: Optional[str] = None):
+        RemoteError.__init__(self, "cancelled", message, None, method)
 
 
 class StreamDisconnected(StreamError, ConnectionError):
@@ -243,7 +247,7 @@ class _Opened:
             body = packet.payload if isinstance(packet.payload, dict) else {}
             code, message = str(body.get("code", "unknown")), str(body.get("message", ""))
             if code == "cancelled":
-                self.finish(StreamCancelled(message or "the acceptor cancelled the stream"))
+                self.finish(StreamCancelled(message or "the acceptor cancelled it", self.method))
             else:
                 self.finish(RemoteError(code, message, body.get("data"), body.get("method")))
         else:
@@ -356,9 +360,11 @@ class Stream:
             self._deadline = loop.time() + self._timeout
         try:
             await protocol._send(packet, None, timeout_ms)
-        except BaseException:
+        except BaseException as e:
             state.ended = True
             table.opened.pop(packet.id, None)
+            if isinstance(e, ConnectionError):
+                raise StreamDisconnected(0) from e
             raise
         if self._input is not None:
             state.pump = loop.create_task(state.send_input(self._input))
