@@ -509,12 +509,11 @@ def test_an_opener_breaking_a_rule_gets_invalid_stream(key, method, credit, fram
 
 
 async def raw_ping(raw):
+    """A ping answered: the first packet that comes is its pong (nothing else
+    was sent before it)."""
     ident = await raw.request("ping", "after")
-    while True:
-        packet, reply_to = await raw.recv()
-        if reply_to is not None and reply_to.id == ident:
-            assert packet.method == "pong"
-            return
+    packet, reply_to = await raw.recv()
+    assert (packet.method, reply_to.id) == ("pong", ident), packet
 
 
 def test_frames_of_unknown_streams_are_dropped_unanswered(key):
@@ -633,6 +632,26 @@ def test_input_credit_beyond_the_limit_is_a_broken_rule(key):
             async for _ in peer.stream("m", input=held()):
                 pass
         await peer.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_the_opens_timeout_ms_drops_the_handler_and_sends_nothing(key):
+    async def scenario():
+        server, port = await serving(key)
+        raw = await Raw.connect(port, key)
+        ident = await raw.request("stall", None, stream={"credit": 0}, timeout_ms=100)
+        granted, _ = await raw.recv()
+        assert granted.method == "stream.credit"
+        await asyncio.wait_for(Streams.seen.closed.wait(), 5)
+        # The next packet is the ping's answer: nothing came for the stream.
+        ping = await raw.request("ping", "after")
+        packet, reply_to = await raw.recv()
+        assert (packet.method, reply_to.id) == ("pong", ping)
+        protocol = Streams.seen.protocols[0]
+        assert not protocol._streams.accepted
+        assert (raw.peer, ident) in protocol._streams._ended
         server.close()
 
     run(scenario())

@@ -12,6 +12,7 @@ import collections
 import collections.abc
 import contextvars
 import inspect
+import logging
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -603,7 +604,9 @@ class _Accepted:
         except asyncio.TimeoutError:
             if left is None:
                 raise
-            protocol.logger.warning("stream `%s` outlived its caller's timeout; dropped", method)
+            protocol.logger.warning(
+                "stream `%s` outlived its caller's timeout; dropped", method[:64]
+            )
         except RemoteError as e:
             await protocol._send_error(e, self.reply_to())
         except ConnectionError:
@@ -611,7 +614,8 @@ class _Accepted:
         except asyncio.CancelledError:
             raise
         except Exception:
-            protocol.logger.exception("stream method `%s` failed", method)
+            if protocol._lines.allow("packet lines", logging.WARNING):
+                protocol.logger.exception("stream method `%s` failed", method[:64])
             error = RemoteError("handler_error", f"`{method}` failed", method=method)
             await protocol._send_error(error, self.reply_to())
         finally:
@@ -642,7 +646,15 @@ class _Accepted:
                 address = dict(self.address(), seq=self.out_sent)
                 await protocol._send_stream(ITEM, address, item)
         finally:
-            await items.aclose()  # type: ignore[attr-defined]
+            try:
+                await items.aclose()  # type: ignore[attr-defined]
+            except Exception:  # a generator that yields again when closed
+                protocol.logger.warning("stream method `%s` did not close", method_name(self))
+
+
+def method_name(accepted: _Accepted) -> str:
+    """The stream's method as a log line shows it (cut)."""
+    return accepted.packet.method[:64]
 
 
 class StreamTable:
