@@ -4,6 +4,8 @@ as the Rust example server answers them (docs/PROTOCOL.md, "The example queue
 server"). The queue lives in this process's memory, at most
 ``STREAM_RPC_QUEUE_MAX_TASKS`` tasks (100000); a put is answered
 ``{"queued": false, "reason": "duplicate" | "name_taken" | "full"}`` when refused.
+``watch_stats`` (a stream, payload ``{"every_ms": N}``, N from 10, default 1000)
+sends the queue's counts every N ms until the caller cancels it.
 
     CRYPTO_KEY=... python examples/server.py
 """
@@ -14,7 +16,7 @@ import json
 import os
 import time
 
-from stream_rpc.common import Connector, MessagePacket, Protocol, RemoteError
+from stream_rpc.common import Connector, MessagePacket, Protocol, RemoteError, stream_method
 
 LEASE_SECONDS = 30.0
 #: How long a done task's content is remembered, so that putting it again is a duplicate.
@@ -45,6 +47,21 @@ class TaskQueue:
         self.done = collections.OrderedDict()
         # Canonical payload of a done task -> its article (at most max_tasks).
         self.articles = collections.OrderedDict()
+        # Counts since the queue was created (what `watch_stats` reports).
+        self.counts = collections.Counter()
+
+    def stats(self):
+        """The queue's counts, as the Rust queue server's ``watch_stats`` items."""
+        return {
+            "queued": len(self.queued),
+            "leased": len(self.leased),
+            "done": self.counts["done"],
+            "dead": 0,  # tasks are never given up on here
+            "duplicates": self.counts["duplicate"],
+            "names_taken": self.counts["name_taken"],
+            "full": self.counts["full"],
+            "redeliveries": self.counts["redeliveries"],
+        }
 
     @staticmethod
     def content(task):
@@ -63,6 +80,17 @@ class TaskQueue:
     def put(self, task):
         """``None`` once queued, else why not: ``duplicate``, ``name_taken`` or ``full``."""
         self._forget_done()
+        refused = self._refusal(task)
+        if refused is not None:
+            self.counts[refused] += 1
+            return refused
+        content = self.content(task)
+        self.held[(task.peer, task.id)] = content
+        self.contents.add(content)
+        self.queued.append(task)
+        return None
+
+    def _refusal(self, task):
         content = self.content(task)
         if content in self.contents or content in self.done:
             return "duplicate"
@@ -70,9 +98,6 @@ class TaskQueue:
             return "name_taken"
         if len(self.held) >= self.max_tasks:
             return "full"
-        self.held[(task.peer, task.id)] = content
-        self.contents.add(content)
-        self.queued.append(task)
         return None
 
     def lease(self, holder):
@@ -81,6 +106,7 @@ class TaskQueue:
             if end <= now:
                 del self.leased[key]
                 self.queued.appendleft(task)
+                self.counts["redeliveries"] += 1
         if not self.queued:
             return None
         task = self.queued.popleft()
@@ -95,6 +121,7 @@ class TaskQueue:
         content = self.held.pop((peer, ident))
         self.contents.discard(content)
         self.done[content] = time.monotonic()
+        self.counts["done"] += 1
         self.articles[json.dumps(entry[0].payload, sort_keys=True)] = article
         self._forget_done()
         return True
@@ -102,8 +129,44 @@ class TaskQueue:
 
 QUEUE = TaskQueue()
 
+#: ``watch_stats``: milliseconds between two items by default, at least, at most.
+WATCH_EVERY_MS = 1000
+WATCH_EVERY_MS_MIN = 10
+WATCH_EVERY_MS_MAX = 86_400_000
+
+
+def watch_interval(payload):
+    """Seconds between two ``watch_stats`` items, from ``{"every_ms": N}``
+    (``null`` or ``{}``: the default); ``invalid_payload`` otherwise."""
+    if payload is None:
+        payload = {}
+    every_ms = payload.get("every_ms") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or set(payload) - {"every_ms"}:
+        raise RemoteError(
+            "invalid_payload", 'watch_stats takes {"every_ms": N}', method="watch_stats"
+        )
+    if every_ms is None:
+        every_ms = WATCH_EVERY_MS
+    if type(every_ms) is not int or not WATCH_EVERY_MS_MIN <= every_ms <= WATCH_EVERY_MS_MAX:
+        raise RemoteError(
+            "invalid_payload",
+            f"every_ms is {every_ms!r}: give {WATCH_EVERY_MS_MIN} to {WATCH_EVERY_MS_MAX} "
+            "(milliseconds between two items)",
+            method="watch_stats",
+        )
+    return every_ms / 1000
+
 
 class QueueServer(Protocol):
+    @stream_method
+    async def watch_stats(self, packet, incoming):
+        """A stream of the queue's counts, one item every ``every_ms`` ms until
+        the caller cancels it."""
+        every = watch_interval(packet.payload)
+        while True:
+            yield QUEUE.stats()
+            await asyncio.sleep(every)
+
     async def process_message(self, message_packet):
         method, payload = message_packet.method, message_packet.payload
         if method == "ping":

@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+import pytest
 from conftest import REPO, run
 
-from stream_rpc.common import Connector, Protocol, create_message_packet
+from stream_rpc.common import Connector, Protocol, RemoteError, create_message_packet
 from stream_rpc.crypto import Cypher
 
 EXAMPLES = REPO / "python" / "examples"
@@ -83,3 +84,32 @@ def test_the_example_worker_waits_the_originals_2_s_and_parses_5_s(monkeypatch):
     reloaded = importlib.reload(worker)
     # As the Rust example worker (examples/shared/worker.rs) and the original.
     assert (reloaded.DELAY, reloaded.PARSE_DELAY) == (2.0, 5.0)
+
+
+def test_the_example_server_streams_its_stats(key):
+    import server
+
+    async def scenario():
+        server.QUEUE = server.TaskQueue()
+        connector = Connector(server.QueueServer, "127.0.0.1", 0, cypher=Cypher(key))
+        listening = await connector.start_server()
+        port = listening.sockets[0].getsockname()[1]
+        peer = await Connector(Protocol, "127.0.0.1", port, cypher=Cypher(key)).connect()
+        await peer.call("put_in_queue", task(1, 10))
+        await peer.call("put_in_queue", task(2, 10))
+        async with peer.stream("watch_stats", {"every_ms": 10}) as stream:
+            first, second = await stream.__anext__(), await stream.__anext__()
+        assert first == second
+        assert (first["queued"], first["duplicates"], first["leased"]) == (1, 1, 0)
+        for bad in ({"every_ms": 9}, {"every_ms": "10"}, {"every": 10}, [10]):
+            with pytest.raises(RemoteError) as refused:
+                async for _ in peer.stream("watch_stats", bad):
+                    pass
+            assert refused.value.code == "invalid_payload"
+        # The default interval: one item at once.
+        async with peer.stream("watch_stats") as stream:
+            assert (await stream.__anext__())["queued"] == 1
+        await peer.close()
+        listening.close()
+
+    run(scenario())

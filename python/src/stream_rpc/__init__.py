@@ -16,7 +16,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the type checkers see; at run time, __getattr__
-    from .common import Connector, MessagePacket, Protocol, RemoteError, create_message_packet
+    from .common import (
+        Connector,
+        Incoming,
+        MessagePacket,
+        Protocol,
+        RemoteError,
+        Stream,
+        StreamCancelled,
+        StreamDisconnected,
+        StreamError,
+        StreamProtocolError,
+        StreamTimeout,
+        create_message_packet,
+        current_meta,
+        stream_method,
+    )
     from .crypto import CryptoKeyError, Cypher, TokenError, generate_key
 
 #: Each name of the package, and the module that defines it.
@@ -26,6 +41,15 @@ _WHERE = {
     "Protocol": "common",
     "RemoteError": "common",
     "create_message_packet": "common",
+    "Incoming": "common",
+    "Stream": "common",
+    "StreamCancelled": "common",
+    "StreamDisconnected": "common",
+    "StreamError": "common",
+    "StreamProtocolError": "common",
+    "StreamTimeout": "common",
+    "current_meta": "common",
+    "stream_method": "common",
     "CryptoKeyError": "crypto",
     "Cypher": "crypto",
     "TokenError": "crypto",
@@ -36,12 +60,21 @@ __all__ = [
     "Connector",
     "CryptoKeyError",
     "Cypher",
+    "Incoming",
     "MessagePacket",
     "Protocol",
     "RemoteError",
+    "Stream",
+    "StreamCancelled",
+    "StreamDisconnected",
+    "StreamError",
+    "StreamProtocolError",
+    "StreamTimeout",
     "TokenError",
     "create_message_packet",
+    "current_meta",
     "generate_key",
+    "stream_method",
 ]
 __version__ = "0.1.0"
 

@@ -9,7 +9,9 @@ import datetime
 import json
 import math
 import re
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+from ._meta import check_meta
 
 #: Arrays and objects may nest this deep, counting the packet object.
 MAX_DEPTH = 127
@@ -53,6 +55,22 @@ class MessagePacket(NamedTuple):
     created_at: datetime.datetime
     method: str
     payload: Any = {}
+    #: Per-call metadata (a dict of strings) on a request, or ``None``.
+    meta: Optional[Dict[str, str]] = None
+    #: The ``stream`` field of a stream packet or a stream's open, or ``None``.
+    stream: Optional[Dict[str, Any]] = None
+
+    def __repr__(self) -> str:
+        # The original's five fields; the others only when set.
+        text = (
+            f"MessagePacket(peer={self.peer!r}, id={self.id!r}, created_at={self.created_at!r}, "
+            f"method={self.method!r}, payload={self.payload!r}"
+        )
+        if self.meta is not None:
+            text += f", meta={self.meta!r}"
+        if self.stream is not None:
+            text += f", stream={self.stream!r}"
+        return text + ")"
 
 
 class ReplyTo(NamedTuple):
@@ -206,6 +224,11 @@ def packet_object(
         obj["reply_to"] = {"peer": parse_uuid(reply_to.peer), "id": reply_to.id}
     if timeout_ms is not None:
         obj["timeout_ms"] = timeout_ms
+    meta = check_meta(packet.meta)
+    if meta:
+        obj["meta"] = dict(sorted(meta.items()))
+    if packet.stream is not None:
+        obj["stream"] = check_stream(packet.stream)
     return obj
 
 
@@ -258,6 +281,30 @@ def _no_constants(name: str) -> Any:
 
 
 _PACKET_FIELDS = {"peer", "id", "created_at", "method", "payload"}
+#: The fields of a packet carried in a payload (a task): the five, and its metadata.
+_TASK_FIELDS = _PACKET_FIELDS | {"meta"}
+#: The fields of a `stream` object, each an integer from 0 to 2^64-1 but `peer`.
+_STREAM_NUMBERS = ("id", "seq", "credit")
+
+
+def check_stream(stream: Any) -> Dict[str, Any]:
+    """A packet's ``stream`` object checked (its known fields typed: ``peer`` a
+    UUID, ``id``, ``seq`` and ``credit`` integers from 0 to 2^64-1) and
+    normalized to those fields; raises ``ValueError``."""
+    if not isinstance(stream, dict):
+        raise ValueError("`stream` is not an object")
+    _refuse_repeated(stream, {"peer", *_STREAM_NUMBERS}, " in `stream`")
+    checked: Dict[str, Any] = {}
+    if "peer" in stream:
+        if not isinstance(stream["peer"], str):
+            raise ValueError("`stream.peer` is not a string")
+        checked["peer"] = parse_uuid(stream["peer"])
+    for name in _STREAM_NUMBERS:
+        if name in stream:
+            if not _is_u64(stream[name]):
+                raise ValueError(f"`stream.{name}` is not an integer from 0 to 2^64-1")
+            checked[name] = stream[name]
+    return checked
 
 
 def _packet_from(obj: Any) -> MessagePacket:
@@ -277,7 +324,8 @@ def _packet_from(obj: Any) -> MessagePacket:
     created_at = parse_time(obj["created_at"])
     if not isinstance(obj["method"], str):
         raise ValueError("`method` is not a string")
-    return MessagePacket(peer, obj["id"], created_at, obj["method"], obj.get("payload"))
+    meta = check_meta(obj.get("meta"))
+    return MessagePacket(peer, obj["id"], created_at, obj["method"], obj.get("payload"), meta)
 
 
 def _as_packet(payload: Any) -> Any:
@@ -286,7 +334,7 @@ def _as_packet(payload: Any) -> Any:
     if (
         isinstance(payload, dict)
         and {"peer", "id", "created_at", "method"} <= payload.keys()
-        and payload.keys() <= _PACKET_FIELDS
+        and payload.keys() <= _TASK_FIELDS
     ):
         try:
             return _packet_from(payload)
@@ -296,8 +344,8 @@ def _as_packet(payload: Any) -> Any:
 
 
 def decode(plain: bytes) -> Tuple[MessagePacket, Optional[ReplyTo], Optional[int]]:
-    """A packet, its ``reply_to`` and ``timeout_ms`` from a plaintext; raises
-    :class:`InvalidPacket` with the reason."""
+    """A packet (its ``meta`` and ``stream`` checked), its ``reply_to`` and
+    ``timeout_ms`` from a plaintext; raises :class:`InvalidPacket` with the reason."""
     try:
         obj = json.loads(
             plain.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=_object
@@ -308,8 +356,11 @@ def decode(plain: bytes) -> Tuple[MessagePacket, Optional[ReplyTo], Optional[int
         raise InvalidPacket(f"not JSON: {e}") from None
     try:
         check_value(obj)
-        _refuse_repeated(obj, _PACKET_FIELDS | {"reply_to", "timeout_ms"}, "")
+        _refuse_repeated(obj, _PACKET_FIELDS | {"reply_to", "timeout_ms", "meta", "stream"}, "")
         packet = _packet_from(obj)
+        stream = obj.get("stream")
+        if stream is not None:
+            packet = packet._replace(stream=check_stream(stream))
         reply_to = obj.get("reply_to")
         address = None
         if reply_to is not None:

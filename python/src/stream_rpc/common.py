@@ -26,17 +26,56 @@ import time
 import uuid
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
-from . import _replay, _wire
+from . import _meta, _replay, _streams, _wire
+from ._errors import RemoteError
+from ._meta import (
+    MAX_META_BYTES,
+    MAX_META_ENTRIES,
+    MAX_META_KEY_BYTES,
+    MAX_META_VALUE_BYTES,
+    current_meta,
+)
+from ._streams import (
+    MAX_CREDIT,
+    MAX_STREAMS,
+    STREAM_WINDOW,
+    STREAM_WINDOW_BYTES,
+    Incoming,
+    Stream,
+    StreamCancelled,
+    StreamDisconnected,
+    StreamError,
+    StreamProtocolError,
+    StreamTimeout,
+    stream_method,
+)
 from ._wire import InvalidPacket, MessagePacket, ReplyTo
 from .crypto import TOKEN_TTL, Cypher, TokenError
 
 __all__ = [
     "Connector",
+    "Incoming",
+    "MAX_CREDIT",
+    "MAX_META_BYTES",
+    "MAX_META_ENTRIES",
+    "MAX_META_KEY_BYTES",
+    "MAX_META_VALUE_BYTES",
+    "MAX_STREAMS",
     "MessagePacket",
     "Protocol",
     "RemoteError",
     "ReplyTo",
+    "STREAM_WINDOW",
+    "STREAM_WINDOW_BYTES",
+    "Stream",
+    "StreamCancelled",
+    "StreamDisconnected",
+    "StreamError",
+    "StreamProtocolError",
+    "StreamTimeout",
     "create_message_packet",
+    "current_meta",
+    "stream_method",
     "STREAM_RPC_CONCURRENT_HANDLERS",
     "STREAM_RPC_CYPHER",
     "STREAM_RPC_HOST",
@@ -308,36 +347,6 @@ class _Frames:
         return bool(self.buffer) and not self._skipping
 
 
-class RemoteError(Exception):
-    """An error packet (PROTOCOL.md §6).
-
-    Raised by :meth:`Protocol.call` when the answer is one; raise it in
-    ``process_message`` to answer the request being handled with one.
-    """
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        data: Any = None,
-        method: Optional[str] = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-        self.method = method
-
-    def payload(self) -> Dict[str, Any]:
-        """The error packet's payload."""
-        body: Dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.method is not None:
-            body["method"] = self.method
-        if self.data is not None:
-            body["data"] = self.data
-        return body
-
-
 class _PeerAdapter(logging.LoggerAdapter):
     """Prefixes each message with the peer id, as the original's log lines."""
 
@@ -388,6 +397,12 @@ class Protocol:
     #: follows the connector's setting (``STREAM_RPC_CONCURRENT_HANDLERS``,
     #: off by default: one at a time, in order).
     concurrent_handlers: Optional[bool] = None
+    # The stream methods of the class, by wire name (marked with `stream_method`).
+    _stream_methods: Dict[str, _streams.StreamSpec] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._stream_methods = _streams.collect_stream_methods(cls)
 
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
@@ -412,6 +427,7 @@ class Protocol:
         self._inbox_task: Optional[asyncio.Task] = None
         self._log_mode = connector.log_packets
         self._lines = _Throttle(self.logger, PACKET_LOG_LINES_PER_SECOND, 1.0)
+        self._streams = _streams.StreamTable(self)
 
     async def process_message(self, message_packet: MessagePacket) -> None:
         """Handles one received packet; the default logs and ignores it."""
@@ -434,22 +450,37 @@ class Protocol:
         await self._send(message_packet, _answering.get(), None)
         self.request_number += 1
 
-    async def notify(self, method: str, payload: Any = None) -> None:
+    async def notify(
+        self, method: str, payload: Any = None, *, meta: Optional[Dict[str, str]] = None
+    ) -> None:
         """Sends a new request and waits for nothing (a typed service's method
-        that returns nothing). ``None`` is sent as a JSON ``null``."""
-        packet = self.create_message_packet(method, payload)
+        that returns nothing). ``None`` is sent as a JSON ``null``; ``meta``
+        as for :meth:`call`."""
+        packet = self.create_message_packet(method, payload)._replace(meta=_meta.outgoing(meta))
         self.request_number += 1
         await self._send(packet, None, None)
 
     async def call(
-        self, method: str, payload: Any = None, timeout: Optional[float] = CALL_TIMEOUT
+        self,
+        method: str,
+        payload: Any = None,
+        timeout: Optional[float] = CALL_TIMEOUT,
+        *,
+        meta: Optional[Dict[str, str]] = None,
     ) -> MessagePacket:
         """Sends a request and returns its reply; raises :class:`RemoteError` for
         an error packet, ``asyncio.TimeoutError`` after ``timeout`` seconds and
         ``ConnectionError`` when the connection closes first. ``None`` (the
-        default payload) is sent as a JSON ``null``."""
+        default payload) is sent as a JSON ``null``.
+
+        ``meta``: the call's metadata (string keys of ``a-z 0-9 - _ .`` to
+        string values, within the limits of PROTOCOL.md; ``ValueError``
+        beyond them). Made while handling a request that carried a W3C
+        ``traceparent``, the call carries one of the same trace (unless
+        ``meta`` gives its own)."""
+        outgoing = _meta.outgoing(meta)
         async with self._call_slots:
-            packet = self.create_message_packet(method, payload)
+            packet = self.create_message_packet(method, payload)._replace(meta=outgoing)
             self.request_number += 1
             future: asyncio.Future = asyncio.get_running_loop().create_future()
             self._pending[packet.id] = future
@@ -468,6 +499,39 @@ class Protocol:
                 body.get("method"),
             )
         return reply
+
+    def stream(
+        self,
+        method: str,
+        payload: Any = None,
+        *,
+        window: int = STREAM_WINDOW,
+        meta: Optional[Dict[str, str]] = None,
+        input: Any = None,  # noqa: A002 (the design's name)
+        timeout: Optional[float] = None,
+        item_timeout: Optional[float] = None,
+    ) -> Stream:
+        """Opens a stream to the peer's stream method ``method`` (when first
+        iterated): ``async for item in protocol.stream("watch_stats", {...})``.
+
+        ``window``: output items granted at once (the peer sends no more until
+        they are taken; 0 for a method that returns no stream). ``input``: an
+        async (or plain) iterable whose items are sent as the input flow, as
+        the peer grants credit, then the end of input. ``timeout``: seconds
+        for the whole stream (default: no limit); ``item_timeout``: seconds
+        at most waiting for the next item. ``meta`` as for :meth:`call`.
+        See :class:`Stream` for its ends; ``aclose()`` (or ``async with``)
+        cancels it."""
+        return Stream(
+            self,
+            method,
+            payload,
+            window=window,
+            meta=meta,
+            input=input,
+            timeout=timeout,
+            item_timeout=item_timeout,
+        )
 
     async def close(self) -> None:
         """Closes the connection. Outside a handler, waits until it has ended
@@ -525,6 +589,16 @@ class Protocol:
             except asyncio.TimeoutError:
                 writer.close()
                 raise ConnectionError("the peer does not read: write timed out") from None
+            # A cancellation asyncio.wait_for swallowed (Python 3.11, when the
+            # write completed at that moment) is not lost.
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            if cancelling is not None and cancelling():
+                raise asyncio.CancelledError
+
+    async def _send_stream(self, method: str, address: Dict[str, Any], payload: Any) -> None:
+        """Sends a stream packet (``stream.item`` and the others)."""
+        packet = self.create_message_packet(method, payload)._replace(stream=address)
+        await self._send(packet, None, None)
 
     async def _send_error(self, error: RemoteError, reply_to: Optional[ReplyTo]) -> None:
         packet = self.create_message_packet("error", error.payload())
@@ -542,6 +616,8 @@ class Protocol:
         except (ConnectionError, OSError) as e:
             self.logger.info("connection lost: %s", e)
         finally:
+            # Streams end at once: their handlers are dropped, not waited for.
+            self._streams.close_all()
             if self._handlers:
                 await asyncio.wait(set(self._handlers), timeout=SHUTDOWN_GRACE)
             for task in list(self._handlers):
@@ -621,7 +697,7 @@ class Protocol:
                             FIRST_FRAME_TIMEOUT,
                         )
                     return
-                if self._handlers or self._pending or self._inbox:
+                if self._handlers or self._pending or self._inbox or self._streams.busy():
                     idle_deadline = loop.time() + IDLE_TIMEOUT
                     continue
                 self.logger.info("idle for %.0f s; closing", IDLE_TIMEOUT)
@@ -652,15 +728,19 @@ class Protocol:
         except InvalidPacket as e:
             if self._refused("invalid packets"):
                 self.logger.warning("received an invalid packet: %s", e.reason)
-            if not e.is_reply and not e.is_error:
+            if not e.is_reply and not e.is_error and e.method not in _streams.PACKET_METHODS:
                 error = RemoteError("invalid_packet", e.reason, method=e.method)
                 await self._send_error(error, e.reply_address)
             return True
-        self._dispatch(packet, reply_to, timeout_ms)
+        self._dispatch(packet, reply_to, timeout_ms, len(plain))
         return True
 
     def _dispatch(
-        self, packet: MessagePacket, reply_to: Optional[ReplyTo], timeout_ms: Optional[int]
+        self,
+        packet: MessagePacket,
+        reply_to: Optional[ReplyTo],
+        timeout_ms: Optional[int],
+        size: int = 0,
     ) -> None:
         if reply_to is not None and reply_to.peer == self.peer_id:
             future = self._pending.get(reply_to.id)
@@ -668,7 +748,12 @@ class Protocol:
                 self._log_packet("Received", packet, reply_to, timeout_ms)
                 future.set_result(packet)
                 return
+            if self._streams.on_reply(packet, reply_to):
+                self._log_packet("Received", packet, reply_to, timeout_ms)
+                return
         answerable = reply_to is None and packet.method != "error"
+        if answerable and self._stream_packet(packet, timeout_ms, size):
+            return
         address = ReplyTo(packet.peer, packet.id) if answerable else None
         # Handled one at a time, the packet being handled stays first in the
         # inbox: the task that handles them in turn is not counted again.
@@ -701,12 +786,45 @@ class Protocol:
             return
         self._log_packet("Received", packet, reply_to, timeout_ms)
         # The handler's task copies this context, in which `send_message`
-        # finds the request it answers.
+        # finds the request it answers (and `current_meta` its metadata).
         context = contextvars.copy_context()
         context.run(_answering.set, address)
+        context.run(_meta.set_current, packet.meta if answerable else None)
         task = context.run(loop.create_task, self._handle(packet, address, limit))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    def _stream_packet(self, packet: MessagePacket, timeout_ms: Optional[int], size: int) -> bool:
+        """A request that is a stream packet, a stream's open, or a plain call
+        to a stream method (refused ``stream_required``): handled here, never
+        by ``process_message``; whether it was one."""
+        method = packet.method
+        if method in _streams.PACKET_METHODS:
+            self._log_packet("Received", packet, None, None)
+            self._streams.on_stream_packet(packet, size)
+            return True
+        spec = self._stream_methods.get(method)
+        if packet.stream is None and spec is None:
+            return False
+        self._log_packet("Received", packet, None, timeout_ms)
+        address = ReplyTo(packet.peer, packet.id)
+        if packet.stream is None:
+            if self._refused("plain calls to stream methods"):
+                self.logger.warning("%s is a stream method; a plain call refused", _shown(method))
+            required = RemoteError(
+                "stream_required", f"`{method}` is a stream method: open a stream", method=method
+            )
+            self._spawn(self._send_error(required, address))
+            return True
+        loop = asyncio.get_running_loop()
+        limit = None if timeout_ms is None else loop.time() + timeout_ms / 1000
+        # The handler's context: `send_message` sends new requests (the stream
+        # ends with its own reply), `current_meta` gives the open's metadata.
+        context = contextvars.copy_context()
+        context.run(_answering.set, None)
+        context.run(_meta.set_current, packet.meta)
+        self._streams.on_open(packet, spec, limit, context)
+        return True
 
     async def _handle_in_turn(self) -> None:
         """Handles the waiting packets one at a time, in order, until none is
@@ -718,6 +836,7 @@ class Protocol:
             waiting = self._inbox[0]
             # This task's own context: what `send_message` answers, for this packet.
             _answering.set(waiting.address)
+            _meta.set_current(waiting.packet.meta if waiting.address is not None else None)
             self._log_packet("Received", waiting.packet, waiting.reply_to, waiting.timeout_ms)
             try:
                 await self._handle(waiting.packet, waiting.address, waiting.limit)
