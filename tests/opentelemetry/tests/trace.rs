@@ -258,7 +258,8 @@ async fn a_failed_call_is_a_span_with_its_outcome() {
     .await;
 }
 
-/// The Python of the virtual environment `scripts/test` makes.
+/// The Python of the virtual environment `scripts/test` makes (before it
+/// runs the Rust tests), with the package of `python/` installed.
 fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = root.join("target/python-venv/bin/python");
@@ -271,7 +272,6 @@ fn python() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the python package's meta and traceparent propagation (branch h/python)"]
 async fn one_trace_across_a_rust_client_a_rust_server_and_a_python_hop() {
     exporter();
     let key = Fernet::generate_key().unwrap();
