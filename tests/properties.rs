@@ -125,6 +125,7 @@ proptest! {
         number in any::<i64>(),
         reply in prop::option::of((any::<u128>(), any::<u64>())),
         timeout_ms in prop::option::of(any::<u64>()),
+        meta in prop::collection::btree_map("[a-z0-9._-]{1,8}", ".{0,12}", 0..4),
     ) {
         let payload = serde_json::json!({"text": text, "n": number, "list": [number, null, true]});
         let mut packet = Packet::new(uuid::Uuid::from_u128(peer), id, method, payload);
@@ -134,6 +135,7 @@ proptest! {
             id,
         });
         packet.timeout_ms = timeout_ms;
+        packet.meta = (!meta.is_empty()).then(|| stream_rpc::Metadata::try_from(meta.into_iter().collect::<Vec<_>>()).unwrap());
         let ours = packet.to_json().unwrap();
         prop_assert_eq!(&ours, &serde_json::to_vec(&packet).unwrap());
         prop_assert_eq!(Packet::from_json(&ours).unwrap(), packet);
@@ -147,6 +149,7 @@ proptest! {
         method in ".{0,8}",
         reply in any::<bool>(),
         timeout_ms in prop::option::of(any::<u64>()),
+        meta in any::<bool>(),
         edits in prop::collection::vec((any::<usize>(), 0u8..3, prop::sample::select(
             b"0123456789\"\\{}[],: .-eEZTtfn\x00\xff".to_vec()
         )), 0..4),
@@ -156,6 +159,9 @@ proptest! {
             packet.reply_to = Some(packet.reply_address());
         }
         packet.timeout_ms = timeout_ms;
+        if meta {
+            packet.meta = Some(stream_rpc::Metadata::try_from(vec![("k-1", "v"), ("z", "\u{e9}\"")]).unwrap());
+        }
         let mut bytes = packet.to_json().unwrap();
         for (at, kind, byte) in edits {
             let at = at % (bytes.len() + 1);
