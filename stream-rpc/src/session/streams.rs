@@ -61,6 +61,11 @@ impl Streams {
         self.open.load(Ordering::Acquire) == 0
     }
 
+    /// How many streams are open.
+    pub(crate) fn len(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Adds a stream (opened by this side when its key's peer is this
     /// side's id).
     pub(crate) fn insert(&self, state: Arc<StreamState>) -> Result<(), Refused> {
