@@ -391,7 +391,7 @@ pub(crate) async fn send_item(
     let mut packet = conn.packet(ITEM, item);
     packet.stream = Some(StreamHeader::frame(state.key).with_seq(seq));
     conn.send(packet).await.map_err(|e| send_failed(state, e))?;
-    state.counters.sent();
+    state.counters().sent();
     Ok(())
 }
 

@@ -27,8 +27,9 @@ pub(crate) struct StreamState {
     /// Acceptor side: cancelled to drop the handler.
     pub(crate) abort: CancellationToken,
     pub(crate) flows: Mutex<Flows>,
-    /// The per-method item counters, made once per stream.
-    pub(crate) counters: crate::telemetry::StreamCounters,
+    /// The per-method item counters, made at the stream's first item (a
+    /// refused open of a made-up method makes no label).
+    counters: std::sync::OnceLock<crate::telemetry::StreamCounters>,
 }
 
 /// The part of a stream behind its lock.
@@ -351,8 +352,14 @@ impl StreamState {
                 outbound,
                 end: None,
             }),
-            counters: crate::telemetry::StreamCounters::new(method),
+            counters: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The item counters of the stream's method.
+    pub(crate) fn counters(&self) -> &crate::telemetry::StreamCounters {
+        self.counters
+            .get_or_init(|| crate::telemetry::StreamCounters::new(&self.method))
     }
 
     /// Ends the stream with `end` unless it already ended; says whether
