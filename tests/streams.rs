@@ -964,3 +964,124 @@ async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
     })
     .await;
 }
+
+/// Serves `relay`: opens the stream `count` back to the peer that called
+/// (through the handler's context) and answers with the sum of its items.
+struct Relay;
+
+impl Protocol for Relay {
+    async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        if packet.method != "relay" {
+            return Err(HandlerError::unknown_method(&packet.method));
+        }
+        let mut stream = ctx
+            .open_stream("count", packet.payload, StreamOptions::new().window(2))
+            .await
+            .map_err(|e| HandlerError::failed(e.to_string()))?;
+        let mut sum = 0;
+        while let Some(item) = stream.next().await {
+            sum += item
+                .map_err(|e| HandlerError::failed(e.to_string()))?
+                .as_u64()
+                .unwrap_or(0);
+        }
+        let reply = stream
+            .finish()
+            .await
+            .map_err(|e| HandlerError::failed(e.to_string()))?;
+        Ok(Reply::message(
+            "relayed",
+            json!({"sum": sum, "reply": reply.payload}),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn either_side_opens_streams_a_handler_through_its_context() {
+    bounded(async {
+        let key = new_key();
+        let server = TestServer::start(Relay, config(&key, 0), &key).await;
+        // The client serves `count`; the server's handler opens it.
+        let client = stream_rpc::Connector::new(config(&key, server.port).build().unwrap())
+            .connect(StreamService::default())
+            .await
+            .unwrap();
+        let reply = client.call("relay", json!({"n": 10})).await.unwrap();
+        assert_eq!(reply.payload, json!({"sum": 55, "reply": {"sent": 10}}));
+        server.stop().await;
+    })
+    .await;
+}
+
+impl stream_rpc::Service for StreamService {
+    fn methods(&self) -> &[&'static str] {
+        STREAM_METHODS
+    }
+}
+
+#[tokio::test]
+async fn services_route_streams_by_method() {
+    bounded(async {
+        struct Plain;
+        impl Protocol for Plain {
+            async fn process_message(&self, _: Context, p: Packet) -> Result<Reply, HandlerError> {
+                Ok(Reply::message("plain.reply", p.payload))
+            }
+        }
+        impl stream_rpc::Service for Plain {
+            fn methods(&self) -> &[&'static str] {
+                &["plain"]
+            }
+        }
+        let services = stream_rpc::Services::new()
+            .add(Plain)
+            .and_then(|s| s.add(StreamService::default()))
+            .unwrap();
+        let key = new_key();
+        let server = TestServer::start(services, config(&key, 0), &key).await;
+        let client = client_of(&server).await;
+        let stream = client
+            .open_stream("count", json!({"n": 3}), StreamOptions::new())
+            .await
+            .unwrap();
+        let items: Vec<Value> = stream.map(Result::unwrap).collect().await;
+        assert_eq!(items, [json!(1), json!(2), json!(3)]);
+        for (method, code) in [
+            ("plain", ErrorCode::NotAStream),
+            ("nope", ErrorCode::UnknownMethod),
+        ] {
+            let mut stream = client
+                .open_stream(method, json!(null), StreamOptions::new())
+                .await
+                .unwrap();
+            let err = stream.next().await.unwrap().unwrap_err();
+            assert!(
+                matches!(&err, StreamError::Call(e) if e.code() == Some(code)),
+                "{method}: {err:?}"
+            );
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_opens_on_its_current_connection() {
+    bounded(async {
+        let (server, _probe) = serve(|b| b).await;
+        let reconnecting =
+            stream_rpc::Connector::new(config(&server.key, server.port).build().unwrap())
+                .connect_reconnecting((), stream_rpc::Reconnect::default())
+                .unwrap();
+        let stream = reconnecting
+            .open_stream("count", json!({"n": 4}), StreamOptions::new())
+            .await
+            .unwrap();
+        let typed: ItemStream<u64> = ItemStream::new(stream, Err);
+        let items: Vec<u64> = typed.map(Result::unwrap).collect().await;
+        assert_eq!(items, [1, 2, 3, 4]);
+        reconnecting.close();
+        server.stop().await;
+    })
+    .await;
+}

@@ -120,8 +120,8 @@ impl Streams {
     }
 
     /// The connection closed: every stream ends `Disconnected` at once,
-    /// and no more can open.
-    pub(crate) fn close_all(&self) {
+    /// and no more can open; says how many were open.
+    pub(crate) fn close_all(&self) -> usize {
         let states: Vec<Arc<StreamState>> = {
             let mut table = lock(&self.table);
             table.closed = true;
@@ -133,9 +133,11 @@ impl Streams {
             self.open.fetch_sub(states.len(), Ordering::AcqRel);
             crate::telemetry::streams_open(-(states.len() as f64));
         }
+        let count = states.len();
         for state in states {
             state.end(End::Disconnected);
             state.abort.cancel();
         }
+        count
     }
 }
