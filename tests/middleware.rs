@@ -404,3 +404,63 @@ async fn a_layered_callers_notification_goes_through_its_layers() {
     })
     .await;
 }
+
+/// Streams the `authorization` its open carried, then ends.
+struct Ticker;
+
+impl Protocol for Ticker {
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        Err(HandlerError::unknown_method(&packet.method))
+    }
+
+    async fn process_stream(
+        &self,
+        ctx: Context,
+        _packet: Packet,
+        mut io: stream_rpc::StreamIo,
+    ) -> Result<Value, HandlerError> {
+        let mut output = io.output().expect("an output flow");
+        let token = ctx.meta().get(auth::AUTHORIZATION).map(str::to_owned);
+        output
+            .send(json!(token))
+            .await
+            .map_err(|e| HandlerError::failed(e.to_string()))?;
+        Ok(json!("done"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_carries_its_metadata_and_goes_through_the_server_layers() {
+    use futures_util::StreamExt as _;
+    use stream_rpc::{StreamError, StreamOptions};
+    bounded(async {
+        let auth = auth::Auth::new([("admin-token".to_owned(), auth::Allowed::All)]);
+        let server = serve(LayeredProtocol::new(Ticker, auth)).await;
+        let client = client_of(&server).await;
+
+        let options = StreamOptions::new()
+            .with_meta(auth::AUTHORIZATION, "admin-token")
+            .unwrap();
+        let mut stream = client
+            .open_stream("ticks", json!(null), options)
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("admin-token"));
+        assert!(stream.next().await.is_none());
+        assert_eq!(stream.finish().await.unwrap().payload, json!("done"));
+
+        // Without a token the auth layer refuses the open.
+        let mut refused = client
+            .open_stream("ticks", json!(null), StreamOptions::new())
+            .await
+            .unwrap();
+        match refused.next().await {
+            Some(Err(StreamError::Call(err))) => {
+                assert_eq!(err.code(), Some(ErrorCode::Unauthenticated), "{err}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        server.stop().await;
+    })
+    .await;
+}

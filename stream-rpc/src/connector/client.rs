@@ -5,6 +5,8 @@ use tokio::task::JoinHandle;
 use std::future::Future;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::caller::{Call, Caller};
 use crate::error::{CallError, SendError};
 use crate::lifecycle::EndReason;
@@ -108,5 +110,16 @@ impl Caller for Client {
 
     fn call_timeout(&self) -> Duration {
         self.handle().call_timeout()
+    }
+
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: crate::stream::StreamOptions,
+    ) -> impl Future<Output = Result<crate::stream::RawStream, CallError>> + Send {
+        let connection = self.handle().clone();
+        let method = method.to_owned();
+        async move { crate::stream::open_on(&connection, &method, payload, options).await }
     }
 }

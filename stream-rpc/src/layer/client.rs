@@ -1,11 +1,12 @@
 //! The calling side as a `tower::Service`: [`Call`] in, the reply
 //! [`Packet`] out, and a [`Caller`] made of layers over a caller.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -13,6 +14,7 @@ use super::{BoxError, BoxFuture, call_error, send_error};
 use crate::caller::{Call, Caller};
 use crate::error::{CallError, SendError};
 use crate::packet::Packet;
+use crate::stream::{RawStream, StreamOptions};
 
 /// A [`Caller`] seen as a `tower::Service<Call>`: the innermost service of
 /// a [`LayeredCaller`]. A call is answered with `Some(reply)`, a
@@ -174,5 +176,18 @@ where
 
     fn call_timeout(&self) -> Duration {
         self.inner.call_timeout()
+    }
+
+    /// Opens the stream on the caller under the layers: a stream is not a
+    /// `Call` (its answer is a stream, not one packet), so the calling
+    /// side's layers do not see it; its metadata is
+    /// [`StreamOptions::meta`].
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: StreamOptions,
+    ) -> impl Future<Output = Result<RawStream, CallError>> + Send {
+        self.inner.open_stream(method, payload, options)
     }
 }

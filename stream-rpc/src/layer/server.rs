@@ -5,12 +5,14 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
+use serde_json::Value;
 use tower::{Layer, Service};
 
 use super::{BoxError, BoxFuture, handler_error};
 use crate::metadata::Metadata;
 use crate::packet::Packet;
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
+use crate::stream::StreamIo;
 
 /// One served call as a layer sees it: the handler's [`Context`] (who
 /// called, the deadline, the connection, the request's
@@ -69,12 +71,27 @@ pub struct ServerCall {
     pub ctx: Context,
     /// The request.
     pub packet: Packet,
+    /// The stream's flows, when the request opens a stream.
+    io: Option<StreamIo>,
 }
 
 impl ServerCall {
     /// A call of `packet` handled under `ctx` (for testing a layer).
     pub fn new(ctx: Context, packet: Packet) -> ServerCall {
-        ServerCall { ctx, packet }
+        ServerCall {
+            ctx,
+            packet,
+            io: None,
+        }
+    }
+
+    /// Whether the request opens a stream
+    /// ([`Protocol::process_stream`]): its call lasts until the stream
+    /// ends, and its reply's payload is the stream's final value. Layers
+    /// see stream opens as calls (so an auth layer refuses them too); a
+    /// time limit layer meant for calls may let streams pass by this.
+    pub fn is_stream(&self) -> bool {
+        self.io.is_some()
     }
 
     /// The method called.
@@ -128,7 +145,15 @@ impl<P: Protocol> Service<ServerCall> for ProtocolService<P> {
 
     fn call(&mut self, call: ServerCall) -> Self::Future {
         let protocol = Arc::clone(&self.protocol);
-        Box::pin(async move { protocol.process_message(call.ctx, call.packet).await })
+        Box::pin(async move {
+            match call.io {
+                None => protocol.process_message(call.ctx, call.packet).await,
+                Some(io) => protocol
+                    .process_stream(call.ctx, call.packet, io)
+                    .await
+                    .map(|value| Reply::message("", value)),
+            }
+        })
     }
 }
 
@@ -192,6 +217,25 @@ impl<S> LayeredProtocol<S> {
     }
 }
 
+impl<S> LayeredProtocol<S>
+where
+    S: Service<ServerCall, Response = Reply> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    /// Runs `call` through the stack.
+    async fn run(&self, call: ServerCall) -> Result<Reply, HandlerError> {
+        let work = {
+            let mut service = self.service.lock().await;
+            poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(|e| handler_error(e.into()))?;
+            service.call(call)
+        };
+        work.await.map_err(|e| handler_error(e.into()))
+    }
+}
+
 impl<S> Protocol for LayeredProtocol<S>
 where
     S: Service<ServerCall, Response = Reply> + Send + 'static,
@@ -204,13 +248,26 @@ where
     }
 
     async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
-        let call = {
-            let mut service = self.service.lock().await;
-            poll_fn(|cx| service.poll_ready(cx))
-                .await
-                .map_err(|e| handler_error(e.into()))?;
-            service.call(ServerCall { ctx, packet })
+        self.run(ServerCall::new(ctx, packet)).await
+    }
+
+    /// A stream open goes through the layers too: its reply's payload is
+    /// the stream's final value.
+    async fn process_stream(
+        &self,
+        ctx: Context,
+        packet: Packet,
+        io: StreamIo,
+    ) -> Result<Value, HandlerError> {
+        let call = ServerCall {
+            ctx,
+            packet,
+            io: Some(io),
         };
-        call.await.map_err(|e| handler_error(e.into()))
+        Ok(match self.run(call).await? {
+            Reply::Message { payload, .. } => payload,
+            Reply::Forward(packet) => packet.payload,
+            _ => Value::Null,
+        })
     }
 }

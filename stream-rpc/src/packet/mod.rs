@@ -59,6 +59,87 @@ pub struct Packet {
         deserialize_with = "crate::metadata::read_option"
     )]
     pub meta: Option<Metadata>,
+    /// Set on the packets of a stream only (PROTOCOL.md, "Streams"): the
+    /// open (with the credit it grants) and the frames `stream.item`,
+    /// `stream.credit`, `stream.end` and `stream.cancel` (naming the stream).
+    /// Absent on every other packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamHeader>,
+}
+
+/// The `stream` field of a stream packet (PROTOCOL.md, "Streams").
+///
+/// On an open only [`credit`](Self::credit) is set (the output items the
+/// opener grants at once); on the frames of a stream, `peer` and `id` name
+/// the stream (its open packet's `peer` and `id`), with `seq` on
+/// `stream.item` and `stream.end` and `credit` on `stream.credit`. Fields
+/// that are `None` are left out of the JSON.
+///
+/// ```
+/// use stream_rpc::StreamHeader;
+///
+/// let open = StreamHeader::open(32);
+/// assert_eq!(open.credit, Some(32));
+/// assert!(open.peer.is_none());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamHeader {
+    /// The peer that opened the stream (its open packet's `peer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Uuid>,
+    /// The open packet's `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The item's number in its flow, from 1 (`stream.item`); the number of
+    /// items sent (`stream.end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Items granted: on an open, the output items the opener takes at
+    /// once; on `stream.credit`, how many more (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<u64>,
+}
+
+impl StreamHeader {
+    /// The field of an open packet granting `credit` output items.
+    pub fn open(credit: u64) -> Self {
+        StreamHeader {
+            credit: Some(credit),
+            ..StreamHeader::default()
+        }
+    }
+
+    /// The field of a frame of the stream opened by `stream` (the open's
+    /// `peer` and `id`), without `seq` or `credit`: `stream.cancel`.
+    pub fn frame(stream: ReplyTo) -> Self {
+        StreamHeader {
+            peer: Some(stream.peer),
+            id: Some(stream.id),
+            ..StreamHeader::default()
+        }
+    }
+
+    /// [`frame`](Self::frame) with `seq` set: `stream.item`, `stream.end`.
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = Some(seq);
+        self
+    }
+
+    /// [`frame`](Self::frame) with `credit` set: `stream.credit`.
+    pub fn with_credit(mut self, credit: u64) -> Self {
+        self.credit = Some(credit);
+        self
+    }
+
+    /// The stream this frame belongs to, when it names one (an open does
+    /// not: it is named by its own `peer` and `id`).
+    pub fn stream(&self) -> Option<ReplyTo> {
+        Some(ReplyTo {
+            peer: self.peer?,
+            id: self.id?,
+        })
+    }
 }
 
 /// Names the packet a reply answers: its creator and its request number.
@@ -103,12 +184,19 @@ impl Packet {
             reply_to: None,
             timeout_ms: None,
             meta: None,
+            stream: None,
         }
     }
 
     /// Whether this packet answers another one (it carries `reply_to`).
     pub fn is_reply(&self) -> bool {
         self.reply_to.is_some()
+    }
+
+    /// Whether this packet belongs to a stream (it carries `stream`): an
+    /// open or a stream frame (PROTOCOL.md, "Streams").
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// Whether this is an error packet (method [`ERROR_METHOD`]).
@@ -214,11 +302,21 @@ pub enum ErrorCode {
     /// store's Redis is away): nothing was run; try again later, or on
     /// another server.
     Unavailable,
-    /// The request carried no credentials in its metadata, or unknown
-    /// ones: an auth layer refused it, nothing was run.
+    /// A stream was opened to a method that is not a stream method: nothing
+    /// was run.
+    NotAStream,
+    /// A plain call (no `stream` field) was made to a stream method: nothing
+    /// was run.
+    StreamRequired,
+    /// A stream broke a rule of the protocol (an item beyond credit or after
+    /// the end, a `seq` out of order, credit beyond the limit, ...): the
+    /// stream ended.
+    InvalidStream,
+    /// The work was cancelled before it finished.
+    Cancelled,
+    /// The request carried no valid credentials: nothing was run.
     Unauthenticated,
-    /// The request's credentials may not call this method: an auth layer
-    /// refused it, nothing was run.
+    /// The request's credentials do not allow it: nothing was run.
     PermissionDenied,
     /// A code this version does not know (sent by a newer peer).
     #[serde(other)]
@@ -236,6 +334,10 @@ impl ErrorCode {
             ErrorCode::HandlerPanicked => "handler_panicked",
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotAStream => "not_a_stream",
+            ErrorCode::StreamRequired => "stream_required",
+            ErrorCode::InvalidStream => "invalid_stream",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unknown => "unknown",
@@ -245,12 +347,15 @@ impl ErrorCode {
     /// Whether an error packet with this code says that the request was
     /// not run: no handler took it (`unknown_method`), its payload or
     /// packet was refused before any handler ran (`invalid_payload`,
-    /// `invalid_packet`), the peer had no room or could not check it
-    /// (`busy`, `unavailable`), or an auth layer refused it
-    /// (`unauthenticated`, `permission_denied`). Such a request is safe to
-    /// send again. Every
-    /// other code (`handler_error`, `handler_panicked`, and `unknown`, a code
-    /// of a newer peer) may come from a handler that ran.
+    /// `invalid_packet`), or the peer had no room or could not check it
+    /// (`busy`, `unavailable`), it was a stream opened to a plain method or
+    /// a plain call to a stream method (`not_a_stream`, `stream_required`),
+    /// or its credentials were refused (`unauthenticated`,
+    /// `permission_denied`). Such a request is safe to send again (the last
+    /// two once the credentials are fixed). Every other code
+    /// (`handler_error`, `handler_panicked`, `invalid_stream`, `cancelled`,
+    /// and `unknown`, a code of a newer peer) may come from a handler that
+    /// ran.
     ///
     /// ```
     /// use stream_rpc::ErrorCode;
@@ -265,9 +370,15 @@ impl ErrorCode {
             | ErrorCode::InvalidPacket
             | ErrorCode::Busy
             | ErrorCode::Unavailable
+            | ErrorCode::NotAStream
+            | ErrorCode::StreamRequired
             | ErrorCode::Unauthenticated
             | ErrorCode::PermissionDenied => true,
-            ErrorCode::HandlerError | ErrorCode::HandlerPanicked | ErrorCode::Unknown => false,
+            ErrorCode::HandlerError
+            | ErrorCode::HandlerPanicked
+            | ErrorCode::InvalidStream
+            | ErrorCode::Cancelled
+            | ErrorCode::Unknown => false,
         }
     }
 }
@@ -373,6 +484,47 @@ mod tests {
                 .all(|b| b >= 0x20 && b != b'"' && b != b'\\');
             assert_eq!(json::read(&ours).is_some(), plain, "{packet:?}");
         }
+    }
+
+    #[test]
+    fn the_stream_field_is_written_as_serde_writes_it_and_read_directly() {
+        let peer = Uuid::new_v4();
+        let stream = ReplyTo { peer, id: 9 };
+        let headers = [
+            StreamHeader::open(0),
+            StreamHeader::open(32),
+            StreamHeader::frame(stream).with_seq(1),
+            StreamHeader::frame(stream).with_credit(65_536),
+            StreamHeader::frame(stream),
+            StreamHeader::default(),
+            StreamHeader::frame(stream)
+                .with_seq(u64::MAX)
+                .with_credit(1),
+        ];
+        for header in headers {
+            let mut packet = sample();
+            packet.stream = Some(header);
+            packet.timeout_ms = Some(5);
+            let ours = packet.to_json().unwrap();
+            assert_eq!(ours, serde_json::to_vec(&packet).unwrap(), "{header:?}");
+            assert_eq!(json::read(&ours), Some(packet.clone()), "{header:?}");
+            assert_eq!(Packet::from_json(&ours).unwrap(), packet);
+        }
+        // Other orders and spellings go through serde, to the same packet.
+        let mut packet = sample();
+        packet.stream = Some(StreamHeader::frame(stream).with_seq(3));
+        let written = String::from_utf8(packet.to_json().unwrap()).unwrap();
+        let reordered = written.replace(
+            &format!(r#""stream":{{"peer":"{peer}","id":9,"seq":3}}"#),
+            &format!(r#""stream":{{"seq":3,"id":9,"peer":"{peer}"}}"#),
+        );
+        assert_ne!(reordered, written);
+        assert!(json::read(reordered.as_bytes()).is_none());
+        assert_eq!(Packet::from_json(reordered.as_bytes()).unwrap(), packet);
+        // Not a number: not a packet.
+        let bad = written.replace(r#""seq":3"#, r#""seq":"3""#);
+        assert!(Packet::from_json(bad.as_bytes()).is_err());
+        assert!(!sample().is_stream() && packet.is_stream());
     }
 
     #[test]
@@ -791,6 +943,10 @@ mod tests {
             ErrorCode::HandlerPanicked,
             ErrorCode::Busy,
             ErrorCode::Unavailable,
+            ErrorCode::NotAStream,
+            ErrorCode::StreamRequired,
+            ErrorCode::InvalidStream,
+            ErrorCode::Cancelled,
             ErrorCode::Unauthenticated,
             ErrorCode::PermissionDenied,
         ] {

@@ -62,6 +62,12 @@ pub(crate) struct Shared {
     pub(crate) packet_log: PacketLog,
     /// The packet lines this connection may still write this second.
     pub(crate) packet_lines: Budget,
+    /// The streams open on this connection.
+    pub(crate) streams: super::streams::Streams,
+    /// [`Limits::stream_window`](crate::Limits::stream_window).
+    pub(crate) stream_window: u32,
+    /// [`Limits::stream_window_bytes`](crate::Limits::stream_window_bytes).
+    pub(crate) stream_window_bytes: usize,
 }
 
 /// A message that waits for room in the outbox.
@@ -188,6 +194,9 @@ impl Shared {
             received: AtomicBool::new(false),
             packet_log: PacketLog::current(),
             packet_lines: Budget::new(super::PACKET_LINES_PER_SECOND),
+            streams: super::streams::Streams::new(endpoint.local_id(), limits.max_streams),
+            stream_window: limits.stream_window,
+            stream_window_bytes: limits.stream_window_bytes,
         }
     }
 
@@ -372,6 +381,32 @@ impl Connection {
         }
     }
 
+    /// Queues a packet without waiting: when the outgoing queue is full, a
+    /// task queues it once there is room (outside a runtime it is dropped).
+    /// For the frames that handles send from `Drop` and `poll` (credit,
+    /// cancel, end), one per handle and few: a failure is only logged.
+    pub(crate) fn send_soon(&self, packet: Packet) {
+        match self.seal_and_queue(&packet, SystemTime::now()) {
+            Ok(None) => {}
+            Ok(Some(deferred)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let connection = self.clone();
+                    runtime.spawn(async move {
+                        let _ = connection.queue_when_room(deferred).await;
+                    });
+                }
+            }
+            Err(e) => {
+                super::session_log!(
+                    debug,
+                    self.shared,
+                    "could not send `{}`: {e}",
+                    packet.method
+                );
+            }
+        }
+    }
+
     /// Queues a message that found the outbox full, once there is room.
     async fn queue_when_room(&self, deferred: Deferred) -> Result<(), SendError> {
         let size = match &deferred {
@@ -547,6 +582,12 @@ impl Connection {
     /// finish within the shutdown grace period, flushes and closes.
     pub fn close(&self) {
         self.shared.request_stop(EndReason::Closed);
+    }
+
+    /// How many streams are open on this connection (opened by either
+    /// side; see [`Caller::open_stream`](crate::Caller::open_stream)).
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.len()
     }
 
     /// Waits until the session has ended.
