@@ -18,7 +18,7 @@ use serde_json::json;
 use stream_rpc::layer::{LayeredCaller, LayeredProtocol, Tracing};
 use stream_rpc::{
     Call, CallError, Caller, Config, Connector, Context, Fernet, HandlerError, Packet, Protocol,
-    Reply, SendError,
+    RawStream, Reply, SendError, StreamOptions,
 };
 use tower::layer::util::Identity;
 use uuid::Uuid;
@@ -45,6 +45,18 @@ impl Caller for Instant_ {
 
     fn call_timeout(&self) -> Duration {
         Duration::from_secs(30)
+    }
+
+    async fn open_stream(
+        &self,
+        method: &str,
+        _payload: serde_json::Value,
+        _options: StreamOptions,
+    ) -> Result<RawStream, CallError> {
+        Err(CallError::NotSent {
+            method: method.to_owned(),
+            reason: SendError::Closed,
+        })
     }
 }
 

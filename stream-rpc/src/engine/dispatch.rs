@@ -45,7 +45,7 @@ impl<P: Protocol> ReadLoop<P> {
                 && let Some(stream) = self.shared.streams.remove(to)
             {
                 packet_log!(self.shared, "Received", packet);
-                let answered = crate::stream::state::End::Answered(packet);
+                let answered = crate::stream::state::End::Answered(Box::new(packet));
                 session_log!(
                     debug,
                     self.shared,

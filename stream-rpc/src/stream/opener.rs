@@ -178,7 +178,7 @@ impl RawStream {
         }
         let mut flows = lock(&self.state.flows);
         match flows.end.replace(End::Done) {
-            Some(End::Answered(reply)) if !reply.is_error() => Ok(reply),
+            Some(End::Answered(reply)) if !reply.is_error() => Ok(*reply),
             Some(end) => {
                 let error = end_error(&self.state.method, &end, flows.inbound.received);
                 flows.end = Some(end);

@@ -45,8 +45,9 @@ pub(crate) struct Flows {
 /// How a stream ended.
 #[derive(Debug, Clone)]
 pub(crate) enum End {
-    /// Opener: the call's reply (or error packet) came.
-    Answered(Packet),
+    /// Opener: the call's reply (or error packet) came (boxed: a packet
+    /// is large beside the other ends).
+    Answered(Box<Packet>),
     /// Acceptor: the handler finished and its answer is sent (or being).
     Done,
     /// The other side cancelled.
