@@ -144,16 +144,40 @@ fn hex_byte(digits: &[u8]) -> Option<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
-/// A random, non-zero span id (from a version 4 UUID's random bytes,
-/// whose version bits make it non-zero).
+/// A random, non-zero span id: the next value of a per-thread SplitMix64
+/// sequence seeded from the operating system's randomness (a version 4
+/// UUID) on the thread's first span id. Span ids must be unique, not
+/// secret: this costs a few nanoseconds where reading the system's
+/// randomness each time costs a system call.
 fn random_span_id() -> [u8; 8] {
-    let uuid = uuid::Uuid::new_v4();
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&uuid.as_bytes()[4..12]);
-    id
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            uuid::Uuid::new_v4().as_u64_pair().0,
+        );
+    }
+    loop {
+        let next = STATE.with(|state| {
+            let value = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(value);
+            let mut z = value;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        });
+        if next != 0 {
+            return next.to_be_bytes();
+        }
+    }
 }
 
 /// The trace context a call made under `span` carries, and its
@@ -264,7 +288,9 @@ where
         let incoming = call.meta().get(TRACEPARENT).and_then(TraceParent::parse);
         let state = incoming.and(call.meta().get(TRACESTATE)).map(str::to_owned);
         if let Some(parent) = &incoming {
-            span.record("trace_id", parent.trace_id_hex());
+            if !span.is_disabled() {
+                span.record("trace_id", parent.trace_id_hex());
+            }
             #[cfg(feature = "opentelemetry")]
             otel::set_parent(&span, parent, state.as_deref());
         }
@@ -319,7 +345,9 @@ where
         if !call.meta.contains_key(TRACEPARENT)
             && let Some((parent, state)) = context_of(&span)
         {
-            span.record("trace_id", parent.trace_id_hex());
+            if !span.is_disabled() {
+                span.record("trace_id", parent.trace_id_hex());
+            }
             // A call whose metadata has no room left goes untraced.
             if call.meta.insert(TRACEPARENT, parent.to_string()).is_ok()
                 && let Some(state) = state
