@@ -1085,3 +1085,35 @@ async fn a_reconnecting_client_opens_on_its_current_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_quiet_stream_keeps_its_connection_from_idling_out() {
+    bounded(async {
+        let idle = Duration::from_millis(200);
+        let timeouts = stream_rpc::Timeouts::default().with_idle(Some(idle));
+        let (server, probe) = serve(|b| b.timeouts(timeouts.clone())).await;
+        let client = stream_rpc::Connector::new(
+            config(&server.key, server.port)
+                .timeouts(timeouts)
+                .build()
+                .unwrap(),
+        )
+        .connect(())
+        .await
+        .unwrap();
+        let mut stream = client
+            .open_stream("never", json!({"n": 1}), StreamOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!(1));
+        // Five idle limits without a frame: the stream is still open on
+        // both sides (no Disconnected end).
+        let quiet = tokio::time::timeout(idle * 5, stream.next()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+        assert_eq!(probe.server_streams(), 1);
+        drop(stream);
+        probe.dropped_reaches(1).await;
+        server.stop().await;
+    })
+    .await;
+}
