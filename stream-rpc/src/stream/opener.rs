@@ -330,6 +330,10 @@ impl ItemSender {
     /// Sends one input item, first waiting for credit. `Err` once the
     /// acceptor no longer reads input or the call ended
     /// ([`StreamError::Cancelled`]), or the connection closed.
+    ///
+    /// Await it to the end: a send dropped while it waits for room in the
+    /// connection's outgoing queue (after its credit was taken) leaves a
+    /// gap in the items' `seq`, which the peer takes for a broken rule.
     pub async fn send(&mut self, item: Value) -> Result<(), StreamError> {
         send_item(&self.conn, &self.state, item).await
     }
