@@ -252,3 +252,34 @@ def test_the_rust_command_watches_the_python_example_servers_stats(key):
         listening.close()
 
     run(scenario())
+
+
+def test_ctrl_c_on_the_rust_command_cancels_the_python_stream(key):
+    import signal
+
+    async def scenario():
+        server, port = await producing(key)
+        child = await asyncio.create_subprocess_exec(
+            rust_command(),
+            "call",
+            "--stream",
+            "forever",
+            "--addr",
+            f"127.0.0.1:{port}",
+            env=command_env(key),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        first = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert first.strip() == b"1"
+        child.send_signal(signal.SIGINT)
+        await asyncio.wait_for(child.communicate(), 30)
+        # Cancelled on the Python side (its generator closed), then the
+        # command exits as interrupted.
+        await asyncio.wait_for(Producer.closed.wait(), 10)
+        assert child.returncode == 130
+        server.close()
+
+    run(scenario())
