@@ -684,3 +684,27 @@ def test_the_accepting_side_opens_a_stream_back(key):
         server.close()
 
     run(scenario())
+
+
+def test_a_quiet_stream_keeps_its_connection_from_the_idle_timer(key, monkeypatch):
+    from stream_rpc import common
+
+    monkeypatch.setattr(common, "IDLE_TIMEOUT", 0.2)
+
+    async def scenario():
+        server, port = await serving(key)
+        peer = await client(key, port)
+        stream = peer.stream("stall", window=0)
+        await stream._open()
+        await settle(peer, 1)
+        await asyncio.sleep(0.7)  # more than three idle limits without a frame
+        assert not peer._writer.is_closing()
+        await settle(peer, 1)
+        assert Streams.seen.protocols[0]._streams.accepted
+        await stream.aclose()
+        await asyncio.wait_for(Streams.seen.closed.wait(), 5)
+        # With no stream left, the idle limit closes the connection.
+        await asyncio.wait_for(peer.wait_closed(), 5)
+        server.close()
+
+    run(scenario())
