@@ -199,15 +199,17 @@ def test_the_rust_command_cancels_a_python_stream_after_max_items(key):
     run(scenario())
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="`stream-rpc call` has no --meta KEY=VALUE flag yet (asked of the lead); "
+    "until then tests/opentelemetry (python_hop.py) carries a Rust caller's metadata "
+    "into a Python handler. Remove this mark once the flag exists.",
+)
 def test_a_python_handler_reads_the_meta_a_rust_caller_set(key):
     help_text = subprocess.run(
         [rust_command(), "call", "--help"], capture_output=True, text=True, check=False
     ).stdout
-    if "--meta" not in help_text:
-        pytest.fail(
-            "`stream-rpc call` has no --meta KEY=VALUE flag (yet): this test of a Rust "
-            "caller's metadata read by a Python handler needs it"
-        )
+    assert "--meta" in help_text, "`stream-rpc call` has no --meta KEY=VALUE flag"
 
     async def scenario():
         server, port = await producing(key)
@@ -250,5 +252,36 @@ def test_the_rust_command_watches_the_python_example_servers_stats(key):
         )
         assert code == 1 and "invalid_payload" in err
         listening.close()
+
+    run(scenario())
+
+
+def test_ctrl_c_on_the_rust_command_cancels_the_python_stream(key):
+    import signal
+
+    async def scenario():
+        server, port = await producing(key)
+        child = await asyncio.create_subprocess_exec(
+            rust_command(),
+            "call",
+            "--stream",
+            "forever",
+            "--addr",
+            f"127.0.0.1:{port}",
+            env=command_env(key),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        first = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert first.strip() == b"1"
+        child.send_signal(signal.SIGINT)
+        await asyncio.wait_for(child.communicate(), 30)
+        # Cancelled on the Python side (its generator closed), then the
+        # command exits as interrupted.
+        await asyncio.wait_for(Producer.closed.wait(), 10)
+        assert child.returncode == 130
+        server.close()
 
     run(scenario())

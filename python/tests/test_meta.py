@@ -203,3 +203,15 @@ def test_trace_context_goes_on_with_the_same_trace_and_a_fresh_parent(key):
         last.close()
 
     run(scenario())
+
+
+def test_the_packet_line_shows_meta_keys_never_values_and_the_stream_field():
+    from stream_rpc.common import _shown_packet
+
+    packet = create_message_packet(PEER, 4, "m", None)._replace(
+        meta={"authorization": "s3cret", "tenant": "t"},
+        stream={"peer": PEER, "id": 3, "seq": 1},
+    )
+    line = _shown_packet(packet, None, None, full=False)
+    assert "meta: [authorization, tenant]" in line and "s3cret" not in line
+    assert f"stream: {{peer: {PEER}, id: 3, seq: 1}}" in line

@@ -655,3 +655,56 @@ def test_the_opens_timeout_ms_drops_the_handler_and_sends_nothing(key):
         server.close()
 
     run(scenario())
+
+
+class Puller(Protocol):
+    """Answers `pull` by opening a stream back to its caller (either side opens)."""
+
+    concurrent_handlers = True
+
+    async def process_message(self, message_packet):
+        if message_packet.method == "pull":
+            items = [item async for item in self.stream("numbers", {"n": message_packet.payload})]
+            await self.send_message(self.create_message_packet("pull.reply", items))
+
+
+class Numbers(Protocol):
+    @stream_method
+    async def numbers(self, packet, incoming):
+        for n in range(packet.payload["n"]):
+            yield n
+
+
+def test_the_accepting_side_opens_a_stream_back(key):
+    async def scenario():
+        server, port = await serving(key, Puller)
+        peer = await client(key, port, Numbers)
+        assert (await peer.call("pull", 5)).payload == [0, 1, 2, 3, 4]
+        await peer.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_quiet_stream_keeps_its_connection_from_the_idle_timer(key, monkeypatch):
+    from stream_rpc import common
+
+    monkeypatch.setattr(common, "IDLE_TIMEOUT", 0.2)
+
+    async def scenario():
+        server, port = await serving(key)
+        peer = await client(key, port)
+        stream = peer.stream("stall", window=0)
+        await stream._open()
+        await settle(peer, 1)
+        await asyncio.sleep(0.7)  # more than three idle limits without a frame
+        assert not peer._writer.is_closing()
+        await settle(peer, 1)
+        assert Streams.seen.protocols[0]._streams.accepted
+        await stream.aclose()
+        await asyncio.wait_for(Streams.seen.closed.wait(), 5)
+        # With no stream left, the idle limit closes the connection.
+        await asyncio.wait_for(peer.wait_closed(), 5)
+        server.close()
+
+    run(scenario())

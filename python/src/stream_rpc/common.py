@@ -228,6 +228,12 @@ def _shown_packet(
         text += f", reply_to: {reply_to.peer}#{reply_to.id}"
     if timeout_ms is not None:
         text += f", timeout_ms: {timeout_ms}"
+    if packet.meta:
+        # The keys only: values may be tokens.
+        text += f", meta: [{', '.join(_shown(key)[1:-1] for key in sorted(packet.meta))}]"
+    if packet.stream is not None:
+        fields = ", ".join(f"{name}: {value}" for name, value in packet.stream.items())
+        text += f", stream: {{{fields}}}"
     return text + "}"
 
 
