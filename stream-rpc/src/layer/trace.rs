@@ -287,11 +287,13 @@ where
         );
         let incoming = call.meta().get(TRACEPARENT).and_then(TraceParent::parse);
         let state = incoming.and(call.meta().get(TRACESTATE)).map(str::to_owned);
+        if let Some(parent) = &incoming
+            && !span.is_disabled()
+        {
+            span.record("trace_id", parent.trace_id_hex());
+        }
+        #[cfg(feature = "opentelemetry")]
         if let Some(parent) = &incoming {
-            if !span.is_disabled() {
-                span.record("trace_id", parent.trace_id_hex());
-            }
-            #[cfg(feature = "opentelemetry")]
             otel::set_parent(&span, parent, state.as_deref());
         }
         let served = incoming.map(|parent| Served {
