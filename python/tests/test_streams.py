@@ -11,7 +11,7 @@ import pytest
 from conftest import run
 from test_server import Raw
 
-from stream_rpc import _streams
+from stream_rpc import _flow, _streams
 from stream_rpc.common import (
     Connector,
     Protocol,
@@ -185,7 +185,7 @@ def test_the_bytes_window_stops_credit_while_items_are_held(key, monkeypatch):
         size = out.bytes / 8
         # Room for 3.5 items' bytes: while 4 are held, taking half the window
         # grants nothing; once 3 are, it grants the window again.
-        monkeypatch.setattr(_streams, "STREAM_WINDOW_BYTES", int(size * 3.5))
+        monkeypatch.setattr(_flow, "STREAM_WINDOW_BYTES", int(size * 3.5))
         assert [await stream.__anext__() for _ in range(4)] == [1, 2, 3, 4]
         assert out.granted == 8
         assert await stream.__anext__() == 5
