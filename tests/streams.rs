@@ -912,36 +912,45 @@ async fn a_cancel_from_the_opener_drops_the_handler_and_nothing_more_is_sent() {
     .await;
 }
 
+/// A client connected to a raw peer that plays the acceptor.
+async fn raw_acceptor() -> (stream_rpc::Client, RawPeer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let key = new_key();
+    let connecting = tokio::spawn({
+        let key = key.clone();
+        async move {
+            stream_rpc::Connector::new(config(&key, port).build().unwrap())
+                .connect(())
+                .await
+                .unwrap()
+        }
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let client = connecting.await.unwrap();
+    (client, RawPeer::over_stream(socket, &key))
+}
+
+/// The next stream packet the raw acceptor reads (the open).
+async fn next_open(raw: &mut RawPeer) -> Packet {
+    loop {
+        let packet = raw.recv().await;
+        if packet.stream.is_some() {
+            return packet;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
     bounded(async {
-        // A raw acceptor: the client opens, the raw peer (serving side of
-        // a plain listener) answers with an item beyond credit.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let key = new_key();
-        let connecting = tokio::spawn({
-            let key = key.clone();
-            async move {
-                stream_rpc::Connector::new(config(&key, port).build().unwrap())
-                    .connect(())
-                    .await
-                    .unwrap()
-            }
-        });
-        let (socket, _) = listener.accept().await.unwrap();
-        let client = connecting.await.unwrap();
-        let mut raw = RawPeer::over_stream(socket, &key);
+        let (client, mut raw) = raw_acceptor().await;
         let mut stream = client
             .open_stream("watch", json!(null), StreamOptions::new().window(1))
             .await
             .unwrap();
-        let open = loop {
-            let packet = raw.recv().await;
-            if packet.stream.is_some() {
-                break packet;
-            }
-        };
+        let open = next_open(&mut raw).await;
+        assert_eq!(open.stream, Some(StreamHeader::open(1)));
         let key_of_stream = open.reply_address();
         for n in 1..=2 {
             let mut item = raw.packet("stream.item", json!(n));
@@ -961,6 +970,35 @@ async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
             "{err:?}"
         );
         assert_eq!(client.connection().unwrap().open_streams(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn input_credit_to_an_opener_without_input_is_ignored() {
+    bounded(async {
+        let (client, mut raw) = raw_acceptor().await;
+        let mut stream = client
+            .open_stream("watch", json!(null), StreamOptions::new())
+            .await
+            .unwrap();
+        let key_of_stream = next_open(&mut raw).await.reply_address();
+        let mut credit = raw.packet("stream.credit", json!(null));
+        credit.stream = Some(StreamHeader::frame(key_of_stream).with_credit(32));
+        raw.send(&credit).await;
+        let mut item = raw.packet("stream.item", json!("first"));
+        item.stream = Some(StreamHeader::frame(key_of_stream).with_seq(1));
+        raw.send(&item).await;
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("first"));
+        // The end: the reply to the open.
+        let mut reply = raw.packet("watch.reply", json!({"done": true}));
+        reply.reply_to = Some(key_of_stream);
+        raw.send(&reply).await;
+        assert!(stream.next().await.is_none());
+        assert_eq!(
+            stream.finish().await.unwrap().payload,
+            json!({"done": true})
+        );
     })
     .await;
 }

@@ -396,9 +396,10 @@ pub(crate) async fn send_item(
     if waited {
         crate::telemetry::credit_wait();
     }
-    let mut packet = conn.packet(ITEM, item);
-    packet.stream = Some(StreamHeader::frame(state.key).with_seq(seq));
-    conn.send(packet).await.map_err(|e| send_failed(state, e))?;
+    let header = StreamHeader::frame(state.key).with_seq(seq);
+    conn.send_stream_frame(ITEM, item, header)
+        .await
+        .map_err(|e| send_failed(state, e))?;
     state.counters().sent();
     Ok(())
 }
