@@ -54,6 +54,13 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         // Closing its stdin ends it; kill it in case it does not.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use futures::{StreamExt, future};
-use stream_rpc::{Config, Connector, Fernet};
+use stream_rpc::{Config, Connector, Fernet, IncomingItems, Streaming};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::{Bincode, Json};
 use tarpc::{client, context};
@@ -61,6 +61,59 @@ impl Bench {
     async fn ping(&self, data: String) -> String {
         data
     }
+
+    /// One item of the stream table's calls (server to client).
+    async fn item(&self, size: u32) -> serde_json::Value {
+        item(size)
+    }
+
+    /// Takes one item of the stream table's calls (client to server).
+    async fn put(&self, item: serde_json::Value) {
+        std::hint::black_box(item);
+    }
+
+    /// `count` items of `size` (the stream table, server to client).
+    async fn items(&self, size: u32, count: u64) -> Streaming<serde_json::Value> {
+        let item = item(size);
+        Streaming::from_fn(move |mut sink| async move {
+            for _ in 0..count {
+                if sink.send(item.clone()).await.is_err() {
+                    break; // cancelled
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Counts the items it is sent (the stream table, client to server).
+    async fn sink(&self, mut items: IncomingItems<serde_json::Value>) -> u64 {
+        let mut count = 0;
+        while let Some(item) = items.next().await {
+            std::hint::black_box(item.is_ok());
+            count += 1;
+        }
+        count
+    }
+}
+
+/// An item of the stream table: an integer when `size` is 0, else a string
+/// of `size` bytes.
+pub fn item(size: u32) -> serde_json::Value {
+    use std::sync::OnceLock;
+    static KIB: OnceLock<serde_json::Value> = OnceLock::new();
+    match size {
+        0 => serde_json::json!(1_234_567),
+        1024 => KIB.get_or_init(|| "x".repeat(1024).into()).clone(),
+        size => "x".repeat(size as usize).into(),
+    }
+}
+
+/// A stream-rpc connection to `addr` (the connection's handle, and the
+/// client that keeps it open).
+pub async fn connect_stream_rpc(addr: SocketAddr) -> (stream_rpc::Connection, stream_rpc::Client) {
+    let connector = Connector::new(rpc_config(addr.port(), |_, _| {}));
+    let client = connector.connect(Bench).await.expect("connect");
+    (client.connection().expect("connected"), client)
 }
 
 /// The tarpc service: echoes the payload.
