@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::error::{CallError, SendError};
 use crate::packet::Packet;
 use crate::session::Connection;
+use crate::stream::{RawStream, StreamOptions};
 
 #[cfg(doc)]
 use crate::{Client, Context, ReconnectingClient};
@@ -66,6 +67,43 @@ pub trait Caller: Send + Sync {
     /// [`Timeouts::call`](crate::Timeouts::call).
     fn call_timeout(&self) -> Duration;
 
+    /// Opens a stream: sends the open of the stream method `method` with
+    /// the arguments `payload`, and gives the [`RawStream`] of its output
+    /// items and end (and, with [`StreamOptions::with_input`], the sender
+    /// of its input items). `Err` only when the open was not sent; a
+    /// refusal (`unknown_method`, `not_a_stream`, `busy`, ...) ends the
+    /// stream with [`StreamError::Call`](crate::StreamError::Call).
+    ///
+    /// The call timeout does not apply: a stream lasts until it ends, or
+    /// [`StreamOptions::timeout`] passes. A [`ReconnectingClient`] opens
+    /// it on its current connection (waiting up to the call timeout for
+    /// one); a stream does not move to the next connection: it ends
+    /// [`Disconnected`](crate::StreamError::Disconnected) with the `seq`
+    /// of the last item received, from which a method that takes a resume
+    /// point can be opened again.
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use stream_rpc::{Caller, Connector, StreamOptions, json};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Connector::from_env()?.connect(()).await?;
+    /// let mut stats = client
+    ///     .open_stream("watch_stats", json!({"every_ms": 500}), StreamOptions::new())
+    ///     .await?;
+    /// while let Some(item) = stats.next().await {
+    ///     println!("{}", item?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: StreamOptions,
+    ) -> impl Future<Output = Result<RawStream, CallError>> + Send;
+
     /// [`call_with_timeout`](Self::call_with_timeout) with the
     /// [`call_timeout`](Self::call_timeout).
     fn call(
@@ -98,6 +136,15 @@ impl Caller for Connection {
     fn call_timeout(&self) -> Duration {
         self.shared.call_timeout
     }
+
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: StreamOptions,
+    ) -> impl Future<Output = Result<RawStream, CallError>> + Send {
+        crate::stream::open_on(self, method, payload, options)
+    }
 }
 
 /// Implements [`Caller`] for a type that dereferences to a caller.
@@ -123,6 +170,15 @@ macro_rules! caller_through_deref {
 
             fn call_timeout(&self) -> Duration {
                 C::call_timeout(self)
+            }
+
+            fn open_stream(
+                &self,
+                method: &str,
+                payload: Value,
+                options: StreamOptions,
+            ) -> impl Future<Output = Result<RawStream, CallError>> + Send {
+                C::open_stream(self, method, payload, options)
             }
         }
     )*};

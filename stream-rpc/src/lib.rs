@@ -102,6 +102,7 @@ mod router;
 mod scratch;
 mod service;
 mod session;
+mod stream;
 mod sync;
 mod telemetry;
 
@@ -125,17 +126,23 @@ pub use connector::{Client, Connector, Server, ShutdownHandle, shutdown_signal};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{CallError, Error, HookError, SendError};
 pub use lifecycle::{EndReason, Role};
-pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
+pub use packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo, StreamHeader};
 pub use protocol::{Context, HandlerError, Protocol, Reply};
 pub use reconnect::{Reconnect, ReconnectingClient};
 pub use replay::{MemoryReplayStore, ReceivedToken, ReplayStore, ReplayWork, Verdict};
 pub use router::{DuplicateMethod, Service, Services};
 pub use service::{Argument, IntoReply, Message, MethodError, REPLY_SUFFIX};
 pub use session::Connection;
+pub use stream::{
+    DecodeError, Incoming, IncomingItems, ItemSender, ItemStream, MAX_STREAM_CREDIT, RawStream,
+    Sink, StreamError, StreamIo, StreamOptions, Streaming, TypedSink,
+};
 pub use stream_rpc_macros::service;
 
 #[doc(hidden)]
 pub use service::__private;
+#[doc(hidden)]
+pub use stream::__stream;
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -18,6 +18,7 @@ use crate::caller::Caller;
 use crate::error::{CallError, SendError};
 use crate::packet::{ErrorCode, ErrorPayload, Packet};
 use crate::session::Connection;
+use crate::stream::StreamIo;
 
 /// Processes each incoming packet of a connection and may answer it.
 ///
@@ -65,6 +66,31 @@ pub trait Protocol: Send + Sync + 'static {
         ctx: Context,
         packet: Packet,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send;
+
+    /// Handles the open of a stream (a packet with a `stream` field:
+    /// PROTOCOL.md, "Streams"): reads input items from
+    /// [`io.input()`](StreamIo::input), sends output items through
+    /// [`io.output()`](StreamIo::output), and returns the call's reply
+    /// payload (sent as `<method>.reply` after the last item), or its error.
+    ///
+    /// The future is dropped when the opener cancels, the open's
+    /// `timeout_ms` passes, a rule of the protocol is broken or the
+    /// connection closes. By default every open is refused with
+    /// `not_a_stream` ([`HandlerError::not_a_stream`]); a protocol that
+    /// serves streams answers an open of a method it does not know with
+    /// [`HandlerError::unknown_method`], of a plain method with
+    /// `not_a_stream`, and a plain call to a stream method (in
+    /// `process_message`) with [`HandlerError::stream_required`]. See
+    /// [`StreamIo`] for an example.
+    fn process_stream(
+        &self,
+        ctx: Context,
+        packet: Packet,
+        io: StreamIo,
+    ) -> impl Future<Output = Result<Value, HandlerError>> + Send {
+        let _ = (ctx, io);
+        std::future::ready(Err(HandlerError::not_a_stream(&packet.method)))
+    }
 }
 
 /// A shared protocol serves as itself, so that the code that starts a
@@ -81,6 +107,15 @@ impl<P: Protocol> Protocol for std::sync::Arc<P> {
         packet: Packet,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send {
         (**self).process_message(ctx, packet)
+    }
+
+    fn process_stream(
+        &self,
+        ctx: Context,
+        packet: Packet,
+        io: StreamIo,
+    ) -> impl Future<Output = Result<Value, HandlerError>> + Send {
+        (**self).process_stream(ctx, packet, io)
     }
 }
 
@@ -189,6 +224,24 @@ impl HandlerError {
         HandlerError::new(
             ErrorCode::UnknownMethod,
             format!("unknown method `{method}`"),
+        )
+    }
+
+    /// The refusal of a stream opened to a method that is not a stream
+    /// method (`not_a_stream`: nothing was run).
+    pub fn not_a_stream(method: &str) -> Self {
+        HandlerError::new(
+            ErrorCode::NotAStream,
+            format!("`{method}` is not a stream method: call it without a stream"),
+        )
+    }
+
+    /// The refusal of a plain call (no `stream` field) to a stream method
+    /// (`stream_required`: nothing was run).
+    pub fn stream_required(method: &str) -> Self {
+        HandlerError::new(
+            ErrorCode::StreamRequired,
+            format!("`{method}` is a stream method: open it as a stream"),
         )
     }
 
@@ -512,5 +565,16 @@ impl Caller for Context {
 
     fn call_timeout(&self) -> Duration {
         self.connection().call_timeout()
+    }
+
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: crate::stream::StreamOptions,
+    ) -> impl Future<Output = Result<crate::stream::RawStream, CallError>> + Send {
+        let connection = self.connection().clone();
+        let method = method.to_owned();
+        async move { crate::stream::open_on(&connection, &method, payload, options).await }
     }
 }

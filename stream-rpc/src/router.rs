@@ -9,9 +9,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::packet::Packet;
 use crate::protocol::{Context, HandlerError, Protocol, Reply};
 use crate::service::REPLY_SUFFIX;
+use crate::stream::StreamIo;
 
 /// A [`Protocol`] that declares the methods it serves, so that it can be
 /// composed with others in [`Services`]. The servers that
@@ -68,11 +71,15 @@ pub struct DuplicateMethod {
 /// The future of a composed service's handler.
 type Handling<'a> = Pin<Box<dyn Future<Output = Result<Reply, HandlerError>> + Send + 'a>>;
 
+/// A boxed [`Protocol::process_stream`] future.
+type StreamHandling<'a> = Pin<Box<dyn Future<Output = Result<Value, HandlerError>> + Send + 'a>>;
+
 /// A [`Service`] behind a pointer: `Protocol` itself is not object safe
 /// (its future is an `impl Future`).
 trait Routed: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn handle(&self, ctx: Context, packet: Packet) -> Handling<'_>;
+    fn handle_stream(&self, ctx: Context, packet: Packet, io: StreamIo) -> StreamHandling<'_>;
 }
 
 impl<S: Service> Routed for S {
@@ -82,6 +89,10 @@ impl<S: Service> Routed for S {
 
     fn handle(&self, ctx: Context, packet: Packet) -> Handling<'_> {
         Box::pin(self.process_message(ctx, packet))
+    }
+
+    fn handle_stream(&self, ctx: Context, packet: Packet, io: StreamIo) -> StreamHandling<'_> {
+        Box::pin(self.process_stream(ctx, packet, io))
     }
 }
 
@@ -224,6 +235,24 @@ impl Protocol for Services {
     async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
         match self.route(&packet.method) {
             Some(service) => service.handle(ctx, packet).await,
+            None => Err(HandlerError::unknown_method(&packet.method)),
+        }
+    }
+
+    /// Routes a stream's open to the service that serves its method (by
+    /// its exact name: a stream has no reply stem to route by).
+    async fn process_stream(
+        &self,
+        ctx: Context,
+        packet: Packet,
+        io: StreamIo,
+    ) -> Result<Value, HandlerError> {
+        let service = self
+            .routes
+            .get(packet.method.as_str())
+            .and_then(|&index| self.services.get(index));
+        match service {
+            Some(service) => service.handle_stream(ctx, packet, io).await,
             None => Err(HandlerError::unknown_method(&packet.method)),
         }
     }

@@ -247,3 +247,87 @@ pub(crate) fn calls_in_flight(change: f64) {
 
 /// Whether handler times are worth a clock reading: only with the feature.
 pub(crate) const TIMED: bool = cfg!(feature = "metrics");
+
+/// The item counters of one stream's method, made once per stream (an item
+/// then costs one atomic add).
+#[derive(Clone)]
+pub(crate) struct StreamCounters {
+    #[cfg(feature = "metrics")]
+    sent: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    received: metrics::Counter,
+}
+
+impl StreamCounters {
+    /// The counters of `method` (bounded like the handlers' labels: the
+    /// first [`MAX_METHODS`] names, then `other`).
+    pub(crate) fn new(method: &str) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let name = on::method(method).name;
+            StreamCounters {
+                sent: metrics::counter!("stream_rpc_stream_items_total", "method" => name, "direction" => "sent"),
+                received: metrics::counter!("stream_rpc_stream_items_total", "method" => name, "direction" => "received"),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = method;
+            StreamCounters {}
+        }
+    }
+
+    /// An item was sent.
+    #[inline]
+    pub(crate) fn sent(&self) {
+        #[cfg(feature = "metrics")]
+        self.sent.increment(1);
+    }
+
+    /// An item was received.
+    #[inline]
+    pub(crate) fn received(&self) {
+        #[cfg(feature = "metrics")]
+        self.received.increment(1);
+    }
+}
+
+/// A stream opened (`+1`) or ended (`-1`) on a connection.
+#[inline]
+pub(crate) fn streams_open(change: f64) {
+    #[cfg(feature = "metrics")]
+    kept!(gauge, metrics::Gauge, "stream_rpc_streams_open").increment(change);
+    #[cfg(not(feature = "metrics"))]
+    let _ = change;
+}
+
+/// A stream ended, for `reason` (`ended`, `error`, `cancelled`,
+/// `disconnected`, `timeout`, `invalid_stream`, `abandoned`).
+#[inline]
+pub(crate) fn stream_ended(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("stream_rpc_streams_ended_total", "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// A stream's sender had to wait for credit.
+#[inline]
+pub(crate) fn credit_wait() {
+    #[cfg(feature = "metrics")]
+    kept!(
+        counter,
+        metrics::Counter,
+        "stream_rpc_stream_credit_waits_total"
+    )
+    .increment(1);
+}
+
+/// A stream frame was refused: `kind` is `broken_rule` or `unknown_stream`.
+#[inline]
+pub(crate) fn stream_frame_refused(kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("stream_rpc_stream_frames_refused_total", "kind" => kind).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = kind;
+}

@@ -35,6 +35,15 @@ const DEFAULT_MAX_BAD_FRAMES_IN_ROW: u32 = 3;
 const DEFAULT_OUTGOING_QUEUE: usize = 1024;
 /// The default of [`Limits::max_outbox_bytes`] (4 MiB).
 const DEFAULT_MAX_OUTBOX_BYTES: usize = 4 << 20;
+/// The default of [`Limits::max_streams`].
+const DEFAULT_MAX_STREAMS: usize = 256;
+/// The default of [`Limits::stream_window`].
+const DEFAULT_STREAM_WINDOW: u32 = 32;
+/// The default of [`Limits::stream_window_bytes`] (1 MiB).
+const DEFAULT_STREAM_WINDOW_BYTES: usize = 1 << 20;
+/// The largest [`Limits::stream_window`]: the protocol's most outstanding
+/// credit.
+const MAX_STREAM_WINDOW: u32 = 65_536;
 /// The default of [`Limits::replay_cache_entries`] (64 MiB of tables).
 const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1 << 22;
 
@@ -99,6 +108,20 @@ pub struct Limits {
     /// burst that fills it in under two seconds may take it to twice this
     /// for those seconds, rather than refuse the tokens of this second.
     pub replay_cache_entries: usize,
+    /// Streams the peer may have open at once on one connection (streams
+    /// it opened); an open beyond is refused `busy` (256, at most
+    /// 1,048,576).
+    pub max_streams: usize,
+    /// Items a receiver grants a stream at once, and keeps granted as its
+    /// consumer takes them: the output window of a stream opened without
+    /// [`StreamOptions::window`](crate::StreamOptions::window), and every
+    /// input window (32, 1 to 65,536).
+    pub stream_window: u32,
+    /// Bytes of items (their packets' JSON) a receiver holds for a stream
+    /// before it stops granting credit, until its consumer takes some (1
+    /// MiB, at least 1): with the window, bounds a stream's memory
+    /// (at most the window's items, however large, are ever in flight).
+    pub stream_window_bytes: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +136,9 @@ impl Default for Limits {
             outgoing_queue: DEFAULT_OUTGOING_QUEUE,
             max_outbox_bytes: DEFAULT_MAX_OUTBOX_BYTES,
             replay_cache_entries: DEFAULT_REPLAY_CACHE_ENTRIES,
+            max_streams: DEFAULT_MAX_STREAMS,
+            stream_window: DEFAULT_STREAM_WINDOW,
+            stream_window_bytes: DEFAULT_STREAM_WINDOW_BYTES,
         }
     }
 }
@@ -136,11 +162,17 @@ super::with_setters!(Limits {
     with_max_outbox_bytes => max_outbox_bytes: usize,
     /// Sets [`replay_cache_entries`](Self::replay_cache_entries).
     with_replay_cache_entries => replay_cache_entries: usize,
+    /// Sets [`max_streams`](Self::max_streams).
+    with_max_streams => max_streams: usize,
+    /// Sets [`stream_window`](Self::stream_window).
+    with_stream_window => stream_window: u32,
+    /// Sets [`stream_window_bytes`](Self::stream_window_bytes).
+    with_stream_window_bytes => stream_window_bytes: usize,
 });
 
 impl Limits {
     /// Each limit with its name and the range it must be in.
-    fn ranges(&self) -> [(&'static str, usize, usize, usize); 9] {
+    fn ranges(&self) -> [(&'static str, usize, usize, usize); 12] {
         [
             (
                 "max_frame_len",
@@ -195,6 +227,19 @@ impl Limits {
                 self.replay_cache_entries,
                 1,
                 MAX_REPLAY_CACHE_ENTRIES,
+            ),
+            ("max_streams", self.max_streams, 1, MAX_PER_CONNECTION_LIMIT),
+            (
+                "stream_window",
+                self.stream_window as usize,
+                1,
+                MAX_STREAM_WINDOW as usize,
+            ),
+            (
+                "stream_window_bytes",
+                self.stream_window_bytes,
+                1,
+                usize::MAX,
             ),
         ]
     }

@@ -213,7 +213,10 @@ fn settings_build_in_one_expression() {
         .with_outgoing_queue(9)
         .with_replay_cache_entries(64)
         .with_max_connections_per_ip(2)
-        .with_max_outbox_bytes(1000);
+        .with_max_outbox_bytes(1000)
+        .with_max_streams(11)
+        .with_stream_window(12)
+        .with_stream_window_bytes(13);
     let expected = Limits {
         max_frame_len: 4096,
         max_connections: 7,
@@ -224,6 +227,9 @@ fn settings_build_in_one_expression() {
         max_bad_frames_in_row: 2,
         outgoing_queue: 9,
         replay_cache_entries: 64,
+        max_streams: 11,
+        stream_window: 12,
+        stream_window_bytes: 13,
     };
     assert_eq!(limits, expected);
     let second = Duration::from_secs(1);

@@ -120,4 +120,15 @@ impl Caller for Client {
     fn call_timeout(&self) -> Duration {
         self.handle().call_timeout()
     }
+
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: crate::stream::StreamOptions,
+    ) -> impl Future<Output = Result<crate::stream::RawStream, CallError>> + Send {
+        let connection = self.handle().clone();
+        let method = method.to_owned();
+        async move { crate::stream::open_on(&connection, &method, payload, options).await }
+    }
 }

@@ -23,8 +23,14 @@ impl<P: Protocol> ReadLoop<P> {
         Connection::from_shared(self.shared.clone())
     }
 
-    /// Hands a packet to the call it answers or to the protocol.
-    pub(super) async fn dispatch(&self, packet: Packet) {
+    /// Hands a packet to the call it answers, to its stream or to the
+    /// protocol. `size`: its plaintext's length.
+    pub(super) async fn dispatch(&self, packet: Packet, size: usize) {
+        // One test of an `Option` for the packets of streams.
+        if packet.stream.is_some() {
+            self.dispatch_stream(packet, size).await;
+            return;
+        }
         if let Some(to) = packet.reply_to
             && to.peer == self.shared.own_id
         {
@@ -34,7 +40,15 @@ impl<P: Protocol> ReadLoop<P> {
                 let _ = waiting.send(packet);
                 return;
             }
-            if self.shared.gave_up_on(to.id) {
+            // The end of a stream this side opened: the call's outcome.
+            if !self.shared.streams.is_empty()
+                && let Some(stream) = self.shared.streams.remove(to)
+            {
+                packet_log!(self.shared, "Received", packet);
+                stream.end(crate::stream::state::End::Answered(packet));
+                return;
+            }
+            if self.shared.gave_up_on(to.id) || self.shared.streams.ended_recently(to) {
                 self.drop_late(&packet, to.id);
                 return;
             }
@@ -73,7 +87,7 @@ impl<P: Protocol> ReadLoop<P> {
 
     /// Refuses a packet that arrived with every handler slot taken: a
     /// request is answered `busy`.
-    async fn refuse_busy(&self, packet: &Packet, answerable: bool) {
+    pub(super) async fn refuse_busy(&self, packet: &Packet, answerable: bool) {
         let message = format!(
             "{} handlers already running on this connection",
             self.handlers_limit

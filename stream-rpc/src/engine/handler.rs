@@ -88,7 +88,7 @@ impl Drop for Unfinished<'_> {
 
 /// Where a failure to answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+pub(super) enum Origin {
     /// The handler returned it: the method's own answer (or the protocol's
     /// refusal of the request).
     Handler,
@@ -187,7 +187,11 @@ async fn send_reply(
 }
 
 /// Logs the panic of the handler of `method`; the error the peer is sent.
-fn panicked(handle: &Connection, method: &str, panic: &(dyn Any + Send)) -> HandlerError {
+pub(super) fn panicked(
+    handle: &Connection,
+    method: &str,
+    panic: &(dyn Any + Send),
+) -> HandlerError {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -216,7 +220,7 @@ fn panicked(handle: &Connection, method: &str, panic: &(dyn Any + Send)) -> Hand
 ///   handler left for the log, and the protocol's other refusals (the
 ///   message of `invalid_payload`, serde's text quoting the payload, only
 ///   with full packet logs).
-fn log_failure(
+pub(super) fn log_failure(
     handle: &Connection,
     method: &str,
     failure: &HandlerError,

@@ -54,6 +54,7 @@ mod dispatch;
 mod handler;
 mod opening;
 mod reader;
+mod streams;
 mod writer;
 
 use reader::ReadLoop;
@@ -156,6 +157,9 @@ impl<P: Protocol> Session<P> {
         // The connection is closing from here on, whoever ended it: new
         // calls on it are not sent (replies of running handlers still are).
         shared.request_stop(reason.clone());
+        // Every stream on it ends at once (`Disconnected`), its handler
+        // dropped: streams are long-lived, they get no grace period.
+        shared.streams.close_all();
         session_log!(debug, shared, "session ending: {reason}");
         read_loop.wind_down();
 

@@ -78,7 +78,7 @@ impl<P: Protocol> ReadLoop<P> {
             self.authentic = true;
             self.shared.note_received();
             match Packet::from_json(&self.plains[index]) {
-                Ok(packet) => self.dispatch(packet).await,
+                Ok(packet) => self.dispatch(packet, self.plains[index].len()).await,
                 Err(e) => self.reject_invalid(&self.plains[index], &e).await,
             }
         }

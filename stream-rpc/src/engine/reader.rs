@@ -50,6 +50,8 @@ pub(super) struct ReadLoop<P> {
     /// [`Context::cancelled`](crate::Context::cancelled) watches.
     pub(super) winding_down: CancellationToken,
     pub(super) handlers_limit: usize,
+    /// [`Limits::max_streams`], for the `busy` refusal's message.
+    pub(super) streams_limit: usize,
     pub(super) bad_in_row: u32,
     max_bad_in_row: u32,
     /// The plaintexts of a turn's frames, reused from turn to turn.
@@ -92,6 +94,7 @@ impl<P: Protocol> ReadLoop<P> {
             abort_handlers: CancellationToken::new(),
             winding_down: CancellationToken::new(),
             handlers_limit: limits.max_concurrent_handlers,
+            streams_limit: limits.max_streams,
             bad_in_row: 0,
             max_bad_in_row: limits.max_bad_frames_in_row,
             plains: Vec::new(),

@@ -141,10 +141,15 @@ pub(crate) enum Refusal {
     NoFirstFrame,
     /// A connection closed because the on-connect hook failed on it.
     HookFailed,
+    /// A stream frame that broke a rule of the protocol (beyond credit,
+    /// after the end, out of order...): its stream ended.
+    BrokenStreamRule,
+    /// A stream frame for a stream this side does not know.
+    UnknownStream,
 }
 
 impl Refusal {
-    const ALL: usize = 12;
+    const ALL: usize = 14;
 
     fn index(self) -> usize {
         self as usize
@@ -165,6 +170,8 @@ impl Refusal {
             Refusal::TooManyBadFrames => "connections after too many bad frames",
             Refusal::NoFirstFrame => "connections with no authentic first frame in time",
             Refusal::HookFailed => "connections the on-connect hook refused",
+            Refusal::BrokenStreamRule => "stream frames that broke the protocol's rules",
+            Refusal::UnknownStream => "frames for unknown streams",
         }
     }
 }

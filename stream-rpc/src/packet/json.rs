@@ -42,8 +42,43 @@ pub(super) fn write(packet: &Packet, json: &mut Vec<u8>) -> Result<(), serde_jso
         json.extend_from_slice(b",\"timeout_ms\":");
         push_u64(json, timeout);
     }
+    // (`meta` goes here, before `stream`.)
+    if let Some(stream) = &packet.stream {
+        push_stream(json, stream);
+    }
     json.push(b'}');
     Ok(())
+}
+
+/// Writes the `stream` field as serde writes it: the fields that are set,
+/// in the order `peer`, `id`, `seq`, `credit`.
+fn push_stream(json: &mut Vec<u8>, stream: &super::StreamHeader) {
+    json.extend_from_slice(b",\"stream\":{");
+    let mut first = true;
+    let mut key = |json: &mut Vec<u8>, name: &[u8]| {
+        if !first {
+            json.push(b',');
+        }
+        first = false;
+        json.push(b'"');
+        json.extend_from_slice(name);
+        json.extend_from_slice(b"\":");
+    };
+    if let Some(peer) = &stream.peer {
+        key(json, b"peer");
+        push_uuid(json, peer);
+    }
+    for (name, value) in [
+        (&b"id"[..], stream.id),
+        (b"seq", stream.seq),
+        (b"credit", stream.credit),
+    ] {
+        if let Some(value) = value {
+            key(json, name);
+            push_u64(json, value);
+        }
+    }
+    json.push(b'}');
 }
 
 /// Writes `value` as serde_json writes it (the same bytes), with strings
@@ -250,7 +285,7 @@ mod canonical {
     use uuid::Uuid;
 
     use crate::packet::time;
-    use crate::packet::{Packet, ReplyTo};
+    use crate::packet::{Packet, ReplyTo, StreamHeader};
 
     pub(super) fn read(bytes: &[u8]) -> Option<Packet> {
         let mut input = Input(bytes);
@@ -278,6 +313,11 @@ mod canonical {
         } else {
             None
         };
+        let stream = if input.literal(b",\"stream\":{").is_some() {
+            Some(input.stream()?)
+        } else {
+            None
+        };
         input.literal(b"}")?;
         input.0.is_empty().then_some(Packet {
             peer,
@@ -287,6 +327,7 @@ mod canonical {
             payload,
             reply_to,
             timeout_ms,
+            stream,
         })
     }
 
@@ -325,6 +366,47 @@ mod canonical {
             text.iter().try_fold(0u64, |value, &digit| {
                 value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
             })
+        }
+
+        /// The members of a `stream` field after its opening brace, in the
+        /// order written (`peer`, `id`, `seq`, `credit`, each optional);
+        /// consumes the closing brace.
+        fn stream(&mut self) -> Option<StreamHeader> {
+            let mut header = StreamHeader::default();
+            let mut first = true;
+            if self.member(b"\"peer\":\"", &mut first) {
+                header.peer = Some(self.uuid()?);
+                self.literal(b"\"")?;
+            }
+            if self.member(b"\"id\":", &mut first) {
+                header.id = Some(self.number()?);
+            }
+            if self.member(b"\"seq\":", &mut first) {
+                header.seq = Some(self.number()?);
+            }
+            if self.member(b"\"credit\":", &mut first) {
+                header.credit = Some(self.number()?);
+            }
+            self.literal(b"}")?;
+            Some(header)
+        }
+
+        /// Consumes the start of an object member named by `name` (with
+        /// its comma unless it is the `first`), if that comes next.
+        fn member(&mut self, name: &[u8], first: &mut bool) -> bool {
+            let rest = if *first {
+                Some(self.0)
+            } else {
+                self.0.strip_prefix(b",")
+            };
+            match rest.and_then(|rest| rest.strip_prefix(name)) {
+                Some(after) => {
+                    self.0 = after;
+                    *first = false;
+                    true
+                }
+                None => false,
+            }
         }
 
         /// The rest of a string after its opening quote, when it has no

@@ -46,6 +46,88 @@ pub struct Packet {
     /// so that the peers' clocks need not agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    // (`meta`, per-call metadata, goes here: before `stream` on the wire.)
+    /// Set on the packets of a stream only (PROTOCOL.md, "Streams"): the
+    /// open (with the credit it grants) and the frames `stream.item`,
+    /// `stream.credit`, `stream.end` and `stream.cancel` (naming the stream).
+    /// Absent on every other packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamHeader>,
+}
+
+/// The `stream` field of a stream packet (PROTOCOL.md, "Streams").
+///
+/// On an open only [`credit`](Self::credit) is set (the output items the
+/// opener grants at once); on the frames of a stream, `peer` and `id` name
+/// the stream (its open packet's `peer` and `id`), with `seq` on
+/// `stream.item` and `stream.end` and `credit` on `stream.credit`. Fields
+/// that are `None` are left out of the JSON.
+///
+/// ```
+/// use stream_rpc::StreamHeader;
+///
+/// let open = StreamHeader::open(32);
+/// assert_eq!(open.credit, Some(32));
+/// assert!(open.peer.is_none());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamHeader {
+    /// The peer that opened the stream (its open packet's `peer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Uuid>,
+    /// The open packet's `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The item's number in its flow, from 1 (`stream.item`); the number of
+    /// items sent (`stream.end`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Items granted: on an open, the output items the opener takes at
+    /// once; on `stream.credit`, how many more (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<u64>,
+}
+
+impl StreamHeader {
+    /// The field of an open packet granting `credit` output items.
+    pub fn open(credit: u64) -> Self {
+        StreamHeader {
+            credit: Some(credit),
+            ..StreamHeader::default()
+        }
+    }
+
+    /// The field of a frame of the stream opened by `stream` (the open's
+    /// `peer` and `id`), without `seq` or `credit`: `stream.cancel`.
+    pub fn frame(stream: ReplyTo) -> Self {
+        StreamHeader {
+            peer: Some(stream.peer),
+            id: Some(stream.id),
+            ..StreamHeader::default()
+        }
+    }
+
+    /// [`frame`](Self::frame) with `seq` set: `stream.item`, `stream.end`.
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = Some(seq);
+        self
+    }
+
+    /// [`frame`](Self::frame) with `credit` set: `stream.credit`.
+    pub fn with_credit(mut self, credit: u64) -> Self {
+        self.credit = Some(credit);
+        self
+    }
+
+    /// The stream this frame belongs to, when it names one (an open does
+    /// not: it is named by its own `peer` and `id`).
+    pub fn stream(&self) -> Option<ReplyTo> {
+        Some(ReplyTo {
+            peer: self.peer?,
+            id: self.id?,
+        })
+    }
 }
 
 /// Names the packet a reply answers: its creator and its request number.
@@ -89,12 +171,19 @@ impl Packet {
             payload,
             reply_to: None,
             timeout_ms: None,
+            stream: None,
         }
     }
 
     /// Whether this packet answers another one (it carries `reply_to`).
     pub fn is_reply(&self) -> bool {
         self.reply_to.is_some()
+    }
+
+    /// Whether this packet belongs to a stream (it carries `stream`): an
+    /// open or a stream frame (PROTOCOL.md, "Streams").
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// Whether this is an error packet (method [`ERROR_METHOD`]).
@@ -200,6 +289,22 @@ pub enum ErrorCode {
     /// store's Redis is away): nothing was run; try again later, or on
     /// another server.
     Unavailable,
+    /// A stream was opened to a method that is not a stream method: nothing
+    /// was run.
+    NotAStream,
+    /// A plain call (no `stream` field) was made to a stream method: nothing
+    /// was run.
+    StreamRequired,
+    /// A stream broke a rule of the protocol (an item beyond credit or after
+    /// the end, a `seq` out of order, credit beyond the limit, ...): the
+    /// stream ended.
+    InvalidStream,
+    /// The work was cancelled before it finished.
+    Cancelled,
+    /// The request carried no valid credentials: nothing was run.
+    Unauthenticated,
+    /// The request's credentials do not allow it: nothing was run.
+    PermissionDenied,
     /// A code this version does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -216,6 +321,12 @@ impl ErrorCode {
             ErrorCode::HandlerPanicked => "handler_panicked",
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotAStream => "not_a_stream",
+            ErrorCode::StreamRequired => "stream_required",
+            ErrorCode::InvalidStream => "invalid_stream",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -224,9 +335,14 @@ impl ErrorCode {
     /// not run: no handler took it (`unknown_method`), its payload or
     /// packet was refused before any handler ran (`invalid_payload`,
     /// `invalid_packet`), or the peer had no room or could not check it
-    /// (`busy`, `unavailable`). Such a request is safe to send again. Every
-    /// other code (`handler_error`, `handler_panicked`, and `unknown`, a code
-    /// of a newer peer) may come from a handler that ran.
+    /// (`busy`, `unavailable`), it was a stream opened to a plain method or
+    /// a plain call to a stream method (`not_a_stream`, `stream_required`),
+    /// or its credentials were refused (`unauthenticated`,
+    /// `permission_denied`). Such a request is safe to send again (the last
+    /// two once the credentials are fixed). Every other code
+    /// (`handler_error`, `handler_panicked`, `invalid_stream`, `cancelled`,
+    /// and `unknown`, a code of a newer peer) may come from a handler that
+    /// ran.
     ///
     /// ```
     /// use stream_rpc::ErrorCode;
@@ -240,8 +356,16 @@ impl ErrorCode {
             | ErrorCode::InvalidPayload
             | ErrorCode::InvalidPacket
             | ErrorCode::Busy
-            | ErrorCode::Unavailable => true,
-            ErrorCode::HandlerError | ErrorCode::HandlerPanicked | ErrorCode::Unknown => false,
+            | ErrorCode::Unavailable
+            | ErrorCode::NotAStream
+            | ErrorCode::StreamRequired
+            | ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied => true,
+            ErrorCode::HandlerError
+            | ErrorCode::HandlerPanicked
+            | ErrorCode::InvalidStream
+            | ErrorCode::Cancelled
+            | ErrorCode::Unknown => false,
         }
     }
 }
@@ -686,6 +810,12 @@ mod tests {
             ErrorCode::HandlerPanicked,
             ErrorCode::Busy,
             ErrorCode::Unavailable,
+            ErrorCode::NotAStream,
+            ErrorCode::StreamRequired,
+            ErrorCode::InvalidStream,
+            ErrorCode::Cancelled,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

@@ -235,6 +235,29 @@ impl ReconnectingClient {
         }
     }
 
+    /// A stream on the current connection, first waiting (up to the call
+    /// timeout) for one.
+    pub(crate) async fn open_stream_on_current(
+        &self,
+        method: &str,
+        payload: Value,
+        options: crate::stream::StreamOptions,
+    ) -> Result<crate::stream::RawStream, CallError> {
+        let limit = self.call_timeout;
+        let deadline = crate::session::deadline_in(limit);
+        let session = match timeout_at(deadline, self.wait_for_connection()).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(NoConnection::Closed)) => {
+                return Err(CallError::not_sent(method, SendError::Closed));
+            }
+            Ok(Err(NoConnection::Unreachable(reason))) => {
+                return Err(self.unreachable(method, limit, reason));
+            }
+            Err(_) => return Err(self.unreachable(method, limit, self.why_not_connected())),
+        };
+        crate::stream::open_on(&session, method, payload, options).await
+    }
+
     fn unreachable(&self, method: &str, limit: Duration, reason: String) -> CallError {
         CallError::Unreachable {
             method: method.to_owned(),
@@ -309,5 +332,14 @@ impl Caller for ReconnectingClient {
 
     fn call_timeout(&self) -> Duration {
         self.call_timeout_setting()
+    }
+
+    fn open_stream(
+        &self,
+        method: &str,
+        payload: Value,
+        options: crate::stream::StreamOptions,
+    ) -> impl Future<Output = Result<crate::stream::RawStream, CallError>> + Send {
+        self.open_stream_on_current(method, payload, options)
     }
 }

@@ -61,6 +61,12 @@ pub(crate) struct Shared {
     pub(crate) packet_log: PacketLog,
     /// The packet lines this connection may still write this second.
     pub(crate) packet_lines: Budget,
+    /// The streams open on this connection.
+    pub(crate) streams: super::streams::Streams,
+    /// [`Limits::stream_window`](crate::Limits::stream_window).
+    pub(crate) stream_window: u32,
+    /// [`Limits::stream_window_bytes`](crate::Limits::stream_window_bytes).
+    pub(crate) stream_window_bytes: usize,
 }
 
 /// A message that waits for room in the outbox.
@@ -187,6 +193,9 @@ impl Shared {
             received: AtomicBool::new(false),
             packet_log: PacketLog::current(),
             packet_lines: Budget::new(super::PACKET_LINES_PER_SECOND),
+            streams: super::streams::Streams::new(endpoint.local_id(), limits.max_streams),
+            stream_window: limits.stream_window,
+            stream_window_bytes: limits.stream_window_bytes,
         }
     }
 
@@ -359,6 +368,32 @@ impl Connection {
         match self.seal_and_queue(packet, now)? {
             None => Ok(()),
             Some(deferred) => self.queue_when_room(deferred).await,
+        }
+    }
+
+    /// Queues a packet without waiting: when the outgoing queue is full, a
+    /// task queues it once there is room (outside a runtime it is dropped).
+    /// For the frames that handles send from `Drop` and `poll` (credit,
+    /// cancel, end), one per handle and few: a failure is only logged.
+    pub(crate) fn send_soon(&self, packet: Packet) {
+        match self.seal_and_queue(&packet, SystemTime::now()) {
+            Ok(None) => {}
+            Ok(Some(deferred)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let connection = self.clone();
+                    runtime.spawn(async move {
+                        let _ = connection.queue_when_room(deferred).await;
+                    });
+                }
+            }
+            Err(e) => {
+                super::session_log!(
+                    debug,
+                    self.shared,
+                    "could not send `{}`: {e}",
+                    packet.method
+                );
+            }
         }
     }
 

@@ -74,6 +74,7 @@ pub(crate) use {packet_log, refusal_log, session_log};
 mod connection;
 pub(crate) mod outbox;
 pub(crate) mod signal;
+pub(crate) mod streams;
 
 pub use connection::Connection;
 #[cfg(test)]

@@ -1,0 +1,422 @@
+//! The state of one stream, shared by the read loop (which pushes items,
+//! credit and the end into it) and the handles of its two flows (which
+//! take items and credit out of it). One lock per stream, held for a few
+//! field updates at a time, never across an await.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{MAX_STREAM_CREDIT, StreamError};
+use crate::error::CallError;
+use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
+use crate::sync::lock;
+
+/// One stream: its two flows and its end.
+pub(crate) struct StreamState {
+    /// The stream's name: its open packet's `peer` and `id`.
+    pub(crate) key: ReplyTo,
+    /// The stream method.
+    pub(crate) method: Box<str>,
+    /// Whether this side opened it.
+    pub(crate) opener: bool,
+    /// Acceptor side: cancelled to drop the handler.
+    pub(crate) abort: CancellationToken,
+    pub(crate) flows: Mutex<Flows>,
+    /// The per-method item counters, made once per stream.
+    pub(crate) counters: crate::telemetry::StreamCounters,
+}
+
+/// The part of a stream behind its lock.
+pub(crate) struct Flows {
+    /// Items this side receives (opener: output; acceptor: input).
+    pub(crate) inbound: Inbound,
+    /// Items this side sends (opener: input; acceptor: output).
+    pub(crate) outbound: Outbound,
+    /// How the stream ended, once it has.
+    pub(crate) end: Option<End>,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone)]
+pub(crate) enum End {
+    /// Opener: the call's reply (or error packet) came.
+    Answered(Packet),
+    /// Acceptor: the handler finished and its answer is sent (or being).
+    Done,
+    /// The other side cancelled.
+    Cancelled,
+    /// The connection closed.
+    Disconnected,
+    /// A time limit passed (this side cancelled).
+    Timeout(Duration),
+    /// A rule of the protocol was broken (by the peer, or found here).
+    Broken(String),
+    /// This side's handle gave the stream up (dropped, cancelled).
+    Abandoned,
+}
+
+impl End {
+    /// A label for the `streams ended` metric.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            End::Answered(packet) if packet.is_error() => "error",
+            End::Answered(_) | End::Done => "ended",
+            End::Cancelled => "cancelled",
+            End::Disconnected => "disconnected",
+            End::Timeout(_) => "timeout",
+            End::Broken(_) => "invalid_stream",
+            End::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A flow this side receives.
+pub(crate) struct Inbound {
+    items: VecDeque<(Value, usize)>,
+    /// Bytes of the items held.
+    bytes: usize,
+    /// The `seq` of the last item received.
+    pub(crate) received: u64,
+    /// Items granted in all: the peer may send up to this `seq`.
+    pub(crate) granted: u64,
+    /// Items taken by the consumer.
+    taken: u64,
+    window: u64,
+    window_bytes: usize,
+    /// The `seq` of `stream.end`, once it came.
+    pub(crate) finished: Option<u64>,
+    /// Whether the consumer is there: items are kept (before it takes
+    /// the flow, none are granted; once it dropped it, items still within
+    /// credit are dropped).
+    pub(crate) consumer: Consumer,
+    waker: Option<Waker>,
+}
+
+/// Whether a flow's consumer (or producer) is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Consumer {
+    /// Not taken yet (acceptor's [`StreamIo`](super::StreamIo)).
+    NotTaken,
+    /// Taken and in use.
+    Taken,
+    /// Given up, or never taken by a handler that no longer can.
+    Gone,
+}
+
+/// A flow this side sends.
+pub(crate) struct Outbound {
+    /// Items the peer granted in all.
+    credit: u64,
+    /// Items sent (the `seq` of the last one).
+    pub(crate) sent: u64,
+    /// Why no more may be sent, once so.
+    pub(crate) closed: Option<Closed>,
+    pub(crate) producer: Consumer,
+    waker: Option<Waker>,
+    /// Wakers of [`closed`](super::Sink::closed) waiters.
+    closed_wakers: Vec<Waker>,
+}
+
+/// Why a flow this side sends is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The peer will read no more (it cancelled).
+    Cancelled,
+    /// The connection closed.
+    Disconnected,
+    /// The call is over (answered, timed out, broken, given up).
+    Over,
+}
+
+/// A rule of the protocol a frame broke.
+pub(crate) type Broken = String;
+
+impl Inbound {
+    pub(crate) fn new(window: u64, window_bytes: usize, granted: u64, consumer: Consumer) -> Self {
+        Inbound {
+            items: VecDeque::new(),
+            bytes: 0,
+            received: 0,
+            granted,
+            taken: 0,
+            window,
+            window_bytes,
+            finished: None,
+            consumer,
+            waker: None,
+        }
+    }
+
+    /// Takes an item arrived with `seq`; says whether to wake the consumer.
+    pub(crate) fn push(&mut self, seq: u64, item: Value, bytes: usize) -> Result<bool, Broken> {
+        if let Some(end) = self.finished {
+            return Err(format!("an item (seq {seq}) after stream.end (seq {end})"));
+        }
+        if Some(seq) != self.received.checked_add(1) {
+            return Err(format!(
+                "seq {seq} out of order (expected {})",
+                self.received.saturating_add(1)
+            ));
+        }
+        if seq > self.granted {
+            return Err(format!(
+                "an item (seq {seq}) beyond the credit granted ({})",
+                self.granted
+            ));
+        }
+        self.received = seq;
+        if self.consumer != Consumer::Taken {
+            return Ok(false);
+        }
+        self.items.push_back((item, bytes));
+        self.bytes += bytes;
+        Ok(true)
+    }
+
+    /// `stream.end` came, saying `seq` items were sent.
+    pub(crate) fn finish(&mut self, seq: u64) -> Result<(), Broken> {
+        if self.finished.is_some() {
+            return Err("stream.end given twice".to_owned());
+        }
+        if seq != self.received {
+            return Err(format!(
+                "stream.end says {seq} items were sent, {} came",
+                self.received
+            ));
+        }
+        self.finished = Some(seq);
+        Ok(())
+    }
+
+    /// The next item, and the credit to grant now that it is taken.
+    pub(crate) fn take(&mut self) -> Option<(Value, Option<u64>)> {
+        let (item, bytes) = self.items.pop_front()?;
+        self.bytes -= bytes;
+        self.taken += 1;
+        Some((item, self.due()))
+    }
+
+    /// The credit to grant now: once at most half the window is
+    /// outstanding (granted and not taken), and while less than the
+    /// window's bytes are held, enough to make it whole again.
+    pub(crate) fn due(&mut self) -> Option<u64> {
+        if self.consumer != Consumer::Taken
+            || self.granted - self.taken > self.window / 2
+            || self.bytes >= self.window_bytes
+        {
+            return None;
+        }
+        let more = (self.taken + self.window).saturating_sub(self.granted);
+        (more > 0).then(|| {
+            self.granted += more;
+            more
+        })
+    }
+
+    /// Whether every item sent was taken and the flow ended.
+    pub(crate) fn drained(&self) -> bool {
+        self.items.is_empty() && self.finished.is_some()
+    }
+
+    /// The consumer takes the flow; the credit to grant at once.
+    pub(crate) fn take_flow(&mut self) -> Option<u64> {
+        self.consumer = Consumer::Taken;
+        self.due()
+    }
+
+    /// The consumer gave the flow up: what it held is dropped.
+    pub(crate) fn give_up(&mut self) {
+        self.consumer = Consumer::Gone;
+        self.items.clear();
+        self.bytes = 0;
+    }
+
+    pub(crate) fn wait(&mut self, cx: &Context<'_>) {
+        set_waker(&mut self.waker, cx);
+    }
+
+    pub(crate) fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Outbound {
+    pub(crate) fn new(credit: u64, producer: Consumer) -> Self {
+        Outbound {
+            credit,
+            sent: 0,
+            closed: None,
+            producer,
+            waker: None,
+            closed_wakers: Vec::new(),
+        }
+    }
+
+    /// The `seq` of the next item once there is credit; `Err` once closed.
+    /// `waited` is set when it has to wait.
+    pub(crate) fn poll_seq(
+        &mut self,
+        cx: &Context<'_>,
+        waited: &mut bool,
+    ) -> Poll<Result<u64, Closed>> {
+        if let Some(closed) = self.closed {
+            return Poll::Ready(Err(closed));
+        }
+        if self.sent < self.credit {
+            self.sent += 1;
+            return Poll::Ready(Ok(self.sent));
+        }
+        *waited = true;
+        set_waker(&mut self.waker, cx);
+        Poll::Pending
+    }
+
+    /// The peer granted `more` items.
+    pub(crate) fn grant(&mut self, more: u64) -> Result<(), Broken> {
+        if more == 0 {
+            return Err("stream.credit of 0 (at least 1)".to_owned());
+        }
+        if self.producer == Consumer::Gone && self.sent == 0 {
+            return Err("credit for a flow that has no items".to_owned());
+        }
+        let credit = self.credit.saturating_add(more);
+        if credit - self.sent > MAX_STREAM_CREDIT {
+            return Err(format!(
+                "credit beyond the limit ({} outstanding, at most {MAX_STREAM_CREDIT})",
+                credit - self.sent
+            ));
+        }
+        self.credit = credit;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// No more may be sent.
+    pub(crate) fn close(&mut self, why: Closed) {
+        self.closed.get_or_insert(why);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        for waker in self.closed_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Ready once closed.
+    pub(crate) fn poll_closed(&mut self, cx: &Context<'_>) -> Poll<Closed> {
+        match self.closed {
+            Some(closed) => Poll::Ready(closed),
+            None => {
+                if !self.closed_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    self.closed_wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl StreamState {
+    pub(crate) fn new(
+        key: ReplyTo,
+        method: &str,
+        opener: bool,
+        inbound: Inbound,
+        outbound: Outbound,
+        abort: CancellationToken,
+    ) -> Self {
+        StreamState {
+            key,
+            method: method.into(),
+            opener,
+            abort,
+            flows: Mutex::new(Flows {
+                inbound,
+                outbound,
+                end: None,
+            }),
+            counters: crate::telemetry::StreamCounters::new(method),
+        }
+    }
+
+    /// Ends the stream with `end` unless it already ended; says whether
+    /// this call ended it. Both flows close and everyone waiting wakes.
+    pub(crate) fn end(&self, end: End) -> bool {
+        let mut flows = lock(&self.flows);
+        if flows.end.is_some() {
+            return false;
+        }
+        let closed = match &end {
+            End::Cancelled => Closed::Cancelled,
+            End::Disconnected => Closed::Disconnected,
+            _ => Closed::Over,
+        };
+        crate::telemetry::stream_ended(end.label());
+        flows.end = Some(end);
+        flows.outbound.close(closed);
+        flows.inbound.wake();
+        true
+    }
+
+    /// The error a flow handle reports for a closed flow.
+    pub(crate) fn closed_error(&self, closed: Closed) -> StreamError {
+        let flows = lock(&self.flows);
+        match (closed, &flows.end) {
+            (Closed::Disconnected, _) | (_, Some(End::Disconnected)) => StreamError::Disconnected {
+                last_seq: if self.opener {
+                    flows.inbound.received
+                } else {
+                    flows.outbound.sent
+                },
+            },
+            (_, Some(end)) => end_error(&self.method, end, flows.inbound.received)
+                .unwrap_or(StreamError::Cancelled),
+            (Closed::Cancelled | Closed::Over, None) => StreamError::Cancelled,
+        }
+    }
+}
+
+/// The error an end of a stream of `method` is, or `None` for a clean
+/// end; `last_seq`: the items received.
+pub(crate) fn end_error(method: &str, end: &End, last_seq: u64) -> Option<StreamError> {
+    Some(match end {
+        End::Answered(packet) if packet.is_error() => {
+            let error = packet.error().unwrap_or_else(|| ErrorPayload {
+                code: ErrorCode::Unknown,
+                message: format!("malformed error packet: {}", packet.payload),
+                method: None,
+                data: None,
+            });
+            StreamError::Call(CallError::Remote {
+                method: method.to_owned(),
+                code: error.code,
+                message: error.message,
+                data: error.data,
+            })
+        }
+        End::Answered(_) | End::Done => return None,
+        End::Cancelled | End::Abandoned => StreamError::Cancelled,
+        End::Disconnected => StreamError::Disconnected { last_seq },
+        End::Timeout(after) => StreamError::Timeout { after: *after },
+        End::Broken(reason) => StreamError::Call(CallError::InvalidReply {
+            method: method.to_owned(),
+            reason: format!("the peer broke the stream protocol: {reason}"),
+        }),
+    })
+}
