@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use futures::{StreamExt, future};
-use stream_rpc::{Config, Connector, Fernet, IncomingItems, Streaming};
+use std::future::Future;
+
+use stream_rpc::{
+    Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply, StreamIo,
+};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::{Bincode, Json};
 use tarpc::{client, context};
@@ -63,36 +67,67 @@ impl Bench {
     }
 
     /// One item of the stream table's calls (server to client).
-    async fn item(&self, size: u32) -> serde_json::Value {
+    pub async fn item(&self, size: u32) -> serde_json::Value {
         item(size)
     }
 
     /// Takes one item of the stream table's calls (client to server).
-    async fn put(&self, item: serde_json::Value) {
+    pub async fn put(&self, item: serde_json::Value) {
         std::hint::black_box(item);
     }
+}
 
-    /// `count` items of `size` (the stream table, server to client).
-    async fn items(&self, size: u32, count: u64) -> Streaming<serde_json::Value> {
-        let item = item(size);
-        Streaming::from_fn(move |mut sink| async move {
-            for _ in 0..count {
-                if sink.send(item.clone()).await.is_err() {
-                    break; // cancelled
-                }
-            }
-            Ok(())
-        })
+/// The benchmark's stream-rpc server: [`Bench`]'s calls, and the stream
+/// table's two stream methods through the raw streams API:
+/// - `items` (`{"size": S, "count": N}`): N items of size S (server to
+///   client);
+/// - `sink` (an input stream): counts the items it is sent and answers the
+///   count (client to server).
+pub struct BenchServer;
+
+impl Protocol for BenchServer {
+    fn process_message(
+        &self,
+        ctx: Context,
+        packet: Packet,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send {
+        // A unit struct's reference is promoted to a static one.
+        let bench: &'static Bench = &Bench;
+        bench.process_message(ctx, packet)
     }
 
-    /// Counts the items it is sent (the stream table, client to server).
-    async fn sink(&self, mut items: IncomingItems<serde_json::Value>) -> u64 {
-        let mut count = 0;
-        while let Some(item) = items.next().await {
-            std::hint::black_box(item.is_ok());
-            count += 1;
+    async fn process_stream(
+        &self,
+        _: Context,
+        packet: Packet,
+        mut io: StreamIo,
+    ) -> Result<serde_json::Value, HandlerError> {
+        match packet.method.as_str() {
+            "items" => {
+                let size = packet.payload["size"].as_u64().unwrap_or(0) as u32;
+                let count = packet.payload["count"].as_u64().unwrap_or(0);
+                let mut output = io
+                    .output()
+                    .ok_or_else(|| HandlerError::failed("no output"))?;
+                let item = item(size);
+                for _ in 0..count {
+                    if output.send(item.clone()).await.is_err() {
+                        break; // cancelled
+                    }
+                }
+                Ok(serde_json::Value::Null)
+            }
+            "sink" => {
+                let mut input = io.input().ok_or_else(|| HandlerError::failed("no input"))?;
+                let mut count = 0u64;
+                while let Some(item) = input.next().await {
+                    std::hint::black_box(item);
+                    count += 1;
+                }
+                Ok(count.into())
+            }
+            other => Err(HandlerError::not_a_stream(other)),
         }
-        count
     }
 }
 
@@ -257,7 +292,7 @@ pub async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<Soc
         System::StreamRpc => {
             let server = Connector::new(config).bind().await.expect("bind");
             addr_tx.send(server.local_addr()).expect("report address");
-            let _ = server.serve(Bench).await;
+            let _ = server.serve(BenchServer).await;
         }
         System::TarpcBincode | System::TarpcJson => {
             let listener = bind_loopback(&addr_tx).await;

@@ -188,9 +188,8 @@ impl Interrupt {
     fn new() -> Result<Interrupt, Failure> {
         #[cfg(unix)]
         {
-            let signal =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                    .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
+            let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
             Ok(Interrupt { signal })
         }
         #[cfg(not(unix))]

@@ -814,11 +814,7 @@ mod streams_server {
     }
 
     impl Protocol for Streams {
-        async fn process_message(
-            &self,
-            _: Context,
-            packet: Packet,
-        ) -> Result<Reply, HandlerError> {
+        async fn process_message(&self, _: Context, packet: Packet) -> Result<Reply, HandlerError> {
             match packet.method.as_str() {
                 "ping" => Ok(Reply::message("pong", Value::Null)),
                 other => Err(HandlerError::unknown_method(other)),
@@ -837,7 +833,8 @@ mod streams_server {
                 "forever" => "forever",
                 "silent" => "silent",
                 "hang_up" => "hang_up",
-                other => return Err(HandlerError::not_a_stream(other)),
+                "ping" => return Err(HandlerError::not_a_stream("ping")),
+                other => return Err(HandlerError::unknown_method(other)),
             };
             let _dropped = Dropped(name, self.dropped.lock().unwrap().clone());
             let mut output = io
@@ -923,7 +920,11 @@ fn call_stream_prints_each_item_as_a_line_and_exits_by_how_it_ended() {
     let addr = server.addr.as_str();
 
     // A stream that ends: every item, one compact line each, exit 0.
-    let out = run(&key, &["call", "--stream", "count", "3", "--addr", addr], "");
+    let out = run(
+        &key,
+        &["call", "--stream", "count", "3", "--addr", addr],
+        "",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n3\n");
     server.wait_dropped("count");
@@ -946,7 +947,15 @@ fn call_stream_prints_each_item_as_a_line_and_exits_by_how_it_ended() {
     // (its handler dropped), exit 0.
     let out = run(
         &key,
-        &["call", "--stream", "forever", "--max-items", "5", "--addr", addr],
+        &[
+            "call",
+            "--stream",
+            "forever",
+            "--max-items",
+            "5",
+            "--addr",
+            addr,
+        ],
         "",
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -960,19 +969,38 @@ fn call_stream_prints_each_item_as_a_line_and_exits_by_how_it_ended() {
     assert!(out.stdout.is_empty());
     let said = text(&out.stderr);
     assert!(said.contains("not_a_stream"), "{said}");
-    assert!(said.contains("ping is a plain method: call it without --stream"), "{said}");
+    assert!(
+        said.contains("ping is a plain method: call it without --stream"),
+        "{said}"
+    );
     let out = run(&key, &["call", "--stream", "nope", "--addr", addr], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("unknown_method"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown_method"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // No item within --item-timeout: exit 2, and the stream is cancelled.
     let out = run(
         &key,
-        &["call", "--stream", "silent", "--item-timeout", "200ms", "--addr", addr],
+        &[
+            "call",
+            "--stream",
+            "silent",
+            "--item-timeout",
+            "200ms",
+            "--addr",
+            addr,
+        ],
         "",
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("timed out"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
     server.wait_dropped("silent");
 
     // The connection closing under the stream: the items before, exit 2,
@@ -1019,48 +1047,4 @@ fn ctrl_c_cancels_the_stream_and_exits_130() {
     );
     // The cancel reached the server: its producer was dropped.
     server.wait_dropped("forever");
-}
-
-#[test]
-fn watch_stats_streams_the_queue_counts_of_serve() {
-    let key = new_key();
-    let server = Serving::start(&key, &[]);
-    let addr = server.addr.as_str();
-    let out = run(
-        &key,
-        &[
-            "call",
-            "--stream",
-            "watch_stats",
-            r#"{"every_ms": 10}"#,
-            "--max-items",
-            "2",
-            "--addr",
-            addr,
-        ],
-        "",
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 2);
-    for stats in &lines {
-        for field in ["queued", "leased", "done", "dead"] {
-            assert!(stats[field].is_u64(), "{field} in {stats}");
-        }
-    }
-    // Below the minimum: refused before the first item, exit 1.
-    let out = run(
-        &key,
-        &["call", "--stream", "watch_stats", r#"{"every_ms": 5}"#, "--addr", addr],
-        "",
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("invalid_payload") && text(&out.stderr).contains("every_ms"),
-        "{}",
-        text(&out.stderr)
-    );
 }
