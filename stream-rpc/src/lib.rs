@@ -17,6 +17,8 @@
 //! | Connect | [`Connector::connect`], or [`Connector::connect_reconnecting`] to reconnect and fail over |
 //! | Call | [`Caller`] (`call`, `call_with_timeout`, `notify`) on a client or a connection, or a typed client from [`macro@service`] |
 //! | Know why a call failed, and whether to retry | [`CallError`], [`CallError::may_have_run`] |
+//! | Stream items either way, with flow control | [`Caller::open_stream`] ([`RawStream`], [`ItemSender`]) to open; [`Protocol::process_stream`] ([`StreamIo`]) to serve; [`Streaming`] and [`IncomingItems`] in a typed service |
+//! | Know why a stream ended | [`StreamError`] (`Failed`, `Cancelled`, `Disconnected { last_seq }`, `Timeout`, `Call`) |
 //! | Act when a connection opens or ends | [`Connector::on_connect`], [`Connector::on_disconnect`] |
 //! | Run over another byte stream | [`Connector::attach`] |
 //!

@@ -276,6 +276,11 @@ impl RawPeer {
         Self::over(stream, key)
     }
 
+    /// A raw peer over a socket already connected (e.g. accepted).
+    pub fn over_stream(stream: TcpStream, key: &str) -> Self {
+        Self::over(stream, key)
+    }
+
     fn over(stream: TcpStream, key: &str) -> Self {
         let (reader, writer) = stream.into_split();
         RawPeer {

@@ -45,7 +45,16 @@ impl<P: Protocol> ReadLoop<P> {
                 && let Some(stream) = self.shared.streams.remove(to)
             {
                 packet_log!(self.shared, "Received", packet);
-                stream.end(crate::stream::state::End::Answered(packet));
+                let answered = crate::stream::state::End::Answered(packet);
+                session_log!(
+                    debug,
+                    self.shared,
+                    "stream `{}` #{} ended: {}",
+                    Escaped::method(&stream.method),
+                    to.id,
+                    answered.label()
+                );
+                stream.end(answered);
                 return;
             }
             if self.shared.gave_up_on(to.id) || self.shared.streams.ended_recently(to) {

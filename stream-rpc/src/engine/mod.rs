@@ -159,7 +159,14 @@ impl<P: Protocol> Session<P> {
         shared.request_stop(reason.clone());
         // Every stream on it ends at once (`Disconnected`), its handler
         // dropped: streams are long-lived, they get no grace period.
-        shared.streams.close_all();
+        let streams = shared.streams.close_all();
+        if streams > 0 {
+            session_log!(
+                debug,
+                shared,
+                "{streams} streams ended: the connection is closing"
+            );
+        }
         session_log!(debug, shared, "session ending: {reason}");
         read_loop.wind_down();
 

@@ -178,7 +178,13 @@ impl<P: Protocol> ReadLoop<P> {
                     Err(e) => return EndReason::ReadFailed(e.to_string()),
                 },
                 () = &mut deadline, if timers.armed => {
-                    let busy = || self.handlers_running() || self.shared.has_pending();
+                    // Open streams are long-lived and may be quiet: a
+                    // connection that carries one is not idle.
+                    let busy = || {
+                        self.handlers_running()
+                            || self.shared.has_pending()
+                            || !self.shared.streams.is_empty()
+                    };
                     if let Some(reason) = timers.fired(deadline.as_mut(), busy) {
                         return reason;
                     }

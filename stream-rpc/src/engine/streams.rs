@@ -177,7 +177,7 @@ impl<P: Protocol> ReadLoop<P> {
                         flows.inbound.wake();
                     }
                     drop(flows);
-                    state.counters.received();
+                    state.counters().received();
                     pushed.map(drop)
                 }
                 None => Err("stream.item without seq".to_owned()),

@@ -65,6 +65,18 @@ impl fmt::Display for LogLine<'_> {
         if let Some(timeout) = packet.timeout_ms {
             write!(f, ", timeout_ms: {timeout}")?;
         }
+        if let Some(stream) = &packet.stream {
+            f.write_str(", stream:")?;
+            if let Some(to) = stream.stream() {
+                write!(f, " {}#{}", to.peer, to.id)?;
+            }
+            if let Some(seq) = stream.seq {
+                write!(f, " seq {seq}")?;
+            }
+            if let Some(credit) = stream.credit {
+                write!(f, " credit {credit}")?;
+            }
+        }
         if self.payload {
             f.write_str(", payload: ")?;
             let mut capped = Capped {

@@ -474,6 +474,47 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_field_is_written_as_serde_writes_it_and_read_directly() {
+        let peer = Uuid::new_v4();
+        let stream = ReplyTo { peer, id: 9 };
+        let headers = [
+            StreamHeader::open(0),
+            StreamHeader::open(32),
+            StreamHeader::frame(stream).with_seq(1),
+            StreamHeader::frame(stream).with_credit(65_536),
+            StreamHeader::frame(stream),
+            StreamHeader::default(),
+            StreamHeader::frame(stream)
+                .with_seq(u64::MAX)
+                .with_credit(1),
+        ];
+        for header in headers {
+            let mut packet = sample();
+            packet.stream = Some(header);
+            packet.timeout_ms = Some(5);
+            let ours = packet.to_json().unwrap();
+            assert_eq!(ours, serde_json::to_vec(&packet).unwrap(), "{header:?}");
+            assert_eq!(json::read(&ours), Some(packet.clone()), "{header:?}");
+            assert_eq!(Packet::from_json(&ours).unwrap(), packet);
+        }
+        // Other orders and spellings go through serde, to the same packet.
+        let mut packet = sample();
+        packet.stream = Some(StreamHeader::frame(stream).with_seq(3));
+        let written = String::from_utf8(packet.to_json().unwrap()).unwrap();
+        let reordered = written.replace(
+            &format!(r#""stream":{{"peer":"{peer}","id":9,"seq":3}}"#),
+            &format!(r#""stream":{{"seq":3,"id":9,"peer":"{peer}"}}"#),
+        );
+        assert_ne!(reordered, written);
+        assert!(json::read(reordered.as_bytes()).is_none());
+        assert_eq!(Packet::from_json(reordered.as_bytes()).unwrap(), packet);
+        // Not a number: not a packet.
+        let bad = written.replace(r#""seq":3"#, r#""seq":"3""#);
+        assert!(Packet::from_json(bad.as_bytes()).is_err());
+        assert!(!sample().is_stream() && packet.is_stream());
+    }
+
+    #[test]
     fn a_time_outside_the_four_digit_years_in_utc_is_no_packet_and_never_written() {
         let packet = sample();
         let written = String::from_utf8(packet.to_json().unwrap()).unwrap();

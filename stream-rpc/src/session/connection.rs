@@ -568,6 +568,12 @@ impl Connection {
         self.shared.request_stop(EndReason::Closed);
     }
 
+    /// How many streams are open on this connection (opened by either
+    /// side; see [`Caller::open_stream`](crate::Caller::open_stream)).
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.len()
+    }
+
     /// Waits until the session has ended.
     pub async fn closed(&self) {
         self.shared.ended.cancelled().await;

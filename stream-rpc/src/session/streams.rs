@@ -61,6 +61,11 @@ impl Streams {
         self.open.load(Ordering::Acquire) == 0
     }
 
+    /// How many streams are open.
+    pub(crate) fn len(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Adds a stream (opened by this side when its key's peer is this
     /// side's id).
     pub(crate) fn insert(&self, state: Arc<StreamState>) -> Result<(), Refused> {
@@ -115,8 +120,8 @@ impl Streams {
     }
 
     /// The connection closed: every stream ends `Disconnected` at once,
-    /// and no more can open.
-    pub(crate) fn close_all(&self) {
+    /// and no more can open; says how many were open.
+    pub(crate) fn close_all(&self) -> usize {
         let states: Vec<Arc<StreamState>> = {
             let mut table = lock(&self.table);
             table.closed = true;
@@ -128,9 +133,11 @@ impl Streams {
             self.open.fetch_sub(states.len(), Ordering::AcqRel);
             crate::telemetry::streams_open(-(states.len() as f64));
         }
+        let count = states.len();
         for state in states {
             state.end(End::Disconnected);
             state.abort.cancel();
         }
+        count
     }
 }

@@ -216,7 +216,15 @@ impl RawStream {
     /// Ends the stream here with `end` and cancels it on the wire, unless
     /// it already ended.
     fn abandon(&self, end: End) {
+        let label = end.label();
         if self.state.end(end) {
+            session_log!(
+                debug,
+                self.conn.shared,
+                "stream `{}` #{} ended here: {label}",
+                crate::logging::Escaped::method(&self.state.method),
+                self.state.key.id
+            );
             self.conn.shared.streams.remove(self.state.key);
             send_frame(
                 &self.conn,
@@ -391,7 +399,7 @@ pub(crate) async fn send_item(
     let mut packet = conn.packet(ITEM, item);
     packet.stream = Some(StreamHeader::frame(state.key).with_seq(seq));
     conn.send(packet).await.map_err(|e| send_failed(state, e))?;
-    state.counters.sent();
+    state.counters().sent();
     Ok(())
 }
 

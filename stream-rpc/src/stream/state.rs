@@ -27,8 +27,9 @@ pub(crate) struct StreamState {
     /// Acceptor side: cancelled to drop the handler.
     pub(crate) abort: CancellationToken,
     pub(crate) flows: Mutex<Flows>,
-    /// The per-method item counters, made once per stream.
-    pub(crate) counters: crate::telemetry::StreamCounters,
+    /// The per-method item counters, made at the stream's first item (a
+    /// refused open of a made-up method makes no label).
+    counters: std::sync::OnceLock<crate::telemetry::StreamCounters>,
 }
 
 /// The part of a stream behind its lock.
@@ -351,8 +352,14 @@ impl StreamState {
                 outbound,
                 end: None,
             }),
-            counters: crate::telemetry::StreamCounters::new(method),
+            counters: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The item counters of the stream's method.
+    pub(crate) fn counters(&self) -> &crate::telemetry::StreamCounters {
+        self.counters
+            .get_or_init(|| crate::telemetry::StreamCounters::new(&self.method))
     }
 
     /// Ends the stream with `end` unless it already ended; says whether
@@ -419,4 +426,117 @@ pub(crate) fn end_error(method: &str, end: &End, last_seq: u64) -> Option<Stream
             reason: format!("the peer broke the stream protocol: {reason}"),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn taken(window: u64, bytes: usize) -> Inbound {
+        let mut inbound = Inbound::new(window, bytes, 0, Consumer::NotTaken);
+        assert_eq!(inbound.take_flow(), Some(window));
+        inbound
+    }
+
+    #[test]
+    fn credit_is_granted_in_batches_once_half_the_window_is_taken() {
+        let mut inbound = taken(4, usize::MAX);
+        for seq in 1..=4 {
+            assert_eq!(inbound.push(seq, json!(seq), 10), Ok(true));
+        }
+        // Held: the window, no more.
+        assert!(
+            inbound
+                .push(5, json!(5), 10)
+                .unwrap_err()
+                .contains("beyond the credit")
+        );
+        assert_eq!(inbound.take().map(|(_, grant)| grant), Some(None));
+        assert_eq!(inbound.take().map(|(_, grant)| grant), Some(Some(2)));
+        assert_eq!(inbound.granted, 6);
+        assert_eq!(inbound.take().map(|(_, grant)| grant), Some(None));
+        assert_eq!(inbound.take().map(|(_, grant)| grant), Some(Some(2)));
+        assert!(inbound.take().is_none());
+    }
+
+    #[test]
+    fn no_credit_while_the_window_bytes_are_held() {
+        let mut inbound = taken(4, 15);
+        for seq in 1..=4 {
+            inbound.push(seq, json!(seq), 10).unwrap();
+        }
+        // 30 bytes held, then 20: over 15, no credit though half is taken.
+        assert_eq!(inbound.take().unwrap().1, None);
+        assert_eq!(inbound.take().unwrap().1, None);
+        // 10 held: under the bytes, credit for what was taken.
+        assert_eq!(inbound.take().unwrap().1, Some(3));
+    }
+
+    #[test]
+    fn items_break_the_rules_in_each_way() {
+        let mut inbound = taken(2, usize::MAX);
+        assert!(
+            inbound
+                .push(2, json!(0), 1)
+                .unwrap_err()
+                .contains("out of order")
+        );
+        inbound.push(1, json!(0), 1).unwrap();
+        assert!(
+            inbound
+                .push(1, json!(0), 1)
+                .unwrap_err()
+                .contains("out of order")
+        );
+        assert!(inbound.finish(2).is_err(), "claims more than came");
+        inbound.finish(1).unwrap();
+        assert!(
+            inbound
+                .push(2, json!(0), 1)
+                .unwrap_err()
+                .contains("after stream.end")
+        );
+        assert!(inbound.finish(1).is_err(), "twice");
+        // A flow never taken grants nothing: its first item is beyond credit.
+        let mut untaken = Inbound::new(2, usize::MAX, 0, Consumer::NotTaken);
+        assert!(
+            untaken
+                .push(1, json!(0), 1)
+                .unwrap_err()
+                .contains("beyond the credit")
+        );
+        // A consumer gone: items within credit are dropped, not held.
+        let mut gone = taken(2, usize::MAX);
+        gone.give_up();
+        assert_eq!(gone.push(1, json!(0), 1), Ok(false));
+        assert!(gone.take().is_none());
+    }
+
+    #[test]
+    fn credit_beyond_the_limit_or_of_zero_is_refused() {
+        let mut outbound = Outbound::new(MAX_STREAM_CREDIT, Consumer::Taken);
+        assert!(outbound.grant(1).unwrap_err().contains("beyond the limit"));
+        assert!(outbound.grant(0).unwrap_err().contains("of 0"));
+        let waker = futures_util::task::noop_waker();
+        let cx = Context::from_waker(&waker);
+        let mut waited = false;
+        assert_eq!(outbound.poll_seq(&cx, &mut waited), Poll::Ready(Ok(1)));
+        // One sent: one more may be granted, and no more.
+        outbound.grant(1).unwrap();
+        assert!(outbound.grant(1).is_err());
+        assert!(!waited);
+        let mut empty = Outbound::new(0, Consumer::Taken);
+        assert!(empty.poll_seq(&cx, &mut waited).is_pending());
+        assert!(waited);
+        empty.close(Closed::Cancelled);
+        assert_eq!(
+            empty.poll_seq(&cx, &mut waited),
+            Poll::Ready(Err(Closed::Cancelled))
+        );
+        // No credit for a flow with no producer.
+        let mut none = Outbound::new(0, Consumer::Gone);
+        assert!(none.grant(1).is_err());
+    }
 }

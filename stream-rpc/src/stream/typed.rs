@@ -138,6 +138,8 @@ impl<T: DeserializeOwned, E> Stream for ItemStream<T, E> {
 }
 
 /// Sends typed output items from a [`Streaming::from_fn`] producer.
+///
+/// See [`Streaming`] for an example.
 pub struct TypedSink<T> {
     sink: Sink,
     item: PhantomData<fn(T)>,
@@ -256,6 +258,19 @@ impl<T: Serialize + Send + 'static, E: Send + 'static> Streaming<T, E> {
 
 /// A stream argument of a `#[stream_rpc::service]` method: the input items
 /// as `T`. An item that does not decode is `Err` (`invalid_payload`).
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use stream_rpc::{HandlerError, IncomingItems};
+///
+/// async fn total(mut numbers: IncomingItems<i64>) -> Result<i64, HandlerError> {
+///     let mut sum = 0;
+///     while let Some(n) = numbers.next().await {
+///         sum += n?; // an item that is not a number fails the call
+///     }
+///     Ok(sum)
+/// }
+/// ```
 pub struct IncomingItems<T> {
     incoming: Incoming,
     method: Box<str>,
