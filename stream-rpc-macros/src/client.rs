@@ -179,16 +179,30 @@ pub fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
     let docs = &method.docs;
     let vis = &method.vis;
     let ident = &method.ident;
-    let params = method.args.iter().map(|arg| {
-        let (name, ty) = (&arg.ident, &arg.ty);
-        quote!(#name: #ty)
-    });
+    let mut params: Vec<_> = method
+        .args
+        .iter()
+        .map(|arg| {
+            let (name, ty) = (&arg.ident, &arg.ty);
+            quote!(#name: #ty)
+        })
+        .collect();
+    if let Some(input) = &method.input {
+        let (name, item) = (&input.ident, &input.item);
+        params.push(quote! {
+            #name: impl #krate::__private::Stream<Item = #item> + ::core::marker::Send + 'static
+        });
+    }
     let payload = encode_payload(method, &model::wire_literal(method), krate);
     let Answer {
         output,
         body,
         summary,
-    } = answer(method, krate);
+    } = if method.is_stream() {
+        stream_answer(method, krate)
+    } else {
+        answer(method, krate)
+    };
     let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
     // The same checks as in the dispatcher, first: a wrong type then fails
     // with identical diagnostics here, which rustc shows once.
@@ -198,7 +212,7 @@ pub fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
         #(#docs)*
         #separator
         #[doc = #summary]
-        #vis async fn #ident(&self, #(#params),*) -> ::core::result::Result<#output, #krate::CallError> {
+        #vis async fn #ident(&self, #(#params),*) -> #output {
             #checks
             let __payload = #payload;
             #body
@@ -240,19 +254,74 @@ struct Answer {
 }
 
 fn answer(method: &Method, krate: &TokenStream) -> Answer {
+    let call = match &method.input {
+        Some(input) => {
+            let (wire, items, item) = (model::wire_literal(method), &input.ident, &input.item);
+            let options = stream_options(method, krate);
+            // Spanned like the item's check, so that a wrong item type is
+            // reported once.
+            let call = quote_spanned!(item.span()=>
+                #krate::__private::call_with_input::<_, #item, _>(
+                    __caller, #wire, __payload, __options, #items,
+                )
+                .await
+            );
+            quote!({
+                let (__caller, __options) = (&self.caller, #options);
+                #call
+            })
+        }
+        None => plain_call(method, krate),
+    };
+    answer_of(method, krate, &call)
+}
+
+/// A plain call of the method, with the client's limit, else the method's
+/// `timeout`, else the caller's call timeout.
+fn plain_call(method: &Method, krate: &TokenStream) -> TokenStream {
     let wire = model::wire_literal(method);
-    let wire_name = &method.wire;
-    let call = quote! {
+    let default = match method.timeout {
+        Some(millis) => quote! {
+            #krate::Caller::call_with_timeout(
+                &self.caller,
+                #wire,
+                __payload,
+                ::core::time::Duration::from_millis(#millis),
+            )
+            .await
+        },
+        None => quote!(#krate::Caller::call(&self.caller, #wire, __payload).await),
+    };
+    quote! {
         match self.timeout {
             ::core::option::Option::Some(__limit) => {
                 #krate::Caller::call_with_timeout(&self.caller, #wire, __payload, __limit).await
             }
-            ::core::option::Option::None => #krate::Caller::call(&self.caller, #wire, __payload).await,
+            ::core::option::Option::None => #default,
         }
-    };
+    }
+}
+
+/// What the client returns for the answer of `call`: a reply packet, or
+/// the call's error.
+fn answer_of(method: &Method, krate: &TokenStream, call: &TokenStream) -> Answer {
+    let wire = model::wire_literal(method);
+    let wire_name = &method.wire;
+    if method.input.is_some() && matches!(method.ret, Ret::Unit) {
+        return Answer {
+            output: quote!(::core::result::Result<(), #krate::CallError>),
+            body: quote! {
+                let _ = #call?;
+                ::core::result::Result::Ok(())
+            },
+            summary: format!(
+                "Opens the peer's `{wire_name}`, sends the items of the input stream (with the peer's credit), and returns once the method is done with them."
+            ),
+        };
+    }
     match &method.ret {
         Ret::Unit => Answer {
-            output: quote!(()),
+            output: quote!(::core::result::Result<(), #krate::CallError>),
             body: quote! {
                 #krate::Caller::notify(&self.caller, #wire, __payload)
                     .await
@@ -269,8 +338,9 @@ fn answer(method: &Method, krate: &TokenStream) -> Answer {
             let decode = quote_spanned!(ty.span()=>
                 <#ty as #krate::IntoReply>::from_reply(__reply, #wire)
             );
+            let output = client_output(ty, krate);
             Answer {
-                output: client_output(ty, krate),
+                output: quote!(::core::result::Result<#output, #krate::CallError>),
                 body: quote! {
                     let __reply = #call?;
                     #decode
@@ -284,7 +354,7 @@ fn answer(method: &Method, krate: &TokenStream) -> Answer {
                 <#ok as #krate::IntoReply>::from_reply(__reply, #wire)
             );
             Answer {
-                output: quote!(::core::result::Result<#ok_output, #err>),
+                output: quote!(::core::result::Result<::core::result::Result<#ok_output, #err>, #krate::CallError>),
                 body: quote! {
                     match #call {
                         ::core::result::Result::Ok(__reply) => {
@@ -306,5 +376,99 @@ fn answer(method: &Method, krate: &TokenStream) -> Answer {
                 ),
             }
         }
+        Ret::Stream(_) => unreachable!("stream methods are answered by stream_answer"),
+    }
+}
+
+/// The stream options the client opens a method's stream with: the
+/// client's own limit, else the method's `timeout`; its `item_timeout`;
+/// whether it has output and input.
+fn stream_options(method: &Method, krate: &TokenStream) -> TokenStream {
+    let millis = |limit: Option<u64>| match limit {
+        Some(millis) => quote! {
+            ::core::option::Option::Some(::core::time::Duration::from_millis(#millis))
+        },
+        None => quote!(::core::option::Option::None),
+    };
+    let timeout = millis(method.timeout);
+    let item_timeout = millis(method.item_timeout);
+    let output = matches!(method.ret, Ret::Stream(_));
+    let input = method.input.is_some();
+    quote! {
+        #krate::__stream::options(
+            ::core::option::Option::or(self.timeout, #timeout),
+            #item_timeout,
+            #output,
+            #input,
+        )
+    }
+}
+
+/// A method that returns a stream, in the typed client: open it (sending
+/// the input from a task of its own, for a method that takes one too) and
+/// return the items' stream. A method that only takes a stream is a call
+/// whose argument is a stream: [`answer`].
+fn stream_answer(method: &Method, krate: &TokenStream) -> Answer {
+    let Ret::Stream(stream) = &method.ret else {
+        return answer(method, krate);
+    };
+    let wire = model::wire_literal(method);
+    let wire_name = &method.wire;
+    let options = stream_options(method, krate);
+    let item = &stream.item;
+    let err = stream
+        .err
+        .as_ref()
+        .map_or_else(|| quote!(::core::convert::Infallible), |err| quote!(#err));
+    let (input, summary) = match &method.input {
+        Some(input) => {
+            let items = &input.ident;
+            (
+                quote!(::core::option::Option::Some(#items)),
+                format!(
+                    "Opens the peer's `{wire_name}`, sends the items of the input stream as they come (with the peer's credit, from a task of their own), and returns the stream of its items: `None` after a clean end, or one `Err` that says why not. Dropping the stream cancels the call."
+                ),
+            )
+        }
+        None => (
+            quote!(::core::option::Option::None::<#krate::__private::NoInput>),
+            format!(
+                "Opens the peer's `{wire_name}` and returns the stream of its items: `None` after a clean end, or one `Err` that says why not (`StreamError::Failed` for the method's own error). Dropping the stream cancels the call."
+            ),
+        ),
+    };
+    let input_item = method.input.as_ref().map_or_else(
+        || quote!(()),
+        |input| {
+            let item = &input.item;
+            quote!(#item)
+        },
+    );
+    // Spanned like the item's check, so that a wrong item type is
+    // reported once.
+    let decode = quote! {
+        |__error| {
+            #[allow(unused_imports)]
+            use #krate::__private::{
+                DecodeHandlerError as _, DecodeNothing as _, DecodeSerde as _,
+            };
+            (&&&#krate::__private::ErrorDecode::<#err>::new()).decode_error(__error)
+        }
+    };
+    let open = quote_spanned!(item.span()=>
+        #krate::__private::open_output::<_, #item, #err, #input_item, _>(
+            __caller, #wire, __payload, __options, #input, #decode,
+        )
+        .await
+    );
+    Answer {
+        output: quote! {
+            ::core::result::Result<#krate::ItemStream<#item, #err>, #krate::CallError>
+        },
+        body: quote! {
+            let (__caller, __options) = (&self.caller, #options);
+            #open
+        },
+        summary,
     }
 }

@@ -16,7 +16,7 @@ use syn::{Ident, Item, ItemTrait, parse_quote};
 
 use crate::attr::{self, ServiceArgs};
 use crate::client::{self, ClientParts};
-use crate::dispatch::dispatch;
+use crate::dispatch::{dispatch, dispatch_streams};
 use crate::errors::Errors;
 use crate::fallback;
 use crate::model::{self, Kind, Service};
@@ -122,12 +122,14 @@ fn generate_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
     let (impl_generics, _, where_clause) = generics.split_for_impl();
     let protocol_where = protocol_where(generics);
     let body = dispatch(service, &krate, |ident, args| quote!(self.#ident(#args)));
+    let streams = dispatch_streams(service, &krate, |ident, args| quote!(self.#ident(#args)));
     let wires: Vec<_> = wire_names(service).collect();
     let protocol = protocol_impl(
         &krate,
         quote!(impl #impl_generics #krate::Protocol for #self_ty #protocol_where),
         Some(&name),
         &body,
+        streams.as_ref(),
     );
     let service_trait = service_impl(
         quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where),
@@ -180,11 +182,9 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
     let server_doc = format!(
         "Serves any implementation of [`{trait_ident}`]: a `Protocol` that dispatches each packet to the trait method of the same wire name. Hand it to `Server::serve`, or to `connect` on a worker; compose it with other services in `Services`."
     );
-    let body = dispatch(
-        service,
-        &krate,
-        |ident, args| quote!(#trait_ident::#ident(&self.service, #args)),
-    );
+    let call = |ident: &Ident, args| quote!(#trait_ident::#ident(&self.service, #args));
+    let body = dispatch(service, &krate, call);
+    let streams = dispatch_streams(service, &krate, call);
     let wires: Vec<_> = wire_names(service).collect();
     let methods: Vec<_> = service
         .methods
@@ -209,6 +209,7 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
         quote!(impl<#param: #trait_ident> #krate::Protocol for #server<#param>),
         Some(&name),
         &body,
+        streams.as_ref(),
     );
     let service_trait = service_impl(
         quote!(impl<#param: #trait_ident> #krate::Service for #server<#param>),
@@ -260,7 +261,21 @@ pub fn protocol_impl(
     header: TokenStream,
     name: Option<&str>,
     body: &TokenStream,
+    streams: Option<&TokenStream>,
 ) -> TokenStream {
+    let streams = streams.map(|body| {
+        quote! {
+            #[allow(unused_variables)]
+            async fn process_stream(
+                &self,
+                __ctx: #krate::Context,
+                __packet: #krate::Packet,
+                __io: #krate::StreamIo,
+            ) -> ::core::result::Result<#krate::__private::serde_json::Value, #krate::HandlerError> {
+                #body
+            }
+        }
+    });
     let name = name.map(|name| {
         quote! {
             fn name(&self) -> &str {
@@ -280,6 +295,8 @@ pub fn protocol_impl(
             ) -> ::core::result::Result<#krate::Reply, #krate::HandlerError> {
                 #body
             }
+
+            #streams
         }
     }
 }

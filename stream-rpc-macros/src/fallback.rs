@@ -41,6 +41,7 @@ pub fn fallback_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
         quote!(impl #impl_generics #krate::Protocol for #self_ty #protocol_where),
         None,
         &unreachable,
+        None,
     );
     let service_trait = service_impl(
         quote!(impl #impl_generics #krate::Service for #self_ty #protocol_where),
@@ -107,6 +108,7 @@ pub fn fallback_trait(service: &Service, args: &ServiceArgs, item: &ItemTrait) -
             quote!(impl<#param> #krate::Protocol for #server<#param> #bounds),
             None,
             &unreachable,
+            None,
         );
         let service_trait = service_impl(
             quote!(impl<#param> #krate::Service for #server<#param> #bounds),

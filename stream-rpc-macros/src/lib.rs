@@ -2,7 +2,8 @@
 //!
 //! This crate is an implementation detail: depend on `stream-rpc` and use the
 //! attribute through it, as `#[stream_rpc::service]`. The attribute works in
-//! three steps, one file each: `model` reads the impl block, `validate`
+//! three steps, one file each: `model` reads the impl block (`streams` its
+//! stream arguments and returns), `validate`
 //! checks it as a whole, and `expand` generates the code.
 
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ mod errors;
 mod expand;
 mod fallback;
 mod model;
+mod streams;
 mod validate;
 
 /// Turns the `async fn`s of an inherent `impl` block, or of a trait
@@ -236,10 +238,114 @@ mod validate;
 /// conversation: a `pong` handler that returns `Reply::message("ping", ..)`
 /// sends the next request.
 ///
+/// # Streams
+///
+/// A method may return a stream of items (server to client), take one
+/// stream argument (client to server), or both. Items are typed values
+/// (`Serialize + Deserialize`), sent with the receiver's credit, so a slow
+/// consumer slows its producer instead of growing memory.
+///
+/// | the method | the typed client |
+/// |---|---|
+/// | `-> Streaming<T>` | `-> Result<ItemStream<T>, CallError>` |
+/// | `-> Streaming<T, E>` | `-> Result<ItemStream<T, E>, CallError>` |
+/// | `-> Result<Streaming<T, E>, E>` (may fail before its first item) | `-> Result<ItemStream<T, E>, CallError>` |
+/// | `items: IncomingItems<T>` and `-> R` (`()`, a value or `Result<R, E>`) | `items: impl Stream<Item = T> + Send + 'static`, and the answer as for a call: `-> Result<R, CallError>` (`Result<Result<R, E>, CallError>`) |
+/// | `items: IncomingItems<T>` and `-> Streaming<U, E>` | `items: impl Stream<Item = T> + Send + 'static`, `-> Result<ItemStream<U, E>, CallError>` |
+///
+/// The other arguments are the payload of the stream's open, read as for a
+/// call (the stream argument is not counted among them).
+///
+/// The client's `ItemStream<T, E>`
+/// yields `Ok(item)`s, then ends: `None` after a clean end, or one
+/// `Err(StreamError)` that says why not: `Failed(E)`, the method's own
+/// error (an `E` the stream or the `Result` ended with, read back as for
+/// calls: a `HandlerError`, or a `Deserialize` error from the packet's
+/// `data`); `Cancelled`; `Disconnected { last_seq }` (the connection
+/// closed after `last_seq` items: see the resume idiom in the `resume`
+/// example); `Timeout { after }`; `Call(CallError)` for a refusal or any
+/// other error packet. **Dropping the client's stream cancels the call**:
+/// the server drops the method's producer (its future).
+///
+/// On the serving side, build the stream with `Streaming::new(stream of
+/// Result<T, E>)`, `Streaming::from_items(stream of T)`, or
+/// `Streaming::from_fn(|sink| async move { ... })`, a producer loop whose
+/// `sink.send(item).await` waits for credit and fails once the client is
+/// gone. A stream argument yields `Result<T, HandlerError>`: an item that
+/// does not decode is `Err` with the code `invalid_payload` (return it with
+/// `?` to fail the call with it).
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use stream_rpc::{Connector, Config, Fernet, HandlerError, IncomingItems, StreamError, Streaming};
+///
+/// #[stream_rpc::service]
+/// pub trait Numbers {
+///     /// `from..=to`, then the end.
+///     async fn count(&self, from: u64, to: u64) -> Streaming<u64>;
+///     /// The sum of what the client sends.
+///     async fn sum(&self, values: IncomingItems<u64>) -> Result<u64, HandlerError>;
+/// }
+///
+/// struct Impl;
+///
+/// impl Numbers for Impl {
+///     async fn count(&self, from: u64, to: u64) -> Streaming<u64> {
+///         Streaming::from_items(futures_util::stream::iter(from..=to))
+///     }
+///     async fn sum(&self, mut values: IncomingItems<u64>) -> Result<u64, HandlerError> {
+///         let mut sum = 0;
+///         while let Some(value) = values.next().await {
+///             sum += value?;
+///         }
+///         Ok(sum)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let key = Fernet::generate_key()?;
+/// # let config = |port| Config::builder().key(key.clone()).host("127.0.0.1").port(port).build();
+/// # let server = Connector::new(config(0)?).bind().await?;
+/// # let port = server.local_addr().port();
+/// # let stop = server.shutdown_handle();
+/// # let serving = tokio::spawn(server.serve(NumbersServer::new(Impl)));
+/// let numbers = NumbersClient::new(Connector::new(config(port)?).connect(()).await?);
+/// let counted: Vec<u64> = numbers
+///     .count(1, 3)
+///     .await?
+///     .map(|item| item.expect("no error"))
+///     .collect()
+///     .await;
+/// assert_eq!(counted, [1, 2, 3]);
+/// // A method that takes a stream answers as a call does.
+/// assert_eq!(numbers.sum(futures_util::stream::iter([1, 2, 3])).await?, Ok(6));
+/// # stop.shutdown();
+/// # drop(numbers);
+/// # serving.await??;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A plain call to a stream method is refused with `stream_required`, and
+/// a stream opened to a plain method with `not_a_stream` (neither runs
+/// the method). A stream method has no default time limit (streams are
+/// long-lived; the call timeout does not apply): give it one with the
+/// attributes below, or with the client's `with_timeout`.
+///
 /// # Attributes
 ///
 /// - `#[stream_rpc(rename = "wire.name")]` on a method: its name on the wire.
 /// - `#[stream_rpc(skip)]` on a fn: a helper, left out of dispatch.
+/// - `#[stream_rpc(timeout = "5m")]` on a method: the typed client's limit
+///   on the whole call (instead of the caller's call timeout for a plain
+///   call; instead of no limit for a stream). A client's own
+///   `with_timeout` wins over it. A duration is a whole number and a unit,
+///   `ms`, `s`, `m` or `h`, or several (`"1m30s"`).
+/// - `#[stream_rpc(item_timeout = "30s")]` on a method that returns a
+///   stream: the typed client's limit on the time between two items (the
+///   first one included); past it the stream ends with
+///   `StreamError::Timeout` and the call is cancelled.
 /// - `#[stream_rpc::service(name = "Queue")]`: the protocol name in logs
 ///   (the type's name by default).
 /// - `#[stream_rpc::service(crate = path)]`: where the runtime crate is, if it
@@ -328,7 +434,12 @@ mod validate;
 /// or trait with no service method; a fn named like a generated item
 /// (`METHODS` on an impl block; the client's `new`, `caller` and
 /// `with_timeout`); a context argument that is not first, or more than one;
-/// `const` or `type` items.
+/// `const` or `type` items; two stream arguments, a stream argument by
+/// reference or inside another type, `Streaming` anywhere but as the whole
+/// return type (or the `Ok` of `Result<Streaming<T, E>, E>`),
+/// `IncomingItems` in a return type, a `Reply` or `Message` answer to a
+/// stream argument, `item_timeout` on a method that returns no stream,
+/// `timeout` on a notification, a duration that does not read.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::service(args.into(), input.into()).into()

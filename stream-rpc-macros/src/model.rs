@@ -11,6 +11,11 @@ use syn::{
 
 use crate::attr::{self, MethodArgs};
 use crate::errors::Errors;
+pub use crate::streams::StreamRet;
+use crate::streams::{
+    INCOMING_ITEMS, Input, STREAMING, check_input_answer, check_limits, find_named, named,
+    return_type, stream_argument, stream_argument_form,
+};
 
 /// Where the service is written.
 pub enum Kind {
@@ -63,6 +68,10 @@ impl Stub {
             .inputs
             .iter()
             .filter_map(|input| match input {
+                // The client takes any stream for a stream argument.
+                FnArg::Typed(typed) if named(&typed.ty, INCOMING_ITEMS).is_some() => {
+                    Some(syn::parse_quote!(impl ::core::marker::Sized))
+                }
                 FnArg::Typed(typed) if !is_context(&typed.ty) => Some((*typed.ty).clone()),
                 _ => None,
             })
@@ -94,8 +103,23 @@ pub struct Method {
     pub context: bool,
     /// The arguments the payload fills.
     pub args: Vec<Arg>,
+    /// The stream argument (`items: IncomingItems<T>`), if it takes one.
+    pub input: Option<Input>,
     /// What it returns.
     pub ret: Ret,
+    /// `timeout = "..."`: the typed client's limit on the whole call, in ms.
+    pub timeout: Option<u64>,
+    /// `item_timeout = "..."`: the typed client's limit between two output
+    /// items, in ms.
+    pub item_timeout: Option<u64>,
+}
+
+impl Method {
+    /// Whether it is a stream method (a stream argument, a stream returned,
+    /// or both): opened as a stream, never called.
+    pub fn is_stream(&self) -> bool {
+        self.input.is_some() || matches!(self.ret, Ret::Stream(_))
+    }
 }
 
 /// One payload argument.
@@ -122,6 +146,8 @@ pub enum Ret {
         /// The `Err` type, when written.
         err: Option<Box<Type>>,
     },
+    /// A stream of items.
+    Stream(StreamRet),
 }
 
 const ALLOWED_ITEMS: &str = "only methods can stand in a #[stream_rpc::service] impl";
@@ -308,12 +334,16 @@ fn method(
     let ident = &sig.ident;
     let mut errors_here = Errors::default();
     check_signature(sig, &mut errors_here);
-    let (context, payload_args) = payload_args(sig, &mut errors_here);
+    let (context, payload_args, input) = payload_args(sig, &mut errors_here);
 
     let ret = match &sig.output {
         ReturnType::Default => Ret::Unit,
         ReturnType::Type(_, ty) => return_type(ty, &mut errors_here),
     };
+    check_limits(&args, input.is_some(), &ret, &mut errors_here);
+    if input.is_some() {
+        check_input_answer(&ret, &mut errors_here);
+    }
 
     let (wire, wire_span) = match &args.rename {
         Some(rename) => (rename.value(), rename.span()),
@@ -333,7 +363,10 @@ fn method(
         docs: attrs_named(attrs, "doc"),
         context,
         args: payload_args,
+        input,
         ret,
+        timeout: args.timeout.map(|limit| limit.millis),
+        item_timeout: args.item_timeout.map(|limit| limit.millis),
     })
 }
 
@@ -383,9 +416,10 @@ fn check_signature(sig: &Signature, errors_here: &mut Errors) {
 
 /// Reads the arguments after `&self`: whether the context comes first, and
 /// the payload arguments.
-fn payload_args(sig: &Signature, errors_here: &mut Errors) -> (bool, Vec<Arg>) {
+fn payload_args(sig: &Signature, errors_here: &mut Errors) -> (bool, Vec<Arg>, Option<Input>) {
     let mut context = false;
     let mut payload_args = Vec::new();
+    let mut stream_input: Option<Input> = None;
     let typed = sig.inputs.iter().filter_map(|input| match input {
         FnArg::Typed(typed) => Some(typed),
         FnArg::Receiver(_) => None,
@@ -404,6 +438,25 @@ fn payload_args(sig: &Signature, errors_here: &mut Errors) -> (bool, Vec<Arg>) {
                 );
             }
             context = true;
+            continue;
+        }
+        if let Some(segment) = named(&input.ty, INCOMING_ITEMS) {
+            if let Some(item) =
+                stream_argument(&input.pat, &input.ty, segment, &stream_input, errors_here)
+            {
+                stream_input = Some(item);
+            }
+            continue;
+        }
+        if let Some(token) = find_named(&input.ty, STREAMING) {
+            errors_here.at(
+                token,
+                "`Streaming` is what a method returns to send a stream; a stream argument is written `items: IncomingItems<T>`",
+            );
+            continue;
+        }
+        if let Some(token) = find_named(&input.ty, INCOMING_ITEMS) {
+            errors_here.at(token, stream_argument_form(&input.ty));
             continue;
         }
         if let Type::Reference(reference) = &*input.ty
@@ -441,7 +494,7 @@ fn payload_args(sig: &Signature, errors_here: &mut Errors) -> (bool, Vec<Arg>) {
             ),
         }
     }
-    (context, payload_args)
+    (context, payload_args, stream_input)
 }
 
 /// The error for a borrowed argument, naming the owned type to take.
@@ -462,7 +515,7 @@ fn borrowed_argument(reference: &syn::TypeReference) -> String {
     )
 }
 
-fn return_type(ty: &Type, errors: &mut Errors) -> Ret {
+pub fn plain_return_type(ty: &Type, errors: &mut Errors) -> Ret {
     match ty {
         Type::Tuple(tuple) if tuple.elems.is_empty() => Ret::Unit,
         Type::ImplTrait(_) => {

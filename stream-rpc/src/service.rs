@@ -43,6 +43,8 @@ use crate::error::CallError;
 use crate::packet::Packet;
 use crate::protocol::{HandlerError, Reply};
 
+mod streams;
+
 /// A reply with a method name of the handler's choosing and a typed payload,
 /// like a queue server answering `ping` with `pong`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +190,13 @@ pub mod __private {
     pub use super::{Argument, IntoReply, MethodError};
     use crate::error::{CallError, SendError};
     use crate::protocol::HandlerError;
+    pub use futures_util::{self, Stream};
     pub use serde_json;
+
+    pub use super::streams::{
+        Item, NoInput, SameError, assert_item, assert_same_error, call_with_input, open_output,
+        serve_output, take_input,
+    };
 
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_argument<T: Argument>() {}
