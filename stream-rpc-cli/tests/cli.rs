@@ -1048,3 +1048,54 @@ fn ctrl_c_cancels_the_stream_and_exits_130() {
     // The cancel reached the server: its producer was dropped.
     server.wait_dropped("forever");
 }
+
+#[test]
+fn watch_stats_streams_the_queue_counts_of_serve() {
+    let key = new_key();
+    let server = Serving::start(&key, &[]);
+    let addr = server.addr.as_str();
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "watch_stats",
+            r#"{"every_ms": 10}"#,
+            "--max-items",
+            "2",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for stats in &lines {
+        for field in ["queued", "leased", "done", "dead"] {
+            assert!(stats[field].is_u64(), "{field} in {stats}");
+        }
+    }
+    // Below the minimum: refused before the first item, exit 1.
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "watch_stats",
+            r#"{"every_ms": 5}"#,
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid_payload") && text(&out.stderr).contains("every_ms"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Value, json};
+use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Streaming, Value, json};
 use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
 
 /// The method of the tasks whose saved articles `get_parsed_article` looks
@@ -317,6 +317,37 @@ impl QueueServer {
                     "reason": "too_large",
                     "max_bytes": self.queue.settings().max_result_bytes,
                 })
+            }
+        }))
+    }
+
+    /// A stream of the queue's counts ([`QueueStats`]), one item every
+    /// `every_ms` milliseconds (payload `{"every_ms": N}`, N at least 10;
+    /// `null` or `{}`: every second), the first at once, until the client
+    /// cancels it or goes away. A payload below the minimum is refused
+    /// (`invalid_payload`) before the first item; a queue that fails ends
+    /// the stream with `handler_error` ("the task queue is unavailable").
+    /// The client's credit paces it: a client that stops reading holds the
+    /// producer at its window, nothing piles up.
+    async fn watch_stats(
+        &self,
+        watch: Option<Watch>,
+    ) -> Result<Streaming<QueueStats, HandlerError>, HandlerError> {
+        let every = watch.unwrap_or_default().interval()?;
+        self.answered();
+        let queue = self.queue.clone();
+        Ok(Streaming::from_fn(move |mut sink| async move {
+            let mut ticks = tokio::time::interval(every);
+            // A slow consumer gets the counts as they are when it reads
+            // again, not a burst of the ticks it missed.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let stats = queue.stats().await.map_err(unavailable)?;
+                if sink.send(stats.into()).await.is_err() {
+                    // Cancelled, or the connection closed.
+                    return Ok(());
+                }
             }
         }))
     }
