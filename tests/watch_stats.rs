@@ -105,9 +105,10 @@ async fn a_watch_sees_a_put_task_and_its_cancel_frees_the_stream() {
                     assert_eq!(stats["queued"], 1, "{stats}");
                     break watch;
                 }
-                Some(Err(StreamError::Call(CallError::Remote { code, .. })))
-                    if code == ErrorCode::Busy =>
-                {
+                Some(Err(StreamError::Call(CallError::Remote {
+                    code: ErrorCode::Busy,
+                    ..
+                }))) => {
                     tokio::task::yield_now().await;
                 }
                 other => panic!("expected an item or busy, got {other:?}"),
