@@ -6,7 +6,9 @@
 //! process`, as `#[tokio::main]` builds it) or on a single-threaded runtime
 //! on a thread of this process (`--mode thread`); `--mode both` (the
 //! default) prints a table for each. CPU time per call of the server and of
-//! the client is read from `/proc`.
+//! the client is read from `/proc`. Then streams against calls on one
+//! connection, both ways (`streams.rs`), and the memory of a stalled
+//! stream.
 //!
 //! ```text
 //! cargo run --release -p stream-rpc-benchmarks            # the full run (several minutes)

@@ -71,9 +71,11 @@ impl Bench {
         item(size)
     }
 
-    /// Takes one item of the stream table's calls (client to server).
-    pub async fn put(&self, item: serde_json::Value) {
+    /// Takes one item of the stream table's calls (client to server) and
+    /// answers `true` (a reply: a method without one is a notification).
+    pub async fn put(&self, item: serde_json::Value) -> bool {
         std::hint::black_box(item);
+        true
     }
 }
 
