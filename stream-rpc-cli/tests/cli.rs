@@ -417,6 +417,10 @@ fn completions_and_help_for_every_subcommand() {
         let out = run("", &["queue", nested, "--help"], "");
         assert!(text(&out.stdout).contains("Example"), "queue {nested}");
     }
+    let out = run("", &["call", "--help"], "");
+    for needle in ["--stream", "--max-items", "watch_stats", "130"] {
+        assert!(text(&out.stdout).contains(needle), "call --help: {needle}");
+    }
     let out = run("", &["--version"], "");
     assert!(text(&out.stdout).starts_with("stream-rpc "));
 }
