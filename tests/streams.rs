@@ -2,7 +2,9 @@
 //! credit flow, cancellation both ways, each end, deadlines, the
 //! connection closing, limits, and every bad input of the protocol sent
 //! as raw crafted packets. Synchronised by events (Notify, counts read
-//! after a round trip), never by sleeping.
+//! after a round trip), never by sleeping. On two worker threads, as
+//! servers run, so that the races of the read loop, the handlers' tasks
+//! and the handles are exercised.
 
 mod common;
 
@@ -29,7 +31,8 @@ struct StreamProbe {
     dropped: AtomicUsize,
     dropped_notify: Notify,
     /// Handlers that started.
-    started: Notify,
+    started: AtomicUsize,
+    started_notify: Notify,
     /// The serving side's connection, once a stream came.
     connection: std::sync::Mutex<Option<Connection>>,
     /// Lets a `hold_input` handler read its input.
@@ -41,6 +44,16 @@ impl StreamProbe {
         loop {
             let notified = self.produced_notify.notified();
             if self.produced.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn started_reaches(&self, count: usize) {
+        loop {
+            let notified = self.started_notify.notified();
+            if self.started.load(Ordering::SeqCst) >= count {
                 return;
             }
             notified.await;
@@ -116,7 +129,8 @@ impl Protocol for StreamService {
             .lock()
             .unwrap()
             .get_or_insert_with(|| ctx.connection().clone());
-        probe.started.notify_waiters();
+        probe.started.fetch_add(1, Ordering::SeqCst);
+        probe.started_notify.notify_waiters();
         let mut guard = DropGuard(probe.clone(), true);
         let n = packet.payload["n"].as_u64().unwrap_or(0);
         let result = match packet.method.as_str() {
@@ -236,7 +250,7 @@ async fn round_trip(client: &impl Caller) {
     assert_eq!(reply.method, "pong");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_stream_gives_its_items_then_its_reply() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -260,7 +274,7 @@ async fn an_output_stream_gives_its_items_then_its_reply() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_stream_is_read_and_answered() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -288,7 +302,7 @@ async fn an_input_stream_is_read_and_answered() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_flows_at_once() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -315,7 +329,7 @@ async fn both_flows_at_once() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_holds_its_producer_to_the_window() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -348,7 +362,7 @@ async fn a_slow_consumer_holds_its_producer_to_the_window() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_sender_waits_for_credit_from_a_handler_that_does_not_read() {
     bounded(async {
         let (server, probe) =
@@ -377,7 +391,7 @@ async fn an_input_sender_waits_for_credit_from_a_handler_that_does_not_read() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_drops_the_acceptors_handler() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -401,7 +415,7 @@ async fn dropping_the_stream_drops_the_acceptors_handler() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acceptor_that_drops_its_input_stops_the_sender_and_the_call_goes_on() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -427,7 +441,7 @@ async fn an_acceptor_that_drops_its_input_stops_the_sender_and_the_call_goes_on(
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_method_ends_the_stream_with_its_error_after_its_items() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -472,7 +486,7 @@ async fn a_failing_method_ends_the_stream_with_its_error_after_its_items() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_closing_ends_the_stream_disconnected_with_the_last_seq() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -496,7 +510,7 @@ async fn the_server_closing_ends_the_stream_disconnected_with_the_last_seq() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_closing_ends_every_stream_on_it() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -534,7 +548,7 @@ async fn the_connection_closing_ends_every_stream_on_it() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_stream_deadline_ends_it_and_drops_the_handler() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -561,7 +575,7 @@ async fn the_whole_stream_deadline_ends_it_and_drops_the_handler() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_item_deadline_ends_a_stream_that_goes_quiet() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -589,7 +603,7 @@ async fn the_item_deadline_ends_a_stream_that_goes_quiet() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typed_producer_from_a_streaming_value() {
     bounded(async {
         struct Typed;
@@ -636,7 +650,7 @@ async fn a_typed_producer_from_a_streaming_value() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opens_beyond_max_streams_are_refused_busy() {
     bounded(async {
         let (server, probe) =
@@ -681,7 +695,7 @@ fn err_may_have_run(err: StreamError) -> bool {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_opened_to_a_plain_method_is_refused_not_a_stream() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -751,7 +765,7 @@ async fn expect_credit(raw: &mut RawPeer) -> u64 {
     packet.stream.unwrap().credit.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_beyond_credit_ends_the_stream() {
     bounded(async {
         let (server, probe) =
@@ -772,13 +786,13 @@ async fn an_item_beyond_credit_ends_the_stream() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_to_a_handler_that_takes_no_input_ends_the_stream() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
         let mut raw = server.raw().await;
         let id = raw_open(&mut raw, "never", 0).await;
-        probe.started.notified().await;
+        probe.started_reaches(1).await;
         raw_frame(&mut raw, id, "stream.item", seq(1)).await;
         expect_invalid_stream(&mut raw, id).await;
         probe.dropped_reaches(1).await;
@@ -789,7 +803,7 @@ async fn an_item_to_a_handler_that_takes_no_input_ends_the_stream() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_after_the_end_ends_the_stream() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -808,7 +822,7 @@ async fn an_item_after_the_end_ends_the_stream() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seq_out_of_order_ends_the_stream() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -825,7 +839,7 @@ async fn a_seq_out_of_order_ends_the_stream() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credit_beyond_the_limit_ends_the_stream() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -836,7 +850,7 @@ async fn credit_beyond_the_limit_ends_the_stream() {
         assert!(message.contains("65536"), "{message}");
         // In a credit frame:
         let id = raw_open(&mut raw, "never", 65_536).await;
-        probe.started.notified().await;
+        probe.started_reaches(1).await;
         raw_frame(
             &mut raw,
             id,
@@ -848,7 +862,7 @@ async fn credit_beyond_the_limit_ends_the_stream() {
         assert!(message.contains("credit beyond the limit"), "{message}");
         // A credit of 0:
         let id = raw_open(&mut raw, "never", 1).await;
-        probe.started.notified().await;
+        probe.started_reaches(2).await;
         raw_frame(
             &mut raw,
             id,
@@ -864,7 +878,7 @@ async fn credit_beyond_the_limit_ends_the_stream() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_for_unknown_streams_are_dropped_unanswered() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -895,13 +909,13 @@ async fn frames_for_unknown_streams_are_dropped_unanswered() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_the_opener_drops_the_handler_and_nothing_more_is_sent() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
         let mut raw = server.raw().await;
         let id = raw_open(&mut raw, "never", 0).await;
-        probe.started.notified().await;
+        probe.started_reaches(1).await;
         raw_frame(&mut raw, id, "stream.cancel", StreamHeader::default()).await;
         probe.dropped_reaches(1).await;
         // No error, no reply: the pong comes next.
@@ -912,36 +926,45 @@ async fn a_cancel_from_the_opener_drops_the_handler_and_nothing_more_is_sent() {
     .await;
 }
 
-#[tokio::test]
+/// A client connected to a raw peer that plays the acceptor.
+async fn raw_acceptor() -> (stream_rpc::Client, RawPeer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let key = new_key();
+    let connecting = tokio::spawn({
+        let key = key.clone();
+        async move {
+            stream_rpc::Connector::new(config(&key, port).build().unwrap())
+                .connect(())
+                .await
+                .unwrap()
+        }
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let client = connecting.await.unwrap();
+    (client, RawPeer::over_stream(socket, &key))
+}
+
+/// The next stream packet the raw acceptor reads (the open).
+async fn next_open(raw: &mut RawPeer) -> Packet {
+    loop {
+        let packet = raw.recv().await;
+        if packet.stream.is_some() {
+            return packet;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
     bounded(async {
-        // A raw acceptor: the client opens, the raw peer (serving side of
-        // a plain listener) answers with an item beyond credit.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let key = new_key();
-        let connecting = tokio::spawn({
-            let key = key.clone();
-            async move {
-                stream_rpc::Connector::new(config(&key, port).build().unwrap())
-                    .connect(())
-                    .await
-                    .unwrap()
-            }
-        });
-        let (socket, _) = listener.accept().await.unwrap();
-        let client = connecting.await.unwrap();
-        let mut raw = RawPeer::over_stream(socket, &key);
+        let (client, mut raw) = raw_acceptor().await;
         let mut stream = client
             .open_stream("watch", json!(null), StreamOptions::new().window(1))
             .await
             .unwrap();
-        let open = loop {
-            let packet = raw.recv().await;
-            if packet.stream.is_some() {
-                break packet;
-            }
-        };
+        let open = next_open(&mut raw).await;
+        assert_eq!(open.stream, Some(StreamHeader::open(1)));
         let key_of_stream = open.reply_address();
         for n in 1..=2 {
             let mut item = raw.packet("stream.item", json!(n));
@@ -961,6 +984,35 @@ async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
             "{err:?}"
         );
         assert_eq!(client.connection().unwrap().open_streams(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_credit_to_an_opener_without_input_is_ignored() {
+    bounded(async {
+        let (client, mut raw) = raw_acceptor().await;
+        let mut stream = client
+            .open_stream("watch", json!(null), StreamOptions::new())
+            .await
+            .unwrap();
+        let key_of_stream = next_open(&mut raw).await.reply_address();
+        let mut credit = raw.packet("stream.credit", json!(null));
+        credit.stream = Some(StreamHeader::frame(key_of_stream).with_credit(32));
+        raw.send(&credit).await;
+        let mut item = raw.packet("stream.item", json!("first"));
+        item.stream = Some(StreamHeader::frame(key_of_stream).with_seq(1));
+        raw.send(&item).await;
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("first"));
+        // The end: the reply to the open.
+        let mut reply = raw.packet("watch.reply", json!({"done": true}));
+        reply.reply_to = Some(key_of_stream);
+        raw.send(&reply).await;
+        assert!(stream.next().await.is_none());
+        assert_eq!(
+            stream.finish().await.unwrap().payload,
+            json!({"done": true})
+        );
     })
     .await;
 }
@@ -996,7 +1048,7 @@ impl Protocol for Relay {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn either_side_opens_streams_a_handler_through_its_context() {
     bounded(async {
         let key = new_key();
@@ -1019,7 +1071,7 @@ impl stream_rpc::Service for StreamService {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_route_streams_by_method() {
     bounded(async {
         struct Plain;
@@ -1065,7 +1117,7 @@ async fn services_route_streams_by_method() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_client_opens_on_its_current_connection() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -1086,7 +1138,7 @@ async fn a_reconnecting_client_opens_on_its_current_connection() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_stream_keeps_its_connection_from_idling_out() {
     bounded(async {
         let idle = Duration::from_millis(200);

@@ -182,9 +182,16 @@ impl<P: Protocol> ReadLoop<P> {
                 }
                 None => Err("stream.item without seq".to_owned()),
             },
-            CREDIT => lock(&state.flows)
-                .outbound
-                .grant(header.credit.unwrap_or(0)),
+            CREDIT => {
+                let mut flows = lock(&state.flows);
+                if opener && flows.outbound.producer == Consumer::Gone {
+                    // Input credit to an opener that sends no input: an
+                    // acceptor may grant it to every open; nothing to do.
+                    Ok(())
+                } else {
+                    flows.outbound.grant(header.credit.unwrap_or(0))
+                }
+            }
             END if !opener => match header.seq {
                 Some(seq) => {
                     let mut flows = lock(&state.flows);

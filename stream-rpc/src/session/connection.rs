@@ -363,6 +363,20 @@ impl Connection {
         self.send_at(&packet, now).await
     }
 
+    /// Sends a new stream frame from this side: the packet and its token
+    /// stamped with one reading of the clock.
+    pub(crate) async fn send_stream_frame(
+        &self,
+        method: &str,
+        payload: Value,
+        header: crate::packet::StreamHeader,
+    ) -> Result<(), SendError> {
+        let now = SystemTime::now();
+        let mut packet = self.packet_at(method, payload, now);
+        packet.stream = Some(header);
+        self.send_at(&packet, now).await
+    }
+
     /// [`send`](Self::send), the token stamped as of `now`.
     async fn send_at(&self, packet: &Packet, now: SystemTime) -> Result<(), SendError> {
         match self.seal_and_queue(packet, now)? {

@@ -229,6 +229,10 @@ impl Sink {
     /// Sends one output item, first waiting for credit. `Err` when the
     /// opener cancelled ([`StreamError::Cancelled`]) or the connection
     /// closed ([`StreamError::Disconnected`], with the items sent).
+    ///
+    /// Await it to the end: a send dropped while it waits for room in the
+    /// connection's outgoing queue (after its credit was taken) leaves a
+    /// gap in the items' `seq`, which the peer takes for a broken rule.
     pub async fn send(&mut self, item: Value) -> Result<(), StreamError> {
         send_item(&self.conn, &self.state, item).await
     }

@@ -330,6 +330,10 @@ impl ItemSender {
     /// Sends one input item, first waiting for credit. `Err` once the
     /// acceptor no longer reads input or the call ended
     /// ([`StreamError::Cancelled`]), or the connection closed.
+    ///
+    /// Await it to the end: a send dropped while it waits for room in the
+    /// connection's outgoing queue (after its credit was taken) leaves a
+    /// gap in the items' `seq`, which the peer takes for a broken rule.
     pub async fn send(&mut self, item: Value) -> Result<(), StreamError> {
         send_item(&self.conn, &self.state, item).await
     }
@@ -396,9 +400,10 @@ pub(crate) async fn send_item(
     if waited {
         crate::telemetry::credit_wait();
     }
-    let mut packet = conn.packet(ITEM, item);
-    packet.stream = Some(StreamHeader::frame(state.key).with_seq(seq));
-    conn.send(packet).await.map_err(|e| send_failed(state, e))?;
+    let header = StreamHeader::frame(state.key).with_seq(seq);
+    conn.send_stream_frame(ITEM, item, header)
+        .await
+        .map_err(|e| send_failed(state, e))?;
     state.counters().sent();
     Ok(())
 }
