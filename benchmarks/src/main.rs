@@ -6,7 +6,9 @@
 //! process`, as `#[tokio::main]` builds it) or on a single-threaded runtime
 //! on a thread of this process (`--mode thread`); `--mode both` (the
 //! default) prints a table for each. CPU time per call of the server and of
-//! the client is read from `/proc`.
+//! the client is read from `/proc`. Then streams against calls on one
+//! connection, both ways (`streams.rs`), and the memory of a stalled
+//! stream.
 //!
 //! ```text
 //! cargo run --release -p stream-rpc-benchmarks            # the full run (several minutes)
@@ -27,6 +29,7 @@
 
 mod cpu;
 mod process;
+mod streams;
 mod systems;
 
 use std::borrow::Cow;
@@ -171,6 +174,10 @@ struct Options {
     time_cap: Duration,
     memory: bool,
     smoke: bool,
+    /// The call tables.
+    calls_table: bool,
+    /// The stream table.
+    streams: bool,
     systems: Vec<System>,
     scenarios: Vec<Scenario>,
     payloads: Vec<&'static str>,
@@ -188,6 +195,8 @@ fn options() -> Result<Options, String> {
         time_cap: Duration::from_secs(4),
         memory: true,
         smoke: false,
+        calls_table: true,
+        streams: true,
         systems: System::ALL.to_vec(),
         scenarios: Scenario::ALL.to_vec(),
         payloads: vec!["ping", "1KiB"],
@@ -205,6 +214,13 @@ fn options() -> Result<Options, String> {
             "--calls" => options.calls = number("--calls")?.max(1) as usize,
             "--time-cap" => options.time_cap = Duration::from_secs(number("--time-cap")?.max(1)),
             "--skip-memory" => options.memory = false,
+            "--skip-streams" => options.streams = false,
+            "--streams" => {
+                // The stream table only.
+                options.calls_table = false;
+                options.memory = false;
+                options.streams = true;
+            }
             "--metrics" => {
                 systems::install_metrics();
                 systems::METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -740,7 +756,8 @@ fn main() {
 
     let payloads = [("ping", String::new()), ("1KiB", "x".repeat(1024))];
     let mut results: Results = Vec::new();
-    for rep in 0..options.reps {
+    let reps = if options.calls_table { options.reps } else { 0 };
+    for rep in 0..reps {
         for &mode in &options.modes {
             for &scenario in &options.scenarios {
                 for (payload, data) in payloads
@@ -775,8 +792,19 @@ fn main() {
             }
         }
     }
-    for &mode in &options.modes {
-        report(mode, &results, &payloads);
+    if options.calls_table {
+        for &mode in &options.modes {
+            report(mode, &results, &payloads);
+        }
+    }
+
+    if options.streams {
+        streams::report(
+            options.calls as u64 * 4,
+            options.reps,
+            options.time_cap,
+            options.smoke,
+        );
     }
 
     if options.memory {

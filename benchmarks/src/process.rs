@@ -12,6 +12,9 @@ use crate::systems::{self, System};
 /// The option that makes the benchmark binary a server process.
 pub const SERVE: &str = "--serve";
 
+/// The server process's option that sets `Limits::stream_window`.
+const STREAM_WINDOW: &str = "--stream-window";
+
 /// A server process, killed when dropped.
 pub struct ServerProcess {
     pub addr: SocketAddr,
@@ -22,6 +25,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `system`'s server in a new process of this binary.
     pub fn start(system: System) -> ServerProcess {
+        ServerProcess::start_with(system, None)
+    }
+
+    /// [`ServerProcess::start`], stream-rpc granting `stream_window` input
+    /// items at once when given (`Limits::stream_window`).
+    pub fn start_with(system: System, stream_window: Option<u32>) -> ServerProcess {
         let exe = std::env::current_exe().expect("the benchmark's own path");
         let mut command = Command::new(exe);
         command
@@ -35,6 +44,9 @@ impl ServerProcess {
         }
         if systems::METRICS.load(std::sync::atomic::Ordering::Relaxed) {
             command.arg("--metrics");
+        }
+        if let Some(window) = stream_window {
+            command.args([STREAM_WINDOW, &window.to_string()]);
         }
         let mut child = command.spawn().expect("a server process");
         let stdout = child.stdout.take().expect("its stdout");
@@ -51,6 +63,13 @@ impl ServerProcess {
             probe: Probe::Process(child.id()),
             child,
         }
+    }
+}
+
+impl ServerProcess {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -81,9 +100,18 @@ pub fn serve(args: &[String]) -> ! {
     // per core.
     let runtime = tokio::runtime::Runtime::new().expect("a multi-threaded runtime");
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let window = args
+        .iter()
+        .position(|arg| arg == STREAM_WINDOW)
+        .and_then(|at| args.get(at + 1))
+        .and_then(|window| window.parse().ok());
     runtime.spawn(systems::serve(
         system,
-        systems::rpc_config(0, |_, _| {}),
+        systems::rpc_config(0, |limits, _| {
+            if let Some(window) = window {
+                limits.stream_window = window;
+            }
+        }),
         addr_tx,
     ));
     let addr = addr_rx.recv().expect("the server's address");

@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use futures::{StreamExt, future};
-use stream_rpc::{Config, Connector, Fernet};
+use std::future::Future;
+
+use stream_rpc::{
+    Config, Connector, Context, Fernet, HandlerError, Packet, Protocol, Reply, StreamIo,
+};
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::{Bincode, Json};
 use tarpc::{client, context};
@@ -61,6 +65,92 @@ impl Bench {
     async fn ping(&self, data: String) -> String {
         data
     }
+
+    /// One item of the stream table's calls (server to client).
+    pub async fn item(&self, size: u32) -> serde_json::Value {
+        item(size)
+    }
+
+    /// Takes one item of the stream table's calls (client to server) and
+    /// answers `true` (a reply: a method without one is a notification).
+    pub async fn put(&self, item: serde_json::Value) -> bool {
+        std::hint::black_box(item);
+        true
+    }
+}
+
+/// The benchmark's stream-rpc server: [`Bench`]'s calls, and the stream
+/// table's two stream methods through the raw streams API:
+/// - `items` (`{"size": S, "count": N}`): N items of size S (server to
+///   client);
+/// - `sink` (an input stream): counts the items it is sent and answers the
+///   count (client to server).
+pub struct BenchServer;
+
+impl Protocol for BenchServer {
+    fn process_message(
+        &self,
+        ctx: Context,
+        packet: Packet,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send {
+        // A unit struct's reference is promoted to a static one.
+        let bench: &'static Bench = &Bench;
+        bench.process_message(ctx, packet)
+    }
+
+    async fn process_stream(
+        &self,
+        _: Context,
+        packet: Packet,
+        mut io: StreamIo,
+    ) -> Result<serde_json::Value, HandlerError> {
+        match packet.method.as_str() {
+            "items" => {
+                let size = packet.payload["size"].as_u64().unwrap_or(0) as u32;
+                let count = packet.payload["count"].as_u64().unwrap_or(0);
+                let mut output = io
+                    .output()
+                    .ok_or_else(|| HandlerError::failed("no output"))?;
+                let item = item(size);
+                for _ in 0..count {
+                    if output.send(item.clone()).await.is_err() {
+                        break; // cancelled
+                    }
+                }
+                Ok(serde_json::Value::Null)
+            }
+            "sink" => {
+                let mut input = io.input().ok_or_else(|| HandlerError::failed("no input"))?;
+                let mut count = 0u64;
+                while let Some(item) = input.next().await {
+                    std::hint::black_box(item);
+                    count += 1;
+                }
+                Ok(count.into())
+            }
+            other => Err(HandlerError::not_a_stream(other)),
+        }
+    }
+}
+
+/// An item of the stream table: an integer when `size` is 0, else a string
+/// of `size` bytes.
+pub fn item(size: u32) -> serde_json::Value {
+    use std::sync::OnceLock;
+    static KIB: OnceLock<serde_json::Value> = OnceLock::new();
+    match size {
+        0 => serde_json::json!(1_234_567),
+        1024 => KIB.get_or_init(|| "x".repeat(1024).into()).clone(),
+        size => "x".repeat(size as usize).into(),
+    }
+}
+
+/// A stream-rpc connection to `addr` (the connection's handle, and the
+/// client that keeps it open).
+pub async fn connect_stream_rpc(addr: SocketAddr) -> (stream_rpc::Connection, stream_rpc::Client) {
+    let connector = Connector::new(rpc_config(addr.port(), |_, _| {}));
+    let client = connector.connect(Bench).await.expect("connect");
+    (client.connection().expect("connected"), client)
 }
 
 /// The tarpc service: echoes the payload.
@@ -204,7 +294,7 @@ pub async fn serve(system: System, config: Config, addr_tx: std_mpsc::Sender<Soc
         System::StreamRpc => {
             let server = Connector::new(config).bind().await.expect("bind");
             addr_tx.send(server.local_addr()).expect("report address");
-            let _ = server.serve(Bench).await;
+            let _ = server.serve(BenchServer).await;
         }
         System::TarpcBincode | System::TarpcJson => {
             let listener = bind_loopback(&addr_tx).await;

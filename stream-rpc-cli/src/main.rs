@@ -5,6 +5,7 @@
 
 mod bench;
 mod duration;
+mod stream;
 mod tokens;
 
 use std::io::{IsTerminal, Read};
@@ -25,10 +26,10 @@ use stream_rpc_queue::{
 
 /// Exit status of a call answered with an error packet, or of `decode` when
 /// a token did not open.
-const REFUSED: u8 = 1;
+pub(crate) const REFUSED: u8 = 1;
 /// Exit status when nothing could be asked: bad settings, no server, no
 /// answer in time.
-const FAILED: u8 = 2;
+pub(crate) const FAILED: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -130,16 +131,38 @@ struct CallArgs {
     payload: Option<String>,
     #[command(flatten)]
     target: Target,
-    /// How long to wait for the reply (500ms, 3s, 2m, or seconds).
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration::parse)]
-    timeout: Duration,
+    /// How long to wait for the reply (500ms, 3s, 2m, or seconds); with
+    /// --stream, the whole stream's limit [default: 10s; with --stream, no
+    /// limit].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    timeout: Option<Duration>,
     /// Print the whole reply packet, not just its payload.
     #[arg(long)]
     packet: bool,
     /// Send without waiting for a reply.
     #[arg(long, conflicts_with = "packet")]
     notify: bool,
+    /// Open a stream: print each item as one line of JSON as it arrives,
+    /// until the server ends it (Ctrl-C cancels it).
+    #[arg(long, conflicts_with_all = ["packet", "notify"])]
+    stream: bool,
+    /// With --stream: stop after this many items, cancelling the stream
+    /// (exit status 0).
+    #[arg(long, requires = "stream", value_name = "N")]
+    max_items: Option<u64>,
+    /// With --stream: the most time between two items (500ms, 3s, or
+    /// seconds) [default: no limit].
+    #[arg(long, requires = "stream", value_name = "DURATION", value_parser = duration::parse)]
+    item_timeout: Option<Duration>,
+    /// With --stream: items the server may send ahead of those printed
+    /// [default: the library's window, 32].
+    #[arg(long, requires = "stream", value_name = "ITEMS",
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    window: Option<u32>,
 }
+
+/// How long `call` waits for its answer (and to connect) unless told.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 struct BenchArgs {
@@ -196,12 +219,18 @@ struct SealArgs {
 /// The help after `call`'s options.
 const CALL_HELP: &str = "\
 Exit status: 0 answered, 1 answered with an error packet (its code and message \
-on stderr), 2 no answer (unreachable, timed out, wrong key) or bad arguments.
+on stderr), 2 no answer (unreachable, timed out, wrong key) or bad arguments. \
+With --stream: 0 when the server ended the stream or --max-items were printed, \
+1 when it ended with an error packet (a refused open too: not_a_stream for a \
+plain method), 2 when the connection closed or a limit passed, 130 after \
+Ctrl-C (the stream is cancelled on the server first).
 
 Examples:
   stream-rpc call ping
   stream-rpc call put_in_queue @task.json
   echo '{\"key\":\"a\",\"value\":\"b\"}' | stream-rpc call set - --notify
+  stream-rpc call --stream watch_stats '{\"every_ms\": 500}'
+  stream-rpc call --stream watch_stats --max-items 1 | jq .queued
 
 put_in_queue (the server of `stream-rpc serve`) takes a task packet, so \
 task.json holds one: its creator's peer id, its number, its time, and the \
@@ -327,7 +356,7 @@ fn lease(text: &str) -> Result<Duration, String> {
 }
 
 /// A failure that ends the command, with its exit status.
-struct Failure(u8, String);
+pub(crate) struct Failure(u8, String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -486,21 +515,35 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
     if args.method == TASK_METHOD {
         check_task(&body)?;
     }
-    let limit = args.timeout;
+    let limit = args.timeout.unwrap_or(CALL_TIMEOUT);
     let config = settings(key_file)?
         .host(host.clone())
         .port(port)
         .build()
         .map_err(config_failure)?;
     let connector = Connector::new(config);
-    let client = tokio::time::timeout(limit, connector.connect(()))
+    // A stream's --timeout is the whole stream's: connecting takes the
+    // calls' default.
+    let connect_limit = if args.stream { CALL_TIMEOUT } else { limit };
+    let client = tokio::time::timeout(connect_limit, connector.connect(()))
         .await
-        .map_err(|_| format!("cannot connect to {host}:{port} within {limit:?}"))?
+        .map_err(|_| format!("cannot connect to {host}:{port} within {connect_limit:?}"))?
         .map_err(|e| match e {
             // It names the address already.
             unreachable @ stream_rpc::Error::Unreachable { .. } => unreachable.to_string(),
             other => format!("cannot connect to {host}:{port}: {other}"),
         })?;
+    if args.stream {
+        let plan = stream::Plan {
+            method: args.method,
+            payload: body,
+            timeout: args.timeout,
+            item_timeout: args.item_timeout,
+            max_items: args.max_items,
+            window: args.window,
+        };
+        return stream::run(client, plan).await;
+    }
     if args.notify {
         client.notify(&args.method, body).await?;
         // Closing writes what is queued first.

@@ -417,6 +417,10 @@ fn completions_and_help_for_every_subcommand() {
         let out = run("", &["queue", nested, "--help"], "");
         assert!(text(&out.stdout).contains("Example"), "queue {nested}");
     }
+    let out = run("", &["call", "--help"], "");
+    for needle in ["--stream", "--max-items", "watch_stats", "130"] {
+        assert!(text(&out.stdout).contains(needle), "call --help: {needle}");
+    }
     let out = run("", &["--version"], "");
     assert!(text(&out.stdout).starts_with("stream-rpc "));
 }
@@ -780,6 +784,321 @@ fn durations_take_a_unit_or_a_bare_number_of_seconds() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("at most a day"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A server in this test's process with stream methods of every ending,
+/// for `call --stream`: `count` (N items, then the end), `fail_after` (N
+/// items, then an error packet), `forever` (items until cancelled),
+/// `silent` (no item ever), `hang_up` (one item, then it closes the
+/// connection) and the plain `ping`. Each stream's handler reports its
+/// drop (the end of its future: after its end or its cancellation) on
+/// `dropped`.
+mod streams_server {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use stream_rpc::{
+        Config, Connector, Context, HandlerError, Packet, Protocol, Reply, StreamIo, Value, json,
+    };
+
+    /// Reports the method whose handler was dropped.
+    struct Dropped(&'static str, mpsc::Sender<&'static str>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ = self.1.send(self.0);
+        }
+    }
+
+    struct Streams {
+        dropped: std::sync::Mutex<mpsc::Sender<&'static str>>,
+    }
+
+    impl Protocol for Streams {
+        async fn process_message(&self, _: Context, packet: Packet) -> Result<Reply, HandlerError> {
+            match packet.method.as_str() {
+                "ping" => Ok(Reply::message("pong", Value::Null)),
+                other => Err(HandlerError::unknown_method(other)),
+            }
+        }
+
+        async fn process_stream(
+            &self,
+            ctx: Context,
+            packet: Packet,
+            mut io: StreamIo,
+        ) -> Result<Value, HandlerError> {
+            let name: &'static str = match packet.method.as_str() {
+                "count" => "count",
+                "fail_after" => "fail_after",
+                "forever" => "forever",
+                "silent" => "silent",
+                "hang_up" => "hang_up",
+                "ping" => return Err(HandlerError::not_a_stream("ping")),
+                other => return Err(HandlerError::unknown_method(other)),
+            };
+            let _dropped = Dropped(name, self.dropped.lock().unwrap().clone());
+            let mut output = io
+                .output()
+                .ok_or_else(|| HandlerError::failed("no output flow"))?;
+            let gone = |_| HandlerError::failed("the opener went away");
+            let n = packet.payload.as_u64().unwrap_or(0);
+            match name {
+                "count" | "fail_after" => {
+                    for i in 1..=n {
+                        output.send(json!(i)).await.map_err(gone)?;
+                    }
+                    if name == "fail_after" {
+                        return Err(HandlerError::failed(format!("failed after {n} items")));
+                    }
+                }
+                "forever" => {
+                    for i in 1.. {
+                        output.send(json!(i)).await.map_err(gone)?;
+                    }
+                }
+                "silent" => output.closed().await,
+                _ => {
+                    output.send(json!(1)).await.map_err(gone)?;
+                    ctx.connection().close();
+                    output.closed().await;
+                }
+            }
+            Ok(Value::Null)
+        }
+    }
+
+    /// The server, on a runtime of its own; it stops when dropped.
+    pub struct StreamsServer {
+        pub addr: String,
+        pub dropped: mpsc::Receiver<&'static str>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl StreamsServer {
+        pub fn start(key: &str) -> StreamsServer {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let config = Config::builder()
+                .key(key)
+                .host("127.0.0.1")
+                .port(0)
+                .build()
+                .unwrap();
+            let server = runtime.block_on(Connector::new(config).bind()).unwrap();
+            let addr = server.local_addr().to_string();
+            let (tx, dropped) = mpsc::channel();
+            runtime.spawn(server.serve(Streams {
+                dropped: std::sync::Mutex::new(tx),
+            }));
+            StreamsServer {
+                addr,
+                dropped,
+                _runtime: runtime,
+            }
+        }
+
+        /// Waits (bounded) until the handler of `method` was dropped.
+        pub fn wait_dropped(&self, method: &str) {
+            let bound = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = bound.saturating_duration_since(std::time::Instant::now());
+                match self.dropped.recv_timeout(left) {
+                    Ok(name) if name == method => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("the handler of {method} was not dropped: {e}"),
+                }
+            }
+        }
+    }
+}
+
+use streams_server::StreamsServer;
+
+#[test]
+fn call_stream_prints_each_item_as_a_line_and_exits_by_how_it_ended() {
+    let key = new_key();
+    let server = StreamsServer::start(&key);
+    let addr = server.addr.as_str();
+
+    // A stream that ends: every item, one compact line each, exit 0.
+    let out = run(
+        &key,
+        &["call", "--stream", "count", "3", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n3\n");
+    server.wait_dropped("count");
+
+    // An error end: the items before it, then its code and message, exit 1.
+    let out = run(
+        &key,
+        &["call", "--stream", "fail_after", "2", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n");
+    assert!(
+        text(&out.stderr).contains("handler_error: failed after 2 items"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --max-items: that many, then the stream is cancelled on the server
+    // (its handler dropped), exit 0.
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "forever",
+            "--max-items",
+            "5",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n3\n4\n5\n");
+    server.wait_dropped("forever");
+
+    // A stream opened to a plain method: said plainly, exit 1; to no
+    // method: unknown_method, exit 1.
+    let out = run(&key, &["call", "--stream", "ping", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let said = text(&out.stderr);
+    assert!(said.contains("not_a_stream"), "{said}");
+    assert!(
+        said.contains("ping is a plain method: call it without --stream"),
+        "{said}"
+    );
+    let out = run(&key, &["call", "--stream", "nope", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown_method"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // No item within --item-timeout: exit 2, and the stream is cancelled.
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "silent",
+            "--item-timeout",
+            "200ms",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    server.wait_dropped("silent");
+
+    // The connection closing under the stream: the items before, exit 2,
+    // and the last item's number said.
+    let out = run(&key, &["call", "--stream", "hang_up", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n");
+    assert!(
+        text(&out.stderr).contains("after item 1"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Flags that make no sense together are refused before connecting.
+    for args in [
+        vec!["call", "--stream", "count", "--packet"],
+        vec!["call", "--stream", "count", "--notify"],
+        vec!["call", "count", "--max-items", "2"],
+    ] {
+        let out = run(&key, &args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_the_stream_and_exits_130() {
+    let key = new_key();
+    let server = StreamsServer::start(&key);
+    let mut command = Command::new(BIN);
+    command
+        .args(["call", "--stream", "forever", "--window", "1", "--addr"])
+        .arg(&server.addr)
+        .env("CRYPTO_KEY", &key);
+    let mut call = stream_rpc_test_support::Process::spawn("call --stream", command);
+    // Items are printed as they come: the first before any end.
+    call.wait_for("the first item", |line| line == "1");
+    call.signal("-INT");
+    let status = call.wait_exit();
+    assert_eq!(status.code(), Some(130), "{}", call.output());
+    assert!(
+        call.has("interrupted: the stream is cancelled"),
+        "{}",
+        call.output()
+    );
+    // The cancel reached the server: its producer was dropped.
+    server.wait_dropped("forever");
+}
+
+#[test]
+fn watch_stats_streams_the_queue_counts_of_serve() {
+    let key = new_key();
+    let server = Serving::start(&key, &[]);
+    let addr = server.addr.as_str();
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "watch_stats",
+            r#"{"every_ms": 10}"#,
+            "--max-items",
+            "2",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for stats in &lines {
+        for field in ["queued", "leased", "done", "dead"] {
+            assert!(stats[field].is_u64(), "{field} in {stats}");
+        }
+    }
+    // Below the minimum: refused before the first item, exit 1.
+    let out = run(
+        &key,
+        &[
+            "call",
+            "--stream",
+            "watch_stats",
+            r#"{"every_ms": 5}"#,
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid_payload") && text(&out.stderr).contains("every_ms"),
         "{}",
         text(&out.stderr)
     );

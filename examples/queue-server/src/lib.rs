@@ -20,7 +20,10 @@
 //!   "too_large", "max_bytes": N}` for an article longer than the queue's
 //!   maximum result size (the task stays leased);
 //! - `get_parsed_article` (`{"article_id": N}`) answers the article saved
-//!   for that [`ARTICLE_METHOD`] task, or `null`.
+//!   for that [`ARTICLE_METHOD`] task, or `null`;
+//! - `watch_stats` (a stream: `{"every_ms": N}`, N at least 10, default
+//!   1000) sends the queue's counts ([`QueueStats`]) every N ms until the
+//!   client cancels it (`stream-rpc call --stream watch_stats`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -41,11 +44,12 @@
 
 #![warn(missing_docs)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Value, json};
+use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Streaming, Value, json};
 use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
 
 /// The method of the tasks whose saved articles `get_parsed_article` looks
@@ -94,7 +98,8 @@ pub struct ArticleRef {
 /// between them) and, on Redis, every server that uses it.
 #[derive(Debug)]
 pub struct QueueServer {
-    queue: AnyQueue,
+    // Shared with the producers of `watch_stats`, which outlive a call.
+    queue: Arc<AnyQueue>,
     lease: Duration,
     /// What it did so far.
     pub stats: ServerStats,
@@ -111,7 +116,7 @@ impl QueueServer {
     /// A server on `queue`, leasing tasks for `lease`.
     pub fn new(queue: AnyQueue, lease: Duration) -> Self {
         QueueServer {
-            queue,
+            queue: Arc::new(queue),
             lease,
             stats: ServerStats::default(),
         }
@@ -138,6 +143,89 @@ impl QueueServer {
 
     fn pong(payload: Value) -> Message<Value> {
         Message::new("pong", payload)
+    }
+}
+
+/// `watch_stats`'s default interval between two items, when its payload
+/// is `null` or has no `every_ms`.
+pub const WATCH_EVERY: Duration = Duration::from_millis(1000);
+
+/// `watch_stats`'s shortest interval: a smaller `every_ms` is refused
+/// (`invalid_payload`), so that no watcher makes the queue count its tasks
+/// more than a hundred times a second.
+pub const WATCH_EVERY_MIN: Duration = Duration::from_millis(10);
+
+/// `watch_stats`'s longest interval (a day): a larger `every_ms` is
+/// refused too.
+pub const WATCH_EVERY_MAX: Duration = Duration::from_secs(86_400);
+
+/// `watch_stats`'s payload: `{"every_ms": N}`, N from 10 to 86,400,000
+/// (a day; default 1000); `null` or `{}` takes the default. Any other
+/// field is refused (a misspelt `every_ms` is not silently the default).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watch {
+    /// Milliseconds between two items.
+    #[serde(default)]
+    pub every_ms: Option<u64>,
+}
+
+impl Watch {
+    /// The interval it asks for, or why it is refused.
+    pub fn interval(self) -> Result<Duration, HandlerError> {
+        let Some(ms) = self.every_ms else {
+            return Ok(WATCH_EVERY);
+        };
+        let every = Duration::from_millis(ms);
+        if !(WATCH_EVERY_MIN..=WATCH_EVERY_MAX).contains(&every) {
+            return Err(HandlerError::invalid_payload(
+                "watch_stats",
+                format!(
+                    "every_ms is {ms}: give {} to {} (milliseconds between two items)",
+                    WATCH_EVERY_MIN.as_millis(),
+                    WATCH_EVERY_MAX.as_millis()
+                ),
+            ));
+        }
+        Ok(every)
+    }
+}
+
+/// One item of `watch_stats`: the queue's counts
+/// ([`Stats`](stream_rpc_queue::Stats)) as JSON. On Redis they are the
+/// whole queue's, shared by every server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Tasks waiting to be handed out (expired leases included).
+    pub queued: u64,
+    /// Tasks handed out and not yet acked.
+    pub leased: u64,
+    /// Tasks acked, since the queue was created.
+    pub done: u64,
+    /// Dead letters now.
+    pub dead: u64,
+    /// Puts refused as duplicates, since the queue was created.
+    pub duplicates: u64,
+    /// Puts refused because the name was held by another task.
+    pub names_taken: u64,
+    /// Puts refused because the queue was full.
+    pub full: u64,
+    /// Times a task was handed out again (an expired lease or a nack).
+    pub redeliveries: u64,
+}
+
+impl From<stream_rpc_queue::Stats> for QueueStats {
+    fn from(stats: stream_rpc_queue::Stats) -> Self {
+        QueueStats {
+            queued: stats.queued,
+            leased: stats.leased,
+            done: stats.done,
+            dead: stats.dead,
+            duplicates: stats.duplicates,
+            names_taken: stats.names_taken,
+            full: stats.full,
+            redeliveries: stats.redeliveries,
+        }
     }
 }
 
@@ -229,6 +317,37 @@ impl QueueServer {
                     "reason": "too_large",
                     "max_bytes": self.queue.settings().max_result_bytes,
                 })
+            }
+        }))
+    }
+
+    /// A stream of the queue's counts ([`QueueStats`]), one item every
+    /// `every_ms` milliseconds (payload `{"every_ms": N}`, N at least 10;
+    /// `null` or `{}`: every second), the first at once, until the client
+    /// cancels it or goes away. A payload below the minimum is refused
+    /// (`invalid_payload`) before the first item; a queue that fails ends
+    /// the stream with `handler_error` ("the task queue is unavailable").
+    /// The client's credit paces it: a client that stops reading holds the
+    /// producer at its window, nothing piles up.
+    async fn watch_stats(
+        &self,
+        watch: Option<Watch>,
+    ) -> Result<Streaming<QueueStats, HandlerError>, HandlerError> {
+        let every = watch.unwrap_or_default().interval()?;
+        self.answered();
+        let queue = self.queue.clone();
+        Ok(Streaming::from_fn(move |mut sink| async move {
+            let mut ticks = tokio::time::interval(every);
+            // A slow consumer gets the counts as they are when it reads
+            // again, not a burst of the ticks it missed.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let stats = queue.stats().await.map_err(unavailable)?;
+                if sink.send(stats.into()).await.is_err() {
+                    // Cancelled, or the connection closed.
+                    return Ok(());
+                }
             }
         }))
     }
