@@ -460,6 +460,17 @@ async fn a_stream_open_carries_its_metadata_and_goes_through_the_server_layers()
             }
             other => panic!("not refused: {other:?}"),
         }
+
+        // A layered caller's layers see the open too: its token layer
+        // carries the token, and a typed or raw stream needs no metadata
+        // of its own.
+        let layered = auth::with_token(client_of(&server).await, "admin-token");
+        let mut stream = layered
+            .open_stream("ticks", json!(null), StreamOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("admin-token"));
+        assert!(stream.next().await.is_none());
         server.stop().await;
     })
     .await;

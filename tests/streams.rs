@@ -303,6 +303,23 @@ async fn an_input_stream_is_read_and_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opener_without_input_ends_the_input_of_a_handler_that_reads_it() {
+    bounded(async {
+        let (server, _probe) = serve(|b| b).await;
+        let client = client_of(&server).await;
+        // No `with_input`: the handler's input credit is answered with
+        // `stream.end` of 0 items, so it sums nothing and answers.
+        let stream = client
+            .open_stream("sum", json!(null), StreamOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(stream.finish().await.unwrap().payload, json!(0));
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_flows_at_once() {
     bounded(async {
         let (server, _probe) = serve(|b| b).await;
@@ -901,6 +918,21 @@ async fn frames_for_unknown_streams_are_dropped_unanswered() {
             .with_seq(1),
         );
         raw.send(&packet).await;
+        // A frame's method without the stream it belongs to (no `stream`
+        // field, or one naming no stream) is no open and no call: dropped,
+        // never answered (PROTOCOL.md §10).
+        for method in [
+            "stream.item",
+            "stream.credit",
+            "stream.end",
+            "stream.cancel",
+        ] {
+            let bare = raw.packet(method, json!(1));
+            raw.send(&bare).await;
+            let mut nameless = raw.packet(method, json!(1));
+            nameless.stream = Some(StreamHeader::open(1));
+            raw.send(&nameless).await;
+        }
         ping_is_next(&mut raw).await;
         assert_eq!(probe.server_streams(), 0);
         server.assert_healthy().await;

@@ -199,12 +199,6 @@ def test_the_rust_command_cancels_a_python_stream_after_max_items(key):
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`stream-rpc call` has no --meta KEY=VALUE flag yet (asked of the lead); "
-    "until then tests/opentelemetry (python_hop.py) carries a Rust caller's metadata "
-    "into a Python handler. Remove this mark once the flag exists.",
-)
 def test_a_python_handler_reads_the_meta_a_rust_caller_set(key):
     help_text = subprocess.run(
         [rust_command(), "call", "--help"], capture_output=True, text=True, check=False

@@ -17,7 +17,8 @@ use stream_rpc::Caller;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use stream_rpc::{
-    CallError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Value, logging,
+    Call, CallError, ConfigBuilder, ConfigError, Connector, Endpoint, Fernet, Metadata, Value,
+    logging,
 };
 use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{
@@ -159,6 +160,25 @@ struct CallArgs {
     #[arg(long, requires = "stream", value_name = "ITEMS",
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     window: Option<u32>,
+    /// Metadata sent with the call, notification or stream open, one
+    /// `KEY=VALUE` each time it is given (keys: 1 to 64 of `a-z 0-9 - _ .`;
+    /// e.g. `--meta authorization=TOKEN --meta tenant=acme`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+}
+
+/// The metadata of `--meta KEY=VALUE` arguments, checked against the
+/// protocol's limits.
+fn metadata(pairs: &[String]) -> Result<Metadata, Failure> {
+    let mut meta = Metadata::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--meta: expected KEY=VALUE, got {pair:?}"))?;
+        meta.insert(key, value)
+            .map_err(|e| format!("--meta {key:?}: {e}"))?;
+    }
+    Ok(meta)
 }
 
 /// How long `call` waits for its answer (and to connect) unless told.
@@ -516,6 +536,7 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
         check_task(&body)?;
     }
     let limit = args.timeout.unwrap_or(CALL_TIMEOUT);
+    let meta = metadata(&args.meta)?;
     let config = settings(key_file)?
         .host(host.clone())
         .port(port)
@@ -541,17 +562,19 @@ async fn call(key_file: Option<PathBuf>, args: CallArgs) -> Result<u8, Failure> 
             item_timeout: args.item_timeout,
             max_items: args.max_items,
             window: args.window,
+            meta,
         };
         return stream::run(client, plan).await;
     }
+    let request = Call::new(args.method.clone(), body).meta(meta);
     if args.notify {
-        client.notify(&args.method, body).await?;
+        client.notify_with(request).await?;
         // Closing writes what is queued first.
         client.close();
         client.join().await;
         return Ok(0);
     }
-    match client.call_with_timeout(&args.method, body, limit).await {
+    match client.call_with(request.timeout(limit)).await {
         Ok(reply) => {
             let shown = if args.packet {
                 serde_json::to_value(&reply)?

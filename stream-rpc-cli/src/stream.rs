@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use stream_rpc::{CallError, Caller, Client, StreamError, StreamOptions, Value};
+use stream_rpc::{CallError, Caller, Client, Metadata, StreamError, StreamOptions, Value};
 
 use crate::{FAILED, Failure, REFUSED};
 
@@ -33,6 +33,8 @@ pub struct Plan {
     pub max_items: Option<u64>,
     /// Items granted at once (the library's default when `None`).
     pub window: Option<u32>,
+    /// Metadata sent with the open.
+    pub meta: Metadata,
 }
 
 /// How the printing ended.
@@ -50,7 +52,7 @@ enum End {
 /// Opens the stream on `client`, prints its items, and closes the
 /// connection; the exit status by how the stream ended.
 pub async fn run(client: Client, plan: Plan) -> Result<u8, Failure> {
-    let mut options = StreamOptions::new();
+    let mut options = StreamOptions::new().meta(plan.meta);
     if let Some(window) = plan.window {
         options = options.window(window);
     }

@@ -82,6 +82,13 @@ fn call_prints_the_answer_and_exits_by_outcome() {
     let out = run(&key, &["call", "ping", "--addr", addr], "");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "null");
+    // Metadata within the limits travels with the call.
+    let out = run(
+        &key,
+        &["call", "ping", "--addr", addr, "--meta", "tenant=acme"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     // A payload from stdin, from a file, and the whole packet.
     let task = r#"{"peer":"3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41","id":4,"created_at":"2026-12-01T00:00:00Z","method":"parse_article","payload":{"article_id":7}}"#;
@@ -135,6 +142,9 @@ fn call_prints_the_answer_and_exits_by_outcome() {
         vec!["call", "ping", "--addr", nobody.as_str()],
         vec!["call", "ping", "{not json", "--addr", addr],
         vec!["call", "ping", "--addr", "no-port"],
+        // Metadata that is no KEY=VALUE, or breaks the protocol's limits.
+        vec!["call", "ping", "--addr", addr, "--meta", "tenant"],
+        vec!["call", "ping", "--addr", addr, "--meta", "Tenant=acme"],
     ] {
         let out = run(&key, &args, "");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -185,6 +185,32 @@ pub struct Call {
     pub timeout: Option<Duration>,
     /// Set by a layered caller's `notify_with`.
     pub(crate) notification: bool,
+    /// Set by a layered caller's `open_stream`: the call opens a stream.
+    pub(crate) opening: Option<Opening>,
+}
+
+/// What a stream open carries through a layered caller's stack: its
+/// options, and where the innermost service leaves the opened stream.
+#[derive(Clone)]
+pub(crate) struct Opening {
+    pub(crate) options: StreamOptions,
+    pub(crate) opened: Arc<std::sync::Mutex<Option<RawStream>>>,
+}
+
+impl std::fmt::Debug for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opening")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two openings are the same when they leave their stream in one place
+/// (a retried open is a clone of the first).
+impl PartialEq for Opening {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.opened, &other.opened)
+    }
 }
 
 impl Call {
@@ -197,6 +223,7 @@ impl Call {
             meta: Metadata::new(),
             timeout: None,
             notification: false,
+            opening: None,
         }
     }
 
@@ -206,6 +233,16 @@ impl Call {
     /// how long a reconnecting client waits for a connection to send it.
     pub fn is_notification(&self) -> bool {
         self.notification
+    }
+
+    /// Whether this call opens a stream: what a layer of a
+    /// [layered caller](crate::layer::LayeredCaller) sees for
+    /// [`open_stream`](Caller::open_stream). The layers see the open (its
+    /// metadata, its turn, its errors), not the items: the innermost
+    /// service answers it with `None` once the stream is open. Its
+    /// [`timeout`](Self::timeout) is the whole stream's limit, if any.
+    pub fn is_stream_open(&self) -> bool {
+        self.opening.is_some()
     }
 
     /// The same call with its time limit set.

@@ -26,8 +26,9 @@ impl<P: Protocol> ReadLoop<P> {
     /// Hands a packet to the call it answers, to its stream or to the
     /// protocol. `size`: its plaintext's length.
     pub(super) async fn dispatch(&self, packet: Packet, size: usize) {
-        // One test of an `Option` for the packets of streams.
-        if packet.stream.is_some() {
+        // One test of an `Option` for the packets of streams (and of a
+        // method's first byte for a frame without its `stream` field).
+        if packet.stream.is_some() || crate::stream::is_frame_method(&packet.method) {
             self.dispatch_stream(packet, size).await;
             return;
         }

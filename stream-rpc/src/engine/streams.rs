@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ use crate::protocol::{Context, HandlerError, Protocol, cleanup_margin};
 use crate::service::REPLY_SUFFIX;
 use crate::session::streams::Refused;
 use crate::session::{Connection, packet_log, refusal_log, session_log};
+use crate::stream::opener::{end_header, send_frame};
 use crate::stream::state::{Closed, Consumer, End, Inbound, Outbound, StreamState};
 use crate::stream::{CANCEL, CREDIT, END, ITEM, MAX_STREAM_CREDIT, StreamIo};
 use crate::sync::lock;
@@ -34,10 +35,14 @@ impl<P: Protocol> ReadLoop<P> {
     pub(super) async fn dispatch_stream(&self, packet: Packet, size: usize) {
         packet_log!(self.shared, "Received", packet);
         let Some(header) = packet.stream else {
+            self.refuse_frame(&packet, "a stream frame without its `stream` field");
             return;
         };
         match header.stream() {
             Some(key) => self.on_frame(packet, header, key, size).await,
+            None if crate::stream::is_frame_method(&packet.method) => {
+                self.refuse_frame(&packet, "a stream frame that names no stream");
+            }
             None if packet.is_reply() || packet.is_error() => {
                 self.refuse_frame(&packet, "an open that is a reply or an error packet");
             }
@@ -185,8 +190,14 @@ impl<P: Protocol> ReadLoop<P> {
             CREDIT => {
                 let mut flows = lock(&state.flows);
                 if opener && flows.outbound.producer == Consumer::Gone {
-                    // Input credit to an opener that sends no input: an
-                    // acceptor may grant it to every open; nothing to do.
+                    // Input credit to an opener that sends no input (an
+                    // acceptor may grant it to every open): it says once
+                    // that its input is over, `stream.end` of 0 items, so
+                    // that a handler reading input is not left waiting.
+                    drop(flows);
+                    if let Some(end) = end_header(&state) {
+                        send_frame(&self.handle(), END, end, Value::Null);
+                    }
                     Ok(())
                 } else {
                     flows.outbound.grant(header.credit.unwrap_or(0))

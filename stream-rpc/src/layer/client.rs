@@ -1,7 +1,7 @@
 //! The calling side as a `tower::Service`: [`Call`] in, the reply
 //! [`Packet`] out, and a [`Caller`] made of layers over a caller.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{BoxError, BoxFuture, call_error, send_error};
-use crate::caller::{Call, Caller};
+use crate::caller::{Call, Caller, Opening};
 use crate::error::{CallError, SendError};
 use crate::packet::Packet;
 use crate::stream::{RawStream, StreamOptions};
@@ -19,7 +19,9 @@ use crate::stream::{RawStream, StreamOptions};
 /// A [`Caller`] seen as a `tower::Service<Call>`: the innermost service of
 /// a [`LayeredCaller`]. A call is answered with `Some(reply)`, a
 /// [notification](Call::is_notification) with `None` once sent (a failure
-/// to send it is [`CallError::NotSent`]). Always ready; cloning it shares
+/// to send it is [`CallError::NotSent`]), a
+/// [stream open](Call::is_stream_open) with `None` once the stream is
+/// open. Always ready; cloning it shares
 /// the caller.
 pub struct CallService<C> {
     caller: Arc<C>,
@@ -58,7 +60,16 @@ impl<C: Caller + 'static> Service<Call> for CallService<C> {
     fn call(&mut self, call: Call) -> Self::Future {
         let caller = Arc::clone(&self.caller);
         Box::pin(async move {
-            if call.is_notification() {
+            if let Some(opening) = call.opening {
+                let options = opening.options.meta(call.meta);
+                let stream = caller
+                    .open_stream(&call.method, call.payload, options)
+                    .await?;
+                if let Ok(mut opened) = opening.opened.lock() {
+                    *opened = Some(stream);
+                }
+                Ok(None)
+            } else if call.is_notification() {
                 let method = call.method.clone();
                 caller
                     .notify_with(call)
@@ -178,16 +189,36 @@ where
         self.inner.call_timeout()
     }
 
-    /// Opens the stream on the caller under the layers: a stream is not a
-    /// `Call` (its answer is a stream, not one packet), so the calling
-    /// side's layers do not see it; its metadata is
-    /// [`StreamOptions::meta`].
-    fn open_stream(
+    /// Opens the stream through the layers: they see the open as a
+    /// [`Call`] ([`is_stream_open`](Call::is_stream_open)) carrying the
+    /// options' metadata, so a layer that sets metadata (a token, the
+    /// trace context) or limits calls does so for streams too; the items
+    /// then flow outside the stack.
+    async fn open_stream(
         &self,
         method: &str,
         payload: Value,
         options: StreamOptions,
-    ) -> impl Future<Output = Result<RawStream, CallError>> + Send {
-        self.inner.open_stream(method, payload, options)
+    ) -> Result<RawStream, CallError> {
+        let started = Instant::now();
+        let opened = Arc::new(std::sync::Mutex::new(None));
+        let mut call = Call::new(method, payload).meta(options.meta.clone());
+        call.timeout = options.timeout;
+        call.opening = Some(Opening {
+            options,
+            opened: Arc::clone(&opened),
+        });
+        let method = call.method.clone();
+        match self.run(call).await {
+            Ok(_) => opened
+                .lock()
+                .ok()
+                .and_then(|mut opened| opened.take())
+                .ok_or_else(|| CallError::Layer {
+                    method,
+                    reason: "a layer answered the stream open without opening it".to_owned(),
+                }),
+            Err(error) => Err(call_error(&method, error, started)),
+        }
     }
 }

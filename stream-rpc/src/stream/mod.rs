@@ -24,7 +24,7 @@ use crate::metadata::{Metadata, MetadataError};
 use crate::packet::ErrorCode;
 
 mod acceptor;
-mod opener;
+pub(crate) mod opener;
 pub(crate) mod state;
 mod typed;
 
@@ -47,6 +47,13 @@ pub(crate) const CREDIT: &str = "stream.credit";
 pub(crate) const END: &str = "stream.end";
 /// The method of the frame that cancels a stream (or its input).
 pub(crate) const CANCEL: &str = "stream.cancel";
+
+/// Whether `method` is one of the frames' methods (`stream.item`,
+/// `stream.credit`, `stream.end`, `stream.cancel`): such a packet is a
+/// frame of a stream, never an open or a call, whatever else it carries.
+pub(crate) fn is_frame_method(method: &str) -> bool {
+    method.as_bytes().first() == Some(&b's') && matches!(method, ITEM | CREDIT | END | CANCEL)
+}
 
 /// How one stream is opened: [`Caller::open_stream`](crate::Caller::open_stream).
 ///

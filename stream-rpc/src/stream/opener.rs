@@ -373,7 +373,7 @@ impl Drop for ItemSender {
 
 /// The `stream.end` frame's header, and the flow closed; `None` when it
 /// was already closed.
-fn end_header(state: &StreamState) -> Option<StreamHeader> {
+pub(crate) fn end_header(state: &StreamState) -> Option<StreamHeader> {
     let mut flows = lock(&state.flows);
     if flows.outbound.closed.is_some() {
         return None;
