@@ -504,3 +504,71 @@ async fn the_impl_form_serves_streams_too() {
     })
     .await;
 }
+
+/// An item the client cannot write as JSON when it says so.
+#[derive(Debug, Deserialize)]
+pub struct Fragile {
+    /// Whether writing it fails.
+    pub broken: bool,
+}
+
+impl Serialize for Fragile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeStruct as _};
+        if self.broken {
+            return Err(S::Error::custom("a broken item"));
+        }
+        let mut item = serializer.serialize_struct("Fragile", 1)?;
+        item.serialize_field("broken", &false)?;
+        item.end()
+    }
+}
+
+#[stream_rpc::service]
+pub trait Tally {
+    /// Input: how many items came.
+    async fn tally(&self, items: IncomingItems<Fragile>) -> u64;
+}
+
+/// Says whether its handler answered or was dropped.
+struct Tallies(mpsc::UnboundedSender<&'static str>);
+
+impl Tally for Tallies {
+    async fn tally(&self, mut items: IncomingItems<Fragile>) -> u64 {
+        let _guard = DropGuard(self.0.clone());
+        let mut count = 0;
+        while let Some(item) = items.next().await {
+            if item.is_ok() {
+                count += 1;
+            }
+        }
+        let _ = self.0.send("answered");
+        count
+    }
+}
+
+#[tokio::test]
+async fn an_input_item_that_cannot_be_encoded_cancels_the_call() {
+    bounded(async {
+        let key = new_key();
+        let (events, mut seen) = mpsc::unbounded_channel();
+        let server =
+            TestServer::start(TallyServer::new(Tallies(events)), config(&key, 0), &key).await;
+        let client = connect(&server).await;
+        let items = [false, false, true, false].map(|broken| Fragile { broken });
+        // The method must not answer on part of its input: the call is
+        // cancelled, and says after how many items.
+        match TallyClient::new(&client).tally(stream::iter(items)).await {
+            Err(error @ CallError::InputFailed { sent: 2, .. }) => {
+                assert!(error.may_have_run(), "{error}");
+                assert!(error.to_string().contains("a broken item"), "{error}");
+            }
+            other => panic!("expected InputFailed after 2 items, got {other:?}"),
+        }
+        // The server's handler was dropped, never answered.
+        assert_eq!(seen.recv().await, Some("producer dropped"));
+        server.stop().await;
+        assert_eq!(seen.try_recv().ok(), None);
+    })
+    .await;
+}

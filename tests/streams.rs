@@ -593,6 +593,38 @@ async fn the_whole_stream_deadline_ends_it_and_drops_the_handler() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_item_deadline_counts_the_wait_for_an_item_not_the_consumers_own_time() {
+    bounded(async {
+        let (server, _probe) = serve(|b| b).await;
+        let client = client_of(&server).await;
+        let limit = Duration::from_millis(200);
+        // `echo` sends an item back for each one it gets: the producer is
+        // as quick as the input.
+        let mut stream = client
+            .open_stream(
+                "echo",
+                json!(null),
+                StreamOptions::new().item_timeout(limit).with_input(),
+            )
+            .await
+            .unwrap();
+        let mut input = stream.input().unwrap();
+        input.send(json!("a")).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("a"));
+        // The consumer works on its item for longer than the limit (its
+        // own time, which is not the producer going quiet)...
+        tokio::time::sleep(limit + limit / 2).await;
+        // ...then asks for the next, which comes at once.
+        input.send(json!("b")).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), json!("b"));
+        input.finish().await.unwrap();
+        assert!(stream.next().await.is_none());
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_item_deadline_ends_a_stream_that_goes_quiet() {
     bounded(async {
         let (server, probe) = serve(|b| b).await;
@@ -936,6 +968,47 @@ async fn frames_for_unknown_streams_are_dropped_unanswered() {
         ping_is_next(&mut raw).await;
         assert_eq!(probe.server_streams(), 0);
         server.assert_healthy().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_whose_name_is_taken_or_is_this_sides_own_is_refused() {
+    bounded(async {
+        let (server, probe) = serve(|b| b).await;
+        let mut raw = server.raw().await;
+        // The same open twice (sealed again, so the replay check passes
+        // it): the second is refused, the first stream goes on.
+        let mut open = raw.packet("never", json!(null));
+        open.stream = Some(StreamHeader::open(0));
+        let id = raw.send(&open).await;
+        probe.started_reaches(1).await;
+        raw.send(&open).await;
+        let message = expect_invalid_stream(&mut raw, id).await;
+        assert!(message.contains("open already"), "{message}");
+        assert_eq!(probe.server_streams(), 1);
+        // An open that claims the server's own id (read from its pong)
+        // names a stream only the server may open: refused, not counted.
+        let ping = raw.request("ping", json!(null)).await;
+        let server_id = raw.recv_reply(ping).await.peer;
+        let mut forged = raw.packet("never", json!(null));
+        forged.peer = server_id;
+        forged.stream = Some(StreamHeader::open(0));
+        let forged_id = raw.send(&forged).await;
+        loop {
+            let packet = raw.recv().await;
+            if packet.reply_to.map(|to| (to.peer, to.id)) == Some((server_id, forged_id)) {
+                assert_error(&packet, ErrorCode::InvalidStream);
+                break;
+            }
+        }
+        assert_eq!(probe.server_streams(), 1);
+        // The first stream still ends as it should, and nothing is left.
+        raw_frame(&mut raw, id, "stream.cancel", StreamHeader::default()).await;
+        probe.dropped_reaches(1).await;
+        ping_is_next(&mut raw).await;
+        assert_eq!(probe.server_streams(), 0);
         server.stop().await;
     })
     .await;

@@ -124,6 +124,7 @@ pub enum SendError {
 /// | [`Remote`](CallError::Remote), any other code (`handler_error`, `handler_panicked`, …) | yes | yes, and failed | the method's own answer |
 /// | [`InvalidReply`](CallError::InvalidReply) | yes | yes, and answered | no: the two sides disagree on the type |
 /// | [`Layer`](CallError::Layer) | unknown | yes | only if running twice is harmless |
+/// | [`InputFailed`](CallError::InputFailed) (an item of the call's input stream could not be encoded; this side cancelled the call) | yes | yes, in part | only if running twice is harmless |
 ///
 /// A typed method's own error (the `E` of a method returning
 /// `Result<T, E>`) is never a `CallError`: the generated client returns it
@@ -213,6 +214,22 @@ pub enum CallError {
         /// The layer's error, as text.
         reason: String,
     },
+    /// An item of the call's input stream could not be encoded, after the
+    /// call was opened: this side cancelled the call (`stream.cancel`)
+    /// rather than end its input early, so the method never answers on
+    /// part of its input. It may have run in part (`sent` items reached
+    /// it).
+    #[error(
+        "`{method}` was cancelled after {sent} input item(s): an item could not be encoded: {reason}"
+    )]
+    InputFailed {
+        /// The called method.
+        method: String,
+        /// How many input items were sent before the one that failed.
+        sent: u64,
+        /// The encoding error.
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -225,7 +242,8 @@ impl CallError {
             | CallError::ConnectionLost { method }
             | CallError::Remote { method, .. }
             | CallError::InvalidReply { method, .. }
-            | CallError::Layer { method, .. } => method,
+            | CallError::Layer { method, .. }
+            | CallError::InputFailed { method, .. } => method,
         }
     }
 
@@ -240,7 +258,8 @@ impl CallError {
             CallError::Timeout { .. }
             | CallError::ConnectionLost { .. }
             | CallError::InvalidReply { .. }
-            | CallError::Layer { .. } => true,
+            | CallError::Layer { .. }
+            | CallError::InputFailed { .. } => true,
         }
     }
 

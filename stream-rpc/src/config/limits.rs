@@ -119,8 +119,13 @@ pub struct Limits {
     pub stream_window: u32,
     /// Bytes of items (their packets' JSON) a receiver holds for a stream
     /// before it stops granting credit, until its consumer takes some (1
-    /// MiB, at least 1): with the window, bounds a stream's memory
-    /// (at most the window's items, however large, are ever in flight).
+    /// MiB, at least 1). It stops further credit only: credit already
+    /// granted lets a peer send the window's items whatever their size,
+    /// so what one stream can make a receiver hold is at most
+    /// `stream_window_bytes` plus a window of items of up to
+    /// [`max_frame_len`](Self::max_frame_len) each, and a connection
+    /// `max_streams` times that. With large frames, keep the window small
+    /// (or `max_streams` low) where peers are not trusted to be modest.
     pub stream_window_bytes: usize,
 }
 

@@ -82,6 +82,19 @@ impl<P: Protocol> ReadLoop<P> {
         match self.shared.streams.insert(state.clone()) {
             Ok(()) => {}
             Err(Refused::Closed) => return,
+            Err(Refused::Taken) => {
+                let message = "a stream of this `peer` and `id` is open already, or they name \
+                               this side's own stream"
+                    .to_owned();
+                self.refuse_open(
+                    &packet,
+                    ErrorCode::InvalidStream,
+                    message,
+                    Refusal::BrokenStreamRule,
+                )
+                .await;
+                return;
+            }
             Err(Refused::Full) => {
                 let message = format!(
                     "{} streams already open on this connection",
@@ -117,6 +130,7 @@ impl<P: Protocol> ReadLoop<P> {
         state: Arc<StreamState>,
         deadline: Option<(Instant, Duration)>,
     ) {
+        let timeout_ms = packet.timeout_ms;
         let mut work = Box::pin(run_stream_handler(
             self.protocol.clone(),
             self.handle(),
@@ -130,6 +144,8 @@ impl<P: Protocol> ReadLoop<P> {
             return;
         }
         let abort = state.abort.clone();
+        // The open's own limit, as the end's reason says it.
+        let limit = Duration::from_millis(timeout_ms.unwrap_or(0));
         tokio::spawn(async move {
             let gave_up = async {
                 match deadline {
@@ -143,8 +159,7 @@ impl<P: Protocol> ReadLoop<P> {
                 () = &mut work => false,
                 () = gave_up => true,
             };
-            if timed_out && let Some((at, _)) = deadline {
-                let limit = at.saturating_duration_since(Instant::now());
+            if timed_out {
                 state.end(End::Timeout(limit));
             }
             drop(work);

@@ -572,3 +572,46 @@ async fn a_reply_after_its_call_gave_up_is_dropped_and_a_reply_to_a_notification
     assert_eq!(read_packet(&config, &mut read).await.method, "pong");
     assert_eq!(*noting.0.lock().unwrap(), ["note_answer"]);
 }
+
+#[tokio::test]
+async fn a_stream_open_given_up_while_it_waits_for_room_leaves_nothing_open() {
+    let config = config_with(crate::Limits {
+        outgoing_queue: 1,
+        ..crate::Limits::default()
+    });
+    // A pipe that holds less than two frames, and a peer that never
+    // reads: the writer blocks, then the queue fills.
+    let (ours, _theirs) = duplex(512);
+    let session = Session::new(
+        Arc::new(Pong),
+        &Endpoint::new((*config).clone()),
+        Role::Client,
+        None,
+    );
+    let handle = session.handle();
+    let (reader, writer) = tokio::io::split(ours);
+    let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+    let filler = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            for n in 0..8 {
+                handle.notify("fill", json!(n)).await.unwrap();
+            }
+        }
+    });
+    for _ in 0..1000 {
+        if handle.shared.outbox.is_full() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(handle.shared.outbox.is_full() && !filler.is_finished());
+    // The open waits for room; its caller gives up first (a timeout of
+    // its own, a select, a layer's limit): the stream is not left in the
+    // table, where it would keep the connection from ever being idle.
+    let open = handle.open_stream("watch", json!(null), crate::StreamOptions::new());
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), open).await;
+    assert!(gave_up.is_err(), "the open found room");
+    assert_eq!(handle.open_streams(), 0);
+    filler.abort();
+}

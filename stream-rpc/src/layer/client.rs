@@ -61,7 +61,9 @@ impl<C: Caller + 'static> Service<Call> for CallService<C> {
         let caller = Arc::clone(&self.caller);
         Box::pin(async move {
             if let Some(opening) = call.opening {
-                let options = opening.options.meta(call.meta);
+                // The layers may have changed the metadata or the limit.
+                let mut options = opening.options.meta(call.meta);
+                options.timeout = call.timeout;
                 let stream = caller
                     .open_stream(&call.method, call.payload, options)
                     .await?;

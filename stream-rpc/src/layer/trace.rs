@@ -381,6 +381,7 @@ fn call_outcome<T>(outcome: &Result<T, CallError>) -> &'static str {
         Err(CallError::ConnectionLost { .. }) => "connection_lost",
         Err(CallError::InvalidReply { .. }) => "invalid_reply",
         Err(CallError::Layer { .. }) => "layer_error",
+        Err(CallError::InputFailed { .. }) => "input_failed",
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) enum Refused {
     Full,
     /// The connection is closing.
     Closed,
+    /// A stream of that name is open already, or the name is one only
+    /// this side may give (its own id: a peer's open can never carry it).
+    Taken,
 }
 
 #[derive(Default)]
@@ -73,9 +76,18 @@ impl Streams {
         if table.closed {
             return Err(Refused::Closed);
         }
-        if state.key.peer == self.own_id {
+        // A stream's name says which side opened it (its `peer`), and
+        // frames are looked up by it: this side's opens carry its own id,
+        // a peer's never may, and no name is given to two streams at once.
+        if state.opener {
+            if state.key.peer != self.own_id || table.opened.contains_key(&state.key.id) {
+                return Err(Refused::Taken);
+            }
             table.opened.insert(state.key.id, state);
         } else {
+            if state.key.peer == self.own_id || table.accepted.contains_key(&state.key) {
+                return Err(Refused::Taken);
+            }
             if table.accepted.len() >= self.max {
                 return Err(Refused::Full);
             }

@@ -122,17 +122,27 @@ where
         return Err(CallError::not_sent(method, SendError::Closed));
     };
     let (sent, reply) = futures_util::future::join(send_all(sender, items), raw.finish()).await;
-    let reply = reply.map_err(|e| e.into_call_error(method))?;
-    match sent {
-        Err(Unsent::Encode(e)) => Err(CallError::not_sent(method, SendError::Encode(e))),
-        _ => Ok(reply),
+    // An item that could not be encoded cancelled the call: that is why
+    // it ended, whatever the stream says.
+    if let Err(Unsent::Encode { sent, reason }) = sent {
+        return Err(CallError::InputFailed {
+            method: method.to_owned(),
+            sent,
+            reason,
+        });
     }
+    reply.map_err(|e| e.into_call_error(method))
 }
 
 /// Why not every input item was sent.
 pub enum Unsent {
-    /// An item is not JSON.
-    Encode(String),
+    /// An item is not JSON: the call was cancelled after `sent` items.
+    Encode {
+        /// Items sent before it.
+        sent: u64,
+        /// The encoding error.
+        reason: String,
+    },
     /// The call ended or was cancelled first.
     Stopped,
 }
@@ -151,7 +161,19 @@ where
             next = items.next() => next,
         };
         let Some(item) = next else { break };
-        let value = serde_json::to_value(&item).map_err(|e| Unsent::Encode(e.to_string()))?;
+        let value = match serde_json::to_value(&item) {
+            Ok(value) => value,
+            Err(e) => {
+                // Ending the input here would let the method answer on
+                // part of it: cancel the whole call instead.
+                let sent = sender.sent();
+                sender.cancel_call(e.to_string());
+                return Err(Unsent::Encode {
+                    sent,
+                    reason: e.to_string(),
+                });
+            }
+        };
         sender.send(value).await.map_err(|_| Unsent::Stopped)?;
     }
     sender.finish().await.map_err(|_| Unsent::Stopped)

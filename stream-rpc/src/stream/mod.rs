@@ -81,8 +81,10 @@ pub struct StreamOptions {
     /// (the acceptor drops its handler when it passes); `None`: no limit.
     /// Streams are long-lived: the call timeout does not apply to them.
     pub timeout: Option<Duration>,
-    /// The most time between two output items (or the open and the first
-    /// item); `None`: no limit. When it passes the stream ends
+    /// The most time the consumer waits for an output item with none
+    /// there (from the open, or from when it asks for the next one after
+    /// taking an item: its own time between two asks is not counted);
+    /// `None`: no limit. When it passes the stream ends
     /// [`StreamError::Timeout`] and is cancelled.
     pub item_timeout: Option<Duration>,
     /// Whether the opener sends input items (the method takes a stream):

@@ -54,16 +54,21 @@ pub(crate) async fn open_on(
         CancellationToken::new(),
     ));
     shared.streams.insert(state.clone()).map_err(|_| closed())?;
+    // Until the open is queued, giving up (an error, or this future
+    // dropped while it waits for room) takes the stream out again.
+    let unsent = Unsent {
+        conn,
+        state: &state,
+    };
     let limit = shared.call_timeout;
     let sent = match within(deadline_in(limit), conn.send(packet)).await {
         Ok(sent) => sent,
         Err(_) => Err(SendError::NoRoom { waited: limit }),
     };
     if let Err(e) = sent {
-        shared.streams.remove(key);
-        state.end(End::Abandoned);
         return Err(CallError::not_sent(method, e));
     }
+    std::mem::forget(unsent);
     session_log!(
         debug,
         shared,
@@ -72,6 +77,20 @@ pub(crate) async fn open_on(
         key.id
     );
     Ok(RawStream::new(conn.clone(), state, &options))
+}
+
+/// A stream registered whose open is not queued yet: dropped, it takes
+/// the stream out of the connection's table.
+struct Unsent<'a> {
+    conn: &'a Connection,
+    state: &'a Arc<StreamState>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.conn.shared.streams.remove(self.state.key);
+        self.state.end(End::Abandoned);
+    }
 }
 
 /// A duration in whole milliseconds, rounded up.
@@ -109,8 +128,13 @@ pub struct RawStream {
     input: Option<ItemSender>,
     /// The whole stream's limit.
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
-    /// The limit between two items.
+    /// The limit between two items: counted from when the consumer asks
+    /// for one and none is there, so the consumer's own time between two
+    /// polls is not the producer's.
     item_timer: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// Whether the item timer runs (it starts on the first wait after an
+    /// item was handed out).
+    item_timer_armed: bool,
     /// Set once the end was given out.
     done: bool,
     span: tracing::Span,
@@ -146,6 +170,7 @@ impl RawStream {
             input,
             deadline: options.timeout.map(timer),
             item_timer: options.item_timeout.map(timer),
+            item_timer_armed: true,
             done: false,
             span,
         }
@@ -262,9 +287,7 @@ impl Stream for RawStream {
                 if let Some(more) = grant {
                     this.grant(more);
                 }
-                if let Some((sleep, limit)) = &mut this.item_timer {
-                    sleep.as_mut().reset(deadline_in(*limit));
-                }
+                this.item_timer_armed = false;
                 return Poll::Ready(Some(Ok(item)));
             }
             if let Some(end) = &flows.end {
@@ -273,6 +296,12 @@ impl Stream for RawStream {
                 return Poll::Ready(error.map(Err));
             }
             flows.inbound.wait(cx);
+        }
+        if !this.item_timer_armed {
+            this.item_timer_armed = true;
+            if let Some((sleep, limit)) = &mut this.item_timer {
+                sleep.as_mut().reset(deadline_in(*limit));
+            }
         }
         if let Some(limit) =
             fired(&mut this.deadline, cx).or_else(|| fired(&mut this.item_timer, cx))
@@ -355,6 +384,28 @@ impl ItemSender {
     /// input, the call ended, or the connection closed.
     pub async fn closed(&self) {
         closed(&self.state).await;
+    }
+
+    /// How many input items were sent.
+    pub fn sent(&self) -> u64 {
+        lock(&self.state.flows).outbound.sent
+    }
+
+    /// Cancels the whole call (`stream.cancel`) instead of ending the
+    /// input: the input cannot go on (an item could not be encoded), and
+    /// the method must not answer on part of it.
+    pub(crate) fn cancel_call(mut self, reason: String) {
+        self.finished = true;
+        let sent = self.sent();
+        if self.state.end(End::InputFailed { sent, reason }) {
+            self.conn.shared.streams.remove(self.state.key);
+            send_frame(
+                &self.conn,
+                CANCEL,
+                StreamHeader::frame(self.state.key),
+                Value::Null,
+            );
+        }
     }
 }
 

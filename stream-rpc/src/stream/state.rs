@@ -60,6 +60,14 @@ pub(crate) enum End {
     Broken(String),
     /// This side's handle gave the stream up (dropped, cancelled).
     Abandoned,
+    /// Opener: an input item could not be encoded after `sent` items, so
+    /// this side cancelled the call.
+    InputFailed {
+        /// Items sent before it.
+        sent: u64,
+        /// The encoding error.
+        reason: String,
+    },
 }
 
 impl End {
@@ -72,7 +80,7 @@ impl End {
             End::Disconnected => "disconnected",
             End::Timeout(_) => "timeout",
             End::Broken(_) => "invalid_stream",
-            End::Abandoned => "abandoned",
+            End::Abandoned | End::InputFailed { .. } => "abandoned",
         }
     }
 }
@@ -420,6 +428,11 @@ pub(crate) fn end_error(method: &str, end: &End, last_seq: u64) -> Option<Stream
         }
         End::Answered(_) | End::Done => return None,
         End::Cancelled | End::Abandoned => StreamError::Cancelled,
+        End::InputFailed { sent, reason } => StreamError::Call(CallError::InputFailed {
+            method: method.to_owned(),
+            sent: *sent,
+            reason: reason.clone(),
+        }),
         End::Disconnected => StreamError::Disconnected { last_seq },
         End::Timeout(after) => StreamError::Timeout { after: *after },
         End::Broken(reason) => StreamError::Call(CallError::InvalidReply {
