@@ -541,6 +541,24 @@ def test_frames_of_unknown_streams_are_dropped_unanswered(key):
     run(scenario())
 
 
+def test_an_open_that_claims_the_acceptors_own_id_is_refused(key):
+    async def scenario():
+        server, port = await serving(key)
+        raw = await Raw.connect(port, key)
+        await raw.request("ping", None)
+        pong, _ = await raw.recv()
+        own, raw.peer = raw.peer, pong.peer
+        forged = await raw.request("forever", None, stream={"credit": 1})
+        raw.peer = own
+        packet, reply_to = await raw.recv()
+        assert packet.method == "error" and packet.payload["code"] == "invalid_stream", packet
+        assert (reply_to.peer, reply_to.id) == (pong.peer, forged)
+        assert not Streams.seen.protocols[0]._streams.accepted
+        server.close()
+
+    run(scenario())
+
+
 def test_a_stream_open_with_a_bad_stream_field_is_invalid_packet(key):
     async def scenario():
         server, port = await serving(key)

@@ -398,6 +398,12 @@ class StreamTable:
             error = RemoteError(
                 "invalid_stream", f"open credit beyond {MAX_CREDIT} items", method=packet.method
             )
+        elif packet.peer == protocol.peer_id:
+            # Frames naming this side's id are looked up among its own
+            # opens: a peer's open can never carry it.
+            error = RemoteError(
+                "invalid_stream", "the open names this side's own stream", method=packet.method
+            )
         elif (packet.peer, packet.id) in self.accepted:
             error = RemoteError(
                 "invalid_stream", "this stream is open already", method=packet.method
