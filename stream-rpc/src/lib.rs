@@ -19,6 +19,8 @@
 //! | Know why a call failed, and whether to retry | [`CallError`], [`CallError::may_have_run`] |
 //! | Stream items either way, with flow control | [`Caller::open_stream`] ([`RawStream`], [`ItemSender`]) to open; [`Protocol::process_stream`] ([`StreamIo`]) to serve; [`Streaming`] and [`IncomingItems`] in a typed service |
 //! | Know why a stream ended | [`StreamError`] (`Failed`, `Cancelled`, `Disconnected { last_seq }`, `Timeout`, `Call`) |
+//! | Send auth tokens, tenant ids, trace context with a call | [`Call`] with [`Caller::call_with`], [`StreamOptions::meta`]; read with [`Context::meta`] |
+//! | Wrap calls in timeouts, limits, auth, tracing (tower layers) | [`layer::LayeredProtocol`] to serve, [`layer::LayeredCaller`] to call, [`layer::Tracing`] |
 //! | Act when a connection opens or ends | [`Connector::on_connect`], [`Connector::on_disconnect`] |
 //! | Run over another byte stream | [`Connector::attach`] |
 //!
