@@ -357,24 +357,30 @@ async fn a_call_waits_for_a_call_slot_within_its_time_limit() {
     assert_eq!(third.await.unwrap().unwrap().payload, json!("three"));
 }
 
-#[tokio::test]
-async fn a_call_that_finds_the_outgoing_queue_full_waits_for_room_within_its_time_limit() {
-    let config = config_with(crate::Limits {
-        outgoing_queue: 1,
-        ..crate::Limits::default()
-    });
-    // A pipe that holds less than two frames, and a peer that does not
-    // read yet: the writer blocks, then the queue fills.
+/// A connection whose outgoing queue (one frame) is full: a pipe that
+/// holds less than two frames, a peer that does not read (yet), and a
+/// task still sending eight `fill` notifications. Returns the handle, the
+/// peer's end of the pipe, the filler and the connection's task.
+async fn with_full_outbox(
+    config: &Config,
+) -> (
+    Connection,
+    DuplexStream,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (ours, theirs) = duplex(512);
     let session = Session::new(
         Arc::new(Pong),
-        &Endpoint::new((*config).clone()),
+        &Endpoint::new(config.clone()),
         Role::Client,
         None,
     );
     let handle = session.handle();
     let (reader, writer) = tokio::io::split(ours);
-    let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
+    let task = tokio::spawn(async move {
+        session.run(reader, writer, CancellationToken::new()).await;
+    });
     let filler = tokio::spawn({
         let handle = handle.clone();
         async move {
@@ -392,6 +398,16 @@ async fn a_call_that_finds_the_outgoing_queue_full_waits_for_room_within_its_tim
         tokio::task::yield_now().await;
     }
     assert!(handle.shared.outbox.is_full() && !filler.is_finished());
+    (handle, theirs, filler, task)
+}
+
+#[tokio::test]
+async fn a_call_that_finds_the_outgoing_queue_full_waits_for_room_within_its_time_limit() {
+    let config = config_with(crate::Limits {
+        outgoing_queue: 1,
+        ..crate::Limits::default()
+    });
+    let (handle, theirs, filler, _task) = with_full_outbox(&config).await;
     // Full, and nobody reads: this call times out and is never sent.
     call_finds_no_room(&handle, "late").await;
     // This one waits for room, and is sent once the peer reads.
@@ -579,33 +595,8 @@ async fn a_stream_open_given_up_while_it_waits_for_room_leaves_nothing_open() {
         outgoing_queue: 1,
         ..crate::Limits::default()
     });
-    // A pipe that holds less than two frames, and a peer that never
-    // reads: the writer blocks, then the queue fills.
-    let (ours, _theirs) = duplex(512);
-    let session = Session::new(
-        Arc::new(Pong),
-        &Endpoint::new((*config).clone()),
-        Role::Client,
-        None,
-    );
-    let handle = session.handle();
-    let (reader, writer) = tokio::io::split(ours);
-    let _task = tokio::spawn(session.run(reader, writer, CancellationToken::new()));
-    let filler = tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            for n in 0..8 {
-                handle.notify("fill", json!(n)).await.unwrap();
-            }
-        }
-    });
-    for _ in 0..1000 {
-        if handle.shared.outbox.is_full() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(handle.shared.outbox.is_full() && !filler.is_finished());
+    // Nobody reads: the open never finds room.
+    let (handle, _theirs, filler, _task) = with_full_outbox(&config).await;
     // The open waits for room; its caller gives up first (a timeout of
     // its own, a select, a layer's limit): the stream is not left in the
     // table, where it would keep the connection from ever being idle.
