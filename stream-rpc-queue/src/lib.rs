@@ -74,7 +74,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stream_rpc::Packet;
-use uuid::Uuid;
 
 mod any;
 mod connect;
@@ -83,6 +82,8 @@ mod redis_queue;
 mod replay;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use stream_rpc::tasks::TaskRef;
 
 pub use any::{
     AnyQueue, DEFAULT_LEASE, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS,
@@ -249,32 +250,6 @@ pub struct DeadLetters {
     /// How many stored dead letters could not be read and were skipped
     /// (each logged with its entry id).
     pub skipped: u64,
-}
-
-/// Names a task by its packet's own `peer` and `id`; on the wire (as in
-/// an acknowledgement's payload) `{"peer": P, "id": N}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct TaskRef {
-    /// The task packet's `peer`.
-    pub peer: Uuid,
-    /// The task packet's `id`.
-    pub id: u64,
-}
-
-impl TaskRef {
-    /// The name of `task`.
-    pub fn of(task: &Packet) -> Self {
-        TaskRef {
-            peer: task.peer,
-            id: task.id,
-        }
-    }
-}
-
-impl std::fmt::Display for TaskRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.peer, self.id)
-    }
 }
 
 /// Counts of a queue's tasks and events.

@@ -110,6 +110,7 @@ mod service;
 mod session;
 mod stream;
 mod sync;
+pub mod tasks;
 mod telemetry;
 
 /// The environment variables the settings are read from, their defaults,
