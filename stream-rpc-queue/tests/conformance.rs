@@ -17,12 +17,26 @@ use stream_rpc_queue::{
 };
 use stream_rpc_test_support::RedisServer;
 
+/// Queues in memory; a twin is a clone (another handle on the same
+/// queue, as a second server on one Redis).
+struct InMemory;
+
+impl QueueFactory for InMemory {
+    type Queue = MemoryQueue;
+
+    async fn queue(&self, settings: QueueSettings) -> MemoryQueue {
+        MemoryQueue::with_settings(settings)
+    }
+
+    async fn twin(&self, queue: &MemoryQueue) -> Option<MemoryQueue> {
+        Some(queue.clone())
+    }
+}
+
 mod memory {
     use super::*;
 
-    stream_rpc_queue::conformance_tests!(|settings: QueueSettings| async move {
-        MemoryQueue::with_settings(settings)
-    });
+    stream_rpc_queue::conformance_tests!(InMemory);
 }
 
 /// Queues on a Redis of their own, which lives as long as the factory (one
