@@ -226,13 +226,6 @@ impl State {
         true
     }
 
-    /// Ends the attempt of `worker` at `task` (it holds it): its number,
-    /// taken out of its lease.
-    fn end_attempt(&mut self, task: TaskRef, worker: &str) -> Option<u64> {
-        let uid = self.held_by(task, worker)?;
-        Some(uid)
-    }
-
     pub(super) fn ack(
         &mut self,
         task: TaskRef,
@@ -244,7 +237,7 @@ impl State {
         // No catch-up of leases first: a lease that ended but whose task
         // went to nobody else yet still takes its ack.
         self.expire(now);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Acked::Stale;
         };
         if self
@@ -293,7 +286,7 @@ impl State {
         wall: DateTime<Utc>,
     ) -> Acked {
         self.catch_up(now, wall);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Acked::Stale;
         };
         let Some(held) = self.tasks.get_mut(&uid) else {
@@ -315,7 +308,7 @@ impl State {
         wall: DateTime<Utc>,
     ) -> Failed {
         self.expire(now);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Failed::Stale;
         };
         let Some(held) = self.tasks.get_mut(&uid) else {
