@@ -9,12 +9,12 @@
 //! - [`conformance_tests!`](crate::conformance_tests) makes one `#[test]`
 //!   per check in the module where it is written (each on a runtime of its
 //!   own, bounded by [`CHECK_BOUND`]), so a failure names its check;
-//! - [`run_all`] runs every check in turn from a test of your own (a
+//! - [`run_all`] runs every check at once from a test of your own (a
 //!   failure prints the name of its check), [`run_check`] one by name.
 //!
 //! The checks wait for short leases (300 ms) and a short retention to run
-//! out, so the whole suite takes some seconds; on one runtime, [`run_all`]
-//! takes the sum.
+//! out, and for periodic ticks (about 2 s), so the whole suite takes some
+//! seconds; [`run_all`] takes as long as its longest check.
 //!
 //! ```
 //! // In a test file of the crate that implements the queue (here the
@@ -35,8 +35,16 @@
 //! ```
 
 mod checks;
+mod fleet;
+mod tasks;
+
+use checks::*;
+use fleet::*;
+use tasks::*;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::json;
@@ -88,6 +96,16 @@ pub trait QueueFactory: Send + Sync {
 
     /// A new, empty queue with `settings`.
     fn queue(&self, settings: QueueSettings) -> impl Future<Output = Self::Queue> + Send;
+
+    /// A second handle on the backend of `queue`, as a second server
+    /// sharing it sees it (on Redis: another connection with the same URL
+    /// and prefix), for the checks of what servers racing on one backend
+    /// do (a periodic task's tick put once). `None` (the default, and a
+    /// closure's): those checks race tasks on the one handle instead.
+    fn twin(&self, queue: &Self::Queue) -> impl Future<Output = Option<Self::Queue>> + Send {
+        let _ = queue;
+        async { None }
+    }
 }
 
 impl<F, Fut, Q> QueueFactory for F
@@ -119,7 +137,7 @@ pub fn task(article_id: u64) -> Packet {
 /// [`run_check`].
 macro_rules! checks {
     ($($check:ident),* $(,)?) => {
-        /// The names of the checks, in the order [`run_all`] runs them.
+        /// The names of the checks.
         pub const CHECKS: &[&str] = &[$(stringify!($check)),*];
 
         /// Runs the check `name` (one of [`CHECKS`]) on queues of
@@ -129,7 +147,7 @@ macro_rules! checks {
         pub async fn run_check<F: QueueFactory>(name: &str, factory: &F) {
             let check = async {
                 match name {
-                    $(stringify!($check) => checks::$check(factory).await,)*
+                    $(stringify!($check) => $check(factory).await,)*
                     other => panic!("no conformance check is named {other:?}"),
                 }
             };
@@ -158,6 +176,21 @@ checks!(
     an_ack_of_a_name_acks_the_task_that_holds_it,
     a_full_queue_refuses_puts,
     a_result_too_large_is_refused_and_the_task_stays_leased,
+    a_delayed_task_is_scheduled_until_it_is_due,
+    higher_priorities_are_handed_out_first,
+    a_lease_filter_hands_out_only_its_methods,
+    a_failed_task_is_retried_after_its_backoff_then_dead,
+    a_final_error_makes_a_dead_letter_at_once,
+    a_custom_dedupe_key_is_held_and_names_its_task,
+    a_waiting_task_is_cancelled_and_never_handed_out,
+    a_running_task_is_cancelled_through_its_worker,
+    show_and_list_tell_every_state,
+    a_concurrency_limit_holds_tasks_back_fleet_wide,
+    a_rate_limit_spaces_leases_fleet_wide,
+    a_periodic_task_is_put_once_per_tick_across_servers,
+    method_stats_count_each_methods_tasks,
+    events_tell_what_a_server_waits_for,
+    nothing_is_left_behind_after_the_retention,
 );
 
 /// Says which check failed when a panic unwinds through it.
@@ -171,8 +204,10 @@ impl Drop for Naming<'_> {
     }
 }
 
-/// Runs every check ([`CHECKS`]) in turn on queues of `factory`; panics at
-/// the first that fails, after printing its name. Needs a Tokio runtime
+/// Runs every check ([`CHECKS`]) on queues of `factory`, all at once (the
+/// queues of each check are its own, and the checks mostly wait for time
+/// to pass: together they take as long as the longest, about 2 s); panics
+/// at the first that fails, after printing its name. Needs a Tokio runtime
 /// with its timer.
 ///
 /// ```
@@ -187,11 +222,27 @@ impl Drop for Naming<'_> {
 /// # }
 /// ```
 pub async fn run_all<F: QueueFactory>(factory: &F) {
-    for name in CHECKS {
-        let naming = Naming(name);
-        run_check(name, factory).await;
-        drop(naming);
-    }
+    type Check<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    let mut running: Vec<(&str, Check<'_>)> = CHECKS
+        .iter()
+        .map(|name| (*name, Box::pin(run_check(name, factory)) as Check<'_>))
+        .collect();
+    // Polled in turn on this task: a panic unwinds through the poll of its
+    // check, which names it.
+    std::future::poll_fn(|cx| {
+        running.retain_mut(|(name, check)| {
+            let naming = Naming(name);
+            let pending = check.as_mut().poll(cx).is_pending();
+            drop(naming);
+            pending
+        });
+        if running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Runs the check `name` ([`run_check`]) on a multi-threaded Tokio runtime
@@ -238,6 +289,21 @@ macro_rules! conformance_tests {
             an_ack_of_a_name_acks_the_task_that_holds_it,
             a_full_queue_refuses_puts,
             a_result_too_large_is_refused_and_the_task_stays_leased,
+            a_delayed_task_is_scheduled_until_it_is_due,
+            higher_priorities_are_handed_out_first,
+            a_lease_filter_hands_out_only_its_methods,
+            a_failed_task_is_retried_after_its_backoff_then_dead,
+            a_final_error_makes_a_dead_letter_at_once,
+            a_custom_dedupe_key_is_held_and_names_its_task,
+            a_waiting_task_is_cancelled_and_never_handed_out,
+            a_running_task_is_cancelled_through_its_worker,
+            show_and_list_tell_every_state,
+            a_concurrency_limit_holds_tasks_back_fleet_wide,
+            a_rate_limit_spaces_leases_fleet_wide,
+            a_periodic_task_is_put_once_per_tick_across_servers,
+            method_stats_count_each_methods_tasks,
+            events_tell_what_a_server_waits_for,
+            nothing_is_left_behind_after_the_retention,
         );
     };
     (@each ($factory:expr) $($check:ident),* $(,)?) => {
