@@ -189,6 +189,8 @@ fn check_queue(queue: &str, tls: &RedisTls) -> Result<(), QueueError> {
 
 /// A queue in memory or on Redis, chosen at run time.
 #[derive(Debug)]
+// One per server, made once: the size of the memory variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyQueue {
     /// In this process.
     Memory(MemoryQueue),
