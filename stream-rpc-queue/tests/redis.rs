@@ -7,7 +7,8 @@ use serde_json::json;
 use stream_rpc::Packet;
 use stream_rpc_queue::testing::task;
 use stream_rpc_queue::{
-    Acked, Put, QueueError, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef, TaskState,
+    Acked, Put, QueueError, QueueEvent, QueueSettings, RedisQueue, RedisSettings, TaskQueue,
+    TaskRef, TaskState,
 };
 use stream_rpc_test_support::{RedisServer, free_port};
 
@@ -159,9 +160,11 @@ async fn put_lease_ack(queue: &RedisQueue, from: u64, to: u64) {
 }
 
 /// The keys a queue keeps for good once done tasks expired, with one task
-/// left leased: its record and dedupe key, the leases, the counts and
+/// left leased: its body, record and dedupe key, the leases, the counts and
 /// counters, the sequence.
-const KEPT_KEYS: [&str; 6] = ["counts", "key:*", "leases", "seq", "stats", "task:*"];
+const KEPT_KEYS: [&str; 7] = [
+    "body:*", "counts", "key:*", "leases", "seq", "stats", "task:*",
+];
 
 /// Waits until the names, results and records of done tasks have expired
 /// and checks that only [`KEPT_KEYS`] are left.
@@ -234,9 +237,14 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
     bounded(async {
         let retention = Duration::from_secs(1);
         let queue = queue(&server, QueueSettings::default().with_retention(retention)).await;
-        // One task stays leased throughout, so the stream is never empty.
+        // One task stays leased throughout (longer than the test, however
+        // slow the machine).
         queue.put(&task(u64::MAX)).await.unwrap();
-        queue.lease("w", LEASE).await.unwrap().unwrap();
+        queue
+            .lease("w", Duration::from_secs(600))
+            .await
+            .unwrap()
+            .unwrap();
         // A first round brings Redis's tables to their working size (and
         // every script and command the check uses is run once)...
         put_lease_ack(&queue, 0, 5_000).await;
@@ -269,6 +277,102 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
     .await;
 }
 
+/// How many tasks the memory measure puts.
+const MEASURED_TASKS: u64 = 10_000;
+/// The most memory a queued task may take on Redis, in bytes: its record
+/// (the packet's JSON, about 200 bytes here, and a dozen small fields),
+/// its place in the ready set, its dedupe key.
+const MOST_BYTES_PER_TASK: u64 = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_queued_task_is_bounded() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        // The scripts and tables warmed up by a first task.
+        queue.put(&task(u64::MAX)).await.unwrap();
+        let before = settled_memory(&server).await;
+        let lanes: Vec<_> = (0..8u64)
+            .map(|lane| {
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    for n in (lane..MEASURED_TASKS).step_by(8) {
+                        assert_eq!(queue.put(&task(n)).await.unwrap(), Put::Queued);
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.await.unwrap();
+        }
+        let after = settled_memory(&server).await;
+        for (kind, pattern) in [
+            ("record", "task:*"),
+            ("body", "body:*"),
+            ("dedupe key", "key:*"),
+        ] {
+            let keys: Vec<String> =
+                command(&server, "KEYS", &[&format!("{{stream-rpc}}:{pattern}")]).await;
+            let usage: u64 = command(&server, "MEMORY", &["USAGE", &keys[0]]).await;
+            eprintln!("memory of one task's {kind}: {usage} bytes");
+        }
+        let ready: u64 = command(
+            &server,
+            "MEMORY",
+            &["USAGE", "{stream-rpc}:ready:parse_article"],
+        )
+        .await;
+        eprintln!(
+            "memory of the ready set per task: {} bytes",
+            ready / MEASURED_TASKS
+        );
+        let per_task = after.saturating_sub(before) / MEASURED_TASKS;
+        let json = serde_json::to_string(&task(1)).unwrap().len();
+        eprintln!(
+            "memory per queued task on Redis: {per_task} bytes \
+             ({before} -> {after} over {MEASURED_TASKS} tasks of {json} bytes of JSON)"
+        );
+        assert!(
+            per_task <= MOST_BYTES_PER_TASK,
+            "{per_task} bytes per queued task"
+        );
+        assert_eq!(queue.stats().await.unwrap().queued, MEASURED_TASKS + 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
+    let mut server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let mut events = queue.events();
+        queue.put(&task(1)).await.unwrap();
+        let ready = QueueEvent::Ready {
+            method: "parse_article".into(),
+        };
+        assert_eq!(events.next().await, Some(ready.clone()));
+        server.kill();
+        server.restart();
+        // Events published while the connection was down are lost: the
+        // receiver is told to re-check once it is subscribed again.
+        assert_eq!(events.next().await, Some(QueueEvent::Lagged { missed: 0 }));
+        // Redis came back from its AOF: the task is still there.
+        let put = loop {
+            match queue.put(&task(2)).await {
+                Ok(put) => break put,
+                Err(QueueError::Unavailable(_) | QueueError::Timeout(_)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(put, Put::Queued);
+        assert_eq!(events.next().await, Some(ready));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_is_a_typed_error() {
     let port = free_port();
@@ -285,8 +389,9 @@ async fn an_unreachable_redis_is_a_typed_error() {
 }
 
 /// Writes a task record by hand, as an older version or a hand could
-/// have left it: `fields` of the hash `{stream-rpc}:task:<name>`, and the
-/// name in the sorted set `set` (`ready:<method>`, `dead`) at `score`.
+/// have left it: `fields` of the hash `{stream-rpc}:task:<name>` (`task`
+/// in `{stream-rpc}:body:<name>`), and the name in the sorted set `set`
+/// (`ready:<method>`, `dead`) at `score`.
 async fn hand_written(
     server: &RedisServer,
     name: &str,
@@ -297,11 +402,23 @@ async fn hand_written(
     let client = redis::Client::open(server.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let tag = "{stream-rpc}";
+    // The task itself (`task`) is kept beside the record, after its
+    // options: here none.
+    let (task, fields): (Vec<_>, Vec<_>) = fields.iter().partition(|(field, _)| *field == "task");
+    if let Some((_, task)) = task.first() {
+        let body = [b"{}\n".as_slice(), task].concat();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{tag}:body:{name}"))
+            .arg(body)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
     if !fields.is_empty() {
         let mut hset = redis::cmd("HSET");
         hset.arg(format!("{tag}:task:{name}"));
         for (field, value) in fields {
-            hset.arg(*field).arg(*value);
+            hset.arg(field.to_string()).arg(value.to_vec());
         }
         let _: () = hset.query_async(&mut connection).await.unwrap();
     }

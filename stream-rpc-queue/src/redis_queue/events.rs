@@ -1,17 +1,18 @@
 //! The queue's events on Redis: the scripts `PUBLISH` them on
 //! `{prefix}:events`; one pub/sub connection per [`RedisQueue`]
-//! (opened at the first [`events`](crate::TaskQueue::events), shared by
-//! its clones, reconnecting with a bounded backoff) hands them to every
-//! local receiver through a broadcast channel.
+//! (subscribed when it connects, so that a receiver misses nothing
+//! published after it subscribed; shared by its clones; reconnecting with
+//! a bounded backoff, after which the receivers get
+//! [`QueueEvent::Lagged`] and re-check) hands them to every local
+//! receiver through a broadcast channel.
 //!
 //! [`RedisQueue`]: super::RedisQueue
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use stream_rpc::tasks::{TaskRef, TaskState};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::{EVENT_CAPACITY, QueueEvent, QueueEvents};
 
@@ -23,49 +24,51 @@ const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// The events of one queue, shared by its clones.
 pub(super) struct EventsHub {
-    client: redis::Client,
-    channel: String,
-    connect_timeout: Duration,
-    sender: OnceLock<broadcast::Sender<QueueEvent>>,
+    sender: broadcast::Sender<QueueEvent>,
     /// Dropped with the hub (the last clone of the queue): the listener
     /// stops.
-    stop: watch::Sender<()>,
+    _stop: watch::Sender<()>,
 }
 
 impl EventsHub {
-    pub(super) fn new(client: redis::Client, channel: String, connect_timeout: Duration) -> Self {
-        EventsHub {
+    /// Starts listening to `channel` (on the current tokio runtime) and
+    /// waits, at most `connect_timeout`, until the subscription is in
+    /// place, so that a receiver taken from then on misses nothing
+    /// published after it (if it is not in place by then, the listener
+    /// goes on trying in the background, and says so in the log).
+    pub(super) async fn start(
+        client: redis::Client,
+        channel: String,
+        connect_timeout: Duration,
+    ) -> Self {
+        let (sender, _) = broadcast::channel(EVENT_CAPACITY);
+        let (stop, stopped) = watch::channel(());
+        let (ready, subscribed) = oneshot::channel();
+        tokio::spawn(listen(
             client,
             channel,
             connect_timeout,
-            sender: OnceLock::new(),
-            stop: watch::channel(()).0,
+            sender.clone(),
+            stopped,
+            ready,
+        ));
+        if !matches!(
+            tokio::time::timeout(connect_timeout, subscribed).await,
+            Ok(Ok(()))
+        ) {
+            tracing::warn!(
+                "redis queue: not yet subscribed to the queue's events; trying on in the background"
+            );
+        }
+        EventsHub {
+            sender,
+            _stop: stop,
         }
     }
 
-    /// A receiver of the events; the listener starts at the first call
-    /// (on the current tokio runtime; without one, nothing is received,
-    /// logged).
+    /// A receiver of the events from now on.
     pub(super) fn subscribe(&self) -> QueueEvents {
-        let sender = self.sender.get_or_init(|| {
-            let (sender, _) = broadcast::channel(EVENT_CAPACITY);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(listen(
-                        self.client.clone(),
-                        self.channel.clone(),
-                        self.connect_timeout,
-                        sender.clone(),
-                        self.stop.subscribe(),
-                    ));
-                }
-                Err(_) => tracing::warn!(
-                    "redis queue: events asked for outside a tokio runtime: none will come"
-                ),
-            }
-            sender
-        });
-        QueueEvents::new(sender.subscribe())
+        QueueEvents::new(self.sender.subscribe())
     }
 }
 
@@ -77,9 +80,10 @@ async fn listen(
     connect_timeout: Duration,
     sender: broadcast::Sender<QueueEvent>,
     mut stop: watch::Receiver<()>,
+    ready: oneshot::Sender<()>,
 ) {
     let mut wait = MIN_RECONNECT_WAIT;
-    let mut first = true;
+    let mut ready = Some(ready);
     loop {
         let connected = tokio::select! {
             _ = stop.changed() => return,
@@ -90,12 +94,16 @@ async fn listen(
                 Ok(()) => {
                     wait = MIN_RECONNECT_WAIT;
                     tracing::debug!("redis queue: listening to {channel}");
-                    if !first {
+                    match ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(());
+                        }
                         // Events published while the connection was down
                         // are gone: the receivers re-check.
-                        let _ = sender.send(QueueEvent::Lagged { missed: 0 });
+                        None => {
+                            let _ = sender.send(QueueEvent::Lagged { missed: 0 });
+                        }
                     }
-                    first = false;
                     let mut messages = pubsub.into_on_message();
                     loop {
                         tokio::select! {

@@ -168,7 +168,8 @@ impl RedisSettings {
 /// went away; the command that found it gone fails (as
 /// [`QueueError::Unavailable`]) and is not retried. Its
 /// [`events`](crate::TaskQueue::events) come through one more connection
-/// (pub/sub), opened at the first call and shared by the clones.
+/// (pub/sub), subscribed when it connects and shared by the clones, which
+/// ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct RedisQueue {
     connection: ConnectionManager,
@@ -203,9 +204,10 @@ impl RedisQueue {
         let client = crate::connect::client(&settings.url, &settings.tls)?;
         let base = format!("{{{}}}:", settings.prefix);
         let channel = format!("{base}events");
+        let events = EventsHub::start(client, channel, settings.connect_timeout).await;
         Ok(RedisQueue {
             connection,
-            events: Arc::new(EventsHub::new(client, channel, settings.connect_timeout)),
+            events: Arc::new(events),
             base,
             settings: settings.queue,
         })

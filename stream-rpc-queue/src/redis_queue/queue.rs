@@ -26,9 +26,8 @@ const MAX_UNDECODABLE_PER_LEASE: usize = 16;
 enum LeaseAnswer {
     Leased {
         task_ref: String,
-        task: Vec<u8>,
+        body: Vec<u8>,
         attempt: u32,
-        options: String,
         due: i64,
         put: i64,
     },
@@ -52,9 +51,8 @@ impl redis::FromRedisValue for LeaseAnswer {
         if kind == YES {
             Ok(LeaseAnswer::Leased {
                 task_ref: redis::from_redis_value(next()?)?,
-                task: redis::from_redis_value(next()?)?,
+                body: redis::from_redis_value(next()?)?,
                 attempt: redis::from_redis_value(next()?)?,
-                options: redis::from_redis_value(next()?)?,
                 due: redis::from_redis_value(next()?)?,
                 put: redis::from_redis_value(next()?)?,
             })
@@ -91,19 +89,15 @@ impl RedisQueue {
         task: &Packet,
         options: &TaskOptions,
     ) -> Result<Vec<String>, QueueError> {
-        let json = task
-            .to_json()
-            .map_err(|e| QueueError::Task(e.to_string()))?;
-        let json = String::from_utf8(json).map_err(|e| QueueError::Task(e.to_string()))?;
-        let options_json =
-            serde_json::to_string(options).map_err(|e| QueueError::Task(e.to_string()))?;
+        let body = records::body_of(task, options).map_err(QueueError::Task)?;
+        let body = String::from_utf8(body).map_err(|e| QueueError::Task(e.to_string()))?;
         let backoff = options.backoff.unwrap_or(DEFAULT_BACKOFF);
         let attempts = options
             .max_attempts
             .unwrap_or(self.settings.max_attempts)
             .clamp(1, MAX_ATTEMPTS_LIMIT);
         Ok(vec![
-            json,
+            body,
             TaskRef::of(task).to_string(),
             dedupe_of(task, options),
             task.method.clone(),
@@ -113,7 +107,6 @@ impl RedisQueue {
                 .run_at
                 .map(|at| ms(at).to_string())
                 .unwrap_or_default(),
-            options_json,
             millis(backoff.initial).to_string(),
             millis(backoff.max).to_string(),
             self.settings.max_tasks.to_string(),
@@ -182,7 +175,7 @@ impl TaskQueue for RedisQueue {
         // written by hand) is made a dead letter at once, and the next one
         // is leased instead; a bounded number of times per call.
         for _ in 0..MAX_UNDECODABLE_PER_LEASE {
-            let (task_ref, task, attempt, options, due, put) =
+            let (task_ref, body, attempt, due, put) =
                 match self.lease_once(worker, lease, filter).await? {
                     LeaseAnswer::Empty(at) => {
                         return Ok(Lease::Empty {
@@ -191,16 +184,15 @@ impl TaskQueue for RedisQueue {
                     }
                     LeaseAnswer::Leased {
                         task_ref,
-                        task,
+                        body,
                         attempt,
-                        options,
                         due,
                         put,
-                    } => (task_ref, task, attempt, options, due, put),
+                    } => (task_ref, body, attempt, due, put),
                 };
-            match Packet::from_json(&task) {
+            let (options, task) = records::body(&body);
+            match Packet::from_json(task) {
                 Ok(task) => {
-                    let options = serde_json::from_str(&options).unwrap_or_default();
                     return Ok(Lease::Leased(Leased::new(
                         task,
                         attempt,
@@ -441,8 +433,8 @@ impl TaskQueue for RedisQueue {
             self.run(&scripts().dead_letters, args![]).await?;
         let mut dead = Vec::with_capacity(letters.len());
         let mut skipped = 0u64;
-        for (task_ref, task, attempts) in &letters {
-            match Packet::from_json(task) {
+        for (task_ref, body, attempts) in &letters {
+            match Packet::from_json(records::body(body).1) {
                 Ok(task) => dead.push(DeadTask {
                     task,
                     attempts: *attempts,

@@ -38,6 +38,27 @@ pub(super) fn ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis().max(0)
 }
 
+/// A task's body as stored (`OPTIONS\nPACKET`, both compact JSON, which
+/// holds no raw newline): its options (the defaults when they cannot be
+/// read, or for a body of a packet alone) and its packet's JSON.
+pub(super) fn body(stored: &[u8]) -> (TaskOptions, &[u8]) {
+    match stored.iter().position(|&b| b == b'\n') {
+        Some(at) => (
+            serde_json::from_slice(&stored[..at]).unwrap_or_default(),
+            &stored[at + 1..],
+        ),
+        None => (TaskOptions::default(), stored),
+    }
+}
+
+/// A task's body to store: its options and its packet, as JSON.
+pub(super) fn body_of(task: &Packet, options: &TaskOptions) -> Result<Vec<u8>, String> {
+    let mut body = serde_json::to_vec(options).map_err(|e| e.to_string())?;
+    body.push(b'\n');
+    body.extend(task.to_json().map_err(|e| e.to_string())?);
+    Ok(body)
+}
+
 /// The fields of a hash as `HGETALL` answers them.
 pub(super) type Fields = Vec<Vec<u8>>;
 
@@ -62,12 +83,10 @@ pub(super) fn task_info(fields: &Fields) -> Result<TaskInfo, String> {
             .get(name)
             .and_then(|v| serde_json::from_slice::<Value>(v).ok())
     };
-    let task = fields.get("task").ok_or("a task record without its task")?;
+    let stored = fields.get("body").ok_or("a task record without its task")?;
+    let (options, task) = body(stored);
     let task = Packet::from_json(task)
         .map_err(|e| format!("its task cannot be decoded ({})", describe(&e)))?;
-    let options: TaskOptions = text("o")
-        .and_then(|o| serde_json::from_str(o).ok())
-        .unwrap_or_default();
     let state: TaskState = text("s")
         .ok_or("a task record without its state")?
         .parse()?;
@@ -156,6 +175,24 @@ pub(super) fn method_stats(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_body_reads_back_its_options_and_packet() {
+        let task = Packet::new(
+            uuid::Uuid::from_u128(1),
+            7,
+            "m".into(),
+            serde_json::json!({"a": "b\nc"}),
+        );
+        let options = TaskOptions::default().max_attempts(3).dedupe("x\ny");
+        let stored = body_of(&task, &options).unwrap();
+        let (read, packet) = body(&stored);
+        assert_eq!(read, options);
+        assert_eq!(Packet::from_json(packet).unwrap(), task);
+        // A packet alone (written by hand): the default options.
+        let alone = task.to_json().unwrap();
+        assert_eq!(body(&alone).0, TaskOptions::default());
+    }
 
     #[test]
     fn limits_read_back_what_they_keep() {

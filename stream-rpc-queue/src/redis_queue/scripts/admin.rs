@@ -78,8 +78,8 @@ return {redis.call('HGETALL', COUNTS), redis.call('HGETALL', STATS)}
 pub(super) const DEAD_LETTERS: &str = r#"
 local letters = {}
 for _, ref in ipairs(redis.call('ZRANGE', DEADS, 0, -1)) do
-  local f = redis.call('HMGET', task_key(ref), 'task', 'a')
-  letters[#letters + 1] = {ref, f[1] or '', tonumber(f[2]) or 0}
+  local attempts = redis.call('HGET', task_key(ref), 'a')
+  letters[#letters + 1] = {ref, redis.call('GET', body_key(ref)) or '', tonumber(attempts) or 0}
 end
 return letters
 "#;
@@ -112,7 +112,7 @@ for _, ref in ipairs(refs) do
   local method = redis.call('HGET', task, 'm')
   if method then gauge(method, 'dead', -1) end
   release(ref, task)
-  redis.call('DEL', task)
+  redis.call('DEL', task, body_key(ref))
 end
 redis.call('DEL', DEADS)
 return #refs

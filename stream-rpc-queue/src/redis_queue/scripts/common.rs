@@ -23,6 +23,9 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 local function task_key(ref) return B .. 'task:' .. ref end
+-- A task's options and packet as put (`OPTIONS\nPACKET`, both JSON): a
+-- string of its own, so that the record's hash stays a compact listpack.
+local function body_key(ref) return B .. 'body:' .. ref end
 local function ready_key(method) return B .. 'ready:' .. method end
 local function due_key(method) return B .. 'due:' .. method end
 local function dedupe_key(key) return B .. 'key:' .. key end
@@ -95,6 +98,7 @@ local function finish(ref, method, old, state, now, retention)
   redis.call('HSET', task, 's', state, 'f', now)
   redis.call('HDEL', task, 'run')
   redis.call('PEXPIRE', task, retention)
+  redis.call('PEXPIRE', body_key(ref), retention)
   redis.call('ZADD', FIN, (now + retention) * FIN_SCALE + next_seq() % FIN_SCALE, ref)
   if state == 'cancelled' then
     release(ref, task)
@@ -152,6 +156,11 @@ end
 local function info(ref)
   local fields = redis.call('HGETALL', task_key(ref))
   if #fields == 0 then return false end
+  local body = redis.call('GET', body_key(ref))
+  if body then
+    fields[#fields + 1] = 'body'
+    fields[#fields + 1] = body
+  end
   return fields
 end
 "#;

@@ -13,9 +13,9 @@ pub(in crate::redis_queue) mod put_answer {
 /// Puts a task (also used by the schedules, through [`PUT_FN`]).
 pub(super) const PUT_FN: &str = r#"
 local QUEUED, DUPLICATE, NAME_TAKEN, FULL, SCHEDULED = 1, 0, 2, 3, 4
--- ARGV from `first`: task, ref, dedupe key, method, band, max attempts,
--- run at ms ('' for none), options, backoff initial ms, backoff max ms,
--- max tasks.
+-- ARGV from `first`: body (options and packet), ref, dedupe key, method,
+-- band, max attempts, run at ms ('' for none), backoff initial ms,
+-- backoff max ms, max tasks.
 local function put(now, first)
   local a = function(i) return ARGV[first + i - 1] end
   local ref, key, method = a(2), a(3), a(4)
@@ -30,7 +30,7 @@ local function put(now, first)
     return {NAME_TAKEN}
   end
   local total = gauge_of('queued') + gauge_of('scheduled') + gauge_of('leased') + gauge_of('dead')
-  if total >= tonumber(a(11)) then
+  if total >= tonumber(a(10)) then
     redis.call('HINCRBY', STATS, 'full', 1)
     return {FULL}
   end
@@ -38,8 +38,9 @@ local function put(now, first)
   redis.call('DEL', task)
   local run = tonumber(a(7))
   local band = tonumber(a(5))
-  redis.call('HSET', task, 'task', a(1), 'm', method, 'k', key, 'p', band, 'a', 0,
-    'x', a(6), 'put', now, 'o', a(8), 'bi', a(9), 'bm', a(10))
+  redis.call('SET', body_key(ref), a(1))
+  redis.call('HSET', task, 'm', method, 'k', key, 'p', band, 'a', 0, 'x', a(6), 'put', now,
+    'bi', a(8), 'bm', a(9))
   redis.call('SET', dedupe_key(key), ref)
   if run and run > now then
     redis.call('HSET', task, 's', 'scheduled', 'run', run, 'due', run)
@@ -130,7 +131,7 @@ end
 /// `KEYS`: base. `ARGV`: worker, lease ms, retention ms, then the methods
 /// it takes (none: any).
 ///
-/// Answers `{1, ref, task, attempt, options, due ms, put ms}`, or
+/// Answers `{1, ref, body, attempt, due ms, put ms}`, or
 /// `{0, next due ms or -1}`.
 pub(super) const LEASE: &str = r#"
 local worker, lease, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -191,8 +192,9 @@ for _ = 1, LEASE_TRIES do
     if attempt > 1 then redis.call('HINCRBY', STATS, 'redeliveries', 1) end
     redis.call('HSET', task, 's', 'leased', 'w', worker)
     redis.call('ZADD', LEASES, now + lease, best)
-    local d = redis.call('HMGET', task, 'task', 'o', 'due', 'put')
-    return {1, best, d[1] or '', attempt, d[2] or '', tonumber(d[3]) or now, tonumber(d[4]) or now}
+    local d = redis.call('HMGET', task, 'due', 'put')
+    local body = redis.call('GET', body_key(best)) or ''
+    return {1, best, body, attempt, tonumber(d[1]) or now, tonumber(d[2]) or now}
   end
 end
 -- Nothing to hand out: when something may be.
