@@ -181,7 +181,7 @@ mod tests {
         let task = Packet::new(
             uuid::Uuid::from_u128(1),
             7,
-            "m".into(),
+            String::from("m"),
             serde_json::json!({"a": "b\nc"}),
         );
         let options = TaskOptions::default().max_attempts(3).dedupe("x\ny");
