@@ -110,6 +110,7 @@ impl RedisQueue {
             millis(backoff.initial).to_string(),
             millis(backoff.max).to_string(),
             self.settings.max_tasks.to_string(),
+            self.retention().to_string(),
         ])
     }
 
@@ -248,10 +249,7 @@ impl TaskQueue for RedisQueue {
 
     async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
         let given_back: i64 = self
-            .run(
-                &scripts().nack,
-                args![&task.to_string(), &worker, &self.retention()],
-            )
+            .run(&scripts().nack, args![&task.to_string(), &worker])
             .await?;
         Ok(flag(given_back))
     }

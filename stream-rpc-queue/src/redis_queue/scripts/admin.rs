@@ -4,7 +4,7 @@
 /// `KEYS`: base. `ARGV`: ref. Answers the task's record (`HGETALL`), or
 /// false.
 pub(super) const SHOW: &str = r#"
-promote(now_ms())
+catch_up(now_ms())
 return info(ARGV[1])
 "#;
 
@@ -15,7 +15,7 @@ return info(ARGV[1])
 pub(super) const LIST: &str = r#"
 local state, limit = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
-promote(now)
+catch_up(now)
 local refs = {}
 if state == 'scheduled' then
   refs = redis.call('ZRANGE', SCHED, 0, limit - 1)
@@ -59,7 +59,7 @@ return records
 /// dead, duplicates, redeliveries, names taken, full) and then the
 /// scheduled.
 pub(super) const STATS_SCRIPT: &str = r#"
-promote(now_ms())
+catch_up(now_ms())
 local c = redis.call('HMGET', STATS, 'done', 'duplicates', 'redeliveries', 'names_taken', 'full')
 return {gauge_of('queued'), gauge_of('leased'), tonumber(c[1]) or 0, gauge_of('dead'),
   tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0, tonumber(c[5]) or 0,
@@ -69,7 +69,7 @@ return {gauge_of('queued'), gauge_of('leased'), tonumber(c[1]) or 0, gauge_of('d
 /// `KEYS`: base. Answers the gauges and the counters, each as `HGETALL`
 /// (`state:method` and `counter:method` fields).
 pub(super) const METHOD_STATS: &str = r#"
-promote(now_ms())
+catch_up(now_ms())
 return {redis.call('HGETALL', COUNTS), redis.call('HGETALL', STATS)}
 "#;
 

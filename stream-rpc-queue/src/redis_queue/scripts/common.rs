@@ -152,6 +152,50 @@ local function promote(now)
   end
 end
 
+-- Ends an attempt without its outcome (its lease ran out, or its worker
+-- gave it back): cancelled, when that was asked; a dead letter, when it
+-- has no attempts left; else queued again at the back of its priority
+-- (its last holder, still named, may ack it until it is handed out again).
+local function give_back(ref, method, old, now)
+  local task = task_key(ref)
+  local f = redis.call('HMGET', task, 'c', 'a', 'x', 'p', 'rt')
+  if f[1] == '1' then
+    finish(ref, method, old, 'cancelled', now, tonumber(f[5]) or 3600000)
+  elseif (tonumber(f[2]) or 0) >= (tonumber(f[3]) or 1) then
+    die(ref, method, old, now)
+  else
+    unplace(ref, method, old)
+    gauge(method, old, -1)
+    gauge(method, 'queued', 1)
+    local seq = next_seq()
+    redis.call('HSET', task, 's', 'queued', 'seq', seq)
+    enqueue(ref, method, tonumber(f[4]) or 1, seq)
+    ev_ready(method)
+  end
+end
+
+-- The leases that ended are given back (at most this many per call; the
+-- next call goes on).
+local RECLAIM_MAX = 100
+local function reclaim(now)
+  local ended = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
+  for _, ref in ipairs(ended) do
+    local f = redis.call('HMGET', task_key(ref), 'm', 's')
+    if not f[1] or f[2] ~= 'leased' then
+      redis.call('ZREM', LEASES, ref)
+    else
+      give_back(ref, f[1], 'leased', now)
+      slot_freed(f[1])
+    end
+  end
+end
+
+-- Brings the queue up to now: ended leases, due tasks, expired records.
+local function catch_up(now)
+  reclaim(now)
+  promote(now)
+end
+
 -- A task's record, whole, for show and list (false when there is none).
 local function info(ref)
   local fields = redis.call('HGETALL', task_key(ref))

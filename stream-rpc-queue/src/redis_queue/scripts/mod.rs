@@ -49,11 +49,11 @@ pub(super) fn scripts() -> &'static Scripts {
         use common::COMMON;
         use finish::HELD_FN;
         use schedules::SCHEDULE_FN;
-        use tasks::{LIMITS_FN, PUT_FN, RECLAIM_FN};
+        use tasks::{LIMITS_FN, PUT_FN};
         let with = |parts: &[&str]| Script::new(&[&[COMMON], parts].concat().concat());
         Scripts {
             put: with(&[PUT_FN, tasks::PUT]),
-            lease: with(&[LIMITS_FN, RECLAIM_FN, tasks::LEASE]),
+            lease: with(&[LIMITS_FN, tasks::LEASE]),
             bury: with(&[tasks::BURY]),
             extend: with(&[HELD_FN, finish::EXTEND]),
             ack: with(&[HELD_FN, finish::ACK]),

@@ -15,7 +15,7 @@ pub(super) const PUT_FN: &str = r#"
 local QUEUED, DUPLICATE, NAME_TAKEN, FULL, SCHEDULED = 1, 0, 2, 3, 4
 -- ARGV from `first`: body (options and packet), ref, dedupe key, method,
 -- band, max attempts, run at ms ('' for none), backoff initial ms,
--- backoff max ms, max tasks.
+-- backoff max ms, max tasks, retention ms.
 local function put(now, first)
   local a = function(i) return ARGV[first + i - 1] end
   local ref, key, method = a(2), a(3), a(4)
@@ -40,7 +40,7 @@ local function put(now, first)
   local band = tonumber(a(5))
   redis.call('SET', body_key(ref), a(1))
   redis.call('HSET', task, 'm', method, 'k', key, 'p', band, 'a', 0, 'x', a(6), 'put', now,
-    'bi', a(8), 'bm', a(9))
+    'bi', a(8), 'bm', a(9), 'rt', a(11))
   redis.call('SET', dedupe_key(key), ref)
   if run and run > now then
     redis.call('HSET', task, 's', 'scheduled', 'run', run, 'due', run)
@@ -59,7 +59,9 @@ end
 
 /// `KEYS`: base. `ARGV`: the arguments of `put`.
 pub(super) const PUT: &str = r#"
-return put(now_ms(), 1)
+local now = now_ms()
+catch_up(now)
+return put(now, 1)
 "#;
 
 /// Rate and concurrency limits: whether a method may go now, and when
@@ -101,33 +103,6 @@ local function take(method, limit, now)
 end
 "#;
 
-/// The leases that ended: their tasks are handed out again, at the front
-/// of their band as before (the lease makes a dead letter of one tried as
-/// often as allowed), or cancelled when that was asked meanwhile.
-pub(super) const RECLAIM_FN: &str = r#"
-local RECLAIM_MAX = 100
-local function reclaim(now, retention)
-  local ended = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
-  for _, ref in ipairs(ended) do
-    local task = task_key(ref)
-    local f = redis.call('HMGET', task, 'm', 's', 'c', 'p', 'seq')
-    local method = f[1]
-    if not method or f[2] ~= 'leased' then
-      redis.call('ZREM', LEASES, ref)
-    elseif f[3] == '1' then
-      finish(ref, method, 'leased', 'cancelled', now, retention)
-    else
-      unplace(ref, method, 'leased')
-      gauge(method, 'leased', -1)
-      gauge(method, 'queued', 1)
-      redis.call('HSET', task, 's', 'queued')
-      redis.call('HDEL', task, 'w')
-      enqueue(ref, method, tonumber(f[4]) or 1, tonumber(f[5]) or next_seq())
-    end
-  end
-end
-"#;
-
 /// `KEYS`: base. `ARGV`: worker, lease ms, retention ms, then the methods
 /// it takes (none: any).
 ///
@@ -136,8 +111,7 @@ end
 pub(super) const LEASE: &str = r#"
 local worker, lease, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-promote(now)
-reclaim(now, retention)
+catch_up(now)
 local any = #ARGV < 4
 local methods
 if any then methods = redis.call('SMEMBERS', METHODS) else methods = {unpack(ARGV, 4)} end
