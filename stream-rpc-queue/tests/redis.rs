@@ -278,7 +278,7 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
 }
 
 /// How many tasks the memory measure puts.
-const MEASURED_TASKS: u64 = 10_000;
+const MEASURED_TASKS: u64 = 2_000;
 /// The most memory a queued task may take on Redis, in bytes: its record
 /// (the packet's JSON, about 200 bytes here, and a dozen small fields),
 /// its place in the ready set, its dedupe key.
