@@ -97,8 +97,9 @@
 //! - **Nothing grows.** Finished tasks leave nothing behind but their
 //!   record, result and key, which expire after the retention window; the
 //!   tasks held are bounded by `max_tasks`, each result by
-//!   `max_result_bytes`. The counts per method are kept for every method
-//!   ever put (as many as the service has).
+//!   `max_result_bytes`. The counts per method are kept for as many
+//!   methods as a service has; in memory, beyond 10,000 methods those of
+//!   methods that hold no task are forgotten.
 //!
 //! [`RedisReplayStore`] shares replay and reflection protection between
 //! the servers on one Redis, so that a token accepted by one is refused by
