@@ -86,6 +86,7 @@ mod replay;
 // Used by the backends as they gain schedules.
 #[allow(dead_code)]
 mod schedule;
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -106,6 +107,7 @@ pub use outcomes::{
 };
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
+pub use server::{DEFAULT_ATTEMPT_TIMEOUT, TaskServer};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).
