@@ -157,6 +157,10 @@ pub(crate) async fn push<Q: TaskQueue>(
     let closed = connection.closed();
     tokio::pin!(closed);
     'push: loop {
+        if connection.is_closed() {
+            // Closing: a task leased now could not be pushed.
+            break;
+        }
         let mut wake_at = None;
         if let Some(filter) = sub.room() {
             match shared
