@@ -160,6 +160,7 @@ impl Protocol for Worker {
                 let n = packet.payload["n"].as_i64().unwrap_or_default();
                 Ok(Reply::message(reply, json!(n * 2)))
             }
+            "refuse" => Err(HandlerError::permanent("this one can never work")),
             "flaky" if attempt < 2 => Err(HandlerError::failed("the first attempt fails")),
             "flaky" => Ok(Reply::message(reply, json!("second time lucky"))),
             "hold" => {
@@ -236,6 +237,16 @@ async fn a_pushed_task_is_acked_by_its_workers_reply() {
         assert_eq!(info["state"], "done", "{info}");
         assert_eq!(info["result"], "second time lucky");
         assert_eq!(info["attempts"], 2);
+
+        // An error that says `"retry": false` makes it dead at once.
+        subscribe(&worker, &["double", "flaky", "refuse"], 4).await;
+        let refuse = task("refuse", json!(null));
+        put(&producer, &refuse, json!({ "max_attempts": 5 })).await;
+        let info = wait_final(&producer, &refuse).await;
+        assert_eq!(info["state"], "dead", "{info}");
+        assert_eq!(info["attempts"], 1, "{info}");
+        assert_eq!(info["error"]["retry"], false, "{info}");
+        assert_eq!(info["error"]["message"], "this one can never work");
     })
     .await;
 }
@@ -572,6 +583,8 @@ async fn cancelling_a_running_task_cancels_its_call() {
             call(&producer, "task.cancel", json!({ "task": name(&running) })).await,
             json!({ "outcome": "requested", "state": "leased" })
         );
+        // The server gave up its call: the worker's handler was told.
+        probe.cancelled.acquire().await.unwrap().forget();
         let info = wait_final(&producer, &running).await;
         assert_eq!(info["state"], "cancelled", "{info}");
         assert_eq!(info["attempts"], 1, "{info}");
