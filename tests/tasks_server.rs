@@ -621,7 +621,10 @@ async fn a_connection_has_a_bounded_number_of_waits() {
                 )
                 .await
             {
-                Err(stream_rpc::CallError::Remote { code, .. }) if code == ErrorCode::Busy => {
+                Err(stream_rpc::CallError::Remote {
+                    code: ErrorCode::Busy,
+                    ..
+                }) => {
                     busy = true;
                     break;
                 }
