@@ -1,8 +1,9 @@
 //! The fleet under random faults: a real `redis-server` with its
 //! append-only file (fsync at every write), three `server` example
-//! processes on it, and six workers (the Rust `worker` example and the
-//! Python `python/examples/worker.py`), every path through a fault proxy
-//! (`tests/common/proxy.rs`): server↔Redis, and worker↔server.
+//! processes on it, and eight workers (the Rust `worker` example and the
+//! Python `python/examples/worker.py`, which poll, and two typed workers in
+//! this process, fed by push after `task.subscribe`), every path through a
+//! fault proxy (`tests/common/proxy.rs`): server↔Redis, and worker↔server.
 //!
 //! For `FLEET_SECONDS` (30 by default), faults chosen by a seeded random
 //! generator (`FLEET_SEED`, printed at the start: the seed fixes which
@@ -25,7 +26,9 @@
 //!   is on Redis) or dead-lettered, and nothing is left queued or leased
 //!   after the drain: **lost: 0**;
 //! - no task was answered `{"saved": true}` twice, and none so answered
-//!   lacks its result on Redis;
+//!   lacks its result on Redis; no task was done twice however it was
+//!   acked (a save, or a typed worker's reply to a push): the queue's count
+//!   of acks that made a task done equals the tasks done;
 //! - a duplicate is never queued; a collision is answered
 //!   `{"queued": false, "reason": "name_taken"}`; a task leased to the
 //!   drainer is saved (`{"saved": true}`) when it saves it at once;
