@@ -249,3 +249,26 @@ pub(crate) fn json_len(value: &Value) -> usize {
     let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Peers may put tasks of as many methods as they like: the counts
+    /// per method stay bounded, those of methods still holding tasks kept.
+    #[tokio::test]
+    async fn the_counts_per_method_are_bounded() {
+        let queue = MemoryQueue::new();
+        let held = Packet::new(uuid::Uuid::nil(), 0, "held", json!(0));
+        queue.put(&held).await.unwrap();
+        for id in 1..=state::MAX_COUNTED_METHODS as u64 + 10 {
+            let task = Packet::new(uuid::Uuid::nil(), id, format!("m{id}"), json!(id));
+            queue.put(&task).await.unwrap();
+            queue.cancel(TaskRef::of(&task)).await.unwrap();
+        }
+        let stats = queue.method_stats().await.unwrap();
+        assert!(stats.len() <= state::MAX_COUNTED_METHODS, "{}", stats.len());
+        assert_eq!(stats["held"].queued, 1);
+    }
+}

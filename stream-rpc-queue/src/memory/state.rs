@@ -89,7 +89,17 @@ pub(super) struct Counts {
     pub(super) limited: u64,
 }
 
+/// How many methods' counts are kept before those of methods with no task
+/// held are forgotten.
+pub(super) const MAX_COUNTED_METHODS: usize = 10_000;
+
 impl Counts {
+    /// Whether a task of the method is held (scheduled, queued, leased or
+    /// dead).
+    fn holds_tasks(&self) -> bool {
+        self.queued + self.scheduled + self.running + self.dead > 0
+    }
+
     fn of(&mut self, state: TaskState) -> Option<&mut u64> {
         match state {
             TaskState::Queued => Some(&mut self.queued),
@@ -183,6 +193,11 @@ impl State {
 
     pub(super) fn counts(&mut self, method: &str) -> &mut Counts {
         if !self.counts.contains_key(method) {
+            if self.counts.len() >= MAX_COUNTED_METHODS {
+                // Bounded whatever methods peers put: the counters of
+                // methods with no task held go first.
+                self.counts.retain(|_, counts| counts.holds_tasks());
+            }
             self.counts.insert(method.to_owned(), Counts::default());
         }
         self.counts
