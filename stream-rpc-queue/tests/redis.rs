@@ -341,6 +341,13 @@ async fn memory_per_queued_task_is_bounded() {
     .await;
 }
 
+/// The next event, within a bound that covers Redis's restart.
+async fn next_event(events: &mut stream_rpc_queue::QueueEvents) -> Option<QueueEvent> {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
     let mut server = RedisServer::start();
@@ -351,12 +358,15 @@ async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
         let ready = QueueEvent::Ready {
             method: "parse_article".into(),
         };
-        assert_eq!(events.next().await, Some(ready.clone()));
+        assert_eq!(next_event(&mut events).await, Some(ready.clone()));
         server.kill();
         server.restart();
         // Events published while the connection was down are lost: the
         // receiver is told to re-check once it is subscribed again.
-        assert_eq!(events.next().await, Some(QueueEvent::Lagged { missed: 0 }));
+        assert_eq!(
+            next_event(&mut events).await,
+            Some(QueueEvent::Lagged { missed: 0 })
+        );
         // Redis came back from its AOF: the task is still there.
         let put = loop {
             match queue.put(&task(2)).await {
@@ -368,7 +378,7 @@ async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
             }
         };
         assert_eq!(put, Put::Queued);
-        assert_eq!(events.next().await, Some(ready));
+        assert_eq!(next_event(&mut events).await, Some(ready));
     })
     .await;
 }
