@@ -154,6 +154,9 @@ pub(crate) async fn push<Q: TaskQueue>(
     // missed.
     let mut events = shared.queue.events();
     let mut events_open = true;
+    // Whether the last lease failed: a queue that stays away is logged
+    // once at WARN, then at DEBUG until a lease works again.
+    let mut failing = false;
     let closed = connection.closed();
     tokio::pin!(closed);
     'push: loop {
@@ -169,17 +172,23 @@ pub(crate) async fn push<Q: TaskQueue>(
                 .await
             {
                 Ok(Lease::Leased(leased)) => {
+                    failing = false;
                     start_attempt(&shared, &sub, &connection, &worker, leased);
                     continue;
                 }
                 Ok(Lease::Empty { next_due }) => {
+                    failing = false;
                     wake_at = next_due.map(|at| {
                         let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                         Instant::now() + wait
                     });
                 }
+                Err(e) if failing => {
+                    tracing::debug!(%worker, "pushing tasks: {e}; trying again in {FALLBACK:?}");
+                }
                 Err(e) => {
-                    tracing::warn!(%worker, "pushing tasks: {e}; trying again in {FALLBACK:?}");
+                    failing = true;
+                    tracing::warn!(%worker, "pushing tasks: {e}; trying again every {FALLBACK:?}");
                 }
             }
         }
