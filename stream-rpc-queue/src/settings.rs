@@ -6,10 +6,12 @@ use std::time::Duration;
 #[cfg(doc)]
 use crate::{Acked, Put, TaskQueue};
 
-/// Counts of a queue's tasks and events.
+/// Counts of a queue's tasks and events, all methods together
+/// ([`TaskQueue::method_stats`] counts per method).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Tasks waiting to be handed out (expired leases included).
+    /// Tasks waiting to be handed out (expired leases included; not the
+    /// scheduled ones, which [`TaskQueue::method_stats`] counts).
     pub queued: u64,
     /// Tasks handed out and not yet acked.
     pub leased: u64,

@@ -271,4 +271,27 @@ mod tests {
         assert!(stats.len() <= state::MAX_COUNTED_METHODS, "{}", stats.len());
         assert_eq!(stats["held"].queued, 1);
     }
+
+    /// A lease or a retention beyond what the clock can add is taken as
+    /// "for ever", not a panic.
+    #[tokio::test]
+    async fn a_lease_of_centuries_does_not_panic() {
+        let queue =
+            MemoryQueue::with_settings(QueueSettings::default().with_retention(Duration::MAX));
+        let task = Packet::new(uuid::Uuid::nil(), 1, "m", json!(1));
+        queue.put(&task).await.unwrap();
+        let leased = queue.lease("w", Duration::MAX).await.unwrap().unwrap();
+        assert!(
+            queue
+                .extend(TaskRef::of(&leased.task), "w", Duration::MAX)
+                .await
+                .unwrap()
+        );
+        let acked = queue
+            .ack(TaskRef::of(&task), "w", &json!("ok"))
+            .await
+            .unwrap();
+        assert_eq!(acked, Acked::Done);
+        assert!(queue.put(&task).await.unwrap().is_duplicate());
+    }
 }

@@ -192,17 +192,12 @@ impl State {
     }
 
     pub(super) fn counts(&mut self, method: &str) -> &mut Counts {
-        if !self.counts.contains_key(method) {
-            if self.counts.len() >= MAX_COUNTED_METHODS {
-                // Bounded whatever methods peers put: the counters of
-                // methods with no task held go first.
-                self.counts.retain(|_, counts| counts.holds_tasks());
-            }
-            self.counts.insert(method.to_owned(), Counts::default());
+        if self.counts.len() >= MAX_COUNTED_METHODS && !self.counts.contains_key(method) {
+            // Bounded whatever methods peers put: the counters of methods
+            // with no task held go first.
+            self.counts.retain(|_, counts| counts.holds_tasks());
         }
-        self.counts
-            .get_mut(method)
-            .expect("inserted just above when missing")
+        self.counts.entry(method.to_owned()).or_default()
     }
 
     /// The attempts a task put with `options` may have.
@@ -345,7 +340,7 @@ impl State {
     /// Keeps `info` (a done or cancelled task's record) for the retention
     /// window.
     pub(super) fn keep_record(&mut self, info: TaskInfo, now: Instant) {
-        let until = now + self.settings.retention;
+        let until = super::ops::until(now, self.settings.retention);
         let name = info.task;
         self.finished.insert(name, (info, until));
         self.retained.push_back((until, Kept::Record(name)));
