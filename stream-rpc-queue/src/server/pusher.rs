@@ -25,6 +25,8 @@ pub const META_TASK_ATTEMPT: &str = "task-attempt";
 /// How long the pusher waits, when nothing wakes it, before it asks the
 /// queue again (a fallback: events and `next_due` wake it sooner).
 const FALLBACK: Duration = Duration::from_secs(1);
+/// The shortest wait for a task's time ([`Lease::Empty`]'s `next_due`).
+const MIN_WAIT: Duration = Duration::from_millis(5);
 /// The shortest interval between two extensions of a running task's lease.
 const MIN_EXTEND_EVERY: Duration = Duration::from_millis(10);
 /// The share of the lease after which a running task's lease is extended
@@ -178,9 +180,11 @@ pub(crate) async fn push<Q: TaskQueue>(
                 }
                 Ok(Lease::Empty { next_due }) => {
                     failing = false;
+                    // At least MIN_WAIT: a time the queue's clock has not
+                    // reached yet, though this one has, must not spin.
                     wake_at = next_due.map(|at| {
                         let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        Instant::now() + wait
+                        Instant::now() + wait.max(MIN_WAIT)
                     });
                 }
                 Err(e) if failing => {
