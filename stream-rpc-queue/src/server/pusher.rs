@@ -97,6 +97,13 @@ impl Subscription {
             .then(|| LeaseFilter::methods(state.methods.iter().cloned()))
     }
 
+    /// Wakes the pusher if it pushes `method`.
+    pub(crate) fn wake_for(&self, method: &str) {
+        if self.wants(method) {
+            self.changed.notify_one();
+        }
+    }
+
     fn wants(&self, method: &str) -> bool {
         let state = self.lock();
         state.active && state.methods.iter().any(|m| m == method)
