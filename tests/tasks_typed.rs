@@ -55,6 +55,8 @@ pub trait Articles {
     /// Runs until released (or at once when the worker does not hold);
     /// stops when cancelled.
     async fn slow(&self, ctx: Context, n: u64) -> Result<u64, HandlerError>;
+    /// A notification method: as a task, acknowledged with `null`.
+    async fn note(&self, text: String);
 }
 
 /// What the tests see of a worker's handlers.
@@ -76,6 +78,10 @@ impl Articles for Parser {
             5 if attempt == "1" => Err(ParseError::Flaky),
             id => Ok(format!("article {id} (attempt {attempt})")),
         }
+    }
+
+    async fn note(&self, text: String) {
+        let _ = text;
     }
 
     async fn slow(&self, ctx: Context, n: u64) -> Result<u64, HandlerError> {
@@ -214,6 +220,9 @@ async fn typed_results_errors_and_retries() {
             Ok("article 5 (attempt 2)".into())
         );
         assert_eq!(flaky.state().await.unwrap().attempts, 2);
+        // A method without a reply: done, with nothing.
+        let note = articles.note("hello".into()).await.unwrap();
+        assert_eq!(note.result().await.unwrap(), Ok(()));
         // The same put again: the same task, already done.
         let again = articles.parse(1).await.unwrap();
         assert!(again.deduplicated());
@@ -265,7 +274,7 @@ async fn typed_results_errors_and_retries() {
         let report = running.stop().await;
         assert_eq!(
             (report.done, report.failed, report.given_back),
-            (3, 4, 0),
+            (4, 4, 0),
             "{report:?}"
         );
         server.stop().await;
