@@ -165,6 +165,7 @@ mod outcomes;
 mod redis_queue;
 mod replay;
 mod schedule;
+pub mod server;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -186,6 +187,7 @@ pub use outcomes::{
 };
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
+pub use server::{DEFAULT_ATTEMPT_TIMEOUT, TaskServer};
 pub use settings::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_TASKS, DEFAULT_RETENTION,
     QueueError, QueueSettings, Stats,
