@@ -98,8 +98,10 @@
 //!   record, result and key, which expire after the retention window; the
 //!   tasks held are bounded by `max_tasks`, each result by
 //!   `max_result_bytes`. The counts per method are kept for as many
-//!   methods as a service has; in memory, beyond 10,000 methods those of
-//!   methods that hold no task are forgotten.
+//!   methods as a service has, up to 10,000 methods: when a peer's task
+//!   brings one more, those of the methods that hold no task are
+//!   forgotten, in memory as on Redis (where the check runs only when a
+//!   method not counted yet comes, in the script that counts it).
 //!
 //! [`RedisReplayStore`] shares replay and reflection protection between
 //! the servers on one Redis, so that a token accepted by one is refused by

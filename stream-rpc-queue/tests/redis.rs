@@ -7,8 +7,8 @@ use serde_json::json;
 use stream_rpc::Packet;
 use stream_rpc_queue::testing::task;
 use stream_rpc_queue::{
-    Acked, Put, QueueError, QueueEvent, QueueSettings, RedisQueue, RedisSettings, TaskQueue,
-    TaskRef, TaskState,
+    Acked, Failed, LeaseFilter, Put, QueueError, QueueEvent, QueueSettings, RedisQueue,
+    RedisSettings, TaskQueue, TaskRef, TaskState,
 };
 use stream_rpc_test_support::{RedisServer, free_port};
 
@@ -160,10 +160,10 @@ async fn put_lease_ack(queue: &RedisQueue, from: u64, to: u64) {
 }
 
 /// The keys a queue keeps for good once done tasks expired, with one task
-/// left leased: its body, record and dedupe key, the leases, the counts and
-/// counters, the sequence.
-const KEPT_KEYS: [&str; 7] = [
-    "body:*", "counts", "key:*", "leases", "seq", "stats", "task:*",
+/// left leased: its body, record and dedupe key, the leases, the counts,
+/// the counters and the methods counted, the sequence.
+const KEPT_KEYS: [&str; 8] = [
+    "body:*", "counted", "counts", "key:*", "leases", "seq", "stats", "task:*",
 ];
 
 /// Waits until the names, results and records of done tasks have expired
@@ -273,6 +273,100 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    })
+    .await;
+}
+
+/// The most methods whose counters a queue keeps (as in memory).
+const COUNTED_METHODS: u64 = 10_000;
+
+/// Puts, leases and acks one task of each method `m<from>..m<to>`, eight
+/// at a time.
+async fn one_task_per_method(queue: &RedisQueue, from: u64, to: u64) {
+    let lanes: Vec<_> = (0..8u64)
+        .map(|lane| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for n in (from + lane..to).step_by(8) {
+                    let method = format!("m{n}");
+                    let put = Packet::new(uuid::Uuid::nil(), n, &method, json!(n));
+                    queue.put(&put).await.unwrap();
+                    let leased = queue
+                        .lease_with("w", LEASE, &LeaseFilter::methods([method]))
+                        .await
+                        .unwrap()
+                        .leased()
+                        .unwrap();
+                    let acked = queue
+                        .ack(TaskRef::of(&leased.task), "w", &json!(n))
+                        .await
+                        .unwrap();
+                    assert_eq!(acked, Acked::Done);
+                }
+            })
+        })
+        .collect();
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+}
+
+/// A peer may put tasks under as many method names as it likes: the
+/// counters per method stay bounded, those of a method that still holds a
+/// task kept. The first 9,999 methods are written by hand, as the scripts
+/// write them (10,000 tasks put, leased and acked one by one take half a
+/// minute), and a hundred more as a version that did not list the methods
+/// counted wrote them; the methods after are real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counters_per_method_are_bounded() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        // A method with counters and a task held (waiting for its retry).
+        let held = Packet::new(uuid::Uuid::nil(), 0, "held", json!(0));
+        queue.put(&held).await.unwrap();
+        let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
+        let failed = queue
+            .fail(TaskRef::of(&leased.task), "w", &json!("no"), true)
+            .await
+            .unwrap();
+        assert!(matches!(failed, Failed::Retrying { .. }), "{failed:?}");
+
+        let stats_key = "{stream-rpc}:stats".to_owned();
+        let counted_key = "{stream-rpc}:counted";
+        let mut fields = vec![stats_key.clone()];
+        let mut counted = vec![counted_key.to_owned()];
+        for n in 1..COUNTED_METHODS {
+            fields.extend([format!("done:m{n}"), "1".to_owned()]);
+            counted.push(format!("m{n}"));
+        }
+        for n in 0..100 {
+            fields.extend([format!("done:before{n}"), "1".to_owned()]);
+        }
+        fn args(all: &[String]) -> Vec<&str> {
+            all.iter().map(String::as_str).collect()
+        }
+        let _: u64 = command(&server, "HSET", &args(&fields)).await;
+        let _: u64 = command(&server, "SADD", &args(&counted)).await;
+        let by_hand = queue.method_stats().await.unwrap().len() as u64;
+        assert_eq!(by_hand, COUNTED_METHODS + 100);
+
+        // The 10,001st method counted: those that hold no task are
+        // forgotten.
+        one_task_per_method(&queue, COUNTED_METHODS, COUNTED_METHODS + 50).await;
+
+        let stats = queue.method_stats().await.unwrap();
+        let names: Vec<&String> = stats.keys().take(5).collect();
+        assert_eq!(stats.len(), 51, "held and m10000..m10049: {names:?}");
+        let kept = &stats["held"];
+        assert_eq!((kept.failed, kept.retried), (1, 1), "{kept:?}");
+        assert_eq!(kept.scheduled + kept.queued, 1, "{kept:?}");
+        assert_eq!(stats[&format!("m{}", COUNTED_METHODS + 49)].done, 1);
+        let counted: u64 = command(&server, "SCARD", &[counted_key]).await;
+        assert_eq!(counted, 51);
+        // The counters of the whole queue are kept.
+        let done: u64 = command(&server, "HGET", &[&stats_key, "done"]).await;
+        assert_eq!(done, 50);
     })
     .await;
 }

@@ -24,7 +24,8 @@
 //! | `{prefix}:key:<dedupe key>` | string | the task holding the key, while it is scheduled, queued, leased or dead; expires a retention window after it is done; gone when it is cancelled |
 //! | `{prefix}:result:<dedupe key>` | string | the result of a done task, for the retention window |
 //! | `{prefix}:counts` | hash | tasks per state now (`state`, `state:method`) |
-//! | `{prefix}:stats` | hash | counters since the queue was created: `done`, `duplicates`, `names_taken`, `full`, `redeliveries`; per method `done:`, `failed:`, `retried:`, `cancelled:`, `limited:` |
+//! | `{prefix}:stats` | hash | counters since the queue was created: `done`, `duplicates`, `names_taken`, `full`, `redeliveries`; per method `done:`, `failed:`, `retried:`, `cancelled:`, `limited:` (for at most `MAX_COUNTED_METHODS` (10,000) methods, see `{prefix}:counted`) |
+//! | `{prefix}:counted` | set | the methods with counters in `{prefix}:stats`: when a new one makes them more than `MAX_COUNTED_METHODS` (10,000), the counters of those that hold no task are forgotten |
 //! | `{prefix}:limits`, `{prefix}:buckets` | hashes | per method `concurrency\|count\|per_ms`; its token bucket (`method:t`, `method:at`) |
 //! | `{prefix}:schedule:<name>`, `{prefix}:ticks` | hash, sorted set | a periodic task; the schedules by next tick |
 //! | `{prefix}:seq` | string | the sequence of the order tasks became available |
@@ -59,6 +60,11 @@ use events::EventsHub;
 /// The most schedules one queue keeps (a put of one more is
 /// [`QueueError::Invalid`]).
 const MAX_SCHEDULES: usize = 10_000;
+/// The most methods whose counters (`done:<method>`…) one queue keeps:
+/// when a new method is counted beyond, those of the methods that hold no
+/// task are forgotten, as in memory (the scripts' `COUNTED_MAX`, set from
+/// this).
+const MAX_COUNTED_METHODS: usize = 10_000;
 /// The most method limits one queue keeps (a set of one more is
 /// [`QueueError::Invalid`]).
 const MAX_LIMITS: usize = 10_000;

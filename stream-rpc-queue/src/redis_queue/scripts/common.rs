@@ -2,6 +2,15 @@
 //! per-method gauges and counters, the events, and the moves of a task
 //! between the sets of its states.
 
+/// The Lua constants that come from Rust, put before [`COMMON`]: the most
+/// methods whose counters are kept (see its `bump`).
+pub(super) fn constants() -> String {
+    format!(
+        "local COUNTED_MAX = {}\n",
+        crate::redis_queue::MAX_COUNTED_METHODS
+    )
+}
+
 /// Keys, clock, counters and events. `KEYS[1]` is the key base
 /// (`{prefix}:`), from which every key is derived, all in its hash tag.
 pub(super) const COMMON: &str = r#"
@@ -9,6 +18,7 @@ local B = KEYS[1]
 local LEASES, SCHED, DEADS, FIN = B .. 'leases', B .. 'scheduled', B .. 'dead', B .. 'finished'
 local METHODS, STATS, COUNTS, SEQ = B .. 'methods', B .. 'stats', B .. 'counts', B .. 'seq'
 local LIMITS, BUCKETS, EVENTS = B .. 'limits', B .. 'buckets', B .. 'events'
+local COUNTED = B .. 'counted'
 -- Ready tasks are scored by priority band x 2^42 + the order they became
 -- available (2^42 sequence numbers per band; the score stays exact in a
 -- double).
@@ -43,10 +53,41 @@ local function gauge(method, state, delta)
   end
 end
 local function gauge_of(field) return tonumber(redis.call('HGET', COUNTS, field)) or 0 end
+-- Whether a task of the method is held (scheduled, queued, leased, dead).
+local function holds_tasks(method)
+  local f = redis.call('HMGET', COUNTS, 'scheduled:' .. method, 'queued:' .. method,
+    'leased:' .. method, 'dead:' .. method)
+  return (f[1] or f[2] or f[3] or f[4]) and true or false
+end
+-- The counters of the methods other than `keep` that hold no task are
+-- forgotten: every `counter:method` field of STATS (those written before
+-- COUNTED was kept too), and their names in COUNTED.
+local function forget_idle(keep)
+  local idle = {}
+  local function is_idle(method)
+    if method == keep then return false end
+    if idle[method] == nil then idle[method] = not holds_tasks(method) end
+    return idle[method]
+  end
+  for _, field in ipairs(redis.call('HKEYS', STATS)) do
+    local colon = string.find(field, ':', 1, true)
+    if colon and is_idle(string.sub(field, colon + 1)) then redis.call('HDEL', STATS, field) end
+  end
+  for _, method in ipairs(redis.call('SMEMBERS', COUNTED)) do
+    if is_idle(method) then redis.call('SREM', COUNTED, method) end
+  end
+end
 -- Counters since the queue was created (`name` and `name:method` in STATS).
+-- The methods counted are bounded whatever methods peers put: when a new
+-- one comes and more than COUNTED_MAX are counted, those of the methods
+-- that hold no task are forgotten (the rule of the memory queue).
 local function bump(method, name)
   redis.call('HINCRBY', STATS, name, 1)
-  if method then redis.call('HINCRBY', STATS, name .. ':' .. method, 1) end
+  if not method then return end
+  if redis.call('SADD', COUNTED, method) == 1 and redis.call('SCARD', COUNTED) > COUNTED_MAX then
+    forget_idle(method)
+  end
+  redis.call('HINCRBY', STATS, name .. ':' .. method, 1)
 end
 
 -- Events, on the one channel every server subscribes to.

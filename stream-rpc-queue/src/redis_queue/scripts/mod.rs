@@ -1,6 +1,7 @@
 //! The Lua scripts the Redis queue runs (each one atomic on Redis), and
-//! the numbers they answer with. Every script is [`common::COMMON`] and the
-//! functions it needs, then its body; `KEYS[1]` is the key base.
+//! the numbers they answer with. Every script is [`common::constants`],
+//! [`common::COMMON`] and the functions it needs, then its body; `KEYS[1]`
+//! is the key base.
 
 use redis::Script;
 
@@ -50,7 +51,9 @@ pub(super) fn scripts() -> &'static Scripts {
         use finish::HELD_FN;
         use schedules::SCHEDULE_FN;
         use tasks::{LIMITS_FN, PUT_FN};
-        let with = |parts: &[&str]| Script::new(&[&[COMMON], parts].concat().concat());
+        let constants = common::constants();
+        let with =
+            |parts: &[&str]| Script::new(&[&[constants.as_str(), COMMON], parts].concat().concat());
         Scripts {
             put: with(&[PUT_FN, tasks::PUT]),
             lease: with(&[LIMITS_FN, tasks::LEASE]),
