@@ -31,7 +31,6 @@ pub use payloads::{
     DEFAULT_LIST, DEFAULT_WAIT, MAX_CONCURRENCY, MAX_LIST, MAX_METHOD_LEN, MAX_SUBSCRIBED_METHODS,
     MAX_WAIT,
 };
-pub use pusher::{META_TASK_ATTEMPT, META_TASK_ID};
 
 use payloads::{
     ListRequest, Nothing, PutRequest, RemoveScheduleRequest, SubscribeRequest, TaskRequest,
@@ -70,7 +69,7 @@ fn unavailable(error: QueueError) -> HandlerError {
 ///
 /// - A worker connection that says `task.subscribe` is **pushed** the
 ///   tasks of its methods as calls on that connection (method and payload
-///   the task's, metadata [`META_TASK_ID`] and [`META_TASK_ATTEMPT`], time
+///   the task's, metadata [`TASK_ID_META`](stream_rpc::tasks::TASK_ID_META) and [`TASK_ATTEMPT_META`](stream_rpc::tasks::TASK_ATTEMPT_META), time
 ///   limit the attempt's), at most its concurrency at once; the call's
 ///   reply acks the task with the reply's payload as its result, an error
 ///   fails the attempt (retried unless the error says `"retry": false`),

@@ -8,19 +8,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use stream_rpc::tasks::TaskRef;
+use stream_rpc::tasks::{TASK_ATTEMPT_META, TASK_ID_META, TaskRef};
 use stream_rpc::{Call, CallError, Caller, Connection, ErrorCode, Packet};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Shared;
 use crate::{Acked, Failed, Lease, LeaseFilter, Leased, QueueEvent, TaskQueue};
-
-/// The metadata key of a pushed call naming its task (`PEER:ID`).
-pub const META_TASK_ID: &str = "task-id";
-/// The metadata key of a pushed call carrying its attempt number (1 the
-/// first time).
-pub const META_TASK_ATTEMPT: &str = "task-attempt";
 
 /// How long the pusher waits, when nothing wakes it, before it asks the
 /// queue again (a fallback: events and `next_due` wake it sooner).
@@ -332,8 +326,8 @@ impl<Q: TaskQueue> Attempt<Q> {
     async fn call(&self, mut cancel: oneshot::Receiver<()>) -> Outcome {
         let packet = &self.leased.task;
         let call = Call::new(packet.method.clone(), packet.payload.clone())
-            .with_meta(META_TASK_ID, self.task.to_string())
-            .and_then(|call| call.with_meta(META_TASK_ATTEMPT, self.leased.attempt.to_string()));
+            .with_meta(TASK_ID_META, self.task.to_string())
+            .and_then(|call| call.with_meta(TASK_ATTEMPT_META, self.leased.attempt.to_string()));
         let call = match call {
             Ok(call) => call.timeout(self.limit()),
             // Fixed keys and plain values: cannot happen; give it back.
