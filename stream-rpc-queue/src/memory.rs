@@ -8,10 +8,19 @@ use serde_json::Value;
 use stream_rpc::Packet;
 use tokio::time::Instant;
 
-use crate::{
-    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, Stats, TaskQueue,
-    TaskRef, dedup_key,
+use stream_rpc::tasks::{
+    MethodLimit, MethodStats, Schedule, ScheduleInfo, TaskInfo, TaskOptions, TaskState,
 };
+
+use crate::{
+    Acked, Cancel, DeadLetters, DeadTask, Failed, Fired, Lease, LeaseFilter, Leased, Put,
+    QueueError, QueueEvents, QueueSettings, Stats, TaskQueue, TaskRef, dedup_key,
+};
+
+/// What the memory queue does not do yet (the API commit).
+fn not_yet() -> QueueError {
+    QueueError::Protocol("not yet".into())
+}
 
 /// The queue in this process's memory: the default, with no server to run.
 /// The same semantics as [`RedisQueue`](crate::RedisQueue), but shared by
@@ -143,14 +152,14 @@ impl State {
 }
 
 impl TaskQueue for MemoryQueue {
-    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
+    async fn put_with(&self, task: &Packet, _options: &TaskOptions) -> Result<Put, QueueError> {
         let key = dedup_key(&task.method, &task.payload);
         let name = TaskRef::of(task);
         let mut state = self.lock();
         state.expire(Instant::now());
         if state.keys.contains_key(&key) {
             state.duplicates += 1;
-            return Ok(Put::Duplicate);
+            return Ok(Put::Duplicate { existing: None });
         }
         if state.by_ref.contains_key(&name) || state.dead_by_ref.contains_key(&name) {
             state.names_taken += 1;
@@ -178,8 +187,14 @@ impl TaskQueue for MemoryQueue {
         Ok(Put::Queued)
     }
 
-    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
+    async fn lease_with(
+        &self,
+        worker: &str,
+        lease: Duration,
+        _filter: &LeaseFilter,
+    ) -> Result<Lease, QueueError> {
         let now = Instant::now();
+        let wall = chrono::Utc::now();
         let mut state = self.lock();
         state.reclaim(now);
         while let Some(place) = state.available.pop_first() {
@@ -209,17 +224,74 @@ impl TaskQueue for MemoryQueue {
             task.holder = Some(worker.to_owned());
             let until = now + lease;
             task.until = Some(until);
-            let leased = Leased {
-                task: task.packet.clone(),
-                attempt: task.attempts,
-            };
+            let leased = Leased::new(
+                task.packet.clone(),
+                task.attempts,
+                TaskOptions::default(),
+                wall,
+                wall,
+            );
             if leased.attempt > 1 {
                 state.redeliveries += 1;
             }
             state.leases.insert((until, place));
-            return Ok(Some(leased));
+            return Ok(Lease::Leased(leased));
         }
-        Ok(None)
+        Ok(Lease::Empty { next_due: None })
+    }
+
+    async fn fail(
+        &self,
+        _task: TaskRef,
+        _worker: &str,
+        _error: &Value,
+        _retry: bool,
+    ) -> Result<Failed, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn cancel(&self, _task: TaskRef) -> Result<Cancel, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn show(&self, _task: TaskRef) -> Result<Option<TaskInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn list(&self, _state: TaskState, _limit: usize) -> Result<Vec<TaskInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn set_limit(&self, _method: &str, _limit: MethodLimit) -> Result<(), QueueError> {
+        Err(not_yet())
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, MethodLimit>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn put_schedule(&self, _schedule: &Schedule) -> Result<ScheduleInfo, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn remove_schedule(&self, _name: &str) -> Result<bool, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn fire_schedules(&self) -> Result<Fired, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn method_stats(&self) -> Result<BTreeMap<String, MethodStats>, QueueError> {
+        Err(not_yet())
+    }
+
+    fn events(&self) -> QueueEvents {
+        QueueEvents::new(tokio::sync::broadcast::channel(1).1)
     }
 
     async fn extend(

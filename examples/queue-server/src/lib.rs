@@ -253,8 +253,8 @@ impl QueueServer {
         let put = self.queue.put(&task).await.map_err(unavailable)?;
         self.answered();
         let counter = match put {
-            Put::Queued => &self.stats.tasks_put,
-            Put::Duplicate => &self.stats.duplicates,
+            Put::Queued | Put::Scheduled => &self.stats.tasks_put,
+            Put::Duplicate { .. } => &self.stats.duplicates,
             Put::NameTaken => &self.stats.names_taken,
             Put::Full => &self.stats.full,
         };

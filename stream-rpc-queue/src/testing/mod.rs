@@ -88,6 +88,16 @@ pub trait QueueFactory: Send + Sync {
 
     /// A new, empty queue with `settings`.
     fn queue(&self, settings: QueueSettings) -> impl Future<Output = Self::Queue> + Send;
+
+    /// A second handle on the backend of `queue`, as a second server
+    /// sharing it sees it (on Redis: another connection with the same URL
+    /// and prefix), for the checks of what servers racing on one backend
+    /// do (a periodic task's tick put once). `None` (the default, and a
+    /// closure's): those checks race tasks on the one handle instead.
+    fn twin(&self, queue: &Self::Queue) -> impl Future<Output = Option<Self::Queue>> + Send {
+        let _ = queue;
+        async { None }
+    }
 }
 
 impl<F, Fut, Q> QueueFactory for F
