@@ -189,6 +189,9 @@ fn check_queue(queue: &str, tls: &RedisTls) -> Result<(), QueueError> {
 
 /// A queue in memory or on Redis, chosen at run time.
 #[derive(Debug)]
+// One per server, made once: the size of the Redis handle costs nothing
+// worth a box (a memory queue is a shared handle, much smaller).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyQueue {
     /// In this process.
     Memory(MemoryQueue),

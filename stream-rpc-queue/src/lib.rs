@@ -83,9 +83,8 @@ mod memory;
 mod outcomes;
 mod redis_queue;
 mod replay;
-// Used by the backends as they gain schedules.
-#[allow(dead_code)]
 mod schedule;
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -106,6 +105,7 @@ pub use outcomes::{
 };
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
+pub use server::{DEFAULT_ATTEMPT_TIMEOUT, TaskServer};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).
@@ -506,6 +506,26 @@ pub fn dedup_key(method: &str, payload: &Value) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// The key a task is deduplicated by: the key of its options, when it has
+/// one, hashed under a prefix of its own (`d:` and SHA-256 hex) so that it
+/// never meets a content key; else its content's ([`dedup_key`]).
+pub fn dedupe_key(task: &Packet, options: &TaskOptions) -> String {
+    use sha2::{Digest, Sha256};
+    match &options.dedupe {
+        Some(key) => {
+            let digest = Sha256::digest(key.as_bytes());
+            let mut hex = String::with_capacity(66);
+            hex.push_str("d:");
+            for byte in digest {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{byte:02x}");
+            }
+            hex
+        }
+        None => dedup_key(&task.method, &task.payload),
+    }
 }
 
 /// JSON with object keys sorted at every level, whatever order the map

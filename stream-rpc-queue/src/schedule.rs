@@ -6,7 +6,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeDelta, Utc};
 use croner::Cron;
 use stream_rpc::Packet;
-use stream_rpc::tasks::{Every, Schedule, TaskOptions};
+use stream_rpc::tasks::{Every, Schedule, ScheduleInfo, TaskOptions};
 use uuid::Uuid;
 
 use crate::{MAX_SCHEDULE_NAME, MIN_INTERVAL, QueueError};
@@ -116,6 +116,21 @@ fn out_of_range() -> QueueError {
         setting: "every_ms",
         reason: "the next tick is out of range".into(),
     }
+}
+
+/// A schedule just set, its first tick `next_at`. `ScheduleInfo` has no
+/// constructor outside its crate (it is `non_exhaustive`): it is read
+/// from its wire form.
+pub(crate) fn schedule_info(
+    schedule: &Schedule,
+    next_at: DateTime<Utc>,
+) -> Result<ScheduleInfo, QueueError> {
+    let mut wire = serde_json::to_value(schedule).map_err(|e| QueueError::Task(e.to_string()))?;
+    if let Some(fields) = wire.as_object_mut() {
+        fields.insert("next_at".into(), serde_json::json!(next_at));
+        fields.insert("fired".into(), 0.into());
+    }
+    serde_json::from_value(wire).map_err(|e| QueueError::Task(e.to_string()))
 }
 
 /// The peer that names the tasks a schedule puts: the same on every server
@@ -247,5 +262,10 @@ mod tests {
         assert_eq!(a.id, 5_000);
         assert_eq!(options.dedupe.as_deref(), Some("schedule:tick:5000"));
         assert_eq!(options.run_at, Some(at(5_000)));
+        let info = schedule_info(&schedule, at(6_000)).unwrap();
+        assert_eq!(
+            (info.schedule, info.next_at, info.fired),
+            (schedule, at(6_000), 0)
+        );
     }
 }

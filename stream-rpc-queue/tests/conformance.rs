@@ -4,6 +4,7 @@
 //! per check and implementation: `memory::name` and `redis::name`.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -17,25 +18,38 @@ use stream_rpc_queue::{
 };
 use stream_rpc_test_support::RedisServer;
 
+/// Queues in memory; a twin is a clone (another handle on the same
+/// queue, as a second server on one Redis).
+struct InMemory;
+
+impl QueueFactory for InMemory {
+    type Queue = MemoryQueue;
+
+    async fn queue(&self, settings: QueueSettings) -> MemoryQueue {
+        MemoryQueue::with_settings(settings)
+    }
+
+    async fn twin(&self, queue: &MemoryQueue) -> Option<MemoryQueue> {
+        Some(queue.clone())
+    }
+}
+
 mod memory {
     use super::*;
 
-    stream_rpc_queue::conformance_tests!(|settings: QueueSettings| async move {
-        MemoryQueue::with_settings(settings)
-    });
+    stream_rpc_queue::conformance_tests!(InMemory);
 }
 
 /// Queues on a Redis of their own, which lives as long as the factory (one
-/// test).
-struct OnRedis(RedisServer);
+/// test); the prefix and settings of the last queue made, for its twin.
+struct OnRedis(RedisServer, Mutex<Option<(String, QueueSettings)>>);
 
-impl QueueFactory for OnRedis {
-    type Queue = RedisQueue;
+impl OnRedis {
+    fn start() -> Self {
+        OnRedis(RedisServer::start(), Mutex::new(None))
+    }
 
-    async fn queue(&self, settings: QueueSettings) -> RedisQueue {
-        // Queues of one test share nothing: a prefix each.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    async fn connect(&self, prefix: String, settings: QueueSettings) -> RedisQueue {
         RedisQueue::connect(
             RedisSettings::new(self.0.url())
                 .with_prefix(prefix)
@@ -46,10 +60,29 @@ impl QueueFactory for OnRedis {
     }
 }
 
+impl QueueFactory for OnRedis {
+    type Queue = RedisQueue;
+
+    async fn queue(&self, settings: QueueSettings) -> RedisQueue {
+        // Queues of one test share nothing: a prefix each.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        *self.1.lock().unwrap() = Some((prefix.clone(), settings.clone()));
+        self.connect(prefix, settings).await
+    }
+
+    /// A second connection to the prefix of the last queue made (the
+    /// checks ask for the twin of the queue they just made).
+    async fn twin(&self, _queue: &RedisQueue) -> Option<RedisQueue> {
+        let (prefix, settings) = self.1.lock().unwrap().clone()?;
+        Some(self.connect(prefix, settings).await)
+    }
+}
+
 mod redis {
     use super::*;
 
-    stream_rpc_queue::conformance_tests!(OnRedis(RedisServer::start()));
+    stream_rpc_queue::conformance_tests!(OnRedis::start());
 }
 
 /// The whole suite in one call, as a third party may run it from one test
