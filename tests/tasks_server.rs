@@ -160,6 +160,7 @@ impl Protocol for Worker {
                 let n = packet.payload["n"].as_i64().unwrap_or_default();
                 Ok(Reply::message(reply, json!(n * 2)))
             }
+            "refuse" => Err(HandlerError::permanent("this one can never work")),
             "flaky" if attempt < 2 => Err(HandlerError::failed("the first attempt fails")),
             "flaky" => Ok(Reply::message(reply, json!("second time lucky"))),
             "hold" => {
@@ -172,6 +173,10 @@ impl Protocol for Worker {
                 let ms = packet.payload["ms"].as_u64().unwrap_or_default();
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(Reply::message(reply, json!("slow done")))
+            }
+            "stuck" => {
+                probe.started.add_permits(1);
+                std::future::pending().await
             }
             "forever" => {
                 probe.started.add_permits(1);
@@ -232,6 +237,16 @@ async fn a_pushed_task_is_acked_by_its_workers_reply() {
         assert_eq!(info["state"], "done", "{info}");
         assert_eq!(info["result"], "second time lucky");
         assert_eq!(info["attempts"], 2);
+
+        // An error that says `"retry": false` makes it dead at once.
+        subscribe(&worker, &["double", "flaky", "refuse"], 4).await;
+        let refuse = task("refuse", json!(null));
+        put(&producer, &refuse, json!({ "max_attempts": 5 })).await;
+        let info = wait_final(&producer, &refuse).await;
+        assert_eq!(info["state"], "dead", "{info}");
+        assert_eq!(info["attempts"], 1, "{info}");
+        assert_eq!(info["error"]["retry"], false, "{info}");
+        assert_eq!(info["error"]["message"], "this one can never work");
     })
     .await;
 }
@@ -473,6 +488,20 @@ async fn a_long_task_keeps_its_lease_while_it_runs() {
         subscribe(&worker, &["slow"], 4).await;
         let slow = task("slow", json!({ "ms": 600 }));
         put(&producer, &slow, json!({})).await;
+        // Well past its first lease, while it runs, it is still leased: a
+        // classic worker asking for any task gets none.
+        let info = call(
+            &producer,
+            "task.wait",
+            json!({ "task": name(&slow), "timeout_ms": 400 }),
+        )
+        .await;
+        assert_eq!(info["state"], "leased", "{info}");
+        let other = producer
+            .call("get_task_from_queue", json!(null))
+            .await
+            .unwrap();
+        assert_eq!(other.method, "pong", "handed out again: {other:?}");
         let info = wait_final(&producer, &slow).await;
         assert_eq!(info["state"], "done", "{info}");
         assert_eq!(info["attempts"], 1, "{info}");
@@ -489,22 +518,27 @@ async fn an_attempt_past_its_timeout_fails_and_a_lost_worker_gives_its_task_back
         let worker = Worker::default();
         let probe = worker.probe.clone();
         let first = connect(&server, worker.clone()).await;
-        subscribe(&first, &["forever"], 1).await;
-        // Its attempt is limited to 100 ms, and it has one attempt.
-        let stuck = task("forever", json!(1));
-        put(
-            &producer,
-            &stuck,
-            json!({ "timeout_ms": 100, "max_attempts": 1 }),
-        )
-        .await;
-        let info = wait_final(&producer, &stuck).await;
-        assert_eq!(info["state"], "dead", "{info}");
-        let message = info["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("longer than its timeout of 100 ms"),
-            "{info}"
-        );
+        // Its attempt is limited to 100 ms, and it has one attempt: a
+        // handler that never answers (the call times out), and one that
+        // answers `cancelled` when told to wrap up before its deadline.
+        subscribe(&first, &["forever", "stuck"], 2).await;
+        for method in ["stuck", "forever"] {
+            let late = task(method, json!(1));
+            put(
+                &producer,
+                &late,
+                json!({ "timeout_ms": 100, "max_attempts": 1 }),
+            )
+            .await;
+            let info = wait_final(&producer, &late).await;
+            assert_eq!(info["state"], "dead", "{info}");
+            let message = info["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("longer than its timeout of 100 ms"),
+                "{info}"
+            );
+        }
+        probe.started.acquire_many(2).await.unwrap().forget();
 
         // A task running on a worker whose connection closes is given back
         // at once, and done by another worker.
@@ -549,6 +583,8 @@ async fn cancelling_a_running_task_cancels_its_call() {
             call(&producer, "task.cancel", json!({ "task": name(&running) })).await,
             json!({ "outcome": "requested", "state": "leased" })
         );
+        // The server gave up its call: the worker's handler was told.
+        probe.cancelled.acquire().await.unwrap().forget();
         let info = wait_final(&producer, &running).await;
         assert_eq!(info["state"], "cancelled", "{info}");
         assert_eq!(info["attempts"], 1, "{info}");
@@ -585,7 +621,10 @@ async fn a_connection_has_a_bounded_number_of_waits() {
                 )
                 .await
             {
-                Err(stream_rpc::CallError::Remote { code, .. }) if code == ErrorCode::Busy => {
+                Err(stream_rpc::CallError::Remote {
+                    code: ErrorCode::Busy,
+                    ..
+                }) => {
                     busy = true;
                     break;
                 }

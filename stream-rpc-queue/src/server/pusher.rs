@@ -157,6 +157,10 @@ pub(crate) async fn push<Q: TaskQueue>(
     let closed = connection.closed();
     tokio::pin!(closed);
     'push: loop {
+        if connection.is_closed() {
+            // Closing: a task leased now could not be pushed.
+            break;
+        }
         let mut wake_at = None;
         if let Some(filter) = sub.room() {
             match shared
@@ -262,8 +266,9 @@ struct Attempt<Q: TaskQueue> {
 /// How a pushed call ended.
 #[derive(Debug)]
 enum Outcome {
-    /// The worker answered (or the call failed), after this long.
-    Answered(Result<Packet, CallError>, Duration),
+    /// The worker answered (or the call failed), after this long. Boxed:
+    /// a packet and a call error are large beside the other outcomes.
+    Answered(Box<Result<Packet, CallError>>, Duration),
     /// Its cancellation was asked: the call was dropped.
     Cancelled,
     /// The lease could not be extended: the task went to another worker.
@@ -315,10 +320,8 @@ impl<Q: TaskQueue> Attempt<Q> {
             Err(e) => {
                 let reason = stream_rpc::SendError::Encode(e.to_string());
                 let method = packet.method.clone();
-                return Outcome::Answered(
-                    Err(CallError::NotSent { method, reason }),
-                    Duration::ZERO,
-                );
+                let error = CallError::NotSent { method, reason };
+                return Outcome::Answered(Box::new(Err(error)), Duration::ZERO);
             }
         };
         let started = Instant::now();
@@ -329,7 +332,7 @@ impl<Q: TaskQueue> Attempt<Q> {
         extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                answer = &mut calling => return Outcome::Answered(answer, started.elapsed()),
+                answer = &mut calling => return Outcome::Answered(Box::new(answer), started.elapsed()),
                 _ = &mut cancel => return Outcome::Cancelled,
                 _ = extend.tick() => {
                     match self.shared.queue.extend(self.task, &self.worker, self.shared.lease).await {
@@ -347,10 +350,12 @@ impl<Q: TaskQueue> Attempt<Q> {
     async fn record(&self, outcome: Outcome) {
         let method = &self.leased.task.method;
         let done = match outcome {
-            Outcome::Answered(Ok(reply), _) => self.ack(reply.payload).await,
-            Outcome::Answered(Err(error), took) => match judge(&error, self.limit(), took) {
-                Verdict::Fail { error, retry } => self.fail(&error, retry).await,
-                Verdict::GiveBack => self.nack().await,
+            Outcome::Answered(answer, took) => match *answer {
+                Ok(reply) => self.ack(reply.payload).await,
+                Err(error) => match judge(&error, self.limit(), took) {
+                    Verdict::Fail { error, retry } => self.fail(&error, retry).await,
+                    Verdict::GiveBack => self.nack().await,
+                },
             },
             Outcome::Cancelled => {
                 let error = error_json(
