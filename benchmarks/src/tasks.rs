@@ -201,12 +201,16 @@ pub fn run(smoke: bool, runtime: &Runtime, redis: &RedisServer) {
         "typed tasks: put → push → run → ack on Redis, {tasks} tasks, {PRODUCERS} producers \
          ({IN_FLIGHT} puts in flight each)"
     );
-    println!("| servers | workers | tasks/s | Redis CPU (s per s) |");
-    println!("|---|---|---|---|");
-    for (servers, workers) in [(1, 2), (3, 6)] {
-        let (rate, cpu) = runtime.block_on(throughput(&redis.url(), servers, workers, tasks));
-        println!("| {servers} | {workers} | {rate:.0} | {cpu:.2} |");
+    println!("| appendfsync | servers | workers | tasks/s | Redis CPU (s per s) |");
+    println!("|---|---|---|---|---|");
+    for fsync in ["always", "everysec"] {
+        super::set_fsync(&redis.url(), fsync);
+        for (servers, workers) in [(1, 2), (3, 6)] {
+            let (rate, cpu) = runtime.block_on(throughput(&redis.url(), servers, workers, tasks));
+            println!("| {fsync} | {servers} | {workers} | {rate:.0} | {cpu:.2} |");
+        }
     }
+    super::set_fsync(&redis.url(), "always");
 
     let queued = if smoke { 100 } else { 10_000 };
     println!();
