@@ -1,8 +1,9 @@
 //! The fleet under random faults: a real `redis-server` with its
 //! append-only file (fsync at every write), three `server` example
-//! processes on it, and six workers (the Rust `worker` example and the
-//! Python `python/examples/worker.py`), every path through a fault proxy
-//! (`tests/common/proxy.rs`): server↔Redis, and worker↔server.
+//! processes on it, and eight workers (the Rust `worker` example and the
+//! Python `python/examples/worker.py`, which poll, and two typed workers in
+//! this process, fed by push after `task.subscribe`), every path through a
+//! fault proxy (`tests/common/proxy.rs`): server↔Redis, and worker↔server.
 //!
 //! For `FLEET_SECONDS` (30 by default), faults chosen by a seeded random
 //! generator (`FLEET_SEED`, printed at the start: the seed fixes which
@@ -25,7 +26,9 @@
 //!   is on Redis) or dead-lettered, and nothing is left queued or leased
 //!   after the drain: **lost: 0**;
 //! - no task was answered `{"saved": true}` twice, and none so answered
-//!   lacks its result on Redis;
+//!   lacks its result on Redis; no task was done twice however it was
+//!   acked (a save, or a typed worker's reply to a push): the queue's count
+//!   of acks that made a task done equals the tasks done;
 //! - a duplicate is never queued; a collision is answered
 //!   `{"queued": false, "reason": "name_taken"}`; a task leased to the
 //!   drainer is saved (`{"saved": true}`) when it saves it at once;
@@ -41,7 +44,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -54,7 +57,8 @@ use stream_rpc::Caller;
 use common::example;
 use common::proxy::{Direction, Proxy, Tapped};
 use serde_json::{Value, json};
-use stream_rpc::{Config, Connector, Packet, Timeouts};
+use stream_rpc::tasks::{TaskRef, TaskState};
+use stream_rpc::{Config, Connector, Context, HandlerError, Packet, Protocol, Reply, Timeouts};
 use stream_rpc_queue::{RedisQueue, RedisSettings, TaskQueue, dedup_key};
 use stream_rpc_test_support::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
@@ -66,6 +70,9 @@ use uuid::Uuid;
 const SERVERS: usize = 3;
 const RUST_WORKERS: usize = 4;
 const PYTHON_WORKERS: usize = 2;
+/// Typed workers fed by push (`task.subscribe`): in this process, a
+/// hand-written protocol that serves `parse_article`.
+const TYPED_WORKERS: usize = 2;
 /// The servers' lease, in seconds.
 const LEASE_SECS: u64 = 2;
 /// How many times a task is handed out before it is a dead letter (the
@@ -362,6 +369,11 @@ struct Ledger {
     captured: VecDeque<Captured>,
     /// Requests answered, by proxy.
     answered: HashMap<usize, u64>,
+    /// Tasks pushed to typed workers (the `task-id` of each push), and the
+    /// workers' replies to pushes.
+    pushed: HashSet<(Uuid, u64)>,
+    pushes: u64,
+    push_replies: u64,
 }
 
 /// Requests remembered at most (a soak loses answers to cuts).
@@ -411,6 +423,23 @@ impl Ledger {
         };
         let (tag, connection) = (tapped.tag, tapped.connection);
         match (tapped.direction, packet.reply_to) {
+            // A server's push of a task to a typed worker, and its reply.
+            (Direction::ToClient, None) if packet.method == "parse_article" => {
+                self.pushes += 1;
+                let named = packet
+                    .meta
+                    .as_ref()
+                    .and_then(|meta| meta.get("task-id"))
+                    .and_then(|id| id.parse::<stream_rpc::tasks::TaskRef>().ok());
+                if let Some(task) = named
+                    && self.pushed.len() < MAX_REQUESTS
+                {
+                    self.pushed.insert((task.peer, task.id));
+                }
+            }
+            (Direction::ToServer, Some(_)) if packet.method == "parse_article.reply" => {
+                self.push_replies += 1;
+            }
             (Direction::ToServer, None) => {
                 let put = match packet.method.as_str() {
                     "put_in_queue" => serde_json::from_value::<Packet>(packet.payload.clone()).ok(),
@@ -510,11 +539,14 @@ impl Ledger {
 enum Kind {
     Rust,
     Python,
+    Typed,
 }
 
 struct Worker {
     kind: Kind,
     process: Option<Process>,
+    /// A typed worker's task (aborted to kill it).
+    typed: Option<tokio::task::JoinHandle<()>>,
     /// Its proxies, with the server each is in front of.
     proxies: Vec<(usize, usize)>,
     restarts: u32,
@@ -590,8 +622,16 @@ impl Fleet {
             .iter()
             .map(|&(proxy, _)| self.proxies[proxy].proxy.port())
             .collect();
+        if worker.kind == Kind::Typed {
+            let task = tokio::spawn(typed_worker(self.key.clone(), ports));
+            if let Some(old) = self.workers[n].typed.replace(task) {
+                old.abort();
+            }
+            return;
+        }
         let mut command;
         match worker.kind {
+            Kind::Typed => unreachable!("started above"),
             Kind::Rust => {
                 command = Command::new(example("worker"));
                 let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -625,6 +665,7 @@ impl Fleet {
         let name = match worker.kind {
             Kind::Rust => format!("rust worker {n}"),
             Kind::Python => format!("python worker {n}"),
+            Kind::Typed => format!("typed worker {n}"),
         };
         self.workers[n].process = Some(Process::start(name, &mut command, &self.alarms));
     }
@@ -634,6 +675,15 @@ impl Fleet {
     /// took), and servers that ended by themselves (a finding).
     async fn supervise(&mut self) -> Result<(), String> {
         for n in 0..self.workers.len() {
+            if self.workers[n]
+                .typed
+                .as_ref()
+                .is_some_and(|t| t.is_finished())
+            {
+                self.worker_exits += 1;
+                self.workers[n].restarts += 1;
+                self.start_worker(n);
+            }
             let Some(process) = self.workers[n].process.as_mut() else {
                 continue;
             };
@@ -1076,6 +1126,9 @@ async fn inject_faults(
                 if let Some(mut process) = fleet.workers[n].process.take() {
                     process.kill();
                 }
+                if let Some(task) = fleet.workers[n].typed.take() {
+                    task.abort();
+                }
                 tokio::time::sleep(down).await;
                 fleet.workers[n].restarts += 1;
                 fleet.start_worker(n);
@@ -1276,6 +1329,76 @@ async fn drainer(
     }
 }
 
+// ---------------------------------------------------------------------------
+// A typed worker fed by push: what a peer writes without the runtime's
+// `Worker` (a plain protocol and `task.subscribe`).
+
+/// How long a typed worker takes to parse an article: longer than the
+/// Rust workers' `WORKER_PARSE_DELAY_MS`, one at a time, so that push
+/// (which hands a task out the moment it is put) leaves the polling
+/// workers their share.
+const TYPED_PARSE: Duration = Duration::from_millis(200);
+/// How often a typed worker checks that its server answers (a partition
+/// or a stall holds a connection open without traffic).
+const TYPED_CHECK_EVERY: Duration = Duration::from_secs(3);
+
+struct Typed;
+
+impl Protocol for Typed {
+    async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        match packet.method.as_str() {
+            "parse_article" => {
+                tokio::time::sleep(TYPED_PARSE).await;
+                Ok(Reply::message(
+                    "parse_article.reply",
+                    json!({"article_id": packet.payload.get("article_id"), "by": "a typed worker"}),
+                ))
+            }
+            other => Err(HandlerError::unknown_method(other)),
+        }
+    }
+}
+
+/// Connects through its proxies in turn, subscribes to `parse_article`
+/// and serves the pushes, until its connection ends or stops answering;
+/// then the next proxy. Runs until aborted (its "SIGKILL").
+async fn typed_worker(key: String, ports: Vec<u16>) {
+    let limit = Duration::from_secs(2);
+    for port in ports.iter().cycle() {
+        let config = Config::builder()
+            .key(key.clone())
+            .host("127.0.0.1")
+            .port(*port)
+            .build()
+            .expect("the typed worker's config");
+        let Ok(client) = Connector::new(config).connect(Typed).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let subscribe = json!({"methods": ["parse_article"], "concurrency": 1});
+        if client
+            .call_with_timeout("task.subscribe", subscribe, limit)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let Some(connection) = client.connection() else {
+            continue;
+        };
+        loop {
+            tokio::select! {
+                () = connection.closed() => break,
+                () = tokio::time::sleep(TYPED_CHECK_EVERY) => {
+                    if client.call_with_timeout("ping", json!(null), limit).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_fleet_under_random_faults_loses_nothing_and_answers_no_replay() {
     let seed = seed_from_env();
@@ -1324,14 +1447,16 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     // turn, each starting with another); a Python one, to its own server.
     let mut workers = Vec::new();
     let mut proxies = Vec::new();
-    for n in 0..RUST_WORKERS + PYTHON_WORKERS {
+    for n in 0..RUST_WORKERS + PYTHON_WORKERS + TYPED_WORKERS {
         let kind = if n < RUST_WORKERS {
             Kind::Rust
-        } else {
+        } else if n < RUST_WORKERS + PYTHON_WORKERS {
             Kind::Python
+        } else {
+            Kind::Typed
         };
         let servers: Vec<usize> = match kind {
-            Kind::Rust => (0..SERVERS).map(|i| (n + i) % SERVERS).collect(),
+            Kind::Rust | Kind::Typed => (0..SERVERS).map(|i| (n + i) % SERVERS).collect(),
             Kind::Python => vec![n % SERVERS],
         };
         let mut mine = Vec::new();
@@ -1349,6 +1474,7 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
         workers.push(Worker {
             kind,
             process: None,
+            typed: None,
             proxies: mine,
             restarts: 0,
         });
@@ -1395,7 +1521,7 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
         fleet.start_worker(n);
     }
     fleet.note(format!(
-        "{RUST_WORKERS} Rust and {PYTHON_WORKERS} Python workers started; faults for {seconds} s"
+        "{RUST_WORKERS} Rust, {PYTHON_WORKERS} Python and {TYPED_WORKERS} typed workers started; faults for {seconds} s"
     ));
 
     let (stop_producer, stopped) = watch::channel(false);
@@ -1452,6 +1578,9 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
     for worker in &mut fleet.workers {
         if let Some(mut process) = worker.process.take() {
             process.kill();
+        }
+        if let Some(task) = worker.typed.take() {
+            task.abort();
         }
     }
     for proxy in &fleet.proxies {
@@ -1519,6 +1648,13 @@ async fn run(seed: u64, seconds: u64) -> Result<(), String> {
         ledger.saved.values().map(Vec::len).sum::<usize>(),
         ledger.saved_false,
         ledger.errors
+    );
+    let _ = writeln!(
+        summary,
+        "  pushed to typed workers: {} (to {} distinct tasks); their replies: {}",
+        ledger.pushes,
+        ledger.pushed.len(),
+        ledger.push_replies
     );
     let _ = writeln!(
         summary,
@@ -1640,6 +1776,32 @@ async fn check(
             some(&twice)
         ));
     }
+    // No task done twice after an ack, however it was acked (a classic
+    // save or a typed worker's reply to a push): the queue's count of acks
+    // that made a task done equals the tasks done, read one by one. Every
+    // task done was handed out where the ledger saw it: leased or pushed
+    // through a proxy, or drained.
+    let mut names: BTreeSet<TaskRef> = ledger.tasks.values().map(TaskRef::of).collect();
+    names.extend(ledger.pushed.iter().map(|&(peer, id)| TaskRef { peer, id }));
+    let mut done_tasks = 0u64;
+    for &name in &names {
+        let info = queue.show(name).await.map_err(|e| e.to_string())?;
+        if info.is_some_and(|info| info.state == TaskState::Done) {
+            done_tasks += 1;
+        }
+    }
+    let done_acks: u64 = queue
+        .method_stats()
+        .await
+        .map_err(|e| e.to_string())?
+        .values()
+        .map(|stats| stats.done)
+        .sum();
+    if done_acks != done_tasks {
+        failures.push(format!(
+            "done twice: the queue counted {done_acks} acks that made a task done, but {done_tasks} distinct tasks are done"
+        ));
+    }
     if !answered_not_kept.is_empty() {
         failures.push(format!(
             "{} tasks answered {{\"saved\": true}} have no result on Redis: {}",
@@ -1747,13 +1909,16 @@ async fn check(
     // above prove little.
     let mut by_kind = [0u64; 2];
     for (&tag, &count) in &ledger.answered {
-        let kind = fleet.workers[fleet.proxies[tag].worker].kind;
-        by_kind[usize::from(kind == Kind::Python)] += count;
+        match fleet.workers[fleet.proxies[tag].worker].kind {
+            Kind::Rust => by_kind[0] += count,
+            Kind::Python => by_kind[1] += count,
+            Kind::Typed => {}
+        }
     }
-    if by_kind.contains(&0) {
+    if by_kind.contains(&0) || ledger.push_replies == 0 {
         failures.push(format!(
-            "a kind of worker got no answer: Rust workers {}, Python workers {}",
-            by_kind[0], by_kind[1]
+            "a kind of worker got no answer: Rust workers {}, Python workers {}, typed workers answered {} pushes",
+            by_kind[0], by_kind[1], ledger.push_replies
         ));
     }
     let saved_answers: usize = ledger.saved.values().map(Vec::len).sum();

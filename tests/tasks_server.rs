@@ -189,6 +189,15 @@ impl Protocol for Worker {
     }
 }
 
+/// How long after its put a task finished, by its TaskInfo.
+fn finished_after_put(info: &Value) -> chrono::Duration {
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(info[field].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{field}: {e} in {info}"))
+    };
+    at("finished_at") - at("put_at")
+}
+
 async fn subscribe(client: &Client, methods: &[&str], concurrency: u32) {
     let answer = call(
         client,
@@ -237,6 +246,27 @@ async fn a_pushed_task_is_acked_by_its_workers_reply() {
         assert_eq!(info["state"], "done", "{info}");
         assert_eq!(info["result"], "second time lucky");
         assert_eq!(info["attempts"], 2);
+        // Pushed again when its backoff ends, not at the pusher's fallback
+        // look a second later.
+        let took = finished_after_put(&info);
+        assert!(took < chrono::Duration::milliseconds(800), "{info}");
+
+        // A delayed task is pushed when its time comes, not before.
+        let later = task("double", json!({ "n": 4 }));
+        let answer = call(
+            &producer,
+            "task.put",
+            json!({ "task": later, "delay_ms": 200 }),
+        )
+        .await;
+        assert_eq!(answer["state"], "scheduled");
+        let info = wait_final(&producer, &later).await;
+        assert_eq!(info["result"], 8, "{info}");
+        // At its time, not at the pusher's fallback look a second later:
+        // the server wakes its pushers when a task is put for later.
+        let took = finished_after_put(&info);
+        assert!(took >= chrono::Duration::milliseconds(200), "{info}");
+        assert!(took < chrono::Duration::milliseconds(800), "{info}");
 
         // An error that says `"retry": false` makes it dead at once.
         subscribe(&worker, &["double", "flaky", "refuse"], 4).await;

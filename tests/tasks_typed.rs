@@ -20,7 +20,7 @@ use stream_rpc::tasks::{
     Backoff, CancelOutcome, Retry, TASK_ATTEMPT_META, TaskError, TaskOptions, TaskState, Tasks,
     Worker, WorkerReport,
 };
-use stream_rpc::{Client, Connector, Context, HandlerError};
+use stream_rpc::{Client, Connector, Context, HandlerError, Reconnect};
 use stream_rpc_example_queue::QueueServer;
 use stream_rpc_queue::{AnyQueue, MemoryQueue};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -55,6 +55,8 @@ pub trait Articles {
     /// Runs until released (or at once when the worker does not hold);
     /// stops when cancelled.
     async fn slow(&self, ctx: Context, n: u64) -> Result<u64, HandlerError>;
+    /// A notification method: as a task, acknowledged with `null`.
+    async fn note(&self, text: String);
 }
 
 /// What the tests see of a worker's handlers.
@@ -76,6 +78,10 @@ impl Articles for Parser {
             5 if attempt == "1" => Err(ParseError::Flaky),
             id => Ok(format!("article {id} (attempt {attempt})")),
         }
+    }
+
+    async fn note(&self, text: String) {
+        let _ = text;
     }
 
     async fn slow(&self, ctx: Context, n: u64) -> Result<u64, HandlerError> {
@@ -111,6 +117,17 @@ impl RunningWorker {
 }
 
 fn worker(server: &TestServer, hold: bool, concurrency: u32, grace: Duration) -> RunningWorker {
+    worker_of(server, &[], hold, concurrency, grace)
+}
+
+/// A worker connecting to `server`, failing over to `others`.
+fn worker_of(
+    server: &TestServer,
+    others: &[&TestServer],
+    hold: bool,
+    concurrency: u32,
+    grace: Duration,
+) -> RunningWorker {
     let (started_tx, started) = mpsc::unbounded_channel();
     let (cancelled_tx, cancelled) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
@@ -122,10 +139,18 @@ fn worker(server: &TestServer, hold: bool, concurrency: u32, grace: Duration) ->
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let connector = Connector::new(config(&server.key, server.port).build().unwrap());
+    let servers = std::iter::once(server)
+        .chain(others.iter().copied())
+        .map(|server| ("127.0.0.1", server.port))
+        .collect::<Vec<_>>();
+    let reconnect = Reconnect::default()
+        .with_initial_delay(Duration::from_millis(10))
+        .with_servers(servers);
     let done = tokio::spawn(async move {
         Worker::new(ArticlesServer::new(parser))
             .concurrency(concurrency)
             .grace(grace)
+            .reconnect(reconnect)
             .run_until(connector, async move {
                 let _ = stopped.await;
             })
@@ -142,9 +167,13 @@ fn worker(server: &TestServer, hold: bool, concurrency: u32, grace: Duration) ->
 }
 
 async fn server() -> TestServer {
-    let key = new_key();
+    server_with(&new_key()).await
+}
+
+/// A queue server with its own memory queue, under `key`.
+async fn server_with(key: &str) -> TestServer {
     let queue = AnyQueue::Memory(MemoryQueue::new());
-    TestServer::start(QueueServer::new(queue, LEASE), config(&key, 0), &key).await
+    TestServer::start(QueueServer::new(queue, LEASE), config(key, 0), key).await
 }
 
 async fn producer(server: &TestServer) -> ArticlesTasks<Client> {
@@ -191,6 +220,9 @@ async fn typed_results_errors_and_retries() {
             Ok("article 5 (attempt 2)".into())
         );
         assert_eq!(flaky.state().await.unwrap().attempts, 2);
+        // A method without a reply: done, with nothing.
+        let note = articles.note("hello".into()).await.unwrap();
+        assert_eq!(note.result().await.unwrap(), Ok(()));
         // The same put again: the same task, already done.
         let again = articles.parse(1).await.unwrap();
         assert!(again.deduplicated());
@@ -242,7 +274,7 @@ async fn typed_results_errors_and_retries() {
         let report = running.stop().await;
         assert_eq!(
             (report.done, report.failed, report.given_back),
-            (3, 4, 0),
+            (4, 4, 0),
             "{report:?}"
         );
         server.stop().await;
@@ -322,6 +354,33 @@ async fn a_stopping_worker_finishes_what_it_can_and_gives_back_the_rest() {
         assert_eq!((report.done, report.given_back), (1, 0), "{report:?}");
         assert_eq!(third.result().await.unwrap(), Ok(12));
         server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fails_over_and_subscribes_again() {
+    bounded(async {
+        let first = server().await;
+        let second = server_with(&first.key).await;
+        let mut running = worker_of(&first, &[&second], false, 2, Duration::from_secs(5));
+        let on_first = producer(&first).await;
+        assert_eq!(
+            on_first.slow(1).await.unwrap().result().await.unwrap(),
+            Ok(1)
+        );
+        assert_eq!(running.started.recv().await, Some(1));
+        // The first server goes away: the worker moves to the second,
+        // subscribes there, and runs its tasks.
+        first.stop().await;
+        let on_second = producer(&second).await;
+        assert_eq!(
+            on_second.slow(2).await.unwrap().result().await.unwrap(),
+            Ok(2)
+        );
+        assert_eq!(running.started.recv().await, Some(2));
+        assert_eq!(running.stop().await.done, 2);
+        second.stop().await;
     })
     .await;
 }

@@ -3,49 +3,103 @@
 //!
 //! A queue kept in one process's memory cannot be shared by a second
 //! server, and a crash loses it all. [`TaskQueue`] is a queue of task
-//! packets with the guarantees a fleet of servers and workers needs, in two implementations with the same semantics:
-//! [`MemoryQueue`] (embedded, the default) and [`RedisQueue`] (Redis Streams
-//! with a consumer group, shared by every server that points at it).
+//! packets with the guarantees a fleet of servers and workers needs, in two
+//! implementations with the same semantics, checked by one conformance
+//! suite: [`MemoryQueue`] (embedded, the default) and [`RedisQueue`] (on
+//! Redis, shared by every server that points at it). Every operation is
+//! atomic: on Redis, one Lua script.
 //!
-//! - **At least once.** [`lease`](TaskQueue::lease) hands out the oldest
+//! - **At least once.** [`lease`](TaskQueue::lease) hands out an
 //!   available task to one worker for a while; a task not
 //!   [`ack`](TaskQueue::ack)ed in time is handed out again. A worker may
 //!   [`extend`](TaskQueue::extend) its lease, or [`nack`](TaskQueue::nack) it
 //!   to give the task back at once.
+//! - **Priorities, then age.** Among the available tasks a lease admits
+//!   ([`LeaseFilter`]: any method, or a worker's methods), every `high`
+//!   one goes before any `normal` one, every `normal` before any `low`
+//!   ([`Priority`]), and the oldest first within a level (the order they
+//!   became available: put, due, given back).
+//! - **Delays.** A task put with a `run_at` in the future
+//!   ([`TaskOptions`]) is [`Put::Scheduled`] and is not handed out before
+//!   then; when a lease finds nothing, [`Lease::Empty`] says when the next
+//!   task is due, so a server waits for that time rather than polling.
+//! - **Retries with backoff.** A worker that fails an attempt
+//!   ([`fail`](TaskQueue::fail)) with a retryable error has the task
+//!   scheduled again after its [`Backoff`] (1 s doubling to 5 min unless
+//!   the task says otherwise), until its `max_attempts` (the task's, else
+//!   the queue's, 5 by default); then, or at once for a final error, it is
+//!   a dead letter with its error kept.
 //! - **Duplicates refused.** A task's content is its `method` and its
-//!   payload as canonical JSON ([`dedup_key`]): two `parse_article` tasks
-//!   for article 3249 are one task. The content is held while the task is
-//!   queued, leased or dead, and for a retention window (1 h by default)
-//!   after it is done; [`put`](TaskQueue::put) of held content is refused
-//!   as [`Put::Duplicate`]. Concurrent puts of one task queue it once.
+//!   payload as canonical JSON ([`dedup_key`]), or the `dedupe` key of its
+//!   options ([`dedupe_key`]; such keys never meet content keys): two
+//!   `parse_article` tasks for article 3249 are one task. The key is held
+//!   while the task is scheduled, queued, leased or dead, and for a
+//!   retention window (1 h by default) after it is done; a put of a held
+//!   key is refused as [`Put::Duplicate`], which names the task that holds
+//!   it, so that a producer may await that one. Concurrent puts of one
+//!   task queue it once. A cancelled task releases its key at once.
 //! - **Names never collide silently.** A task is named in acks by its
 //!   packet's own `peer` and `id` ([`TaskRef`]). The name is held while the
-//!   task is queued, leased or dead, and released when it is done (acked)
-//!   or purged; a put of a *different* task under a held name is refused as
-//!   [`Put::NameTaken`] (the same task again is a [`Put::Duplicate`]), so
-//!   one name never stands for two tasks, and ack, nack, extend, requeue
-//!   and dead-lettering only touch a name while it names that very task.
-//!   A done task's name is free at once, so a peer that starts counting
-//!   again (a restart with a fixed peer id) can reuse it; what is kept for
-//!   the retention window is its content's result.
+//!   task is scheduled, queued, leased or dead, and released when it is
+//!   done, cancelled or purged; a put of a *different* task under a held
+//!   name is refused as [`Put::NameTaken`] (the same task again is a
+//!   [`Put::Duplicate`]), so one name never stands for two tasks, and ack,
+//!   nack, extend, fail, requeue and dead-lettering only touch a name while
+//!   it names that very task. A done task's name is free at once, so a
+//!   peer that starts counting again (a restart with a fixed peer id) can
+//!   reuse it.
+//! - **Cancellation.** [`cancel`](TaskQueue::cancel) of a scheduled or
+//!   queued task cancels it at once: it is never handed out. Of a running
+//!   one, it asks its worker to stop ([`QueueEvent::CancelRequested`], told
+//!   to every server): the attempt's end (an ack, a failure, a nack, or its
+//!   lease running out) makes it cancelled, never retried.
+//! - **Fleet limits.** [`set_limit`](TaskQueue::set_limit) bounds a method
+//!   across every server on the backend: at most `concurrency` of its
+//!   tasks leased at once, and at most `count` handed out per period (a
+//!   token bucket of `count` tokens refilled `count` per period: a burst of
+//!   `count`, then one every `period / count`). A task held back waits
+//!   (counted as `limited` in [`method_stats`](TaskQueue::method_stats));
+//!   [`Lease::Empty`] says when the rate lets the next one go, and the end
+//!   of a lease of a method held back by its concurrency is told as
+//!   [`QueueEvent::Ready`].
+//! - **Periodic tasks.** A [`Schedule`] (an interval, or a cron expression
+//!   in UTC with five or six fields) is kept in the backend;
+//!   [`fire_schedules`](TaskQueue::fire_schedules), called by every server
+//!   now and then, puts each tick's task exactly once however many servers
+//!   call it at once (the tick's task is named and deduplicated by the
+//!   schedule's name and the tick's time). Ticks missed while no server
+//!   called fire once, not once per tick missed.
+//! - **What it knows of a task.** [`show`](TaskQueue::show) tells a task's
+//!   state, attempts, worker, result or error ([`TaskInfo`]) while it is
+//!   held and for the retention window after it is done or cancelled;
+//!   [`list`](TaskQueue::list) the tasks in a state;
+//!   [`method_stats`](TaskQueue::method_stats) counts per method.
+//! - **Events.** [`events`](TaskQueue::events) tells what a server waits
+//!   for instead of polling: a task ready, a task finished, a cancellation
+//!   asked (on Redis, from every server on it). Events are not kept: a
+//!   subscriber that falls behind is told it lagged and re-checks.
 //! - **Bounded.** At most [`max_tasks`](QueueSettings::max_tasks) tasks
-//!   queued, leased or dead together (100,000 by default): a put beyond is
-//!   refused as [`Put::Full`]. A result larger than
+//!   scheduled, queued, leased or dead together (100,000 by default): a put
+//!   beyond is refused as [`Put::Full`]. A result larger than
 //!   [`max_result_bytes`](QueueSettings::max_result_bytes) (1 MiB) is
-//!   refused as [`Acked::TooLarge`], and the task stays leased.
-//! - **Results kept.** `ack` stores the worker's result (any JSON) under the
-//!   task's name for the retention window: [`result`](TaskQueue::result).
-//! - **Stale acks refused.** An ack from a worker whose lease expired and
-//!   was handed to another is [`Acked::Stale`] and changes nothing.
-//! - **Dead letters.** A task handed out `max_attempts` times (5 by
-//!   default) without an ack is moved to the dead letters instead of being
+//!   refused as [`Acked::TooLarge`], and the task stays leased. At most
+//!   [`MAX_LIMITS`] limits and [`MAX_SCHEDULES`] schedules.
+//! - **Results kept.** `ack` stores the worker's result (any JSON) for the
+//!   retention window: in the task's record ([`show`](TaskQueue::show)) and
+//!   under its content ([`result`](TaskQueue::result)).
+//! - **Stale acks refused.** An ack (or a failure) from a worker whose
+//!   lease expired and was handed to another is [`Acked::Stale`]
+//!   ([`Failed::Stale`]) and changes nothing.
+//! - **Dead letters.** A task handed out `max_attempts` times without an
+//!   ack, or failed for good, is moved to the dead letters instead of being
 //!   handed out again; [`dead`](TaskQueue::dead) lists them,
 //!   [`requeue`](TaskQueue::requeue) puts one back.
-//! - **Nothing grows.** Acked tasks leave nothing behind but their result
-//!   and content name, which expire after the retention window; the tasks
-//!   held are bounded by `max_tasks`, each result by `max_result_bytes`;
-//!   on Redis, consumers of the group that hold nothing and were idle for
-//!   a while are removed.
+//! - **Nothing grows.** Finished tasks leave nothing behind but their
+//!   record, result and key, which expire after the retention window; the
+//!   tasks held are bounded by `max_tasks`, each result by
+//!   `max_result_bytes`. The counts per method are kept for as many
+//!   methods as a service has; in memory, beyond 10,000 methods those of
+//!   methods that hold no task are forgotten.
 //!
 //! [`RedisReplayStore`] shares replay and reflection protection between
 //! the servers on one Redis, so that a token accepted by one is refused by
@@ -62,6 +116,33 @@
 //! caller's choosing (the example queue server uses the worker's peer id).
 //! The queue knows no method of any service: a server built on it (like the
 //! `stream-rpc serve` command's) decides what its peers call.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use serde_json::json;
+//! use stream_rpc::Packet;
+//! use stream_rpc_queue::{
+//!     Failed, Lease, LeaseFilter, MemoryQueue, Priority, TaskOptions, TaskQueue, TaskRef,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), stream_rpc_queue::QueueError> {
+//! let queue = MemoryQueue::new();
+//! let task = Packet::new(uuid::Uuid::nil(), 1, "resize", json!({"image": 7}));
+//! let options = TaskOptions::default().priority(Priority::High).max_attempts(3);
+//! queue.put_with(&task, &options).await?;
+//! let filter = LeaseFilter::methods(["resize"]);
+//! let Lease::Leased(leased) = queue.lease_with("worker-1", Duration::from_secs(30), &filter).await? else {
+//!     unreachable!("the task is queued");
+//! };
+//! // The attempt failed, but may be retried: scheduled again after its backoff.
+//! let error = json!({"code": "handler_error", "message": "the disk is full"});
+//! let failed = queue.fail(TaskRef::of(&leased.task), "worker-1", &error, true).await?;
+//! assert!(matches!(failed, Failed::Retrying { .. }));
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! With the `testing` feature, `stream_rpc_queue::testing` is the
 //! conformance suite both queues pass, for a queue of your own to run as
@@ -85,6 +166,7 @@ mod redis_queue;
 mod replay;
 mod schedule;
 pub mod server;
+mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -106,6 +188,10 @@ pub use outcomes::{
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
 pub use server::{DEFAULT_ATTEMPT_TIMEOUT, TaskServer};
+pub use settings::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_TASKS, DEFAULT_RETENTION,
+    QueueError, QueueSettings, Stats,
+};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).
@@ -330,165 +416,6 @@ pub const MAX_SCHEDULES: usize = 10_000;
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest name of a schedule, in bytes.
 pub const MAX_SCHEDULE_NAME: usize = 128;
-
-/// Counts of a queue's tasks and events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Tasks waiting to be handed out (expired leases included).
-    pub queued: u64,
-    /// Tasks handed out and not yet acked.
-    pub leased: u64,
-    /// Tasks acked, since the queue was created.
-    pub done: u64,
-    /// Dead letters now.
-    pub dead: u64,
-    /// Puts refused as duplicates, since the queue was created.
-    pub duplicates: u64,
-    /// Puts refused because the name was held by another task, since the
-    /// queue was created.
-    pub names_taken: u64,
-    /// Puts refused because the queue was full, since the queue was
-    /// created.
-    pub full: u64,
-    /// Times a task was handed out again (after an expired lease or a
-    /// nack), since the queue was created.
-    pub redeliveries: u64,
-}
-
-#[cfg(feature = "metrics")]
-impl Stats {
-    /// Records these counts through the `metrics` facade (the `metrics`
-    /// feature; `docs/METRICS.md` lists the names): the tasks in each state
-    /// as gauges, the events since the queue was created as counters set to
-    /// their absolute values. Read a queue's counts with
-    /// [`TaskQueue::stats`] now and then and record them; on Redis they are
-    /// the whole queue's, shared by every server.
-    ///
-    /// ```
-    /// use stream_rpc_queue::{MemoryQueue, TaskQueue};
-    ///
-    /// # async fn run() -> Result<(), stream_rpc_queue::QueueError> {
-    /// let queue = MemoryQueue::new();
-    /// queue.stats().await?.record();
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn record(&self) {
-        for (state, count) in [
-            ("queued", self.queued),
-            ("leased", self.leased),
-            ("dead", self.dead),
-        ] {
-            metrics::gauge!("stream_rpc_queue_tasks", "state" => state).set(count as f64);
-        }
-        for (name, count) in [
-            ("stream_rpc_queue_done_total", self.done),
-            ("stream_rpc_queue_duplicates_total", self.duplicates),
-            ("stream_rpc_queue_redeliveries_total", self.redeliveries),
-        ] {
-            metrics::counter!(name).absolute(count);
-        }
-    }
-}
-
-/// Settings shared by both implementations.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueSettings {
-    /// How many times a task is handed out before it is a dead letter
-    /// ([`DEFAULT_MAX_ATTEMPTS`]).
-    pub max_attempts: u32,
-    /// How long a done task's content name and result are kept
-    /// ([`DEFAULT_RETENTION`]).
-    pub retention: Duration,
-    /// How many tasks the queue holds at most, queued, leased and dead
-    /// together ([`DEFAULT_MAX_TASKS`]); a put beyond is [`Put::Full`].
-    pub max_tasks: u64,
-    /// The largest result an ack keeps, in bytes of JSON
-    /// ([`DEFAULT_MAX_RESULT_BYTES`]); a larger one is
-    /// [`Acked::TooLarge`].
-    pub max_result_bytes: usize,
-}
-
-/// The default [`QueueSettings::max_attempts`]: 5.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// The default [`QueueSettings::retention`]: 1 h.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
-/// The default [`QueueSettings::max_tasks`]: 100,000.
-pub const DEFAULT_MAX_TASKS: u64 = 100_000;
-/// The default [`QueueSettings::max_result_bytes`]: 1 MiB.
-pub const DEFAULT_MAX_RESULT_BYTES: usize = 1 << 20;
-
-impl Default for QueueSettings {
-    fn default() -> Self {
-        QueueSettings {
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retention: DEFAULT_RETENTION,
-            max_tasks: DEFAULT_MAX_TASKS,
-            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
-        }
-    }
-}
-
-impl QueueSettings {
-    /// Sets [`max_attempts`](Self::max_attempts) (at least 1).
-    #[must_use]
-    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
-        self.max_attempts = max_attempts.max(1);
-        self
-    }
-
-    /// Sets [`retention`](Self::retention).
-    #[must_use]
-    pub fn with_retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// Sets [`max_tasks`](Self::max_tasks) (at least 1).
-    #[must_use]
-    pub fn with_max_tasks(mut self, max_tasks: u64) -> Self {
-        self.max_tasks = max_tasks.max(1);
-        self
-    }
-
-    /// Sets [`max_result_bytes`](Self::max_result_bytes).
-    #[must_use]
-    pub fn with_max_result_bytes(mut self, max_result_bytes: usize) -> Self {
-        self.max_result_bytes = max_result_bytes;
-        self
-    }
-}
-
-/// A queue operation failed; never a panic.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueueError {
-    /// The queue's backing service cannot be reached (down, restarting,
-    /// refusing connections). Whether the operation took effect is unknown
-    /// when it failed mid-command; the queue did not retry it.
-    #[error("the queue is unavailable: {0}")]
-    Unavailable(String),
-    /// The backing service did not answer in time; whether the operation
-    /// took effect is unknown.
-    #[error("the queue did not answer in time: {0}")]
-    Timeout(String),
-    /// The backing service answered something this version cannot read (or
-    /// refused the command).
-    #[error("the queue's answer was not understood: {0}")]
-    Protocol(String),
-    /// A task could not be encoded or decoded.
-    #[error("a task could not be encoded or decoded: {0}")]
-    Task(String),
-    /// A setting is not valid.
-    #[error("{setting} is not valid: {reason}")]
-    Invalid {
-        /// The setting at fault.
-        setting: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
 
 /// The name a task is deduplicated by: its method and its payload as
 /// canonical JSON (object keys sorted, no spaces), hashed with SHA-256 (hex)

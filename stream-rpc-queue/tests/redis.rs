@@ -278,7 +278,7 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
 }
 
 /// How many tasks the memory measure puts.
-const MEASURED_TASKS: u64 = 10_000;
+const MEASURED_TASKS: u64 = 2_000;
 /// The most memory a queued task may take on Redis, in bytes: its record
 /// (the packet's JSON, about 200 bytes here, and a dozen small fields),
 /// its place in the ready set, its dedupe key.
@@ -341,6 +341,13 @@ async fn memory_per_queued_task_is_bounded() {
     .await;
 }
 
+/// The next event, within a bound that covers Redis's restart.
+async fn next_event(events: &mut stream_rpc_queue::QueueEvents) -> Option<QueueEvent> {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
     let mut server = RedisServer::start();
@@ -351,12 +358,15 @@ async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
         let ready = QueueEvent::Ready {
             method: "parse_article".into(),
         };
-        assert_eq!(events.next().await, Some(ready.clone()));
+        assert_eq!(next_event(&mut events).await, Some(ready.clone()));
         server.kill();
         server.restart();
         // Events published while the connection was down are lost: the
         // receiver is told to re-check once it is subscribed again.
-        assert_eq!(events.next().await, Some(QueueEvent::Lagged { missed: 0 }));
+        assert_eq!(
+            next_event(&mut events).await,
+            Some(QueueEvent::Lagged { missed: 0 })
+        );
         // Redis came back from its AOF: the task is still there.
         let put = loop {
             match queue.put(&task(2)).await {
@@ -368,7 +378,49 @@ async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
             }
         };
         assert_eq!(put, Put::Queued);
-        assert_eq!(events.next().await, Some(ready));
+        assert_eq!(next_event(&mut events).await, Some(ready));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_runs_out_is_told_and_seen_without_another_lease() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default().with_max_attempts(2)).await;
+        let mut events = queue.events();
+        let put = task(1);
+        queue.put(&put).await.unwrap();
+        let ready = QueueEvent::Ready {
+            method: "parse_article".into(),
+        };
+        assert_eq!(next_event(&mut events).await, Some(ready.clone()));
+        let short = Duration::from_millis(200);
+        queue.lease("w", short).await.unwrap().unwrap();
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        // Seen by a look, with no lease since: queued again, and told.
+        let info = queue.show(TaskRef::of(&put)).await.unwrap().unwrap();
+        assert_eq!((info.state, info.attempts), (TaskState::Queued, 1));
+        assert_eq!(next_event(&mut events).await, Some(ready.clone()));
+        // Its last holder may still ack it until another takes it; here
+        // it takes it up again, and lets it run out once more: no
+        // attempts left, a dead letter at the next look.
+        assert!(queue.extend(TaskRef::of(&put), "w", short).await.unwrap());
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        let info = queue.show(TaskRef::of(&put)).await.unwrap().unwrap();
+        assert_eq!((info.state, info.attempts), (TaskState::Queued, 1));
+        assert_eq!(next_event(&mut events).await, Some(ready));
+        queue.lease("w2", short).await.unwrap().unwrap();
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
+        let info = queue.show(TaskRef::of(&put)).await.unwrap().unwrap();
+        assert_eq!((info.state, info.attempts), (TaskState::Dead, 2));
+        assert_eq!(
+            next_event(&mut events).await,
+            Some(QueueEvent::Finished {
+                task: TaskRef::of(&put),
+                state: TaskState::Dead
+            })
+        );
     })
     .await;
 }

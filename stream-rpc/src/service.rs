@@ -44,6 +44,7 @@ use crate::packet::Packet;
 use crate::protocol::{HandlerError, Reply};
 
 mod streams;
+mod tasks;
 
 /// A reply with a method name of the handler's choosing and a typed payload,
 /// like a queue server answering `ping` with `pong`.
@@ -193,26 +194,14 @@ pub mod __private {
     pub use futures_util::{self, Stream};
     pub use serde_json;
 
+    pub use super::tasks::{
+        RetryOf, RetryOfHandlerError, RetryOfNothing, RetryOfTrait, TaskOutput, with_retry,
+    };
+
     pub use super::streams::{
         Item, NoInput, SameError, assert_item, assert_same_error, call_with_input, open_output,
         serve_output, take_input,
     };
-
-    /// What a task's result reads as for a method returning `Self` (the
-    /// reply's payload): the payload type of a [`Message<T>`](super::Message),
-    /// JSON for a [`Reply`](crate::Reply).
-    pub trait TaskOutput {
-        /// The result's type.
-        type Output;
-    }
-
-    impl<T> TaskOutput for super::Message<T> {
-        type Output = T;
-    }
-
-    impl TaskOutput for crate::protocol::Reply {
-        type Output = Value;
-    }
 
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_argument<T: Argument>() {}
@@ -344,59 +333,6 @@ pub mod __private {
             E: MethodError,
         {
             self.0.to_handler_error(method)
-        }
-    }
-
-    /// Picks what a handler's error says of trying again, most specific
-    /// first: a [`HandlerError`] says what its `retry` says; an error that
-    /// implements [`Retry`](crate::tasks::Retry) says its `retry()`;
-    /// anything else says nothing. Called as
-    /// `(&&&RetryOf(&e)).retry_of()`, before the error is converted.
-    pub struct RetryOf<'a, E>(pub &'a E);
-
-    /// The first choice, for [`HandlerError`] itself.
-    pub trait RetryOfHandlerError {
-        /// What it says.
-        fn retry_of(self) -> Option<bool>;
-    }
-
-    impl RetryOfHandlerError for &&&RetryOf<'_, HandlerError> {
-        fn retry_of(self) -> Option<bool> {
-            self.0.retry()
-        }
-    }
-
-    /// The second choice, for an error that implements
-    /// [`Retry`](crate::tasks::Retry).
-    pub trait RetryOfTrait {
-        /// What it says.
-        fn retry_of(self) -> Option<bool>;
-    }
-
-    impl<E: crate::tasks::Retry> RetryOfTrait for &&RetryOf<'_, E> {
-        fn retry_of(self) -> Option<bool> {
-            Some(self.0.retry())
-        }
-    }
-
-    /// The fallback: nothing said.
-    pub trait RetryOfNothing {
-        /// Nothing.
-        fn retry_of(self) -> Option<bool>;
-    }
-
-    impl<E> RetryOfNothing for &RetryOf<'_, E> {
-        fn retry_of(self) -> Option<bool> {
-            None
-        }
-    }
-
-    /// The converted error with what the handler's error said of trying
-    /// again, when it said something.
-    pub fn with_retry(error: HandlerError, retry: Option<bool>) -> HandlerError {
-        match retry {
-            Some(retry) => error.with_retry(retry),
-            None => error,
         }
     }
 

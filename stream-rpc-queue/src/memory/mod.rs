@@ -249,3 +249,49 @@ pub(crate) fn json_len(value: &Value) -> usize {
     let _ = serde_json::to_writer(&mut count, value);
     count.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Peers may put tasks of as many methods as they like: the counts
+    /// per method stay bounded, those of methods still holding tasks kept.
+    #[tokio::test]
+    async fn the_counts_per_method_are_bounded() {
+        let queue = MemoryQueue::new();
+        let held = Packet::new(uuid::Uuid::nil(), 0, "held", json!(0));
+        queue.put(&held).await.unwrap();
+        for id in 1..=state::MAX_COUNTED_METHODS as u64 + 10 {
+            let task = Packet::new(uuid::Uuid::nil(), id, format!("m{id}"), json!(id));
+            queue.put(&task).await.unwrap();
+            queue.cancel(TaskRef::of(&task)).await.unwrap();
+        }
+        let stats = queue.method_stats().await.unwrap();
+        assert!(stats.len() <= state::MAX_COUNTED_METHODS, "{}", stats.len());
+        assert_eq!(stats["held"].queued, 1);
+    }
+
+    /// A lease or a retention beyond what the clock can add is taken as
+    /// "for ever", not a panic.
+    #[tokio::test]
+    async fn a_lease_of_centuries_does_not_panic() {
+        let queue =
+            MemoryQueue::with_settings(QueueSettings::default().with_retention(Duration::MAX));
+        let task = Packet::new(uuid::Uuid::nil(), 1, "m", json!(1));
+        queue.put(&task).await.unwrap();
+        let leased = queue.lease("w", Duration::MAX).await.unwrap().unwrap();
+        assert!(
+            queue
+                .extend(TaskRef::of(&leased.task), "w", Duration::MAX)
+                .await
+                .unwrap()
+        );
+        let acked = queue
+            .ack(TaskRef::of(&task), "w", &json!("ok"))
+            .await
+            .unwrap();
+        assert_eq!(acked, Acked::Done);
+        assert!(queue.put(&task).await.unwrap().is_duplicate());
+    }
+}

@@ -12,6 +12,17 @@ use tokio::time::Instant;
 use super::state::{Hold, Kept, State, Task};
 use crate::{Acked, Cancel, Failed, Lease, LeaseFilter, Leased, Put, QueueEvent, dedupe_key};
 
+/// `now` plus `wait`, or as far as the clock goes when that overflows (a
+/// lease or a retention of centuries).
+pub(super) fn until(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+/// Far enough to be never: 30 years.
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
 /// `at` plus `wait`, or the end of time when that overflows.
 pub(super) fn later(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(wait)
@@ -165,7 +176,7 @@ impl State {
         if let Some(limit) = self.limits.get_mut(&method) {
             super::limits::take_token(limit, wall);
         }
-        let until = now + lease;
+        let until = until(now, lease);
         let Some(task) = self.tasks.get_mut(&uid) else {
             return Lease::Empty { next_due };
         };
@@ -211,15 +222,8 @@ impl State {
         };
         // A lease that ended but whose task went to nobody else yet is
         // taken up again.
-        self.relink_leased(uid, now + lease);
+        self.relink_leased(uid, until(now, lease));
         true
-    }
-
-    /// Ends the attempt of `worker` at `task` (it holds it): its number,
-    /// taken out of its lease.
-    fn end_attempt(&mut self, task: TaskRef, worker: &str) -> Option<u64> {
-        let uid = self.held_by(task, worker)?;
-        Some(uid)
     }
 
     pub(super) fn ack(
@@ -233,7 +237,7 @@ impl State {
         // No catch-up of leases first: a lease that ended but whose task
         // went to nobody else yet still takes its ack.
         self.expire(now);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Acked::Stale;
         };
         if self
@@ -247,7 +251,7 @@ impl State {
         let Some(done) = self.remove(uid) else {
             return Acked::Stale;
         };
-        let until = now + self.settings.retention;
+        let until = until(now, self.settings.retention);
         self.keys.insert(
             done.key.clone(),
             Hold {
@@ -282,7 +286,7 @@ impl State {
         wall: DateTime<Utc>,
     ) -> Acked {
         self.catch_up(now, wall);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Acked::Stale;
         };
         let Some(held) = self.tasks.get_mut(&uid) else {
@@ -304,7 +308,7 @@ impl State {
         wall: DateTime<Utc>,
     ) -> Failed {
         self.expire(now);
-        let Some(uid) = self.end_attempt(task, worker) else {
+        let Some(uid) = self.held_by(task, worker) else {
             return Failed::Stale;
         };
         let Some(held) = self.tasks.get_mut(&uid) else {

@@ -89,7 +89,17 @@ pub(super) struct Counts {
     pub(super) limited: u64,
 }
 
+/// How many methods' counts are kept before those of methods with no task
+/// held are forgotten.
+pub(super) const MAX_COUNTED_METHODS: usize = 10_000;
+
 impl Counts {
+    /// Whether a task of the method is held (scheduled, queued, leased or
+    /// dead).
+    fn holds_tasks(&self) -> bool {
+        self.queued + self.scheduled + self.running + self.dead > 0
+    }
+
     fn of(&mut self, state: TaskState) -> Option<&mut u64> {
         match state {
             TaskState::Queued => Some(&mut self.queued),
@@ -182,12 +192,12 @@ impl State {
     }
 
     pub(super) fn counts(&mut self, method: &str) -> &mut Counts {
-        if !self.counts.contains_key(method) {
-            self.counts.insert(method.to_owned(), Counts::default());
+        if self.counts.len() >= MAX_COUNTED_METHODS && !self.counts.contains_key(method) {
+            // Bounded whatever methods peers put: the counters of methods
+            // with no task held go first.
+            self.counts.retain(|_, counts| counts.holds_tasks());
         }
-        self.counts
-            .get_mut(method)
-            .expect("inserted just above when missing")
+        self.counts.entry(method.to_owned()).or_default()
     }
 
     /// The attempts a task put with `options` may have.
@@ -330,7 +340,7 @@ impl State {
     /// Keeps `info` (a done or cancelled task's record) for the retention
     /// window.
     pub(super) fn keep_record(&mut self, info: TaskInfo, now: Instant) {
-        let until = now + self.settings.retention;
+        let until = super::ops::until(now, self.settings.retention);
         let name = info.task;
         self.finished.insert(name, (info, until));
         self.retained.push_back((until, Kept::Record(name)));

@@ -148,6 +148,18 @@ impl<Q: TaskQueue> Shared<Q> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Wakes this server's pushers of `method`, so that they ask the queue
+    /// when its next task is due: the queue tells no event for a task put
+    /// for later (a pusher of another server learns it at its next look,
+    /// within a second).
+    pub(crate) fn due_later(&self, method: &str) {
+        for entry in self.connections().values() {
+            if let Some(subscription) = &entry.subscription {
+                subscription.wake_for(method);
+            }
+        }
+    }
 }
 
 /// Forgets a connection's entry once it holds nothing.
@@ -299,6 +311,9 @@ impl<Q: TaskQueue> TaskServer<Q> {
             .put_with(&request.task, &options)
             .await
             .map_err(unavailable)?;
+        if put == crate::Put::Scheduled {
+            self.shared.due_later(&request.task.method);
+        }
         Ok(payloads::put_reply(TaskRef::of(&request.task), put))
     }
 

@@ -25,6 +25,8 @@ pub const META_TASK_ATTEMPT: &str = "task-attempt";
 /// How long the pusher waits, when nothing wakes it, before it asks the
 /// queue again (a fallback: events and `next_due` wake it sooner).
 const FALLBACK: Duration = Duration::from_secs(1);
+/// The shortest wait for a task's time ([`Lease::Empty`]'s `next_due`).
+const MIN_WAIT: Duration = Duration::from_millis(5);
 /// The shortest interval between two extensions of a running task's lease.
 const MIN_EXTEND_EVERY: Duration = Duration::from_millis(10);
 /// The share of the lease after which a running task's lease is extended
@@ -95,6 +97,13 @@ impl Subscription {
             .then(|| LeaseFilter::methods(state.methods.iter().cloned()))
     }
 
+    /// Wakes the pusher if it pushes `method`.
+    pub(crate) fn wake_for(&self, method: &str) {
+        if self.wants(method) {
+            self.changed.notify_one();
+        }
+    }
+
     fn wants(&self, method: &str) -> bool {
         let state = self.lock();
         state.active && state.methods.iter().any(|m| m == method)
@@ -154,6 +163,9 @@ pub(crate) async fn push<Q: TaskQueue>(
     // missed.
     let mut events = shared.queue.events();
     let mut events_open = true;
+    // Whether the last lease failed: a queue that stays away is logged
+    // once at WARN, then at DEBUG until a lease works again.
+    let mut failing = false;
     let closed = connection.closed();
     tokio::pin!(closed);
     'push: loop {
@@ -169,17 +181,25 @@ pub(crate) async fn push<Q: TaskQueue>(
                 .await
             {
                 Ok(Lease::Leased(leased)) => {
+                    failing = false;
                     start_attempt(&shared, &sub, &connection, &worker, leased);
                     continue;
                 }
                 Ok(Lease::Empty { next_due }) => {
+                    failing = false;
+                    // At least MIN_WAIT: a time the queue's clock has not
+                    // reached yet, though this one has, must not spin.
                     wake_at = next_due.map(|at| {
                         let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                        Instant::now() + wait
+                        Instant::now() + wait.max(MIN_WAIT)
                     });
                 }
+                Err(e) if failing => {
+                    tracing::debug!(%worker, "pushing tasks: {e}; trying again in {FALLBACK:?}");
+                }
                 Err(e) => {
-                    tracing::warn!(%worker, "pushing tasks: {e}; trying again in {FALLBACK:?}");
+                    failing = true;
+                    tracing::warn!(%worker, "pushing tasks: {e}; trying again every {FALLBACK:?}");
                 }
             }
         }
@@ -523,4 +543,73 @@ fn error_json(
         error["retry"] = json!(retry);
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(code: ErrorCode, retry: Option<bool>) -> CallError {
+        CallError::Remote {
+            method: "m".into(),
+            code,
+            message: "no".into(),
+            data: None,
+            retry,
+        }
+    }
+
+    fn fails(verdict: Verdict) -> Option<bool> {
+        match verdict {
+            Verdict::Fail { retry, .. } => Some(retry),
+            Verdict::GiveBack => None,
+        }
+    }
+
+    #[test]
+    fn every_way_a_pushed_call_ends_has_its_outcome() {
+        let limit = Duration::from_secs(10);
+        let soon = Duration::from_secs(1);
+        let judged = |error: CallError| fails(judge(&error, limit, soon));
+        assert_eq!(judged(remote(ErrorCode::HandlerError, None)), Some(true));
+        assert_eq!(judged(remote(ErrorCode::HandlerPanicked, None)), Some(true));
+        assert_eq!(
+            judged(remote(ErrorCode::HandlerError, Some(false))),
+            Some(false)
+        );
+        for final_code in [
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidPayload,
+            ErrorCode::InvalidPacket,
+        ] {
+            assert_eq!(judged(remote(final_code, Some(true))), Some(false));
+        }
+        for back in [
+            ErrorCode::Busy,
+            ErrorCode::Unavailable,
+            ErrorCode::Cancelled,
+        ] {
+            assert_eq!(judged(remote(back, None)), None, "{back:?}");
+        }
+        let lost = CallError::ConnectionLost { method: "m".into() };
+        assert_eq!(judged(lost), None);
+        let timeout = CallError::Timeout {
+            method: "m".into(),
+            after: limit,
+        };
+        assert_eq!(judged(timeout), Some(true));
+        // `cancelled` at the end of the limit: the handler ran out of time.
+        let late = judge(&remote(ErrorCode::Cancelled, None), limit, limit);
+        assert_eq!(fails(late), Some(true));
+        // The kept error says why, in an error packet's payload.
+        let Verdict::Fail { error, .. } =
+            judge(&remote(ErrorCode::HandlerError, Some(false)), limit, soon)
+        else {
+            panic!("a handler error fails");
+        };
+        assert_eq!(
+            error,
+            json!({"code": "handler_error", "message": "no", "method": "m", "retry": false})
+        );
+    }
 }

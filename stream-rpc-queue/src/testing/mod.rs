@@ -9,12 +9,12 @@
 //! - [`conformance_tests!`](crate::conformance_tests) makes one `#[test]`
 //!   per check in the module where it is written (each on a runtime of its
 //!   own, bounded by [`CHECK_BOUND`]), so a failure names its check;
-//! - [`run_all`] runs every check in turn from a test of your own (a
+//! - [`run_all`] runs every check at once from a test of your own (a
 //!   failure prints the name of its check), [`run_check`] one by name.
 //!
 //! The checks wait for short leases (300 ms) and a short retention to run
-//! out, so the whole suite takes some seconds; on one runtime, [`run_all`]
-//! takes the sum.
+//! out, and for periodic ticks (about 2 s), so the whole suite takes some
+//! seconds; [`run_all`] takes as long as its longest check.
 //!
 //! ```
 //! // In a test file of the crate that implements the queue (here the
@@ -43,6 +43,8 @@ use fleet::*;
 use tasks::*;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde_json::json;
@@ -135,7 +137,7 @@ pub fn task(article_id: u64) -> Packet {
 /// [`run_check`].
 macro_rules! checks {
     ($($check:ident),* $(,)?) => {
-        /// The names of the checks, in the order [`run_all`] runs them.
+        /// The names of the checks.
         pub const CHECKS: &[&str] = &[$(stringify!($check)),*];
 
         /// Runs the check `name` (one of [`CHECKS`]) on queues of
@@ -202,8 +204,10 @@ impl Drop for Naming<'_> {
     }
 }
 
-/// Runs every check ([`CHECKS`]) in turn on queues of `factory`; panics at
-/// the first that fails, after printing its name. Needs a Tokio runtime
+/// Runs every check ([`CHECKS`]) on queues of `factory`, all at once (the
+/// queues of each check are its own, and the checks mostly wait for time
+/// to pass: together they take as long as the longest, about 2 s); panics
+/// at the first that fails, after printing its name. Needs a Tokio runtime
 /// with its timer.
 ///
 /// ```
@@ -218,11 +222,27 @@ impl Drop for Naming<'_> {
 /// # }
 /// ```
 pub async fn run_all<F: QueueFactory>(factory: &F) {
-    for name in CHECKS {
-        let naming = Naming(name);
-        run_check(name, factory).await;
-        drop(naming);
-    }
+    type Check<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    let mut running: Vec<(&str, Check<'_>)> = CHECKS
+        .iter()
+        .map(|name| (*name, Box::pin(run_check(name, factory)) as Check<'_>))
+        .collect();
+    // Polled in turn on this task: a panic unwinds through the poll of its
+    // check, which names it.
+    std::future::poll_fn(|cx| {
+        running.retain_mut(|(name, check)| {
+            let naming = Naming(name);
+            let pending = check.as_mut().poll(cx).is_pending();
+            drop(naming);
+            pending
+        });
+        if running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Runs the check `name` ([`run_check`]) on a multi-threaded Tokio runtime

@@ -40,7 +40,8 @@ const UNSUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs a service's implementation on the tasks a queue server pushes:
 /// it connects (reconnecting and failing over as a
-/// [`ReconnectingClient`](crate::ReconnectingClient) does), serves the
+/// [`ReconnectingClient`](crate::ReconnectingClient) does, to the servers
+/// of [`reconnect`](Self::reconnect)), serves the
 /// service on the connection, and subscribes to its methods with
 /// `task.subscribe` on every (re)connection. The server then calls the
 /// worker once per task, at most [`concurrency`](Self::concurrency) at
@@ -89,6 +90,7 @@ pub struct Worker<P: Protocol + Service> {
     concurrency: u32,
     methods: Option<Vec<String>>,
     grace: Duration,
+    reconnect: Reconnect,
 }
 
 /// What a worker did, when it stopped.
@@ -114,7 +116,34 @@ impl<P: Protocol + Service> Worker<P> {
             concurrency: DEFAULT_CONCURRENCY,
             methods: None,
             grace: DEFAULT_GRACE,
+            reconnect: Reconnect::default(),
         }
+    }
+
+    /// How it reconnects, and to which servers it fails over
+    /// ([`Reconnect::servers`]; by default the connector's host and port
+    /// only, as `Reconnect::default()`). It subscribes again on every
+    /// connection.
+    ///
+    /// ```
+    /// use stream_rpc::Reconnect;
+    /// use stream_rpc::tasks::Worker;
+    ///
+    /// # struct Nothing;
+    /// # impl stream_rpc::Protocol for Nothing {
+    /// #     async fn process_message(&self, _: stream_rpc::Context, p: stream_rpc::Packet) -> Result<stream_rpc::Reply, stream_rpc::HandlerError> {
+    /// #         Err(stream_rpc::HandlerError::unknown_method(&p.method))
+    /// #     }
+    /// # }
+    /// # impl stream_rpc::Service for Nothing {
+    /// #     fn methods(&self) -> &[&'static str] { &[] }
+    /// # }
+    /// let worker = Worker::new(Nothing)
+    ///     .reconnect(Reconnect::default().with_servers([("10.0.0.1", 8888), ("10.0.0.2", 8888)]));
+    /// ```
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = reconnect;
+        self
     }
 
     /// How many tasks it runs at once (1 to [`MAX_CONCURRENCY`]; the
@@ -190,7 +219,7 @@ impl<P: Protocol + Service> Worker<P> {
         };
         let client = connector
             .on_connect(hook)
-            .connect_reconnecting(counted, Reconnect::default())?;
+            .connect_reconnecting(counted, self.reconnect)?;
         stop.await;
         stopping.store(true, Ordering::Release);
         if let Some(connection) = client.connection() {
