@@ -188,8 +188,16 @@ async fn worker_mode() -> Result<(), String> {
     stream_rpc::logging::Settings::from_env()
         .map_err(|e| e.to_string())
         .and_then(|settings| stream_rpc::logging::init(&settings).map_err(|e| e.to_string()))?;
+    // STREAM_RPC_SERVERS: the servers to fail over between, in turn.
+    let servers = match std::env::var(stream_rpc::env::ENV_SERVERS) {
+        Ok(list) if !list.trim().is_empty() => {
+            stream_rpc::env::parse_servers(&list).map_err(|e| e.to_string())?
+        }
+        _ => Vec::new(),
+    };
     let work = Work(Arc::new(Parser::default()));
     let report = Worker::new(ArticlesServer::new(work))
+        .reconnect(stream_rpc::Reconnect::default().with_servers(servers))
         .concurrency(u32::try_from(concurrency).unwrap_or(u32::MAX))
         .run(Connector::new(config))
         .await

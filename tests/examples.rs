@@ -490,15 +490,20 @@ fn the_tasks_example_runs_its_task_set_end_to_end() {
 }
 
 #[test]
-fn the_tasks_example_worker_serves_a_server_elsewhere_and_drains_on_sigterm() {
+fn the_tasks_example_worker_fails_over_to_a_server_elsewhere_and_drains_on_sigterm() {
     let key = new_key();
     let (_server, port) = server(&key);
+    // The first server of the list is gone: the worker fails over to the
+    // second.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap().port();
+    drop(closed);
+    let servers = format!("127.0.0.1:{gone},127.0.0.1:{port}");
     let mut worker = Process::example(
         "tasks",
         &[
             ("CRYPTO_KEY", &key),
-            ("STREAM_RPC_HOST", "127.0.0.1"),
-            ("STREAM_RPC_PORT", &port),
+            ("STREAM_RPC_SERVERS", &servers),
             // As `tasks worker` (the example is run without arguments here).
             ("TASKS_MODE", "worker"),
         ],
