@@ -358,20 +358,27 @@ fn queue_looks_at_the_queue_on_redis() {
         "",
     );
     assert_eq!(text(&out.stdout).trim(), "null", "{}", text(&out.stdout));
-    // A dead letter nobody can read (as an older version could leave):
-    // counted on stderr, the others listed.
-    let written = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "XADD",
-            "{stream-rpc}:dead",
-            "*",
-        ])
-        .args(["task", "not a packet", "ref", "x:1", "key", "k"])
-        .output()
-        .expect("redis-cli beside redis-server");
-    assert!(written.status.success(), "{}", text(&written.stderr));
+    // A dead letter nobody can read (as an older version or a hand could
+    // leave): counted on stderr, the others listed.
+    let port = redis.port.to_string();
+    for command in [
+        &[
+            "HSET",
+            "{stream-rpc}:task:x:1",
+            "task",
+            "not a packet",
+            "s",
+            "dead",
+        ][..],
+        &["ZADD", "{stream-rpc}:dead", "1000000", "x:1"],
+    ] {
+        let written = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(command)
+            .output()
+            .expect("redis-cli beside redis-server");
+        assert!(written.status.success(), "{}", text(&written.stderr));
+    }
     let dead = run("", &["queue", "--queue", &url, "dead"], "");
     assert_eq!(dead.status.code(), Some(0), "{}", text(&dead.stderr));
     assert!(
