@@ -87,7 +87,9 @@ enum Command {
                             stream-rpc bench --method get --payload '\"k\"' --rate 5000 --duration 30s --json"
     )]
     Bench(BenchArgs),
-    /// Run the ping/queue server (the `server` example), every setting a flag.
+    /// Run the ping/queue server (the `server` example: the classic queue
+    /// methods and the task methods of `queue put` and typed workers),
+    /// every setting a flag.
     #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
                             stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease 1m")]
     Serve(ServeArgs),
