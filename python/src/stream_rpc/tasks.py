@@ -412,6 +412,44 @@ class Tasks:
         limits = answer.get("limits") if isinstance(answer, dict) else None
         return dict(limits) if isinstance(limits, dict) else {}
 
+    async def put_schedule(
+        self,
+        name: str,
+        method: str,
+        payload: Any = None,
+        *,
+        every: Optional[Union[float, datetime.timedelta]] = None,
+        cron: Optional[str] = None,
+        **options: Any,
+    ) -> Dict[str, Any]:
+        """Puts (or replaces) the periodic task ``name``: ``method`` with
+        ``payload`` put ``every`` so often (seconds or a ``timedelta``, at
+        least 1 s) or at the times of ``cron`` (UTC, five fields or six with
+        seconds), by exactly one server however many share the queue.
+        ``options``: those of :meth:`put` but ``delay`` and ``run_at``.
+        Returns the schedule as the queue keeps it (``next_at``, ``fired``)."""
+        if (every is None) == (cron is None):
+            raise ValueError("give every or cron, one of them")
+        body: Dict[str, Any] = {"name": name, "method": method, "payload": payload}
+        if every is not None:
+            body["every_ms"] = _seconds_ms("every", every)
+        else:
+            body["cron"] = cron
+        body["options"] = task_options(**options)
+        answer = await self._call("schedule.put", body)
+        return dict(answer) if isinstance(answer, dict) else {}
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Removes the periodic task ``name``; whether there was one."""
+        answer = await self._call("schedule.remove", {"name": name})
+        return isinstance(answer, dict) and answer.get("removed") is True
+
+    async def schedules(self) -> List[Dict[str, Any]]:
+        """The periodic tasks, as the queue keeps them."""
+        answer = await self._call("schedule.list", None)
+        items = answer.get("schedules") if isinstance(answer, dict) else None
+        return [dict(item) for item in items or [] if isinstance(item, dict)]
+
 
 class TaskHandle:
     """A task put: its name (:attr:`id`, ``PEER:ID``), its result, its state,

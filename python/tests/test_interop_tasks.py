@@ -1,0 +1,179 @@
+"""Typed tasks between the Python package and the Rust `stream-rpc serve` (the
+real queue server, a process on a free loopback port): a Rust producer (the
+command: `queue put --wait`, or `call task.put` where that is not built) to
+a Python worker, and a Python producer to the Rust `tasks` example's
+workers; a running Python task cancelled through the Rust server, and a
+Python worker's drain giving back what outlives its grace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+
+import pytest
+from conftest import run
+from test_interop_streams import client, command, rust_command, serve
+
+from stream_rpc import _wire
+from stream_rpc.common import PermanentError, RemoteError, create_message_packet
+from stream_rpc.crypto import Cypher
+from stream_rpc.tasks import TaskCancelled, TaskDead, Tasks, Worker, current_task, task
+
+
+class Articles:
+    def __init__(self) -> None:
+        self.started: asyncio.Queue = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    @task
+    async def parse(self, article_id):
+        if article_id % 7 == 0:
+            raise PermanentError(f"article {article_id} does not exist")
+        return {"article_id": article_id, "title": f"Article {article_id}", "by": "python"}
+
+    @task
+    async def slow(self, n):
+        await self.started.put((n, current_task()))
+        cancelled = asyncio.ensure_future(current_task().cancelled.wait())
+        released = asyncio.ensure_future(self.release.wait())
+        await asyncio.wait({cancelled, released}, return_when=asyncio.FIRST_COMPLETED)
+        cancelled.cancel()
+        released.cancel()
+        return "stopped" if current_task().is_cancelled() else n
+
+
+async def serves_tasks(key, port) -> bool:
+    """Whether this `stream-rpc serve` serves the task methods."""
+    peer = await client(key, port)
+    try:
+        await peer.call("task.stats", None, 10)
+        return True
+    except RemoteError as e:
+        if e.code == "unknown_method":
+            return False
+        raise
+    finally:
+        await peer.close()
+
+
+def tasks_server(processes, key):
+    server, port = serve(processes, key)
+    if not run(serves_tasks(key, port)):
+        pytest.skip("this stream-rpc serve has no task.* methods (issue 25's TaskServer)")
+    return server, port
+
+
+def worker_for(articles, key, port, **options) -> Worker:
+    return Worker(articles, host="127.0.0.1", port=port, cypher=Cypher(key), **options)
+
+
+def has_queue_put() -> bool:
+    """Whether the command has `queue put --wait` (else tasks go in with `call`)."""
+    probe = subprocess.run(
+        [rust_command(), "queue", "put", "--help"], capture_output=True, text=True, timeout=30
+    )
+    return probe.returncode == 0 and "--wait" in probe.stdout
+
+
+async def rust_put(key, port, method, payload):
+    """Puts a task with the Rust command and waits for its result: (exit
+    status, result or error text)."""
+    if has_queue_put():
+        code, out, err = await command(
+            key, port, "queue", "put", method, json.dumps(payload), "--wait", "30s"
+        )
+        return code, (json.loads(out) if code == 0 else err)
+    packet = create_message_packet(str(uuid.uuid4()), 1, method, payload)
+    body = json.dumps({"task": _wire.packet_object(packet)})
+    code, out, err = await command(key, port, "call", "task.put", body)
+    assert code == 0, err
+    ref = json.loads(out)["task"]
+    wait = json.dumps({"task": ref, "timeout_ms": 30000})
+    code, out, err = await command(key, port, "call", "task.wait", wait)
+    assert code == 0, err
+    info = json.loads(out)
+    if info["state"] == "done":
+        return 0, info["result"]
+    return 1, json.dumps(info.get("error"))
+
+
+def test_a_rust_producer_gets_results_from_a_python_worker(key, processes):
+    _, port = tasks_server(processes, key)
+
+    async def scenario():
+        articles = Articles()
+        worker = worker_for(articles, key, port, concurrency=2)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(worker.run(stop.wait()))
+        await asyncio.wait_for(worker.wait_subscribed(), 10)
+        code, result = await rust_put(key, port, "parse", 3)
+        assert code == 0 and result == {"article_id": 3, "title": "Article 3", "by": "python"}
+        # A permanent error: dead at once, its error on stderr.
+        code, error = await rust_put(key, port, "parse", 14)
+        assert code == 1 and "article 14 does not exist" in error
+        stop.set()
+        report = await asyncio.wait_for(running, 10)
+        assert report.done == 1 and report.failed == 1
+
+    run(scenario())
+
+
+def test_a_python_producer_cancels_a_python_task_through_the_rust_server(key, processes):
+    _, port = tasks_server(processes, key)
+
+    async def scenario():
+        articles = Articles()
+        worker = worker_for(articles, key, port)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(worker.run(stop.wait()))
+        await asyncio.wait_for(worker.wait_subscribed(), 10)
+        tasks = Tasks(await client(key, port))
+        handle = await tasks.put("slow", 1)
+        n, context = await asyncio.wait_for(articles.started.get(), 10)
+        assert n == 1 and context.id == handle.id and context.attempt == 1
+        assert (await handle.cancel()).outcome == "requested"
+        # The server dropped its call: call.cancel reached the handler.
+        await asyncio.wait_for(context.cancelled.wait(), 10)
+        with pytest.raises(TaskCancelled):
+            await handle.result(timeout=10)
+        dead = await tasks.put("parse", 7)
+        with pytest.raises(TaskDead) as failed:
+            await dead.result(timeout=10)
+        assert failed.value.attempts == 1 and failed.value.error.retry is False
+        stop.set()
+        report = await asyncio.wait_for(running, 10)
+        assert report.cancelled == 1
+
+    run(scenario())
+
+
+def test_a_draining_python_worker_gives_back_what_outlives_its_grace(key, processes):
+    _, port = tasks_server(processes, key)
+
+    async def scenario():
+        first = Articles()
+        worker = worker_for(first, key, port, grace=0.1)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(worker.run(stop.wait()))
+        await asyncio.wait_for(worker.wait_subscribed(), 10)
+        tasks = Tasks(await client(key, port))
+        handle = await tasks.put("slow", 5)
+        await asyncio.wait_for(first.started.get(), 10)
+        stop.set()
+        report = await asyncio.wait_for(running, 10)
+        assert report.given_back == 1 and report.done == 0
+        # Nothing lost: the next worker runs it.
+        second = Articles()
+        second.release.set()
+        again = worker_for(second, key, port)
+        stop_again = asyncio.Event()
+        running_again = asyncio.ensure_future(again.run(stop_again.wait()))
+        assert await handle.result(timeout=20) == 5
+        info = await handle.state()
+        assert info.attempts == 2 and info.state == "done"
+        stop_again.set()
+        await asyncio.wait_for(running_again, 10)
+
+    run(scenario())
