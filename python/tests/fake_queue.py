@@ -29,6 +29,7 @@ class FakeQueue:
         self.refuse: Optional[Dict[str, Any]] = None
         #: The error payloads workers answered with.
         self.errors: List[Any] = []
+        self.schedules: Dict[str, Dict[str, Any]] = {}
 
     async def notify(self) -> None:
         async with self.changed:
@@ -149,6 +150,20 @@ class FakeServer(Protocol):
         elif method == "task.unsubscribe":
             flight = queue.workers.pop(self, [None, None, 0])[2]
             answer = {"running": flight}
+        elif method == "task.list":
+            found = [t for t in queue.tasks.values() if t["state"] == body["state"]]
+            answer = {"tasks": found[: body["limit"]]}
+        elif method == "task.stats":
+            answer = {"methods": {"parse": {"queued": len(queue.tasks)}}}
+        elif method == "task.limit":
+            answer = {"limits": {body["method"]: {"concurrency": body["concurrency"]}}}
+        elif method == "schedule.put":
+            queue.schedules[body["name"]] = dict(body, next_at="2030-01-01T00:00:00Z", fired=0)
+            answer = queue.schedules[body["name"]]
+        elif method == "schedule.remove":
+            answer = {"removed": queue.schedules.pop(body["name"], None) is not None}
+        elif method == "schedule.list":
+            answer = {"schedules": list(queue.schedules.values())}
         else:
             raise RemoteError("unknown_method", method)
         await self.send_message(self.create_message_packet(f"{method}.reply", answer))

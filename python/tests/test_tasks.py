@@ -286,6 +286,41 @@ def test_the_worker_fails_over_and_subscribes_again_on_every_connection(key):
     run(main())
 
 
+def test_lists_stats_limits_and_schedules_on_the_wire(key):
+    async def main():
+        queue, server, _, _, stop, running, tasks = await setup(key)
+        later = await tasks.put("parse", 1, delay=60)
+        (listed,) = await tasks.list("scheduled", limit=5000)
+        assert listed.task == later.id and listed.state == "scheduled"
+        assert queue.calls["task.list"] == [{"state": "scheduled", "limit": 1000}]
+        assert (await tasks.stats())["parse"]["queued"] == 1
+        await tasks.set_limit("parse", concurrency=2, rate=(2, 1))
+        assert queue.calls["task.limit"] == [
+            {"method": "parse", "concurrency": 2, "rate": {"count": 2, "per_ms": 1000}}
+        ]
+        info = await tasks.put_schedule("tick", "parse", 3, every=60, priority="high")
+        assert queue.calls["schedule.put"][-1] == {
+            "name": "tick",
+            "method": "parse",
+            "payload": 3,
+            "every_ms": 60000,
+            "options": {"priority": "high"},
+        }
+        assert info["next_at"] == "2030-01-01T00:00:00Z"
+        await tasks.put_schedule("nightly", "parse", 4, cron="0 0 3 * * *")
+        assert queue.calls["schedule.put"][-1]["cron"] == "0 0 3 * * *"
+        with pytest.raises(ValueError):
+            await tasks.put_schedule("both", "parse", every=1, cron="* * * * *")
+        assert [s["name"] for s in await tasks.schedules()] == ["tick", "nightly"]
+        assert await tasks.remove_schedule("tick") is True
+        assert await tasks.remove_schedule("tick") is False
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        server.close()
+
+    run(main())
+
+
 def test_remote_errors_carry_retry():
     error = RemoteError.from_payload({"code": "handler_error", "message": "m", "retry": False})
     assert error.retry is False and error.payload()["retry"] is False
