@@ -562,7 +562,8 @@ class Protocol:
         malformed one counts as a bad frame, and is never answered)."""
         body = packet.payload
         target: Optional[Tuple[str, int]] = None
-        if reply_to is None and isinstance(body, dict) and set(body) == {"peer", "id"}:
+        plain = reply_to is None and packet.stream is None
+        if plain and isinstance(body, dict) and set(body) == {"peer", "id"}:
             peer, ident = body.get("peer"), body.get("id")
             if isinstance(peer, str) and type(ident) is int and 0 <= ident < 2**64:
                 try:
