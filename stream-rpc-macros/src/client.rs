@@ -222,7 +222,7 @@ pub fn client_method(method: &Method, krate: &TokenStream) -> TokenStream {
 
 /// The payload the client sends: `null`, the one argument, or an object
 /// keyed by the arguments' names.
-fn encode_payload(method: &Method, wire: &syn::LitStr, krate: &TokenStream) -> TokenStream {
+pub fn encode_payload(method: &Method, wire: &syn::LitStr, krate: &TokenStream) -> TokenStream {
     match method.args.as_slice() {
         [] => quote!(#krate::__private::serde_json::Value::Null),
         [arg] => {

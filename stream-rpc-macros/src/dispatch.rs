@@ -179,7 +179,17 @@ fn dispatch_arm(
 fn convert_error(err: Option<&syn::Type>, krate: &TokenStream, wire: &syn::LitStr) -> TokenStream {
     let error_span = err.map_or_else(Span::call_site, |err| err.span());
     quote_spanned!(error_span=>
-        (&&&#krate::__private::ErrorWrap(__error)).into_handler_error(#wire)
+        {
+            #[allow(unused_imports)]
+            use #krate::__private::{
+                RetryOfHandlerError as _, RetryOfNothing as _, RetryOfTrait as _,
+            };
+            let __retry = (&&&#krate::__private::RetryOf(&__error)).retry_of();
+            #krate::__private::with_retry(
+                (&&&#krate::__private::ErrorWrap(__error)).into_handler_error(#wire),
+                __retry,
+            )
+        }
     )
 }
 

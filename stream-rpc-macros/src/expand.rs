@@ -20,6 +20,7 @@ use crate::dispatch::{dispatch, dispatch_streams};
 use crate::errors::Errors;
 use crate::fallback;
 use crate::model::{self, Kind, Service};
+use crate::tasks;
 use crate::validate;
 
 /// The name of the trait form's server's parameter (the implementation
@@ -152,6 +153,19 @@ fn generate_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
             wires: &wires,
         },
     );
+    let tasks_methods: Vec<_> = service
+        .methods
+        .iter()
+        .filter_map(|m| tasks::tasks_method(m, &krate))
+        .collect();
+    let tasks_items = tasks::tasks_items(
+        service,
+        &krate,
+        &vis,
+        generics,
+        Some(self_ty),
+        &tasks_methods,
+    );
 
     quote! {
         #protocol
@@ -164,6 +178,8 @@ fn generate_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
         }
 
         #client_items
+
+        #tasks_items
     }
 }
 
@@ -202,6 +218,19 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
             wires: &wires,
         },
     );
+    let tasks_methods: Vec<_> = service
+        .methods
+        .iter()
+        .filter_map(|m| tasks::tasks_method(m, &krate))
+        .collect();
+    let tasks_items = tasks::tasks_items(
+        service,
+        &krate,
+        vis,
+        &syn::Generics::default(),
+        None,
+        &tasks_methods,
+    );
     let server_items = server_items(vis, &server, &server_doc, &wires);
     let param = Ident::new(SERVICE_PARAM, Span::call_site());
     let protocol = protocol_impl(
@@ -226,6 +255,8 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
         #service_trait
 
         #client_items
+
+        #tasks_items
     }
 }
 

@@ -12,6 +12,7 @@ use crate::attr::ServiceArgs;
 use crate::client::{self, ClientParts};
 use crate::expand::{self, SERVICE_PARAM, protocol_impl, server_items, service_impl};
 use crate::model::{self, Kind, Service};
+use crate::tasks;
 use crate::validate;
 
 /// The fallback of an impl block.
@@ -34,6 +35,14 @@ pub fn fallback_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
             methods: &stubs,
             wires: &[],
         },
+    );
+    let tasks_items = tasks::tasks_items(
+        service,
+        &krate,
+        &vis,
+        generics,
+        Some(self_ty),
+        &fallback_tasks_methods(service, &krate),
     );
     let unreachable = fallback_body();
     let protocol = protocol_impl(
@@ -66,6 +75,8 @@ pub fn fallback_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
         }
 
         #client_items
+
+        #tasks_items
     }
 }
 
@@ -88,6 +99,14 @@ pub fn fallback_trait(service: &Service, args: &ServiceArgs, item: &ItemTrait) -
             methods: &stubs,
             wires: &[],
         },
+    );
+    let tasks_items = tasks::tasks_items(
+        service,
+        &krate,
+        vis,
+        &syn::Generics::default(),
+        None,
+        &fallback_tasks_methods(service, &krate),
     );
     let server_items = server_items(
         vis,
@@ -122,6 +141,8 @@ pub fn fallback_trait(service: &Service, args: &ServiceArgs, item: &ItemTrait) -
         #impls
 
         #client_items
+
+        #tasks_items
     }
 }
 
@@ -140,6 +161,45 @@ fn fallback_methods(service: &Service, krate: &TokenStream) -> Vec<TokenStream> 
             },
         )
         .collect()
+}
+
+/// The fallback producer's methods: the real one for each method that
+/// was read without error, a stub for each of the others.
+fn fallback_tasks_methods(service: &Service, krate: &TokenStream) -> Vec<TokenStream> {
+    service
+        .stubs
+        .iter()
+        .filter(|stub| !tasks::TASKS_ITEMS.iter().any(|name| stub.ident == name))
+        .filter_map(
+            |stub| match service.methods.iter().find(|m| m.ident == stub.ident) {
+                Some(method) => tasks::tasks_method(method, krate),
+                None => Some(stub_tasks_method(stub, krate)),
+            },
+        )
+        .collect()
+}
+
+/// A producer method for the fallback: the arguments as written, any
+/// result types the caller expects, a body that never runs.
+fn stub_tasks_method(stub: &model::Stub, krate: &TokenStream) -> TokenStream {
+    let ident = &stub.ident;
+    let cfgs = &stub.cfgs;
+    let mut generics = stub.generics.clone();
+    generics.params.push(parse_quote!(__StreamRpcReturn));
+    generics.params.push(parse_quote!(__StreamRpcError));
+    let (_, _, where_clause) = generics.split_for_impl();
+    let params = &generics.params;
+    let types = &stub.params;
+    let caller = syn::Ident::new(client::CALLER_PARAM, proc_macro2::Span::call_site());
+    let unreachable = fallback_body();
+    quote! {
+        #(#cfgs)*
+        #[allow(unused_variables)]
+        /// Not generated: the service has errors.
+        pub fn #ident<#params>(&self, #(_: #types),*) -> #krate::tasks::PutTask<'_, #caller, __StreamRpcReturn, __StreamRpcError> #where_clause {
+            #unreachable
+        }
+    }
 }
 
 /// A client method for the fallback: the arguments as written, any return

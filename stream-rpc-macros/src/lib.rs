@@ -18,6 +18,7 @@ mod expand;
 mod fallback;
 mod model;
 mod streams;
+mod tasks;
 mod validate;
 
 /// Turns the `async fn`s of an inherent `impl` block, or of a trait

@@ -1,14 +1,18 @@
 //! [`AnyQueue`]: the queue a setting names, memory or Redis.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 use stream_rpc::Packet;
+use stream_rpc::tasks::{
+    MethodLimit, MethodStats, Schedule, ScheduleInfo, TaskInfo, TaskOptions, TaskState,
+};
 
 use crate::connect::check_url;
 use crate::{
-    Acked, DeadLetters, Leased, MemoryQueue, Put, QueueError, QueueSettings, RedisQueue,
-    RedisSettings, RedisTls, Stats, TaskQueue, TaskRef,
+    Acked, Cancel, DeadLetters, Failed, Fired, Lease, LeaseFilter, MemoryQueue, Put, QueueError,
+    QueueEvents, QueueSettings, RedisQueue, RedisSettings, RedisTls, Stats, TaskQueue, TaskRef,
 };
 
 /// The environment variable naming the queue: `memory` (the default), a
@@ -185,6 +189,9 @@ fn check_queue(queue: &str, tls: &RedisTls) -> Result<(), QueueError> {
 
 /// A queue in memory or on Redis, chosen at run time.
 #[derive(Debug)]
+// One per server, made once: the size of the Redis handle costs nothing
+// worth a box (a memory queue is a shared handle, much smaller).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyQueue {
     /// In this process.
     Memory(MemoryQueue),
@@ -218,12 +225,17 @@ macro_rules! both {
 }
 
 impl TaskQueue for AnyQueue {
-    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
-        both!(self, queue => queue.put(task))
+    async fn put_with(&self, task: &Packet, options: &TaskOptions) -> Result<Put, QueueError> {
+        both!(self, queue => queue.put_with(task, options))
     }
 
-    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
-        both!(self, queue => queue.lease(worker, lease))
+    async fn lease_with(
+        &self,
+        worker: &str,
+        lease: Duration,
+        filter: &LeaseFilter,
+    ) -> Result<Lease, QueueError> {
+        both!(self, queue => queue.lease_with(worker, lease, filter))
     }
 
     async fn extend(
@@ -241,6 +253,63 @@ impl TaskQueue for AnyQueue {
 
     async fn nack(&self, task: TaskRef, worker: &str) -> Result<Acked, QueueError> {
         both!(self, queue => queue.nack(task, worker))
+    }
+
+    async fn fail(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        error: &Value,
+        retry: bool,
+    ) -> Result<Failed, QueueError> {
+        both!(self, queue => queue.fail(task, worker, error, retry))
+    }
+
+    async fn cancel(&self, task: TaskRef) -> Result<Cancel, QueueError> {
+        both!(self, queue => queue.cancel(task))
+    }
+
+    async fn show(&self, task: TaskRef) -> Result<Option<TaskInfo>, QueueError> {
+        both!(self, queue => queue.show(task))
+    }
+
+    async fn list(&self, state: TaskState, limit: usize) -> Result<Vec<TaskInfo>, QueueError> {
+        both!(self, queue => queue.list(state, limit))
+    }
+
+    async fn set_limit(&self, method: &str, limit: MethodLimit) -> Result<(), QueueError> {
+        both!(self, queue => queue.set_limit(method, limit))
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, MethodLimit>, QueueError> {
+        both!(self, queue => queue.limits())
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<ScheduleInfo, QueueError> {
+        both!(self, queue => queue.put_schedule(schedule))
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, QueueError> {
+        both!(self, queue => queue.remove_schedule(name))
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, QueueError> {
+        both!(self, queue => queue.schedules())
+    }
+
+    async fn fire_schedules(&self) -> Result<Fired, QueueError> {
+        both!(self, queue => queue.fire_schedules())
+    }
+
+    async fn method_stats(&self) -> Result<BTreeMap<String, MethodStats>, QueueError> {
+        both!(self, queue => queue.method_stats())
+    }
+
+    fn events(&self) -> QueueEvents {
+        match self {
+            AnyQueue::Memory(queue) => queue.events(),
+            AnyQueue::Redis(queue) => queue.events(),
+        }
     }
 
     async fn result(&self, method: &str, payload: &Value) -> Result<Option<Value>, QueueError> {

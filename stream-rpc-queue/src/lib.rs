@@ -69,6 +69,7 @@
 
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -77,47 +78,96 @@ use stream_rpc::Packet;
 
 mod any;
 mod connect;
+mod events;
 mod memory;
+mod outcomes;
 mod redis_queue;
 mod replay;
+mod schedule;
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use stream_rpc::tasks::TaskRef;
+pub use stream_rpc::tasks::{
+    Backoff, DEFAULT_BACKOFF, Every, MethodLimit, MethodStats, Priority, Rate, Schedule,
+    ScheduleInfo, TaskInfo, TaskOptions, TaskRef, TaskState,
+};
 
 pub use any::{
     AnyQueue, DEFAULT_LEASE, ENV_LEASE_SECS, ENV_MAX_ATTEMPTS, ENV_MAX_RESULT_BYTES, ENV_MAX_TASKS,
     ENV_QUEUE, QueueConfig,
 };
 pub use connect::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, RedisTls};
+pub use events::{EVENT_CAPACITY, QueueEvent, QueueEvents};
 pub use memory::MemoryQueue;
+pub use outcomes::{
+    Acked, Cancel, DeadLetters, DeadTask, Failed, Fired, Lease, LeaseFilter, Leased, Put,
+};
 pub use redis_queue::{RedisQueue, RedisSettings};
 pub use replay::{ENV_REPLAY, RedisReplayStore, ReplaySharing, WhenUnreachable, replay_store_for};
+pub use server::{DEFAULT_ATTEMPT_TIMEOUT, TaskServer};
 
 /// A task queue: in memory ([`MemoryQueue`]) or on Redis ([`RedisQueue`]),
 /// with the same semantics (see the crate docs).
 ///
-/// Every method is one round trip at most; none is retried by the queue
-/// after an error whose outcome is unknown (a connection that broke
-/// mid-command): the error goes to the caller, who decides (a `put` may be
-/// repeated safely, since a duplicate is refused).
+/// Every method is one round trip at most, and atomic; none is retried by
+/// the queue after an error whose outcome is unknown (a connection that
+/// broke mid-command): the error goes to the caller, who decides (a `put`
+/// may be repeated safely, since a duplicate is refused).
 pub trait TaskQueue: Send + Sync + 'static {
-    /// Queues `task`; or refuses it as a duplicate of a task queued,
-    /// leased, dead or done within the retention window
-    /// ([`Put::Duplicate`]), as a different task under a name held by
-    /// another ([`Put::NameTaken`]), or because the queue holds
-    /// `max_tasks` tasks ([`Put::Full`]), checked in that order.
-    fn put(&self, task: &Packet) -> impl Future<Output = Result<Put, QueueError>> + Send;
+    /// Queues `task` with `options`: [`Put::Queued`], or [`Put::Scheduled`]
+    /// when its `run_at` is in the future (it becomes queued then, lazily:
+    /// at the next lease, list or count). Refuses it as a duplicate of a
+    /// task that holds its dedupe key (scheduled, queued, leased, dead, or
+    /// done within the retention window: [`Put::Duplicate`], naming that
+    /// task), as a different task under a name held by another
+    /// ([`Put::NameTaken`]), or because the queue holds `max_tasks` tasks
+    /// ([`Put::Full`]), checked in that order. The options are not checked
+    /// here ([`TaskOptions::check`] is the server's); a `max_attempts` above
+    /// [`MAX_ATTEMPTS_LIMIT`](stream_rpc::tasks::MAX_ATTEMPTS_LIMIT) is
+    /// taken as that limit.
+    fn put_with(
+        &self,
+        task: &Packet,
+        options: &TaskOptions,
+    ) -> impl Future<Output = Result<Put, QueueError>> + Send;
 
-    /// Hands the oldest available task to `worker` for `lease`, with its
-    /// attempt number (1 the first time); `None` when none is available.
-    /// On Redis, a stored task that cannot be decoded is moved to the dead
-    /// letters (and logged with its entry id) and the next one is leased.
+    /// [`put_with`](Self::put_with) with the default options: queued at
+    /// once, normal priority, deduplicated by method and payload.
+    fn put(&self, task: &Packet) -> impl Future<Output = Result<Put, QueueError>> + Send {
+        async move { self.put_with(task, &TaskOptions::default()).await }
+    }
+
+    /// Hands the first available task that `filter` admits to `worker` for
+    /// `lease`, with its attempt number (1 the first time): high priority
+    /// before normal before low, oldest first within a level (oldest: the
+    /// order it became available). A task of a method whose
+    /// [`MethodLimit`] is reached (its concurrency, or its rate) is held
+    /// back. [`Lease::Empty`] when none may be handed out, with when one may.
+    /// A task handed out `max_attempts` times already is a dead letter
+    /// instead. On Redis, a stored task that cannot be decoded is moved to
+    /// the dead letters (and logged) and the next one is leased.
+    fn lease_with(
+        &self,
+        worker: &str,
+        lease: Duration,
+        filter: &LeaseFilter,
+    ) -> impl Future<Output = Result<Lease, QueueError>> + Send;
+
+    /// [`lease_with`](Self::lease_with) of any method's task; `None` when
+    /// none is available.
     fn lease(
         &self,
         worker: &str,
         lease: Duration,
-    ) -> impl Future<Output = Result<Option<Leased>, QueueError>> + Send;
+    ) -> impl Future<Output = Result<Option<Leased>, QueueError>> + Send {
+        async move {
+            Ok(self
+                .lease_with(worker, lease, &LeaseFilter::any())
+                .await?
+                .leased())
+        }
+    }
 
     /// Renews `worker`'s lease of `task` for `lease` from now; `false` when
     /// `worker` does not hold it.
@@ -128,11 +178,15 @@ pub trait TaskQueue: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, QueueError>> + Send;
 
-    /// Marks `task` done and keeps `result` under its content's name for
-    /// the retention window; [`Acked::Stale`] (and nothing changes) when
-    /// `worker` is not the last worker it was handed to, or it is unknown;
-    /// [`Acked::TooLarge`] (checked first; nothing changes, a leased task
-    /// stays leased) when `result` as compact JSON is longer than
+    /// Marks `task` done and keeps `result` (under its name, for
+    /// [`show`](Self::show), and under its content's, for
+    /// [`result`](Self::result)) for the retention window; a task whose
+    /// cancellation was asked while it ran ends cancelled instead (its
+    /// result kept), and the answer is [`Acked::Done`] too. [`Acked::Stale`]
+    /// (and nothing changes) when `worker` is not the last worker it was
+    /// handed to, or it is unknown; [`Acked::TooLarge`] (checked first;
+    /// nothing changes, a leased task stays leased) when `result` as
+    /// compact JSON is longer than
     /// [`max_result_bytes`](QueueSettings::max_result_bytes).
     fn ack(
         &self,
@@ -141,16 +195,102 @@ pub trait TaskQueue: Send + Sync + 'static {
         result: &Value,
     ) -> impl Future<Output = Result<Acked, QueueError>> + Send;
 
-    /// Gives `task` back at once, to be handed out again; [`Acked::Stale`]
-    /// when `worker` does not hold it.
+    /// Gives `task` back at once, to be handed out again (the attempt
+    /// counts); [`Acked::Stale`] when `worker` does not hold it.
     fn nack(
         &self,
         task: TaskRef,
         worker: &str,
     ) -> impl Future<Output = Result<Acked, QueueError>> + Send;
 
+    /// Ends `worker`'s attempt at `task` as failed with `error` (an error
+    /// packet's payload, kept in the task's record): with `retry` and
+    /// attempts left, it is scheduled again after its backoff
+    /// ([`Failed::Retrying`]); otherwise it is a dead letter
+    /// ([`Failed::Dead`]); a task whose cancellation was asked is cancelled
+    /// ([`Failed::Cancelled`]). [`Failed::Stale`] (nothing changes) when
+    /// `worker` does not hold it.
+    fn fail(
+        &self,
+        task: TaskRef,
+        worker: &str,
+        error: &Value,
+        retry: bool,
+    ) -> impl Future<Output = Result<Failed, QueueError>> + Send;
+
+    /// Cancels `task`: at once if it is scheduled or queued (its dedupe key
+    /// is released, so that it may be put again; its record is kept for
+    /// the retention window); if it is leased, asks its worker to stop
+    /// ([`Cancel::Requested`], [`QueueEvent::CancelRequested`]).
+    fn cancel(&self, task: TaskRef) -> impl Future<Output = Result<Cancel, QueueError>> + Send;
+
+    /// What the queue knows of `task`: while it is scheduled, queued,
+    /// leased or dead, and for the retention window after it is done or
+    /// cancelled; `None` after, or if it was never put.
+    fn show(
+        &self,
+        task: TaskRef,
+    ) -> impl Future<Output = Result<Option<TaskInfo>, QueueError>> + Send;
+
+    /// The tasks in `state`, at most `limit` (itself at most
+    /// [`MAX_LIST`]): scheduled, queued, leased and dead ones oldest first;
+    /// done and cancelled ones (those kept) newest first.
+    fn list(
+        &self,
+        state: TaskState,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TaskInfo>, QueueError>> + Send;
+
+    /// Sets the fleet-wide limit of `method` (every server on the backend
+    /// obeys it); [`MethodLimit::none`] removes it. [`QueueError::Invalid`]
+    /// for a zero concurrency or rate, or beyond [`MAX_LIMITS`] methods.
+    fn set_limit(
+        &self,
+        method: &str,
+        limit: MethodLimit,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The limits set, by method.
+    fn limits(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, MethodLimit>, QueueError>> + Send;
+
+    /// Sets a periodic task, replacing the schedule of that name; its first
+    /// tick is one interval from now, or the cron expression's next time.
+    /// [`QueueError::Invalid`] for a bad name, cron expression or options,
+    /// an interval under [`MIN_INTERVAL`], or beyond [`MAX_SCHEDULES`].
+    fn put_schedule(
+        &self,
+        schedule: &Schedule,
+    ) -> impl Future<Output = Result<ScheduleInfo, QueueError>> + Send;
+
+    /// Removes the schedule `name`; `false` when there was none.
+    fn remove_schedule(&self, name: &str) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// The schedules, by name.
+    fn schedules(&self) -> impl Future<Output = Result<Vec<ScheduleInfo>, QueueError>> + Send;
+
+    /// Puts the task of every due tick of every schedule, each tick by
+    /// exactly one caller however many servers share the backend (the
+    /// tick's task is named and deduplicated by the schedule's name and
+    /// the tick's time). Ticks missed while no server called (all down)
+    /// fire once, not once per missed tick. Returns what this call put and
+    /// the next tick of any schedule.
+    fn fire_schedules(&self) -> impl Future<Output = Result<Fired, QueueError>> + Send;
+
+    /// Counts per method: its tasks in each state now, and its events
+    /// since the queue was created.
+    fn method_stats(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, MethodStats>, QueueError>> + Send;
+
+    /// A subscription to this queue's events (on Redis: of every server
+    /// on it): what a server waits on instead of polling.
+    fn events(&self) -> QueueEvents;
+
     /// The result stored by the ack of the task named by `method` and
-    /// `payload`, while it is kept.
+    /// `payload` (deduplicated by its content, not a key of its own),
+    /// while it is kept.
     fn result(
         &self,
         method: &str,
@@ -180,77 +320,16 @@ pub trait TaskQueue: Send + Sync + 'static {
     fn stats(&self) -> impl Future<Output = Result<Stats, QueueError>> + Send;
 }
 
-/// What [`TaskQueue::put`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
-    /// Queued.
-    Queued,
-    /// Refused: the same task (method and payload) is queued, leased,
-    /// dead, or was done within the retention window.
-    Duplicate,
-    /// Refused: another task is queued, leased or dead under the same name
-    /// (`peer` and `id`); nothing changed. Put it again under a fresh id.
-    NameTaken,
-    /// Refused: the queue holds [`max_tasks`](QueueSettings::max_tasks)
-    /// tasks (queued, leased and dead together); nothing changed.
-    Full,
-}
-
-impl Put {
-    /// The reason a refusal gives on the wire (`duplicate`, `name_taken`,
-    /// `full`); `None` for [`Put::Queued`].
-    pub fn reason(self) -> Option<&'static str> {
-        match self {
-            Put::Queued => None,
-            Put::Duplicate => Some("duplicate"),
-            Put::NameTaken => Some("name_taken"),
-            Put::Full => Some("full"),
-        }
-    }
-}
-
-/// What [`TaskQueue::ack`] and [`TaskQueue::nack`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acked {
-    /// Done (ack), or given back (nack).
-    Done,
-    /// Refused: the worker does not hold the task (its lease expired and
-    /// the task went to another worker, or it was never handed to it, or
-    /// the task is unknown or already done). Nothing changed.
-    Stale,
-    /// Refused (ack only): the result is larger than
-    /// [`max_result_bytes`](QueueSettings::max_result_bytes). Nothing
-    /// changed: the task is still leased to the worker.
-    TooLarge,
-}
-
-/// A task handed out by [`TaskQueue::lease`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Leased {
-    /// The task, as it was put.
-    pub task: Packet,
-    /// How many times it has been handed out, this time included.
-    pub attempt: u32,
-}
-
-/// A dead letter: a task handed out `max_attempts` times without an ack.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadTask {
-    /// The task, as it was put.
-    pub task: Packet,
-    /// How many times it was handed out.
-    pub attempts: u32,
-}
-
-/// What [`TaskQueue::dead_letters`] found.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DeadLetters {
-    /// The dead letters that could be read, oldest first.
-    pub tasks: Vec<DeadTask>,
-    /// How many stored dead letters could not be read and were skipped
-    /// (each logged with its entry id).
-    pub skipped: u64,
-}
+/// The most tasks [`TaskQueue::list`] returns at once.
+pub const MAX_LIST: usize = 1000;
+/// The most methods with a limit ([`TaskQueue::set_limit`]).
+pub const MAX_LIMITS: usize = 10_000;
+/// The most schedules ([`TaskQueue::put_schedule`]).
+pub const MAX_SCHEDULES: usize = 10_000;
+/// The shortest interval of a schedule.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest name of a schedule, in bytes.
+pub const MAX_SCHEDULE_NAME: usize = 128;
 
 /// Counts of a queue's tasks and events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -427,6 +506,26 @@ pub fn dedup_key(method: &str, payload: &Value) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// The key a task is deduplicated by: the key of its options, when it has
+/// one, hashed under a prefix of its own (`d:` and SHA-256 hex) so that it
+/// never meets a content key; else its content's ([`dedup_key`]).
+pub fn dedupe_key(task: &Packet, options: &TaskOptions) -> String {
+    use sha2::{Digest, Sha256};
+    match &options.dedupe {
+        Some(key) => {
+            let digest = Sha256::digest(key.as_bytes());
+            let mut hex = String::with_capacity(66);
+            hex.push_str("d:");
+            for byte in digest {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{byte:02x}");
+            }
+            hex
+        }
+        None => dedup_key(&task.method, &task.payload),
+    }
 }
 
 /// JSON with object keys sorted at every level, whatever order the map

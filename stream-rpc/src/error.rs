@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::cipher::CipherError;
 use crate::config::ConfigError;
 use crate::logging::LoggingError;
-use crate::packet::ErrorCode;
+use crate::packet::{ErrorCode, ErrorPayload, Packet};
 
 /// The error an on-connect hook returns: any error (`?` converts a
 /// [`CallError`] into it, and `"text".into()` makes one).
@@ -192,6 +192,9 @@ pub enum CallError {
         /// The error packet's `data`: a typed service error as JSON, when
         /// the method returned one (the typed client decodes it).
         data: Option<serde_json::Value>,
+        /// The error packet's `retry`: `Some(false)` when the peer says
+        /// trying again cannot succeed ([`ErrorPayload::retry`]).
+        retry: Option<bool>,
     },
     /// The reply's payload does not have the expected type.
     #[error("reply to `{method}` has an unexpected payload: {reason}")]
@@ -286,6 +289,26 @@ impl CallError {
         }
     }
 
+    /// The error an error packet in reply to a call of `method` carries
+    /// ([`Remote`](CallError::Remote)); a malformed one is read as the
+    /// code `unknown`, its payload in the message.
+    pub(crate) fn from_error_packet(method: &str, packet: &Packet) -> Self {
+        let error = packet.error().unwrap_or_else(|| ErrorPayload {
+            code: ErrorCode::Unknown,
+            message: format!("malformed error packet: {}", packet.payload),
+            method: None,
+            data: None,
+            retry: None,
+        });
+        CallError::Remote {
+            method: method.to_owned(),
+            code: error.code,
+            message: error.message,
+            data: error.data,
+            retry: error.retry,
+        }
+    }
+
     /// The call to `method` was not sent.
     pub(crate) fn not_sent(method: &str, reason: SendError) -> Self {
         CallError::NotSent {
@@ -306,6 +329,7 @@ mod tests {
             code: ErrorCode::HandlerError,
             message: format!("bad\nERROR - forged{}", "x".repeat(1000)),
             data: None,
+            retry: None,
         };
         let text = err.to_string();
         assert!(

@@ -188,6 +188,8 @@ pub struct HandlerError {
     pub data: Option<Value>,
     /// Logged on this side, never sent.
     detail: Option<String>,
+    /// The error packet's `retry` (see [`with_retry`](Self::with_retry)).
+    retry: Option<bool>,
 }
 
 impl HandlerError {
@@ -198,6 +200,7 @@ impl HandlerError {
             message: message.into(),
             data: None,
             detail: None,
+            retry: None,
         }
     }
 
@@ -214,6 +217,42 @@ impl HandlerError {
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
+    }
+
+    /// The same error saying whether trying again may succeed: `false`
+    /// makes a task that fails with it go dead at once, without its
+    /// remaining attempts; `true` lets the queue retry it by the task's
+    /// policy (as saying nothing does). Sent as the error packet's
+    /// `retry`.
+    ///
+    /// ```
+    /// use stream_rpc::HandlerError;
+    ///
+    /// let error = HandlerError::failed("the article is gone").with_retry(false);
+    /// assert_eq!(error.retry(), Some(false));
+    /// ```
+    pub fn with_retry(mut self, retry: bool) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// A `handler_error` that trying again cannot mend (`retry: false`):
+    /// a task failing with it goes dead at once.
+    ///
+    /// ```
+    /// use stream_rpc::{ErrorCode, HandlerError};
+    ///
+    /// let error = HandlerError::permanent("no such article");
+    /// assert_eq!((error.code, error.retry()), (ErrorCode::HandlerError, Some(false)));
+    /// ```
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::failed(message).with_retry(false)
+    }
+
+    /// What the error says of trying again: `Some(false)` final,
+    /// `Some(true)` worth retrying, `None` nothing.
+    pub fn retry(&self) -> Option<bool> {
+        self.retry
     }
 
     /// The text for this side's log only, if any.
@@ -267,6 +306,7 @@ impl HandlerError {
             message: self.message,
             method: Some(method.to_owned()),
             data: self.data,
+            retry: self.retry,
         }
     }
 }
@@ -307,6 +347,9 @@ pub struct Context {
     margin: Duration,
     /// Cancelled when the connection starts to close.
     closing: CancellationToken,
+    /// Cancelled when the caller cancels the request (`call.cancel`);
+    /// `None` for a packet nobody waits for.
+    request: Option<CancellationToken>,
     /// The request's `meta`, shared by the clones of the context.
     meta: Option<Arc<Metadata>>,
 }
@@ -326,8 +369,24 @@ impl Context {
             deadline: deadline.map(|(at, _)| at),
             margin: deadline.map_or(Duration::ZERO, |(_, margin)| margin),
             closing,
+            request: None,
             meta: None,
         }
+    }
+
+    /// The same context, cancelled also when `token` is (the request's
+    /// own, cancelled by the caller's `call.cancel`).
+    pub(crate) fn with_request_token(mut self, token: Option<CancellationToken>) -> Self {
+        self.request = token;
+        self
+    }
+
+    /// Whether the caller cancelled the request (`call.cancel`: it dropped
+    /// the call, or a queue server cancelled the task it runs).
+    pub(crate) fn cancelled_by_caller(&self) -> bool {
+        self.request
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
     }
 
     /// The same context with the metadata of the request it handles.
@@ -468,10 +527,13 @@ impl Context {
 
     /// Resolves when the handler should wrap up: shortly before its
     /// [deadline](Self::deadline) (a tenth of the call's time limit
-    /// before it, at most 100 ms), or when the connection starts to close
-    /// (the peer left, the server shuts down, the connection was closed:
-    /// handlers then have the shutdown grace period before they are
-    /// dropped). Without a deadline, only the latter.
+    /// before it, at most 100 ms), when the caller cancels the call
+    /// (`call.cancel`: it dropped the call's future, or a queue server
+    /// cancelled the task the call runs; PROTOCOL.md, "Cancelling a
+    /// call"), or when the connection starts to close (the peer left, the
+    /// server shuts down, the connection was closed: handlers then have
+    /// the shutdown grace period before they are dropped). Without a
+    /// deadline, only the latter two.
     ///
     /// Wait for it beside the work, and clean up when it comes first:
     ///
@@ -504,8 +566,15 @@ impl Context {
                 None => std::future::pending().await,
             }
         };
+        let by_caller = async {
+            match &self.request {
+                Some(request) => request.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = self.closing.cancelled() => {}
+            () = by_caller => {}
             () = wrap_up => {}
         }
     }
@@ -536,7 +605,9 @@ impl Context {
     /// }
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        self.closing.is_cancelled() || self.wrap_up_at().is_some_and(|at| at <= Instant::now())
+        self.closing.is_cancelled()
+            || self.cancelled_by_caller()
+            || self.wrap_up_at().is_some_and(|at| at <= Instant::now())
     }
 
     /// When [`cancelled`](Self::cancelled) resolves unless the connection

@@ -198,6 +198,22 @@ pub mod __private {
         serve_output, take_input,
     };
 
+    /// What a task's result reads as for a method returning `Self` (the
+    /// reply's payload): the payload type of a [`Message<T>`](super::Message),
+    /// JSON for a [`Reply`](crate::Reply).
+    pub trait TaskOutput {
+        /// The result's type.
+        type Output;
+    }
+
+    impl<T> TaskOutput for super::Message<T> {
+        type Output = T;
+    }
+
+    impl TaskOutput for crate::protocol::Reply {
+        type Output = Value;
+    }
+
     /// Checks at compile time, spanned on the user's type.
     pub fn assert_argument<T: Argument>() {}
     /// Checks at compile time, spanned on the user's type.
@@ -331,6 +347,59 @@ pub mod __private {
         }
     }
 
+    /// Picks what a handler's error says of trying again, most specific
+    /// first: a [`HandlerError`] says what its `retry` says; an error that
+    /// implements [`Retry`](crate::tasks::Retry) says its `retry()`;
+    /// anything else says nothing. Called as
+    /// `(&&&RetryOf(&e)).retry_of()`, before the error is converted.
+    pub struct RetryOf<'a, E>(pub &'a E);
+
+    /// The first choice, for [`HandlerError`] itself.
+    pub trait RetryOfHandlerError {
+        /// What it says.
+        fn retry_of(self) -> Option<bool>;
+    }
+
+    impl RetryOfHandlerError for &&&RetryOf<'_, HandlerError> {
+        fn retry_of(self) -> Option<bool> {
+            self.0.retry()
+        }
+    }
+
+    /// The second choice, for an error that implements
+    /// [`Retry`](crate::tasks::Retry).
+    pub trait RetryOfTrait {
+        /// What it says.
+        fn retry_of(self) -> Option<bool>;
+    }
+
+    impl<E: crate::tasks::Retry> RetryOfTrait for &&RetryOf<'_, E> {
+        fn retry_of(self) -> Option<bool> {
+            Some(self.0.retry())
+        }
+    }
+
+    /// The fallback: nothing said.
+    pub trait RetryOfNothing {
+        /// Nothing.
+        fn retry_of(self) -> Option<bool>;
+    }
+
+    impl<E> RetryOfNothing for &RetryOf<'_, E> {
+        fn retry_of(self) -> Option<bool> {
+            None
+        }
+    }
+
+    /// The converted error with what the handler's error said of trying
+    /// again, when it said something.
+    pub fn with_retry(error: HandlerError, retry: Option<bool>) -> HandlerError {
+        match retry {
+            Some(retry) => error.with_retry(retry),
+            None => error,
+        }
+    }
+
     /// Picks how the typed client reads a failed call of a method whose
     /// error type is `E`, most specific first: every error packet as a
     /// [`HandlerError`]; a typed error from the packet's `data` when `E` is
@@ -361,10 +430,14 @@ pub mod __private {
                     code: code @ crate::packet::ErrorCode::HandlerError,
                     message,
                     data,
+                    retry,
                     ..
                 } => {
                     let mut decoded = HandlerError::new(code, message);
                     decoded.data = data;
+                    if let Some(retry) = retry {
+                        decoded = decoded.with_retry(retry);
+                    }
                     Ok(decoded)
                 }
                 other => Err(other),
@@ -483,6 +556,7 @@ mod tests {
             code,
             message: "m".into(),
             data,
+            retry: None,
         };
         let typed = remote(ErrorCode::HandlerError, Some(json!({"Missing": "k"})));
         assert_eq!(
@@ -529,6 +603,25 @@ mod tests {
                 .decode_error(typed)
                 .is_err()
         );
+    }
+
+    #[test]
+    #[allow(clippy::needless_borrow)]
+    fn errors_say_whether_to_retry_by_what_they_are() {
+        struct Gone;
+        impl crate::tasks::Retry for Gone {
+            fn retry(&self) -> bool {
+                false
+            }
+        }
+        assert_eq!((&&&RetryOf(&Gone)).retry_of(), Some(false));
+        assert_eq!((&&&RetryOf(&"plain")).retry_of(), None);
+        let said = HandlerError::failed("x");
+        assert_eq!((&&&RetryOf(&said)).retry_of(), None);
+        let said = HandlerError::permanent("x");
+        assert_eq!((&&&RetryOf(&said)).retry_of(), Some(false));
+        let sent = with_retry(HandlerError::failed("x"), Some(false)).into_payload("m");
+        assert_eq!(sent.retry, Some(false));
     }
 
     #[test]

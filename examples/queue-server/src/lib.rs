@@ -23,7 +23,11 @@
 //!   for that [`ARTICLE_METHOD`] task, or `null`;
 //! - `watch_stats` (a stream: `{"every_ms": N}`, N at least 10, default
 //!   1000) sends the queue's counts ([`QueueStats`]) every N ms until the
-//!   client cancels it (`stream-rpc call --stream watch_stats`).
+//!   client cancels it (`stream-rpc call --stream watch_stats`);
+//! - the task methods of [`TaskServer`] (`task.put`, `task.wait`,
+//!   `task.subscribe`, ..., `schedule.put`, ...: PROTOCOL.md, "Tasks"), on
+//!   the same queue: a task put either way is handed to whichever worker
+//!   asks, a classic one (`get_task_from_queue`) or a typed one fed by push.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -49,8 +53,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stream_rpc::{Context, HandlerError, Message, Packet, Reply, Streaming, Value, json};
-use stream_rpc_queue::{Acked, AnyQueue, MemoryQueue, Put, QueueError, TaskQueue, TaskRef};
+use stream_rpc::{
+    Context, HandlerError, Message, Packet, Protocol, Reply, Service, Services, StreamIo,
+    Streaming, Value, json,
+};
+use stream_rpc_queue::{
+    Acked, AnyQueue, DEFAULT_ATTEMPT_TIMEOUT, MemoryQueue, Put, QueueError, TaskQueue, TaskRef,
+    TaskServer,
+};
 
 /// The method of the tasks whose saved articles `get_parsed_article` looks
 /// up: a task `{"method": "parse_article", "payload": {"article_id": N}}`.
@@ -92,17 +102,18 @@ pub struct ArticleRef {
 /// Answers `ping`, queues tasks and hands them out, oldest first (as the
 /// Python example's server does), each to one worker at a time for the
 /// lease time; a task whose worker did not save it in time goes to
-/// another.
+/// another. It serves the task methods of [`TaskServer`] too, on the same
+/// queue (pushed tasks are leased for the same lease time).
 ///
 /// One queue serves all connections (the connector shares the service
 /// between them) and, on Redis, every server that uses it.
 #[derive(Debug)]
 pub struct QueueServer {
-    // Shared with the producers of `watch_stats`, which outlive a call.
-    queue: Arc<AnyQueue>,
-    lease: Duration,
-    /// What it did so far.
-    pub stats: ServerStats,
+    classic: Arc<ClassicServer>,
+    tasks: TaskServer<AnyQueue>,
+    services: Services,
+    /// What it did so far (the classic methods).
+    pub stats: Arc<ServerStats>,
 }
 
 impl Default for QueueServer {
@@ -113,30 +124,91 @@ impl Default for QueueServer {
 }
 
 impl QueueServer {
-    /// A server on `queue`, leasing tasks for `lease`.
+    /// A server on `queue`, leasing tasks for `lease` (handed out by
+    /// `get_task_from_queue` or pushed to a subscribed worker).
     pub fn new(queue: AnyQueue, lease: Duration) -> Self {
-        QueueServer {
-            queue: Arc::new(queue),
+        let queue = Arc::new(queue);
+        let stats = Arc::new(ServerStats::default());
+        let classic = Arc::new(ClassicServer {
+            queue: queue.clone(),
             lease,
-            stats: ServerStats::default(),
+            stats: stats.clone(),
+        });
+        let tasks = TaskServer::with_settings(queue, lease, DEFAULT_ATTEMPT_TIMEOUT);
+        let services = Services::new()
+            .add(classic.clone())
+            .and_then(|services| services.add(tasks.clone()))
+            // The classic names have no dot; every task method's has one.
+            .expect("the classic and the task methods are disjoint");
+        QueueServer {
+            classic,
+            tasks,
+            services,
+            stats,
         }
     }
 
     /// The queue it serves.
     pub fn queue(&self) -> &AnyQueue {
-        &self.queue
+        &self.classic.queue
     }
 
-    /// Reads the queue's [`Stats`](stream_rpc_queue::Stats) and records
-    /// them through the `metrics` facade ([`Stats::record`](stream_rpc_queue::Stats::record);
-    /// `docs/METRICS.md` lists the names): call it now and then
-    /// (`stream-rpc serve --metrics` does every 5 s). On Redis the numbers
-    /// are the whole queue's, shared by every server.
+    /// The task methods' server.
+    pub fn tasks(&self) -> &TaskServer<AnyQueue> {
+        &self.tasks
+    }
+
+    /// Reads the queue's [`Stats`](stream_rpc_queue::Stats) and its counts
+    /// per method and records them through the `metrics` facade
+    /// ([`Stats::record`](stream_rpc_queue::Stats::record),
+    /// [`TaskServer::record_stats`]; `docs/METRICS.md` lists the names):
+    /// call it now and then (`stream-rpc serve --metrics` does every 5 s).
+    /// On Redis the numbers are the whole queue's, shared by every server.
     pub async fn record_stats(&self) -> Result<(), QueueError> {
-        self.queue.stats().await?.record();
-        Ok(())
+        self.classic.queue.stats().await?.record();
+        self.tasks.record_stats().await
+    }
+}
+
+/// Serves the classic and the task methods: routes each packet to the
+/// service that declares its method. Logs as `QueueServer`.
+impl Protocol for QueueServer {
+    fn name(&self) -> &str {
+        "QueueServer"
     }
 
+    async fn process_message(&self, ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
+        self.services.process_message(ctx, packet).await
+    }
+
+    async fn process_stream(
+        &self,
+        ctx: Context,
+        packet: Packet,
+        io: StreamIo,
+    ) -> Result<Value, HandlerError> {
+        self.services.process_stream(ctx, packet, io).await
+    }
+}
+
+impl Service for QueueServer {
+    fn methods(&self) -> &[&'static str] {
+        self.services.methods()
+    }
+}
+
+/// The classic methods alone (`ping`, `put_in_queue`,
+/// `get_task_from_queue`, `save_parsed_article`, `get_parsed_article`,
+/// `watch_stats`): what [`QueueServer`] serves beside the task methods.
+#[derive(Debug)]
+pub struct ClassicServer {
+    // Shared with the producers of `watch_stats`, which outlive a call.
+    queue: Arc<AnyQueue>,
+    lease: Duration,
+    stats: Arc<ServerStats>,
+}
+
+impl ClassicServer {
     fn answered(&self) {
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
     }
@@ -236,7 +308,7 @@ fn unavailable(error: QueueError) -> HandlerError {
 }
 
 #[stream_rpc::service]
-impl QueueServer {
+impl ClassicServer {
     /// Answers `pong`.
     async fn ping(&self) -> Message<()> {
         self.answered();
@@ -253,8 +325,8 @@ impl QueueServer {
         let put = self.queue.put(&task).await.map_err(unavailable)?;
         self.answered();
         let counter = match put {
-            Put::Queued => &self.stats.tasks_put,
-            Put::Duplicate => &self.stats.duplicates,
+            Put::Queued | Put::Scheduled => &self.stats.tasks_put,
+            Put::Duplicate { .. } => &self.stats.duplicates,
             Put::NameTaken => &self.stats.names_taken,
             Put::Full => &self.stats.full,
         };

@@ -40,10 +40,21 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 use stream_rpc::Packet;
 
-use crate::{
-    Acked, DeadLetters, DeadTask, Leased, Put, QueueError, QueueSettings, RedisTls, Stats,
-    TaskQueue, TaskRef, dedup_key,
+use std::collections::BTreeMap;
+
+use stream_rpc::tasks::{
+    MethodLimit, MethodStats, Schedule, ScheduleInfo, TaskInfo, TaskOptions, TaskState,
 };
+
+use crate::{
+    Acked, Cancel, DeadLetters, DeadTask, Failed, Fired, Lease, LeaseFilter, Leased, Put,
+    QueueError, QueueEvents, QueueSettings, RedisTls, Stats, TaskQueue, TaskRef, dedup_key,
+};
+
+/// What the Redis queue does not do yet (the API commit; H2 replaces it).
+fn not_yet() -> QueueError {
+    QueueError::Protocol("not yet".into())
+}
 
 mod scripts;
 
@@ -363,7 +374,10 @@ fn flag(value: i64) -> Acked {
 const MAX_UNDECODABLE_PER_LEASE: usize = 16;
 
 impl TaskQueue for RedisQueue {
-    async fn put(&self, task: &Packet) -> Result<Put, QueueError> {
+    async fn put_with(&self, task: &Packet, options: &TaskOptions) -> Result<Put, QueueError> {
+        if *options != TaskOptions::default() {
+            return Err(not_yet());
+        }
         let json = task
             .to_json()
             .map_err(|e| QueueError::Task(e.to_string()))?;
@@ -388,7 +402,7 @@ impl TaskQueue for RedisQueue {
             .await?;
         match queued {
             put_answer::QUEUED => Ok(Put::Queued),
-            put_answer::DUPLICATE => Ok(Put::Duplicate),
+            put_answer::DUPLICATE => Ok(Put::Duplicate { existing: None }),
             put_answer::NAME_TAKEN => Ok(Put::NameTaken),
             put_answer::FULL => Ok(Put::Full),
             other => Err(QueueError::Protocol(format!(
@@ -397,16 +411,33 @@ impl TaskQueue for RedisQueue {
         }
     }
 
-    async fn lease(&self, worker: &str, lease: Duration) -> Result<Option<Leased>, QueueError> {
+    async fn lease_with(
+        &self,
+        worker: &str,
+        lease: Duration,
+        filter: &LeaseFilter,
+    ) -> Result<Lease, QueueError> {
+        if filter.methods.is_some() {
+            return Err(not_yet());
+        }
+        let now = chrono::Utc::now();
         // A stored task that cannot be decoded (an older version's, or one
         // written by hand) is made a dead letter at once, and the next one
         // is leased instead; a bounded number of times per call.
         for _ in 0..MAX_UNDECODABLE_PER_LEASE {
             let Some((task, attempt, id)) = self.lease_once(worker, lease).await? else {
-                return Ok(None);
+                return Ok(Lease::Empty { next_due: None });
             };
             match Packet::from_json(&task) {
-                Ok(task) => return Ok(Some(Leased { task, attempt })),
+                Ok(task) => {
+                    return Ok(Lease::Leased(Leased::new(
+                        task,
+                        attempt,
+                        TaskOptions::default(),
+                        now,
+                        now,
+                    )));
+                }
                 Err(e) => {
                     tracing::warn!(
                         "redis queue: task {id:?} cannot be decoded ({}): moved to the dead letters",
@@ -433,7 +464,62 @@ impl TaskQueue for RedisQueue {
             "redis queue: {MAX_UNDECODABLE_PER_LEASE} tasks in a row could not be decoded; \
              none leased this time"
         );
-        Ok(None)
+        Ok(Lease::Empty { next_due: None })
+    }
+
+    async fn fail(
+        &self,
+        _task: TaskRef,
+        _worker: &str,
+        _error: &Value,
+        _retry: bool,
+    ) -> Result<Failed, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn cancel(&self, _task: TaskRef) -> Result<Cancel, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn show(&self, _task: TaskRef) -> Result<Option<TaskInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn list(&self, _state: TaskState, _limit: usize) -> Result<Vec<TaskInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn set_limit(&self, _method: &str, _limit: MethodLimit) -> Result<(), QueueError> {
+        Err(not_yet())
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, MethodLimit>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn put_schedule(&self, _schedule: &Schedule) -> Result<ScheduleInfo, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn remove_schedule(&self, _name: &str) -> Result<bool, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleInfo>, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn fire_schedules(&self) -> Result<Fired, QueueError> {
+        Err(not_yet())
+    }
+
+    async fn method_stats(&self) -> Result<BTreeMap<String, MethodStats>, QueueError> {
+        Err(not_yet())
+    }
+
+    fn events(&self) -> QueueEvents {
+        // Never sends: closed at once (H2 replaces this).
+        QueueEvents::new(tokio::sync::broadcast::channel(1).1)
     }
 
     async fn extend(

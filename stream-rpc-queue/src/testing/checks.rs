@@ -23,6 +23,12 @@ const RACING_PUTS: usize = 16;
 /// How many tasks `many_tasks_put_and_acked_leave_nothing_queued` puts.
 const MANY: u64 = 500;
 
+/// Panics unless `put` is a refusal as a duplicate.
+#[track_caller]
+fn assert_duplicate(put: Put) {
+    assert!(put.is_duplicate(), "expected a duplicate, got {put:?}");
+}
+
 /// Waits until `lease` (from now) has run out. The checks are about time
 /// passing: this is what they test, not a way to wait for an event.
 async fn wait_past(lease: Duration) {
@@ -92,14 +98,14 @@ pub(super) async fn a_duplicate_is_refused_while_queued_leased_and_done<F: Queue
     // Another peer's task for the same article: the same task.
     let mut again = task(7);
     again.payload = json!({"article_id": 7});
-    assert_eq!(queue.put(&again).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&again).await.unwrap());
     queue.lease("w", LEASE).await.unwrap().unwrap();
-    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&task(7)).await.unwrap());
     queue
         .ack(TaskRef::of(&first), "w", &json!("parsed"))
         .await
         .unwrap();
-    assert_eq!(queue.put(&task(7)).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&task(7)).await.unwrap());
     // Another article is another task.
     assert_eq!(queue.put(&task(8)).await.unwrap(), Put::Queued);
     assert_eq!(queue.stats().await.unwrap().duplicates, 3);
@@ -116,7 +122,7 @@ pub(super) async fn a_done_tasks_name_and_result_expire_after_the_retention<F: Q
     queue.put(&put).await.unwrap();
     queue.lease("w", LEASE).await.unwrap().unwrap();
     queue.ack(TaskRef::of(&put), "w", &json!(1)).await.unwrap();
-    assert_eq!(queue.put(&task(11)).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&task(11)).await.unwrap());
     wait_past(retention).await;
     assert_eq!(
         queue
@@ -278,7 +284,7 @@ pub(super) async fn a_poison_task_becomes_a_dead_letter_and_can_be_requeued<F: Q
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.queued, stats.leased, stats.dead), (0, 0, 1));
     // While dead, its name is held.
-    assert_eq!(queue.put(&task(13)).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&task(13)).await.unwrap());
     assert!(queue.requeue(TaskRef::of(&poison)).await.unwrap());
     assert!(!queue.requeue(TaskRef::of(&poison)).await.unwrap());
     let back = queue.lease("w", LEASE).await.unwrap().unwrap();
@@ -352,7 +358,7 @@ pub(super) async fn a_different_task_under_a_held_name_is_refused_while_queued_l
     );
     // The same task again is a duplicate, not a collision (a put may be
     // repeated when its answer was lost).
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&first).await.unwrap());
     // Leased.
     let leased = queue.lease("w", SHORT).await.unwrap().unwrap();
     assert_eq!(leased.task, first);
@@ -384,7 +390,7 @@ pub(super) async fn a_different_task_under_a_held_name_is_refused_while_queued_l
             .unwrap(),
         Acked::Done
     );
-    assert_eq!(queue.put(&first).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&first).await.unwrap());
     let reused = named(peer, 1, 104);
     assert_eq!(queue.put(&reused).await.unwrap(), Put::Queued);
     let leased = queue.lease("w", LEASE).await.unwrap().unwrap();
@@ -502,7 +508,7 @@ pub(super) async fn a_full_queue_refuses_puts<F: QueueFactory>(factory: &F) {
     }
     assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);
     // A duplicate is still named as one.
-    assert_eq!(queue.put(&task(0)).await.unwrap(), Put::Duplicate);
+    assert_duplicate(queue.put(&task(0)).await.unwrap());
     // Leased tasks count.
     let first = queue.lease("w", SHORT).await.unwrap().unwrap();
     assert_eq!(queue.put(&task(3)).await.unwrap(), Put::Full);

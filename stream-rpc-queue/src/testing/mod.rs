@@ -35,6 +35,12 @@
 //! ```
 
 mod checks;
+mod fleet;
+mod tasks;
+
+use checks::*;
+use fleet::*;
+use tasks::*;
 
 use std::future::Future;
 use std::time::Duration;
@@ -88,6 +94,16 @@ pub trait QueueFactory: Send + Sync {
 
     /// A new, empty queue with `settings`.
     fn queue(&self, settings: QueueSettings) -> impl Future<Output = Self::Queue> + Send;
+
+    /// A second handle on the backend of `queue`, as a second server
+    /// sharing it sees it (on Redis: another connection with the same URL
+    /// and prefix), for the checks of what servers racing on one backend
+    /// do (a periodic task's tick put once). `None` (the default, and a
+    /// closure's): those checks race tasks on the one handle instead.
+    fn twin(&self, queue: &Self::Queue) -> impl Future<Output = Option<Self::Queue>> + Send {
+        let _ = queue;
+        async { None }
+    }
 }
 
 impl<F, Fut, Q> QueueFactory for F
@@ -129,7 +145,7 @@ macro_rules! checks {
         pub async fn run_check<F: QueueFactory>(name: &str, factory: &F) {
             let check = async {
                 match name {
-                    $(stringify!($check) => checks::$check(factory).await,)*
+                    $(stringify!($check) => $check(factory).await,)*
                     other => panic!("no conformance check is named {other:?}"),
                 }
             };
@@ -158,6 +174,21 @@ checks!(
     an_ack_of_a_name_acks_the_task_that_holds_it,
     a_full_queue_refuses_puts,
     a_result_too_large_is_refused_and_the_task_stays_leased,
+    a_delayed_task_is_scheduled_until_it_is_due,
+    higher_priorities_are_handed_out_first,
+    a_lease_filter_hands_out_only_its_methods,
+    a_failed_task_is_retried_after_its_backoff_then_dead,
+    a_final_error_makes_a_dead_letter_at_once,
+    a_custom_dedupe_key_is_held_and_names_its_task,
+    a_waiting_task_is_cancelled_and_never_handed_out,
+    a_running_task_is_cancelled_through_its_worker,
+    show_and_list_tell_every_state,
+    a_concurrency_limit_holds_tasks_back_fleet_wide,
+    a_rate_limit_spaces_leases_fleet_wide,
+    a_periodic_task_is_put_once_per_tick_across_servers,
+    method_stats_count_each_methods_tasks,
+    events_tell_what_a_server_waits_for,
+    nothing_is_left_behind_after_the_retention,
 );
 
 /// Says which check failed when a panic unwinds through it.
@@ -238,6 +269,21 @@ macro_rules! conformance_tests {
             an_ack_of_a_name_acks_the_task_that_holds_it,
             a_full_queue_refuses_puts,
             a_result_too_large_is_refused_and_the_task_stays_leased,
+            a_delayed_task_is_scheduled_until_it_is_due,
+            higher_priorities_are_handed_out_first,
+            a_lease_filter_hands_out_only_its_methods,
+            a_failed_task_is_retried_after_its_backoff_then_dead,
+            a_final_error_makes_a_dead_letter_at_once,
+            a_custom_dedupe_key_is_held_and_names_its_task,
+            a_waiting_task_is_cancelled_and_never_handed_out,
+            a_running_task_is_cancelled_through_its_worker,
+            show_and_list_tell_every_state,
+            a_concurrency_limit_holds_tasks_back_fleet_wide,
+            a_rate_limit_spaces_leases_fleet_wide,
+            a_periodic_task_is_put_once_per_tick_across_servers,
+            method_stats_count_each_methods_tasks,
+            events_tell_what_a_server_waits_for,
+            nothing_is_left_behind_after_the_retention,
         );
     };
     (@each ($factory:expr) $($check:ident),* $(,)?) => {

@@ -178,6 +178,7 @@ impl<P: Protocol> ReadLoop<P> {
             message: format!("packet is not valid: {error}"),
             method: method.map(str::to_owned),
             data: None,
+            retry: None,
         };
         send_error(&self.handle(), payload, reply_to).await;
     }

@@ -279,6 +279,12 @@ pub struct ErrorPayload {
     /// (`docs/PROTOCOL.md`, typed services); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// Whether trying the work again may succeed: `Some(false)` for an
+    /// error that is final (a task failing with it goes dead at once,
+    /// without its remaining attempts); absent (`None`) says nothing, and a
+    /// task queue then retries by the task's policy (PROTOCOL.md, "Tasks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<bool>,
 }
 
 /// The stable codes of error packets (`snake_case` on the wire).
@@ -929,9 +935,21 @@ mod tests {
             message: "no handler".into(),
             method: Some("nope".into()),
             data: None,
+            retry: None,
         };
         let value = serde_json::to_value(&payload).unwrap();
         assert_eq!(value["code"], "unknown_method");
+        assert!(value.get("retry").is_none(), "{value}");
+        let permanent = ErrorPayload {
+            retry: Some(false),
+            ..payload.clone()
+        };
+        let value = serde_json::to_value(&permanent).unwrap();
+        assert_eq!(value["retry"], false);
+        assert_eq!(
+            serde_json::from_value::<ErrorPayload>(value).unwrap(),
+            permanent
+        );
         let later: ErrorPayload =
             serde_json::from_value(json!({"code": "from_the_future", "message": "x"})).unwrap();
         assert_eq!(later.code, ErrorCode::Unknown);

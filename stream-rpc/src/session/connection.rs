@@ -25,7 +25,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{CallError, SendError};
 use crate::logging::Budget;
 use crate::logging::PacketLog;
-use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
+use crate::packet::{Packet, ReplyTo};
 use crate::replay::ReplayStore;
 use crate::sync::lock;
 
@@ -571,18 +571,7 @@ impl Connection {
         // The read loop took the entry out to answer it.
         guard.armed = false;
         if reply.is_error() {
-            let error = reply.error().unwrap_or_else(|| ErrorPayload {
-                code: ErrorCode::Unknown,
-                message: format!("malformed error packet: {}", reply.payload),
-                method: None,
-                data: None,
-            });
-            return Err(CallError::Remote {
-                method: method.to_owned(),
-                code: error.code,
-                message: error.message,
-                data: error.data,
-            });
+            return Err(CallError::from_error_packet(method, &reply));
         }
         Ok(reply)
     }

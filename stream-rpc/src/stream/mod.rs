@@ -199,6 +199,7 @@ impl StreamError {
                 code: ErrorCode::Cancelled,
                 message: "the stream was cancelled".to_owned(),
                 data: None,
+                retry: None,
             },
             StreamError::Disconnected { .. } => CallError::lost(method),
             StreamError::Timeout { after } => CallError::timed_out(method, after),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{MAX_STREAM_CREDIT, StreamError};
 use crate::error::CallError;
-use crate::packet::{ErrorCode, ErrorPayload, Packet, ReplyTo};
+use crate::packet::{Packet, ReplyTo};
 use crate::sync::lock;
 
 /// One stream: its two flows and its end.
@@ -413,18 +413,7 @@ impl StreamState {
 pub(crate) fn end_error(method: &str, end: &End, last_seq: u64) -> Option<StreamError> {
     Some(match end {
         End::Answered(packet) if packet.is_error() => {
-            let error = packet.error().unwrap_or_else(|| ErrorPayload {
-                code: ErrorCode::Unknown,
-                message: format!("malformed error packet: {}", packet.payload),
-                method: None,
-                data: None,
-            });
-            StreamError::Call(CallError::Remote {
-                method: method.to_owned(),
-                code: error.code,
-                message: error.message,
-                data: error.data,
-            })
+            StreamError::Call(CallError::from_error_packet(method, &packet))
         }
         End::Answered(_) | End::Done => return None,
         End::Cancelled | End::Abandoned => StreamError::Cancelled,

@@ -58,6 +58,14 @@ impl FromStr for TaskRef {
     }
 }
 
+/// The metadata key of a pushed task's name (`PEER:ID`), in the call
+/// that hands it to a worker: `ctx.meta().get(TASK_ID_META)`.
+pub const TASK_ID_META: &str = "task-id";
+
+/// The metadata key of a pushed task's attempt number (`1` for the first
+/// attempt), in the call that hands it to a worker.
+pub const TASK_ATTEMPT_META: &str = "task-attempt";
+
 /// How soon a task is handed out among those available: every `high` task
 /// before any `normal` one, every `normal` before any `low`; oldest first
 /// within a level.
