@@ -6,6 +6,7 @@
 mod bench;
 mod duration;
 mod stream;
+mod tasks;
 mod tokens;
 
 use std::io::{IsTerminal, Read};
@@ -90,10 +91,18 @@ enum Command {
     #[command(after_help = "Examples:\n  stream-rpc serve --port 8888\n  \
                             stream-rpc serve --queue redis://10.0.0.5:6379/0 --lease 1m")]
     Serve(ServeArgs),
-    /// Look at and mend a task queue: stats, dead letters, requeue, purge.
+    /// Put, await, cancel, list and schedule tasks through a server; look
+    /// at and mend a queue on Redis directly (stats, dead, requeue,
+    /// purge-dead).
     #[command(
-        after_help = "Examples:\n  stream-rpc queue --queue redis://127.0.0.1:6379 stats\n  \
-                            stream-rpc queue dead\n  \
+        after_help = "put, show, cancel, list, tasks, schedules, schedule, unschedule and \
+                            limit ask a server (--addr, else STREAM_RPC_SERVERS, else \
+                            STREAM_RPC_HOST and STREAM_RPC_PORT) under CRYPTO_KEY, like `call`; \
+                            stats, dead, requeue and purge-dead open the Redis queue itself \
+                            (--queue or STREAM_RPC_QUEUE).\n\
+                            Examples:\n  stream-rpc queue put parse_article '{\"article_id\": 7}' --wait 30s\n  \
+                            stream-rpc queue list --state dead\n  \
+                            stream-rpc queue --queue redis://127.0.0.1:6379 stats\n  \
                             stream-rpc queue requeue 3f0c2b8e-8f6a-4c39-9d1e-6b2f7f0d9a41:4"
     )]
     Queue(QueueArgs),
@@ -116,11 +125,11 @@ enum Shell {
 
 /// Where a server is.
 #[derive(Args)]
-struct Target {
+pub(crate) struct Target {
     /// HOST:PORT of the server [default: STREAM_RPC_HOST (else 127.0.0.1) and
     /// STREAM_RPC_PORT (else 8888)].
     #[arg(long, value_name = "HOST:PORT")]
-    addr: Option<String>,
+    pub(crate) addr: Option<String>,
 }
 
 #[derive(Args)]
@@ -361,6 +370,8 @@ enum QueueAction {
     /// Drop every dead letter.
     #[command(after_help = "Example:\n  stream-rpc queue purge-dead")]
     PurgeDead,
+    #[command(flatten)]
+    Tasks(tasks::TaskAction),
 }
 
 /// The longest lease `serve` takes.
@@ -438,7 +449,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Decode(args) => tokens::decode(cli.key_file, args),
         Command::Seal(args) => tokens::seal(cli.key_file, args),
         Command::Serve(args) => serve(cli.key_file, args).await,
-        Command::Queue(args) => queue(args).await,
+        Command::Queue(args) => queue(cli.key_file, args).await,
     }
 }
 
@@ -448,7 +459,7 @@ const NO_KEY: &str = "CRYPTO_KEY is not set: make a key with `stream-rpc keygen 
                       `export CRYPTO_KEY=$(stream-rpc keygen)`";
 
 /// The settings of the environment, with the key from `key_file` when given.
-fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
+pub(crate) fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
     let builder = ConfigBuilder::from_env().map_err(config_failure)?;
     Ok(match key_file {
         Some(path) => builder.key(read_key_file(&path)?),
@@ -457,7 +468,7 @@ fn settings(key_file: Option<PathBuf>) -> Result<ConfigBuilder, Failure> {
 }
 
 /// A setting that could not be used, said as the command says it.
-fn config_failure(e: ConfigError) -> Failure {
+pub(crate) fn config_failure(e: ConfigError) -> Failure {
     match e {
         ConfigError::MissingKey => Failure(FAILED, NO_KEY.to_owned()),
         other => Failure(FAILED, other.to_string()),
@@ -484,7 +495,7 @@ fn read_key_file(path: &std::path::Path) -> Result<String, Failure> {
 }
 
 /// HOST:PORT of the target, from the flag or the environment.
-fn address(target: &Target) -> Result<(String, u16), Failure> {
+pub(crate) fn address(target: &Target) -> Result<(String, u16), Failure> {
     if let Some(addr) = &target.addr {
         let (host, port) = addr
             .rsplit_once(':')
@@ -511,7 +522,7 @@ fn address(target: &Target) -> Result<(String, u16), Failure> {
 }
 
 /// The payload argument: JSON, `-` for stdin, `@FILE` for a file.
-fn payload(argument: Option<&str>) -> Result<Value, Failure> {
+pub(crate) fn payload(argument: Option<&str>) -> Result<Value, Failure> {
     let text = match argument {
         None => return Ok(Value::Null),
         Some("-") => {
@@ -791,7 +802,12 @@ fn task_ref(text: &str) -> Result<TaskRef, Failure> {
     })
 }
 
-async fn queue(args: QueueArgs) -> Result<u8, Failure> {
+async fn queue(key_file: Option<PathBuf>, args: QueueArgs) -> Result<u8, Failure> {
+    let action = match args.action {
+        // Through a server.
+        QueueAction::Tasks(action) => return tasks::run(key_file, action).await,
+        direct => direct,
+    };
     let mut config = QueueConfig::from_env()?;
     if let Some(queue) = args.queue {
         config.queue = queue;
@@ -807,7 +823,7 @@ async fn queue(args: QueueArgs) -> Result<u8, Failure> {
     config.tls = queue_tls(args.queue_tls_ca)?;
     config.settings = QueueSettings::default();
     let queue = config.open().await?;
-    let out = match args.action {
+    let out = match action {
         QueueAction::Stats => {
             let stats = queue.stats().await?;
             serde_json::json!({
@@ -852,6 +868,7 @@ async fn queue(args: QueueArgs) -> Result<u8, Failure> {
             serde_json::json!({ "requeued": format!("{}:{}", task.peer, task.id) })
         }
         QueueAction::PurgeDead => serde_json::json!({ "purged": queue.purge_dead().await? }),
+        QueueAction::Tasks(action) => return tasks::run(key_file, action).await,
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(0)
