@@ -331,3 +331,13 @@ pub(crate) fn stream_frame_refused(kind: &'static str) {
     #[cfg(not(feature = "metrics"))]
     let _ = kind;
 }
+
+/// A `call.cancel` came: `outcome` is `cancelled` (its request's handler
+/// was told), `unknown` (no such request running) or `invalid`.
+#[inline]
+pub(crate) fn call_cancel(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("stream_rpc_call_cancels_total", "outcome" => outcome).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = outcome;
+}

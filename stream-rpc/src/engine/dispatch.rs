@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::handler::{LOG_ERROR_CHARS, run_handler};
@@ -16,7 +17,7 @@ use super::reader::ReadLoop;
 use crate::logging::{Escaped, Refusal};
 use crate::packet::{ERROR_METHOD, ErrorCode, ErrorPayload, Packet, ReplyTo};
 use crate::protocol::{HandlerError, Protocol, cleanup_margin};
-use crate::session::{Connection, packet_log, refusal_log, session_log};
+use crate::session::{CALL_CANCEL, Connection, packet_log, refusal_log, session_log};
 
 impl<P: Protocol> ReadLoop<P> {
     pub(super) fn handle(&self) -> Connection {
@@ -26,6 +27,12 @@ impl<P: Protocol> ReadLoop<P> {
     /// Hands a packet to the call it answers, to its stream or to the
     /// protocol. `size`: its plaintext's length.
     pub(super) async fn dispatch(&self, packet: Packet, size: usize) {
+        // One byte's test for the others.
+        if packet.method.as_bytes().first() == Some(&b'c') && packet.method == CALL_CANCEL {
+            packet_log!(self.shared, "Received", packet);
+            self.on_call_cancel(&packet);
+            return;
+        }
         // One test of an `Option` for the packets of streams (and of a
         // method's first byte for a frame without its `stream` field).
         if packet.stream.is_some() || crate::stream::is_frame_method(&packet.method) {
@@ -119,12 +126,17 @@ impl<P: Protocol> ReadLoop<P> {
     /// cancelled. `deadline` comes with how long before it the handler is
     /// told to wrap up.
     async fn start_handler(&self, packet: Packet, deadline: Option<(Instant, Duration)>) {
+        // A request its caller waits for can be cancelled by it
+        // (`call.cancel`), once its handler waits.
+        let request = (!packet.is_reply() && !packet.is_error())
+            .then(|| (packet.reply_address(), CancellationToken::new()));
         let mut work = Box::pin(run_handler(
             self.protocol.clone(),
             self.handle(),
             packet,
             deadline,
             self.winding_down.clone(),
+            request.as_ref().map(|(_, token)| token.clone()),
         ));
         // Most handlers finish without waiting for anything: run them here,
         // without a task, a permit held or a cancellation watch of their own.
@@ -137,8 +149,10 @@ impl<P: Protocol> ReadLoop<P> {
         // in `dispatch`, so this succeeds.
         let permit = self.handlers.clone().try_acquire_owned().ok();
         let abort = self.abort_handlers.clone();
+        let registered = request.map(|(request, token)| self.running.register(request, token));
         tokio::spawn(async move {
             let _permit = permit;
+            let _registered = registered;
             let gave_up = async {
                 match deadline {
                     Some((deadline, _)) => sleep_until(deadline).await,

@@ -33,6 +33,7 @@ pub(super) async fn run_handler<P: Protocol>(
     packet: Packet,
     deadline: Option<(Instant, Duration)>,
     winding_down: CancellationToken,
+    request: Option<CancellationToken>,
 ) {
     let mut unfinished = Unfinished {
         handle: &handle,
@@ -47,7 +48,8 @@ pub(super) async fn run_handler<P: Protocol>(
         deadline,
         winding_down,
     )
-    .with_meta(packet.meta.as_ref());
+    .with_meta(packet.meta.as_ref())
+    .with_request_token(request);
     answer(protocol, &handle, ctx, packet, &unfinished.method).await;
     unfinished.armed = false;
 }

@@ -50,6 +50,7 @@ const DISCARD_CHUNK: usize = 4096;
 /// peer still sends, after its last reply, before it closes.
 const LINGER: Duration = Duration::from_secs(1);
 
+mod cancel;
 mod dispatch;
 mod handler;
 mod opening;

@@ -49,6 +49,8 @@ pub(super) struct ReadLoop<P> {
     /// running get the shutdown grace period: what
     /// [`Context::cancelled`](crate::Context::cancelled) watches.
     pub(super) winding_down: CancellationToken,
+    /// The requests whose handler is running, for `call.cancel`.
+    pub(super) running: Arc<super::cancel::Running>,
     pub(super) handlers_limit: usize,
     /// [`Limits::max_streams`], for the `busy` refusal's message.
     pub(super) streams_limit: usize,
@@ -93,6 +95,7 @@ impl<P: Protocol> ReadLoop<P> {
             handlers: Arc::new(Semaphore::new(limits.max_concurrent_handlers)),
             abort_handlers: CancellationToken::new(),
             winding_down: CancellationToken::new(),
+            running: Arc::default(),
             handlers_limit: limits.max_concurrent_handlers,
             streams_limit: limits.max_streams,
             bad_in_row: 0,

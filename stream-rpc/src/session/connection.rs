@@ -239,11 +239,14 @@ impl Shared {
     }
 
     /// The call `id` stops waiting for its reply: a reply that still comes
-    /// is late (see [`gave_up_on`](Self::gave_up_on)).
-    pub(crate) fn give_up(&self, id: u64) {
-        if self.take_pending(id).is_some() {
+    /// is late (see [`gave_up_on`](Self::gave_up_on)). Whether it was
+    /// still waiting.
+    pub(crate) fn give_up(&self, id: u64) -> bool {
+        let waiting = self.take_pending(id).is_some();
+        if waiting {
             lock(&self.gave_up).note(id);
         }
+        waiting
     }
 
     /// Whether `id` is one of the latest calls that gave up waiting.
@@ -285,18 +288,21 @@ impl fmt::Debug for Connection {
 }
 
 /// Removes a call's entry from the pending map when the call ends in any
-/// way, including when its future is dropped.
+/// way, including when its future is dropped; when the request was sent
+/// and its reply had not come, tells the peer with `call.cancel`.
 struct PendingGuard<'a> {
-    shared: &'a Shared,
+    connection: &'a Connection,
     id: u64,
     /// Whether the entry may still be there.
     armed: bool,
+    /// Whether the request was queued for the peer.
+    sent: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.shared.give_up(self.id);
+        if self.armed && self.connection.shared.give_up(self.id) && self.sent {
+            self.connection.cancel_call(self.id);
         }
     }
 }
@@ -417,6 +423,26 @@ impl Connection {
                     "could not send `{}`: {e}",
                     packet.method
                 );
+            }
+        }
+    }
+
+    /// Sends `call.cancel` for this side's request `id`, whose caller gave
+    /// up before its reply came (PROTOCOL.md, "Cancelling a call"): at
+    /// once or not at all (a full outgoing queue, a closed connection:
+    /// logged at DEBUG).
+    fn cancel_call(&self, id: u64) {
+        let payload = serde_json::json!({"peer": self.shared.own_id, "id": id});
+        let packet = self.packet(super::CALL_CANCEL, payload);
+        match self.seal_and_queue(&packet, SystemTime::now()) {
+            Ok(None) => {}
+            Ok(Some(_)) => super::session_log!(
+                debug,
+                self.shared,
+                "no `call.cancel` for call {id}: the outgoing queue is full"
+            ),
+            Err(e) => {
+                super::session_log!(debug, self.shared, "no `call.cancel` for call {id}: {e}")
             }
         }
     }
@@ -548,9 +574,10 @@ impl Connection {
             None => return Err(closed(method)),
         };
         let mut guard = PendingGuard {
-            shared: &self.shared,
+            connection: self,
             id: packet.id,
             armed: true,
+            sent: false,
         };
         let _in_flight = InFlight::new();
         let queued = match self.seal_and_queue(&packet, now) {
@@ -563,6 +590,7 @@ impl Connection {
         };
         // A refused send never reached the peer.
         queued.map_err(|e| CallError::not_sent(method, e))?;
+        guard.sent = true;
         let reply = match timeout_at(deadline, rx).await {
             Err(_) => return Err(CallError::timed_out(method, limit)),
             Ok(Err(_)) => return Err(CallError::lost(method)),

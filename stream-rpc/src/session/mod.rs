@@ -71,6 +71,10 @@ pub(crate) const PACKET_LINES_PER_SECOND: u32 = 20;
 
 pub(crate) use {packet_log, refusal_log, session_log};
 
+/// The method of the frame that cancels a call (PROTOCOL.md, "Cancelling
+/// a call"): payload `{"peer": P, "id": N}`, the request's own.
+pub(crate) const CALL_CANCEL: &str = "call.cancel";
+
 mod connection;
 pub(crate) mod outbox;
 pub(crate) mod signal;
