@@ -1,23 +1,20 @@
 """Typed tasks between the Python package and the Rust `stream-rpc serve` (the
 real queue server, a process on a free loopback port): a Rust producer (the
-command: `queue put --wait`, or `call task.put` where that is not built) to
-a Python worker, and a Python producer to the Rust `tasks` example's
-workers; a running Python task cancelled through the Rust server, and a
-Python worker's drain giving back what outlives its grace."""
+command's `queue put --wait`) to a Python worker; a Python producer whose
+running task, on a Python worker, is cancelled through the Rust server
+(`call.cancel` from Rust); a Python worker's drain giving back what outlives
+its grace."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import uuid
 
 import pytest
 from conftest import run
-from test_interop_streams import client, command, rust_command, serve
+from test_interop_streams import client, command, serve
 
-from stream_rpc import _wire
-from stream_rpc.common import PermanentError, RemoteError, create_message_packet
+from stream_rpc.common import PermanentError, RemoteError
 from stream_rpc.crypto import Cypher
 from stream_rpc.tasks import TaskCancelled, TaskDead, Tasks, Worker, current_task, task
 
@@ -61,7 +58,10 @@ async def serves_tasks(key, port) -> bool:
 def tasks_server(processes, key):
     server, port = serve(processes, key)
     if not run(serves_tasks(key, port)):
-        pytest.skip("this stream-rpc serve has no task.* methods (issue 25's TaskServer)")
+        pytest.fail(
+            "this stream-rpc serve has no task.* methods: "
+            "rebuild it (cargo build -p stream-rpc-cli)"
+        )
     return server, port
 
 
@@ -69,34 +69,13 @@ def worker_for(articles, key, port, **options) -> Worker:
     return Worker(articles, host="127.0.0.1", port=port, cypher=Cypher(key), **options)
 
 
-def has_queue_put() -> bool:
-    """Whether the command has `queue put --wait` (else tasks go in with `call`)."""
-    probe = subprocess.run(
-        [rust_command(), "queue", "put", "--help"], capture_output=True, text=True, timeout=30
-    )
-    return probe.returncode == 0 and "--wait" in probe.stdout
-
-
 async def rust_put(key, port, method, payload):
     """Puts a task with the Rust command and waits for its result: (exit
-    status, result or error text)."""
-    if has_queue_put():
-        code, out, err = await command(
-            key, port, "queue", "put", method, json.dumps(payload), "--wait", "30s"
-        )
-        return code, (json.loads(out) if code == 0 else err)
-    packet = create_message_packet(str(uuid.uuid4()), 1, method, payload)
-    body = json.dumps({"task": _wire.packet_object(packet)})
-    code, out, err = await command(key, port, "call", "task.put", body)
-    assert code == 0, err
-    ref = json.loads(out)["task"]
-    wait = json.dumps({"task": ref, "timeout_ms": 30000})
-    code, out, err = await command(key, port, "call", "task.wait", wait)
-    assert code == 0, err
-    info = json.loads(out)
-    if info["state"] == "done":
-        return 0, info["result"]
-    return 1, json.dumps(info.get("error"))
+    status, the result or the error text)."""
+    code, out, err = await command(
+        key, port, "queue", "put", method, json.dumps(payload), "--wait", "30s"
+    )
+    return code, (json.loads(out) if code == 0 else err)
 
 
 def test_a_rust_producer_gets_results_from_a_python_worker(key, processes):
