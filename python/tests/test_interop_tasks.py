@@ -1,6 +1,8 @@
 """Typed tasks between the Python package and the Rust `stream-rpc serve` (the
 real queue server, a process on a free loopback port): a Rust producer (the
-command's `queue put --wait`) to a Python worker; a Python producer whose
+command's `queue put --wait`) to a Python worker; a Python producer to the
+Rust example worker (classic: it asks with `get_task_from_queue` and acks
+with `save_parsed_article`, on the same queue); a Python producer whose
 running task, on a Python worker, is cancelled through the Rust server
 (`call.cancel` from Rust); a Python worker's drain giving back what outlives
 its grace."""
@@ -11,7 +13,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import run
+from conftest import run, rust_example
 from test_interop_streams import client, command, serve
 
 from stream_rpc.common import PermanentError, RemoteError
@@ -154,5 +156,32 @@ def test_a_draining_python_worker_gives_back_what_outlives_its_grace(key, proces
         assert info.attempts == 2 and info.state == "done"
         stop_again.set()
         await asyncio.wait_for(running_again, 10)
+
+    run(scenario())
+
+
+def test_a_python_producer_gets_results_from_the_rust_worker(key, processes):
+    """The seed's Rust worker (classic, on the same queue) runs a task put by
+    the Python producer; its saved article is the task's result."""
+    _, port = tasks_server(processes, key)
+
+    async def scenario():
+        tasks = Tasks(await client(key, port))
+        handles = [await tasks.put("parse_article", {"article_id": n}) for n in (101, 102)]
+        worker = processes(
+            [rust_example("worker")],
+            {
+                "CRYPTO_KEY": key,
+                "STREAM_RPC_PORT": str(port),
+                "WORKER_REQUEST_DELAY_MS": "1",
+                "WORKER_PARSE_DELAY_MS": "1",
+            },
+        )
+        for handle, n in zip(handles, (101, 102)):
+            result = await handle.result(timeout=30)
+            assert result["article_id"] == n, worker.output()
+            assert result["title"] == f"Article {n}" and result["parsed_by"]
+            info = await handle.state()
+            assert info.state == "done" and info.attempts == 1 and info.worker
 
     run(scenario())
