@@ -340,6 +340,9 @@ def test_worker_arguments_are_checked():
         Worker(Articles(), concurrency=0)
     with pytest.raises(ValueError):
         Worker(Articles(), Articles())
+    with pytest.raises(ValueError):
+        Worker(Articles(), methods=["parse", "nope"])
+    assert Worker(Articles(), methods=["parse"]).methods == ["parse"]
     with pytest.raises(TypeError):
 
         @task

@@ -231,6 +231,9 @@ class Worker:
             raise ValueError(f"grace is {grace!r}: give seconds from 0 up")
         self._tasks = _collect(services)
         self._only = None if methods is None else list(methods)
+        unknown = sorted(set(self._only or ()) - set(self._tasks))
+        if unknown:
+            raise ValueError(f"no task named {unknown[0]!r} to take")
         self.concurrency = concurrency
         self.grace = float(grace)
         self._servers = _servers(servers, host, port)
