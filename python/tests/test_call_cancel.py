@@ -43,7 +43,7 @@ def test_a_call_given_up_cancels_the_peers_handler(key):
         client = await Connector(Protocol, "127.0.0.1", port, cypher=Cypher(key)).connect()
         # Past its own timeout (the server drops the handler at that time too).
         try:
-            await client.call("wait", "timed out", timeout=0.05)
+            await client.call("wait", "timed out", timeout=0.5)
         except asyncio.TimeoutError:
             pass
         assert await asyncio.wait_for(seen.get(), 5) == ("started", "timed out")
