@@ -333,16 +333,28 @@ def test_remote_errors_carry_retry():
     }
 
 
+class Small:
+    """Tasks without events (Python 3.9 binds an Event to a loop when made)."""
+
+    @task
+    async def parse(self, article_id):
+        return article_id
+
+    @task
+    async def other(self):
+        return None
+
+
 def test_worker_arguments_are_checked():
     with pytest.raises(TypeError):
         Worker(object())
     with pytest.raises(ValueError):
-        Worker(Articles(), concurrency=0)
+        Worker(Small(), concurrency=0)
     with pytest.raises(ValueError):
-        Worker(Articles(), Articles())
+        Worker(Small(), Small())
     with pytest.raises(ValueError):
-        Worker(Articles(), methods=["parse", "nope"])
-    assert Worker(Articles(), methods=["parse"]).methods == ["parse"]
+        Worker(Small(), methods=["parse", "nope"])
+    assert Worker(Small(), methods=["parse"]).methods == ["parse"]
     with pytest.raises(TypeError):
 
         @task

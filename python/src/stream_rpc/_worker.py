@@ -103,8 +103,10 @@ class WorkerReport(NamedTuple):
     failed: int
     #: Tasks whose cancellation came while they ran.
     cancelled: int
-    #: Tasks stopped at the end of the grace period, or whose answer could
-    #: not be sent: the server gives them back (nack).
+    #: Tasks left unanswered: stopped at the end of the grace period (the
+    #: server gives them back when the connection closes), dropped past
+    #: their attempt's limit (the server counts a failed attempt), or whose
+    #: answer could not be sent.
     given_back: int
 
 
