@@ -5,15 +5,18 @@ Rust example worker (classic: it asks with `get_task_from_queue` and acks
 with `save_parsed_article`, on the same queue); a Python producer whose
 running task, on a Python worker, is cancelled through the Rust server
 (`call.cancel` from Rust); a Python worker's drain giving back what outlives
-its grace."""
+its grace; the Python tasks example (worker and producer, as processes)
+and its worker's drain on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 
 import pytest
-from conftest import run, rust_example
+from conftest import REPO, run, rust_example
 from test_interop_streams import client, command, serve
 
 from stream_rpc.common import PermanentError, RemoteError
@@ -185,3 +188,18 @@ def test_a_python_producer_gets_results_from_the_rust_worker(key, processes):
             assert info.state == "done" and info.attempts == 1 and info.worker
 
     run(scenario())
+
+
+def test_the_python_tasks_example_runs_and_drains_on_sigterm(key, processes):
+    _, port = tasks_server(processes, key)
+    example = REPO / "python" / "examples" / "tasks.py"
+    env = {"CRYPTO_KEY": key, "STREAM_RPC_PORT": str(port)}
+    worker = processes([sys.executable, example, "worker"], env)
+    worker.wait_for(r"subscribed on 127\.0\.0\.1")
+    producer = processes([sys.executable, example, "put", "10"], env)
+    assert producer.wait_exit(60) == 0, producer.output() + worker.output()
+    # 7 fails for good; 5 and 10 fail once, then succeed.
+    producer.wait_for(r"put 10, done 9, dead 1")
+    worker.child.send_signal(signal.SIGTERM)
+    assert worker.wait_exit(30) == 0, worker.output()
+    worker.wait_for(r"worker: WorkerReport\(done=9, failed=3, cancelled=0, given_back=0\)")
