@@ -471,3 +471,75 @@ fn the_demo_runs_and_summarizes() {
         demo.output()
     );
 }
+
+#[test]
+fn the_tasks_example_runs_its_task_set_end_to_end() {
+    let mut tasks = Process::example(
+        "tasks",
+        &[("TASKS_COUNT", "20"), ("TASKS_TIMEOUT_MS", "20000")],
+    );
+    let status = tasks.wait_exit();
+    assert!(status.success(), "{}", tasks.output());
+    // Of articles 1 to 20: 7 and 14 fail for good, 5, 10, 15 and 20 fail
+    // once; the slow task is cancelled while it runs.
+    assert!(
+        tasks.has("put 21, done 18, retried 4, dead 2, cancelled 1, results checked 21"),
+        "{}",
+        tasks.output()
+    );
+}
+
+#[test]
+fn the_tasks_example_worker_serves_a_server_elsewhere_and_drains_on_sigterm() {
+    let key = new_key();
+    let (_server, port) = server(&key);
+    let mut worker = Process::example(
+        "tasks",
+        &[
+            ("CRYPTO_KEY", &key),
+            ("STREAM_RPC_HOST", "127.0.0.1"),
+            ("STREAM_RPC_PORT", &port),
+            // As `tasks worker` (the example is run without arguments here).
+            ("TASKS_MODE", "worker"),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = stream_rpc::Config::builder()
+            .key(key.clone())
+            .host("127.0.0.1")
+            .port(port.parse().unwrap())
+            .build()
+            .unwrap();
+        let client = stream_rpc::Connector::new(config)
+            .connect(())
+            .await
+            .unwrap();
+        let tasks = stream_rpc::tasks::Tasks::new(client);
+        let parsed = tasks
+            .put("parse", serde_json::json!(4), Default::default())
+            .await
+            .unwrap()
+            .result_within(BOUND)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed, serde_json::json!({"article_id": 4, "words": 12}));
+        let failed = tasks
+            .put("parse", serde_json::json!(7), Default::default())
+            .await
+            .unwrap()
+            .result_within(BOUND)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(failed.retry(), Some(false), "{failed:?}");
+    });
+    worker.signal("-TERM");
+    assert!(worker.wait_exit().success(), "{}", worker.output());
+    assert!(
+        worker.has("worker stopped: done 1, failed 1"),
+        "{}",
+        worker.output()
+    );
+}

@@ -6,7 +6,13 @@
 //! cargo run --release -p stream-rpc-benchmarks --bin queue            # the full run
 //! cargo run -p stream-rpc-benchmarks --bin queue -- --smoke           # a quick check
 //! cargo run --release -p stream-rpc-benchmarks --bin queue -- --replay  # the replay store's cost
+//! cargo run --release -p stream-rpc-benchmarks --bin queue -- --tasks   # typed tasks only
 //! ```
+//!
+//! After the round trips, the typed tasks' measures (`tasks.rs`): put →
+//! start latency fed by push against polling, tasks per second through
+//! put → push → run → ack on Redis with three servers and six workers, and
+//! Redis's memory per queued task.
 //!
 //! `--replay` measures what the shared replay store costs one client
 //! making one call at a time: sequential calls (`ping`, then a
@@ -33,6 +39,8 @@ use stream_rpc_queue::{
 };
 use stream_rpc_test_support::RedisServer;
 
+mod tasks;
+
 const WORKERS: usize = 12;
 
 /// The next article id, unique over the whole benchmark.
@@ -50,6 +58,10 @@ fn main() {
         (3, Duration::from_secs(4))
     };
     let (runtime, redis) = runtime_and_redis();
+    if std::env::args().any(|arg| arg == "--tasks") {
+        tasks::run(smoke, &runtime, &redis);
+        return;
+    }
     println!(
         "queue benchmark: {WORKERS} workers, {reps} run(s) of {duration:?} each; one round trip = put + lease + save"
     );
@@ -70,6 +82,7 @@ fn main() {
             println!("| {queue} | {servers} | {median:.0} | {} |", all.join(", "));
         }
     }
+    tasks::run(smoke, &runtime, &redis);
 }
 
 /// One run: `servers` servers on the queue `url`, the workers for

@@ -423,7 +423,21 @@ fn completions_and_help_for_every_subcommand() {
         assert!(out.status.success(), "{command}");
         assert!(text(&out.stdout).contains("Example"), "{command}");
     }
-    for nested in ["stats", "dead", "requeue", "purge-dead"] {
+    for nested in [
+        "stats",
+        "dead",
+        "requeue",
+        "purge-dead",
+        "put",
+        "show",
+        "cancel",
+        "list",
+        "tasks",
+        "schedules",
+        "schedule",
+        "unschedule",
+        "limit",
+    ] {
         let out = run("", &["queue", nested, "--help"], "");
         assert!(text(&out.stdout).contains("Example"), "queue {nested}");
     }
@@ -1112,4 +1126,327 @@ fn watch_stats_streams_the_queue_counts_of_serve() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The task set of the `queue put --wait` tests, served by a typed worker
+/// in this process.
+#[stream_rpc::service]
+trait Sums {
+    /// Twice `n`.
+    async fn double(&self, n: u64) -> u64;
+    /// Fails for good.
+    async fn refuse(&self, n: u64) -> Result<u64, stream_rpc::HandlerError>;
+}
+
+struct Summer;
+
+impl Sums for Summer {
+    async fn double(&self, n: u64) -> u64 {
+        n * 2
+    }
+
+    async fn refuse(&self, n: u64) -> Result<u64, stream_rpc::HandlerError> {
+        Err(stream_rpc::HandlerError::permanent(format!(
+            "{n} is refused"
+        )))
+    }
+}
+
+/// A typed worker of `Sums` on `addr`, run by `runtime` until `stop` is sent.
+fn sums_worker(
+    runtime: &tokio::runtime::Runtime,
+    key: &str,
+    addr: &str,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let config = stream_rpc::Config::builder()
+        .key(key)
+        .host(host)
+        .port(port.parse().unwrap())
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(async move {
+        stream_rpc::tasks::Worker::new(SumsServer::new(Summer))
+            .concurrency(2)
+            .grace(Duration::from_millis(200))
+            .run_until(stream_rpc::Connector::new(config), async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    stop
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} / {}", text(&out.stdout), text(&out.stderr)))
+}
+
+#[test]
+fn queue_put_wait_prints_the_result_and_exits_by_outcome() {
+    let key = new_key();
+    let server = Serving::start(&key, &["--log-level", "warn"]);
+    let addr = server.addr.as_str();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _worker = sums_worker(&runtime, &key, addr);
+
+    // Done: the result on stdout, exit 0.
+    let out = run(
+        &key,
+        &[
+            "queue", "put", "double", "21", "--wait", "5s", "--addr", addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out), serde_json::json!(42));
+
+    // Failed for good: the error on stderr, exit 1.
+    let out = run(
+        &key,
+        &[
+            "queue", "put", "refuse", "5", "--wait", "5s", "--addr", addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("5 is refused"), "{stderr}");
+
+    // Nobody serves the method: not finished in time, exit 2, the task named.
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "put",
+            "nobody_serves",
+            "--wait",
+            "300ms",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("has not finished within") && stderr.contains("queue show"),
+        "{stderr}"
+    );
+    let task = stderr
+        .split_whitespace()
+        .find(|word| word.contains(':') && word.len() > 36 && !word.contains('`'))
+        .unwrap_or_else(|| panic!("no task named in {stderr}"));
+    let out = run(&key, &["queue", "show", task, "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["state"], "queued");
+
+    // No server: exit 2 naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = run(
+        &key,
+        &[
+            "queue", "put", "double", "1", "--wait", "1s", "--addr", &nowhere,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&nowhere),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn queue_put_show_list_cancel_through_a_server() {
+    let key = new_key();
+    let server = Serving::start(&key, &["--log-level", "warn"]);
+    let addr = server.addr.as_str();
+
+    // Delayed: scheduled, with its PEER:ID printed.
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "put",
+            "parse_article",
+            r#"{"article_id": 3}"#,
+            "--delay",
+            "1m",
+            "--priority",
+            "high",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let put = json_of(&out);
+    assert_eq!(put["state"], "scheduled", "{put}");
+    let task = put["task"].as_str().unwrap().to_owned();
+    assert!(task.parse::<stream_rpc::tasks::TaskRef>().is_ok(), "{task}");
+
+    // The same task again: found held, not put twice.
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "put",
+            "parse_article",
+            r#"{"article_id": 3}"#,
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["deduplicated"], true);
+
+    let out = run(&key, &["queue", "show", &task, "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = json_of(&out);
+    assert_eq!(shown["task"], task.as_str());
+    assert_eq!(shown["priority"], "high");
+    assert_eq!(shown["payload"], serde_json::json!({"article_id": 3}));
+
+    let out = run(
+        &key,
+        &["queue", "list", "--state", "scheduled", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = json_of(&out);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["task"], task.as_str());
+
+    // Cancelled before it ran; a second cancel finds it finished (exit 1).
+    let out = run(&key, &["queue", "cancel", &task, "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["outcome"], "cancelled");
+    let out = run(&key, &["queue", "cancel", &task, "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_of(&out)["state"], "cancelled");
+    let out = run(&key, &["queue", "tasks", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["parse_article"]["cancelled"], 1);
+
+    // Never put: exit 1; not a PEER:ID, a bad priority or duration: exit 2
+    // before anything is sent.
+    let unknown = format!("{}:9", uuid::Uuid::new_v4());
+    let out = run(&key, &["queue", "show", &unknown, "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no task"),
+        "{}",
+        text(&out.stderr)
+    );
+    for args in [
+        &["queue", "show", "nine", "--addr", addr][..],
+        &["queue", "put", "m", "--priority", "urgent", "--addr", addr],
+        &["queue", "put", "m", "--delay", "soon", "--addr", addr],
+        &["queue", "put", "m", "not json", "--addr", addr],
+        &["queue", "list", "--state", "gone", "--addr", addr],
+    ] {
+        let out = run(&key, args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!text(&out.stderr).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn queue_schedules_and_limits_through_a_server() {
+    let key = new_key();
+    let server = Serving::start(&key, &["--log-level", "warn"]);
+    let addr = server.addr.as_str();
+
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "schedule",
+            "nightly",
+            "report",
+            r#"{"kind": "daily"}"#,
+            "--every",
+            "1h",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["name"], "nightly");
+    let out = run(&key, &["queue", "schedules", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let schedules = json_of(&out);
+    assert_eq!(schedules[0]["every_ms"], 3_600_000, "{schedules}");
+    // A bad cron expression: the server's reason, exit 1.
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "schedule",
+            "bad",
+            "report",
+            "--cron",
+            "every tuesday",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("invalid_payload"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &key,
+        &["queue", "unschedule", "nightly", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_of(&out)["removed"], true);
+    let out = run(
+        &key,
+        &["queue", "unschedule", "nightly", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run(
+        &key,
+        &[
+            "queue",
+            "limit",
+            "fetch_page",
+            "--rate",
+            "2/s",
+            "--concurrency",
+            "3",
+            "--addr",
+            addr,
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        json_of(&out)["fetch_page"],
+        serde_json::json!({"concurrency": 3, "rate": {"count": 2, "per_ms": 1000}})
+    );
+    let out = run(
+        &key,
+        &["queue", "limit", "fetch_page", "--clear", "--addr", addr],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(json_of(&out).get("fetch_page").is_none());
+    // Neither a limit nor --clear: refused by the command.
+    let out = run(&key, &["queue", "limit", "fetch_page", "--addr", addr], "");
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -375,6 +375,23 @@ mod validate;
 ///   visible as the service method. Over a client: `KvClient::new(&client)`
 ///   (a `Client` or a `ReconnectingClient`); inside a handler, to call back
 ///   into the peer: `KvClient::new(&ctx)` or `KvClient::new(ctx.connection())`.
+/// - `QueueServerTasks` / `KvTasks`, the typed task producer, generic over
+///   an owned `Caller` connected to a queue server (`stream_rpc::tasks`):
+///   `new(caller)`, `tasks()` (the untyped `stream_rpc::tasks::Tasks`
+///   inside: show, cancel, list, limits, schedules), and one method per
+///   method that is **not a stream** (a task has no stream), with the same
+///   arguments, returning a `stream_rpc::tasks::PutTask`: set its options
+///   (`.delay(d)`, `.run_at(t)`, `.priority(p)`, `.max_attempts(n)`,
+///   `.backoff(b)`, `.dedupe(key)`, `.timeout(d)`), then `.await` it for the
+///   task's handle, whose `result()` is the method's answer: `Result<T, E>`
+///   for a method returning `Result<T, E>`, `Result<T, HandlerError>` for
+///   one returning `T` (`()` for a notification method). A method named
+///   `tasks` has no method of its own there (put it with
+///   `tasks().put(...)`). The server itself is the worker's side: a
+///   `stream_rpc::tasks::Worker` serves it to the tasks a queue server
+///   pushes. When a method's error type implements
+///   `stream_rpc::tasks::Retry`, the server sends what it says as the error
+///   packet's `retry`: `false` makes the task go dead at once.
 ///
 /// The generated code's generic parameters have names no user code writes
 /// (a service may be called `S`, `C`, `Result`, `Context`...), and it names

@@ -112,7 +112,7 @@ pub fn tasks_method(method: &Method, krate: &TokenStream) -> Option<TokenStream>
         #[doc = #summary]
         #vis fn #ident(&self, #(#params),*) -> #krate::tasks::PutTask<'_, #caller, #ok, #err> {
             #checks
-            #[allow(clippy::redundant_closure_call)]
+            #[allow(clippy::redundant_closure_call, clippy::needless_question_mark)]
             let __payload = (|| -> ::core::result::Result<
                 #krate::__private::serde_json::Value,
                 #krate::CallError,

@@ -201,7 +201,7 @@ fn read_pem(
 }
 
 /// A client for the Redis at `url`, with `tls` for a `rediss://` URL.
-fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, QueueError> {
+pub(crate) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, QueueError> {
     check_url(url, tls, "url")?;
     let invalid = |e: redis::RedisError| QueueError::Invalid {
         setting: "url",

@@ -7,7 +7,8 @@ use serde_json::json;
 use stream_rpc::Packet;
 use stream_rpc_queue::testing::task;
 use stream_rpc_queue::{
-    Acked, Put, QueueError, QueueSettings, RedisQueue, RedisSettings, TaskQueue, TaskRef,
+    Acked, Put, QueueError, QueueEvent, QueueSettings, RedisQueue, RedisSettings, TaskQueue,
+    TaskRef, TaskState,
 };
 use stream_rpc_test_support::{RedisServer, free_port};
 
@@ -105,7 +106,12 @@ async fn servers_sharing_one_redis_share_the_queue_and_take_over_leases() {
         let put = task(1);
         assert_eq!(a.put(&put).await.unwrap(), Put::Queued);
         // The same task put through the other server is a duplicate.
-        assert!(b.put(&task(1)).await.unwrap().is_duplicate());
+        assert_eq!(
+            b.put(&task(1)).await.unwrap(),
+            Put::Duplicate {
+                existing: Some(TaskRef::of(&put))
+            }
+        );
         // Server A hands it to a worker, then dies holding the lease.
         let short = Duration::from_millis(300);
         assert_eq!(a.lease("w1", short).await.unwrap().unwrap().attempt, 1);
@@ -153,15 +159,23 @@ async fn put_lease_ack(queue: &RedisQueue, from: u64, to: u64) {
     }
 }
 
-/// Waits until the names and results of done tasks have expired: the
-/// tasks stream, its refs and leases, the stats, and the one task left
-/// leased and its name.
-async fn wait_for_expiry(server: &RedisServer) {
+/// The keys a queue keeps for good once done tasks expired, with one task
+/// left leased: its body, record and dedupe key, the leases, the counts and
+/// counters, the sequence.
+const KEPT_KEYS: [&str; 7] = [
+    "body:*", "counts", "key:*", "leases", "seq", "stats", "task:*",
+];
+
+/// Waits until the names, results and records of done tasks have expired
+/// and checks that only [`KEPT_KEYS`] are left.
+async fn wait_for_expiry(server: &RedisServer, queue: &RedisQueue) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
+        // Trims the list of finished tasks, as any lease or count does.
+        queue.stats().await.unwrap();
         let keys: u64 = command(server, "DBSIZE", &[]).await;
-        if keys <= 5 {
-            return;
+        if keys <= KEPT_KEYS.len() as u64 {
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -169,6 +183,19 @@ async fn wait_for_expiry(server: &RedisServer) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut keys: Vec<String> = command(server, "KEYS", &["*"]).await;
+    keys.sort();
+    let kept: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let key = key.strip_prefix("{stream-rpc}:").unwrap_or(key);
+            match key.split_once(':') {
+                Some((kind, _)) => format!("{kind}:*"),
+                None => key.to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(kept, KEPT_KEYS, "{keys:?}");
 }
 
 /// Redis's memory once two readings 200 ms apart agree within 4 KB
@@ -191,14 +218,9 @@ async fn leftovers(server: &RedisServer, queue: &RedisQueue) {
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.queued, stats.leased), (0, 1));
     let tag = "{stream-rpc}";
-    let length: u64 = command(server, "XLEN", &[&format!("{tag}:tasks")]).await;
-    let refs: u64 = command(server, "HLEN", &[&format!("{tag}:refs")]).await;
     let leases: u64 = command(server, "ZCARD", &[&format!("{tag}:leases")]).await;
-    assert_eq!(
-        (length, refs, leases),
-        (1, 1, 1),
-        "only the one task left leased"
-    );
+    let ready: u64 = command(server, "SCARD", &[&format!("{tag}:methods")]).await;
+    assert_eq!((leases, ready), (1, 0), "only the one task left leased");
 }
 
 async fn used_memory(server: &RedisServer) -> u64 {
@@ -215,20 +237,25 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
     bounded(async {
         let retention = Duration::from_secs(1);
         let queue = queue(&server, QueueSettings::default().with_retention(retention)).await;
-        // One task stays leased throughout, so the stream is never empty.
+        // One task stays leased throughout (longer than the test, however
+        // slow the machine).
         queue.put(&task(u64::MAX)).await.unwrap();
-        queue.lease("w", LEASE).await.unwrap().unwrap();
+        queue
+            .lease("w", Duration::from_secs(600))
+            .await
+            .unwrap()
+            .unwrap();
         // A first round brings Redis's tables to their working size (and
         // every script and command the check uses is run once)...
         put_lease_ack(&queue, 0, 5_000).await;
         leftovers(&server, &queue).await;
-        wait_for_expiry(&server).await;
+        wait_for_expiry(&server, &queue).await;
         let before = settled_memory(&server).await;
         // ...and a second round of as many must leave memory where it was.
         put_lease_ack(&queue, 5_000, 10_000).await;
         assert_eq!(queue.stats().await.unwrap().done, 10_000);
         leftovers(&server, &queue).await;
-        wait_for_expiry(&server).await;
+        wait_for_expiry(&server, &queue).await;
         // Redis shrinks its tables a moment after the keys expired (its
         // cron runs ten times a second): wait, bounded, for memory to come
         // back. 5,000 tasks kept would be over 1 MB (names, results,
@@ -250,6 +277,102 @@ async fn ten_thousand_tasks_put_and_acked_leave_nothing_behind() {
     .await;
 }
 
+/// How many tasks the memory measure puts.
+const MEASURED_TASKS: u64 = 10_000;
+/// The most memory a queued task may take on Redis, in bytes: its record
+/// (the packet's JSON, about 200 bytes here, and a dozen small fields),
+/// its place in the ready set, its dedupe key.
+const MOST_BYTES_PER_TASK: u64 = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_queued_task_is_bounded() {
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        // The scripts and tables warmed up by a first task.
+        queue.put(&task(u64::MAX)).await.unwrap();
+        let before = settled_memory(&server).await;
+        let lanes: Vec<_> = (0..8u64)
+            .map(|lane| {
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    for n in (lane..MEASURED_TASKS).step_by(8) {
+                        assert_eq!(queue.put(&task(n)).await.unwrap(), Put::Queued);
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.await.unwrap();
+        }
+        let after = settled_memory(&server).await;
+        for (kind, pattern) in [
+            ("record", "task:*"),
+            ("body", "body:*"),
+            ("dedupe key", "key:*"),
+        ] {
+            let keys: Vec<String> =
+                command(&server, "KEYS", &[&format!("{{stream-rpc}}:{pattern}")]).await;
+            let usage: u64 = command(&server, "MEMORY", &["USAGE", &keys[0]]).await;
+            eprintln!("memory of one task's {kind}: {usage} bytes");
+        }
+        let ready: u64 = command(
+            &server,
+            "MEMORY",
+            &["USAGE", "{stream-rpc}:ready:parse_article"],
+        )
+        .await;
+        eprintln!(
+            "memory of the ready set per task: {} bytes",
+            ready / MEASURED_TASKS
+        );
+        let per_task = after.saturating_sub(before) / MEASURED_TASKS;
+        let json = serde_json::to_string(&task(1)).unwrap().len();
+        eprintln!(
+            "memory per queued task on Redis: {per_task} bytes \
+             ({before} -> {after} over {MEASURED_TASKS} tasks of {json} bytes of JSON)"
+        );
+        assert!(
+            per_task <= MOST_BYTES_PER_TASK,
+            "{per_task} bytes per queued task"
+        );
+        assert_eq!(queue.stats().await.unwrap().queued, MEASURED_TASKS + 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_come_again_after_redis_restarts_and_the_gap_is_told() {
+    let mut server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let mut events = queue.events();
+        queue.put(&task(1)).await.unwrap();
+        let ready = QueueEvent::Ready {
+            method: "parse_article".into(),
+        };
+        assert_eq!(events.next().await, Some(ready.clone()));
+        server.kill();
+        server.restart();
+        // Events published while the connection was down are lost: the
+        // receiver is told to re-check once it is subscribed again.
+        assert_eq!(events.next().await, Some(QueueEvent::Lagged { missed: 0 }));
+        // Redis came back from its AOF: the task is still there.
+        let put = loop {
+            match queue.put(&task(2)).await {
+                Ok(put) => break put,
+                Err(QueueError::Unavailable(_) | QueueError::Timeout(_)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(put, Put::Queued);
+        assert_eq!(events.next().await, Some(ready));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_is_a_typed_error() {
     let port = free_port();
@@ -265,16 +388,66 @@ async fn an_unreachable_redis_is_a_typed_error() {
     );
 }
 
-/// Adds an entry to a stream on a connection of its own; its id.
-async fn xadd(server: &RedisServer, stream: &str, fields: &[(&str, &[u8])]) -> String {
+/// Writes a task record by hand, as an older version or a hand could
+/// have left it: `fields` of the hash `{stream-rpc}:task:<name>` (`task`
+/// in `{stream-rpc}:body:<name>`), and the name in the sorted set `set`
+/// (`ready:<method>`, `dead`) at `score`.
+async fn hand_written(
+    server: &RedisServer,
+    name: &str,
+    fields: &[(&str, &[u8])],
+    set: &str,
+    score: u64,
+) {
     let client = redis::Client::open(server.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let mut command = redis::cmd("XADD");
-    command.arg(stream).arg("*");
-    for (name, value) in fields {
-        command.arg(*name).arg(*value);
+    let tag = "{stream-rpc}";
+    // The task itself (`task`) is kept beside the record, after its
+    // options: here none.
+    let (task, fields): (Vec<_>, Vec<_>) = fields.iter().partition(|(field, _)| *field == "task");
+    if let Some((_, task)) = task.first() {
+        let body = [b"{}\n".as_slice(), task].concat();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{tag}:body:{name}"))
+            .arg(body)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
     }
-    command.query_async(&mut connection).await.unwrap()
+    if !fields.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{tag}:task:{name}"));
+        for (field, value) in fields {
+            hset.arg(field.to_string()).arg(value.to_vec());
+        }
+        let _: () = hset.query_async(&mut connection).await.unwrap();
+    }
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{tag}:{set}"))
+        .arg(score)
+        .arg(name)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    if let Some(method) = set.strip_prefix("ready:") {
+        let _: () = redis::cmd("SADD")
+            .arg(format!("{tag}:methods"))
+            .arg(method)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+/// The fields of a hand-written task record.
+type Fields<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// A task whose `created_at` is past year 9999 (what the server once
+/// stored for `9999-12-31T23:59:59-01:00`): JSON no reader can decode.
+fn year_10000(n: u64) -> String {
+    let mut task = serde_json::to_value(task(n)).unwrap();
+    task["created_at"] = json!("+10000-01-01T00:59:59Z");
+    task.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,29 +461,20 @@ async fn an_undecodable_dead_letter_is_skipped_and_the_others_listed() {
         queue.lease("w", short).await.unwrap().unwrap();
         tokio::time::sleep(short + Duration::from_millis(100)).await;
         assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-        // Dead letters no reader can decode, as an older version or a
-        // hand could have left them: a time past year 9999 (what the
-        // server once stored for `9999-12-31T23:59:59-01:00`), not JSON,
-        // not UTF-8, and no task at all.
-        let dead = "{stream-rpc}:dead";
-        let mut year_10000 = serde_json::to_value(task(2)).unwrap();
-        year_10000["created_at"] = json!("+10000-01-01T00:59:59Z");
-        let year_10000 = year_10000.to_string();
-        for fields in [
-            vec![
-                ("task", year_10000.as_bytes()),
-                ("ref", b"x:2"),
-                ("key", b"k2"),
-            ],
-            vec![
-                ("task", b"garbage".as_slice()),
-                ("ref", b"x:3"),
-                ("key", b"k3"),
-            ],
-            vec![("task", b"\xff\xfe{".as_slice()), ("attempts", b"5")],
-            vec![("attempts", b"1".as_slice())],
-        ] {
-            xadd(&server, dead, &fields).await;
+        // Dead letters no reader can decode: a time past year 9999, not
+        // JSON, not UTF-8, and no record at all.
+        let year_10000 = year_10000(2);
+        let dead: [(&str, Fields); 4] = [
+            (
+                "x:2",
+                vec![("task", year_10000.as_bytes()), ("s", b"dead"), ("a", b"5")],
+            ),
+            ("x:3", vec![("task", b"garbage".as_slice()), ("s", b"dead")]),
+            ("x:4", vec![("task", b"\xff\xfe{".as_slice()), ("a", b"5")]),
+            ("x:5", vec![]),
+        ];
+        for (n, (name, fields)) in dead.iter().enumerate() {
+            hand_written(&server, name, fields, "dead", 1_000_000 + n as u64).await;
         }
         // A good one after them too.
         queue.put(&task(3)).await.unwrap();
@@ -324,10 +488,14 @@ async fn an_undecodable_dead_letter_is_skipped_and_the_others_listed() {
         let listed: Vec<u64> = letters.tasks.iter().map(|dead| dead.task.id).collect();
         assert_eq!((listed, letters.skipped), (vec![1, 3], 4));
         assert_eq!(queue.dead().await.unwrap().len(), 2);
-        assert_eq!(queue.stats().await.unwrap().dead, 6);
+        // Listing them skips those that cannot be read too.
+        let listed = queue.list(TaskState::Dead, 100).await.unwrap();
+        assert_eq!(listed.len(), 2);
         assert!(queue.requeue(TaskRef::of(&good)).await.unwrap());
         assert_eq!(queue.purge_dead().await.unwrap(), 5);
         assert!(queue.dead().await.unwrap().is_empty());
+        let left: Vec<String> = command(&server, "KEYS", &["{stream-rpc}:task:x:*"]).await;
+        assert!(left.is_empty(), "{left:?}");
     })
     .await;
 }
@@ -337,37 +505,29 @@ async fn an_undecodable_task_is_a_dead_letter_at_once_and_the_next_is_leased() {
     let server = RedisServer::start();
     bounded(async {
         let queue = queue(&server, QueueSettings::default()).await;
-        // The stream and its group exist, as after any put.
-        let first = task(1);
-        queue.put(&first).await.unwrap();
-        queue.lease("w", LEASE).await.unwrap().unwrap();
-        queue
-            .ack(TaskRef::of(&first), "w", &json!(1))
-            .await
-            .unwrap();
-        // Tasks no reader can decode ahead of a good one: a time past year
-        // 9999, garbage without a name, bytes that are not UTF-8.
-        let mut year_10000 = serde_json::to_value(task(2)).unwrap();
-        year_10000["created_at"] = json!("+10000-01-01T00:59:59Z");
-        let year_10000 = year_10000.to_string();
-        let tasks = "{stream-rpc}:tasks";
-        xadd(
-            &server,
-            tasks,
-            &[
-                ("task", year_10000.as_bytes()),
-                ("ref", b"x:2"),
-                ("key", b"k2"),
-            ],
-        )
-        .await;
-        xadd(&server, tasks, &[("task", b"garbage".as_slice())]).await;
-        xadd(
-            &server,
-            tasks,
-            &[("task", b"\xff\xfe{".as_slice()), ("ref", b"x:4")],
-        )
-        .await;
+        // Tasks no reader can decode ahead of a good one (scored before
+        // any task put): a time past year 9999, garbage, bytes that are
+        // not UTF-8, a name with no record.
+        let year_10000 = year_10000(2);
+        let queued = |task: &'static [u8]| {
+            vec![
+                ("task", task),
+                ("s", b"queued".as_slice()),
+                ("m", b"parse_article".as_slice()),
+                ("x", b"5".as_slice()),
+            ]
+        };
+        let year_10000: &'static [u8] = Box::leak(year_10000.into_bytes().into_boxed_slice());
+        for (n, (name, fields)) in [
+            ("x:2", queued(year_10000)),
+            ("x:3", queued(b"garbage")),
+            ("x:4", queued(b"\xff\xfe{")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            hand_written(&server, name, &fields, "ready:parse_article", n as u64).await;
+        }
         let good = task(5);
         queue.put(&good).await.unwrap();
         let leased = queue
@@ -386,123 +546,9 @@ async fn an_undecodable_task_is_a_dead_letter_at_once_and_the_next_is_leased() {
         );
         assert_eq!(queue.purge_dead().await.unwrap(), 3);
         assert!(queue.lease("w", LEASE).await.unwrap().is_none());
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_collision_left_by_an_older_version_does_not_break_the_other_task() {
-    let server = RedisServer::start();
-    bounded(async {
-        let queue = queue(&server, QueueSettings::default().with_max_attempts(1)).await;
-        let first = task(1);
-        queue.put(&first).await.unwrap();
-        // What an older version did for a second task put under the same
-        // name: a second entry, and the name's mapping pointed at it.
-        let mut second = task(2);
-        second.peer = first.peer;
-        second.id = first.id;
-        let name = TaskRef::of(&first).to_string();
-        let json = serde_json::to_string(&second).unwrap();
-        let key = stream_rpc_queue::dedup_key(&second.method, &second.payload);
-        let id = xadd(
-            &server,
-            "{stream-rpc}:tasks",
-            &[
-                ("task", json.as_bytes()),
-                ("ref", name.as_bytes()),
-                ("key", key.as_bytes()),
-            ],
-        )
-        .await;
-        let _: () = command(&server, "HSET", &["{stream-rpc}:refs", &name, &id]).await;
-        // The first task dies; dead-lettering it leaves the second's name.
-        let short = Duration::from_millis(200);
-        assert_eq!(queue.lease("w1", short).await.unwrap().unwrap().task, first);
-        tokio::time::sleep(short + Duration::from_millis(100)).await;
-        let leased = queue.lease("w2", LEASE).await.unwrap().unwrap();
-        assert_eq!(leased.task, second);
-        assert_eq!(queue.dead().await.unwrap()[0].task, first);
-        assert_eq!(
-            queue
-                .ack(TaskRef::of(&second), "w2", &json!("second"))
-                .await
-                .unwrap(),
-            Acked::Done,
-            "the second task's name still names it"
-        );
-        // The first can still be requeued by its name, now that it is free.
-        assert!(queue.requeue(TaskRef::of(&first)).await.unwrap());
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_consumers_that_hold_nothing_are_removed() {
-    let server = RedisServer::start();
-    bounded(async {
-        let idle = Duration::from_secs(1);
-        let started = tokio::time::Instant::now();
-        let queue = RedisQueue::connect(
-            RedisSettings::new(server.url())
-                .with_consumer_idle(idle)
-                .with_response_timeout(Duration::from_secs(2)),
-        )
-        .await
-        .unwrap();
-        let held = task(1);
-        queue.put(&held).await.unwrap();
-        queue.lease("holder", LEASE).await.unwrap().unwrap();
-        // Workers that did one task each and went away (Redis makes a
-        // consumer when it first hands it an entry).
-        for n in 0..20 {
-            let worker = format!("gone-{n}");
-            queue.put(&task(100 + n)).await.unwrap();
-            let leased = queue.lease(&worker, LEASE).await.unwrap().unwrap();
-            queue
-                .ack(TaskRef::of(&leased.task), &worker, &json!(n))
-                .await
-                .unwrap();
-        }
-        let consumers = |server: &RedisServer| {
-            let url = server.url();
-            async move {
-                let client = redis::Client::open(url).unwrap();
-                let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-                let info: Vec<std::collections::HashMap<String, redis::Value>> =
-                    redis::cmd("XINFO")
-                        .arg("CONSUMERS")
-                        .arg("{stream-rpc}:tasks")
-                        .arg("workers")
-                        .query_async(&mut connection)
-                        .await
-                        .unwrap();
-                let mut names: Vec<String> = info
-                    .iter()
-                    .map(|consumer| redis::from_redis_value_ref(&consumer["name"]).unwrap())
-                    .collect();
-                names.sort();
-                names
-            }
-        };
-        // (Unless this machine took longer than `idle` so far, when a sweep
-        // may already have run.)
-        if started.elapsed() < idle {
-            assert_eq!(consumers(&server).await.len(), 21);
-        }
-        tokio::time::sleep(idle + Duration::from_millis(100)).await;
-        // The next lease removes those idle with nothing pending; the one
-        // holding a task stays, and its ack counts.
-        queue.put(&task(2)).await.unwrap();
-        assert!(queue.lease("next", LEASE).await.unwrap().is_some());
-        assert_eq!(consumers(&server).await, ["holder", "next"]);
-        assert_eq!(
-            queue
-                .ack(TaskRef::of(&held), "holder", &json!(1))
-                .await
-                .unwrap(),
-            Acked::Done
-        );
+        // A name in the ready set with no record behind it is dropped.
+        hand_written(&server, "x:9", &[], "ready:parse_article", 0).await;
+        assert!(queue.lease("w", LEASE).await.unwrap().is_none());
     })
     .await;
 }

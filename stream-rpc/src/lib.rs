@@ -17,12 +17,15 @@
 //! | Connect | [`Connector::connect`], or [`Connector::connect_reconnecting`] to reconnect and fail over |
 //! | Call | [`Caller`] (`call`, `call_with_timeout`, `notify`) on a client or a connection, or a typed client from [`macro@service`] |
 //! | Know why a call failed, and whether to retry | [`CallError`], [`CallError::may_have_run`] |
+//! | Stop a call's work on the peer | drop the call's future (or let its time limit pass): `call.cancel` is sent; the handler sees [`Context::cancelled`] |
 //! | Stream items either way, with flow control | [`Caller::open_stream`] ([`RawStream`], [`ItemSender`]) to open; [`Protocol::process_stream`] ([`StreamIo`]) to serve; [`Streaming`] and [`IncomingItems`] in a typed service |
 //! | Know why a stream ended | [`StreamError`] (`Failed`, `Cancelled`, `Disconnected { last_seq }`, `Timeout`, `Call`) |
 //! | Send auth tokens, tenant ids, trace context with a call | [`Call`] with [`Caller::call_with`], [`StreamOptions::meta`]; read with [`Context::meta`] |
 //! | Wrap calls in timeouts, limits, auth, tracing (tower layers) | [`layer::LayeredProtocol`] to serve, [`layer::LayeredCaller`] to call, [`layer::Tracing`] |
 //! | Act when a connection opens or ends | [`Connector::on_connect`], [`Connector::on_disconnect`] |
 //! | Run over another byte stream | [`Connector::attach`] |
+//! | Put tasks in a queue server, await their typed results, cancel them | [`tasks::Tasks`], or the typed `XTasks` of [`macro@service`] ([`tasks::PutTask`], [`tasks::TaskHandle`]) |
+//! | Run tasks a queue server pushes, and drain on stop | [`tasks::Worker`]; a typed error says whether to retry with [`tasks::Retry`] |
 //!
 //! [`Connector::run_server`] and [`Connector::run_client`] are thin
 //! wrappers in the shape of the Python `stream_rpc` connector.

@@ -157,6 +157,10 @@ pub(crate) async fn push<Q: TaskQueue>(
     let closed = connection.closed();
     tokio::pin!(closed);
     'push: loop {
+        if connection.is_closed() {
+            // Closing: a task leased now could not be pushed.
+            break;
+        }
         let mut wake_at = None;
         if let Some(filter) = sub.room() {
             match shared
@@ -262,8 +266,9 @@ struct Attempt<Q: TaskQueue> {
 /// How a pushed call ended.
 #[derive(Debug)]
 enum Outcome {
-    /// The worker answered (or the call failed).
-    Answered(Result<Packet, CallError>),
+    /// The worker answered (or the call failed), after this long. Boxed:
+    /// a packet and a call error are large beside the other outcomes.
+    Answered(Box<Result<Packet, CallError>>, Duration),
     /// Its cancellation was asked: the call was dropped.
     Cancelled,
     /// The lease could not be extended: the task went to another worker.
@@ -313,12 +318,13 @@ impl<Q: TaskQueue> Attempt<Q> {
             Ok(call) => call.timeout(self.limit()),
             // Fixed keys and plain values: cannot happen; give it back.
             Err(e) => {
-                return Outcome::Answered(Err(CallError::NotSent {
-                    method: packet.method.clone(),
-                    reason: stream_rpc::SendError::Encode(e.to_string()),
-                }));
+                let reason = stream_rpc::SendError::Encode(e.to_string());
+                let method = packet.method.clone();
+                let error = CallError::NotSent { method, reason };
+                return Outcome::Answered(Box::new(Err(error)), Duration::ZERO);
             }
         };
+        let started = Instant::now();
         let calling = self.connection.call_with(call);
         tokio::pin!(calling);
         let every = (self.shared.lease / EXTEND_SHARE).max(MIN_EXTEND_EVERY);
@@ -326,7 +332,7 @@ impl<Q: TaskQueue> Attempt<Q> {
         extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                answer = &mut calling => return Outcome::Answered(answer),
+                answer = &mut calling => return Outcome::Answered(Box::new(answer), started.elapsed()),
                 _ = &mut cancel => return Outcome::Cancelled,
                 _ = extend.tick() => {
                     match self.shared.queue.extend(self.task, &self.worker, self.shared.lease).await {
@@ -344,10 +350,12 @@ impl<Q: TaskQueue> Attempt<Q> {
     async fn record(&self, outcome: Outcome) {
         let method = &self.leased.task.method;
         let done = match outcome {
-            Outcome::Answered(Ok(reply)) => self.ack(reply.payload).await,
-            Outcome::Answered(Err(error)) => match judge(&error, self.limit()) {
-                Verdict::Fail { error, retry } => self.fail(&error, retry).await,
-                Verdict::GiveBack => self.nack().await,
+            Outcome::Answered(answer, took) => match *answer {
+                Ok(reply) => self.ack(reply.payload).await,
+                Err(error) => match judge(&error, self.limit(), took) {
+                    Verdict::Fail { error, retry } => self.fail(&error, retry).await,
+                    Verdict::GiveBack => self.nack().await,
+                },
             },
             Outcome::Cancelled => {
                 let error = error_json(
@@ -427,12 +435,23 @@ pub(crate) enum Verdict {
     GiveBack,
 }
 
-/// The outcome of a pushed call that did not end with a reply: a handler
-/// error fails the attempt (retried unless the error says `"retry":
-/// false`), a payload or method the worker does not take fails it for good,
-/// `busy`, `unavailable` and a lost connection give it back, a time limit
-/// passed fails it (retried).
-pub(crate) fn judge(error: &CallError, limit: Duration) -> Verdict {
+/// The outcome of a pushed call that did not end with a reply, after
+/// `took` of its time limit `limit`: a handler error fails the attempt
+/// (retried unless the error says `"retry": false`), a payload or method
+/// the worker does not take fails it for good, `busy`, `unavailable` and a
+/// lost connection give it back, a time limit passed fails it (retried);
+/// so does `cancelled` at the end of the limit (the handler gave up at its
+/// deadline), while `cancelled` sooner gives it back (the worker stops).
+pub(crate) fn judge(error: &CallError, limit: Duration, took: Duration) -> Verdict {
+    if let CallError::Remote {
+        method,
+        code: ErrorCode::Cancelled,
+        ..
+    } = error
+        && took + limit / DEADLINE_SHARE >= limit
+    {
+        return timed_out(method, limit);
+    }
     match error {
         CallError::Remote {
             method,
@@ -461,20 +480,30 @@ pub(crate) fn judge(error: &CallError, limit: Duration) -> Verdict {
             // draining), credentials refused.
             _ => Verdict::GiveBack,
         },
-        CallError::Timeout { method, .. } => Verdict::Fail {
-            error: error_json(
-                ErrorCode::HandlerError,
-                &format!(
-                    "the attempt ran longer than its timeout of {} ms",
-                    limit.as_millis()
-                ),
-                method,
-                None,
-                None,
-            ),
-            retry: true,
-        },
+        CallError::Timeout { method, .. } => timed_out(method, limit),
         _ => Verdict::GiveBack,
+    }
+}
+
+/// The share of an attempt's time limit before its end within which a
+/// handler that answers `cancelled` is taken as having run out of time
+/// (the runtime tells a handler to wrap up a tenth of its limit early).
+const DEADLINE_SHARE: u32 = 10;
+
+/// An attempt that ran out of its time limit `limit`: failed, retried.
+fn timed_out(method: &str, limit: Duration) -> Verdict {
+    Verdict::Fail {
+        error: error_json(
+            ErrorCode::HandlerError,
+            &format!(
+                "the attempt ran longer than its timeout of {} ms",
+                limit.as_millis()
+            ),
+            method,
+            None,
+            None,
+        ),
+        retry: true,
     }
 }
 

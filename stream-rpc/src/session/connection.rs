@@ -435,7 +435,9 @@ impl Connection {
         let payload = serde_json::json!({"peer": self.shared.own_id, "id": id});
         let packet = self.packet(super::CALL_CANCEL, payload);
         match self.seal_and_queue(&packet, SystemTime::now()) {
-            Ok(None) => {}
+            // A peer that does not know `call.cancel` answers it
+            // `unknown_method`: a late reply to drop, not an error to log.
+            Ok(None) => lock(&self.shared.gave_up).note(packet.id),
             Ok(Some(_)) => super::session_log!(
                 debug,
                 self.shared,

@@ -413,7 +413,7 @@ impl StreamState {
 pub(crate) fn end_error(method: &str, end: &End, last_seq: u64) -> Option<StreamError> {
     Some(match end {
         End::Answered(packet) if packet.is_error() => {
-            StreamError::Call(CallError::from_error_packet(method, &packet))
+            StreamError::Call(CallError::from_error_packet(method, packet))
         }
         End::Answered(_) | End::Done => return None,
         End::Cancelled | End::Abandoned => StreamError::Cancelled,

@@ -1,7 +1,7 @@
 //! Tasks: work put in a queue server's queue by a producer and run by
 //! workers that the server feeds by push (PROTOCOL.md, "Tasks").
 //!
-//! - A **producer** puts tasks through any [`Caller`](crate::Caller)
+//! - A **producer** puts tasks through any [`Caller`](trait@crate::Caller)
 //!   connected to a queue server: [`Tasks`] by method name and JSON, or
 //!   the typed `XTasks` that `#[stream_rpc::service]` generates beside
 //!   `XClient` ([`PutTask`] per method). A put gives a [`TaskHandle`]:

@@ -34,4 +34,5 @@ fn main() {
     let _ = Service::METHODS;
     let _ = ServiceClient::<::stream_rpc::Connection>::new;
     let _ = ServiceClient::METHODS;
+    let _ = ServiceTasks::<::stream_rpc::Connection>::new;
 }
