@@ -2,7 +2,9 @@
 real queue server, a process on a free loopback port): a Rust producer (the
 command's `queue put --wait`) to a Python worker; a Python producer to the
 Rust example worker (classic: it asks with `get_task_from_queue` and acks
-with `save_parsed_article`, on the same queue); a Python producer whose
+with `save_parsed_article`, on the same queue) and to the typed Rust workers
+of the `tasks` example (results, a typed error, a retry, a cancel while
+running, its drain on SIGTERM); a Python producer whose
 running task, on a Python worker, is cancelled through the Rust server
 (`call.cancel` from Rust); a Python worker's drain giving back what outlives
 its grace; the Python tasks example (worker and producer, as processes)
@@ -21,7 +23,15 @@ from test_interop_streams import client, command, serve
 
 from stream_rpc.common import PermanentError, RemoteError
 from stream_rpc.crypto import Cypher
-from stream_rpc.tasks import TaskCancelled, TaskDead, Tasks, Worker, current_task, task
+from stream_rpc.tasks import (
+    Backoff,
+    TaskCancelled,
+    TaskDead,
+    Tasks,
+    Worker,
+    current_task,
+    task,
+)
 
 
 class Articles:
@@ -203,3 +213,38 @@ def test_the_python_tasks_example_runs_and_drains_on_sigterm(key, processes):
     worker.child.send_signal(signal.SIGTERM)
     assert worker.wait_exit(30) == 0, worker.output()
     worker.wait_for(r"worker: WorkerReport\(done=9, failed=3, cancelled=0, given_back=0\)")
+
+
+def test_a_python_producer_gets_typed_results_from_the_rust_tasks_worker(key, processes):
+    _, port = tasks_server(processes, key)
+
+    async def scenario():
+        tasks = Tasks(await client(key, port))
+        # High priority: handed out first, so it runs once the others are done.
+        slow = await tasks.put("slow", 60_000, priority="high")
+        ok = await tasks.put("parse", 3)
+        flaky = await tasks.put("parse", 5, backoff=Backoff(0.05, 0.1))
+        dead = await tasks.put("parse", 7)
+        env = {"CRYPTO_KEY": key, "STREAM_RPC_PORT": str(port), "STREAM_RPC_LOG_LVL": "INFO"}
+        worker = processes([rust_example("tasks"), "worker"], env)
+        assert await ok.result(timeout=30) == {"article_id": 3, "words": 9}, worker.output()
+        # A retryable typed error: tried again, then done.
+        assert await flaky.result(timeout=30) == {"article_id": 5, "words": 15}
+        assert (await flaky.state()).attempts == 2
+        # A permanent typed error: dead at once, the error's data the Rust enum.
+        with pytest.raises(TaskDead) as failed:
+            await dead.result(timeout=30)
+        assert failed.value.attempts == 1 and failed.value.error.retry is False
+        assert failed.value.error.code == "handler_error"
+        assert failed.value.error.data == {"Unreadable": 7}
+        # Cancelled while it runs on the Rust worker (its context sees it).
+        assert (await slow.state()).state == "leased"
+        assert (await slow.cancel()).outcome == "requested"
+        with pytest.raises(TaskCancelled):
+            await slow.result(timeout=30)
+        return worker
+
+    worker = run(scenario())
+    worker.child.send_signal(signal.SIGTERM)
+    assert worker.wait_exit(30) == 0, worker.output()
+    worker.wait_for(r"worker stopped: done \d+, failed 2, cancelled 1, given back 0")
