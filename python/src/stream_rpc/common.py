@@ -27,7 +27,7 @@ import uuid
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 from . import _meta, _replay, _streams, _wire
-from ._errors import RemoteError
+from ._errors import PermanentError, RemoteError
 from ._meta import (
     MAX_META_BYTES,
     MAX_META_ENTRIES,
@@ -62,6 +62,7 @@ __all__ = [
     "MAX_META_VALUE_BYTES",
     "MAX_STREAMS",
     "MessagePacket",
+    "PermanentError",
     "Protocol",
     "RemoteError",
     "ReplyTo",
@@ -73,7 +74,9 @@ __all__ = [
     "StreamError",
     "StreamProtocolError",
     "StreamTimeout",
+    "CALL_CANCEL",
     "create_message_packet",
+    "current_cancellation",
     "current_meta",
     "stream_method",
     "STREAM_RPC_CONCURRENT_HANDLERS",
@@ -164,6 +167,29 @@ _FALSE = ("", "0", "false", "no", "off")
 _answering: contextvars.ContextVar[Optional[ReplyTo]] = contextvars.ContextVar(
     "stream_rpc_answering", default=None
 )
+
+
+# The cancellation of the request the running handler answers: set when its
+# caller sends `call.cancel` (None outside a handler).
+_cancellation: contextvars.ContextVar[Optional[asyncio.Event]] = contextvars.ContextVar(
+    "stream_rpc_cancellation", default=None
+)
+
+#: The frame that cancels a call (PROTOCOL.md §"Cancelling a call"): payload
+#: ``{"peer": P, "id": N}``, the request's own ``peer`` and ``id``; never answered.
+CALL_CANCEL = "call.cancel"
+
+
+def current_cancellation() -> asyncio.Event:
+    """The cancellation of the request the running handler answers: an
+    ``asyncio.Event`` set when its caller gave up on it (it sent
+    ``call.cancel``: a cancelled or timed-out call, a task cancelled while
+    it runs). Cooperative, as on the Rust side: the handler is not stopped;
+    it may ``await`` the event (or check ``is_set()``) and return early. Its
+    reply, if it sends one, is still sent. Outside a handler, an event
+    never set."""
+    event = _cancellation.get()
+    return event if event is not None else asyncio.Event()
 
 
 class _Missing:
@@ -434,6 +460,11 @@ class Protocol:
         self._log_mode = connector.log_packets
         self._lines = _Throttle(self.logger, PACKET_LOG_LINES_PER_SECOND, 1.0)
         self._streams = _streams.StreamTable(self)
+        # The requests being handled (or waiting for their turn), by their
+        # peer and id: what a `call.cancel` from the peer sets.
+        self._served: Dict[Tuple[str, int], asyncio.Event] = {}
+        # `call.cancel` frames being sent (kept until written).
+        self._cancels: Set[asyncio.Task] = set()
 
     async def process_message(self, message_packet: MessagePacket) -> None:
         """Handles one received packet; the default logs and ignores it."""
@@ -490,21 +521,66 @@ class Protocol:
             self.request_number += 1
             future: asyncio.Future = asyncio.get_running_loop().create_future()
             self._pending[packet.id] = future
+            sent = False
             try:
                 timeout_ms = None if timeout is None else max(1, int(timeout * 1000))
                 await self._send(packet, None, timeout_ms)
+                sent = True
                 reply: MessagePacket = await asyncio.wait_for(future, timeout)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                # Given up before the reply (wait_for cancels the future
+                # it waited on): the peer may stop its handler.
+                if sent and (future.cancelled() or not future.done()):
+                    self._cancel_call(packet)
+                raise
             finally:
                 self._pending.pop(packet.id, None)
         if reply.method == "error":
-            body = reply.payload if isinstance(reply.payload, dict) else {}
-            raise RemoteError(
-                str(body.get("code", "unknown")),
-                str(body.get("message", "")),
-                body.get("data"),
-                body.get("method"),
-            )
+            raise RemoteError.from_payload(reply.payload)
         return reply
+
+    def _cancel_call(self, request: MessagePacket) -> None:
+        """Sends ``call.cancel`` for ``request`` in the background (at most
+        once per call; skipped when the connection is closed)."""
+        if self._writer is None or self._writer.is_closing():
+            return
+        cancel = self.create_message_packet(CALL_CANCEL, {"peer": request.peer, "id": request.id})
+
+        async def send() -> None:
+            try:
+                await self._send(cancel, None, None)
+            except (ConnectionError, OSError, ValueError) as e:
+                self.logger.debug("could not send call.cancel: %s", e)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    def _on_call_cancel(self, packet: MessagePacket, reply_to: Optional[ReplyTo]) -> bool:
+        """A ``call.cancel`` frame: sets the cancellation of the request it
+        names, if it is being handled; whether it was well formed (a
+        malformed one counts as a bad frame, and is never answered)."""
+        body = packet.payload
+        target: Optional[Tuple[str, int]] = None
+        plain = reply_to is None and packet.stream is None
+        if plain and isinstance(body, dict) and set(body) == {"peer", "id"}:
+            peer, ident = body.get("peer"), body.get("id")
+            if isinstance(peer, str) and type(ident) is int and 0 <= ident < 2**64:
+                try:
+                    target = (_wire.parse_uuid(peer), ident)
+                except ValueError:
+                    target = None
+        if target is None:
+            if self._refused("malformed call.cancel frames"):
+                self.logger.warning("dropped a malformed call.cancel")
+            return False
+        event = self._served.get(target)
+        if event is None:
+            self.logger.debug("call.cancel of %s#%d: no such call running", *target)
+        else:
+            self.logger.debug("call %s#%d cancelled by its caller", *target)
+            event.set()
+        return True
 
     def stream(
         self,
@@ -629,6 +705,7 @@ class Protocol:
             for task in list(self._handlers):
                 task.cancel()
             self._inbox.clear()
+            self._served.clear()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("connection lost"))
@@ -734,10 +811,14 @@ class Protocol:
         except InvalidPacket as e:
             if self._refused("invalid packets"):
                 self.logger.warning("received an invalid packet: %s", e.reason)
-            if not e.is_reply and not e.is_error and e.method not in _streams.PACKET_METHODS:
+            is_frame = e.method in _streams.PACKET_METHODS or e.method == CALL_CANCEL
+            if not e.is_reply and not e.is_error and not is_frame:
                 error = RemoteError("invalid_packet", e.reason, method=e.method)
                 await self._send_error(error, e.reply_address)
-            return True
+            return e.method != CALL_CANCEL
+        if packet.method == CALL_CANCEL:
+            self._log_packet("Received", packet, reply_to, timeout_ms)
+            return self._on_call_cancel(packet, reply_to)
         self._dispatch(packet, reply_to, timeout_ms, len(plain))
         return True
 
@@ -783,6 +864,9 @@ class Protocol:
         loop = asyncio.get_running_loop()
         # The caller's limit counts from when the request arrived.
         limit = loop.time() + timeout_ms / 1000 if (answerable and timeout_ms is not None) else None
+        cancellation = asyncio.Event()
+        if address is not None:
+            self._served[(address.peer, address.id)] = cancellation
         if not self._concurrent:
             self._inbox.append(_Waiting(packet, reply_to, timeout_ms, address, limit))
             if self._inbox_task is None or self._inbox_task.done():
@@ -796,6 +880,7 @@ class Protocol:
         context = contextvars.copy_context()
         context.run(_answering.set, address)
         context.run(_meta.set_current, packet.meta if answerable else None)
+        context.run(_cancellation.set, cancellation)
         task = context.run(loop.create_task, self._handle(packet, address, limit))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -843,6 +928,9 @@ class Protocol:
             # This task's own context: what `send_message` answers, for this packet.
             _answering.set(waiting.address)
             _meta.set_current(waiting.packet.meta if waiting.address is not None else None)
+            address = waiting.address
+            served = None if address is None else self._served.get((address.peer, address.id))
+            _cancellation.set(served)
             self._log_packet("Received", waiting.packet, waiting.reply_to, waiting.timeout_ms)
             try:
                 await self._handle(waiting.packet, waiting.address, waiting.limit)
@@ -859,6 +947,8 @@ class Protocol:
         self, packet: MessagePacket, address: Optional[ReplyTo], limit: Optional[float]
     ) -> None:
         left = None if limit is None else limit - asyncio.get_running_loop().time()
+        key = None if address is None else (address.peer, address.id)
+        cancellation = None if key is None else self._served.get(key)
         try:
             if left is not None and left <= 0:
                 raise asyncio.TimeoutError
@@ -885,6 +975,9 @@ class Protocol:
                     "handler_error", f"`{packet.method}` failed", method=packet.method
                 )
                 await self._send_error(error, address)
+        finally:
+            if key is not None and self._served.get(key) is cancellation:
+                del self._served[key]
 
 
 def _check_terminator(term: bytes) -> bytes:
