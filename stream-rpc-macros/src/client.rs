@@ -151,21 +151,26 @@ pub fn client_items(service: &Service, krate: &TokenStream, parts: &ClientParts)
     }
 }
 
+/// Whether `ty` is written as `Reply` or `Message<..>` (by its last path
+/// segment): the return types whose reply payload is not `ty` itself.
+pub(crate) fn is_reply_or_message(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Reply" || last.ident == "Message"),
+        _ => false,
+    }
+}
+
 /// What the typed client returns for a method returning `ty`: the
 /// `IntoReply::Output` projection for `Reply` and `Message<T>`, and `ty`
 /// itself otherwise (which is what the projection is for every other type).
 /// Naming the type keeps the client's signature well-formed when `ty` is
 /// not a valid reply, so the only error is the one spanned on `ty`.
 fn client_output(ty: &syn::Type, krate: &TokenStream) -> TokenStream {
-    let named = |name: &str| match ty {
-        syn::Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|last| last.ident == name),
-        _ => false,
-    };
-    if named("Reply") || named("Message") {
+    if is_reply_or_message(ty) {
         quote_spanned!(ty.span()=> <#ty as #krate::IntoReply>::Output)
     } else {
         quote!(#ty)

@@ -134,15 +134,7 @@ pub fn tasks_method(method: &Method, krate: &TokenStream) -> Option<TokenStream>
 /// payload type of a `Message<T>`, JSON for a `Reply`, `ty` itself
 /// otherwise.
 fn task_output(ty: &syn::Type, krate: &TokenStream) -> TokenStream {
-    let named = |name: &str| match ty {
-        syn::Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|last| last.ident == name),
-        _ => false,
-    };
-    if named("Reply") || named("Message") {
+    if crate::client::is_reply_or_message(ty) {
         quote_spanned!(ty.span()=> <#ty as #krate::__private::TaskOutput>::Output)
     } else {
         quote!(#ty)
