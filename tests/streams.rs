@@ -1031,25 +1031,6 @@ async fn a_cancel_from_the_opener_drops_the_handler_and_nothing_more_is_sent() {
     .await;
 }
 
-/// A client connected to a raw peer that plays the acceptor.
-async fn raw_acceptor() -> (stream_rpc::Client, RawPeer) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let key = new_key();
-    let connecting = tokio::spawn({
-        let key = key.clone();
-        async move {
-            stream_rpc::Connector::new(config(&key, port).build().unwrap())
-                .connect(())
-                .await
-                .unwrap()
-        }
-    });
-    let (socket, _) = listener.accept().await.unwrap();
-    let client = connecting.await.unwrap();
-    (client, RawPeer::over_stream(socket, &key))
-}
-
 /// The next stream packet the raw acceptor reads (the open).
 async fn next_open(raw: &mut RawPeer) -> Packet {
     loop {
@@ -1063,7 +1044,7 @@ async fn next_open(raw: &mut RawPeer) -> Packet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
     bounded(async {
-        let (client, mut raw) = raw_acceptor().await;
+        let (client, mut raw) = client_and_raw_server().await;
         let mut stream = client
             .open_stream("watch", json!(null), StreamOptions::new().window(1))
             .await
@@ -1096,7 +1077,7 @@ async fn an_acceptor_that_breaks_a_rule_is_cancelled_with_the_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_credit_to_an_opener_without_input_is_ignored() {
     bounded(async {
-        let (client, mut raw) = raw_acceptor().await;
+        let (client, mut raw) = client_and_raw_server().await;
         let mut stream = client
             .open_stream("watch", json!(null), StreamOptions::new())
             .await

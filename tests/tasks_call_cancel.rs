@@ -158,25 +158,6 @@ async fn a_dropped_typed_call_cancels_its_handler() {
     .await;
 }
 
-/// A client connected to a raw peer that plays the server.
-async fn raw_server() -> (stream_rpc::Client, RawPeer) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let key = new_key();
-    let connecting = tokio::spawn({
-        let key = key.clone();
-        async move {
-            stream_rpc::Connector::new(config(&key, port).build().unwrap())
-                .connect(())
-                .await
-                .unwrap()
-        }
-    });
-    let (socket, _) = listener.accept().await.unwrap();
-    let client = connecting.await.unwrap();
-    (client, RawPeer::over_stream(socket, &key))
-}
-
 /// The next packet of `method` the raw peer reads.
 async fn next_of(raw: &mut RawPeer, method: &str) -> Packet {
     loop {
@@ -190,7 +171,7 @@ async fn next_of(raw: &mut RawPeer, method: &str) -> Packet {
 #[tokio::test]
 async fn a_call_whose_time_limit_passes_sends_one_cancel_naming_it() {
     bounded(async {
-        let (client, mut raw) = raw_server().await;
+        let (client, mut raw) = client_and_raw_server().await;
         let error = client
             .call_with_timeout("work", json!(null), Duration::from_millis(100))
             .await
@@ -232,7 +213,7 @@ async fn a_call_whose_time_limit_passes_sends_one_cancel_naming_it() {
 #[tokio::test]
 async fn a_dropped_call_sends_a_cancel_and_its_late_reply_is_dropped() {
     bounded(async {
-        let (client, mut raw) = raw_server().await;
+        let (client, mut raw) = client_and_raw_server().await;
         let connection = client.connection().unwrap();
         let call = tokio::spawn(async move { connection.call("work", json!(null)).await });
         let request = next_of(&mut raw, "work").await;

@@ -249,6 +249,27 @@ impl TestServer {
     }
 }
 
+/// A client connected to a raw peer that plays the server (accepts the
+/// client's connection and speaks packets by hand): for what a client
+/// sends, and how it takes what a server should never send.
+pub async fn client_and_raw_server() -> (stream_rpc::Client, RawPeer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let key = new_key();
+    let connecting = tokio::spawn({
+        let key = key.clone();
+        async move {
+            stream_rpc::Connector::new(config(&key, port).build().unwrap())
+                .connect(())
+                .await
+                .unwrap()
+        }
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    let client = connecting.await.unwrap();
+    (client, RawPeer::over_stream(socket, &key))
+}
+
 /// A peer that writes raw bytes and reads raw lines.
 pub struct RawPeer {
     pub fernet: fernet::Fernet,
