@@ -96,7 +96,9 @@
 //!   [`requeue`](TaskQueue::requeue) puts one back.
 //! - **Nothing grows.** Finished tasks leave nothing behind but their
 //!   record, result and key, which expire after the retention window; the
-//!   tasks held are bounded by `max_tasks`, each result by
+//!   tasks held are bounded by `max_tasks`, and so are the finished
+//!   records the memory queue keeps (past that many, the oldest are
+//!   forgotten before their window ends); each result by
 //!   `max_result_bytes`. The counts per method are kept for as many
 //!   methods as a service has, up to 10,000 methods: when a peer's task
 //!   brings one more, those of the methods that hold no task are

@@ -97,26 +97,29 @@ impl State {
                 continue;
             };
             let tick = info.next_at;
-            let next = match next_tick(&info.schedule.every, tick, wall) {
-                Ok(next) => next,
-                Err(e) => {
-                    // Checked when set: cannot happen but by the end of
-                    // time. The schedule stops rather than firing always.
-                    tracing::warn!("schedule {name}: no next tick ({e}); removed");
-                    self.schedules.remove(&name);
-                    continue;
-                }
-            };
+            // The due tick puts its task; a schedule with no tick after it
+            // (its cron has no later time) is removed once it is put.
+            let next = next_tick(&info.schedule.every, tick, wall)
+                .inspect_err(|e| {
+                    tracing::warn!("schedule {name}: no tick after {tick} ({e}); removed")
+                })
+                .ok();
             let (task, options) = tick_task(&info.schedule, tick);
             let put = self.put(&task, &options, now, wall);
+            if put.is_taken() {
+                fired.tasks.push(crate::TaskRef::of(&task));
+            } else {
+                tracing::warn!("schedule {name}: the tick {tick} was not put: {put:?}");
+            }
+            let Some(next) = next else {
+                self.schedules.remove(&name);
+                continue;
+            };
             if let Some(kept) = self.schedules.get_mut(&name) {
                 kept.next_at = next;
                 if put.is_taken() {
                     kept.last_at = Some(tick);
                     kept.fired += 1;
-                    fired.tasks.push(crate::TaskRef::of(&task));
-                } else {
-                    tracing::warn!("schedule {name}: the tick {tick} was not put: {put:?}");
                 }
             }
         }
@@ -126,5 +129,50 @@ impl State {
             .map(|info| info.next_at)
             .fold(None, |a, b| earliest(a, Some(b)));
         fired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::schedule_info;
+    use serde_json::json;
+    use std::time::Duration;
+    use stream_rpc::tasks::Every;
+    use tokio::sync::broadcast;
+
+    /// A schedule with no tick after its due one (a year field, refused
+    /// now when set, but kept from before) puts its due tick and is
+    /// removed; the other due schedules fire all the same.
+    #[test]
+    fn a_schedule_with_no_next_tick_puts_its_tick_then_is_removed() {
+        let (events, _) = broadcast::channel(16);
+        let mut state = State::new(crate::QueueSettings::default(), events);
+        let wall = Utc::now();
+        let due = wall - chrono::TimeDelta::seconds(1);
+        let last = Schedule::new(
+            "last",
+            "m",
+            json!(1),
+            Every::Cron {
+                cron: "0 0 0 1 1 * 2020".into(),
+            },
+        );
+        let every = Schedule::new(
+            "every",
+            "m",
+            json!(2),
+            Every::Interval {
+                every: Duration::from_secs(60),
+            },
+        );
+        for schedule in [&last, &every] {
+            let info = schedule_info(schedule, due).unwrap();
+            state.schedules.insert(schedule.name.clone(), info);
+        }
+        let fired = state.fire_schedules(Instant::now(), wall);
+        assert_eq!(fired.tasks.len(), 2, "{fired:?}");
+        assert!(!state.schedules.contains_key("last"));
+        assert!(state.schedules["every"].next_at > wall);
     }
 }
