@@ -9,12 +9,14 @@ use super::state::{Limit, State};
 use crate::schedule::{check_schedule, first_tick, next_tick, schedule_info, tick_task};
 use crate::{Fired, MAX_LIMITS, MAX_SCHEDULES, QueueError};
 
-/// The rate's spacing and burst in µs: a lease every `per / count`, and
-/// at most `count` at once.
+/// The rate's spacing and burst in µs: a lease every `per / count`
+/// (rounded up: at least 1 µs, never faster than the rate), and at most
+/// `count` at once.
 fn spacing(limit: &Limit) -> Option<(i64, i64)> {
     let rate = limit.limit.rate?;
     let per = i64::try_from(rate.per.as_micros()).unwrap_or(i64::MAX);
-    let every = per / i64::from(rate.count.max(1));
+    let count = i64::from(rate.count.max(1));
+    let every = per.saturating_add(count - 1) / count;
     Some((every, per - every))
 }
 
@@ -62,8 +64,20 @@ impl State {
                 "at most {MAX_LIMITS} methods have a limit"
             )));
         }
-        let entry = self.limits.entry(method.to_owned()).or_default();
-        entry.limit = limit;
+        // Set again, a rate starts afresh (a full bucket), as on Redis;
+        // the tasks it held back may go.
+        self.limits.insert(
+            method.to_owned(),
+            Limit {
+                limit,
+                ..Limit::default()
+            },
+        );
+        if self.ready.contains_key(method) {
+            self.tell(crate::QueueEvent::Ready {
+                method: method.to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -140,6 +154,22 @@ mod tests {
     use std::time::Duration;
     use stream_rpc::tasks::Every;
     use tokio::sync::broadcast;
+
+    /// A rate of more leases per period than it has µs still limits: a
+    /// lease every µs at most, `count` at once.
+    #[test]
+    fn a_rate_faster_than_a_lease_per_us_still_limits() {
+        let mut limit = Limit {
+            limit: MethodLimit::none().rate(2_000, Duration::from_millis(1)),
+            ..Limit::default()
+        };
+        let wall = Utc::now();
+        assert_eq!(rate_allows(&limit, wall), None);
+        for _ in 0..2_000 {
+            take_token(&mut limit, wall);
+        }
+        assert!(rate_allows(&limit, wall).is_some());
+    }
 
     /// A schedule with no tick after its due one (a year field, refused
     /// now when set, but kept from before) puts its due tick and is
