@@ -596,6 +596,26 @@ fn year_10000(n: u64) -> String {
     task.to_string()
 }
 
+/// A task put with a dedupe key of its own holds the key the crate names
+/// (`stream_rpc_queue::dedupe_key`), as in memory: one helper, one prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_dedupe_key_is_held_under_the_crates_name() {
+    use stream_rpc::tasks::TaskOptions;
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let job = task(1);
+        let mut options = TaskOptions::default();
+        options.dedupe = Some("report:2026-12".into());
+        assert_eq!(queue.put_with(&job, &options).await.unwrap(), Put::Queued);
+        let key = stream_rpc_queue::dedupe_key(&job, &options);
+        assert!(key.starts_with("d:"), "{key}");
+        let held: i64 = command(&server, "EXISTS", &[&format!("{{stream-rpc}}:key:{key}")]).await;
+        assert_eq!(held, 1, "{key} is not held");
+    })
+    .await;
+}
+
 /// Makes the schedule `name` due at 1 ms past the epoch, its record (`def`)
 /// written by hand when given.
 async fn due_schedule(server: &RedisServer, name: &str, def: Option<&str>) {
