@@ -96,7 +96,9 @@
 //!   [`requeue`](TaskQueue::requeue) puts one back.
 //! - **Nothing grows.** Finished tasks leave nothing behind but their
 //!   record, result and key, which expire after the retention window; the
-//!   tasks held are bounded by `max_tasks`, each result by
+//!   tasks held are bounded by `max_tasks`, and so are the finished
+//!   records the memory queue keeps (past that many, the oldest are
+//!   forgotten before their window ends); each result by
 //!   `max_result_bytes`. The counts per method are kept for as many
 //!   methods as a service has, up to 10,000 methods: when a peer's task
 //!   brings one more, those of the methods that hold no task are
@@ -423,15 +425,20 @@ pub const MAX_SCHEDULE_NAME: usize = 128;
 /// canonical JSON (object keys sorted, no spaces), hashed with SHA-256 (hex)
 /// so that it makes a short key.
 pub fn dedup_key(method: &str, payload: &Value) -> String {
-    use sha2::{Digest, Sha256};
     let mut text = String::with_capacity(method.len() + 64);
     text.push_str(method);
     text.push('\n');
     write_canonical(payload, &mut text);
-    let digest = Sha256::digest(text.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        use std::fmt::Write as _;
+    sha256_hex("", text.as_bytes())
+}
+
+/// `prefix`, then the SHA-256 of `bytes` in lower-case hex.
+fn sha256_hex(prefix: &str, bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(prefix.len() + 64);
+    hex.push_str(prefix);
+    for byte in Sha256::digest(bytes) {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
@@ -441,18 +448,8 @@ pub fn dedup_key(method: &str, payload: &Value) -> String {
 /// one, hashed under a prefix of its own (`d:` and SHA-256 hex) so that it
 /// never meets a content key; else its content's ([`dedup_key`]).
 pub fn dedupe_key(task: &Packet, options: &TaskOptions) -> String {
-    use sha2::{Digest, Sha256};
     match &options.dedupe {
-        Some(key) => {
-            let digest = Sha256::digest(key.as_bytes());
-            let mut hex = String::with_capacity(66);
-            hex.push_str("d:");
-            for byte in digest {
-                use std::fmt::Write as _;
-                let _ = write!(hex, "{byte:02x}");
-            }
-            hex
-        }
+        Some(key) => sha256_hex("d:", key.as_bytes()),
         None => dedup_key(&task.method, &task.payload),
     }
 }
@@ -493,6 +490,16 @@ fn write_canonical(value: &Value, out: &mut String) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keys_are_sha256_in_lower_case_hex_after_their_prefix() {
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex("d:", b"abc"), format!("d:{abc}"));
+        let mut options = TaskOptions::default();
+        options.dedupe = Some("abc".into());
+        let task = Packet::new(uuid::Uuid::nil(), 1, "m", json!(null));
+        assert_eq!(dedupe_key(&task, &options), format!("d:{abc}"));
+    }
 
     #[test]
     fn a_task_is_named_by_its_method_and_canonical_payload() {

@@ -1,10 +1,9 @@
 //! Periodic tasks, for every backend alike: a schedule's checks, its ticks,
 //! and the task each tick puts.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
 use stream_rpc::Packet;
 use stream_rpc::tasks::{Every, Schedule, ScheduleInfo, TaskOptions};
 use uuid::Uuid;
@@ -51,11 +50,19 @@ pub(crate) fn check_schedule(schedule: &Schedule) -> Result<(), QueueError> {
     }
 }
 
+/// A cron expression of 5 fields, or 6 with seconds first (PROTOCOL.md): a
+/// 7th (year) field is refused, as a schedule whose years run out would
+/// have no next tick.
 fn parse_cron(cron: &str) -> Result<Cron, QueueError> {
-    Cron::from_str(cron).map_err(|e| QueueError::Invalid {
-        setting: "cron",
-        reason: format!("{:?}: {e}", cron.chars().take(100).collect::<String>()),
-    })
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(cron)
+        .map_err(|e| QueueError::Invalid {
+            setting: "cron",
+            reason: format!("{:?}: {e}", cron.chars().take(100).collect::<String>()),
+        })
 }
 
 fn interval(every: std::time::Duration) -> Result<TimeDelta, QueueError> {
@@ -233,6 +240,20 @@ mod tests {
                 ..
             })
         ));
+        for cron in ["every tuesday", "0 0 0 1 1 * 2030"] {
+            let mut bad = good.clone();
+            bad.every = Every::Cron { cron: cron.into() };
+            assert!(
+                matches!(
+                    check_schedule(&bad),
+                    Err(QueueError::Invalid {
+                        setting: "cron",
+                        ..
+                    })
+                ),
+                "{cron}"
+            );
+        }
         let mut bad = good.clone();
         bad.every = Every::Cron {
             cron: "every tuesday".into(),

@@ -596,6 +596,87 @@ fn year_10000(n: u64) -> String {
     task.to_string()
 }
 
+/// A task put with a dedupe key of its own holds the key the crate names
+/// (`stream_rpc_queue::dedupe_key`), as in memory: one helper, one prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_dedupe_key_is_held_under_the_crates_name() {
+    use stream_rpc::tasks::TaskOptions;
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let job = task(1);
+        let mut options = TaskOptions::default();
+        options.dedupe = Some("report:2026-12".into());
+        assert_eq!(queue.put_with(&job, &options).await.unwrap(), Put::Queued);
+        let key = stream_rpc_queue::dedupe_key(&job, &options);
+        assert!(key.starts_with("d:"), "{key}");
+        let held: i64 = command(&server, "EXISTS", &[&format!("{{stream-rpc}}:key:{key}")]).await;
+        assert_eq!(held, 1, "{key} is not held");
+    })
+    .await;
+}
+
+/// Makes the schedule `name` due at 1 ms past the epoch, its record (`def`)
+/// written by hand when given.
+async fn due_schedule(server: &RedisServer, name: &str, def: Option<&str>) {
+    let key = format!("{{stream-rpc}}:schedule:{name}");
+    if let Some(def) = def {
+        let _: i64 = command(server, "HSET", &[&key, "def", def, "origin", "0"]).await;
+    }
+    let _: i64 = command(server, "HSET", &[&key, "next", "1"]).await;
+    let _: i64 = command(server, "ZADD", &["{stream-rpc}:ticks", "1", name]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_that_cannot_fire_again_does_not_block_the_others() {
+    use stream_rpc::tasks::{Every, Schedule};
+    let server = RedisServer::start();
+    bounded(async {
+        let queue = queue(&server, QueueSettings::default()).await;
+        let every = Every::Interval {
+            every: Duration::from_secs(60),
+        };
+        queue
+            .put_schedule(&Schedule::new("good", "m", json!(1), every))
+            .await
+            .unwrap();
+        due_schedule(&server, "good", None).await;
+        // Kept from before year fields were refused: no tick after 2020.
+        let ended = Schedule::new(
+            "ended",
+            "m",
+            json!(2),
+            Every::Cron {
+                cron: "0 0 0 1 1 * 2020".into(),
+            },
+        );
+        let ended = serde_json::to_string(&ended).unwrap();
+        due_schedule(&server, "ended", Some(&ended)).await;
+        due_schedule(&server, "garbage", Some("not a schedule")).await;
+        let fired = queue
+            .fire_schedules()
+            .await
+            .expect("the others fire all the same");
+        assert_eq!(fired.tasks.len(), 2, "{fired:?}");
+        let left: Vec<String> = queue
+            .schedules()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|info| info.schedule.name)
+            .collect();
+        assert_eq!(left, ["good"]);
+        let ticks: i64 = command(&server, "ZCARD", &["{stream-rpc}:ticks"]).await;
+        assert_eq!(ticks, 1);
+        let again = queue.fire_schedules().await.unwrap();
+        assert!(
+            again.tasks.is_empty() && again.next_at.is_some(),
+            "{again:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_dead_letter_is_skipped_and_the_others_listed() {
     let server = RedisServer::start();

@@ -272,6 +272,25 @@ mod tests {
         assert_eq!(stats["held"].queued, 1);
     }
 
+    /// Finished records are kept for the retention window, but at most
+    /// `max_tasks` of them: the oldest are dropped first.
+    #[tokio::test]
+    async fn finished_records_are_bounded_by_max_tasks() {
+        let queue = MemoryQueue::with_settings(QueueSettings::default().with_max_tasks(3));
+        let tasks: Vec<Packet> = (1..=5)
+            .map(|id| Packet::new(uuid::Uuid::nil(), id, "m", json!(id)))
+            .collect();
+        for task in &tasks {
+            queue.put(task).await.unwrap();
+            queue.cancel(TaskRef::of(task)).await.unwrap();
+        }
+        assert_eq!(queue.lock().finished.len(), 3);
+        for (i, task) in tasks.iter().enumerate() {
+            let kept = queue.show(TaskRef::of(task)).await.unwrap();
+            assert_eq!(kept.is_some(), i >= 2, "task {i}");
+        }
+    }
+
     /// A lease or a retention beyond what the clock can add is taken as
     /// "for ever", not a panic.
     #[tokio::test]

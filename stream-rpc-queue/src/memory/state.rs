@@ -144,6 +144,9 @@ pub(super) struct State {
     pub(super) results: HashMap<String, (Value, Instant)>,
     /// Records of done and cancelled tasks, until when they are kept.
     pub(super) finished: HashMap<TaskRef, (TaskInfo, Instant)>,
+    /// The records of `finished` in the order they were kept (some
+    /// replaced or expired since), to drop the oldest past `max_tasks`.
+    finished_order: VecDeque<(TaskRef, Instant)>,
     /// What the retention window keeps, soonest to end first (retention
     /// is one setting).
     pub(super) retained: VecDeque<(Instant, Kept)>,
@@ -174,6 +177,7 @@ impl State {
             keys: HashMap::new(),
             results: HashMap::new(),
             finished: HashMap::new(),
+            finished_order: VecDeque::new(),
             retained: VecDeque::new(),
             counts: HashMap::new(),
             limits: BTreeMap::new(),
@@ -337,13 +341,38 @@ impl State {
         }
     }
 
+    /// Whether the record of `name` kept until `until` is still kept.
+    fn live(
+        finished: &HashMap<TaskRef, (TaskInfo, Instant)>,
+        name: &TaskRef,
+        until: Instant,
+    ) -> bool {
+        finished.get(name).is_some_and(|(_, kept)| *kept == until)
+    }
+
     /// Keeps `info` (a done or cancelled task's record) for the retention
-    /// window.
+    /// window, and at most `max_tasks` such records: the oldest go first.
     pub(super) fn keep_record(&mut self, info: TaskInfo, now: Instant) {
         let until = super::ops::until(now, self.settings.retention);
         let name = info.task;
         self.finished.insert(name, (info, until));
         self.retained.push_back((until, Kept::Record(name)));
+        self.finished_order.push_back((name, until));
+        let most = usize::try_from(self.settings.max_tasks).unwrap_or(usize::MAX);
+        let finished = &mut self.finished;
+        while finished.len() > most
+            && let Some((name, until)) = self.finished_order.pop_front()
+        {
+            if Self::live(finished, &name, until) {
+                finished.remove(&name);
+            }
+        }
+        // Entries of records replaced or expired since: dropped once they
+        // are half of the order (amortised).
+        if self.finished_order.len() > finished.len().saturating_mul(2).max(16) {
+            self.finished_order
+                .retain(|(name, until)| Self::live(finished, name, *until));
+        }
     }
 
     /// Forgets what the retention window kept and that ended: only the

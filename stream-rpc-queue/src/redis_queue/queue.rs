@@ -63,25 +63,6 @@ impl redis::FromRedisValue for LeaseAnswer {
     }
 }
 
-/// The dedupe key of a task put with `options`: its own key (hashed, in
-/// a space of its own), or its method and canonical payload.
-pub(super) fn dedupe_of(task: &Packet, options: &TaskOptions) -> String {
-    match &options.dedupe {
-        Some(key) => {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::digest(key.as_bytes());
-            let mut hex = String::with_capacity(7 + 64);
-            hex.push_str("custom:");
-            for byte in digest {
-                use std::fmt::Write as _;
-                let _ = write!(hex, "{byte:02x}");
-            }
-            hex
-        }
-        None => dedup_key(&task.method, &task.payload),
-    }
-}
-
 impl RedisQueue {
     /// The arguments of the `put` Lua function for `task` with `options`.
     pub(super) fn put_args(
@@ -99,7 +80,7 @@ impl RedisQueue {
         Ok(vec![
             body,
             TaskRef::of(task).to_string(),
-            dedupe_of(task, options),
+            crate::dedupe_key(task, options),
             task.method.clone(),
             band(options.priority).to_string(),
             attempts.to_string(),

@@ -98,32 +98,8 @@ impl RedisQueue {
             return Ok(fired);
         }
         for (name, json, next, ..) in &due {
-            let schedule: Schedule = match serde_json::from_str(json) {
-                Ok(schedule) => schedule,
-                Err(e) => {
-                    tracing::warn!(
-                        "redis queue: schedule {name:?} cannot be read ({e}): not fired"
-                    );
-                    continue;
-                }
-            };
-            // The due tick puts its task; those missed since are skipped.
-            let tick = time(*next);
-            let after = next_tick(&schedule.every, tick, time(now))?;
-            let (task, options) = tick_task(&schedule, tick);
-            let mut args = args![name, next, ms(after), next].to_vec();
-            args.extend(self.put_args(&task, &options)?);
-            let answer: Vec<String> = self.run(&scripts().fire, &args).await?;
-            if answer.first().map(String::as_str) == Some("-1") {
-                // Another server fired this tick.
-                continue;
-            }
-            match Self::put_outcome(&answer)? {
-                Put::Queued | Put::Scheduled => fired.tasks.push(TaskRef::of(&task)),
-                refused => tracing::warn!(
-                    "redis queue: the tick of schedule {name:?} at {tick} was not put: {}",
-                    refused.reason().unwrap_or("?")
-                ),
+            if let Some(task) = self.fire_one(name, json, *next, now).await? {
+                fired.tasks.push(task);
             }
         }
         let soonest: Vec<(String, i64)> = redis::cmd("ZRANGE")
@@ -136,5 +112,63 @@ impl RedisQueue {
             .map_err(super::error)?;
         fired.next_at = soonest.first().map(|(_, at)| time(*at));
         Ok(fired)
+    }
+
+    /// Fires the due tick `next` of the schedule `name` (its JSON `json`):
+    /// the task it put, if any. A schedule that cannot be read is removed
+    /// (it would be due forever, ahead of the others); one with no tick
+    /// after this one puts it, then is removed. Both are logged.
+    async fn fire_one(
+        &self,
+        name: &str,
+        json: &str,
+        next: i64,
+        now: i64,
+    ) -> Result<Option<TaskRef>, QueueError> {
+        let tick = time(next);
+        let read = serde_json::from_str::<Schedule>(json)
+            .map_err(|e| QueueError::Task(e.to_string()))
+            .and_then(|schedule| {
+                let (task, options) = tick_task(&schedule, tick);
+                let args = self.put_args(&task, &options)?;
+                Ok((schedule, task, args))
+            });
+        let (schedule, task, put_args) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!("redis queue: schedule {name:?} cannot be read ({e}): removed");
+                let _: i64 = self
+                    .run(&scripts().drop_schedule, args![name, next])
+                    .await?;
+                return Ok(None);
+            }
+        };
+        // The due tick puts its task; those missed since are skipped.
+        let after = match next_tick(&schedule.every, tick, time(now)) {
+            Ok(after) => ms(after).to_string(),
+            Err(e) => {
+                tracing::warn!(
+                    "redis queue: schedule {name:?} has no tick after {tick} ({e}): removed"
+                );
+                String::new()
+            }
+        };
+        let mut args = args![name, next, after, next].to_vec();
+        args.extend(put_args);
+        let answer: Vec<String> = self.run(&scripts().fire, &args).await?;
+        if answer.first().map(String::as_str) == Some("-1") {
+            // Another server fired this tick.
+            return Ok(None);
+        }
+        match Self::put_outcome(&answer)? {
+            Put::Queued | Put::Scheduled => Ok(Some(TaskRef::of(&task))),
+            refused => {
+                tracing::warn!(
+                    "redis queue: the tick of schedule {name:?} at {tick} was not put: {}",
+                    refused.reason().unwrap_or("?")
+                );
+                Ok(None)
+            }
+        }
     }
 }

@@ -142,6 +142,29 @@ pub(super) async fn a_rate_limit_spaces_leases_fleet_wide<F: QueueFactory>(facto
         "the rate held them back too long: {spent:?}"
     );
     assert!(a.method_stats().await.unwrap()["api"].limited >= 1);
+    a_limit_set_again_starts_a_full_bucket(&*a, &*b).await;
+}
+
+/// Setting a limit again starts its rate afresh (a full bucket) and tells
+/// the servers that its waiting tasks may go.
+async fn a_limit_set_again_starts_a_full_bucket<Q: TaskQueue>(a: &Q, b: &Q) {
+    let hourly = MethodLimit::none().rate(1, Duration::from_secs(3600));
+    a.set_limit("hourly", hourly).await.unwrap();
+    for id in 0..2 {
+        a.put(&job("hourly", id, json!(id))).await.unwrap();
+    }
+    let only = LeaseFilter::methods(["hourly"]);
+    leased(b.lease_with("w", LEASE, &only).await.unwrap());
+    let held = b.lease_with("w", LEASE, &only).await.unwrap();
+    assert!(matches!(held, Lease::Empty { .. }), "{held:?}");
+    let mut events = b.events();
+    a.set_limit("hourly", hourly).await.unwrap();
+    while next_event(&mut events).await
+        != (QueueEvent::Ready {
+            method: "hourly".into(),
+        })
+    {}
+    leased(b.lease_with("w", LEASE, &only).await.unwrap());
 }
 
 pub(super) async fn a_periodic_task_is_put_once_per_tick_across_servers<F: QueueFactory>(

@@ -88,12 +88,13 @@ if not method then return {STALE} end
 local task = task_key(ref)
 local now = now_ms()
 redis.call('HSET', task, 'e', ARGV[3])
-bump(method, 'failed')
 local answer
 if cancel then
+  -- Cancelled, as it was asked: not counted a failure.
   finish(ref, method, state, 'cancelled', now, retention)
   answer = {CANCELLED}
 else
+  bump(method, 'failed')
   local f = redis.call('HMGET', task, 'a', 'x', 'bi', 'bm')
   local attempts, most = tonumber(f[1]) or 1, tonumber(f[2]) or 1
   if retry and attempts < most then

@@ -42,6 +42,7 @@ pub(super) struct Scripts {
     pub(super) schedules: Script,
     pub(super) due_schedules: Script,
     pub(super) fire: Script,
+    pub(super) drop_schedule: Script,
 }
 
 pub(super) fn scripts() -> &'static Scripts {
@@ -76,6 +77,7 @@ pub(super) fn scripts() -> &'static Scripts {
             schedules: with(&[SCHEDULE_FN, schedules::SCHEDULES]),
             due_schedules: with(&[SCHEDULE_FN, schedules::DUE_SCHEDULES]),
             fire: with(&[PUT_FN, SCHEDULE_FN, schedules::FIRE]),
+            drop_schedule: with(&[SCHEDULE_FN, schedules::DROP_SCHEDULE]),
         }
     })
 }

@@ -61,7 +61,8 @@ return {now, soonest and tonumber(soonest) or -1, due}
 "#;
 
 /// `KEYS`: base. `ARGV`: name, the next tick read, the next tick after
-/// it, the tick fired (ms), then the arguments of `put` for its task.
+/// it (empty: there is none, the schedule is removed once its tick is
+/// put), the tick fired (ms), then the arguments of `put` for its task.
 /// Answers `{-1}` when another caller fired it first (or it changed), else
 /// the answer of `put`.
 pub(super) const FIRE: &str = r#"
@@ -73,7 +74,23 @@ if answer[1] == QUEUED or answer[1] == SCHEDULED then
   redis.call('HSET', schedule_key(name), 'last', ARGV[4])
   redis.call('HINCRBY', schedule_key(name), 'fired', 1)
 end
+if ARGV[3] == '' then
+  redis.call('ZREM', TICKS, name)
+  redis.call('DEL', schedule_key(name))
+  return answer
+end
 redis.call('HSET', schedule_key(name), 'next', ARGV[3])
 redis.call('ZADD', TICKS, ARGV[3], name)
 return answer
+"#;
+
+/// `KEYS`: base. `ARGV`: name, the next tick read. Removes a schedule
+/// that cannot be fired (its record unreadable) unless it changed since
+/// it was read (compare and set). Answers 1 when it was removed.
+pub(super) const DROP_SCHEDULE: &str = r#"
+local next = redis.call('ZSCORE', TICKS, ARGV[1])
+if not next or tonumber(next) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', TICKS, ARGV[1])
+redis.call('DEL', schedule_key(ARGV[1]))
+return 1
 "#;
