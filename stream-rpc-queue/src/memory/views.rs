@@ -40,14 +40,38 @@ impl State {
                 .take(limit)
                 .map(|task| task.info())
                 .collect(),
-            live => self
-                .tasks
-                .values()
-                .filter(|task| task.state == live)
-                .take(limit)
-                .map(|task| task.info())
-                .collect(),
+            // The same orders as on Redis: scheduled by their time, queued
+            // in the order they became available, leased by when their
+            // lease ends.
+            TaskState::Scheduled => {
+                let mut due: Vec<_> = self
+                    .scheduled
+                    .values()
+                    .flat_map(|method| method.iter().take(limit))
+                    .collect();
+                due.sort_unstable();
+                self.infos(due.into_iter().map(|(_, uid)| uid), limit)
+            }
+            TaskState::Queued => {
+                let mut ready: Vec<_> = self
+                    .ready
+                    .values()
+                    .flat_map(|method| method.iter().take(limit))
+                    .map(|(_, seq, uid)| (seq, uid))
+                    .collect();
+                ready.sort_unstable();
+                self.infos(ready.into_iter().map(|(_, uid)| uid), limit)
+            }
+            TaskState::Leased => self.infos(self.leases.iter().map(|(_, uid)| uid), limit),
         }
+    }
+
+    /// The records of the tasks `uids` names, at most `limit`.
+    fn infos<'a>(&self, uids: impl Iterator<Item = &'a u64>, limit: usize) -> Vec<TaskInfo> {
+        uids.filter_map(|uid| self.tasks.get(uid))
+            .take(limit)
+            .map(|task| task.info())
+            .collect()
     }
 
     pub(super) fn stats(&self) -> Stats {

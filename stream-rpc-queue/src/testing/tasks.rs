@@ -540,3 +540,70 @@ pub(super) async fn show_and_list_tell_every_state<F: QueueFactory>(factory: &F)
         TaskState::Dead
     );
 }
+
+/// `list` gives waiting tasks in the same order on every queue: scheduled
+/// ones by their time (not the order they were put), queued ones in the
+/// order they became available (whatever their priority or method),
+/// leased ones by when their lease ends.
+pub(super) async fn list_orders_waiting_tasks_by_time_and_availability<F: QueueFactory>(
+    factory: &F,
+) {
+    let queue = factory.queue(QueueSettings::default()).await;
+    let soon = Utc::now() + Duration::from_secs(60);
+    let later = job("report", 1, json!({"day": 1}));
+    let sooner = job("report", 2, json!({"day": 2}));
+    for (task, at) in [(&later, soon + Duration::from_secs(60)), (&sooner, soon)] {
+        let options = TaskOptions::default().run_at(at);
+        assert_eq!(
+            queue.put_with(task, &options).await.unwrap(),
+            Put::Scheduled
+        );
+    }
+    let names = |infos: Vec<stream_rpc::tasks::TaskInfo>| -> Vec<TaskRef> {
+        infos.into_iter().map(|info| info.task).collect()
+    };
+    assert_eq!(
+        names(queue.list(TaskState::Scheduled, 10).await.unwrap()),
+        [TaskRef::of(&sooner), TaskRef::of(&later)],
+        "scheduled: by time"
+    );
+    let low = job("mail", 3, json!(3));
+    let high = job("parse", 4, json!(4));
+    let normal = job("mail", 5, json!(5));
+    for (task, priority) in [
+        (&low, Priority::Low),
+        (&high, Priority::High),
+        (&normal, Priority::Normal),
+    ] {
+        let options = TaskOptions::default().priority(priority);
+        assert_eq!(queue.put_with(task, &options).await.unwrap(), Put::Queued);
+    }
+    assert_eq!(
+        names(queue.list(TaskState::Queued, 10).await.unwrap()),
+        [TaskRef::of(&low), TaskRef::of(&high), TaskRef::of(&normal)],
+        "queued: in the order they became available"
+    );
+    assert_eq!(
+        names(queue.list(TaskState::Queued, 2).await.unwrap()).len(),
+        2,
+        "at most the limit"
+    );
+    // Leased: the longer lease last, though it was taken first.
+    let first = leased(
+        queue
+            .lease_with("w", LEASE * 2, &LeaseFilter::any())
+            .await
+            .unwrap(),
+    );
+    let second = leased(
+        queue
+            .lease_with("w", LEASE, &LeaseFilter::any())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        names(queue.list(TaskState::Leased, 10).await.unwrap()),
+        [TaskRef::of(&second.task), TaskRef::of(&first.task)],
+        "leased: by when their lease ends"
+    );
+}
