@@ -654,3 +654,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "pusher_tests.rs"]
+mod pause_tests;
