@@ -44,6 +44,9 @@ struct SubState {
     /// as far as this server knows (those in flight then); none is pushed
     /// beyond it until the next subscribe.
     busy_cap: Option<usize>,
+    /// After a `busy` answer with no other call in flight (the worker's
+    /// handlers run calls of others): nothing is pushed before then.
+    busy_until: Option<Instant>,
     /// False after `task.unsubscribe`: no new task is pushed.
     active: bool,
     /// The tasks pushed and not finished, each with what cancels its call
@@ -74,6 +77,7 @@ impl Subscription {
             state.concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX);
             state.active = true;
             state.busy_cap = None;
+            state.busy_until = None;
         }
         self.changed.notify_one();
     }
@@ -95,7 +99,8 @@ impl Subscription {
         let concurrency = state
             .busy_cap
             .map_or(state.concurrency, |cap| cap.min(state.concurrency));
-        (state.active && state.running.len() < concurrency)
+        let held = state.busy_until.is_some_and(|until| Instant::now() < until);
+        (state.active && !held && state.running.len() < concurrency)
             .then(|| LeaseFilter::methods(state.methods.iter().cloned()))
     }
 
@@ -108,10 +113,23 @@ impl Subscription {
     /// The worker answered `busy` to a pushed call: it runs no more than
     /// the other calls in flight now, so no more than those are pushed
     /// until one ends (at least one, else nothing would be pushed again).
+    /// With no other call in flight, none ends to free a handler: nothing
+    /// is pushed for [`FALLBACK`].
     fn busy(&self) {
         let mut state = self.lock();
-        let others = state.running.len().saturating_sub(1).max(1);
+        let others = state.running.len().saturating_sub(1);
+        if others == 0 {
+            state.busy_until = Some(Instant::now() + FALLBACK);
+        }
+        let others = others.max(1);
         state.busy_cap = Some(state.busy_cap.map_or(others, |cap| cap.min(others)));
+    }
+
+    /// Until when nothing is pushed after a `busy` answer, if it is later.
+    fn held_until(&self) -> Option<Instant> {
+        self.lock()
+            .busy_until
+            .filter(|until| Instant::now() < *until)
     }
 
     /// Wakes the pusher if it pushes `method`.
@@ -190,7 +208,7 @@ pub(crate) async fn push<Q: TaskQueue>(
             // Closing: a task leased now could not be pushed.
             break;
         }
-        let mut wake_at = None;
+        let mut wake_at = sub.held_until();
         if let Some(filter) = sub.room() {
             match shared
                 .queue
