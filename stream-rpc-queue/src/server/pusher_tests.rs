@@ -1,5 +1,5 @@
-//! The pusher against a queue whose lease the test holds, to change the
-//! subscription while a task is being leased.
+//! The pusher against a queue whose first lease the test can hold (to
+//! change the subscription meanwhile), and a worker that answers `busy`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stream_rpc::{Config, Connector, Context, HandlerError, Packet, Protocol, Reply, Role};
+use stream_rpc::{Caller, Config, Connector, Context, HandlerError, Packet, Protocol, Reply, Role};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -117,12 +117,16 @@ impl TaskQueue for HeldLease {
     }
 }
 
-/// A worker that tells each call pushed to it.
+/// A worker that tells each call pushed to it; a `hold` call runs until
+/// its connection ends.
 struct Told(mpsc::UnboundedSender<String>);
 
 impl Protocol for Told {
     async fn process_message(&self, _ctx: Context, packet: Packet) -> Result<Reply, HandlerError> {
         let _ = self.0.send(packet.method.clone());
+        if packet.method == "hold" {
+            std::future::pending::<()>().await;
+        }
         Ok(Reply::message(
             format!("{}.reply", packet.method),
             json!(null),
@@ -180,4 +184,71 @@ async fn a_task_leased_while_the_worker_unsubscribes_is_given_back() {
         "nothing is pushed after the unsubscribe"
     );
     pusher.abort();
+}
+
+/// The next `Ready` event, if one comes within `limit`.
+async fn next_ready(events: &mut QueueEvents, limit: Duration) -> Option<String> {
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.next().await {
+                Some(QueueEvent::Ready { method }) => return method,
+                Some(_) => {}
+                None => std::future::pending().await,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn a_worker_busy_with_other_calls_is_not_pushed_to_in_a_loop() {
+    let queue = Arc::new(HeldLease {
+        held: AtomicBool::new(true),
+        ..HeldLease::default()
+    });
+    let server = TaskServer::with_settings(
+        queue.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    let task = Packet::new(Uuid::new_v4(), 1, "m", json!(1));
+    queue.put(&task).await.unwrap();
+
+    // The worker's connection runs one handler, taken by another call.
+    let key = stream_rpc::Fernet::generate_key().unwrap();
+    let config = |limits| {
+        Config::builder()
+            .key(key.clone())
+            .limits(limits)
+            .build()
+            .unwrap()
+    };
+    let one = stream_rpc::Limits::default().with_max_concurrent_handlers(1);
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (told, mut pushed) = mpsc::unbounded_channel();
+    let _worker = Connector::new(config(one)).attach(ours, Told(told), Role::Client);
+    let serving =
+        Connector::new(config(stream_rpc::Limits::default())).attach(theirs, (), Role::Server);
+    let connection = serving.connection().unwrap();
+    let holding = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.call("hold", json!(null)).await }
+    });
+    assert_eq!(pushed.recv().await.as_deref(), Some("hold"));
+
+    let mut events = queue.events();
+    let sub = Arc::new(super::Subscription::default());
+    sub.set(vec!["m".into()], 4);
+    let pusher = tokio::spawn(push(server.shared.clone(), sub, connection, "w".into()));
+    // Pushed, answered `busy`, given back once...
+    let first = next_ready(&mut events, Duration::from_secs(2)).await;
+    assert_eq!(first.as_deref(), Some("m"));
+    // ...and not leased again at once, over and over.
+    let again = next_ready(&mut events, Duration::from_millis(300)).await;
+    assert_eq!(again, None, "pushed again at once to a busy worker");
+    let info = queue.show(TaskRef::of(&task)).await.unwrap().unwrap();
+    assert_eq!(info.state, TaskState::Queued, "{info:?}");
+    pusher.abort();
+    holding.abort();
 }
