@@ -13,10 +13,11 @@ use std::time::Duration;
 use common::{TestServer, bounded, config, new_key};
 use serde_json::{Value, json};
 use stream_rpc::{
-    Caller, Client, Connector, Context, ErrorCode, HandlerError, Packet, Protocol, Reply,
+    Caller, Client, Connector, Context, ErrorCode, HandlerError, Limits, Packet, Protocol, Reply,
+    Role,
 };
 use stream_rpc_example_queue::QueueServer;
-use stream_rpc_queue::{AnyQueue, MemoryQueue};
+use stream_rpc_queue::{AnyQueue, MemoryQueue, TaskServer};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -714,6 +715,86 @@ async fn a_schedule_puts_its_task_at_each_tick() {
             .await;
         }
         assert!(!probe.seen.lock().unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_answers_busy_is_pushed_no_more_than_it_runs() {
+    bounded(async {
+        let server = server(Duration::from_secs(5)).await;
+        let producer = connect(&server, ()).await;
+        let worker = Worker::default();
+        let probe = worker.probe.clone();
+        // Its connection runs two handlers at once, though it asks for four
+        // tasks: the third call pushed is answered `busy`.
+        let limits = Limits::default().with_max_concurrent_handlers(2);
+        let config = config(&server.key, server.port).limits(limits);
+        let worker = Connector::new(config.build().unwrap())
+            .connect(worker)
+            .await
+            .unwrap();
+        subscribe(&worker, &["hold"], 4).await;
+        let tasks: Vec<Packet> = (0..3).map(|n| task("hold", json!({ "n": n }))).collect();
+        for task in &tasks {
+            put(&producer, task, json!({})).await;
+        }
+        probe.started.acquire_many(2).await.unwrap().forget();
+        // The third waits for a free handler, queued: not pushed again and
+        // again (lease, busy, nack) until it is a dead letter.
+        let third = call(
+            &producer,
+            "task.wait",
+            json!({ "task": name(&tasks[2]), "timeout_ms": 300 }),
+        )
+        .await;
+        assert_eq!(third["state"], "queued", "{third}");
+        probe.release.add_permits(3);
+        for task in &tasks {
+            let info = wait_final(&producer, task).await;
+            assert_eq!(info["state"], "done", "{info}");
+        }
+        assert_eq!(probe.most.load(Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_connections_of_one_peer_are_two_workers() {
+    bounded(async {
+        // Over in-memory pipes: no address tells the connections apart,
+        // and one connector gives both the same peer id.
+        let key = new_key();
+        let tasks = TaskServer::new(Arc::new(MemoryQueue::new()));
+        let server_side = Connector::new(config(&key, 0).build().unwrap());
+        let worker_side = Connector::new(config(&key, 0).build().unwrap());
+        let (mut servers, mut workers) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            servers.push(server_side.attach(theirs, tasks.clone(), Role::Server));
+            let worker = Worker::default();
+            let probe = worker.probe.clone();
+            let client = worker_side.attach(ours, worker, Role::Client);
+            subscribe(&client, &["hold"], 1).await;
+            workers.push((client, probe));
+        }
+        let producer = &workers[0].0;
+        let held: Vec<Packet> = (0..2).map(|n| task("hold", json!({ "n": n }))).collect();
+        for task in &held {
+            put(producer, task, json!({})).await;
+        }
+        // Each connection runs one: both are pushed to.
+        for (_, probe) in &workers {
+            tokio::time::timeout(Duration::from_secs(2), probe.started.acquire())
+                .await
+                .expect("each connection of the peer is pushed its own task")
+                .unwrap()
+                .forget();
+            probe.release.add_permits(1);
+        }
+        for task in &held {
+            assert_eq!(wait_final(producer, task).await["state"], "done");
+        }
     })
     .await;
 }

@@ -384,3 +384,60 @@ async fn a_worker_fails_over_and_subscribes_again() {
     })
     .await;
 }
+
+/// A queue server that only records the concurrency of each
+/// `task.subscribe`.
+struct Subscriptions(mpsc::UnboundedSender<u64>);
+
+impl stream_rpc::Protocol for Subscriptions {
+    async fn process_message(
+        &self,
+        _ctx: Context,
+        packet: stream_rpc::Packet,
+    ) -> Result<stream_rpc::Reply, HandlerError> {
+        if let Some(n) = packet.payload["concurrency"].as_u64() {
+            let _ = self.0.send(n);
+        }
+        Ok(stream_rpc::Reply::message(
+            format!("{}.reply", packet.method),
+            json!({ "subscribed": true }),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asks_for_no_more_tasks_than_its_connection_runs() {
+    bounded(async {
+        let key = new_key();
+        let (sender, mut subscribed) = mpsc::unbounded_channel();
+        let server = TestServer::start(Subscriptions(sender), config(&key, 0), &key).await;
+        let (parser, _started, _cancelled) = {
+            let (started_tx, started) = mpsc::unbounded_channel();
+            let (cancelled_tx, cancelled) = mpsc::unbounded_channel();
+            let parser = Parser {
+                hold: false,
+                started: started_tx,
+                release: Arc::new(Notify::new()),
+                cancelled: cancelled_tx,
+            };
+            (parser, started, cancelled)
+        };
+        let limits = stream_rpc::Limits::default().with_max_concurrent_handlers(3);
+        let connector = Connector::new(config(&key, server.port).limits(limits).build().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(
+            Worker::new(ArticlesServer::new(parser))
+                .concurrency(8)
+                .grace(Duration::from_millis(100))
+                .run_until(connector, async move {
+                    let _ = stopped.await;
+                }),
+        );
+        // Eight asked, three handlers: it subscribes for three.
+        assert_eq!(subscribed.recv().await, Some(3));
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+        server.stop().await;
+    })
+    .await;
+}

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -17,7 +16,6 @@ use stream_rpc::{
     Context, ErrorCode, HandlerError, Packet, Protocol, REPLY_SUFFIX, Reply, Service,
 };
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::{DEFAULT_LEASE, QueueError, TaskQueue};
 
@@ -131,9 +129,10 @@ pub(crate) struct Shared<Q: TaskQueue> {
     timer: AtomicBool,
 }
 
-/// Names a connection: its peer and its address (two connections of one
-/// peer from one address at once are taken as one).
-type ConnectionKey = (Uuid, Option<SocketAddr>);
+/// Names a connection: its [`Connection::id`](stream_rpc::Connection::id),
+/// not its peer and address (two connections of one peer, or two without
+/// an address, are two).
+type ConnectionKey = u64;
 
 #[derive(Default)]
 struct PerConnection {
@@ -320,7 +319,7 @@ impl<Q: TaskQueue> TaskServer<Q> {
         let limit = request
             .limit()
             .map_err(|e| HandlerError::invalid_payload("task.wait", e))?;
-        let key = (ctx.peer(), ctx.remote_addr());
+        let key = ctx.connection().id();
         {
             let mut connections = self.shared.connections();
             let entry = connections.entry(key).or_default();
@@ -348,7 +347,7 @@ impl<Q: TaskQueue> TaskServer<Q> {
         request
             .check()
             .map_err(|e| HandlerError::invalid_payload("task.subscribe", e))?;
-        let key = (ctx.peer(), ctx.remote_addr());
+        let key = ctx.connection().id();
         let (subscription, new) = {
             let mut connections = self.shared.connections();
             let entry = connections.entry(key).or_default();
@@ -384,7 +383,7 @@ impl<Q: TaskQueue> TaskServer<Q> {
     }
 
     fn unsubscribe(&self, ctx: &Context) -> usize {
-        let key = (ctx.peer(), ctx.remote_addr());
+        let key = ctx.connection().id();
         let subscription = self
             .shared
             .connections()

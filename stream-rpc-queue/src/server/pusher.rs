@@ -40,6 +40,13 @@ pub(crate) struct Subscription {
 struct SubState {
     methods: Vec<String>,
     concurrency: usize,
+    /// After the worker answered `busy`: the most calls it runs at once,
+    /// as far as this server knows (those in flight then); none is pushed
+    /// beyond it until the next subscribe.
+    busy_cap: Option<usize>,
+    /// After a `busy` answer with no other call in flight (the worker's
+    /// handlers run calls of others): nothing is pushed before then.
+    busy_until: Option<Instant>,
     /// False after `task.unsubscribe`: no new task is pushed.
     active: bool,
     /// The tasks pushed and not finished, each with what cancels its call
@@ -69,6 +76,8 @@ impl Subscription {
             state.methods = methods;
             state.concurrency = usize::try_from(concurrency).unwrap_or(usize::MAX);
             state.active = true;
+            state.busy_cap = None;
+            state.busy_until = None;
         }
         self.changed.notify_one();
     }
@@ -87,8 +96,40 @@ impl Subscription {
     /// The filter of the next lease, when one may be pushed now.
     fn room(&self) -> Option<LeaseFilter> {
         let state = self.lock();
-        (state.active && state.running.len() < state.concurrency)
+        let concurrency = state
+            .busy_cap
+            .map_or(state.concurrency, |cap| cap.min(state.concurrency));
+        let held = state.busy_until.is_some_and(|until| Instant::now() < until);
+        (state.active && !held && state.running.len() < concurrency)
             .then(|| LeaseFilter::methods(state.methods.iter().cloned()))
+    }
+
+    /// Whether tasks are pushed (no `task.unsubscribe` since the last
+    /// subscribe).
+    fn active(&self) -> bool {
+        self.lock().active
+    }
+
+    /// The worker answered `busy` to a pushed call: it runs no more than
+    /// the other calls in flight now, so no more than those are pushed
+    /// until one ends (at least one, else nothing would be pushed again).
+    /// With no other call in flight, none ends to free a handler: nothing
+    /// is pushed for [`FALLBACK`].
+    fn busy(&self) {
+        let mut state = self.lock();
+        let others = state.running.len().saturating_sub(1);
+        if others == 0 {
+            state.busy_until = Some(Instant::now() + FALLBACK);
+        }
+        let others = others.max(1);
+        state.busy_cap = Some(state.busy_cap.map_or(others, |cap| cap.min(others)));
+    }
+
+    /// Until when nothing is pushed after a `busy` answer, if it is later.
+    fn held_until(&self) -> Option<Instant> {
+        self.lock()
+            .busy_until
+            .filter(|until| Instant::now() < *until)
     }
 
     /// Wakes the pusher if it pushes `method`.
@@ -167,7 +208,7 @@ pub(crate) async fn push<Q: TaskQueue>(
             // Closing: a task leased now could not be pushed.
             break;
         }
-        let mut wake_at = None;
+        let mut wake_at = sub.held_until();
         if let Some(filter) = sub.room() {
             match shared
                 .queue
@@ -176,6 +217,11 @@ pub(crate) async fn push<Q: TaskQueue>(
             {
                 Ok(Lease::Leased(leased)) => {
                     failing = false;
+                    if !sub.active() || connection.is_closed() {
+                        // Unsubscribed (or closing) while it was leased.
+                        give_back(&shared, &worker, &leased).await;
+                        continue;
+                    }
                     start_attempt(&shared, &sub, &connection, &worker, leased);
                     continue;
                 }
@@ -226,6 +272,15 @@ pub(crate) async fn push<Q: TaskQueue>(
         }
     }
     tracing::debug!(%worker, "the worker's connection ended: no more pushes");
+}
+
+/// Gives back at once a task leased for a worker that no longer takes it.
+async fn give_back<Q: TaskQueue>(shared: &Shared<Q>, worker: &str, leased: &Leased) {
+    let task = TaskRef::of(&leased.task);
+    tracing::debug!(%worker, %task, "the worker unsubscribed while a task was leased for it: given back");
+    if let Err(e) = shared.queue.nack(task, worker).await {
+        tracing::warn!(%worker, %task, "giving back a task leased for a worker that unsubscribed: {e}; its lease runs out and it is handed out again");
+    }
 }
 
 /// After missed events: cancels the running tasks whose cancellation was
@@ -365,6 +420,16 @@ impl<Q: TaskQueue> Attempt<Q> {
         let method = &self.leased.task.method;
         let done = match outcome {
             Outcome::Answered(answer, took) => match *answer {
+                Err(CallError::Remote {
+                    code: ErrorCode::Busy,
+                    ..
+                }) => {
+                    // No more pushed until one of the others ends; then
+                    // given back.
+                    self.sub.busy();
+                    tracing::debug!(task = %self.task, worker = %self.worker, "the worker is busy: no more tasks pushed to it than it runs now");
+                    self.nack().await
+                }
                 Ok(reply) => self.ack(reply.payload).await,
                 Err(error) => match judge(&error, self.limit(), took) {
                     Verdict::Fail { error, retry } => self.fail(&error, retry).await,
@@ -607,3 +672,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "pusher_tests.rs"]
+mod pause_tests;

@@ -31,6 +31,8 @@ use crate::sync::lock;
 
 /// State shared by the session's tasks and every [`Connection`].
 pub(crate) struct Shared {
+    /// Unique to this connection in the process ([`Connection::id`]).
+    pub(crate) connection_id: u64,
     pub(crate) own_id: Uuid,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol_name: Box<str>,
@@ -174,7 +176,11 @@ impl Shared {
         let config = endpoint.config();
         let limits = config.limits();
         let codec = FrameCodec::new(config.terminator(), limits.max_frame_len);
+        // Numbers the connections of the process.
+        static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 =
+            std::sync::atomic::AtomicU64::new(1);
         Shared {
+            connection_id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             own_id: endpoint.local_id(),
             remote_addr,
             protocol_name: protocol_name.into(),
@@ -310,6 +316,14 @@ impl Drop for PendingGuard<'_> {
 impl Connection {
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         Connection { shared }
+    }
+
+    /// A number unique to this connection among the connections of this
+    /// process (never reused): names the connection where its peer id and
+    /// address do not (two connections of one peer, or none with an
+    /// address). Every clone of the handle has the same one.
+    pub fn id(&self) -> u64 {
+        self.shared.connection_id
     }
 
     /// This side's peer id.

@@ -147,7 +147,10 @@ impl<P: Protocol + Service> Worker<P> {
     }
 
     /// How many tasks it runs at once (1 to [`MAX_CONCURRENCY`]; the
-    /// nearest bound when out of it).
+    /// nearest bound when out of it). At most the connector's
+    /// [`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers)
+    /// too: a higher number is lowered to it when the worker runs (logged
+    /// at WARN).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.clamp(1, MAX_CONCURRENCY);
         self
@@ -189,7 +192,11 @@ impl<P: Protocol + Service> Worker<P> {
         };
         let counts = Arc::new(Counts::default());
         let stopping = Arc::new(AtomicBool::new(false));
-        let subscribe = json!({"methods": methods, "concurrency": self.concurrency});
+        let concurrency = clamp_to_handlers(
+            self.concurrency,
+            connector.config().limits().max_concurrent_handlers,
+        );
+        let subscribe = json!({"methods": methods, "concurrency": concurrency});
         let hook = {
             let stopping = stopping.clone();
             move |connection: crate::Connection| {
@@ -240,6 +247,24 @@ impl<P: Protocol + Service> Worker<P> {
         client.close();
         let _ = client.join().await;
         Ok(counts.report())
+    }
+}
+
+/// The concurrency a worker subscribes with: at most the handlers its
+/// connection runs at once
+/// ([`Limits::max_concurrent_handlers`](crate::Limits::max_concurrent_handlers)),
+/// since the server would push more and each one over would be answered
+/// `busy`, an attempt lost.
+fn clamp_to_handlers(concurrency: u32, max_handlers: usize) -> u32 {
+    let limit = u32::try_from(max_handlers).unwrap_or(u32::MAX).max(1);
+    if concurrency > limit {
+        tracing::warn!(
+            "the worker's concurrency {concurrency} is above its connection's handler limit \
+             (Limits::max_concurrent_handlers = {max_handlers}): it runs {limit} tasks at once"
+        );
+        limit
+    } else {
+        concurrency
     }
 }
 
