@@ -1,5 +1,7 @@
-//! The pusher against a queue whose first lease the test can hold (to
-//! change the subscription meanwhile), and a worker that answers `busy`.
+//! The pusher's tests: how each way a pushed call ends becomes an
+//! outcome (`outcomes`); the pusher against a queue whose first lease the
+//! test can hold (to change the subscription meanwhile), and a worker
+//! that answers `busy`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -251,4 +253,73 @@ async fn a_worker_busy_with_other_calls_is_not_pushed_to_in_a_loop() {
     assert_eq!(info.state, TaskState::Queued, "{info:?}");
     pusher.abort();
     holding.abort();
+}
+
+/// How each way a pushed call ends becomes the task's outcome.
+mod outcomes {
+    use super::super::*;
+
+    fn remote(code: ErrorCode, retry: Option<bool>) -> CallError {
+        CallError::Remote {
+            method: "m".into(),
+            code,
+            message: "no".into(),
+            data: None,
+            retry,
+        }
+    }
+
+    fn fails(verdict: Verdict) -> Option<bool> {
+        match verdict {
+            Verdict::Fail { retry, .. } => Some(retry),
+            Verdict::GiveBack => None,
+        }
+    }
+
+    #[test]
+    fn every_way_a_pushed_call_ends_has_its_outcome() {
+        let limit = Duration::from_secs(10);
+        let soon = Duration::from_secs(1);
+        let judged = |error: CallError| fails(judge(&error, limit, soon));
+        assert_eq!(judged(remote(ErrorCode::HandlerError, None)), Some(true));
+        assert_eq!(judged(remote(ErrorCode::HandlerPanicked, None)), Some(true));
+        assert_eq!(
+            judged(remote(ErrorCode::HandlerError, Some(false))),
+            Some(false)
+        );
+        for final_code in [
+            ErrorCode::UnknownMethod,
+            ErrorCode::InvalidPayload,
+            ErrorCode::InvalidPacket,
+        ] {
+            assert_eq!(judged(remote(final_code, Some(true))), Some(false));
+        }
+        for back in [
+            ErrorCode::Busy,
+            ErrorCode::Unavailable,
+            ErrorCode::Cancelled,
+        ] {
+            assert_eq!(judged(remote(back, None)), None, "{back:?}");
+        }
+        let lost = CallError::ConnectionLost { method: "m".into() };
+        assert_eq!(judged(lost), None);
+        let timeout = CallError::Timeout {
+            method: "m".into(),
+            after: limit,
+        };
+        assert_eq!(judged(timeout), Some(true));
+        // `cancelled` at the end of the limit: the handler ran out of time.
+        let late = judge(&remote(ErrorCode::Cancelled, None), limit, limit);
+        assert_eq!(fails(late), Some(true));
+        // The kept error says why, in an error packet's payload.
+        let Verdict::Fail { error, .. } =
+            judge(&remote(ErrorCode::HandlerError, Some(false)), limit, soon)
+        else {
+            panic!("a handler error fails");
+        };
+        assert_eq!(
+            error,
+            json!({"code": "handler_error", "message": "no", "method": "m", "retry": false})
+        );
+    }
 }
