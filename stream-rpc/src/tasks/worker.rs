@@ -54,7 +54,9 @@ const UNSUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
 /// task comes), lets the running tasks finish within the
 /// [`grace`](Self::grace) period, gives the rest back to the queue at
 /// once (answered `unavailable`, which the server takes back), and closes.
-/// Nothing is lost.
+/// Nothing is lost; an attempt given back still counts among the task's
+/// `max_attempts` (it may have run in part), so a task allowed a single
+/// attempt and given back by a drain is a dead letter, to requeue.
 ///
 /// ```no_run
 /// use std::time::Duration;
