@@ -153,19 +153,7 @@ fn generate_impl(service: &Service, args: &ServiceArgs) -> TokenStream {
             wires: &wires,
         },
     );
-    let tasks_methods: Vec<_> = service
-        .methods
-        .iter()
-        .filter_map(|m| tasks::tasks_method(m, &krate))
-        .collect();
-    let tasks_items = tasks::tasks_items(
-        service,
-        &krate,
-        &vis,
-        generics,
-        Some(self_ty),
-        &tasks_methods,
-    );
+    let tasks_items = tasks::producer(service, &krate, &vis, generics, Some(self_ty));
 
     quote! {
         #protocol
@@ -218,19 +206,7 @@ fn generate_trait(service: &Service, args: &ServiceArgs, mut item: ItemTrait) ->
             wires: &wires,
         },
     );
-    let tasks_methods: Vec<_> = service
-        .methods
-        .iter()
-        .filter_map(|m| tasks::tasks_method(m, &krate))
-        .collect();
-    let tasks_items = tasks::tasks_items(
-        service,
-        &krate,
-        vis,
-        &syn::Generics::default(),
-        None,
-        &tasks_methods,
-    );
+    let tasks_items = tasks::producer(service, &krate, vis, &syn::Generics::default(), None);
     let server_items = server_items(vis, &server, &server_doc, &wires);
     let param = Ident::new(SERVICE_PARAM, Span::call_site());
     let protocol = protocol_impl(

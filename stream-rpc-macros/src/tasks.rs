@@ -78,6 +78,24 @@ pub fn tasks_items(
     }
 }
 
+/// The typed producer of a service whose methods all read well: its
+/// [`tasks_items`] with a [`tasks_method`] per method (the fallback of a
+/// service with errors builds its methods from stubs instead).
+pub fn producer(
+    service: &Service,
+    krate: &TokenStream,
+    vis: &syn::Visibility,
+    generics: &syn::Generics,
+    service_ty: Option<&syn::Type>,
+) -> TokenStream {
+    let methods: Vec<_> = service
+        .methods
+        .iter()
+        .filter_map(|m| tasks_method(m, krate))
+        .collect();
+    tasks_items(service, krate, vis, generics, service_ty, &methods)
+}
+
 /// One method of the typed producer, or nothing for a stream method (or
 /// one named like a generated item).
 pub fn tasks_method(method: &Method, krate: &TokenStream) -> Option<TokenStream> {
